@@ -1,0 +1,1 @@
+"""kiwi: the PostgreSQL v3 wire protocol, sans-IO (mirrors Odyssey third_party/kiwi)."""
