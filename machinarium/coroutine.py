@@ -1,0 +1,207 @@
+"""Coroutines, sleep, Event and Cond (mirrors machinarium coroutine.c, sleep, cond.c).
+
+A coroutine is a gevent greenlet owned by the machine (OS thread + hub) that created it.
+Cancel works from any machine; join works inside the owning machine only.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from time import monotonic as _monotonic
+
+import gevent
+from gevent import GreenletExit
+from gevent.event import Event as _HubEvent
+from gevent.hub import get_hub
+
+from ._clock import seconds
+from ._state import current_machine, report_error
+from .errors import Cancelled, MachineError, TimedOut
+
+_get_ident = threading.get_ident
+
+
+class Coroutine:
+    """A named coroutine, started at once in the current machine (machine_coroutine_create_named).
+
+    ``fn(*args, **kwargs)`` runs in a new greenlet of the current thread's hub. An exception
+    escaping ``fn`` is logged on the ``machinarium`` logger (with the coroutine name) and passed
+    to ``error_hooks``; ``join()`` re-raises it. Cancellation is not an error.
+    """
+
+    __slots__ = ("name", "greenlet", "_loop", "_thread", "_machine", "_value", "_exc",
+                 "_cancelled", "__weakref__")
+
+    def __init__(self, fn, *args, name: str | None = None, **kwargs):
+        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        self._loop = get_hub().loop
+        self._thread = _get_ident()
+        self._machine = current_machine()
+        self._value = None
+        self._exc = None
+        self._cancelled = False
+        g = gevent.Greenlet(self._run, fn, args, kwargs)
+        g.name = self.name
+        self.greenlet = g
+        if self._machine is not None:
+            self._machine._coroutines.add(self)
+        g.start()
+
+    def _run(self, fn, args, kwargs):
+        try:
+            self._value = fn(*args, **kwargs)
+        except GreenletExit:
+            self._cancelled = True
+        except BaseException as e:  # noqa: BLE001 - logged and kept for join()
+            self._exc = e
+            report_error(f"coroutine {self.name!r}", e)
+        finally:
+            if self._machine is not None:
+                self._machine._coroutines.discard(self)
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def dead(self) -> bool:
+        """True once the coroutine has finished (returned, failed or was cancelled)."""
+        return self.greenlet.dead
+
+    @property
+    def cancelled(self) -> bool:
+        """True if it ended because of a cancellation (Cancelled / GreenletExit)."""
+        return self._cancelled
+
+    @property
+    def exception(self):
+        """The exception that escaped ``fn``, or None."""
+        return self._exc
+
+    # -- operations ----------------------------------------------------------------------
+    def join(self, timeout_ms=None):
+        """Wait until the coroutine ends; return ``fn``'s result (None if it was cancelled).
+
+        Re-raises the exception that escaped ``fn``. Raises ``TimedOut`` after ``timeout_ms``
+        (the coroutine keeps running). Only from the owning machine (thread).
+        """
+        if _get_ident() != self._thread:
+            raise MachineError("Coroutine.join() from another machine; use a Channel instead")
+        g = self.greenlet
+        if not g.dead:
+            g.join(seconds(timeout_ms))
+            if not g.dead:
+                raise TimedOut(f"join {self.name!r} timed out")
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+    def cancel(self) -> None:
+        """Raise ``Cancelled`` inside the coroutine at its next switch (machine_cancel).
+
+        Safe from any machine: from another thread the kill is posted into the owner's loop with
+        ``run_callback_threadsafe``, which also wakes that loop. Does not wait; ``join()`` to wait.
+        A no-op once the coroutine is dead or its machine has exited.
+        """
+        g = self.greenlet
+        if g.dead:
+            return
+        if _get_ident() == self._thread:
+            g.kill(Cancelled, block=False)
+            return
+        try:
+            self._loop.run_callback_threadsafe(functools.partial(g.kill, Cancelled, block=False))
+        except ValueError:  # owner's loop already destroyed: the coroutine is gone anyway
+            pass
+
+    def __repr__(self):
+        state = "dead" if self.dead else "running"
+        return f"<Coroutine {self.name!r} {state}>"
+
+
+def coroutine_create(fn, *args, name: str | None = None, **kwargs) -> Coroutine:
+    """Alias of ``Coroutine(fn, *args, name=...)`` named like the C API."""
+    return Coroutine(fn, *args, name=name, **kwargs)
+
+
+def sleep(ms) -> None:
+    """Suspend the current coroutine for ``ms`` milliseconds (machine_sleep). ``sleep(0)`` yields."""
+    gevent.sleep(seconds(ms) or 0)
+
+
+class Event:
+    """A flag that coroutines of any machine may wait on and any thread may ``signal()``.
+
+    Manual reset: once signalled, ``wait()`` returns True at once until ``clear()``.
+    ``wait(timeout_ms) -> bool``: True when signalled, False on timeout (machine_cond_wait style,
+    no exception). Cancellation propagates as ``Cancelled``.
+
+    A same-thread ``signal()`` sets the waiter's hub-local event directly; a cross-thread one
+    posts it into the waiter's loop with ``run_callback_threadsafe`` (which wakes that loop).
+    The flag is published before waiters are looked up and waiters re-check it after
+    registering, so no wake-up is lost.
+    """
+
+    __slots__ = ("_flag", "_waiters")
+    _auto_reset = False
+
+    def __init__(self):
+        self._flag = False
+        self._waiters = []  # [(thread ident, loop, hub-local gevent Event)]
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def signal(self) -> None:
+        """Set the flag and wake the waiters. Never blocks; callable from any thread."""
+        self._flag = True
+        if not self._waiters:
+            return
+        me = _get_ident()
+        for ident, loop, ev in tuple(self._waiters):
+            if ident == me:
+                ev.set()
+            else:
+                try:
+                    loop.run_callback_threadsafe(ev.set)
+                except ValueError:  # waiter's loop destroyed
+                    pass
+
+    set = signal
+
+    def wait(self, timeout_ms=None) -> bool:
+        if self._flag:
+            if self._auto_reset:
+                self._flag = False
+            return True
+        ev = _HubEvent()
+        entry = (_get_ident(), get_hub().loop, ev)
+        self._waiters.append(entry)  # publish, then re-check
+        try:
+            s = seconds(timeout_ms)
+            end = None if s is None else _monotonic() + s
+            while not self._flag:
+                if end is None:
+                    ev.wait()
+                else:
+                    left = end - _monotonic()
+                    if left <= 0 or not ev.wait(left):
+                        if not self._flag:
+                            return False
+                        break
+                ev.clear()  # then re-check: another waiter may have consumed an auto-reset flag
+            if self._auto_reset:
+                self._flag = False
+            return True
+        finally:
+            self._waiters.remove(entry)
+
+
+class Cond(Event):
+    """machine_cond: like Event but auto-reset — a successful ``wait()`` consumes the signal.
+
+    A ``signal()`` with nobody waiting is remembered until the next ``wait()``.
+    """
+
+    __slots__ = ()
+    _auto_reset = True
