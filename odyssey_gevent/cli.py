@@ -1,4 +1,10 @@
-"""The `odyssey` command line (mirrors Odyssey sources/main.c + instance.c option parsing)."""
+"""The `odyssey` command line (mirrors Odyssey sources/main.c + instance.c option parsing).
+
+``odyssey [--console] [--log_to_stdout] [--silent|--verbose] [--test] [-V|--version] [-h] CONFIG``
+
+``--test`` loads and validates CONFIG here (no instance is created): it prints ``config is valid``
+and exits 0, or prints every ``file:line:col: message`` error to stderr and exits 1.
+"""
 from __future__ import annotations
 
 import sys
@@ -8,6 +14,32 @@ import click
 from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__
 
 CONTEXT = dict(help_option_names=["-h", "--help"])
+
+EXIT_OK = 0
+EXIT_CONFIG_ERROR = 1
+
+
+def check_config(path: str, silent: bool = False, out=None, err=None) -> int:
+    """The ``--test`` path: load + validate, report, return the exit code."""
+    from odyssey_gevent.config import ConfigError
+    from odyssey_gevent.config_reader import load
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        config = load(path)
+    except ConfigError as e:
+        if not silent:
+            for line in e.warnings:
+                print(f"warning: {line}", file=err)
+        for line in e.errors:
+            print(line, file=err)
+        return EXIT_CONFIG_ERROR
+    if not silent:
+        for line in config.warnings:
+            print(f"warning: {line}", file=err)
+    print("config is valid", file=out)
+    return EXIT_OK
 
 
 @click.command(context_settings=CONTEXT)
@@ -23,6 +55,18 @@ def main(config, console, log_to_stdout, silent, verbose, test_only):
     """Run the odyssey-gevent PostgreSQL connection pooler on CONFIG (an Odyssey config file)."""
     if config is None:
         raise click.UsageError("a config file is required: odyssey [OPTIONS] CONFIG")
+    if silent and verbose:
+        raise click.UsageError("--silent and --verbose are mutually exclusive")
+    if test_only:
+        sys.exit(check_config(config, silent=silent))
+    from odyssey_gevent.config import ConfigError
     from odyssey_gevent import instance
-    sys.exit(instance.main(config, console=console, log_to_stdout=log_to_stdout, silent=silent,
-                           verbose=verbose, test_only=test_only))
+    try:
+        rc = instance.main(config, console=console, log_to_stdout=log_to_stdout, silent=silent,
+                           verbose=verbose)
+    except ConfigError as e:
+        # instance normally reports this itself; this is the safety net for startup
+        for line in e.errors:
+            click.echo(line, err=True)
+        rc = EXIT_CONFIG_ERROR
+    sys.exit(rc)

@@ -105,6 +105,9 @@ class AddressRange:
     is_default: bool = True
     is_hostname: bool = False
     network: Optional[Union[ipaddress.IPv4Network, ipaddress.IPv6Network]] = None
+    # C Odyssey compares (client & mask) with the address as written, so "10.0.0.1/8" (host
+    # bits set) matches no client at all.  We keep that and warn at load time.
+    host_bits_set: bool = False
 
     @classmethod
     def default(cls) -> "AddressRange":
@@ -129,7 +132,8 @@ class AddressRange:
         if not prefix.isdigit() or int(prefix) > ip.max_prefixlen:
             raise ValueError(f"invalid network prefix length in '{text}'")
         net = ipaddress.ip_network(f"{addr}/{int(prefix)}", strict=False)
-        return cls(string_value=text, is_default=False, network=net)
+        return cls(string_value=text, is_default=False, network=net,
+                   host_bits_set=net.network_address != ip)
 
     def matches(self, client_addr, reverse_dns: Optional[Callable[[str], Optional[str]]] = None
                 ) -> bool:
@@ -159,6 +163,8 @@ class AddressRange:
         except ValueError:
             return False
         net = self.network
+        if self.host_bits_set:
+            return False
         if ip.version != net.version:
             mapped = getattr(ip, "ipv4_mapped", None)
             if mapped is not None and net.version == 4:

@@ -573,9 +573,13 @@ def _database(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
 
 def _address_range(r: _Reader, tok: Token) -> AddressRange:
     try:
-        return AddressRange.parse(tok.value)
+        ar = AddressRange.parse(tok.value)
     except ValueError as e:
         raise _Err(tok.loc, str(e)) from None
+    if ar.host_bits_set:
+        r.warn(tok.loc, f"address '{tok.value}' has bits set beyond its mask; like C Odyssey, "
+                        f"this rule matches no client (write {ar.network})")
+    return ar
 
 
 def _selectors(r: _Reader, s: _Stream, db: str, user: str) -> tuple[AddressRange, str]:
