@@ -1,0 +1,82 @@
+"""kiwi.error_codes: SQLSTATE constants (PostgreSQL errcodes.txt; Odyssey kiwi error_codes.h).
+
+Only the codes a pooler plausibly sends or inspects are listed; each is the 5-character
+string that goes into the ErrorResponse ``C`` field. ``class_of(code)`` gives the class.
+"""
+from __future__ import annotations
+
+# Class 00 / 01 / 02
+SUCCESSFUL_COMPLETION = "00000"
+WARNING = "01000"
+NO_DATA = "02000"
+# Class 08 - Connection Exception
+CONNECTION_EXCEPTION = "08000"
+CONNECTION_DOES_NOT_EXIST = "08003"
+CONNECTION_FAILURE = "08006"
+SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION = "08001"
+SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION = "08004"
+TRANSACTION_RESOLUTION_UNKNOWN = "08007"
+PROTOCOL_VIOLATION = "08P01"
+# Class 0A - Feature Not Supported
+FEATURE_NOT_SUPPORTED = "0A000"
+# Class 22 - Data Exception
+DATA_EXCEPTION = "22000"
+INVALID_PARAMETER_VALUE = "22023"
+CHARACTER_NOT_IN_REPERTOIRE = "22021"
+# Class 25 - Invalid Transaction State
+INVALID_TRANSACTION_STATE = "25000"
+ACTIVE_SQL_TRANSACTION = "25001"
+READ_ONLY_SQL_TRANSACTION = "25006"
+IN_FAILED_SQL_TRANSACTION = "25P02"
+# Class 26 - Invalid SQL Statement Name
+INVALID_SQL_STATEMENT_NAME = "26000"
+# Class 28 - Invalid Authorization Specification
+INVALID_AUTHORIZATION_SPECIFICATION = "28000"
+INVALID_PASSWORD = "28P01"
+# Class 34 - Invalid Cursor Name
+INVALID_CURSOR_NAME = "34000"
+# Class 3D - Invalid Catalog Name
+INVALID_CATALOG_NAME = "3D000"
+# Class 3F - Invalid Schema Name
+INVALID_SCHEMA_NAME = "3F000"
+# Class 40 - Transaction Rollback
+TRANSACTION_ROLLBACK = "40000"
+SERIALIZATION_FAILURE = "40001"
+DEADLOCK_DETECTED = "40P01"
+# Class 42 - Syntax Error or Access Rule Violation
+SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION = "42000"
+SYNTAX_ERROR = "42601"
+INSUFFICIENT_PRIVILEGE = "42501"
+UNDEFINED_OBJECT = "42704"
+DUPLICATE_PREPARED_STATEMENT = "42P05"
+DUPLICATE_CURSOR = "42P03"
+# Class 53 - Insufficient Resources
+INSUFFICIENT_RESOURCES = "53000"
+DISK_FULL = "53100"
+OUT_OF_MEMORY = "53200"
+TOO_MANY_CONNECTIONS = "53300"
+CONFIGURATION_LIMIT_EXCEEDED = "53400"
+# Class 54 - Program Limit Exceeded
+PROGRAM_LIMIT_EXCEEDED = "54000"
+# Class 55 - Object Not In Prerequisite State
+OBJECT_NOT_IN_PREREQUISITE_STATE = "55000"
+# Class 57 - Operator Intervention
+OPERATOR_INTERVENTION = "57000"
+QUERY_CANCELED = "57014"
+ADMIN_SHUTDOWN = "57P01"
+CRASH_SHUTDOWN = "57P02"
+CANNOT_CONNECT_NOW = "57P03"
+DATABASE_DROPPED = "57P04"
+IDLE_SESSION_TIMEOUT = "57P05"
+# Class 58 - System Error
+SYSTEM_ERROR = "58000"
+IO_ERROR = "58030"
+# Class F0 / XX
+CONFIG_FILE_ERROR = "F0000"
+INTERNAL_ERROR = "XX000"
+DATA_CORRUPTED = "XX001"
+
+
+def class_of(sqlstate: str) -> str:
+    """The class code ("08000" for "08P01"): first two characters plus "000"."""
+    return sqlstate[:2] + "000"
