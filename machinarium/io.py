@@ -1,0 +1,482 @@
+"""Network IO: listen, accept, connect, read, write, socket options, TLS upgrade and moving a
+connection between machines (mirrors machinarium io.c, bind.c, accept.c, connect.c, read.c,
+write.c, tls.c).
+
+Hot path rules (docs: /work/shared/reference/perf-anchors.md): no gevent ``sendall`` (it calls
+getsockopt on every call) but a ``send()`` loop that waits for writability only on EAGAIN or a
+partial send; ``recv_into`` a caller's reusable buffer; optionally wait for readability before
+the first recv to skip the speculative recv that returns EAGAIN.
+
+An ``Io`` belongs to the machine (hub) that created or attached it. To move a plain connection:
+``fd = io.detach()`` in machine A, send ``fd`` over a channel, ``Io.attach(fd)`` in machine B.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket as _std
+import stat
+import struct
+
+import gevent.ssl
+from gevent import socket as gsocket
+
+from ._clock import deadline
+from .coroutine import sleep
+from .errors import ConnectionClosed, MachineError
+
+_INET = (_std.AF_INET, _std.AF_INET6)
+_IOV_MAX = 1024
+
+
+class Io:
+    """machine_io: a stream socket (TCP or unix) owned by the current machine.
+
+    ``sock`` is the underlying gevent socket (``gevent.ssl.SSLSocket`` after a TLS upgrade) for
+    callers that want it raw. Every blocking method takes ``timeout_ms`` (None = no limit) that
+    bounds the *whole* call and raises ``TimedOut``; IO errors are ``OSError`` (``ssl.SSLError``
+    included), EOF where bytes were required is ``ConnectionClosed``; cancellation propagates.
+    After a TimedOut in the middle of ``read``/``write``/``writev`` some bytes may have moved:
+    treat the connection as broken.
+    """
+
+    __slots__ = ("sock", "_raw", "_tls", "_peer")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self._raw = sock._sock  # the non-blocking native socket inside the gevent one
+        self._tls = False
+        self._peer = None
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def attach(cls, fd: int) -> "Io":
+        """Wrap a file descriptor detached in another machine (family/type detected)."""
+        return cls(gsocket.socket(fileno=fd))
+
+    def detach(self) -> int:
+        """Give up the socket without closing it and return its fd for ``Io.attach`` elsewhere.
+
+        Raises ``MachineError`` for a TLS connection: its state lives in this machine's SSL
+        object and cannot move (hand the plain connection over before the TLS upgrade instead).
+        """
+        if self._tls:
+            raise MachineError("a TLS connection cannot move between machines")
+        self._raw = None
+        return self.sock.detach()
+
+    # -- state ---------------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.closed
+
+    @property
+    def is_tls(self) -> bool:
+        return self._tls
+
+    @property
+    def peer(self):
+        """The peer address (cached), or None if unknown / not connected."""
+        if self._peer is None:
+            try:
+                self._peer = self.sock.getpeername()
+            except OSError:
+                return None
+        return self._peer
+
+    @property
+    def local(self):
+        """The local address (getsockname)."""
+        return self.sock.getsockname()
+
+    def close(self) -> None:
+        """Close the socket. Idempotent. Coroutines waiting on it get an ``OSError`` (EBADF)."""
+        self.sock.close()
+
+    def __repr__(self):
+        return f"<Io fd={self.sock.fileno()} peer={self._peer!r}{' tls' if self._tls else ''}>"
+
+    # -- waiting -------------------------------------------------------------------------
+    def _wait_read(self):
+        sock = self.sock
+        sock._wait(sock._read_event)  # raises if closed or already waited on by another coroutine
+
+    def _wait_write(self):
+        sock = self.sock
+        sock._wait(sock._write_event)
+
+    def wait_readable(self, timeout_ms=None) -> bool:
+        """Wait until a read would not block (or the peer closed); return True.
+
+        Raises ``TimedOut`` after ``timeout_ms``. For TLS, bytes already decrypted count.
+        """
+        if self._tls and self.sock.pending():
+            return True
+        with deadline(timeout_ms, "wait readable"):
+            self._wait_read()
+        return True
+
+    # -- accept --------------------------------------------------------------------------
+    def accept(self, timeout_ms=None) -> "Io":
+        """Accept one connection on a listening Io (machine_accept).
+
+        Raises ``TimedOut`` after ``timeout_ms``; accept errors (EMFILE, ECONNABORTED...) are
+        raised as ``OSError`` for the caller's accept loop to back off on.
+        """
+        raw = self._raw
+        try:
+            fd, addr = raw._accept()
+        except BlockingIOError:
+            with deadline(timeout_ms, "accept"):
+                while True:
+                    self._wait_read()
+                    try:
+                        fd, addr = raw._accept()
+                        break
+                    except BlockingIOError:
+                        continue
+        s = self.sock
+        io = Io(gsocket.socket(s.family, s.type, s.proto, fileno=fd))
+        io._peer = addr or None
+        return io
+
+    # -- read ----------------------------------------------------------------------------
+    def read(self, n: int, timeout_ms=None) -> bytes:
+        """Read exactly ``n`` bytes (machine_read). EOF first raises ``ConnectionClosed``."""
+        if timeout_ms is None:
+            return self._read_exact(n)
+        with deadline(timeout_ms, "read"):
+            return self._read_exact(n)
+
+    def _read_exact(self, n):
+        if n <= 0:
+            return b""
+        if self._tls:
+            recv, recv_into, wait = self.sock.recv, self.sock.recv_into, None
+        else:
+            raw = self._raw
+            recv, recv_into, wait = raw.recv, raw.recv_into, self._wait_read
+        try:
+            data = recv(n)
+        except BlockingIOError:
+            data = None
+        if data is not None:
+            if len(data) == n:
+                return data
+            if not data:
+                raise ConnectionClosed(f"connection closed by peer (0 of {n} bytes)")
+        buf = bytearray(n)
+        got = 0
+        if data:
+            got = len(data)
+            buf[:got] = data
+        mv = memoryview(buf)
+        while got < n:
+            try:
+                k = recv_into(mv[got:])
+            except BlockingIOError:
+                wait()
+                continue
+            if not k:
+                raise ConnectionClosed(f"connection closed by peer ({got} of {n} bytes)")
+            got += k
+        return bytes(buf)
+
+    def read_into(self, buf, timeout_ms=None, wait_first: bool = False) -> int:
+        """Read what is available (at least 1 byte) into ``buf``; return the count, 0 on EOF.
+
+        ``wait_first=True`` waits for readability before the first recv, saving the recv that
+        would return EAGAIN when the caller knows the socket was just drained.
+        """
+        if self._tls:
+            sock = self.sock
+            with deadline(timeout_ms, "read"):
+                return sock.recv_into(buf)
+        raw = self._raw
+        if not wait_first:
+            try:
+                return raw.recv_into(buf)
+            except BlockingIOError:
+                pass
+        with deadline(timeout_ms, "read"):
+            while True:
+                self._wait_read()
+                try:
+                    return raw.recv_into(buf)
+                except BlockingIOError:
+                    continue
+
+    # -- write ---------------------------------------------------------------------------
+    def write(self, data, timeout_ms=None) -> None:
+        """Write all of ``data`` (bytes-like, byte items) with a send() loop (machine_write).
+
+        Waits for writability only after EAGAIN or a partial send. ``TimedOut`` after
+        ``timeout_ms``; a reset/broken peer raises ``OSError``.
+        """
+        if self._tls:
+            with deadline(timeout_ms, "write"):
+                self.sock.sendall(data)
+            return
+        raw = self._raw
+        try:
+            n = raw.send(data)
+        except BlockingIOError:
+            n = 0
+        if n == len(data):
+            return
+        mv = memoryview(data).cast("B")[n:]
+        with deadline(timeout_ms, "write"):
+            while mv:
+                self._wait_write()
+                try:
+                    n = raw.send(mv)
+                except BlockingIOError:
+                    continue
+                mv = mv[n:]
+
+    def writev(self, buffers, timeout_ms=None) -> None:
+        """Write several buffers in order with sendmsg (machine_writev); like ``write``."""
+        if self._tls:
+            self.write(b"".join(buffers), timeout_ms)
+            return
+        raw = self._raw
+        bufs = [memoryview(b).cast("B") for b in buffers]
+        bufs = [b for b in bufs if b]
+        with deadline(timeout_ms, "write"):
+            while bufs:
+                try:
+                    n = raw.sendmsg(bufs[:_IOV_MAX])
+                except BlockingIOError:
+                    self._wait_write()
+                    continue
+                while n:
+                    first = bufs[0]
+                    if n >= len(first):
+                        n -= len(first)
+                        bufs.pop(0)
+                    else:
+                        bufs[0] = first[n:]
+                        n = 0
+
+    # -- socket options ------------------------------------------------------------------
+    def _is_inet(self):
+        return self.sock.family in _INET
+
+    def set_nodelay(self, on: bool = True) -> None:
+        """TCP_NODELAY (no-op on unix sockets)."""
+        if self._is_inet():
+            self.sock.setsockopt(_std.IPPROTO_TCP, _std.TCP_NODELAY, int(on))
+
+    def set_keepalive(self, idle=None, interval=None, probes=None, user_timeout=None,
+                      on: bool = True) -> None:
+        """SO_KEEPALIVE with TCP_KEEPIDLE=``idle`` s, TCP_KEEPINTVL=``interval`` s,
+        TCP_KEEPCNT=``probes`` and TCP_USER_TIMEOUT=``user_timeout`` **ms** (Odyssey's
+        keepalive, keepalive_keep_interval, keepalive_probes, keepalive_usr_timeout). None keeps
+        the system default. No-op on unix sockets."""
+        if not self._is_inet():
+            return
+        s = self.sock
+        s.setsockopt(_std.SOL_SOCKET, _std.SO_KEEPALIVE, int(on))
+        if not on:
+            return
+        for opt, val in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                         ("TCP_KEEPCNT", probes), ("TCP_USER_TIMEOUT", user_timeout)):
+            if val is not None and hasattr(_std, opt):
+                s.setsockopt(_std.IPPROTO_TCP, getattr(_std, opt), int(val))
+
+    def set_linger0(self) -> None:
+        """SO_LINGER on with 0 s: close() sends RST and frees the port at once."""
+        self.sock.setsockopt(_std.SOL_SOCKET, _std.SO_LINGER, struct.pack("ii", 1, 0))
+
+    # -- TLS -----------------------------------------------------------------------------
+    def tls_server(self, context, timeout_ms=None) -> None:
+        """Upgrade to TLS as the server (after answering 'S' to SSLRequest).
+
+        ``context``: an ``ssl.SSLContext`` (see ``tls.server_context``). The handshake is bounded
+        by ``timeout_ms`` (``TimedOut``); a failed handshake (e.g. a required client certificate
+        missing) raises ``ssl.SSLError`` (an ``OSError``). On any failure the Io is closed.
+        """
+        self._tls_upgrade(context, True, None, timeout_ms)
+
+    def tls_client(self, context, server_hostname=None, timeout_ms=None) -> None:
+        """Upgrade to TLS as the client (after the server answered 'S'); see ``tls_server``."""
+        self._tls_upgrade(context, False, server_hostname, timeout_ms)
+
+    def _tls_upgrade(self, context, server_side, server_hostname, timeout_ms):
+        if self._tls:
+            raise MachineError("connection is already TLS")
+        try:
+            ssock = gevent.ssl.SSLSocket(sock=self.sock, server_side=server_side,
+                                         server_hostname=server_hostname,
+                                         do_handshake_on_connect=False, _context=context)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.sock = ssock
+        self._raw = None
+        self._tls = True
+        try:
+            with deadline(timeout_ms, "TLS handshake"):
+                ssock.do_handshake()
+        except BaseException:
+            ssock.close()
+            raise
+
+    def tls_peer_certificate(self):
+        """The peer's certificate as a dict (``getpeercert()``), or None."""
+        return self.sock.getpeercert() if self._tls else None
+
+
+# -- address resolution ----------------------------------------------------------------------
+def _resolve(host, port, passive):
+    flags = _std.AI_PASSIVE if passive else 0
+    if host in (None, "", "*"):
+        host = None
+        flags |= _std.AI_PASSIVE
+    try:  # numeric addresses resolve without the hub's resolver threadpool
+        infos = _std.getaddrinfo(host, port, _std.AF_UNSPEC, _std.SOCK_STREAM, 0,
+                                 flags | _std.AI_NUMERICHOST)
+    except _std.gaierror:
+        infos = gsocket.getaddrinfo(host, port, _std.AF_UNSPEC, _std.SOCK_STREAM, 0, flags)
+    seen, out = set(), []
+    for info in infos:
+        key = (info[0], info[4])
+        if key not in seen:
+            seen.add(key)
+            out.append(info)
+    return out
+
+
+# -- listen ----------------------------------------------------------------------------------
+def listen(host, port: int, backlog: int = 128, reuseport: bool = False,
+           reuseaddr: bool = True) -> list:
+    """Bind and listen on every address ``host`` resolves to (machine_bind); return [Io].
+
+    ``host`` None/""/"*" means all interfaces (IPv4 and IPv6). SO_REUSEADDR by default,
+    SO_REUSEPORT on request; IPv6 sockets are IPV6_V6ONLY so both families can share a port.
+    Create listeners in the machine that accepts on them.
+    """
+    ios = []
+    try:
+        for family, type_, proto, _c, addr in _resolve(host, port, True):
+            s = gsocket.socket(family, _std.SOCK_STREAM, proto)
+            ios.append(Io(s))
+            if reuseaddr:
+                s.setsockopt(_std.SOL_SOCKET, _std.SO_REUSEADDR, 1)
+            if reuseport:
+                s.setsockopt(_std.SOL_SOCKET, _std.SO_REUSEPORT, 1)
+            if family == _std.AF_INET6:
+                s.setsockopt(_std.IPPROTO_IPV6, _std.IPV6_V6ONLY, 1)
+            s.bind(addr)
+            s.listen(backlog)
+    except BaseException:
+        for io in ios:
+            io.close()
+        raise
+    return ios
+
+
+def _remove_stale_unix_socket(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    probe = _std.socket(_std.AF_UNIX, _std.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        err = probe.connect_ex(path)
+    finally:
+        probe.close()
+    if err == errno.ECONNREFUSED:
+        os.unlink(path)  # nobody listens: stale file from a previous run
+    elif err == errno.ENOENT:
+        return
+    elif err in (0, errno.EAGAIN, errno.EINPROGRESS):
+        raise OSError(errno.EADDRINUSE, "a server is already listening on", path)
+    else:
+        raise OSError(err, os.strerror(err), path)
+
+
+def listen_unix(path: str, mode: int = 0o777, backlog: int = 128) -> Io:
+    """Listen on a unix socket at ``path`` with file mode ``mode``.
+
+    A stale socket file (nobody accepts on it) is removed first; a live one raises
+    ``OSError(EADDRINUSE)``; a non-socket file raises ``FileExistsError``.
+    """
+    _remove_stale_unix_socket(path)
+    s = gsocket.socket(_std.AF_UNIX, _std.SOCK_STREAM)
+    try:
+        s.bind(path)
+        os.chmod(path, mode)
+        s.listen(backlog)
+    except BaseException:
+        s.close()
+        raise
+    return Io(s)
+
+
+# -- connect ---------------------------------------------------------------------------------
+def _connect_sock(s, addr):
+    raw = s._sock
+    while True:
+        err = raw.connect_ex(addr)
+        if err == 0 or err == errno.EISCONN:
+            return
+        if err in (errno.EINPROGRESS, errno.EALREADY):
+            s._wait(s._write_event)
+            err = s.getsockopt(_std.SOL_SOCKET, _std.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            return
+        if err == errno.EAGAIN and s.family == _std.AF_UNIX:
+            sleep(5)  # unix listener's backlog is full: retry until the deadline
+            continue
+        raise OSError(err, os.strerror(err))
+
+
+def connect(host: str, port: int, timeout_ms=None) -> Io:
+    """Connect over TCP to ``host:port`` (IPv4, IPv6 literal or name) (machine_connect).
+
+    Each resolved address is tried in turn within one ``timeout_ms`` deadline (``TimedOut``);
+    a refused connection raises ``ConnectionRefusedError`` at once.
+    """
+    with deadline(timeout_ms, f"connect {host}:{port}"):
+        last = None
+        for family, _t, proto, _c, addr in _resolve(host, port, False):
+            s = gsocket.socket(family, _std.SOCK_STREAM, proto)
+            try:
+                _connect_sock(s, addr)
+            except OSError as e:
+                s.close()
+                last = e
+                continue
+            except BaseException:
+                s.close()
+                raise
+            io = Io(s)
+            io._peer = addr
+            return io
+        raise last if last is not None else OSError(errno.EADDRNOTAVAIL, f"no address for {host}")
+
+
+def connect_unix(path: str, timeout_ms=None) -> Io:
+    """Connect to a unix socket; ``TimedOut`` while its backlog stays full past ``timeout_ms``."""
+    with deadline(timeout_ms, f"connect {path}"):
+        s = gsocket.socket(_std.AF_UNIX, _std.SOCK_STREAM)
+        try:
+            _connect_sock(s, path)
+        except BaseException:
+            s.close()
+            raise
+        io = Io(s)
+        io._peer = path
+        return io
+
+
+__all__ = ["Io", "listen", "listen_unix", "connect", "connect_unix"]
+

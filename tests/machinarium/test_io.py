@@ -1,0 +1,293 @@
+"""IO: listen/accept/connect, reads and writes with timeouts, unix sockets, socket options, moving
+a connection between machines."""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import threading
+import time
+
+import pytest
+
+import machinarium as mm
+
+from .conftest import run_in_machine
+
+
+def _pair():
+    """A connected (server_io, client_io) pair over loopback TCP in the current machine."""
+    (lst,) = mm.listen("127.0.0.1", 0, backlog=8)
+    port = lst.local[1]
+    client = mm.connect("127.0.0.1", port, timeout_ms=2000)
+    server = lst.accept(2000)
+    lst.close()
+    return server, client
+
+
+def test_accept_connect_read_write_roundtrip():
+    def body():
+        server, client = _pair()
+        client.set_nodelay()
+        client.write(b"hello world")
+        assert server.read(5, 1000) == b"hello"
+        buf = bytearray(64)
+        n = server.read_into(buf, 1000)
+        server.writev([b"ab", memoryview(b"cd"), bytearray(b"ef")], 1000)
+        back = client.read(6, 1000)
+        peer = server.peer
+        server.close(), client.close()
+        return bytes(buf[:n]), back, peer[0]
+
+    assert run_in_machine(body) == (b" world", b"abcdef", "127.0.0.1")
+
+
+def test_large_write_completes_while_peer_reads_slowly():
+    payload = os.urandom(4 * 1024 * 1024)
+
+    def body():
+        server, client = _pair()
+        got = bytearray()
+
+        def reader():
+            buf = bytearray(65536)
+            while len(got) < len(payload):
+                n = server.read_into(buf, 5000, wait_first=True)
+                assert n
+                got.extend(buf[:n])
+
+        r = mm.Coroutine(reader, name="reader")
+        client.write(payload, 5000)
+        r.join(5000)
+        server.close(), client.close()
+        return bytes(got) == payload
+
+    assert run_in_machine(body)
+
+
+def test_read_on_silent_peer_times_out():
+    def body():
+        server, client = _pair()
+        t = time.monotonic()
+        with pytest.raises(mm.TimedOut):
+            server.read(1, 50)
+        with pytest.raises(mm.TimedOut):
+            server.read_into(bytearray(8), 20)
+        with pytest.raises(mm.TimedOut):
+            server.wait_readable(20)
+        elapsed = time.monotonic() - t
+        server.close(), client.close()
+        return elapsed
+
+    assert 0.08 <= run_in_machine(body) < 2.0
+
+
+def test_closed_peer_gives_connection_closed_and_zero():
+    def body():
+        server, client = _pair()
+        client.write(b"ab")
+        client.close()
+        with pytest.raises(mm.ConnectionClosed) as ei:
+            server.read(5, 1000)
+        assert isinstance(ei.value, OSError)
+        assert server.read_into(bytearray(8), 1000) == 0
+        server.close()
+
+    run_in_machine(body)
+
+
+def test_accept_timeout():
+    def body():
+        (lst,) = mm.listen("127.0.0.1", 0)
+        with pytest.raises(mm.TimedOut):
+            lst.accept(30)
+        lst.close()
+
+    run_in_machine(body)
+
+
+def test_connect_to_closed_port_is_quick_oserror():
+    def body():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()  # nothing listens there now
+        t = time.monotonic()
+        with pytest.raises(ConnectionRefusedError):
+            mm.connect("127.0.0.1", port, timeout_ms=2000)
+        return time.monotonic() - t
+
+    assert run_in_machine(body) < 0.5
+
+
+def test_connect_times_out_when_listener_backlog_is_full():
+    def body():
+        (lst,) = mm.listen("127.0.0.1", 0, backlog=0)  # never accepts
+        port = lst.local[1]
+        ok, timed_out = [], 0
+        for _ in range(8):
+            try:
+                ok.append(mm.connect("127.0.0.1", port, timeout_ms=100))
+            except mm.TimedOut:
+                timed_out += 1
+                break
+        for io in ok:
+            io.close()
+        lst.close()
+        return timed_out
+
+    assert run_in_machine(body) == 1
+
+
+def test_ipv6_loopback():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+    def body():
+        try:
+            (lst,) = mm.listen("::1", 0)
+        except OSError as e:
+            pytest.skip(f"IPv6 loopback unavailable: {e}")
+        c = mm.connect("::1", lst.local[1], timeout_ms=1000)
+        s = lst.accept(1000)
+        c.write(b"v6")
+        data = s.read(2, 1000)
+        for io in (s, c, lst):
+            io.close()
+        return data
+
+    assert run_in_machine(body) == b"v6"
+
+
+def test_listen_all_interfaces_and_reuseport():
+    def body():
+        ios = mm.listen("127.0.0.1", 0, reuseport=True)
+        port = ios[0].local[1]
+        again = mm.listen("127.0.0.1", port, reuseport=True)  # SO_REUSEPORT allows a twin
+        for io in ios + again:
+            io.close()
+        return len(ios), len(again)
+
+    assert run_in_machine(body) == (1, 1)
+
+
+def test_unix_socket_mode_stale_file_and_roundtrip(tmp_path):
+    path = str(tmp_path / "s.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)  # bound but never listening: a stale file
+    stale.close()
+
+    def body():
+        lst = mm.listen_unix(path, mode=0o600, backlog=4)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        c = mm.connect_unix(path, 1000)
+        s = lst.accept(1000)
+        c.set_nodelay(), c.set_keepalive(10, 5, 3, 1000)  # no-ops on unix sockets
+        c.write(b"unix")
+        data = s.read(4, 1000)
+        with pytest.raises(OSError) as ei:
+            mm.listen_unix(path)  # a live listener is not "stale" (its probe shows up as a connection)
+        assert ei.value.errno == errno.EADDRINUSE
+        for io in (s, c, lst):
+            io.close()
+        return mode, data
+
+    assert run_in_machine(body) == (0o600, b"unix")
+
+
+def test_listen_unix_refuses_regular_file(tmp_path):
+    path = tmp_path / "not-a-socket"
+    path.write_text("x")
+    with pytest.raises(FileExistsError):
+        run_in_machine(mm.listen_unix, str(path))
+
+
+def test_socket_options():
+    def body():
+        server, client = _pair()
+        client.set_nodelay()
+        client.set_keepalive(idle=15, interval=5, probes=3, user_timeout=2000)
+        client.set_linger0()
+        s = client.sock
+        opts = (s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+        client.close()
+        # linger 0: the close is a reset, so the server sees an error or EOF, never a hang
+        with pytest.raises((mm.ConnectionClosed, ConnectionResetError)):
+            server.read(1, 1000)
+        server.close()
+        return opts
+
+    assert run_in_machine(body) == (1, 1, 15, 5, 3, 2000)
+
+
+def test_cancel_interrupts_blocked_read():
+    def body():
+        server, client = _pair()
+
+        def blocked():
+            server.read(1)
+
+        c = mm.Coroutine(blocked, name="blocked-read")
+        mm.sleep(10)
+        c.cancel()
+        c.join(1000)
+        cancelled = c.cancelled
+        server.close(), client.close()
+        return cancelled
+
+    assert run_in_machine(body)
+
+
+def test_move_connection_between_machines():
+    handoff = mm.Channel()
+    done = threading.Event()
+    box = {}
+
+    def worker():
+        fd = handoff.read(5000).data
+        io = mm.Io.attach(fd)
+        io.write(b"from-worker:" + io.read(4, 2000))
+        box["worker_thread"] = threading.current_thread().name
+        io.close()
+        done.set()
+
+    def acceptor():
+        w = mm.Machine("worker", worker).start()
+        server, client = _pair()
+        client.write(b"ping")
+        handoff.write(mm.Msg("fd", server.detach()))
+        reply = client.read(len(b"from-worker:ping"), 3000)
+        assert client.read_into(bytearray(4), 2000) == 0  # worker closed it
+        client.close()
+        w.join(5000)
+        return reply
+
+    assert run_in_machine(acceptor, name="acceptor") == b"from-worker:ping"
+    assert done.is_set() and box["worker_thread"] == "worker"
+
+
+def test_closing_io_wakes_a_waiting_reader_with_oserror():
+    def body():
+        server, client = _pair()
+        errors = []
+
+        def reader():
+            try:
+                server.read(1, 2000)
+            except OSError as e:
+                errors.append(e)
+
+        r = mm.Coroutine(reader, name="reader")
+        mm.sleep(10)
+        server.close()
+        r.join(1000)
+        client.close()
+        return len(errors)
+
+    assert run_in_machine(body) == 1
