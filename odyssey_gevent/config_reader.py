@@ -536,14 +536,19 @@ def _new_rule(r: _Reader, loc: Location, db: str, db_default: bool, user: str,
     if internal:
         rule.pool_routing = "internal"
     r.rule_order += 1
-    key = rule.key() + (internal,)
-    if key in r.rule_keys:
-        prev = r.rule_keys[key]
-        r.error(loc, f"route '{db}.{user}': is redefined (first defined at {prev.location})")
-    else:
-        r.rule_keys[key] = rule
     r.config.rules.append(rule)
     return rule
+
+
+def _register(r: _Reader, rule: Rule) -> None:
+    """Route redefinition check, once the rule's pool_routing is known."""
+    key = rule.key() + (rule.is_internal,)
+    prev = r.rule_keys.get(key)
+    if prev is not None:
+        r.error(rule.location, f"route '{rule.db_name}.{rule.user_name}': is redefined "
+                               f"(first defined at {prev.location})")
+    else:
+        r.rule_keys[key] = rule
 
 
 def _watchdog(r: _Reader, s: _Stream, storage: Storage, kwtok: Token) -> None:
@@ -554,6 +559,7 @@ def _watchdog(r: _Reader, s: _Stream, storage: Storage, kwtok: Token) -> None:
     r.expect_open(s)
     r.block(s, WATCHDOG_SCHEMA, rule, f"storage '{storage.name}' watchdog")
     rule.pool_routing = "internal"
+    _register(r, rule)
     wd.watchdog_lag_query = rule.watchdog_lag_query
     wd.watchdog_lag_interval = rule.watchdog_lag_interval
 
@@ -626,6 +632,7 @@ def _user(r: _Reader, s: _Stream, ctx: dict, kwtok: Token) -> None:
                      conn_type)
     r.expect_open(s)
     r.block(s, ROUTE_SCHEMA, rule, f"route '{ctx['db']}.{user}'")
+    _register(r, rule)
 
 
 def _group(r: _Reader, s: _Stream, ctx: dict, kwtok: Token) -> None:
@@ -638,6 +645,7 @@ def _group(r: _Reader, s: _Stream, ctx: dict, kwtok: Token) -> None:
     r.expect_open(s)
     r.block(s, GROUP_SCHEMA, rule, f"group '{name}'")
     rule.pool_routing = "client_visible"
+    _register(r, rule)
 
 
 def _kv_block(r: _Reader, s: _Stream, dest: dict, where: str) -> None:
