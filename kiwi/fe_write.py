@@ -47,8 +47,12 @@ def cancel_request(pid: int, key: int) -> bytes:
 
 
 def password_message(data) -> bytes:
-    """Cleartext or md5 PasswordMessage: the string with its NUL terminator."""
-    return message(FE.PASSWORD_MESSAGE, cstr(data, "password"))
+    """Cleartext or md5 PasswordMessage: the string and its NUL terminator. ``data`` may
+    already end with that one NUL (it is not doubled); any other NUL is a ValueError."""
+    raw = to_bytes(data, "password")
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return message(FE.PASSWORD_MESSAGE, cstr(raw, "password"))
 
 
 def sasl_initial_response(mechanism, data) -> bytes:

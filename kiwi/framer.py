@@ -56,6 +56,9 @@ class Limits(tuple):
         self.name = name
         return self
 
+    def __repr__(self) -> str:
+        return f"<Limits {self.name} side={self.side}>"
+
     def __reduce__(self):
         return (Limits, (tuple(self), self.side, self.name))
 
