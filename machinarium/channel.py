@@ -5,7 +5,6 @@ non-shared channel lives inside one machine. Writes never block.
 """
 from __future__ import annotations
 
-import threading
 from collections import deque
 from time import monotonic as _monotonic
 from typing import Any, NamedTuple
@@ -16,7 +15,6 @@ from gevent.hub import get_hub
 from ._clock import seconds
 from .errors import MachineError, TimedOut
 
-_get_ident = threading.get_ident
 
 
 class Msg(NamedTuple):
@@ -34,7 +32,7 @@ class Channel:
 
     ``Channel(shared=True)``: any thread may ``write()``; coroutines of exactly one machine
     ``read()`` (the first machine that has to wait binds the channel; reading from another
-    machine later raises ``MachineError``). Wake-up goes through a libev ``async_`` watcher of the
+    machine while that one is alive raises ``MachineError``; after it exited, the channel rebinds). Wake-up goes through a libev ``async_`` watcher of the
     reader's loop, signalled only when a reader is waiting (the reader publishes its wait, then
     re-checks the queue, so no wake-up is lost).
 
@@ -46,8 +44,7 @@ class Channel:
     otherwise it returns True. Without a limit ``write()`` always returns True.
     """
 
-    __slots__ = ("name", "shared", "_q", "_limit", "_waiters", "_ev", "_async",
-                 "_reader", "_loop")
+    __slots__ = ("name", "shared", "_q", "_limit", "_waiters", "_ev", "_async", "_loop")
 
     def __init__(self, shared: bool = True, limit: int | None = None, name: str | None = None):
         self.name = name
@@ -57,8 +54,7 @@ class Channel:
         self._waiters = 0
         self._ev = _HubEvent()
         self._async = None
-        self._reader = None  # thread ident of the reading machine (shared only)
-        self._loop = None
+        self._loop = None  # the reading machine's loop (shared only)
 
     def __len__(self) -> int:
         return len(self._q)
@@ -99,24 +95,24 @@ class Channel:
         except IndexError:
             return self._read_wait(timeout_ms)
 
-    def _bind(self):
-        me = _get_ident()
-        if self._reader is None:
-            loop = get_hub().loop
-            w = loop.async_(ref=False)
-            w.start(self._ev.set)
-            self._loop = loop
-            self._async = w
-            self._reader = me
-        elif self._reader != me:
+    def _bind(self, loop):
+        old = self._loop
+        if old is not None and old is not loop and old.ptr:
             raise MachineError(f"channel {self.name!r} is read by another machine")
+        # first reader, or the previous reader's machine exited (its loop is destroyed)
+        w = loop.async_(ref=False)
+        w.start(self._ev.set)
+        self._loop = loop
+        self._async = w
 
     def _read_wait(self, timeout_ms):
         q = self._q
         ev = self._ev
         shared = self.shared
-        if shared and self._reader != _get_ident():
-            self._bind()
+        if shared:
+            loop = get_hub().loop
+            if self._loop is not loop:
+                self._bind(loop)
         s = seconds(timeout_ms)
         end = None if s is None else _monotonic() + s
         self._waiters += 1  # publish first ...
@@ -150,7 +146,7 @@ class Channel:
         w = self._async
         if w is not None:
             self._async = None
-            self._reader = None
+            self._loop = None
             try:
                 w.stop()
                 w.close()

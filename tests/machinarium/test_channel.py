@@ -98,19 +98,28 @@ def test_bounded_channel_write_returns_false_when_full():
     assert ch.write(mm.Msg(3)) is True
 
 
-def test_shared_channel_read_from_second_machine_is_an_error():
+def test_shared_channel_read_from_second_live_machine_is_an_error():
     ch = mm.Channel()
+    bound, release = threading.Event(), mm.Event()
 
     def first():
         with pytest.raises(mm.TimedOut):
-            ch.read(10)
+            ch.read(10)  # binds the channel to this machine
+        bound.set()
+        release.wait(5000)
 
     def second():
+        bound.wait(5)
         with pytest.raises(mm.MachineError):
             ch.read(10)
+        release.signal()
 
-    run_in_machine(first)
+    m = mm.Machine("first", first).start()
     run_in_machine(second)
+    m.join(5000)
+    # once the first reader's machine is gone, another machine may take the channel over
+    ch.write(mm.Msg("late"))
+    assert run_in_machine(lambda: ch.read(100)) == mm.Msg("late")
 
 
 def test_several_readers_in_one_machine_each_get_one():
