@@ -60,7 +60,7 @@ stale socket file, refuses a live one with EADDRINUSE),
 ``connect(host, port, timeout_ms=None) -> Io`` (IPv4/IPv6/name), ``connect_unix(path, timeout_ms)``.
 ``Io``: ``.accept(timeout_ms)``, ``.read(n, timeout_ms)`` exactly n bytes or
 ``ConnectionClosed``, ``.read_into(buf, timeout_ms, wait_first=False)`` -> count, 0 on EOF,
-``.wait_readable(timeout_ms)`` -> True or ``TimedOut``, ``.write(data, timeout_ms)`` (send()
+``.wait_readable(timeout_ms)`` -> True or ``TimedOut``, ``.pending()`` (TLS bytes buffered), ``.write(data, timeout_ms)`` (send()
 loop, never gevent sendall), ``.writev(buffers, timeout_ms)``, ``.close()``,
 ``.set_nodelay()``, ``.set_keepalive(idle_s, interval_s, probes, user_timeout_ms)``,
 ``.set_linger0()``, ``.tls_server(ctx, timeout_ms)``, ``.tls_client(ctx, server_hostname,

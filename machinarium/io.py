@@ -108,6 +108,11 @@ class Io:
         sock = self.sock
         sock._wait(sock._write_event)
 
+    def pending(self) -> int:
+        """Bytes already decrypted and buffered in the TLS object (0 for plain sockets): data a
+        poll on the fd would not report."""
+        return self.sock.pending() if self._tls else 0
+
     def wait_readable(self, timeout_ms=None) -> bool:
         """Wait until a read would not block (or the peer closed); return True.
 
