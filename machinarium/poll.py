@@ -14,7 +14,7 @@ def wait_any(ios, timeout_ms=None) -> int:
     counts as readable."""
     bit = 1
     for io in ios:
-        if io.pending():
+        if io.is_tls and io.sock.pending():
             return bit
         bit <<= 1
     hub = get_hub()

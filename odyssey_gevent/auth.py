@@ -1,0 +1,160 @@
+"""Authentication: the client to us (by the rule's `authentication`) and us to PostgreSQL
+(mirrors Odyssey sources/auth.c).
+
+Client side modes: none, block, clear_text, md5, scram-sha-256 against the rule's password.
+Backend side: cleartext, md5 and SCRAM-SHA-256 with storage_password, else the rule's password.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+
+from kiwi import be_read, be_write, error_codes, fe_write
+from kiwi.errors import KiwiError, ProtocolError
+from kiwi.header import BE, FE
+from kiwi.md5 import md5_salted
+from kiwi.scram import ScramClient, ScramServer
+from odyssey_gevent.io import MAX_AUTH_MESSAGE, read_message
+from odyssey_gevent.status import BackendError, FrontendError
+
+AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 3, 5, 10, 11, 12
+
+
+def _password_failed(client) -> FrontendError:
+    return FrontendError(error_codes.INVALID_PASSWORD,
+                         f'password authentication failed for user "{client.user}"', severity="FATAL")
+
+
+def _read_password_message(client, timeout_ms) -> bytes:
+    mtype, payload = read_message(client.io, timeout_ms, MAX_AUTH_MESSAGE)
+    if mtype != FE.PASSWORD_MESSAGE:
+        raise FrontendError(error_codes.PROTOCOL_VIOLATION, "bad password message")
+    return payload
+
+
+def authenticate_client(instance, client, timeout_ms: int | None) -> None:
+    """Run the rule's authentication with the client; raises FrontendError on refusal."""
+    rule = client.rule
+    mode = rule.authentication
+    if mode == "none":
+        pass
+    elif mode == "block":
+        raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
+                            f"user blocked: {client.database} {client.user}", severity="FATAL")
+    elif mode == "clear_text":
+        client.io.write(be_write.auth_cleartext())
+        try:
+            given = be_read.read_password(_read_password_message(client, timeout_ms))
+        except ProtocolError:
+            raise FrontendError(error_codes.PROTOCOL_VIOLATION, "bad password message") from None
+        expected = (rule.password or "").encode()
+        if not hmac.compare_digest(given.rstrip(b"\0"), expected):
+            raise _password_failed(client)
+        client.password = given.rstrip(b"\0").decode("utf-8", "replace")
+    elif mode == "md5":
+        salt = os.urandom(4)
+        client.io.write(be_write.auth_md5(salt))
+        try:
+            given = be_read.read_password(_read_password_message(client, timeout_ms))
+        except ProtocolError:
+            raise FrontendError(error_codes.PROTOCOL_VIOLATION, "bad password message") from None
+        expected = md5_salted(client.user, rule.password or "", salt).encode()
+        if not hmac.compare_digest(given.rstrip(b"\0"), expected):
+            raise _password_failed(client)
+    elif mode == "scram-sha-256":
+        _scram_client(instance, client, timeout_ms)
+    else:
+        raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
+                            f"authentication method '{mode}' is not supported yet")
+    client.io.write(be_write.auth_ok())
+
+
+def _scram_client(instance, client, timeout_ms) -> None:
+    rule = client.rule
+    mechanisms = ["SCRAM-SHA-256"]
+    client.io.write(be_write.auth_sasl(mechanisms))
+    try:
+        mechanism, data = be_read.read_sasl_initial_response(_read_password_message(client, timeout_ms))
+    except ProtocolError:
+        raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
+                            "frontend auth: malformed SASLInitialResponse message") from None
+    if mechanism != "SCRAM-SHA-256":
+        raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
+                            "frontend auth: unsupported SASL authorization mechanism")
+    try:
+        server = ScramServer(rule.password or "")
+    except (KiwiError, ValueError):
+        raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
+                            "frontend auth: invalid user password or SCRAM secret, check your config") from None
+    try:
+        client.io.write(be_write.auth_sasl_continue(server.first(data)))
+        response = be_read.read_sasl_response(_read_password_message(client, timeout_ms))
+        final = server.final(response)
+    except KiwiError as e:
+        if e.sqlstate == error_codes.INVALID_PASSWORD:
+            raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
+                                f'password authentication failed for user "{client.user}"',
+                                severity="FATAL") from None
+        raise FrontendError(e.sqlstate or error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
+                            f"frontend auth: {e}") from None
+    client.io.write(be_write.auth_sasl_final(final))
+
+
+def backend_password(rule, client) -> str | None:
+    if rule.storage_password is not None:
+        return rule.storage_password
+    if rule.password is not None:
+        return rule.password
+    if rule.password_passthrough and client is not None and client.password is not None:
+        return client.password
+    return None
+
+
+def backend_authenticate(instance, server, client, request, timeout_ms: int) -> None:
+    """Answer one Authentication request of PostgreSQL during backend startup."""
+    rule = server.route.rule
+    code = request.code
+    if code == AUTH_OK:
+        return
+    password = backend_password(rule, client)
+    if password is None:
+        raise _backend_error(f"server requested authentication {code}, but no password is configured")
+    io = server.io
+    if code == AUTH_CLEARTEXT:
+        io.write(fe_write.password_message(password.encode() + b"\0"))
+    elif code == AUTH_MD5:
+        io.write(fe_write.password_message(md5_salted(server.route.user, password, request.data).encode()
+                                           + b"\0"))
+    elif code == AUTH_SASL:
+        mechanisms = request.mechanisms if hasattr(request, "mechanisms") else \
+            [m for m in bytes(request.data).decode().split("\0") if m]
+        if "SCRAM-SHA-256" not in mechanisms:
+            raise _backend_error(f"unsupported SASL mechanisms {mechanisms}")
+        scram = ScramClient(password)
+        io.write(fe_write.sasl_initial_response("SCRAM-SHA-256", scram.first()))
+        from kiwi import fe_read
+        mtype, payload = read_message(io, timeout_ms, MAX_AUTH_MESSAGE)
+        if mtype == BE.ERROR_RESPONSE:
+            fields = fe_read.read_error(payload)
+            raise _backend_error(fields.message, fields)
+        cont = fe_read.read_authentication(payload)
+        if mtype != BE.AUTHENTICATION or cont.code != AUTH_SASL_CONTINUE:
+            raise _backend_error("unexpected message during SCRAM authentication")
+        io.write(fe_write.sasl_response(scram.final(bytes(cont.data))))
+        mtype, payload = read_message(io, timeout_ms, MAX_AUTH_MESSAGE)
+        if mtype == BE.ERROR_RESPONSE:
+            fields = fe_read.read_error(payload)
+            raise _backend_error(fields.message, fields)
+        fin = fe_read.read_authentication(payload)
+        if mtype != BE.AUTHENTICATION or fin.code != AUTH_SASL_FINAL:
+            raise _backend_error("unexpected message during SCRAM authentication")
+        try:
+            scram.verify(bytes(fin.data))
+        except KiwiError as e:
+            raise _backend_error(f"server SCRAM signature check failed: {e}") from None
+    else:
+        raise _backend_error(f"unsupported authentication method {code} requested by the server")
+
+
+def _backend_error(message: str, fields=None):
+    return BackendError(message, fields)

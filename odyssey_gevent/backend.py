@@ -1,0 +1,144 @@
+"""Server connections to PostgreSQL: connect, startup, login, service queries
+(mirrors Odyssey sources/backend.c).
+"""
+from __future__ import annotations
+
+import os
+
+import machinarium
+from kiwi import fe_read, fe_write
+from kiwi.header import BE
+from odyssey_gevent import auth
+from odyssey_gevent.io import read_message
+from odyssey_gevent.status import BackendError
+
+
+def endpoint_address(endpoint, config) -> tuple[str, object]:
+    """("unix", path) or ("tcp", (host, port)) for a storage endpoint."""
+    if endpoint.is_unix:
+        path = endpoint.host
+        if not os.path.basename(path).startswith(".s.PGSQL."):
+            path = os.path.join(path, f".s.PGSQL.{endpoint.port}")
+        return "unix", path
+    return "tcp", (endpoint.host, endpoint.port)
+
+
+def storage_endpoints(storage, config) -> list:
+    if storage.endpoints:
+        return storage.endpoints
+    from odyssey_gevent.config import Endpoint  # storage with no host: the unix socket directory
+    return [Endpoint(host=config.unix_socket_dir, port=storage.port, address_type="unix")]
+
+
+def open_connection(endpoint, config, timeout_ms: int):
+    kind, addr = endpoint_address(endpoint, config)
+    if kind == "unix":
+        return machinarium.connect_unix(addr, timeout_ms)
+    io = machinarium.connect(addr[0], addr[1], timeout_ms)
+    if config.nodelay:
+        io.set_nodelay()
+    return io
+
+
+def connect(instance, server, client=None) -> None:
+    """Connect `server` to one of its storage's endpoints and log in; fills server.params and the
+    cancel key. Raises BackendError, machinarium.TimedOut or OSError; the caller closes on error."""
+    config = instance.config
+    route = server.route
+    rule = route.rule
+    timeout = config.backend_connect_timeout_ms
+    endpoints = storage_endpoints(rule.storage, config)
+    last_error = None
+    for i in range(len(endpoints)):
+        endpoint = endpoints[(instance.next_endpoint() + i) % len(endpoints)]
+        try:
+            io = open_connection(endpoint, config, timeout)
+        except (OSError, machinarium.TimedOut) as e:
+            last_error = e
+            instance.logger.error("connect", client, server, "failed to connect to %s: %s", endpoint, e)
+            continue
+        server.io = io
+        server.machine = machinarium.current_machine()
+        server.endpoint = endpoint
+        server.endpoint_host = str(endpoint.host)
+        break
+    else:
+        raise BackendError(f"failed to connect to remote server {server.id}: {last_error}")
+    params = {"user": route.user, "database": route.db}
+    params.update(rule.backend_startup_options or {})
+    server.io.write(fe_write.startup_message(params))
+    startup(instance, server, client, timeout)
+
+
+def startup(instance, server, client, timeout_ms: int) -> None:
+    """Read the login exchange up to the first ReadyForQuery."""
+    io = server.io
+    while True:
+        mtype, payload = read_message(io, timeout_ms)
+        if mtype == BE.AUTHENTICATION:
+            auth.backend_authenticate(instance, server, client, fe_read.read_authentication(payload),
+                                      timeout_ms)
+        elif mtype == BE.PARAMETER_STATUS:
+            name, value = fe_read.read_parameter_status(payload)
+            server.params[name] = value
+        elif mtype == BE.BACKEND_KEY_DATA:
+            server.key_pid, server.key_secret = fe_read.read_backend_key_data(payload)
+        elif mtype == BE.READY_FOR_QUERY:
+            server.tx_status = fe_read.read_ready_for_query(payload)
+            return
+        elif mtype == BE.ERROR_RESPONSE:
+            fields = fe_read.read_error(payload)
+            server.error_connect = fields
+            raise BackendError(f"{fields.severity} {fields.sqlstate}: {fields.message}", fields)
+        elif mtype == BE.NOTICE_RESPONSE:
+            continue
+        elif mtype == BE.NEGOTIATE_PROTOCOL_VERSION:
+            continue
+        else:
+            raise BackendError(f"unexpected message {chr(mtype)!r} during backend startup")
+
+
+def query(instance, server, sql: str, timeout_ms: int, context: str = "query"):
+    """Run one simple query on a synchronized server and read to ReadyForQuery. Returns the
+    ErrorFields of an ErrorResponse, or None. Raises on IO errors and timeouts."""
+    server.io.write(fe_write.query(sql))
+    server.sync_request += 1
+    return wait_ready(instance, server, timeout_ms)
+
+
+def wait_ready(instance, server, timeout_ms: int):
+    """Read (and drop) server output until it is synchronized; return the last error, if any."""
+    error = None
+    io = server.io
+    while not server.synchronized:
+        mtype, payload = read_message(io, timeout_ms)
+        if mtype == BE.READY_FOR_QUERY:
+            server.sync_reply += 1
+            server.tx_status = fe_read.read_ready_for_query(payload)
+            server.copy_mode = False
+        elif mtype == BE.ERROR_RESPONSE:
+            error = fe_read.read_error(payload)
+        elif mtype == BE.PARAMETER_STATUS:
+            name, value = fe_read.read_parameter_status(payload)
+            server.params[name] = value
+    return error
+
+
+def close(instance, server, terminate: bool = True) -> None:
+    """Close a server connection (politely with Terminate when it is healthy)."""
+    io = server.io
+    server.io = None
+    if io is None:
+        if server.fd is not None:
+            try:
+                os.close(server.fd)
+            except OSError:
+                pass
+            server.fd = None
+        return
+    if terminate and not server.broken:
+        try:
+            io.write(fe_write.terminate())
+        except Exception:
+            pass
+    io.close()

@@ -1,0 +1,39 @@
+"""CancelRequest forwarding (mirrors Odyssey sources/cancel.c).
+
+A client's CancelRequest carries the random key we gave it; the router maps it to the server
+the client is attached to, and we send that server's own key to PostgreSQL on a new connection.
+"""
+from __future__ import annotations
+
+import machinarium
+from kiwi import fe_write
+from odyssey_gevent import backend
+
+
+def send(instance, endpoint, pid: int, key: int) -> bool:
+    timeout = instance.config.cancel_timeout_ms if getattr(instance.config, "cancel_timeout_ms", 0) > 0 else 1000
+    try:
+        io = backend.open_connection(endpoint, instance.config, timeout)
+    except (OSError, machinarium.TimedOut) as e:
+        instance.logger.error("cancel", None, None, "failed to connect to %s for cancel: %s", endpoint, e)
+        return False
+    try:
+        io.write(fe_write.cancel_request(pid, key))
+        try:
+            io.wait_readable(timeout)      # PostgreSQL closes the connection once it has read it
+        except machinarium.TimedOut:
+            pass
+        return True
+    except OSError:
+        return False
+    finally:
+        io.close()
+
+
+def forward(instance, pid: int, key: int) -> None:
+    target = instance.router.cancel_target(pid, key)
+    if target is None:
+        instance.logger.debug("cancel", None, None, "no client matches the cancel key")
+        return
+    endpoint, server_pid, server_key, _rule = target
+    send(instance, endpoint, server_pid, server_key)

@@ -1,0 +1,59 @@
+"""A client connection and its state (mirrors Odyssey sources/client.c and client.h)."""
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import time
+
+from odyssey_gevent.id import new_id
+
+
+class ClientState(enum.Enum):
+    """Where the client is, as SHOW CLIENTS reports it."""
+    UNDEF = "undef"
+    PENDING = "pending"     # routed, holds no server
+    QUEUE = "queue"         # waiting for a server
+    ACTIVE = "active"       # a server is attached
+
+
+_KEY = struct.Struct("!ii")
+
+
+class Client:
+    __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "local_host",
+                 "local_port", "startup", "user", "database", "params", "vars", "rule", "route", "server",
+                 "state", "key_pid", "key_secret", "machine", "time_accept", "time_last_active",
+                 "password", "killed", "internal", "is_console", "relay")
+
+    def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
+        self.id = new_id("c")
+        self.io = io
+        self.listen = listen
+        self.conn_type = conn_type          # "host" (TCP) or "local" (unix socket)
+        self.tls = False
+        self.peer_host, self.peer_port = peer if peer else (None, None)
+        self.local_host, self.local_port = local if local else (None, None)
+        self.startup = None                 # kiwi StartupMessage
+        self.user = None
+        self.database = None
+        self.params: dict[str, str] = {}    # startup parameters (without user/database/options)
+        self.vars: dict[str, str] = {}      # parameters to keep on every server (maintain_params)
+        self.rule = None
+        self.route = None
+        self.server = None
+        self.state = ClientState.UNDEF
+        # BackendKeyData we hand out: random, matched by the router on CancelRequest
+        self.key_pid, self.key_secret = _KEY.unpack(os.urandom(8))
+        self.key_pid &= 0x7FFFFFFF
+        self.machine = None
+        self.time_accept = time.monotonic()
+        self.time_last_active = self.time_accept
+        self.password = None
+        self.killed = None                  # a Status when the pooler decided to drop this client
+        self.internal = False
+        self.is_console = False
+        self.relay = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} {self.user}@{self.database}>"

@@ -1,0 +1,173 @@
+"""The admin console: a `local` storage answering SHOW commands (mirrors Odyssey
+sources/console.c).
+
+This first cut answers SHOW VERSION, POOLS, DATABASES, CLIENTS, SERVERS, LISTS, RULES and
+IS_PAUSED with Odyssey's column names and types; the full console (STATS, ERRORS, KILL_CLIENT,
+RELOAD, PAUSE/RESUME ...) is a later issue. Commands are dispatched through a table.
+"""
+from __future__ import annotations
+
+import machinarium
+from kiwi import be_read, be_write, error_codes
+from kiwi.header import FE
+from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__
+from odyssey_gevent.io import read_message
+from odyssey_gevent.rules import show_rules_rows
+from odyssey_gevent.status import FrontendError, Status, error_message
+
+TEXT, INT4, INT8, BOOL = 25, 23, 20, 16
+
+
+def login_parameters(instance) -> list[tuple[str, str]]:
+    return [("server_version", f"{ODYSSEY_COMPAT_VERSION}.0 (odyssey-gevent {__version__})"),
+            ("server_encoding", "UTF-8"), ("client_encoding", "UTF-8"), ("DateStyle", "ISO"),
+            ("TimeZone", "GMT")]
+
+
+def _version_string() -> str:
+    return f"odyssey-gevent {__version__} (odyssey {ODYSSEY_COMPAT_VERSION} compatible)"
+
+
+def show_version(instance):
+    return [("version", TEXT)], [[_version_string()]]
+
+
+def show_pools(instance):
+    cols = [("database", TEXT), ("user", TEXT), ("cl_active", INT8), ("cl_waiting", INT8), ("sv_active", INT8),
+            ("sv_idle", INT8), ("sv_used", INT8), ("sv_tested", INT8), ("sv_login", INT8), ("maxwait", INT8),
+            ("maxwait_us", INT8), ("pool_mode", TEXT)]
+    rows = []
+    for r in instance.router.snapshot():
+        c = r.client_counts()
+        rows.append([r.db, r.user, c["active"], c["pending"], len(r.active), len(r.idle), 0, 0, 0, 0, 0,
+                     r.rule.pool])
+    return cols, rows
+
+
+def show_databases(instance):
+    cols = [("name", TEXT), ("host", TEXT), ("port", INT8), ("database", TEXT), ("force_user", TEXT),
+            ("pool_size", INT8), ("reserve_pool", INT8), ("pool_mode", TEXT), ("max_connections", INT8),
+            ("current_connections", INT8), ("paused", INT8), ("disabled", INT8)]
+    rows = []
+    for r in instance.router.snapshot():
+        st = r.rule.storage
+        rows.append([r.db, st.host if st else None, st.port if st else 0, r.rule.db_name, r.rule.user_name,
+                     r.rule.pool_size, 0, r.rule.pool, r.rule.client_max or 0, r.server_count, 0, 0])
+    return cols, rows
+
+
+def show_clients(instance):
+    cols = [("type", TEXT), ("user", TEXT), ("database", TEXT), ("state", TEXT), ("storage_user", TEXT),
+            ("addr", TEXT), ("port", INT4), ("local_addr", TEXT), ("local_port", INT4), ("connect_time", TEXT),
+            ("request_time", TEXT), ("wait", INT4), ("wait_us", INT4), ("id", TEXT), ("ptr", TEXT), ("coro", INT4),
+            ("remote_pid", INT4), ("tls", TEXT)]
+    rows = []
+    for r in instance.router.snapshot():
+        for c in list(r.clients):
+            rows.append(["C", c.user, c.database, c.state.value, r.user, c.peer_host or "", c.peer_port or 0,
+                         c.local_host or "", c.local_port or 0, None, None, 0, 0, c.id, "", 0, 0, ""])
+    return cols, rows
+
+
+def show_servers(instance):
+    cols = [("type", TEXT), ("user", TEXT), ("database", TEXT), ("state", TEXT), ("addr", TEXT), ("port", INT4),
+            ("local_addr", TEXT), ("local_port", INT4), ("connect_time", TEXT), ("request_time", TEXT),
+            ("wait", INT4), ("wait_us", INT4), ("ptr", TEXT), ("link", TEXT), ("remote_pid", INT4), ("tls", TEXT),
+            ("offline", TEXT)]
+    rows = []
+    for r in instance.router.snapshot():
+        for s in list(r.idle) + list(r.active):
+            ep = s.endpoint
+            rows.append(["S", r.user, r.db, s.state.value, ep.host if ep else "", ep.port if ep else 0, "", 0,
+                         None, None, 0, 0, s.id, "", s.key_pid, r.rule.storage.tls if r.rule.storage else "",
+                         "1" if s.offline else "0"])
+    return cols, rows
+
+
+def show_lists(instance):
+    routes = instance.router.snapshot()
+    users = {r.user for r in routes}
+    dbs = {r.db for r in routes}
+    used_clients = sum(len(r.clients) for r in routes)
+    free_servers = sum(len(r.idle) for r in routes)
+    used_servers = sum(len(r.active) for r in routes)
+    items = [("databases", len(dbs)), ("users", len(users)), ("pools", len(routes)), ("free_clients", 0),
+             ("used_clients", used_clients), ("login_clients", 0), ("routing_clients", 0),
+             ("free_servers", free_servers), ("used_servers", used_servers), ("dns_names", 0), ("dns_zones", 0),
+             ("dns_queries", 0), ("dns_pending", 0)]
+    return [("list", TEXT), ("items", INT4)], [list(i) for i in items]
+
+
+def show_rules(instance):
+    cols = [("database", TEXT), ("user", TEXT), ("address", TEXT), ("connection_type", TEXT), ("obsolete", BOOL)]
+    return cols, [list(r) for r in show_rules_rows(instance.rules)]
+
+
+def show_is_paused(instance):
+    return [("is_paused", BOOL)], [[False]]
+
+
+SHOW = {
+    "version": show_version, "pools": show_pools, "databases": show_databases, "clients": show_clients,
+    "servers": show_servers, "lists": show_lists, "rules": show_rules, "is_paused": show_is_paused,
+}
+
+
+def _value(v):
+    if v is None:
+        return None
+    if v is True:
+        return "t"
+    if v is False:
+        return "f"
+    return str(v)
+
+
+def _result(cols, rows, tag: str = "SHOW") -> bytes:
+    out = [be_write.row_description(cols)]
+    out += [be_write.data_row([_value(v) for v in row]) for row in rows]
+    out.append(be_write.command_complete(tag))
+    return b"".join(out)
+
+
+def execute(instance, client, query: str) -> bytes:
+    tokens = query.replace(";", " ").split()
+    if not tokens:
+        return be_write.empty_query_response()
+    role = client.rule.effective_role() if hasattr(client.rule, "effective_role") else client.rule.role
+    if role == "notallow":
+        raise FrontendError(error_codes.INSUFFICIENT_PRIVILEGE, "Unsuitable user role to emit console command")
+    if tokens[0].lower() == "show" and len(tokens) >= 2:
+        handler = SHOW.get(tokens[1].lower())
+        if handler is not None:
+            cols, rows = handler(instance)
+            return _result(cols, rows)
+    raise FrontendError(error_codes.SYNTAX_ERROR, f"console command error: {query}")
+
+
+def _message_name(mtype: int) -> str:
+    try:
+        return FE(mtype).name.replace("_", " ").title().replace(" ", "")
+    except ValueError:
+        return chr(mtype)
+
+
+def run(instance, client) -> Status:
+    while True:
+        try:
+            mtype, payload = read_message(client.io, None)
+        except (OSError, machinarium.ConnectionClosed):
+            return Status.ECLIENT_READ
+        if mtype == FE.TERMINATE:
+            return Status.TERMINATE
+        if mtype != FE.QUERY:
+            err = FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
+                                f"unsupported request '{_message_name(mtype)}'")
+            client.io.write(error_message(err, client.id, client.rule.client_show_id) + be_write.ready_for_query())
+            continue
+        query = be_read.read_query(payload)
+        try:
+            reply = execute(instance, client, query)
+        except FrontendError as err:
+            reply = error_message(err, client.id, client.rule.client_show_id)
+        client.io.write(reply + be_write.ready_for_query())

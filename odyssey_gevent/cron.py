@@ -1,0 +1,73 @@
+"""Periodic service work: expiring idle servers (pool_ttl, server_lifetime), dropping obsolete
+routes and the stats log line (mirrors Odyssey sources/cron.c)."""
+from __future__ import annotations
+
+import time
+
+import machinarium
+from odyssey_gevent import backend
+
+
+def expire(instance) -> int:
+    """Close idle servers idle for pool_ttl seconds or older than server_lifetime; returns count."""
+    now = time.monotonic()
+    closed = 0
+    router = instance.router
+    for route in router.snapshot():
+        rule = route.rule
+        for server in list(route.idle):
+            idle_for = now - server.idle_since
+            age = now - server.created_at
+            if (rule.pool_ttl > 0 and idle_for >= rule.pool_ttl) or \
+               (rule.server_lifetime > 0 and age >= rule.server_lifetime) or route.obsolete or server.offline:
+                if router.remove_idle(route, server):
+                    instance.logger.debug("expire", None, server, "closing idle server connection")
+                    backend.close(instance, server)
+                    closed += 1
+        if route.obsolete and not route.clients and not route.active and not route.idle:
+            with router.lock:
+                if router.routes.get(route.key) is route:
+                    del router.routes[route.key]
+    return closed
+
+
+class _Rates:
+    def __init__(self):
+        self.prev = {}
+
+
+def log_stats(instance, rates: _Rates, interval: float) -> None:
+    for route in instance.router.snapshot():
+        st = route.stats
+        prev = rates.prev.get(route.key, (0, 0, 0, 0))
+        cur = (st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent)
+        rates.prev[route.key] = cur
+        d = [int((c - p) / interval) for c, p in zip(cur, prev)]
+        instance.logger.info("stats", None, None,
+                             "[%s.%s] %d clients, %d active servers, %d idle servers, %d transactions/sec, "
+                             "%d queries/sec, %d in bytes/sec, %d out bytes/sec",
+                             route.db, route.user, len(route.clients), len(route.active), len(route.idle),
+                             d[0], d[1], d[2], d[3])
+
+
+def cron_main(instance) -> None:
+    rates = _Rates()
+    last_stats = time.monotonic()
+    while True:
+        machinarium.sleep(1000)
+        try:
+            expire(instance)
+            config = instance.config
+            now = time.monotonic()
+            if config.log_stats and config.stats_interval > 0 and now - last_stats >= config.stats_interval:
+                log_stats(instance, rates, now - last_stats)
+                last_stats = now
+        except Exception as e:  # cron must never die
+            instance.logger.error("cron", None, None, "cron failed: %r", e)
+
+
+def close_all_servers(instance) -> None:
+    for route in instance.router.snapshot():
+        for server in list(route.idle):
+            if instance.router.remove_idle(route, server):
+                backend.close(instance, server)

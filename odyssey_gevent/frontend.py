@@ -1,0 +1,358 @@
+"""The client lifecycle in six stages: startup, cancel, routing, authentication, the request
+loop and cleanup (mirrors Odyssey sources/frontend.c).
+
+Each stage either succeeds or raises FrontendError (a message the client must get) or returns a
+Status; `cleanup()` alone decides what the client is told and whether its server is reset and
+reused or closed.
+"""
+from __future__ import annotations
+
+import time
+
+import machinarium
+from kiwi import be_write, error_codes
+from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
+from kiwi.errors import KiwiError, ProtocolError
+from odyssey_gevent import auth, backend, cancel, deploy, reset
+from odyssey_gevent.client import Client
+from odyssey_gevent.io import read_startup
+from odyssey_gevent.relay import Relay
+from odyssey_gevent.router import AttachTimeout
+from odyssey_gevent.status import BackendError, FrontendError, Status, error_message
+
+# startup parameters that are not session parameters to maintain
+_NOT_VARS = {"user", "database", "options", "replication"}
+
+_DROP_MESSAGES = {
+    Status.EIDLE_TIMEOUT: ("Connection was dropped by Odyssey due to idle timeout", None),
+    Status.EIDLE_IN_TRANSACTION_TIMEOUT: ("Connection was dropped by Odyssey due to idle in transaction timeout",
+                                          None),
+    Status.ECLIENT_KILLED: ("Connection was killed by Odyssey configuration reloading or console command",
+                            "Try to reconnect"),
+}
+
+
+def parse_options(value: str) -> dict[str, str]:
+    """`-c k=v` and `--k=v` pairs of the startup `options` parameter (PGOPTIONS)."""
+    out: dict[str, str] = {}
+    tokens, cur, esc = [], [], False
+    for ch in value:
+        if esc:
+            cur.append(ch)
+            esc = False
+        elif ch == "\\":
+            esc = True
+        elif ch.isspace():
+            if cur:
+                tokens.append("".join(cur))
+                cur = []
+        else:
+            cur.append(ch)
+    if cur:
+        tokens.append("".join(cur))
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        pair = None
+        if tok == "-c" and i + 1 < len(tokens):
+            pair = tokens[i + 1]
+            i += 1
+        elif tok.startswith("-c"):
+            pair = tok[2:]
+        elif tok.startswith("--"):
+            pair = tok[2:]
+        if pair and "=" in pair:
+            k, v = pair.split("=", 1)
+            out[k.replace("-", "_")] = v
+        i += 1
+    return out
+
+
+class Frontend:
+    def __init__(self, instance, client: Client):
+        self.instance = instance
+        self.client = client
+        self.logger = instance.logger
+        self.server_error = None
+        self.deadline = None
+
+    # -- stage 1: startup ----------------------------------------------------------------------
+    def _login_timeout(self) -> int | None:
+        if self.deadline is None:
+            return None
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+    def startup(self) -> bool:
+        """Read the first packet(s). False when the connection is done (cancel request)."""
+        client = self.client
+        listen = client.listen
+        while True:
+            msg = read_startup(client.io, self._login_timeout())
+            if isinstance(msg, SSLRequest):
+                if listen is not None and listen.tls != "disable" and self.instance.tls_context(listen):
+                    client.io.write(b"S")
+                    client.io.tls_server(self.instance.tls_context(listen), self._login_timeout())
+                    client.tls = True
+                else:
+                    client.io.write(b"N")
+                continue
+            if isinstance(msg, GSSENCRequest):
+                client.io.write(b"N")
+                continue
+            if isinstance(msg, CancelRequest):
+                cancel.forward(self.instance, msg.pid, msg.key)
+                return False
+            break
+        if listen is not None and listen.tls in ("require", "verify_ca", "verify_full") and not client.tls:
+            raise FrontendError(error_codes.PROTOCOL_VIOLATION, "SSL is required")
+        if msg.major != 3:
+            raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
+                                f"unsupported frontend protocol {msg.major}.{msg.minor}: "
+                                f"server supports 3.0 to 3.0", severity="FATAL")
+        params = dict(msg.params)
+        client.startup = msg
+        user = params.get("user")
+        if not user:
+            raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
+                                "no PostgreSQL user name specified in startup packet", severity="FATAL")
+        client.user = user
+        client.database = params.get("database") or user
+        if "replication" in params:
+            raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
+                                "replication connections are not supported yet")
+        if msg.minor > 0:
+            unknown = [k for k in params if k.startswith("_pq_.")]
+            client.io.write(be_write.negotiate_protocol_version(0, unknown))
+        vars_ = {k: v for k, v in params.items() if k not in _NOT_VARS and not k.startswith("_pq_.")}
+        if "options" in params:
+            vars_.update(parse_options(params["options"]))
+        client.params = dict(vars_)
+        client.vars = vars_
+        return True
+
+    # -- stage 3: routing ----------------------------------------------------------------------
+    def route(self) -> None:
+        client = self.client
+        self.instance.router.route(client)
+        rule = client.rule
+        client.is_console = rule.storage is not None and rule.storage.type == "local"
+        # the rule's options {} override the client's own values
+        for k, v in (rule.options or {}).items():
+            client.vars[k] = v
+        if rule.application_name_add_host and client.peer_host:
+            app = client.vars.get("application_name", "")
+            client.vars["application_name"] = (f"{app} - {client.peer_host}")[:63]
+
+    # -- stage 4: authentication ------------------------------------------------------------
+    def authenticate(self) -> None:
+        auth.authenticate_client(self.instance, self.client, self._login_timeout())
+
+    # -- login completion: ParameterStatus, BackendKeyData, ReadyForQuery ------------------
+    def setup(self) -> None:
+        client = self.client
+        if client.is_console:
+            from odyssey_gevent import console
+            params = console.login_parameters(self.instance)
+            out = [be_write.parameter_status(k, v) for k, v in params]
+            out.append(be_write.ready_for_query(b"I"))
+            client.io.write(b"".join(out))
+            return
+        route = client.route
+        if route.params is None:
+            # the first client of a route logs a server in to learn the route's parameters
+            self.attach(deploy_params=False)
+            route.params = list(client.server.params.items())
+            self.detach(reset_first=False)
+        out = []
+        sent = set()
+        lowered = {k.lower(): v for k, v in client.vars.items()}
+        for name, value in route.params:
+            value = lowered.get(name.lower(), value)
+            out.append(be_write.parameter_status(name, value))
+            sent.add(name.lower())
+        out.append(be_write.backend_key_data(client.key_pid, client.key_secret))
+        out.append(be_write.ready_for_query(b"I"))
+        client.io.write(b"".join(out))
+
+    # -- attach / detach (called by the relay) ----------------------------------------------
+    def attach(self, deploy_params: bool = True):
+        instance = self.instance
+        client = self.client
+        rule = client.rule
+        timeout = rule.pool_timeout if rule.pool_timeout > 0 else None
+        started = time.monotonic()
+        try:
+            server = instance.router.attach(client, timeout)
+        except AttachTimeout:
+            raise FrontendError(error_codes.TOO_MANY_CONNECTIONS,
+                                f"too many active clients for user (pool_size for user "
+                                f"{client.database}.{client.user} reached {rule.pool_size})",
+                                severity="FATAL") from None
+        client.route.stats.wait_time_us += int((time.monotonic() - started) * 1e6)
+        if not server.connected:
+            try:
+                backend.connect(instance, server, client)
+            except (BackendError, OSError, machinarium.TimedOut, KiwiError) as e:
+                self.logger.error("attach", client, server, "failed to connect to the server: %s", e)
+                instance.router.close(client)
+                server.broken = True
+                backend.close(instance, server)
+                fields = getattr(e, "fields", None)
+                if rule.client_fwd_error and fields is not None:
+                    raise FrontendError(fields.sqlstate, fields.message, severity=fields.severity,
+                                        detail=fields.detail, hint=fields.hint) from None
+                raise FrontendError(error_codes.CONNECTION_FAILURE,
+                                    f"failed to connect to remote server {server.id}", severity="FATAL") from None
+            server.baseline = dict(server.params)
+            self.logger.debug("attach", client, server, "new server connection")
+        elif server.io is None:
+            server.io = machinarium.Io.attach(server.fd)
+            server.fd = None
+            server.machine = machinarium.current_machine()
+        if deploy_params and rule.maintain_params:
+            try:
+                deploy.deploy(instance, client, server)
+            except (OSError, machinarium.TimedOut, KiwiError) as e:
+                raise _ServerFailure(Status.ESERVER_WRITE, e) from None
+        return server
+
+    def detach(self, reset_first: bool = True) -> None:
+        client = self.client
+        server = client.server
+        if server is None:
+            return
+        instance = self.instance
+        clean = client.relay is None or client.relay.server_clean
+        ok = reset.reset(instance, server, clean) if reset_first else clean
+        if ok:
+            if instance.workers > 1:
+                server.fd = server.io.detach()
+                server.io = None
+            instance.router.detach(client)
+        else:
+            instance.router.close(client)
+            backend.close(instance, server)
+
+    # -- idle timeouts (called by the relay) -----------------------------------------------
+    def idle_timeout(self, server) -> int | None:
+        if server is None:
+            return None
+        rule = self.client.rule
+        if server.in_transaction:
+            t = rule.pool_idle_in_transaction_timeout
+        elif rule.pool == "session":
+            t = rule.pool_client_idle_timeout
+        else:
+            t = 0
+        return t * 1000 if t > 0 else None
+
+    def idle_expired(self, server) -> Status | None:
+        if server is None:
+            return None
+        if server.in_transaction:
+            self.logger.info("shutdown", self.client, server,
+                             "drop idle in transaction connection on due timeout %d sec",
+                             self.client.rule.pool_idle_in_transaction_timeout)
+            return Status.EIDLE_IN_TRANSACTION_TIMEOUT
+        self.logger.info("shutdown", self.client, server, "drop idle client connection on due timeout %d sec",
+                         self.client.rule.pool_client_idle_timeout)
+        return Status.EIDLE_TIMEOUT
+
+    # -- the whole lifecycle ----------------------------------------------------------------
+    def run(self) -> None:
+        client = self.client
+        instance = self.instance
+        status = Status.OK
+        login_ms = client.listen.client_login_timeout if client.listen is not None else 15000
+        self.deadline = time.monotonic() + login_ms / 1000.0 if login_ms > 0 else None
+        try:
+            if not self.startup():
+                return
+            self.route()
+            self.authenticate()
+            self.deadline = None
+            if instance.config.log_session:
+                self.logger.info("startup", client, None, "new client connection %s:%s to %s.%s",
+                                 client.peer_host or "unix", client.peer_port or 0, client.database, client.user)
+            self.setup()
+            if client.is_console:
+                from odyssey_gevent import console
+                status = console.run(instance, client)
+            else:
+                client.relay = Relay(self, client)
+                status = client.relay.run()
+        except FrontendError as e:
+            status = Status.ECLIENT_PROTOCOL_ERROR if e.sqlstate == error_codes.PROTOCOL_VIOLATION else Status.OK
+            self._send_error(e)
+        except _ServerFailure as e:
+            self.server_error = e
+            status = e.status
+        except ProtocolError as e:
+            self.logger.error("startup", client, None, "protocol error: %s", e)
+            self._send_error(FrontendError(error_codes.PROTOCOL_VIOLATION, "bad startup packet" if
+                                           client.startup is None else str(e), severity="FATAL"))
+            status = Status.ECLIENT_PROTOCOL_ERROR
+        except machinarium.TimedOut:
+            self.logger.info("startup", client, None, "client login timed out")
+            status = Status.ECLIENT_READ
+        except (OSError, machinarium.ConnectionClosed):
+            status = Status.ECLIENT_READ
+        finally:
+            self.cleanup(status)
+
+    def _send_error(self, err: FrontendError) -> None:
+        client = self.client
+        show_id = client.rule.client_show_id if client.rule is not None else True
+        self.logger.error("frontend", client, client.server, "%s", err.message)
+        try:
+            client.io.write(error_message(err, client.id, show_id))
+        except Exception:
+            pass
+
+    # -- stage 6: cleanup -------------------------------------------------------------------
+    def cleanup(self, status: Status) -> None:
+        client = self.client
+        instance = self.instance
+        server = client.server
+        try:
+            if status in _DROP_MESSAGES:
+                detail, hint = _DROP_MESSAGES[status]
+                self._send_error(FrontendError(error_codes.CONNECTION_FAILURE, "Odyssey has dropped the connection",
+                                               severity="FATAL", detail=detail, hint=hint))
+            elif status in (Status.ESERVER_READ, Status.ESERVER_WRITE):
+                self._send_error(FrontendError(error_codes.CONNECTION_FAILURE,
+                                               f"remote server read/write error {server.id if server else ''}: "
+                                               f"{self.server_error}"))
+            if server is not None:
+                if status in (Status.ESERVER_READ, Status.ESERVER_WRITE, Status.ESERVER_CONNECT):
+                    server.broken = True
+                    instance.router.close(client)
+                    backend.close(instance, server)
+                else:
+                    try:
+                        self.detach()
+                    except Exception as e:  # a reset that fails closes the server
+                        self.logger.error("cleanup", client, server, "reset failed: %s", e)
+                        if client.server is not None:
+                            instance.router.close(client)
+                            backend.close(instance, server)
+        finally:
+            instance.router.unroute(client)
+            if instance.config.log_session and client.user is not None:
+                self.logger.info("cleanup", client, None, "client disconnected (%s), working time %dus",
+                                 status.value, int((time.monotonic() - client.time_accept) * 1e6))
+            client.io.close()
+            instance.client_closed(client)
+
+
+class _ServerFailure(Exception):
+    def __init__(self, status: Status, error):
+        super().__init__(str(error))
+        self.status = status
+
+
+def frontend(instance, io, listen, conn_type: str, peer=None, local=None) -> None:
+    """Coroutine entry point: one client from accept to close."""
+    client = Client(io, listen, conn_type, peer, local)
+    client.machine = machinarium.current_machine()
+    Frontend(instance, client).run()

@@ -1,0 +1,136 @@
+"""The application entry point: read the config, set up the logger, run the system machine in
+the main thread and the worker pool (mirrors Odyssey sources/instance.c).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+
+import machinarium
+from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, backend, config_reader
+from odyssey_gevent.config import ConfigError
+from odyssey_gevent.logger import Logger
+from odyssey_gevent.router import Router
+from odyssey_gevent.rules import Rules
+
+
+def resolve_workers(workers) -> int:
+    if workers in (None, "auto"):
+        return max(1, ((os.cpu_count() or 1) + 1) // 2) if workers == "auto" else 1
+    return max(1, int(workers))
+
+
+class Instance:
+    def __init__(self, config, logger: Logger, config_path: str):
+        self.config = config
+        self.config_path = config_path
+        self.logger = logger
+        self.rules = Rules(config)
+        self.router = Router(self)
+        self.workers = resolve_workers(config.workers)
+        self._endpoint_rr = itertools.count()
+        self._lock = threading.Lock()
+        self.clients = 0          # accepted client sockets (global client_max)
+        self._tls = {}
+        self.verbose = False
+
+    def next_endpoint(self) -> int:
+        return next(self._endpoint_rr)
+
+    def client_opened(self) -> None:
+        with self._lock:
+            self.clients += 1
+
+    def client_closed(self, client) -> None:
+        with self._lock:
+            self.clients -= 1
+
+    def close_server_later(self, server) -> None:
+        backend.close(self, server)
+
+    def tls_context(self, listen):
+        """The server-side SSLContext of a listen block (built once), or None when TLS is off."""
+        if listen.tls == "disable" or not listen.tls_cert_file:
+            return None
+        ctx = self._tls.get(id(listen))
+        if ctx is None:
+            from machinarium import tls
+            ctx = self._tls[id(listen)] = tls.server_context(
+                listen.tls_cert_file, listen.tls_key_file, ca_file=listen.tls_ca_file,
+                verify=listen.tls if listen.tls in ("verify_ca", "verify_full", "require") else None)
+        return ctx
+
+    def reload(self) -> bool:
+        """SIGHUP/RELOAD: read the config again; on any error keep the running one."""
+        try:
+            config = config_reader.load(self.config_path)
+        except ConfigError as e:
+            for line in str(e).splitlines():
+                self.logger.error("reload", None, None, "%s", line)
+            self.logger.error("reload", None, None, "reload failed, the old config stays in use")
+            return False
+        for warning in config.warnings:
+            self.logger.warning("reload", None, None, "%s", warning)
+        old_routes = self.router.snapshot()
+        self.config = config
+        self.rules = Rules(config)
+        self.logger.configure(config.log_format, self.logger.to_stdout, config.log_file,
+                              config.log_debug or self.verbose, self.logger.silent)
+        for route in old_routes:
+            route.obsolete = True
+        self.logger.info("reload", None, None, "config reloaded from %s", self.config_path)
+        return True
+
+
+def daemonize(pid_file: str | None) -> None:
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+
+
+def main(config_path: str, console: bool = False, log_to_stdout: bool = False, silent: bool = False,
+         verbose: bool = False, test_only: bool = False) -> int:
+    try:
+        config = config_reader.load(config_path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{config_path}: {e.strerror}", file=sys.stderr)
+        return 1
+    if test_only:
+        print("config is valid")
+        return 0
+    if config.daemonize and not console:
+        daemonize(config.pid_file)
+    logger = Logger(config.log_format, to_stdout=log_to_stdout or config.log_to_stdout,
+                    log_file=config.log_file, debug=config.log_debug or verbose, silent=silent)
+    if config.pid_file:
+        with open(config.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    instance = Instance(config, logger, config_path)
+    instance.verbose = verbose
+    logger.info("init", None, None, "odyssey-gevent %s (odyssey %s compatible), pid %d",
+                __version__, ODYSSEY_COMPAT_VERSION, os.getpid())
+    for warning in config.warnings:
+        logger.warning("config", None, None, "%s", warning)
+    if config.log_config:
+        for line in config_reader.dump_config(config).splitlines():
+            logger.info("config", None, None, "%s", line)
+    from odyssey_gevent import system
+    try:
+        rc = machinarium.Machine("system", system.system_main, instance).run()
+    finally:
+        if config.pid_file:
+            try:
+                os.unlink(config.pid_file)
+            except OSError:
+                pass
+    return rc if isinstance(rc, int) else 0

@@ -1,0 +1,52 @@
+"""Making a server reusable before it goes back to the pool (mirrors Odyssey sources/reset.c).
+
+Runs on every detach, in this order: servers left in COPY, with a partly relayed message or
+broken are closed; a server in a transaction is closed when pool_rollback is off; a server that
+has not answered everything is cancelled (pool_cancel) and drained to ReadyForQuery within
+pool_reset_timeout_ms, else closed; ROLLBACK inside a transaction; then the rule's reset query
+(DISCARD ALL, the smart-discard script, or pool_discard_query).
+"""
+from __future__ import annotations
+
+import machinarium
+from kiwi.errors import KiwiError
+from odyssey_gevent import backend, cancel
+from odyssey_gevent.status import BackendError
+
+
+def reset(instance, server, clean: bool) -> bool:
+    """True when the server may return to the pool; False when it must be closed."""
+    rule = server.route.rule
+    log = instance.logger
+    if server.broken or server.io is None:
+        return False
+    if server.copy_mode:
+        log.info("reset", None, server, "server left in copy, closing")
+        return False
+    if not clean:
+        log.info("reset", None, server, "server left with partly-read message, closing")
+        return False
+    if not rule.pool_rollback and server.in_transaction:
+        log.info("reset", None, server, "in active transaction, closing")
+        return False
+    timeout = rule.pool_reset_timeout_ms if rule.pool_reset_timeout_ms > 0 else None
+    try:
+        if not server.synchronized:
+            if not rule.pool_cancel:
+                log.info("reset", None, server, "server left in query, closing")
+                return False
+            cancel.send(instance, server.endpoint, server.key_pid, server.key_secret)
+            backend.wait_ready(instance, server, timeout)
+            if not server.synchronized:
+                return False
+        if server.in_transaction:
+            backend.query(instance, server, "ROLLBACK", timeout)
+        query = rule.effective_reset()
+        if query:
+            server.params = dict(server.baseline)
+            backend.query(instance, server, query, timeout)
+    except (machinarium.TimedOut, OSError, KiwiError, BackendError) as e:
+        log.info("reset", None, server, "reset failed, closing: %s", e)
+        server.broken = True
+        return False
+    return not server.in_transaction

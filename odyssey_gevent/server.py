@@ -1,0 +1,63 @@
+"""A server (backend) connection and its state (mirrors Odyssey sources/server.h)."""
+from __future__ import annotations
+
+import enum
+import time
+
+from odyssey_gevent.id import new_id
+
+
+class ServerState(enum.Enum):
+    """Which list of its route the server is on; changed only by `Route.set_server_state`."""
+    UNDEF = "undef"
+    IDLE = "idle"
+    ACTIVE = "active"
+    EXPIRE = "expire"
+
+
+class Server:
+    __slots__ = ("id", "route", "io", "fd", "machine", "endpoint", "endpoint_host", "state", "client",
+                 "key_pid", "key_secret", "params", "tx_status", "sync_request", "sync_reply", "copy_mode",
+                 "created_at", "idle_since", "offline", "error_connect", "broken", "deployed", "last_client_id",
+                 "baseline")
+
+    def __init__(self, route):
+        self.id = new_id("s")
+        self.route = route
+        self.io = None              # machinarium Io while connected
+        self.fd = None              # a detached fd while parked between machines
+        self.machine = None
+        self.endpoint = None        # odyssey_gevent.backend.Endpoint
+        self.endpoint_host = None   # for %H in the log
+        self.state = ServerState.UNDEF
+        self.client = None
+        self.key_pid = 0
+        self.key_secret = 0
+        self.params: dict[str, str] = {}   # the server's parameters (ParameterStatus and what we SET)
+        self.tx_status = b"I"
+        self.sync_request = 0       # queries and Syncs sent
+        self.sync_reply = 0         # ReadyForQuery received
+        self.copy_mode = False
+        self.created_at = time.monotonic()
+        self.idle_since = self.created_at
+        self.offline = False
+        self.error_connect = None   # kiwi ErrorFields the backend sent during login
+        self.broken = False         # an IO error happened: never reuse
+        self.deployed = False
+        self.last_client_id = None
+        self.baseline: dict[str, str] = {}   # parameters right after login (what DISCARD ALL restores)
+
+    @property
+    def connected(self) -> bool:
+        return self.io is not None or self.fd is not None
+
+    @property
+    def synchronized(self) -> bool:
+        return self.sync_request == self.sync_reply
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.tx_status != b"I"
+
+    def __repr__(self) -> str:
+        return f"<Server {self.id} {self.state.value}>"

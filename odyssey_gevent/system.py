@@ -1,0 +1,151 @@
+"""The system machine: listen servers, the accept loops, signals, cron and the worker pool
+(mirrors Odyssey sources/system.c).
+
+One listen server per resolved address of each `listen` block (`host "*"` binds every address,
+a name only its first), or a unix socket `<unix_socket_dir>/.s.PGSQL.<port>` when the block has
+no host. New clients are fed round-robin to the workers; with `workers 1` the single worker runs
+as coroutines of the system machine itself (the seed's single-worker mode).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import machinarium
+from kiwi import be_write, error_codes
+from odyssey_gevent import cron
+from odyssey_gevent.frontend import frontend
+from odyssey_gevent.status import FrontendError, error_message
+from odyssey_gevent.worker import WorkerPool
+
+
+class ListenServer:
+    def __init__(self, listen, io, name: str, unix_path: str | None = None):
+        self.listen = listen
+        self.io = io
+        self.name = name
+        self.unix_path = unix_path
+        self.coroutine = None
+
+
+def start_listeners(instance) -> list[ListenServer]:
+    config = instance.config
+    log = instance.logger
+    servers = []
+    for listen in config.listen:
+        try:
+            if listen.host is None:
+                path = os.path.join(config.unix_socket_dir, f".s.PGSQL.{listen.port}")
+                mode = int(config.unix_socket_mode, 8) if config.unix_socket_mode else 0o777
+                io = machinarium.listen_unix(path, mode, listen.backlog)
+                servers.append(ListenServer(listen, io, path, path))
+                log.info("server", None, None, "listening on %s", path)
+                continue
+            host = listen.host
+            ios = machinarium.listen(None if host == "*" else host, listen.port, listen.backlog,
+                                     reuseport=config.bindwith_reuseport)
+            if host != "*":
+                for extra in ios[1:]:      # a name binds only its first address, as Odyssey does
+                    extra.close()
+                ios = ios[:1]
+            for io in ios:
+                addr = io.local
+                name = f"[{addr[0]}]:{addr[1]}" if io.sock.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
+                servers.append(ListenServer(listen, io, name))
+                log.info("server", None, None, "listening on %s", name)
+        except OSError as e:
+            where = listen.host or "unix socket"
+            log.error("server", None, None, "failed to listen on %s:%d: %s", where, listen.port, e)
+    return servers
+
+
+def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
+    log = instance.logger
+    backoff = 0
+    conn_type = "local" if server.unix_path else "host"
+    while True:
+        try:
+            io = server.io.accept()
+        except OSError as e:
+            if server.io.closed:
+                return
+            backoff = min(max(backoff * 2, 10), 1000)
+            log.error("server", None, None, "accept failed on %s: %s (retry in %d ms)", server.name, e, backoff)
+            machinarium.sleep(backoff)
+            continue
+        backoff = 0
+        config = instance.config
+        if config.client_max and instance.clients >= config.client_max:
+            err = FrontendError(error_codes.TOO_MANY_CONNECTIONS,
+                                f"too many tcp connections (global client_max {config.client_max})")
+            log.error("server", None, None, "%s", err.message)
+            try:
+                io.write(error_message(err, None, False))
+            except OSError:
+                pass
+            io.close()
+            continue
+        instance.client_opened()
+        peer = local = None
+        if conn_type == "host":
+            try:
+                if config.nodelay:
+                    io.set_nodelay()
+                if config.keepalive > 0:
+                    io.set_keepalive(config.keepalive, config.keepalive_keep_interval,
+                                     config.keepalive_probes, config.keepalive_usr_timeout or None)
+                if not config.disable_nolinger:
+                    io.set_linger0()
+                p = io.peer
+                peer = (p[0], p[1]) if p else None
+                loc = io.local
+                local = (loc[0], loc[1])
+            except OSError:
+                io.close()
+                instance.client_closed(None)
+                continue
+        pool.feed(io, server.listen, conn_type, peer, local)
+
+
+def system_main(instance) -> int:
+    log = instance.logger
+    pool = WorkerPool(instance)
+    pool.start()
+    servers = start_listeners(instance)
+    if not servers:
+        log.fatal("server", None, None, "failed to bind any listen address")
+        pool.stop()
+        return 1
+    for s in servers:
+        s.coroutine = machinarium.coroutine_create(accept_loop, instance, s, pool, name=f"listen {s.name}")
+    cron_coro = machinarium.coroutine_create(cron.cron_main, instance, name="cron")
+    watcher = machinarium.SignalWatcher()
+    rc = 0
+    try:
+        while True:
+            sig = watcher.wait()
+            if sig == signal.SIGHUP:
+                log.info("system", None, None, "SIGHUP received")
+                instance.reload()
+            elif sig == signal.SIGUSR1:
+                log.info("system", None, None, "SIGUSR1 received, reopening the log file")
+                instance.logger.reopen()
+            elif sig == signal.SIGUSR2:
+                log.info("system", None, None, "SIGUSR2 received: online restart is not supported, ignored")
+            elif sig in (signal.SIGINT, signal.SIGTERM):
+                log.info("system", None, None, "%s received, shutting down", signal.Signals(sig).name)
+                break
+    finally:
+        watcher.close()
+        for s in servers:
+            s.io.close()
+            if s.unix_path:
+                try:
+                    os.unlink(s.unix_path)
+                except OSError:
+                    pass
+        cron_coro.cancel()
+        pool.stop()
+        cron.close_all_servers(instance)
+    return rc
