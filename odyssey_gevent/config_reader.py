@@ -244,6 +244,9 @@ _REPEATABLE = {"listen", "storage", "database", "user", "group", "include", "aut
                "shared_pool", "ldap_endpoint", "ldap_storage_credentials", "load_module"}
 
 
+_VALUE_WORDS = frozenset(("yes", "no", "default", "local", "host", "hostssl", "hostnossl"))
+
+
 class _Err(Exception):
     def __init__(self, loc: Location, msg: str, hint: Optional[str] = None):
         super().__init__(msg)
@@ -289,8 +292,14 @@ class _Reader:
         self.warnings.append(f"{loc}: {msg}")
 
     # -- value readers ------------------------------------------------------------------
+    @staticmethod
+    def _lex_error(tok: Token) -> None:
+        if tok.kind == ERR:
+            raise _Err(tok.loc, tok.value)
+
     def read_string(self, s: _Stream, what: str = "string") -> str:
         tok = s.next()
+        self._lex_error(tok)
         if tok.kind != STR:
             raise _Err(tok.loc, f"expected {what}, got {tok.describe()}",
                        "strings and names must be in double quotes" if tok.kind == IDENT else None)
@@ -298,6 +307,7 @@ class _Reader:
 
     def read_int(self, s: _Stream) -> int:
         tok = s.next()
+        self._lex_error(tok)
         if tok.kind != NUM:
             raise _Err(tok.loc, f"expected number, got {tok.describe()}")
         if not INT_MIN <= tok.value <= INT_MAX:
@@ -306,6 +316,7 @@ class _Reader:
 
     def read_bool(self, s: _Stream) -> bool:
         tok = s.next()
+        self._lex_error(tok)
         if tok.kind == IDENT and tok.value.lower() in ("yes", "no"):
             return tok.value.lower() == "yes"
         raise _Err(tok.loc, f"expected yes/no, got {tok.describe()}")
@@ -343,9 +354,11 @@ class _Reader:
                 raise _Err(tok.loc, f"unix_socket_mode '{value}' is not an octal file mode")
             return value
         if kind == "int_auto":
-            tok = s.next()
+            tok = s.peek()
             if tok.kind == NUM:
-                return tok.value
+                return self.read_int(s)
+            s.next()
+            self._lex_error(tok)
             if tok.kind == STR and tok.value == "auto":
                 return C.auto_workers()
             raise _Err(tok.loc, f"expected number or \"auto\", got {tok.describe()}")
@@ -372,7 +385,11 @@ class _Reader:
                     return
                 else:
                     depth -= 1
-            elif depth == 0 and tok.kind == IDENT and tok.value.lower() in schema:
+            elif depth == 0 and tok.kind == IDENT and (
+                    tok.value.lower() in schema
+                    or (s.pos > 0 and s.toks[s.pos - 1].line < tok.line
+                        and tok.value.lower() not in _VALUE_WORDS)):
+                # a keyword of this block, or a word that starts a new line
                 return
             s.next()
 
