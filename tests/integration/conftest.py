@@ -1,0 +1,188 @@
+"""Integration fixtures: Odyssey config texts, extra roles in the private PostgreSQL, and poolers.
+
+Config texts are Odyssey's own format (see the reference §1) built by `odyssey_config()` from
+`rule()`s; `${port}`, `${pg_host}`, `${pg_port}` are filled in by scripts/pooler.py.
+
+Every route gets its own PostgreSQL role (all trusted by pg_hba), so a test can count its
+backends in pg_stat_activity by user name without seeing other tests' servers.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+
+import psycopg2
+import pytest
+
+from scripts.pooler import PoolerProcess
+
+# Roles made in the session PostgreSQL for the integration tests (pg_hba trusts them over TCP).
+TEST_ROLES = [
+    "tx_user", "sess_user", "stmt_user", "tx1_user", "sess1_user", "stmt1_user",
+    "size_user", "timeout_user", "discard_user", "params_user", "cancel_tx_user", "cancel_sess_user",
+    "leave_user", "kill_user", "idle_user", "idle_tx_user", "limit_user", "async_tx_user",
+    "auth_none", "auth_clear", "auth_md5", "auth_md5h", "auth_scram", "auth_block",
+]
+
+LOG_FORMAT = r"%p %t %l [%i %s] (%c) %m\n"
+
+
+# -- config text ---------------------------------------------------------------------------------
+class Raw(str):
+    """Written into the config verbatim (template placeholders such as ${port})."""
+
+
+def _value(v) -> str:
+    if isinstance(v, Raw):
+        return str(v)
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    s = str(v)
+    return '"' + s.replace('"', '\\"').replace("$", "$$") + '"'
+
+
+def _items(items: dict, indent: str) -> str:
+    lines = []
+    for k, v in items.items():
+        if v is None:
+            continue
+        if isinstance(v, dict):            # sub-block such as options { "k" "v" }
+            inner = " ".join(f"{_value(a)} {_value(b)}" for a, b in v.items())
+            lines.append(f"{indent}{k} {{ {inner} }}")
+        else:
+            lines.append(f"{indent}{k} {_value(v)}")
+    return "\n".join(lines)
+
+
+def rule(user: str = "default", db: str = "default", pool: str = "transaction", **items) -> tuple:
+    """One `database X { user Y { ... } }` rule. Defaults: auth none, our storage, pool_size 0
+    (unlimited), pool_timeout 10 s (a pooler bug shows up as an error, not a hang), no reset, no
+    prepared-statement emulation. Pass any other Odyssey route keyword as a keyword argument."""
+    body = dict(authentication="none", storage="postgres_server", pool=pool, pool_size=0,
+                pool_timeout=10000, pool_discard=False, pool_reserve_prepared_statement=False)
+    body.update(items)
+    return db, user, body
+
+
+def odyssey_config(*rules: tuple, listen: dict | None = None, storage: dict | None = None,
+                   **globals_) -> str:
+    """A whole Odyssey config text. `listen`/`storage` add keywords to those blocks, the keyword
+    arguments add global keywords (e.g. client_max=2)."""
+    g = dict(workers=1, log_format=LOG_FORMAT, log_to_stdout=True, log_session=True,
+             log_config=False, log_stats=False)
+    g.update(globals_)
+    out = []
+    for k, v in g.items():
+        if k == "log_format":
+            out.append(f'log_format "{v}"')          # keep the literal \n escape, no $$ games
+        else:
+            out.append(_items({k: v}, ""))
+    lst = {"host": "127.0.0.1", "port": Raw("${port}")}
+    lst.update(listen or {})
+    out.append("listen {\n" + _items(lst, "    ") + "\n}")
+    st = {"type": "remote", "host": Raw('"${pg_host}"'), "port": Raw("${pg_port}")}
+    st.update(storage or {})
+    out.append('storage "postgres_server" {\n' + _items(st, "    ") + "\n}")
+    by_db: dict[str, list] = {}
+    for db, user, body in rules:
+        by_db.setdefault(db, []).append((user, body))
+    for db, users in by_db.items():
+        dbname = "default" if db == "default" else _value(db)
+        block = [f"database {dbname} {{"]
+        for user, body in users:
+            uname = "default" if user == "default" else _value(user)
+            block.append(f"    user {uname} {{\n" + _items(body, "        ") + "\n    }")
+        block.append("}")
+        out.append("\n".join(block))
+    return "\n".join(out) + "\n"
+
+
+# -- direct PostgreSQL helpers --------------------------------------------------------------------
+@contextlib.contextmanager
+def direct(pg, db: str = "postgres"):
+    """An autocommit superuser connection straight to PostgreSQL (not through the pooler)."""
+    con = psycopg2.connect(pg.dsn("postgres", db))
+    con.autocommit = True
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def backends(pg, user: str) -> list[tuple]:
+    """(pid, state, application_name) of the client backends PostgreSQL runs for `user`."""
+    with direct(pg) as con, con.cursor() as cur:
+        cur.execute("select pid, state, application_name from pg_stat_activity "
+                    "where usename = %s and backend_type = 'client backend' order by pid", (user,))
+        return cur.fetchall()
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05, what: str = "condition"):
+    """Poll until predicate() is truthy; returns its value or fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
+
+
+def odyssey_text(message: str, text: str) -> None:
+    """An error made by the pooler: `odyssey: c<12hex>: ` prefix, then the reference text."""
+    assert re.match(r"^odyssey: c[0-9a-f]{12}: ", message), f"no odyssey prefix in {message!r}"
+    assert text in message, f"{text!r} not in {message!r}"
+
+
+def assert_alive(p: PoolerProcess) -> None:
+    assert p.proc.poll() is None, f"the pooler exited with {p.proc.returncode}:\n{p.log()[-4000:]}"
+
+
+def start_pooler(pg, text: str, **kw) -> PoolerProcess:
+    return PoolerProcess(text, pg=pg, **kw)
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def roles(pg):
+    """The TEST_ROLES in the session PostgreSQL, with rights on db1 and postgres."""
+    existing = set(pg.psql("select rolname from pg_roles").split())
+    for role in TEST_ROLES:
+        if role not in existing:
+            pg.psql(f"CREATE ROLE {role} LOGIN;")
+    grants = "".join(f"GRANT ALL ON DATABASE db1 TO {r}; GRANT ALL ON DATABASE postgres TO {r};"
+                     f"GRANT ALL ON SCHEMA public TO {r};" for r in TEST_ROLES)
+    pg.psql(grants)
+    pg.psql("".join(f"GRANT ALL ON SCHEMA public TO {r};" for r in TEST_ROLES), db="db1")
+    return TEST_ROLES
+
+
+@pytest.fixture
+def odyssey(pg, roles, pooler):
+    """Function-scoped factory: odyssey(*rules, **config_kw) -> a started pooler on that config.
+    At teardown it checks the pooler is still alive (pass expect_alive=False to skip that)."""
+    started = []
+
+    def start(*rules, expect_alive: bool = True, **config_kw):
+        p = pooler(odyssey_config(*rules, **config_kw))
+        started.append((p, expect_alive))
+        return p
+
+    yield start
+    for p, expect_alive in started:
+        if expect_alive:
+            assert_alive(p)
+
+
+def module_pooler(pg, text: str):
+    """Generator body for module-scoped pooler fixtures: start, yield, check alive, stop."""
+    p = start_pooler(pg, text)
+    try:
+        yield p
+        assert_alive(p)
+    finally:
+        p.stop()
