@@ -1,0 +1,124 @@
+"""The pure parts of scripts/bench.py and scripts/demo.py, and the config builder of conftest.py."""
+from __future__ import annotations
+
+import pytest
+
+from scripts import bench, demo
+from tests.integration.conftest import odyssey_config, rule
+
+
+def test_bench_defaults_and_lists():
+    a = bench.parse_args([])
+    assert (a.clients, a.seconds, a.rounds, a.extended, a.pg_host) == ([10, 50], 10, 3, False, None)
+    assert a.targets == ["odyssey-gevent", "direct", "pgbouncer"]
+    a = bench.parse_args(["--clients", "4,8", "--seconds", "2", "--rounds", "1", "--extended",
+                          "--pg-host", "127.0.0.1", "--pg-port", "5432", "--targets", "direct"])
+    assert (a.clients, a.seconds, a.rounds, a.extended, a.pg_port, a.targets) == \
+        ([4, 8], 2, 1, True, 5432, ["direct"])
+
+
+@pytest.mark.parametrize("argv", [["--pg-host", "x"], ["--targets", "pgpool"], ["--clients", "0"],
+                                  ["--rounds", "0"]])
+def test_bench_rejects_bad_arguments(argv):
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+
+
+def test_bench_round_order_alternates():
+    t = ["a", "b", "c"]
+    assert [bench.round_order(t, r) for r in range(3)] == [t, ["c", "b", "a"], t]
+
+
+def test_pgbouncer_ini():
+    ini = bench.pgbouncer_ini(7000, "127.0.0.1", 5433, "/tmp/x", pool_size=20)
+    lines = {ln.split(" = ", 1)[0]: ln.split(" = ", 1)[1] for ln in ini.splitlines() if " = " in ln}
+    assert lines["*"] == "host=127.0.0.1 port=5433"
+    assert lines["listen_port"] == "7000"
+    assert (lines["pool_mode"], lines["default_pool_size"], lines["auth_type"]) == ("transaction", "20", "trust")
+    assert lines["logfile"] == "/tmp/x/pgbouncer.log"
+    assert lines["auth_file"] == "/tmp/x/userlist.txt"
+
+
+def test_parse_pgbench_output():
+    out = """pgbench (15.20 (Debian 15.20-0+deb12u1))
+transaction type: <builtin: select only>
+number of clients: 4
+number of transactions actually processed: 12345
+number of failed transactions: 0 (0.000%)
+latency average = 0.321 ms
+initial connection time = 5.123 ms
+tps = 6172.500000 (without initial connection time)
+"""
+    assert bench.parse_pgbench(out) == (6172.5, 12345)
+    with pytest.raises(RuntimeError):
+        bench.parse_pgbench("connection refused")
+
+
+def test_format_table_ratios_are_per_round():
+    res = {
+        ("odyssey-gevent", "c10 simple"): [dict(round=0, tps=500, cpu_us=80), dict(round=1, tps=600, cpu_us=90)],
+        ("pgbouncer", "c10 simple"): [dict(round=0, tps=1000, cpu_us=30), dict(round=1, tps=1000, cpu_us=30)],
+        ("direct", "c10 simple"): [dict(round=0, tps=2000, cpu_us=None), dict(round=1, tps=2000, cpu_us=None)],
+    }
+    table = bench.format_table(["c10 simple"], ["odyssey-gevent", "direct", "pgbouncer"], res)
+    assert "550 (pgb 0.55, pg 0.28)" in table
+    assert "odyssey-gevent CPU µs/tx | 85" in table
+    assert "pgbouncer CPU µs/tx" in table and "direct CPU" not in table
+
+
+def test_cpu_and_rss_of_this_process():
+    import os
+    assert bench.cpu_seconds(os.getpid()) > 0
+    assert bench.rss_kib(os.getpid()) > 1000
+    assert os.getpid() in bench.proc_tree(os.getpid())
+
+
+CONF = """
+# demo config
+daemonize no
+unix_socket_dir "/tmp"   # a comment with "quotes" and { braces
+listen {
+    host "*"
+    port 6433
+}
+storage "local" { type "local" }
+storage "postgres_server" {
+    type "remote"
+    host "[127.0.0.1]:5499,other:5432"
+    port 5432
+    watchdog { authentication "none" port 1 }
+}
+"""
+
+
+def test_demo_finds_the_first_remote_storage_and_listen():
+    st = demo.find_storage(CONF)
+    assert (st["name"], st["host"], st["port"], st["unix_socket_dir"]) == ("postgres_server", "127.0.0.1", 5499, "/tmp")
+    assert demo.find_listen(CONF) == ("*", 6433)
+
+
+@pytest.mark.parametrize("host,port,want", [
+    ("127.0.0.1", 5432, ("127.0.0.1", 5432)),
+    ("localhost:6000", None, ("localhost", 6000)),
+    ("tcp://db1:7000:az1,db2", 5432, ("db1", 7000)),
+    ("[::1]:5433", None, ("::1", 5433)),
+    ("db1:az1", 5432, ("db1", 5432)),
+])
+def test_demo_parses_storage_endpoints(host, port, want):
+    assert demo.parse_endpoint(host, port) == want
+
+
+def test_demo_unset_host_means_unix_socket():
+    st = demo.find_storage('unix_socket_dir "/run/x"\nstorage "s" { type "remote" port 5440 }')
+    assert (st["host"], st["port"], st["unix_socket_dir"]) == ("", 5440, "/run/x")
+
+
+def test_config_builder_quotes_and_placeholders():
+    text = odyssey_config(rule("u1", "db1", pool="session", password='p"a$s', options={"statement_timeout": "1s"}),
+                          client_max=5, listen={"client_login_timeout": 500})
+    assert 'database "db1" {' in text and 'user "u1" {' in text
+    assert 'password "p\\"a$$s"' in text                  # $$ → $ after string.Template
+    assert 'options { "statement_timeout" "1s" }' in text
+    assert "port ${port}" in text and 'host "${pg_host}"' in text and "port ${pg_port}" in text
+    assert "client_max 5" in text and "client_login_timeout 500" in text
+    assert 'log_format "%p %t %l [%i %s] (%c) %m\\n"' in text
