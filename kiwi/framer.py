@@ -103,18 +103,18 @@ DEFAULT_LIMITS = _build(MAX_LARGE_MESSAGE, {}, CLIENT, "messages")
 
 def _check(type_byte: int, declared: int, limits: Limits) -> int:
     limit = limits[type_byte]
+    size = declared - 4
+    if 0 <= size <= limit:
+        return size
     namer = be_name if limits.side == SERVER else fe_name
     if limit < 0:
         raise ProtocolError(f"invalid {limits.name} message type 0x{type_byte:02x}",
                             side=limits.side)
-    if declared < 4:
+    if size < 0:
         raise ProtocolError(f"invalid message length {declared} for {namer(type_byte)}",
                             side=limits.side)
-    size = declared - 4
-    if size > limit:
-        raise ProtocolError(f"{namer(type_byte)} message too long: {size} bytes, limit {limit}",
-                            side=limits.side)
-    return size
+    raise ProtocolError(f"{namer(type_byte)} message too long: {size} bytes, limit {limit}",
+                        side=limits.side)
 
 
 def read_header(buf, offset: int = 0, limits: Limits | None = None):
