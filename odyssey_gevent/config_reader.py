@@ -448,7 +448,11 @@ class _Reader:
 
     # -- files --------------------------------------------------------------------------
     def parse_file(self, path: str, stack: list[str], inc_loc: Optional[Location]) -> None:
-        real = os.path.realpath(path)
+        try:
+            real = os.path.realpath(path)
+        except (OSError, ValueError) as e:
+            raise _Err(inc_loc or Location(path, 0, 0),
+                       f"failed to open config file '{path}': {e}") from None
         if real in stack:
             chain = " -> ".join(stack[stack.index(real):] + [real])
             raise _Err(inc_loc or Location(path, 1, 1), f"circular include of '{path}' ({chain})")
@@ -478,6 +482,8 @@ class _Reader:
         path = self.read_string(s)
         if not path:
             raise _Err(tok.loc, "include path is empty")
+        if "\x00" in path:
+            raise _Err(tok.loc, "include path contains a NUL byte")
         candidate = path
         if (not os.path.isabs(path) and not os.path.exists(path) and self.rel_fallback):
             alt = os.path.join(os.path.dirname(tok.file), path)
@@ -1150,6 +1156,10 @@ def _parse(path: str, text: Optional[str] = None) -> tuple[Config, list[str]]:
                     root=True)
     except _Err as e:
         r.error(e.loc, e.msg, e.hint)
+    except RecursionError:
+        r.error(Location(path, 0, 0), "config is nested too deeply")
+    except Exception as e:  # never a traceback for a bad config: report it as a config error
+        r.error(Location(path, 0, 0), f"internal error while reading the config: {e!r}")
     return config, r.errors
 
 
@@ -1169,7 +1179,10 @@ def loads(text: str, path: str = "<string>", validate: bool = True) -> Config:
 def _finish(config: Config, errors: list[str], validate: bool) -> Config:
     if not errors and validate:
         from odyssey_gevent.config_validate import validate as _validate
-        errors = _validate(config)
+        try:
+            errors = _validate(config)
+        except Exception as e:  # pragma: no cover - defensive, see _parse
+            errors = [f"{config.path}:0:0: internal error while validating the config: {e!r}"]
     if errors:
         raise ConfigError(errors, config.warnings)
     return config

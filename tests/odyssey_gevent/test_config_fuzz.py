@@ -76,3 +76,18 @@ def test_random_bytes_file(tmp_path_factory, data):
 
 def test_sample_is_valid():
     assert config_reader.loads(SAMPLE, "sample.conf").rules
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters='"\\'), max_size=40))
+def test_random_include_paths(path):
+    if path in ("/dev/stdin", "/dev/tty") or path.startswith(("/dev/", "/proc/", "/sys/")):
+        return  # never read device files in a test
+    check(f'include "{path}"\n')
+
+
+def test_odd_inputs():
+    for text in ['include "a\x00b"', 'include "' + "x" * 5000 + '"', 'include "/"', 'include ""',
+                 'database "d" {' * 3000, "{" * 5000, "}" * 100, '"' * 3, "\x00\x01\x02",
+                 "workers 1" + "0" * 400]:
+        check(text)
