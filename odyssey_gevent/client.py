@@ -17,7 +17,7 @@ class ClientState(enum.Enum):
     ACTIVE = "active"       # a server is attached
 
 
-_KEY = struct.Struct("!ii")
+_KEY = struct.Struct("!II")   # unsigned, as kiwi reads CancelRequest
 
 
 class Client:

@@ -106,6 +106,7 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
                 instance.client_closed(None)
                 continue
         pool.feed(io, server.listen, conn_type, peer, local)
+        machinarium.sleep(0)      # let the new client start before the next accept
 
 
 def system_main(instance) -> int:
