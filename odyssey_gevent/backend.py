@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import machinarium
+from machinarium import tls
 from kiwi import fe_read, fe_write
 from kiwi.header import BE
 from odyssey_gevent import auth
@@ -64,10 +65,28 @@ def connect(instance, server, client=None) -> None:
         break
     else:
         raise BackendError(f"failed to connect to remote server {server.id}: {last_error}")
+    if rule.storage.tls not in (None, "disable", "allow"):
+        start_tls(instance, server, rule.storage, timeout)
     params = {"user": route.user, "database": route.db}
     params.update(rule.backend_startup_options or {})
     server.io.write(fe_write.startup_message(params))
     startup(instance, server, client, timeout)
+
+
+def start_tls(instance, server, storage, timeout_ms: int) -> None:
+    """SSLRequest and the TLS handshake with PostgreSQL, as libpq's sslmode says: prefer falls
+    back to plaintext on 'N'; require/verify-ca/verify-full refuse it."""
+    io = server.io
+    io.write(fe_write.ssl_request())
+    answer = io.read(1, timeout_ms)
+    if answer == b"S":
+        hostname = None if server.endpoint.is_unix else server.endpoint.host
+        io.tls_client(instance.storage_tls_context(storage), hostname, timeout_ms)
+    elif answer == b"N":
+        if tls.sslmode_requires_tls(storage.tls):
+            raise BackendError(f"server does not support SSL, but storage tls is '{storage.tls}'")
+    else:
+        raise BackendError(f"unexpected answer {answer!r} to SSLRequest")
 
 
 def startup(instance, server, client, timeout_ms: int) -> None:

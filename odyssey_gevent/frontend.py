@@ -225,9 +225,12 @@ class Frontend:
         clean = client.relay is None or client.relay.server_clean
         ok = reset.reset(instance, server, clean) if reset_first else clean
         if ok:
-            if instance.workers > 1:
+            if instance.workers > 1 and server.io.is_tls:
+                ok = False               # a TLS connection cannot move to another machine
+            elif instance.workers > 1:
                 server.fd = server.io.detach()
                 server.io = None
+        if ok:
             instance.router.detach(client)
         else:
             instance.router.close(client)

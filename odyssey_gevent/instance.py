@@ -9,6 +9,7 @@ import sys
 import threading
 
 import machinarium
+from machinarium import tls
 from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, backend, config_reader
 from odyssey_gevent.config import ConfigError
 from odyssey_gevent.logger import Logger
@@ -51,15 +52,34 @@ class Instance:
         backend.close(self, server)
 
     def tls_context(self, listen):
-        """The server-side SSLContext of a listen block (built once), or None when TLS is off."""
+        """The server-side SSLContext of a listen block (built once), or None when TLS is off.
+
+        allow/prefer: TLS optional, no client certificate asked; require: a client certificate
+        is asked for and verified when sent (if tls_ca_file is set); verify_ca/verify_full: a
+        client certificate signed by tls_ca_file is mandatory."""
         if listen.tls == "disable" or not listen.tls_cert_file:
             return None
         ctx = self._tls.get(id(listen))
         if ctx is None:
-            from machinarium import tls
-            ctx = self._tls[id(listen)] = tls.server_context(
-                listen.tls_cert_file, listen.tls_key_file, ca_file=listen.tls_ca_file,
-                verify=listen.tls if listen.tls in ("verify_ca", "verify_full", "require") else None)
+            if listen.tls in ("verify_ca", "verify_full"):
+                client_cert = "required"
+            elif listen.tls == "require" and listen.tls_ca_file:
+                client_cert = "optional"
+            else:
+                client_cert = "none"
+            ctx = self._tls[id(listen)] = tls.server_context(listen.tls_cert_file, listen.tls_key_file,
+                                                             ca_file=listen.tls_ca_file, client_cert=client_cert)
+        return ctx
+
+    def storage_tls_context(self, storage):
+        """The client-side SSLContext for a storage's `tls` mode (libpq sslmode), or None."""
+        if storage.tls in (None, "disable", "allow"):
+            return None
+        ctx = self._tls.get(id(storage))
+        if ctx is None:
+            ctx = self._tls[id(storage)] = tls.client_context(storage.tls, ca_file=storage.tls_ca_file,
+                                                              cert_file=storage.tls_cert_file,
+                                                              key_file=storage.tls_key_file)
         return ctx
 
     def reload(self) -> bool:
