@@ -1,0 +1,407 @@
+"""The router: routing with client_max limits, attach/detach with pool_size, LIFO reuse, FIFO
+waiting (also across machines), pool_timeout, close, cancel-key lookup (reference 3.1 and 6)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+import machinarium as mm
+from kiwi import error_codes
+from odyssey_gevent.client import Client, ClientState
+from odyssey_gevent.config import Rule
+from odyssey_gevent.router import AttachTimeout, Router
+from odyssey_gevent.server import ServerState
+from odyssey_gevent.status import FrontendError
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class FakeRules:
+    """`match` returns the rule registered for (db, user), else the default one (or None)."""
+
+    def __init__(self, default=None, **named):
+        self.default = default
+        self.named = named      # "db.user" -> Rule
+
+    def match(self, db, user, client_addr, conn_type, tls):
+        return self.named.get(f"{db}.{user}", self.default)
+
+
+class FakeInstance:
+    def __init__(self, rules, client_max=None):
+        self.config = SimpleNamespace(client_max=client_max)
+        self.rules = rules
+        self.logger = None
+        self.closed = []
+
+    def close_server_later(self, server):
+        self.closed.append(server)
+
+
+def make_rule(pool_size=0, client_max=None, pool="transaction", **kw):
+    return Rule(db_name="default", user_name="default", authentication="none", pool=pool,
+                pool_size=pool_size, client_max=client_max, **kw)
+
+
+def make_router(pool_size=0, client_max=None, global_max=None, rules=None):
+    rules = rules or FakeRules(make_rule(pool_size, client_max))
+    return Router(FakeInstance(rules, global_max))
+
+
+def client(db="db", user="user"):
+    c = Client(None, conn_type="host", peer=("127.0.0.1", 5555))
+    c.database, c.user = db, user
+    return c
+
+
+def routed(router, db="db", user="user"):
+    c = client(db, user)
+    router.route(c)
+    return c
+
+
+# ----------------------------------------------------------------------------------------------
+# routing
+
+def test_route_registers_client_and_key():
+    router = make_router()
+    c1, c2 = routed(router), routed(router)
+    route = c1.route
+    assert c2.route is route
+    assert route.clients == {c1, c2}
+    assert router.clients == 2
+    assert router.keys[(c1.key_pid, c1.key_secret)] is c1
+    assert c1.rule is route.rule and c1.state is ClientState.PENDING
+    assert (route.db, route.user) == ("db", "user")
+    other = routed(router, "db2", "user")
+    assert other.route is not route
+    assert len(router.snapshot()) == 2
+
+
+def test_route_uses_storage_db_and_user():
+    router = make_router(rules=FakeRules(make_rule(storage_db="real_db", storage_user="real_user")))
+    c = routed(router)
+    assert (c.route.db, c.route.user) == ("real_db", "real_user")
+
+
+def test_unknown_route_is_3d000():
+    router = make_router(rules=FakeRules(None))
+    c = client("nodb", "nouser")
+    with pytest.raises(FrontendError) as ei:
+        router.route(c)
+    assert ei.value.sqlstate == error_codes.INVALID_CATALOG_NAME == "3D000"
+    assert ei.value.message == "route for 'nodb.nouser' is not found"
+    assert router.clients == 0 and not router.keys and c.route is None
+
+
+def test_global_client_max():
+    router = make_router(global_max=2)
+    a, b = routed(router), routed(router, "other", "u")
+    c = client()
+    with pytest.raises(FrontendError) as ei:
+        router.route(c)
+    assert ei.value.sqlstate == error_codes.TOO_MANY_CONNECTIONS == "53300"
+    assert ei.value.message == "too many client tcp connections (global client_max)"
+    assert router.clients == 2 and c.route is None
+    assert (c.key_pid, c.key_secret) not in router.keys
+    router.unroute(a)
+    router.route(c)
+    assert router.clients == 2 and c in c.route.clients and b.route is not c.route
+
+
+def test_per_route_client_max():
+    router = make_router(client_max=1)
+    a = routed(router, "db", "alice")
+    c = client("db", "alice")
+    with pytest.raises(FrontendError) as ei:
+        router.route(c)
+    assert ei.value.sqlstate == "53300"
+    assert ei.value.message == "too many client tcp connections (client_max for user db.alice 1)"
+    assert router.clients == 1 and a.route.clients == {a}
+    # another route has its own count
+    routed(router, "db", "bob")
+    router.unroute(a)
+    assert a.route.clients == set() and a.state is ClientState.UNDEF
+    router.route(c)
+    assert router.clients == 2
+
+
+def test_unroute_twice_counts_once():
+    router = make_router()
+    a = routed(router)
+    router.unroute(a)
+    router.unroute(a)
+    assert router.clients == 0 and not router.keys
+    router.unroute(client())      # never routed: no-op
+
+
+# ----------------------------------------------------------------------------------------------
+# attach / detach without waiting
+
+def test_attach_gives_new_unconnected_servers_up_to_pool_size():
+    router = make_router(pool_size=2)
+    a, b = routed(router), routed(router)
+    sa = router.attach(a, 0)
+    sb = router.attach(b, 0)
+    assert sa is not sb
+    for c, s in ((a, sa), (b, sb)):
+        assert not s.connected
+        assert s.state is ServerState.ACTIVE and s.client is c and c.server is s
+        assert c.state is ClientState.ACTIVE
+    route = a.route
+    assert route.active == {sa, sb} and route.server_count == 2
+    assert route.stats.count_server_assignment == 2
+    # full: a third client times out at once with timeout 0
+    c = routed(router)
+    with pytest.raises(AttachTimeout):
+        router.attach(c, 0)
+    assert not route.waiters and c.state is ClientState.PENDING
+
+
+def test_pool_size_zero_is_unlimited():
+    router = make_router(pool_size=0)
+    servers = {router.attach(routed(router), 0) for _ in range(20)}
+    assert len(servers) == 20
+
+
+def test_detach_parks_idle_and_reuse_is_lifo():
+    router = make_router(pool_size=3)
+    cs = [routed(router) for _ in range(3)]
+    s = [router.attach(c, 0) for c in cs]
+    route = cs[0].route
+    router.detach(cs[0])
+    router.detach(cs[2])
+    assert route.idle == [s[0], s[2]]
+    assert cs[0].server is None and s[0].client is None and s[0].last_client_id == cs[0].id
+    assert cs[0].state is ClientState.PENDING
+    n1, n2 = routed(router), routed(router)
+    assert router.attach(n1, 0) is s[2]          # the most recently used first
+    assert router.attach(n2, 0) is s[0]
+    assert route.idle == [] and route.server_count == 3
+
+
+def test_detach_of_unrouted_client_keeps_its_state():
+    router = make_router(pool_size=1)
+    a = routed(router)
+    s = router.attach(a, 0)
+    a.route.clients.discard(a)      # as if unrouted meanwhile
+    a.state = ClientState.UNDEF
+    router.detach(a)
+    assert a.state is ClientState.UNDEF and s.state is ServerState.IDLE
+
+
+def test_take_skips_offline_idle_servers():
+    router = make_router(pool_size=2)
+    a, b = routed(router), routed(router)
+    sa, sb = router.attach(a, 0), router.attach(b, 0)
+    router.detach(a)
+    router.detach(b)
+    sb.offline = True               # most recent idle one, e.g. after a reload
+    c = routed(router)
+    got = router.attach(c, 0)
+    assert got is sa
+    assert router.instance.closed == [sb] and sb.state is ServerState.UNDEF
+    assert c.route.server_count == 1
+
+
+def test_detach_offline_server_without_waiters_closes_it():
+    router = make_router(pool_size=1)
+    a = routed(router)
+    s = router.attach(a, 0)
+    s.offline = True
+    router.detach(a)
+    assert router.instance.closed == [s] and s.state is ServerState.UNDEF
+    assert a.route.server_count == 0
+
+
+def test_obsolete_route_closes_servers_on_detach():
+    router = make_router(pool_size=1)
+    a = routed(router)
+    s = router.attach(a, 0)
+    a.route.obsolete = True
+    router.detach(a)
+    assert router.instance.closed == [s] and a.route.server_count == 0
+
+
+def test_close_drops_the_server_and_frees_the_slot():
+    router = make_router(pool_size=1)
+    a, b = routed(router), routed(router)
+    s = router.attach(a, 0)
+    assert router.close(a) is s
+    assert s.state is ServerState.UNDEF and a.server is None and s.client is None
+    assert a.state is ClientState.PENDING
+    assert router.close(a) is None
+    s2 = router.attach(b, 0)
+    assert s2 is not s and not s2.connected
+
+
+def test_remove_idle():
+    router = make_router(pool_size=1)
+    a = routed(router)
+    s = router.attach(a, 0)
+    assert router.remove_idle(a.route, s) is False      # active: taken meanwhile
+    router.detach(a)
+    assert router.remove_idle(a.route, s) is True
+    assert s.state is ServerState.UNDEF and a.route.server_count == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# waiting
+
+def _wait_for(pred, ms=3000):
+    for _ in range(ms):
+        if pred():
+            return
+        mm.sleep(1)
+    raise AssertionError("condition not reached")
+
+
+def test_waiters_are_served_fifo(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        holder = routed(router)
+        s = router.attach(holder, 0)
+        route = holder.route
+        order = []
+
+        def waiter(c):
+            got = router.attach(c, 5000)
+            order.append(c)
+            assert got is s
+            mm.sleep(2)
+            router.detach(c)
+
+        waiters = [routed(router) for _ in range(5)]
+        coros = []
+        for i, c in enumerate(waiters):
+            coros.append(mm.Coroutine(waiter, c, name=f"w{i}"))
+            _wait_for(lambda: len(route.waiters) == i + 1)
+            assert c.state is ClientState.QUEUE
+        assert route.client_counts() == {"active": 1, "pending": 0, "queue": 5}
+        router.detach(holder)
+        for co in coros:
+            co.join(5000)
+        assert order == waiters
+        assert not route.waiters and route.idle == [s] and route.server_count == 1
+        return True
+
+    assert in_machine(body)
+
+
+def test_pool_timeout_raises_and_leaves_no_waiter(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        a, b = routed(router), routed(router)
+        router.attach(a, 0)
+        t0 = mm.time_ms()
+        with pytest.raises(AttachTimeout):
+            router.attach(b, 60)
+        assert mm.time_ms() - t0 >= 50
+        assert not b.route.waiters and b.state is ClientState.PENDING and b.server is None
+        # the server freed later goes idle, not to the departed waiter
+        router.detach(a)
+        assert b.route.idle and b.server is None
+        return True
+
+    assert in_machine(body)
+
+
+def test_close_gives_the_slot_to_the_first_waiter(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        a, b, c = routed(router), routed(router), routed(router)
+        s = router.attach(a, 0)
+        got = {}
+
+        def wait(cl):
+            got[cl] = router.attach(cl, 5000)
+
+        cb = mm.Coroutine(wait, b)
+        _wait_for(lambda: len(a.route.waiters) == 1)
+        cc = mm.Coroutine(wait, c)
+        _wait_for(lambda: len(a.route.waiters) == 2)
+        assert router.close(a) is s
+        cb.join(2000)
+        assert got[b] is not s and not got[b].connected and got[b].client is b
+        assert len(a.route.waiters) == 1 and c not in got
+        router.close(b)
+        cc.join(2000)
+        assert got[c].client is c and a.route.server_count == 1
+        return True
+
+    assert in_machine(body)
+
+
+def test_waiter_in_another_machine_is_woken(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        a, b = routed(router), routed(router)
+        s = router.attach(a, 0)
+        box = {}
+
+        def other():
+            try:
+                box["server"] = router.attach(b, 5000)
+                box["machine"] = mm.current_machine().name
+            except BaseException as e:  # noqa: BLE001
+                box["error"] = e
+
+        m = mm.Machine("other", other).start()
+        _wait_for(lambda: len(a.route.waiters) == 1)
+        t0 = mm.time_ms()
+        router.detach(a)
+        m.join(5000)
+        assert "error" not in box, box.get("error")
+        assert box["server"] is s and box["machine"] == "other" and s.client is b
+        assert mm.time_ms() - t0 < 2000
+        return True
+
+    assert in_machine(body)
+
+
+def test_unroute_removes_waiter_and_key(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        a, b = routed(router), routed(router)
+        s = router.attach(a, 0)
+        result = {}
+
+        def wait():
+            try:
+                router.attach(b, 150)
+            except AttachTimeout:
+                result["timeout"] = True
+
+        co = mm.Coroutine(wait)
+        _wait_for(lambda: len(a.route.waiters) == 1)
+        router.unroute(b)
+        assert not a.route.waiters and (b.key_pid, b.key_secret) not in router.keys
+        assert b not in a.route.clients and router.clients == 1
+        router.detach(a)                     # nobody waits: goes idle
+        assert a.route.idle == [s]
+        co.join(2000)
+        assert result == {"timeout": True}
+        return True
+
+    assert in_machine(body)
+
+
+# ----------------------------------------------------------------------------------------------
+# cancel
+
+def test_cancel_target():
+    router = make_router(pool_size=2)
+    a, b = routed(router), routed(router)
+    s = router.attach(a, 0)
+    assert router.cancel_target(a.key_pid, a.key_secret) is None      # no endpoint yet
+    s.endpoint = endpoint = object()
+    s.key_pid, s.key_secret = 4242, 99
+    assert router.cancel_target(a.key_pid, a.key_secret) == (endpoint, 4242, 99, a.rule)
+    assert a.route.stats.count_cancel == 1
+    assert router.cancel_target(b.key_pid, b.key_secret) is None      # routed, no server
+    assert router.cancel_target(a.key_pid ^ 1, a.key_secret) is None  # unknown key
+    router.detach(a)
+    assert router.cancel_target(a.key_pid, a.key_secret) is None
+    router.unroute(a)
+    assert (a.key_pid, a.key_secret) not in router.keys
