@@ -1,0 +1,457 @@
+"""The relay fast path over real socket pairs: byte-identical forwarding whatever the chunking,
+sync counting, the detach point of each pool mode, Terminate, protocol violations and EOF on
+either side (reference 3.1; Odyssey relay.c)."""
+from __future__ import annotations
+
+import fcntl
+import struct
+import termios
+from types import SimpleNamespace
+
+import pytest
+from gevent import socket as gsocket
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import machinarium as mm
+from kiwi import be_write, fe_write
+from odyssey_gevent.relay import BUF_SIZE, Relay
+from odyssey_gevent.route import RouteStats
+from odyssey_gevent.server import Server
+from odyssey_gevent.status import FrontendError, Status
+
+pytestmark = pytest.mark.timeout(10)
+
+
+# ----------------------------------------------------------------------------------------------
+# harness
+
+class FakeFrontend:
+    """attach() hands out one Server whose io is the pooler side of the server pair."""
+
+    def __init__(self, client, server_io):
+        self.client = client
+        self.server = Server(None)
+        self.server.io = server_io
+        self.attaches = 0
+        self.detaches = []          # (sync_request, sync_reply, tx_status) at each detach
+        self.server_error = None
+
+    def attach(self):
+        self.attaches += 1
+        self.client.server = self.server
+        return self.server
+
+    def detach(self):
+        s = self.server
+        self.detaches.append((s.sync_request, s.sync_reply, s.tx_status))
+        self.client.server = None
+
+    def idle_timeout(self, server):
+        return None
+
+    def idle_expired(self, server):
+        return None
+
+
+def _unread(io) -> int:
+    return struct.unpack("i", fcntl.ioctl(io.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+class Harness:
+    """app <-> [client io | Relay | server io] <-> pg, all in the current machine."""
+
+    def __init__(self, pool="session", attached=False):
+        a, c = gsocket.socketpair()
+        s, p = gsocket.socketpair()
+        self.app, self.cio, self.sio, self.pg = mm.Io(a), mm.Io(c), mm.Io(s), mm.Io(p)
+        self.client = SimpleNamespace(io=self.cio, rule=SimpleNamespace(pool=pool),
+                                      route=SimpleNamespace(stats=RouteStats()), server=None,
+                                      killed=None, vars={})
+        self.fe = FakeFrontend(self.client, self.sio)
+        if attached:
+            self.fe.attach()
+            self.fe.attaches = 0
+        self.server = self.fe.server
+        self.relay = Relay(self.fe, self.client)
+        self.co = mm.Coroutine(self._run, name="relay")
+
+    def _run(self):
+        # the relay's result or exception is returned, never escapes the coroutine
+        try:
+            return self.relay.run()
+        except BaseException as e:  # noqa: BLE001
+            return e
+
+    def result(self, timeout_ms=3000):
+        return self.co.join(timeout_ms)
+
+    def settle(self, io):
+        """Wait until the relay has read every byte queued on `io` (its side of a pair)."""
+        for _ in range(5000):
+            if _unread(io) == 0:
+                mm.sleep(0)
+                return
+            mm.sleep(1)
+        raise AssertionError("relay did not read")
+
+    def feed(self, out_io, in_io, data: bytes, cuts):
+        """Write data in pieces split at `cuts`, each read by the relay before the next."""
+        last = 0
+        for cut in sorted(set(cuts)) + [len(data)]:
+            if cut <= last:
+                continue
+            out_io.write(data[last:cut], 2000)
+            self.settle(in_io)
+            last = cut
+
+    def close(self):
+        for io in (self.app, self.cio, self.sio, self.pg):
+            io.close()
+
+
+class Collector:
+    """Reads `io` into a bytearray in its own coroutine until `n` bytes came (or EOF)."""
+
+    def __init__(self, io, n):
+        self.data = bytearray()
+        self.co = mm.Coroutine(self._run, io, n, name="collector")
+
+    def _run(self, io, n):
+        buf = bytearray(65536)
+        while len(self.data) < n:
+            k = io.read_into(buf, 5000)
+            if k == 0:
+                break
+            self.data += buf[:k]
+
+    def get(self, timeout_ms=5000):
+        self.co.join(timeout_ms)
+        return bytes(self.data)
+
+
+def nothing_more(io, ms=20):
+    with pytest.raises(mm.TimedOut):
+        io.read(1, ms)
+
+
+# ----------------------------------------------------------------------------------------------
+# forwarding, any chunking
+
+BIG = 40 * 1024     # > BUF_SIZE: streams through the relay
+
+client_msgs = st.one_of(
+    st.builds(fe_write.query, st.text("selct 1;* ", max_size=20)).map(lambda b: ("sync", b)),
+    st.just(("sync", fe_write.sync())),
+    st.just(("", fe_write.flush())),
+    st.builds(fe_write.parse, st.sampled_from(["", "s1"]), st.just("select $1"), st.just([23])).map(
+        lambda b: ("", b)),
+    st.builds(fe_write.bind, st.just(""), st.sampled_from(["", "s1"]), st.just([b"42"])).map(lambda b: ("", b)),
+    st.just(("", fe_write.describe("P", ""))),
+    st.just(("", fe_write.execute("", 0))),
+    st.just(("", fe_write.close("S", "s1"))),
+    st.just(("", fe_write.copy_data(b"x" * 100))),
+    st.just(("sync", fe_write.query("select '" + "y" * BIG + "'"))),
+)
+
+param_names = st.sampled_from(["application_name", "TimeZone", "DateStyle", "search_path"])
+server_msgs = st.one_of(
+    st.just(("", be_write.row_description([("a", 23), ("b", 25)]))),
+    st.builds(be_write.data_row, st.lists(st.one_of(st.none(), st.binary(max_size=30)), max_size=3)).map(
+        lambda b: ("", b)),
+    st.just(("", be_write.data_row([b"z" * BIG]))),
+    st.just(("", be_write.command_complete("SELECT 1"))),
+    st.just(("", be_write.notice_response("NOTICE", "00000", "hello"))),
+    st.tuples(param_names, st.text("abcXYZ/+ 0123", max_size=12)).map(
+        lambda nv: (("param",) + nv, be_write.parameter_status(*nv))),
+    st.sampled_from([b"I", b"T", b"E"]).map(lambda s: (("ready", s), be_write.ready_for_query(s))),
+    st.just(("", be_write.parse_complete())),
+    st.just(("", be_write.empty_query_response())),
+)
+
+
+def _cuts(draw_list, total):
+    return [c for c in draw_list if 0 < c < total]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(cmsgs=st.lists(client_msgs, min_size=1, max_size=12),
+       smsgs=st.lists(server_msgs, min_size=1, max_size=12),
+       ccuts=st.lists(st.integers(0, 200_000), max_size=10),
+       scuts=st.lists(st.integers(0, 200_000), max_size=10),
+       small_cuts=st.lists(st.integers(0, 64), max_size=6))
+def test_forwarding_is_byte_identical_whatever_the_chunking(in_machine, cmsgs, smsgs, ccuts, scuts, small_cuts):
+    cdata = b"".join(m for _, m in cmsgs)
+    sdata = b"".join(m for _, m in smsgs)
+    syncs = sum(1 for kind, _ in cmsgs if kind == "sync")
+    readies = [kind[1] for kind, _ in smsgs if isinstance(kind, tuple) and kind[0] == "ready"]
+    params = {}
+    for kind, _ in smsgs:
+        if isinstance(kind, tuple) and kind[0] == "param":
+            params[kind[1]] = kind[2]
+
+    def body():
+        h = Harness("session")
+        try:
+            # client -> server (the first bytes attach)
+            got = Collector(h.pg, len(cdata))
+            h.feed(h.app, h.cio, cdata, _cuts(ccuts + small_cuts, len(cdata)))
+            assert got.get() == cdata
+            assert h.fe.attaches == 1 and h.server.sync_request == syncs
+            # server -> client
+            back = Collector(h.app, len(sdata))
+            h.feed(h.pg, h.sio, sdata, _cuts(scuts + small_cuts, len(sdata)))
+            assert back.get() == sdata
+            assert h.server.sync_reply == len(readies)
+            if readies:
+                assert h.server.tx_status == readies[-1]
+            for k, v in params.items():
+                assert h.server.params[k] == v and h.client.vars[k] == v
+            stats = h.client.route.stats
+            assert (stats.bytes_recv, stats.bytes_sent) == (len(cdata), len(sdata))
+            assert stats.count_query == len(readies)
+            assert h.fe.detaches == []                  # session mode
+            # Terminate is not forwarded and ends the loop
+            h.app.write(fe_write.terminate())
+            assert h.result() is Status.TERMINATE
+            nothing_more(h.pg)
+            assert h.relay.server_clean
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_split_parameter_status_and_ready_byte_by_byte(in_machine):
+    msgs = (be_write.parameter_status("TimeZone", "Europe/Oslo") + be_write.data_row([b"q" * (BUF_SIZE + 7)])
+            + be_write.ready_for_query(b"T"))
+
+    def body():
+        h = Harness("session", attached=True)
+        try:
+            back = Collector(h.app, len(msgs))
+            # every header and the two small interesting messages byte by byte
+            cuts = list(range(0, 30)) + list(range(len(msgs) - 8, len(msgs)))
+            h.feed(h.pg, h.sio, msgs, cuts)
+            assert back.get() == msgs
+            assert h.server.params["TimeZone"] == h.client.vars["TimeZone"] == "Europe/Oslo"
+            assert h.server.sync_reply == 1 and h.server.tx_status == b"T"
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+# ----------------------------------------------------------------------------------------------
+# pool modes: the detach point
+
+def _exchange(h, request: bytes, reply: bytes):
+    """The app sends request, pg reads it whole and answers reply, the app reads it whole."""
+    h.app.write(request)
+    assert h.pg.read(len(request), 2000) == request
+    h.pg.write(reply)
+    assert h.app.read(len(reply), 2000) == reply
+    mm.sleep(0)
+
+
+def _q(sql):
+    return fe_write.query(sql)
+
+
+def _reply(status, tag="SELECT 1"):
+    return be_write.command_complete(tag) + be_write.ready_for_query(status)
+
+
+def _ext():
+    return (fe_write.parse("", "select 1") + fe_write.bind() + fe_write.execute() + fe_write.sync())
+
+
+def _ext_reply(status):
+    return (be_write.parse_complete() + be_write.bind_complete() + be_write.data_row([b"1"])
+            + _reply(status))
+
+
+def test_transaction_mode_detaches_at_idle_ready_only(in_machine):
+    def body():
+        h = Harness("transaction")
+        try:
+            _exchange(h, _q("begin"), _reply(b"T", "BEGIN"))
+            assert h.fe.attaches == 1 and h.fe.detaches == [] and h.client.server is h.server
+            # RowDescription 'T' is not a detach point; 'Z' with 'T' neither
+            _exchange(h, _q("select 1"), be_write.row_description([("x", 23)]) + be_write.data_row([b"1"])
+                      + _reply(b"T"))
+            assert h.fe.detaches == []
+            _exchange(h, _q("commit"), _reply(b"I", "COMMIT"))
+            assert h.fe.detaches == [(3, 3, b"I")] and h.client.server is None
+            # extended protocol: one Sync, one detach
+            _exchange(h, _ext(), _ext_reply(b"I"))
+            assert h.fe.attaches == 2 and h.fe.detaches[1:] == [(4, 4, b"I")]
+            # a failed transaction ('E') keeps the server
+            _exchange(h, _q("begin; select 1/0"), be_write.error_response("ERROR", "22012", "division by zero")
+                      + be_write.ready_for_query(b"E"))
+            assert len(h.fe.detaches) == 2 and h.client.server is h.server
+            h.app.close()
+            assert h.result() is Status.ECLIENT_READ
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_transaction_mode_waits_until_synchronized(in_machine):
+    def body():
+        h = Harness("transaction")
+        try:
+            req = _q("select 1") + _q("select 2")          # pipelined: two replies due
+            h.app.write(req)
+            assert h.pg.read(len(req), 2000) == req
+            assert h.server.sync_request == 2
+            first = _reply(b"I")
+            h.pg.write(first)
+            assert h.app.read(len(first), 2000) == first
+            mm.sleep(0)
+            assert h.fe.detaches == [] and h.server.sync_reply == 1
+            h.pg.write(first)
+            assert h.app.read(len(first), 2000) == first
+            mm.sleep(0)
+            assert h.fe.detaches == [(2, 2, b"I")]
+            # Flush is not a sync point: it is forwarded (attaching again) but not counted
+            req = _ext()[:-len(fe_write.sync())] + fe_write.flush()
+            h.app.write(req)
+            assert h.pg.read(len(req), 2000) == req
+            assert h.server.sync_request == 2 and h.fe.attaches == 2
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_statement_mode_detaches_after_every_synchronized_ready(in_machine):
+    def body():
+        h = Harness("statement")
+        try:
+            _exchange(h, _q("begin"), _reply(b"T", "BEGIN"))
+            assert h.fe.detaches == [(1, 1, b"T")]
+            _exchange(h, _q("select 1"), _reply(b"T"))
+            _exchange(h, _ext(), _ext_reply(b"I"))
+            assert h.fe.detaches == [(1, 1, b"T"), (2, 2, b"T"), (3, 3, b"I")]
+            assert h.fe.attaches == 3
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_session_mode_never_detaches(in_machine):
+    def body():
+        h = Harness("session")
+        try:
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            _exchange(h, _ext(), _ext_reply(b"I"))
+            _exchange(h, _q("begin"), _reply(b"T"))
+            assert h.fe.detaches == [] and h.fe.attaches == 1 and h.client.server is h.server
+            assert (h.server.sync_request, h.server.sync_reply) == (3, 3)
+            h.app.write(_q("select 2") + fe_write.terminate())
+            assert h.result() is Status.TERMINATE
+            assert h.pg.read(len(_q("select 2")), 2000) == _q("select 2")
+            nothing_more(h.pg)
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+# ----------------------------------------------------------------------------------------------
+# Terminate, violations, EOF
+
+def test_terminate_without_server_attaches_nothing(in_machine):
+    def body():
+        h = Harness("transaction")
+        try:
+            h.app.write(fe_write.terminate())
+            assert h.result() is Status.TERMINATE
+            assert h.fe.attaches == 0
+            nothing_more(h.pg)
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x01\x00\x00\x00\x04",                 # not a frontend message type
+    b"Z\x00\x00\x00\x05I",                   # a backend-only type
+    b"Q\x00\x00\x00\x03",                    # declared length < 4
+    b"Q\xff\xff\xff\xff",                    # absurd length
+], ids=["type-1", "type-Z", "len3", "len-huge"])
+def test_protocol_violation(in_machine, bad):
+    def body():
+        h = Harness("transaction")
+        try:
+            h.app.write(_q("select 1")[:3])      # a partial header first, then the bad one after it
+            h.settle(h.cio)
+            h.app.write(_q("select 1")[3:] + bad)
+            err = h.result()
+            assert isinstance(err, FrontendError), err
+            assert err.sqlstate == "08P01" and err.severity == "FATAL"
+            assert err.message == "unexpected message type from client or other protocol violation"
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_server_eof_is_eserver_read(in_machine):
+    def body():
+        h = Harness("session")
+        try:
+            h.app.write(_q("select pg_sleep(10)"))
+            h.pg.read(len(_q("select pg_sleep(10)")), 2000)
+            h.pg.write(be_write.row_description([("x", 23)]))
+            h.pg.close()
+            assert h.result() is Status.ESERVER_READ
+            assert h.fe.server_error is not None and h.fe.server_error.status is Status.ESERVER_READ
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+@pytest.mark.parametrize("attached", [False, True])
+def test_client_eof_is_eclient_read(in_machine, attached):
+    def body():
+        h = Harness("session", attached=attached)
+        try:
+            h.app.write(_q("sel")[:4])           # an unfinished header, then EOF
+            h.settle(h.cio)
+            h.app.close()
+            assert h.result() is Status.ECLIENT_READ
+            assert h.fe.server_error is None
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_killed_client_returns_its_status(in_machine):
+    def body():
+        h = Harness("session", attached=True)
+        try:
+            h.client.killed = Status.ECLIENT_KILLED
+            h.app.write(_q("select 1"))       # wakes the loop
+            assert h.result() is Status.ECLIENT_KILLED
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
