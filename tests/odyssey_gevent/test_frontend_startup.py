@@ -1,0 +1,295 @@
+"""The frontend's first stages over a real socket pair: startup packets (SSLRequest,
+GSSENCRequest, CancelRequest, protocol versions, NegotiateProtocolVersion), the options
+parameter, and routing with the rule's options (reference 3.5 and 6; Odyssey frontend.c)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from gevent import socket as gsocket
+
+import machinarium as mm
+from kiwi import error_codes, fe_read, fe_write
+from kiwi.header import BE
+from odyssey_gevent.client import Client
+from odyssey_gevent.config import Rule
+from odyssey_gevent.frontend import Frontend, parse_options
+from odyssey_gevent.io import read_message
+from odyssey_gevent.logger import Logger
+from odyssey_gevent.router import Router
+from odyssey_gevent.status import FrontendError
+
+pytestmark = pytest.mark.timeout(10)
+
+
+# ----------------------------------------------------------------------------------------------
+# parse_options
+
+@pytest.mark.parametrize("value, expected", [
+    ("-c a=b", {"a": "b"}),
+    ("-ca=b", {"a": "b"}),
+    ("--a-b=c", {"a_b": "c"}),
+    ("--a-b=c-d", {"a_b": "c-d"}),
+    ("-c statement-timeout=5s", {"statement_timeout": "5s"}),
+    ("-c search_path=a\\ b", {"search_path": "a b"}),
+    ("-c x=a\\\\b", {"x": "a\\b"}),
+    ("-c a=b=c", {"a": "b=c"}),
+    ("-c a=", {"a": ""}),
+    ("-c a=1 -cb=2 --c=3\t-c  d=4", {"a": "1", "b": "2", "c": "3", "d": "4"}),
+    ("-c a=1 -c a=2", {"a": "2"}),
+    ("garbage -c a=b junk -x --noeq -cnoeq x=y -c", {"a": "b"}),
+    ("", {}),
+    ("   ", {}),
+    ("-c", {}),
+    ("--", {}),
+])
+def test_parse_options(value, expected):
+    assert parse_options(value) == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# startup over a socket pair
+
+class FakeRouter:
+    def __init__(self):
+        self.cancels = []
+
+    def cancel_target(self, pid, key):
+        self.cancels.append((pid, key))
+        return None
+
+
+def _instance(router=None):
+    return SimpleNamespace(config=SimpleNamespace(client_max=None, log_session=False),
+                           logger=Logger(to_stdout=False), router=router or FakeRouter(),
+                           tls_context=lambda listen: None)
+
+
+def _startup(packets: bytes, listen=None, instance=None, replies=0):
+    """Run Frontend.startup() with `packets` sent by the app; return (result or exception,
+    client, bytes the app received)."""
+    a, b = gsocket.socketpair()
+    app, pooler = mm.Io(a), mm.Io(b)
+    try:
+        client = Client(pooler, listen, "host", ("127.0.0.1", 40000))
+        fe = Frontend(instance or _instance(), client)
+        app.write(packets)
+        try:
+            result = fe.startup()
+        except FrontendError as e:
+            result = e
+        pooler.close()
+        received = bytearray()
+        buf = bytearray(4096)
+        while True:
+            n = app.read_into(buf, 1000)
+            if not n:
+                break
+            received += buf[:n]
+        return result, client, bytes(received)
+    finally:
+        app.close(), pooler.close()
+
+
+def _sm(params, major=3, minor=0):
+    return fe_write.startup_message(params, major, minor)
+
+
+def test_ssl_request_answered_n_then_startup(in_machine):
+    def body():
+        res, client, got = _startup(fe_write.ssl_request() + _sm({"user": "u", "database": "d"}))
+        assert res is True and got == b"N"
+        assert (client.user, client.database, client.tls) == ("u", "d", False)
+        assert client.startup.params == {"user": "u", "database": "d"}
+        return True
+
+    assert in_machine(body)
+
+
+def test_ssl_request_on_listen_without_tls_context(in_machine):
+    def body():
+        listen = SimpleNamespace(tls="allow")
+        res, client, got = _startup(fe_write.ssl_request() + _sm({"user": "u"}), listen=listen)
+        assert res is True and got == b"N"
+        return True
+
+    assert in_machine(body)
+
+
+def test_gssenc_request_answered_n(in_machine):
+    def body():
+        res, client, got = _startup(fe_write.gssenc_request() + fe_write.ssl_request() + _sm({"user": "u"}))
+        assert res is True and got == b"NN"
+        assert client.database == "u"             # defaults to the user name
+        return True
+
+    assert in_machine(body)
+
+
+def test_tls_required_without_ssl_request(in_machine):
+    def body():
+        res, _, _ = _startup(_sm({"user": "u"}), listen=SimpleNamespace(tls="require"))
+        assert isinstance(res, FrontendError)
+        assert (res.sqlstate, res.message) == (error_codes.PROTOCOL_VIOLATION, "SSL is required")
+        return True
+
+    assert in_machine(body)
+
+
+def test_protocol_2_is_rejected(in_machine):
+    def body():
+        res, client, got = _startup(_sm({"user": "u"}, major=2, minor=0))
+        assert isinstance(res, FrontendError)
+        assert res.sqlstate == "0A000" and res.severity == "FATAL"
+        assert res.message == "unsupported frontend protocol 2.0: server supports 3.0 to 3.0"
+        assert got == b"" and client.user is None
+        return True
+
+    assert in_machine(body)
+
+
+def test_minor_version_negotiation(in_machine):
+    def body():
+        res, client, got = _startup(_sm({"user": "u", "_pq_.x": "1", "_pq_.y": "2", "application_name": "a"},
+                                        minor=1))
+        assert res is True
+        assert got[:1] == bytes([BE.NEGOTIATE_PROTOCOL_VERSION]) == b"v"
+        assert fe_read.read_negotiate_protocol_version(got[5:]) == (0, ("_pq_.x", "_pq_.y"))
+        assert len(got) == 1 + int.from_bytes(got[1:5], "big")
+        assert client.vars == {"application_name": "a"}
+        return True
+
+    assert in_machine(body)
+
+
+def test_minor_version_without_options_still_negotiates(in_machine):
+    def body():
+        res, client, got = _startup(_sm({"user": "u"}, minor=2))
+        assert res is True
+        assert fe_read.read_negotiate_protocol_version(got[5:]) == (0, ())
+        return True
+
+    assert in_machine(body)
+
+
+@pytest.mark.parametrize("params", [{"database": "d"}, {"user": "", "database": "d"}])
+def test_missing_user_is_28000(in_machine, params):
+    def body():
+        res, client, _ = _startup(_sm(params))
+        assert isinstance(res, FrontendError)
+        assert res.sqlstate == error_codes.INVALID_AUTHORIZATION_SPECIFICATION == "28000"
+        assert res.message == "no PostgreSQL user name specified in startup packet"
+        return True
+
+    assert in_machine(body)
+
+
+def test_replication_is_not_supported(in_machine):
+    def body():
+        res, _, _ = _startup(_sm({"user": "u", "replication": "database"}))
+        assert isinstance(res, FrontendError) and res.sqlstate == "0A000"
+        return True
+
+    assert in_machine(body)
+
+
+def test_options_become_vars(in_machine):
+    def body():
+        res, client, got = _startup(_sm({"user": "u", "database": "d", "application_name": "app",
+                                         "options": "-c search_path=a\\ b --statement-timeout=5s",
+                                         "DateStyle": "ISO"}))
+        assert res is True and got == b""
+        assert client.vars == {"application_name": "app", "DateStyle": "ISO", "search_path": "a b",
+                               "statement_timeout": "5s"}
+        assert client.params == client.vars and client.params is not client.vars
+        for k in ("user", "database", "options"):
+            assert k not in client.vars
+        return True
+
+    assert in_machine(body)
+
+
+def test_cancel_request_is_forwarded_and_ends_startup(in_machine):
+    def body():
+        inst = _instance()
+        res, client, got = _startup(fe_write.cancel_request(1234, 5678), instance=inst)
+        assert res is False and got == b""
+        assert inst.router.cancels == [(1234, 5678)]
+        return True
+
+    assert in_machine(body)
+
+
+def test_startup_bytes_trickling_in(in_machine):
+    def body():
+        a, b = gsocket.socketpair()
+        app, pooler = mm.Io(a), mm.Io(b)
+        try:
+            client = Client(pooler, None, "host", ("127.0.0.1", 1))
+            fe = Frontend(_instance(), client)
+            data = fe_write.ssl_request() + _sm({"user": "trickle", "options": "-c a=b"})
+
+            def writer():
+                for i in range(len(data)):
+                    app.write(data[i:i + 1])
+                    mm.sleep(0)
+
+            co = mm.Coroutine(writer)
+            assert fe.startup() is True
+            co.join(2000)
+            assert client.user == "trickle" and client.vars == {"a": "b"}
+            assert app.read(1, 1000) == b"N"
+        finally:
+            app.close(), pooler.close()
+        return True
+
+    assert in_machine(body)
+
+
+# ----------------------------------------------------------------------------------------------
+# route(): the rule's options override the client's
+
+class _Rules:
+    def __init__(self, rule):
+        self.rule = rule
+
+    def match(self, *args):
+        return self.rule
+
+
+def test_route_applies_rule_options_and_add_host():
+    rule = Rule(authentication="none", pool="transaction", options={"search_path": "forced", "work_mem": "1MB"},
+                application_name_add_host=True)
+    inst = _instance()
+    inst.rules = _Rules(rule)
+    inst.close_server_later = lambda s: None
+    inst.router = Router(inst)
+    client = Client(None, None, "host", ("10.1.2.3", 5000))
+    client.user, client.database = "u", "d"
+    client.vars = {"search_path": "mine", "application_name": "x" * 70}
+    Frontend(inst, client).route()
+    assert client.rule is rule and client.route is not None and not client.is_console
+    assert client.vars["search_path"] == "forced" and client.vars["work_mem"] == "1MB"
+    assert client.vars["application_name"] == ("x" * 70 + " - 10.1.2.3")[:63]
+
+
+def test_route_add_host_without_application_name():
+    rule = Rule(authentication="none", pool="session", application_name_add_host=True)
+    inst = _instance()
+    inst.rules = _Rules(rule)
+    inst.router = Router(inst)
+    client = Client(None, None, "host", ("10.1.2.3", 5000))
+    client.user, client.database = "u", "d"
+    Frontend(inst, client).route()
+    assert client.vars["application_name"] == " - 10.1.2.3"
+
+
+def test_route_console_rule():
+    rule = Rule(authentication="none", pool="session", storage=SimpleNamespace(type="local"))
+    inst = _instance()
+    inst.rules = _Rules(rule)
+    inst.router = Router(inst)
+    client = Client(None, None, "host", ("10.1.2.3", 5000))
+    client.user, client.database = "u", "console"
+    Frontend(inst, client).route()
+    assert client.is_console
