@@ -186,3 +186,50 @@ def module_pooler(pg, text: str):
         assert_alive(p)
     finally:
         p.stop()
+
+
+# -- helpers for the TLS / unix socket / process / console tests -----------------------------------
+def ensure_roles(pg, *names: str, db: str = "db1") -> None:
+    """Create LOGIN roles (trusted by pg_hba) with rights on `db` and postgres, if missing."""
+    existing = set(pg.psql("select rolname from pg_roles").split())
+    for role in names:
+        if role not in existing:
+            pg.psql(f"CREATE ROLE {role} LOGIN;")
+    pg.psql("".join(f"GRANT ALL ON DATABASE {db} TO {r}; GRANT ALL ON DATABASE postgres TO {r};" for r in names))
+    pg.psql("".join(f"GRANT ALL ON SCHEMA public TO {r};" for r in names), db=db)
+
+
+def make_certs(directory: str) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate (CN
+    tls_client), all signed by the CA, made with the openssl CLI. Returns {name: path} for
+    ca_crt, ca_key, server_crt, server_key, client_crt, client_key (keys are mode 0600)."""
+    import os
+    import subprocess
+
+    p = {n: os.path.join(directory, n.replace("_", ".")) for n in
+         ("ca_crt", "ca_key", "server_crt", "server_key", "client_crt", "client_key")}
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=odyssey-gevent test CA",
+        "-keyout", p["ca_key"], "-out", p["ca_crt"])
+    for who, cn, ext in (("server", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+                         ("client", "tls_client", "extendedKeyUsage=clientAuth")):
+        csr = os.path.join(directory, f"{who}.csr")
+        extfile = os.path.join(directory, f"{who}.ext")
+        with open(extfile, "w") as f:
+            f.write(ext + "\n")
+        run("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+            "-keyout", p[f"{who}_key"], "-out", csr)
+        run("x509", "-req", "-in", csr, "-CA", p["ca_crt"], "-CAkey", p["ca_key"], "-CAcreateserial",
+            "-days", "2", "-extfile", extfile, "-out", p[f"{who}_crt"])
+    for n in ("ca_key", "server_key", "client_key"):
+        os.chmod(p[n], 0o600)
+    return p
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory):
+    """make_certs() in a session temp dir (readable by the pooler, which runs as us)."""
+    return make_certs(str(tmp_path_factory.mktemp("tls-certs")))

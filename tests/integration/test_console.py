@@ -1,0 +1,171 @@
+"""The admin console (reference §4): `database "console"` on a `local` storage. SHOW column names
+and types are an API (the Prometheus exporter reads them), so they are checked in order; plus the
+console's error replies and roles.
+"""
+from __future__ import annotations
+
+import struct
+
+import psycopg
+import psycopg.errors
+import psycopg2
+import pytest
+
+from tests.integration.conftest import ensure_roles, module_pooler, odyssey_config, odyssey_text, rule
+from tests.integration.wire import Wire, message, parse_fields
+
+USER = "console_pool_user"
+TEXT, INT4, INT8, BOOL = 25, 23, 20, 16
+t, i4, i8, b = TEXT, INT4, INT8, BOOL
+
+SHOW_COLUMNS = {
+    "version": [("version", t)],
+    "pools": [("database", t), ("user", t), ("cl_active", i8), ("cl_waiting", i8), ("sv_active", i8),
+              ("sv_idle", i8), ("sv_used", i8), ("sv_tested", i8), ("sv_login", i8), ("maxwait", i8),
+              ("maxwait_us", i8), ("pool_mode", t)],
+    "databases": [("name", t), ("host", t), ("port", i8), ("database", t), ("force_user", t), ("pool_size", i8),
+                  ("reserve_pool", i8), ("pool_mode", t), ("max_connections", i8), ("current_connections", i8),
+                  ("paused", i8), ("disabled", i8)],
+    "clients": [("type", t), ("user", t), ("database", t), ("state", t), ("storage_user", t), ("addr", t),
+                ("port", i4), ("local_addr", t), ("local_port", i4), ("connect_time", t), ("request_time", t),
+                ("wait", i4), ("wait_us", i4), ("id", t), ("ptr", t), ("coro", i4), ("remote_pid", i4),
+                ("tls", t)],
+    "servers": [("type", t), ("user", t), ("database", t), ("state", t), ("addr", t), ("port", i4),
+                ("local_addr", t), ("local_port", i4), ("connect_time", t), ("request_time", t), ("wait", i4),
+                ("wait_us", i4), ("ptr", t), ("link", t), ("remote_pid", i4), ("tls", t), ("offline", t)],
+    "lists": [("list", t), ("items", i4)],
+    "rules": [("database", t), ("user", t), ("address", t), ("connection_type", t), ("obsolete", b)],
+    "is_paused": [("is_paused", b)],
+}
+LISTS = ["databases", "users", "pools", "free_clients", "used_clients", "login_clients", "routing_clients",
+         "free_servers", "used_servers", "dns_names", "dns_zones", "dns_queries", "dns_pending"]
+
+
+@pytest.fixture(scope="module")
+def console_pooler(pg, roles):
+    ensure_roles(pg, USER)
+    text = odyssey_config(
+        rule(USER, "db1", pool="session"),
+        rule("default", "console", pool="session", storage="local", role="admin"),
+        rule("viewer", "console", pool="session", storage="local", role="notallow"),
+    )
+    text += 'storage "local" {\n    type "local"\n}\n'
+    yield from module_pooler(pg, text)
+
+
+def _console(p, user: str = "admin"):
+    con = psycopg2.connect(p.dsn(user, "console"))
+    con.autocommit = True
+    return con
+
+
+def _show(con, what: str):
+    with con.cursor() as cur:
+        cur.execute(f"SHOW {what}")
+        cols = [(d.name, d.type_code) for d in cur.description]
+        return cols, cur.fetchall()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("what", list(SHOW_COLUMNS))
+def test_show_columns(console_pooler, what):
+    con = _console(console_pooler)
+    try:
+        cols, rows = _show(con, what)
+        assert cols == SHOW_COLUMNS[what]
+        for row in rows:
+            assert len(row) == len(cols)
+        if what == "version":
+            assert len(rows) == 1 and "odyssey" in rows[0][0]
+        if what == "lists":
+            assert [r[0] for r in rows] == LISTS
+        if what == "is_paused":
+            assert rows == [(False,)]
+        if what == "rules":
+            assert ("console", "viewer", "<default>", "all", False) in rows
+            assert ("db1", USER, "<default>", "all", False) in rows
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(20)
+def test_show_is_case_insensitive_and_ignores_a_semicolon(console_pooler):
+    con = _console(console_pooler)
+    try:
+        with con.cursor() as cur:
+            cur.execute("show Version;")
+            assert [d.name for d in cur.description] == ["version"]
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(20)
+def test_show_pools_counts_an_active_client(console_pooler):
+    client = psycopg2.connect(console_pooler.dsn(USER, "db1"))
+    client.autocommit = True
+    con = _console(console_pooler)
+    try:
+        with client.cursor() as cur:
+            cur.execute("select 1")
+        cols, rows = _show(con, "POOLS")
+        names = [c[0] for c in cols]
+        mine = [dict(zip(names, r)) for r in rows if r[0] == "db1" and r[1] == USER]
+        assert len(mine) == 1, rows
+        assert mine[0]["cl_active"] == 1
+        assert mine[0]["sv_active"] == 1          # session pooling: the client holds its server
+        assert mine[0]["pool_mode"] == "session"
+        _, clients = _show(con, "CLIENTS")
+        assert any(r[1] == USER and r[2] == "db1" for r in clients), clients
+        _, servers = _show(con, "SERVERS")
+        assert any(r[1] == USER and r[2] == "db1" for r in servers), servers
+    finally:
+        con.close()
+        client.close()
+
+
+@pytest.mark.timeout(20)
+def test_unknown_command(console_pooler):
+    w = Wire(console_pooler.port)
+    try:
+        assert w.login("admin", "console") is None
+        assert w.key is None                                  # no BackendKeyData on the console
+        _, err, status = w.simple_query("show nothing")
+        assert err is not None and err["C"] == "42601", err
+        odyssey_text(err["M"], "console command error: show nothing")
+        assert status == "I"
+        rows, err, _ = w.simple_query("show is_paused")    # still usable
+        assert err is None and rows == [["f"]]
+    finally:
+        w.close()
+
+
+@pytest.mark.timeout(20)
+def test_extended_protocol_is_unsupported(console_pooler):
+    w = Wire(console_pooler.port)
+    try:
+        assert w.login("admin", "console") is None
+        w.send(message(b"P", b"\0show version\0" + struct.pack("!H", 0)))
+        tag, body = w.read_message()
+        assert tag == b"E"
+        err = parse_fields(body)
+        assert err["C"] == "0A000", err
+        odyssey_text(err["M"], "unsupported request 'Parse'")
+        assert w.read_message()[0] == b"Z"
+    finally:
+        w.close()
+    with psycopg.connect(f"host=127.0.0.1 port={console_pooler.port} user=admin dbname=console sslmode=disable",
+                         autocommit=True) as con:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="unsupported request"):
+            con.execute("show version %s", ["x"])
+
+
+@pytest.mark.timeout(20)
+def test_notallow_role(console_pooler):
+    w = Wire(console_pooler.port)
+    try:
+        assert w.login("viewer", "console") is None
+        _, err, _ = w.simple_query("show version")
+        assert err is not None and err["C"] == "42501", err
+        odyssey_text(err["M"], "Unsuitable user role to emit console command")
+    finally:
+        w.close()
