@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import machinarium as mm
 from kiwi import be_write
 from odyssey_gevent import deploy
+from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_message
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.server import Server
@@ -37,14 +38,17 @@ def test_quote_roundtrip(value):
     assert inner.replace("''", "'") == value
 
 
+# server.params is keyed by lower-case name (what the relay and backend store)
+
 def test_plan_is_case_insensitive_on_names():
-    assert deploy.plan({"timezone": "UTC"}, {"TimeZone": "UTC"}) == []
+    assert deploy.plan({"timezone": "UTC"}, {"timezone": "UTC"}) == []
+    assert deploy.plan({"TimeZone": "UTC"}, {"timezone": "UTC"}) == []
     assert deploy.plan({"TIMEZONE": "UTC"}, {"timezone": "Europe/Oslo"}) == [("TimeZone", "UTC")]
     assert deploy.plan({"datestyle": "ISO, DMY"}, {}) == [("DateStyle", "ISO, DMY")]
 
 
 def test_plan_values_compare_exactly():
-    assert deploy.plan({"TimeZone": "utc"}, {"TimeZone": "UTC"}) == [("TimeZone", "utc")]
+    assert deploy.plan({"TimeZone": "utc"}, {"timezone": "UTC"}) == [("TimeZone", "utc")]
 
 
 def test_plan_ignores_untracked_names():
@@ -55,7 +59,7 @@ def test_plan_ignores_untracked_names():
 
 def test_plan_emits_only_differences_in_client_order():
     client = {"search_path": "a,b", "work_mem": "64MB", "statement_timeout": "0", "IntervalStyle": "iso_8601"}
-    server = {"search_path": "a,b", "statement_timeout": "5s"}
+    server = {"search_path": "a,b", "statement_timeout": "5s", "intervalstyle": "postgres"}
     assert deploy.plan(client, server) == [("work_mem", "64MB"), ("statement_timeout", "0"),
                                            ("IntervalStyle", "iso_8601")]
 
@@ -69,12 +73,13 @@ case = st.sampled_from([str.lower, str.upper, lambda s: s])
 @settings(max_examples=100, deadline=None)
 def test_plan_applied_makes_plan_empty(client_vars, server_params, recase):
     client_vars = {recase(k): v for k, v in client_vars.items()}
+    server_params = {k.lower(): v for k, v in server_params.items()}
     changes = deploy.plan(client_vars, server_params)
     names = [n for n, _ in changes]
     assert len(names) == len(set(names))
     assert all(n.lower() in deploy.TRACKED and n == deploy.TRACKED[n.lower()] for n in names)
-    applied = {k: v for k, v in server_params.items() if k.lower() not in {n.lower() for n in names}}
-    applied.update(changes)
+    applied = dict(server_params)
+    applied.update((n.lower(), v) for n, v in changes)
     assert deploy.plan(client_vars, applied) == []
 
 
@@ -97,9 +102,9 @@ def test_deploy_sends_one_set_query_and_records_params(in_machine):
         a, b = gsocket.socketpair()
         pooler, pg = mm.Io(a), mm.Io(b)
         try:
-            server = _server(pooler, {"TimeZone": "UTC", "application_name": ""})
-            client = SimpleNamespace(vars={"timezone": "UTC", "application_name": "it's me", "foo": "x",
-                                           "search_path": "public"}, id="c1")
+            server = _server(pooler, {"timezone": "UTC", "application_name": ""})
+            client = Client(None)
+            client.vars = {"timezone": "UTC", "application_name": "it's me", "foo": "x", "search_path": "public"}
             got = {}
 
             def backend():
@@ -131,7 +136,8 @@ def test_deploy_failure_is_logged_and_does_not_raise(in_machine):
         pooler, pg = mm.Io(a), mm.Io(b)
         try:
             server = _server(pooler, {"work_mem": "4MB"})
-            client = SimpleNamespace(vars={"work_mem": "lots"}, id="c1")
+            client = Client(None)
+            client.vars = {"work_mem": "lots"}
 
             def backend():
                 read_message(pg, 2000)
