@@ -92,9 +92,25 @@ class Io:
         """The local address (getsockname)."""
         return self.sock.getsockname()
 
+    # how long close() may spend sending a TLS close_notify
+    TLS_CLOSE_TIMEOUT_MS = 100
+
     def close(self) -> None:
-        """Close the socket. Idempotent. Coroutines waiting on it get an ``OSError`` (EBADF)."""
-        self.sock.close()
+        """Close the socket. Idempotent. Coroutines waiting on it get an ``OSError`` (EBADF).
+
+        A TLS connection first sends its close_notify (bounded by TLS_CLOSE_TIMEOUT_MS), as
+        PostgreSQL does: libpq >= 17 sends CancelRequests inside TLS and reports an EOF without
+        close_notify as an error."""
+        sock = self.sock
+        if self._tls and not sock.closed:
+            try:
+                with deadline(self.TLS_CLOSE_TIMEOUT_MS, "TLS close"):
+                    sock = sock.unwrap() or sock
+            except Exception:
+                pass
+            finally:
+                self.sock.close()
+        sock.close()
 
     def __repr__(self):
         return f"<Io fd={self.sock.fileno()} peer={self._peer!r}{' tls' if self._tls else ''}>"

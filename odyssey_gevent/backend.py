@@ -99,7 +99,8 @@ def startup(instance, server, client, timeout_ms: int) -> None:
                                       timeout_ms)
         elif mtype == BE.PARAMETER_STATUS:
             name, value = fe_read.read_parameter_status(payload)
-            server.params[name] = value
+            server.params[name.lower()] = value
+            server.login_params.append((name, value))
         elif mtype == BE.BACKEND_KEY_DATA:
             server.key_pid, server.key_secret = fe_read.read_backend_key_data(payload)
         elif mtype == BE.READY_FOR_QUERY:
@@ -139,7 +140,7 @@ def wait_ready(instance, server, timeout_ms: int):
             error = fe_read.read_error(payload)
         elif mtype == BE.PARAMETER_STATUS:
             name, value = fe_read.read_parameter_status(payload)
-            server.params[name] = value
+            server.params[name.lower()] = value
     return error
 
 

@@ -24,7 +24,7 @@ class Client:
     __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "local_host",
                  "local_port", "startup", "user", "database", "params", "vars", "rule", "route", "server",
                  "state", "key_pid", "key_secret", "machine", "time_accept", "time_last_active",
-                 "password", "killed", "internal", "is_console", "relay")
+                 "password", "killed", "internal", "is_console", "relay", "deploy_list")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
         self.id = new_id("c")
@@ -54,6 +54,7 @@ class Client:
         self.internal = False
         self.is_console = False
         self.relay = None
+        self.deploy_list = None             # deploy.py's cache of the tracked vars; None = stale
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.user}@{self.database}>"

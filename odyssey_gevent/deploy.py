@@ -2,8 +2,10 @@
 mirrors Odyssey sources/deploy.c and kiwi var.c).
 
 Only the parameters Odyssey tracks are replayed, compared case-insensitively with what the
-server is known to have; the differences go in one `SET k='v';...` query whose replies are
-consumed here, so the client never sees them.
+server is known to have (server.params is keyed by lower-case name); the differences go in one
+`SET k='v';...` query whose replies are consumed here, so the client never sees them. This runs
+on every attach, so the client's tracked vars are kept pre-digested in `client.deploy_list`
+(reset to None whenever client.vars changes).
 """
 from __future__ import annotations
 
@@ -23,21 +25,34 @@ def quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def plan(client_vars: dict, server_params: dict) -> list[tuple[str, str]]:
-    """The (name, value) pairs the server must SET to match the client."""
-    known = {k.lower(): v for k, v in server_params.items()}
+def tracked(client_vars: dict) -> list[tuple[str, str, str]]:
+    """(lower-case key, canonical name, value) of the client vars Odyssey maintains."""
     out = []
     for name, value in client_vars.items():
         key = name.lower()
-        if key not in TRACKED:
-            continue
-        if known.get(key) != value:
-            out.append((TRACKED[key], value))
+        canonical = TRACKED.get(key)
+        if canonical is not None:
+            out.append((key, canonical, value))
     return out
 
 
+def plan(client_vars, server_params: dict) -> list[tuple[str, str]]:
+    """The (name, value) pairs the server must SET to match the client. `client_vars` is a
+    dict of client parameters or an already digested `tracked()` list; `server_params` is keyed
+    by lower-case name."""
+    if isinstance(client_vars, dict):
+        client_vars = tracked(client_vars)
+    get = server_params.get
+    return [(name, value) for key, name, value in client_vars if get(key) != value]
+
+
 def deploy(instance, client, server) -> None:
-    changes = plan(client.vars, server.params)
+    todo = client.deploy_list
+    if todo is None:
+        todo = client.deploy_list = tracked(client.vars)
+    if not todo:
+        return
+    changes = plan(todo, server.params)
     if not changes:
         return
     sql = "".join(f"SET {name}={quote(value)};" for name, value in changes)
@@ -45,7 +60,6 @@ def deploy(instance, client, server) -> None:
     error = backend.query(instance, server, sql, instance.config.backend_connect_timeout_ms, "deploy")
     if error is not None:
         instance.logger.error("deploy", client, server, "deploy failed: %s", error.message)
+        return
     for name, value in changes:
-        server.params.setdefault(name, value)
-        if error is None:
-            server.params[name] = value
+        server.params[name.lower()] = value

@@ -161,7 +161,7 @@ class Frontend:
         if route.params is None:
             # the first client of a route logs a server in to learn the route's parameters
             self.attach(deploy_params=False)
-            route.params = list(client.server.params.items())
+            route.params = list(client.server.login_params)
             self.detach(reset_first=False)
         out = []
         sent = set()

@@ -307,8 +307,10 @@ class Relay:
             name, value = name.decode(), value.decode()
         except ValueError:
             return
-        server.params[name] = value
-        self.client.vars[name] = value
+        server.params[name.lower()] = value
+        client = self.client
+        client.vars[name] = value
+        client.deploy_list = None
 
 
 # -- waiting for either side ------------------------------------------------------------------

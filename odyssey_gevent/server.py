@@ -19,7 +19,7 @@ class Server:
     __slots__ = ("id", "route", "io", "fd", "machine", "endpoint", "endpoint_host", "state", "client",
                  "key_pid", "key_secret", "params", "tx_status", "sync_request", "sync_reply", "copy_mode",
                  "created_at", "idle_since", "offline", "error_connect", "broken", "deployed", "last_client_id",
-                 "baseline")
+                 "baseline", "login_params")
 
     def __init__(self, route):
         self.id = new_id("s")
@@ -33,7 +33,8 @@ class Server:
         self.client = None
         self.key_pid = 0
         self.key_secret = 0
-        self.params: dict[str, str] = {}   # the server's parameters (ParameterStatus and what we SET)
+        self.params: dict[str, str] = {}   # lower-case name -> value (ParameterStatus and what we SET)
+        self.login_params: list[tuple[str, str]] = []   # ParameterStatus at login, names as sent
         self.tx_status = b"I"
         self.sync_request = 0       # queries and Syncs sent
         self.sync_reply = 0         # ReadyForQuery received

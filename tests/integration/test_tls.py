@@ -16,6 +16,7 @@ import threading
 import time
 
 import psycopg
+import psycopg.errors
 import psycopg2
 import psycopg2.errors
 import pytest
@@ -255,3 +256,24 @@ def test_storage_tls_require_without_server_ssl(pg, roles):
         assert_alive(p)
     finally:
         p.stop()
+
+
+@pytest.mark.timeout(20)
+def test_cancel_over_tls_psycopg3(tls_pooler):
+    """libpq >= 17 (psycopg 3 cancel_safe) sends the CancelRequest inside TLS and expects a clean
+    TLS close (close_notify), as PostgreSQL gives."""
+    with psycopg.connect(_dsn(tls_pooler.port, "require"), autocommit=True) as con:
+        errors = []
+
+        def cancel():
+            try:
+                con.cancel_safe()
+            except Exception as e:
+                errors.append(e)
+        timer = threading.Timer(0.3, cancel)
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            con.execute("select pg_sleep(10)")
+        timer.join()
+        assert not errors, errors
+
