@@ -31,6 +31,38 @@ def expire(instance) -> int:
     return closed
 
 
+def fill_min_pool(instance) -> int:
+    """Pre-open idle servers up to each route's min_pool_size (routes exist once a client came);
+    returns how many were opened."""
+    opened = 0
+    router = instance.router
+    for route in router.snapshot():
+        want = route.rule.min_pool_size
+        if want <= 0 or route.obsolete:
+            continue
+        while True:
+            server = router.reserve(route, want)
+            if server is None:
+                break
+            try:
+                backend.connect(instance, server, None)
+                server.baseline = dict(server.params)
+            except Exception as e:  # a failed pre-open is retried next tick
+                instance.logger.error("min_pool", None, server, "failed to pre-open a server: %s", e)
+                server.broken = True
+                router.discard(route, server)
+                backend.close(instance, server)
+                break
+            if route.params is None:
+                route.params = list(server.login_params)
+            if instance.workers > 1 and not server.io.is_tls:
+                server.fd = server.io.detach()
+                server.io = None
+            router.put_idle(route, server)
+            opened += 1
+    return opened
+
+
 class _Rates:
     def __init__(self):
         self.prev = {}
@@ -57,6 +89,7 @@ def cron_main(instance) -> None:
         machinarium.sleep(1000)
         try:
             expire(instance)
+            fill_min_pool(instance)
             config = instance.config
             now = time.monotonic()
             if config.log_stats and config.stats_interval > 0 and now - last_stats >= config.stats_interval:

@@ -91,7 +91,7 @@ class ServerGone(Exception):
 class Relay:
     """The request loop of one client. `frontend` supplies attach()/detach()/idle_timeout()."""
 
-    __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "s_buf", "s_len", "s_skip",
+    __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "s_buf", "s_len", "s_skip", "s_ready",
                  "mode_transaction", "mode_statement", "stats")
 
     def __init__(self, frontend, client):
@@ -103,6 +103,7 @@ class Relay:
         self.s_buf = None
         self.s_len = 0
         self.s_skip = 0
+        self.s_ready = False    # a ReadyForQuery was relayed since the last detach check
         pool = client.rule.pool
         self.mode_transaction = pool == "transaction"
         self.mode_statement = pool == "statement"
@@ -118,8 +119,9 @@ class Relay:
                 if client.killed is not None:
                     return client.killed
                 if server is None:
-                    timeout = self.fe.idle_timeout(None)
-                    if not cio.wait_readable(timeout):
+                    try:
+                        cio.wait_readable(self.fe.idle_timeout(None))
+                    except machinarium.TimedOut:
                         status = self.fe.idle_expired(None)
                         if status is not None:
                             return status
@@ -244,7 +246,6 @@ class Relay:
             raise ServerGone(Status.ESERVER_READ, "server closed the connection")
         end = start + n
         pos = self.s_skip
-        ready = False
         if pos >= end:
             self.s_skip = pos - end
             pos = end
@@ -269,7 +270,7 @@ class Relay:
                         self.stats.count_query += 1
                         if server.tx_status == b"I":
                             self.stats.count_tx += 1
-                        ready = True
+                        self.s_ready = True
                     elif t == _S_PARAM:
                         self._parameter_status(server, buf, pos + 5, msg_end)
                     elif t == _S_COPY_DONE:
@@ -294,7 +295,11 @@ class Relay:
         if rest == 0:
             _give_back(buf)
             self.s_buf = None
-        if ready and server.synchronized and rest == 0 and self.s_skip == 0:
+        # detach only at a message boundary (a message after the 'Z' may still be arriving)
+        if self.s_ready and rest == 0 and self.s_skip == 0:
+            self.s_ready = False
+            if not server.synchronized:
+                return
             if self.mode_transaction:
                 if server.tx_status == b"I":
                     self.fe.detach()

@@ -156,6 +156,7 @@ class Router:
             server.idle_since = time.monotonic()
             if server.offline or route.obsolete and not route.waiters:
                 route.set_server_state(server, ServerState.UNDEF)
+                self._give(route, None)          # the freed slot goes to the first waiter
                 server_to_close = server
             else:
                 self._give(route, server)
@@ -186,6 +187,27 @@ class Router:
             route.set_server_state(server, ServerState.UNDEF)
             self._give(route, None)
             return True
+
+    def reserve(self, route: Route, limit: int) -> Server | None:
+        """A new, unconnected server counted in the route's pool while it has fewer than
+        `limit` servers (min_pool_size pre-opening), else None."""
+        with self.lock:
+            if route.server_count >= limit:
+                return None
+            server = Server(route)
+            route.set_server_state(server, ServerState.ACTIVE)
+            return server
+
+    def put_idle(self, route: Route, server: Server) -> None:
+        """A reserved server is connected: give it to a waiter or park it idle."""
+        with self.lock:
+            self._give(route, server)
+
+    def discard(self, route: Route, server: Server) -> None:
+        """A reserved server failed: free its slot."""
+        with self.lock:
+            route.set_server_state(server, ServerState.UNDEF)
+            self._give(route, None)
 
     # -- cancel ------------------------------------------------------------------------------
     def cancel_target(self, pid: int, secret: int):

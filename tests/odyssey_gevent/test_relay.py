@@ -460,3 +460,22 @@ def test_killed_client_returns_its_status(in_machine):
         return True
 
     assert in_machine(body)
+
+
+def test_transaction_mode_detaches_at_idle_ready_even_if_a_partial_message_follows(in_machine):
+    def body():
+        h = Harness("transaction")
+        try:
+            h.app.write(_q("select 1"))
+            h.pg.read(len(_q("select 1")), 2000)
+            notice = be_write.notice_response("NOTICE", "00000", "late notice")
+            h.pg.write(_reply(b"I") + notice[:3])
+            h.settle(h.sio)
+            h.pg.write(notice[3:])
+            h.settle(h.sio)
+            mm.sleep(5)
+            assert h.fe.detaches == [(1, 1, b"I")]
+        finally:
+            h.close()
+        return True
+    assert in_machine(body)

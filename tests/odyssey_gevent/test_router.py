@@ -405,3 +405,20 @@ def test_cancel_target():
     assert router.cancel_target(a.key_pid, a.key_secret) is None
     router.unroute(a)
     assert (a.key_pid, a.key_secret) not in router.keys
+
+
+def test_detach_offline_server_gives_the_slot_to_a_waiter(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        a, b = routed(router), routed(router)
+        s = router.attach(a, 0)
+        got = {}
+        co = mm.Coroutine(lambda: got.setdefault("s", router.attach(b, 1000)))
+        _wait_for(lambda: len(a.route.waiters) == 1)
+        s.offline = True
+        router.detach(a)
+        co.join(3000)
+        assert router.instance.closed == [s] and s.state is ServerState.UNDEF
+        assert got["s"] is not s and got["s"].client is b and a.route.server_count == 1
+        return True
+    assert in_machine(body)
