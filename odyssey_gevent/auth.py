@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import os
 
-from kiwi import be_read, be_write, error_codes, fe_write
+from kiwi import be_read, be_write, error_codes, fe_read, fe_write
 from kiwi.errors import KiwiError, ProtocolError
 from kiwi.header import BE, FE
 from kiwi.md5 import md5_salted
@@ -126,34 +126,32 @@ def backend_authenticate(instance, server, client, request, timeout_ms: int) -> 
         io.write(fe_write.password_message(md5_salted(server.route.user, password, request.data).encode()
                                            + b"\0"))
     elif code == AUTH_SASL:
-        mechanisms = request.mechanisms if hasattr(request, "mechanisms") else \
-            [m for m in bytes(request.data).decode().split("\0") if m]
+        mechanisms = request.mechanisms
         if "SCRAM-SHA-256" not in mechanisms:
             raise _backend_error(f"unsupported SASL mechanisms {mechanisms}")
         scram = ScramClient(password)
         io.write(fe_write.sasl_initial_response("SCRAM-SHA-256", scram.first()))
-        from kiwi import fe_read
-        mtype, payload = read_message(io, timeout_ms, MAX_AUTH_MESSAGE)
-        if mtype == BE.ERROR_RESPONSE:
-            fields = fe_read.read_error(payload)
-            raise _backend_error(fields.message, fields)
-        cont = fe_read.read_authentication(payload)
-        if mtype != BE.AUTHENTICATION or cont.code != AUTH_SASL_CONTINUE:
-            raise _backend_error("unexpected message during SCRAM authentication")
+        cont = _read_sasl_step(io, AUTH_SASL_CONTINUE, timeout_ms)
         io.write(fe_write.sasl_response(scram.final(bytes(cont.data))))
-        mtype, payload = read_message(io, timeout_ms, MAX_AUTH_MESSAGE)
-        if mtype == BE.ERROR_RESPONSE:
-            fields = fe_read.read_error(payload)
-            raise _backend_error(fields.message, fields)
-        fin = fe_read.read_authentication(payload)
-        if mtype != BE.AUTHENTICATION or fin.code != AUTH_SASL_FINAL:
-            raise _backend_error("unexpected message during SCRAM authentication")
+        fin = _read_sasl_step(io, AUTH_SASL_FINAL, timeout_ms)
         try:
             scram.verify(bytes(fin.data))
         except KiwiError as e:
             raise _backend_error(f"server SCRAM signature check failed: {e}") from None
     else:
         raise _backend_error(f"unsupported authentication method {code} requested by the server")
+
+
+def _read_sasl_step(io, code: int, timeout_ms: int):
+    """The server's next SASL message, which must be Authentication `code`."""
+    mtype, payload = read_message(io, timeout_ms, MAX_AUTH_MESSAGE)
+    if mtype == BE.ERROR_RESPONSE:
+        fields = fe_read.read_error(payload)
+        raise _backend_error(fields.message, fields)
+    request = fe_read.read_authentication(payload) if mtype == BE.AUTHENTICATION else None
+    if request is None or request.code != code:
+        raise _backend_error("unexpected message during SCRAM authentication")
+    return request
 
 
 def _backend_error(message: str, fields=None):

@@ -11,7 +11,7 @@ import time
 
 import machinarium
 from kiwi import be_write, error_codes
-from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
+from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest
 from kiwi.errors import KiwiError, ProtocolError
 from odyssey_gevent import auth, backend, cancel, deploy, reset
 from odyssey_gevent.client import Client

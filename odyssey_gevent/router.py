@@ -22,7 +22,7 @@ from odyssey_gevent.client import ClientState
 from odyssey_gevent.route import Route, Waiter
 from odyssey_gevent.rules import route_key
 from odyssey_gevent.server import Server, ServerState
-from odyssey_gevent.status import FrontendError, Status
+from odyssey_gevent.status import FrontendError
 
 
 class AttachTimeout(Exception):

@@ -13,9 +13,8 @@ import signal
 import socket
 
 import machinarium
-from kiwi import be_write, error_codes
+from kiwi import error_codes
 from odyssey_gevent import cron
-from odyssey_gevent.frontend import frontend
 from odyssey_gevent.status import FrontendError, error_message
 from odyssey_gevent.worker import WorkerPool
 

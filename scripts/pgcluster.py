@@ -57,7 +57,7 @@ def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Pope
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
             time.sleep(0.05)
 
 

@@ -14,7 +14,6 @@ from kiwi.header import BE
 from odyssey_gevent.client import Client
 from odyssey_gevent.config import Rule
 from odyssey_gevent.frontend import Frontend, parse_options
-from odyssey_gevent.io import read_message
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.router import Router
 from odyssey_gevent.status import FrontendError
