@@ -73,6 +73,10 @@ TLS contexts: ``server_context(cert, key, ca_file, client_cert="none"|"optional"
 ``client_context(sslmode, ca_file, cert_file, key_file)`` with libpq sslmodes
 disable/allow/prefer/require/verify-ca/verify-full (disable -> None);
 ``sslmode_requires_tls``, ``sslmode_tries_tls_first``.
+``reverse_dns(addr) -> name | None``: reverse lookup confirmed by a forward lookup (hostname
+rules), in the calling machine's resolver threadpool.
+``wait_any(ios, timeout_ms=None) -> bitmask`` (machinarium.poll): wait until one of several
+connections is readable (the relay waits on its client and server at once); 0 on timeout.
 
 Signals (system machine, main thread only)
 ------------------------------------------
@@ -88,7 +92,8 @@ from ._state import current_machine, error_hooks, watch_hub_errors
 from .channel import Channel, Msg
 from .coroutine import Cond, Coroutine, Event, coroutine_create, sleep
 from .errors import Cancelled, ConnectionClosed, MachineError, TimedOut
-from .io import Io, connect, connect_unix, listen, listen_unix
+from .io import Io, connect, connect_unix, listen, listen_unix, reverse_dns
+from .poll import wait_any
 from .machine import SYSTEM_SIGNALS, Machine, machine_create, stop_current
 from .signals import (DEFAULT_SIGNALS, MSG_SIGNAL, SignalWatcher, signal_free, signal_init,
                       signal_wait)
@@ -105,7 +110,7 @@ __all__ = [
     # coroutines
     "Coroutine", "coroutine_create", "sleep", "Event", "Cond",
     # io
-    "Io", "listen", "listen_unix", "connect", "connect_unix",
+    "Io", "listen", "listen_unix", "connect", "connect_unix", "reverse_dns", "wait_any",
     # tls
     "server_context", "client_context", "normalize_sslmode", "sslmode_requires_tls",
     "sslmode_tries_tls_first",

@@ -501,3 +501,15 @@ def connect_unix(path: str, timeout_ms=None) -> Io:
 
 __all__ = ["Io", "listen", "listen_unix", "connect", "connect_unix"]
 
+
+def reverse_dns(addr: str) -> str | None:
+    """The host name of ``addr`` by reverse DNS, confirmed by a forward lookup (as pg_hba and
+    Odyssey's hostname rules do); None when either lookup fails or they disagree. Runs in the
+    calling machine's resolver threadpool, so only the calling coroutine waits."""
+    try:
+        name = gsocket.gethostbyaddr(addr)[0]
+        infos = gsocket.getaddrinfo(name, None, 0, _std.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    return name if any(info[4][0] == addr for info in infos) else None
+

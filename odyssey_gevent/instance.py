@@ -28,7 +28,7 @@ class Instance:
         self.config = config
         self.config_path = config_path
         self.logger = logger
-        self.rules = Rules(config)
+        self.rules = Rules(config, reverse_dns=machinarium.reverse_dns)
         self.router = Router(self)
         self.workers = resolve_workers(config.workers)
         self._endpoint_rr = itertools.count()
@@ -95,7 +95,7 @@ class Instance:
             self.logger.warning("reload", None, None, "%s", warning)
         old_routes = self.router.snapshot()
         self.config = config
-        self.rules = Rules(config)
+        self.rules = Rules(config, reverse_dns=machinarium.reverse_dns)
         self.logger.configure(config.log_format, self.logger.to_stdout, config.log_file,
                               config.log_debug or self.verbose, self.logger.silent)
         for route in old_routes:

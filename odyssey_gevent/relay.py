@@ -25,7 +25,7 @@ import struct
 import threading
 
 import machinarium
-from machinarium.poll import wait_any
+from machinarium import wait_any
 from kiwi import error_codes
 from odyssey_gevent.status import FrontendError, Status
 

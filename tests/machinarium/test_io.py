@@ -291,3 +291,14 @@ def test_closing_io_wakes_a_waiting_reader_with_oserror():
         return len(errors)
 
     assert run_in_machine(body) == 1
+
+
+def test_reverse_dns_confirms_loopback_and_rejects_garbage():
+    import socket
+    expected = socket.gethostbyaddr("127.0.0.1")[0]     # the system resolver's own answer
+
+    def body():
+        return mm.reverse_dns("127.0.0.1"), mm.reverse_dns("not an address")
+    name, bad = run_in_machine(body)
+    assert name == expected
+    assert bad is None
