@@ -36,6 +36,11 @@ def authenticate_client(instance, client, timeout_ms: int | None) -> None:
     """Run the rule's authentication with the client; raises FrontendError on refusal."""
     rule = client.rule
     mode = rule.authentication
+    if mode in ("clear_text", "md5", "scram-sha-256"):
+        for keyword in ("auth_query", "ldap_endpoint_name", "auth_pam_service", "auth_module",
+                        "enable_mdb_iamproxy_auth"):
+            if getattr(rule, keyword):
+                raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED, f"{keyword} is not supported yet")
     if mode == "none":
         pass
     elif mode == "block":

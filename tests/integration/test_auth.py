@@ -155,3 +155,16 @@ def test_backend_auth_md5_and_scram(auth_pooler, user, db, password):
         assert cur.fetchone() == (user, db, 1)
     finally:
         con.close()
+
+
+@pytest.mark.timeout(30)
+def test_auth_query_rule_is_refused_clearly_until_it_is_implemented(odyssey):
+    p = odyssey(rule("aq_user", authentication="md5", auth_query="select usename, passwd from pg_shadow where usename=$1",
+                     auth_query_db="postgres", auth_query_user="postgres"))
+    w = Wire(p.port)
+    try:
+        fields = w.login("aq_user", "db1", "whatever")
+    finally:
+        w.close()
+    assert fields["C"] == "0A000"
+    assert fields["M"].endswith("auth_query is not supported yet")
