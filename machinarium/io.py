@@ -140,6 +140,20 @@ class Io:
             self._wait_read()
         return True
 
+    def readable_now(self) -> bool:
+        """True when a read would not block right now (data, EOF or an error is waiting), without
+        consuming anything: one non-blocking MSG_PEEK recv. An idle pooled connection that is
+        readable was closed or messaged by its peer (Odyssey's pool_attach_check)."""
+        if self._tls and self.sock.pending():
+            return True
+        try:
+            self._raw.recv(1, _std.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
+
     # -- accept --------------------------------------------------------------------------
     def accept(self, timeout_ms=None) -> "Io":
         """Accept one connection on a listening Io (machine_accept).

@@ -181,40 +181,57 @@ class Frontend:
         rule = client.rule
         timeout = rule.pool_timeout if rule.pool_timeout > 0 else None
         started = time.monotonic()
-        try:
-            server = instance.router.attach(client, timeout)
-        except AttachTimeout:
-            raise FrontendError(error_codes.TOO_MANY_CONNECTIONS,
-                                f"too many active clients for user (pool_size for user "
-                                f"{client.database}.{client.user} reached {rule.pool_size})",
-                                severity="FATAL") from None
-        client.route.stats.wait_time_us += int((time.monotonic() - started) * 1e6)
-        if not server.connected:
+        while True:
             try:
-                backend.connect(instance, server, client)
-            except (BackendError, OSError, machinarium.TimedOut, KiwiError) as e:
-                self.logger.error("attach", client, server, "failed to connect to the server: %s", e)
-                instance.router.close(client)
+                server = instance.router.attach(client, timeout)
+            except AttachTimeout:
+                raise FrontendError(error_codes.TOO_MANY_CONNECTIONS,
+                                    f"too many active clients for user (pool_size for user "
+                                    f"{client.database}.{client.user} reached {rule.pool_size})",
+                                    severity="FATAL") from None
+            if not server.connected:
+                self._connect(server)
+                break
+            if server.io is None:
+                server.io = machinarium.Io.attach(server.fd)
+                server.fd = None
+                server.machine = machinarium.current_machine()
+            if rule.pool_attach_check and server.io.readable_now():
+                # an idle server that has something to say was closed or terminated meanwhile
+                self.logger.info("attach", client, server, "idle server connection is broken, closing it")
                 server.broken = True
+                instance.router.close(client)
                 backend.close(instance, server)
-                fields = getattr(e, "fields", None)
-                if rule.client_fwd_error and fields is not None:
-                    raise FrontendError(fields.sqlstate, fields.message, severity=fields.severity,
-                                        detail=fields.detail, hint=fields.hint) from None
-                raise FrontendError(error_codes.CONNECTION_FAILURE,
-                                    f"failed to connect to remote server {server.id}", severity="FATAL") from None
-            server.baseline = dict(server.params)
-            self.logger.debug("attach", client, server, "new server connection")
-        elif server.io is None:
-            server.io = machinarium.Io.attach(server.fd)
-            server.fd = None
-            server.machine = machinarium.current_machine()
+                continue
+            break
+        client.route.stats.wait_time_us += int((time.monotonic() - started) * 1e6)
         if deploy_params and rule.maintain_params:
             try:
                 deploy.deploy(instance, client, server)
             except (OSError, machinarium.TimedOut, KiwiError) as e:
                 raise _ServerFailure(Status.ESERVER_WRITE, e) from None
         return server
+
+    def _connect(self, server) -> None:
+        """Log a new server in for this client's route; on failure free its slot and raise the
+        FrontendError the client gets (the backend's own error with client_fwd_error)."""
+        instance = self.instance
+        client = self.client
+        try:
+            backend.connect(instance, server, client)
+        except (BackendError, OSError, machinarium.TimedOut, KiwiError) as e:
+            self.logger.error("attach", client, server, "failed to connect to the server: %s", e)
+            instance.router.close(client)
+            server.broken = True
+            backend.close(instance, server)
+            fields = getattr(e, "fields", None)
+            if client.rule.client_fwd_error and fields is not None:
+                raise FrontendError(fields.sqlstate, fields.message, severity=fields.severity,
+                                    detail=fields.detail, hint=fields.hint) from None
+            raise FrontendError(error_codes.CONNECTION_FAILURE,
+                                f"failed to connect to remote server {server.id}", severity="FATAL") from None
+        server.baseline = dict(server.params)
+        self.logger.debug("attach", client, server, "new server connection")
 
     def detach(self, reset_first: bool = True) -> None:
         client = self.client

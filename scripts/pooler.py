@@ -45,7 +45,9 @@ class PoolerProcess:
                 wait_port("127.0.0.1", self.port, timeout=20, proc=self.proc)
             except Exception:
                 self.stop()
-                raise RuntimeError(f"pooler did not start:\n{self.log()}") from None
+                with open(self.log_path, "rb") as f:
+                    log = f.read().decode("utf-8", "replace")
+                raise RuntimeError(f"pooler did not start:\n{log}") from None
 
     @property
     def pid(self) -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from scripts.pgcluster import PgCluster
 from scripts.pooler import PoolerProcess
-from tests.integration.conftest import (assert_alive, backends, direct, module_pooler, odyssey_config,
+from tests.integration.conftest import (assert_alive, backends, direct, ensure_roles, module_pooler, odyssey_config,
                                         odyssey_text, rule, wait_for)
 from tests.integration.wire import Wire, errors_in
 
@@ -248,3 +248,31 @@ def test_postgres_restart_under_load(own_pg):
         for t in threads:
             t.join(10)
         p.stop()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("check,survives", [(True, True), (False, False)])
+def test_idle_server_terminated_in_the_pool(pg, odyssey, check, survives):
+    """pool_attach_check (default yes): an idle pooled server that PostgreSQL terminated is noticed
+    at attach and replaced, so the client's next transaction does not fail."""
+    ensure_roles(pg, "attach_check_user")
+    p = odyssey(rule("attach_check_user", pool="transaction", pool_size=1, pool_attach_check=check))
+    con = psycopg2.connect(p.dsn("attach_check_user", "db1"))
+    con.autocommit = True
+    try:
+        cur = con.cursor()
+        cur.execute("select pg_backend_pid()")
+        pid = cur.fetchone()[0]
+        with direct(pg) as d:
+            d.cursor().execute("select pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 5
+        while any(b[0] == pid for b in backends(pg, "attach_check_user")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if survives:
+            cur.execute("select pg_backend_pid()")
+            assert cur.fetchone()[0] != pid
+        else:
+            with pytest.raises(psycopg2.Error):
+                cur.execute("select 1")
+    finally:
+        con.close()
