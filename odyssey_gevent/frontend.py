@@ -291,10 +291,13 @@ class Frontend:
             self.route()
             self.authenticate()
             self.deadline = None
-            if instance.config.log_session:
-                self.logger.info("startup", client, None, "new client connection %s:%s to %s.%s",
-                                 client.peer_host or "unix", client.peer_port or 0, client.database, client.user)
             self.setup()
+            if instance.config.log_session:
+                rule = client.rule
+                self.logger.info("setup", client, None, "login time: %d microseconds",
+                                 int((time.monotonic() - client.time_accept) * 1e6))
+                self.logger.info("setup", client, None, "client connection from %s to route %s.%s accepted",
+                                 self._peer(), rule.db_name, rule.user_name)
             if client.is_console:
                 from odyssey_gevent import console
                 status = console.run(instance, client)
@@ -319,6 +322,12 @@ class Frontend:
             status = Status.ECLIENT_READ
         finally:
             self.cleanup(status)
+
+    def _peer(self) -> str:
+        client = self.client
+        if client.peer_host is None:
+            return "[unix socket]"
+        return f"{client.peer_host}:{client.peer_port}"
 
     def _send_error(self, err: FrontendError) -> None:
         client = self.client
@@ -358,9 +367,10 @@ class Frontend:
                             backend.close(instance, server)
         finally:
             instance.router.unroute(client)
-            if instance.config.log_session and client.user is not None:
-                self.logger.info("cleanup", client, None, "client disconnected (%s), working time %dus",
-                                 status.value, int((time.monotonic() - client.time_accept) * 1e6))
+            if instance.config.log_session and client.rule is not None:
+                self.logger.info("main", client, None, "client disconnected (route %s.%s, working time: %dus, %s)",
+                                 client.rule.db_name, client.rule.user_name,
+                                 int((time.monotonic() - client.time_accept) * 1e6), status.value)
             client.io.close()
             instance.client_closed(client)
 

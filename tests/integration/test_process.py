@@ -120,7 +120,7 @@ def test_sigusr1_reopens_the_log_file(pg, proc_role, pooler):
     p.wait_log("SIGUSR1 received")
     con = _connect(p)
     con.close()
-    text = wait_for(lambda: os.path.exists(log) and "new client connection" in open(log).read() and open(log).read(),
+    text = wait_for(lambda: os.path.exists(log) and "client connection from" in open(log).read() and open(log).read(),
                     what="new lines in the reopened log file")
     assert "listening on" not in text                  # the old lines stayed in the renamed file
     assert "listening on" in open(log + ".1").read()
@@ -163,6 +163,6 @@ def test_json_log_format(pg, proc_role, pooler):
     for rec in records:
         assert {"timestamp", "pid", "level", "context", "message"} <= set(rec), rec
         assert rec["pid"] == p.pid
-    starts = [r for r in records if "new client connection" in r["message"]]
+    starts = [r for r in records if "client connection from" in r["message"]]
     assert starts and starts[0]["client"]["user"] == USER and starts[0]["client"]["database"] == "db1"
     assert re.fullmatch(r"c[0-9a-f]{12}", starts[0]["client"]["id"])
