@@ -143,9 +143,12 @@ class Io:
     def readable_now(self) -> bool:
         """True when a read would not block right now (data, EOF or an error is waiting), without
         consuming anything: one non-blocking MSG_PEEK recv. An idle pooled connection that is
-        readable was closed or messaged by its peer (Odyssey's pool_attach_check)."""
-        if self._tls and self.sock.pending():
-            return True
+        readable was closed or messaged by its peer (Odyssey's pool_attach_check).
+
+        Over TLS only decrypted bytes count: raw records such as TLS 1.3 session tickets arrive
+        after the handshake and would look like a message."""
+        if self._tls:
+            return bool(self.sock.pending())
         try:
             self._raw.recv(1, _std.MSG_PEEK)
         except BlockingIOError:

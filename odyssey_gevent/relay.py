@@ -113,15 +113,14 @@ class Relay:
     def run(self) -> Status:
         client = self.client
         cio = client.io
+        client_only = (cio,)
         try:
             while True:
                 server = client.server
                 if client.killed is not None:
                     return client.killed
                 if server is None:
-                    try:
-                        cio.wait_readable(self.fe.idle_timeout(None))
-                    except machinarium.TimedOut:
+                    if not wait_any(client_only, self.fe.idle_timeout(None)):
                         status = self.fe.idle_expired(None)
                         if status is not None:
                             return status
