@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from time import monotonic as _monotonic
 
 import gevent
 from gevent import GreenletExit
-from gevent.event import Event as _HubEvent
 from gevent.hub import get_hub
 
 from ._clock import seconds
@@ -126,6 +124,25 @@ def sleep(ms) -> None:
     gevent.sleep(seconds(ms) or 0)
 
 
+class _Wake:
+    """One coroutine's wait on an Event: called (in the waiter's own loop) to switch back to it.
+
+    It switches only while the wait is still active, so a wake-up that arrives late (after a
+    timeout, or after another signal already woke it) never resumes the coroutine somewhere
+    else. Created, activated and deactivated in the waiter's thread only."""
+
+    __slots__ = ("glet", "active")
+
+    def __init__(self, glet):
+        self.glet = glet
+        self.active = True
+
+    def __call__(self, value=True):
+        if self.active:
+            self.active = False
+            self.glet.switch(value)
+
+
 class Event:
     """A flag that coroutines of any machine may wait on and any thread may ``signal()``.
 
@@ -133,10 +150,11 @@ class Event:
     ``wait(timeout_ms) -> bool``: True when signalled, False on timeout (machine_cond_wait style,
     no exception). Cancellation propagates as ``Cancelled``.
 
-    A same-thread ``signal()`` sets the waiter's hub-local event directly; a cross-thread one
-    posts it into the waiter's loop with ``run_callback_threadsafe`` (which wakes that loop).
-    The flag is published before waiters are looked up and waiters re-check it after
-    registering, so no wake-up is lost.
+    A waiter parks its coroutine in its hub (a bare switch: no gevent Event or Waiter objects,
+    this is the router's wait for a free server); ``signal()`` schedules the waiter's wake-up
+    with ``loop.run_callback`` in the same thread, or ``run_callback_threadsafe`` (which wakes
+    that loop) from another. The flag is published before waiters are looked up and waiters
+    re-check it after registering, so no wake-up is lost.
     """
 
     __slots__ = ("_flag", "_waiters")
@@ -144,7 +162,7 @@ class Event:
 
     def __init__(self):
         self._flag = False
-        self._waiters = []  # [(thread ident, loop, hub-local gevent Event)]
+        self._waiters = []  # [(thread ident, loop, _Wake)]
 
     def is_set(self) -> bool:
         return self._flag
@@ -158,14 +176,14 @@ class Event:
         if not self._waiters:
             return
         me = _get_ident()
-        for ident, loop, ev in tuple(self._waiters):
-            if ident == me:
-                ev.set()
-            else:
-                try:
-                    loop.run_callback_threadsafe(ev.set)
-                except ValueError:  # waiter's loop destroyed
-                    pass
+        for ident, loop, wake in tuple(self._waiters):
+            try:
+                if ident == me:
+                    loop.run_callback(wake)
+                else:
+                    loop.run_callback_threadsafe(wake)
+            except ValueError:  # waiter's loop destroyed
+                pass
 
     set = signal
 
@@ -174,26 +192,31 @@ class Event:
             if self._auto_reset:
                 self._flag = False
             return True
-        ev = _HubEvent()
-        entry = (_get_ident(), get_hub().loop, ev)
+        hub = get_hub()
+        wake = _Wake(gevent.getcurrent())
+        entry = (_get_ident(), hub.loop, wake)
         self._waiters.append(entry)  # publish, then re-check
+        timer = None
         try:
             s = seconds(timeout_ms)
-            end = None if s is None else _monotonic() + s
+            if s is not None:
+                timer = hub.loop.timer(s)
+                timer.start(wake, False)
             while not self._flag:
-                if end is None:
-                    ev.wait()
-                else:
-                    left = end - _monotonic()
-                    if left <= 0 or not ev.wait(left):
-                        if not self._flag:
-                            return False
-                        break
-                ev.clear()  # then re-check: another waiter may have consumed an auto-reset flag
+                if not wake.active:      # a wake-up that found the flag taken (auto-reset)
+                    wake.active = True
+                if hub.switch() is False:     # our timer fired
+                    if not self._flag:
+                        return False
+                    break
             if self._auto_reset:
                 self._flag = False
             return True
         finally:
+            wake.active = False
+            if timer is not None:
+                timer.stop()
+                timer.close()
             self._waiters.remove(entry)
 
 
