@@ -2,6 +2,7 @@
 
 A config template may use ${port} (the pooler's listen port), ${pg_host}, ${pg_port},
 ${pg_sockdir} and ${tmp} (a private directory); they are filled in with string.Template.
+With ODYSSEY_BIN set in the environment, that binary is run instead of `python -m odyssey_gevent`.
 """
 from __future__ import annotations
 
@@ -36,9 +37,15 @@ class PoolerProcess:
         self._log = open(self.log_path, "wb")
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        argv = [sys.executable, "-m", "odyssey_gevent", "--console", "--log_to_stdout", *extra_args,
+                self.config_path]
+        if os.environ.get("ODYSSEY_BIN"):
+            # Side-by-side runs: the same config and flags, given to another pooler binary
+            # (e.g. C Odyssey, to check that the tests' expectations match the original).
+            argv = [os.environ["ODYSSEY_BIN"], "--console", "--log_to_stdout", *extra_args,
+                    self.config_path]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "odyssey_gevent", "--console", "--log_to_stdout", *extra_args,
-             self.config_path],
+            argv,
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.tmp)
         if wait:
             try:
