@@ -38,7 +38,7 @@ class Client:
         self.user = None
         self.database = None
         self.params: dict[str, str] = {}    # startup parameters (without user/database/options)
-        self.vars: dict[str, str] = {}      # parameters to keep on every server (maintain_params)
+        self.vars: dict[str, str] = {}      # lower-case name -> value to keep on every server (maintain_params)
         self.rule = None
         self.route = None
         self.server = None

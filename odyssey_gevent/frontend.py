@@ -123,9 +123,10 @@ class Frontend:
         if msg.minor > 0:
             unknown = [k for k in params if k.startswith("_pq_.")]
             client.io.write(be_write.negotiate_protocol_version(0, unknown))
-        vars_ = {k: v for k, v in params.items() if k not in _NOT_VARS and not k.startswith("_pq_.")}
+        # session parameters are keyed by lower-case name, as PostgreSQL compares GUC names
+        vars_ = {k.lower(): v for k, v in params.items() if k not in _NOT_VARS and not k.startswith("_pq_.")}
         if "options" in params:
-            vars_.update(parse_options(params["options"]))
+            vars_.update((k.lower(), v) for k, v in parse_options(params["options"]).items())
         client.params = dict(vars_)
         client.vars = vars_
         return True
@@ -138,7 +139,7 @@ class Frontend:
         client.is_console = rule.storage is not None and rule.storage.type == "local"
         # the rule's options {} override the client's own values
         for k, v in (rule.options or {}).items():
-            client.vars[k] = v
+            client.vars[k.lower()] = v
         if rule.application_name_add_host and client.peer_host:
             app = client.vars.get("application_name", "")
             client.vars["application_name"] = (f"{app} - {client.peer_host}")[:63]
@@ -164,12 +165,9 @@ class Frontend:
             route.params = list(client.server.login_params)
             self.detach(reset_first=False)
         out = []
-        sent = set()
-        lowered = {k.lower(): v for k, v in client.vars.items()}
+        client_vars = client.vars
         for name, value in route.params:
-            value = lowered.get(name.lower(), value)
-            out.append(be_write.parameter_status(name, value))
-            sent.add(name.lower())
+            out.append(be_write.parameter_status(name, client_vars.get(name.lower(), value)))
         out.append(be_write.backend_key_data(client.key_pid, client.key_secret))
         out.append(be_write.ready_for_query(b"I"))
         client.io.write(b"".join(out))

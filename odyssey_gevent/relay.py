@@ -7,7 +7,9 @@ few messages whose payload it must understand, which are then held back until wh
 
   client -> server: 'Q' simple query and 'S' Sync (each earns one ReadyForQuery: the server is
                     synchronized when replies == requests), 'F' function call (likewise),
-                    'X' Terminate (not forwarded: the server stays pooled).
+                    'X' Terminate (not forwarded: the server stays pooled); extended-protocol
+                    messages (P B D E C) leave the client "unsynced" until its Sync, and a
+                    Sync that PostgreSQL ignores in COPY-in mode is not counted.
   server -> client: 'Z' ReadyForQuery (transaction status; the detach point), 'S' ParameterStatus
                     (kept on both client and server, as Odyssey does), CopyIn/Out/Both responses.
 
@@ -34,15 +36,17 @@ _LEN = struct.Struct("!I")
 _unpack_len = _LEN.unpack_from
 
 # client -> server message types
-_C_QUERY, _C_SYNC, _C_FUNCTION, _C_TERMINATE = b"QSFX"
+_C_QUERY, _C_SYNC, _C_FUNCTION, _C_TERMINATE, _C_EXECUTE, _C_COPY_DONE, _C_COPY_FAIL = b"QSFXEcf"
 # every frontend message type valid after login
 _C_VALID = bytearray(256)
 for _t in b"BCDEFHPQSXcdfp":
     _C_VALID[_t] = 1
 _C_VALID = bytes(_C_VALID)
 _C_INTEREST = bytearray(256)
-for _t in (_C_QUERY, _C_SYNC, _C_FUNCTION, _C_TERMINATE):
+for _t in b"QSFXcf":
     _C_INTEREST[_t] = 1
+for _t in b"PBDEC":            # extended-protocol messages: they need a Sync to finish
+    _C_INTEREST[_t] = 2
 _C_INTEREST = bytes(_C_INTEREST)
 
 # server -> client message types
@@ -91,8 +95,8 @@ class ServerGone(Exception):
 class Relay:
     """The request loop of one client. `frontend` supplies attach()/detach()/idle_timeout()."""
 
-    __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "s_buf", "s_len", "s_skip", "s_ready",
-                 "mode_transaction", "mode_statement", "stats")
+    __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_unsynced", "c_copy_in", "c_exec_syncs",
+                 "s_buf", "s_len", "s_skip", "s_ready", "mode_transaction", "mode_statement", "stats")
 
     def __init__(self, frontend, client):
         self.fe = frontend
@@ -100,6 +104,9 @@ class Relay:
         self.c_buf = None       # client bytes held back (partial header), c_len of them
         self.c_len = 0
         self.c_skip = 0         # bytes of the current client message still to be forwarded
+        self.c_unsynced = False  # extended-protocol messages forwarded since the last Sync
+        self.c_copy_in = False  # the server is in COPY-in: it ignores Sync until CopyDone/CopyFail
+        self.c_exec_syncs = -1  # Syncs forwarded since the last Execute (-1: last start was a Query)
         self.s_buf = None
         self.s_len = 0
         self.s_skip = 0
@@ -160,8 +167,13 @@ class Relay:
 
     @property
     def server_clean(self) -> bool:
-        """No partly relayed server message: the server can be reset and reused."""
-        return self.s_len == 0 and self.s_skip == 0
+        """Nothing half-relayed in either direction (no partial message, no extended-protocol
+        batch without its Sync): the server can be reset and reused."""
+        return self.s_len == 0 and self.s_skip == 0 and self.c_skip == 0 and not self.c_unsynced
+
+    @property
+    def _client_at_boundary(self) -> bool:
+        return self.c_skip == 0 and not self.c_unsynced and not self.c_copy_in
 
     # -- client -> server --------------------------------------------------------------------
     def _from_client(self) -> Status | None:
@@ -196,11 +208,28 @@ class Relay:
                     raise FrontendError(error_codes.PROTOCOL_VIOLATION,
                                         "unexpected message type from client or other protocol violation",
                                         severity="FATAL")
-                if interest[t]:
-                    if t == _C_TERMINATE:
+                kind = interest[t]
+                if kind == 2:
+                    self.c_unsynced = True
+                    if t == _C_EXECUTE:
+                        self.c_exec_syncs = 0
+                elif kind:
+                    if t == _C_SYNC:
+                        if not self.c_copy_in:      # PostgreSQL ignores Sync in COPY-in mode
+                            syncs += 1
+                            self.c_unsynced = False
+                            if self.c_exec_syncs >= 0:
+                                self.c_exec_syncs += 1
+                    elif t == _C_QUERY:
+                        syncs += 1
+                        self.c_exec_syncs = -1
+                    elif t == _C_TERMINATE:
                         terminate = pos
                         break
-                    syncs += 1
+                    elif t == _C_FUNCTION:
+                        syncs += 1
+                    else:                           # CopyDone / CopyFail end COPY-in
+                        self.c_copy_in = False
                 pos += 1 + length
                 if pos >= end:
                     self.c_skip = pos - end
@@ -276,28 +305,30 @@ class Relay:
                         server.copy_mode = False
                     else:
                         server.copy_mode = True
+                        if t == _S_COPY_IN:
+                            self._copy_in_started(server)
                 pos = msg_end
                 if pos >= end:
                     self.s_skip = pos - end
                     pos = end
                     break
+        rest = end - pos
+        self.s_len = rest           # before writing: a failed write must leave the state honest
         if pos > 0:
             self.stats.bytes_sent += pos
             try:
                 self.client.io.write(memoryview(buf)[:pos])
             except OSError as e:
                 raise ClientGone(e) from None
-        rest = end - pos
         if rest:
             buf[:rest] = buf[pos:end]
-        self.s_len = rest
         if rest == 0:
             _give_back(buf)
             self.s_buf = None
         # detach only at a message boundary (a message after the 'Z' may still be arriving)
         if self.s_ready and rest == 0 and self.s_skip == 0:
             self.s_ready = False
-            if not server.synchronized:
+            if not server.synchronized or not self._client_at_boundary:
                 return
             if self.mode_transaction:
                 if server.tx_status == b"I":
@@ -305,15 +336,24 @@ class Relay:
             elif self.mode_statement:
                 self.fe.detach()
 
+    def _copy_in_started(self, server) -> None:
+        """CopyInResponse: PostgreSQL now ignores Sync until CopyDone/CopyFail, including the
+        Syncs already sent after the COPY's Execute (libpq sends P B E S, then d... c S)."""
+        self.c_copy_in = True
+        if self.c_exec_syncs > 0:
+            server.sync_request -= self.c_exec_syncs
+        self.c_exec_syncs = -1
+
     def _parameter_status(self, server, buf, start: int, end: int) -> None:
         try:
             name, value, _ = bytes(buf[start:end]).split(b"\0", 2)
             name, value = name.decode(), value.decode()
         except ValueError:
             return
-        server.params[name.lower()] = value
+        key = name.lower()
+        server.params[key] = value
         client = self.client
-        client.vars[name] = value
+        client.vars[key] = value
         client.deploy_list = None
 
 

@@ -198,7 +198,7 @@ def test_options_become_vars(in_machine):
                                          "options": "-c search_path=a\\ b --statement-timeout=5s",
                                          "DateStyle": "ISO"}))
         assert res is True and got == b""
-        assert client.vars == {"application_name": "app", "DateStyle": "ISO", "search_path": "a b",
+        assert client.vars == {"application_name": "app", "datestyle": "ISO", "search_path": "a b",
                                "statement_timeout": "5s"}
         assert client.params == client.vars and client.params is not client.vars
         for k in ("user", "database", "options"):

@@ -189,6 +189,12 @@ def test_forwarding_is_byte_identical_whatever_the_chunking(in_machine, cmsgs, s
     cdata = b"".join(m for _, m in cmsgs)
     sdata = b"".join(m for _, m in smsgs)
     syncs = sum(1 for kind, _ in cmsgs if kind == "sync")
+    unsynced = False            # an extended-protocol message not yet followed by a Sync
+    for _, m in cmsgs:
+        if m[:1] in (b"P", b"B", b"D", b"E", b"C"):
+            unsynced = True
+        elif m[:1] == b"S":
+            unsynced = False
     readies = [kind[1] for kind, _ in smsgs if isinstance(kind, tuple) and kind[0] == "ready"]
     params = {}
     for kind, _ in smsgs:
@@ -211,7 +217,7 @@ def test_forwarding_is_byte_identical_whatever_the_chunking(in_machine, cmsgs, s
             if readies:
                 assert h.server.tx_status == readies[-1]
             for k, v in params.items():
-                assert _param(h.server, k) == v and h.client.vars[k] == v
+                assert _param(h.server, k) == v and h.client.vars[k.lower()] == v
             stats = h.client.route.stats
             assert (stats.bytes_recv, stats.bytes_sent) == (len(cdata), len(sdata))
             assert stats.count_query == len(readies)
@@ -220,7 +226,7 @@ def test_forwarding_is_byte_identical_whatever_the_chunking(in_machine, cmsgs, s
             h.app.write(fe_write.terminate())
             assert h.result() is Status.TERMINATE
             nothing_more(h.pg)
-            assert h.relay.server_clean
+            assert h.relay.server_clean is not unsynced
         finally:
             h.close()
         return True
@@ -240,7 +246,7 @@ def test_split_parameter_status_and_ready_byte_by_byte(in_machine):
             cuts = list(range(0, 30)) + list(range(len(msgs) - 8, len(msgs)))
             h.feed(h.pg, h.sio, msgs, cuts)
             assert back.get() == msgs
-            assert _param(h.server, "TimeZone") == h.client.vars["TimeZone"] == "Europe/Oslo"
+            assert _param(h.server, "TimeZone") == h.client.vars["timezone"] == "Europe/Oslo"
             assert h.server.sync_reply == 1 and h.server.tx_status == b"T"
         finally:
             h.close()
@@ -474,6 +480,76 @@ def test_transaction_mode_detaches_at_idle_ready_even_if_a_partial_message_follo
             h.pg.write(notice[3:])
             h.settle(h.sio)
             mm.sleep(5)
+            assert h.fe.detaches == [(1, 1, b"I")]
+        finally:
+            h.close()
+        return True
+    assert in_machine(body)
+
+
+def test_no_detach_while_the_client_has_an_unsynced_extended_batch(in_machine):
+    """P B E S P B E in one write: the first ReadyForQuery must not hand the server to another
+    client while the second batch still waits for its Sync (its results would go elsewhere)."""
+    def body():
+        h = Harness("transaction")
+        try:
+            first = fe_write.parse("", "select 1") + fe_write.bind() + fe_write.execute() + fe_write.sync()
+            second = fe_write.parse("", "select 2") + fe_write.bind() + fe_write.execute()
+            h.app.write(first + second)
+            h.pg.read(len(first + second), 2000)
+            h.pg.write(_reply(b"I"))
+            h.settle(h.sio)
+            mm.sleep(5)
+            assert h.fe.detaches == []
+            assert not h.relay.server_clean
+            h.app.write(fe_write.sync())
+            h.pg.read(len(fe_write.sync()), 2000)
+            h.pg.write(_reply(b"I"))
+            h.settle(h.sio)
+            mm.sleep(5)
+            assert h.fe.detaches == [(2, 2, b"I")]
+        finally:
+            h.close()
+        return True
+    assert in_machine(body)
+
+
+def test_a_half_forwarded_client_message_makes_the_server_unclean(in_machine):
+    def body():
+        h = Harness("session")
+        try:
+            parse = fe_write.parse("", "select '" + "x" * 1000 + "'")
+            h.app.write(parse[:40])
+            h.pg.read(40, 2000)
+            assert not h.relay.server_clean      # the backend waits for the rest of the body
+            h.app.close()
+            assert h.result() is Status.ECLIENT_READ
+            assert not h.relay.server_clean
+        finally:
+            h.close()
+        return True
+    assert in_machine(body)
+
+
+def test_extended_copy_in_syncs_ignored_by_postgres_are_not_counted(in_machine):
+    """libpq's PQexecParams("COPY ... FROM STDIN"): P B E S, then after CopyInResponse d c S.
+    PostgreSQL ignores the first Sync (it arrives in COPY-in mode), so 2 Syncs earn 1 ReadyForQuery."""
+    def body():
+        h = Harness("transaction")
+        try:
+            start = fe_write.parse("", "copy t from stdin") + fe_write.bind() + fe_write.execute() + fe_write.sync()
+            h.app.write(start)
+            h.pg.read(len(start), 2000)
+            copy_in = b"G" + struct.pack("!IBH", 7, 0, 0)
+            h.pg.write(be_write.parse_complete() + be_write.bind_complete() + copy_in)
+            h.settle(h.sio)
+            rest = fe_write.copy_data(b"1\n") + fe_write.copy_done() + fe_write.sync()
+            h.app.write(rest)
+            h.pg.read(len(rest), 2000)
+            h.pg.write(_reply(b"I", "COPY 1"))
+            h.settle(h.sio)
+            mm.sleep(5)
+            assert h.server.synchronized
             assert h.fe.detaches == [(1, 1, b"I")]
         finally:
             h.close()
