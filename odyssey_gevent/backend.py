@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import machinarium
 from machinarium import tls
@@ -126,12 +127,16 @@ def query(instance, server, sql: str, timeout_ms: int, context: str = "query"):
     return wait_ready(instance, server, timeout_ms)
 
 
-def wait_ready(instance, server, timeout_ms: int):
-    """Read (and drop) server output until it is synchronized; return the last error, if any."""
+def wait_ready(instance, server, timeout_ms: int | None):
+    """Read (and drop) server output until it is synchronized; return the last error, if any.
+    `timeout_ms` bounds the whole drain. A server that asks for COPY data is broken here: nobody
+    will feed it (BackendError)."""
     error = None
     io = server.io
+    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
     while not server.synchronized:
-        mtype, payload = read_message(io, timeout_ms)
+        left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        mtype, payload = read_message(io, left)
         if mtype == BE.READY_FOR_QUERY:
             server.sync_reply += 1
             server.tx_status = fe_read.read_ready_for_query(payload)
@@ -141,6 +146,9 @@ def wait_ready(instance, server, timeout_ms: int):
         elif mtype == BE.PARAMETER_STATUS:
             name, value = fe_read.read_parameter_status(payload)
             server.params[name.lower()] = value
+        elif mtype in (BE.COPY_IN_RESPONSE, BE.COPY_BOTH_RESPONSE):
+            server.copy_mode = True
+            raise BackendError("the server asks for COPY data during a service query")
     return error
 
 

@@ -10,6 +10,7 @@ on every attach, so the client's tracked vars are kept pre-digested in `client.d
 from __future__ import annotations
 
 from odyssey_gevent import backend
+from odyssey_gevent.status import FrontendError
 
 TRACKED = {name.lower(): name for name in (
     "client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name",
@@ -22,7 +23,8 @@ TRACKED = {name.lower(): name for name in (
 
 
 def quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """An escape-string literal: correct whatever standard_conforming_strings the server has."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def tracked(client_vars: dict) -> list[tuple[str, str, str]]:
@@ -59,7 +61,12 @@ def deploy(instance, client, server) -> None:
     instance.logger.debug("deploy", client, server, "deploy: %s", sql)
     error = backend.query(instance, server, sql, instance.config.backend_connect_timeout_ms, "deploy")
     if error is not None:
+        # some SETs before the failing one may have applied: forget what we knew of them all
+        for name, _ in changes:
+            server.params.pop(name.lower(), None)
         instance.logger.error("deploy", client, server, "deploy failed: %s", error.message)
-        return
+        # PostgreSQL refuses a login with an invalid parameter value; so do we, at first use
+        raise FrontendError(error.sqlstate, error.message, severity="FATAL", detail=error.detail,
+                            hint=error.hint)
     for name, value in changes:
         server.params[name.lower()] = value

@@ -11,7 +11,15 @@ from __future__ import annotations
 import machinarium
 from kiwi.errors import KiwiError
 from odyssey_gevent import backend, cancel
+from odyssey_gevent.config import DISCARD_ALL_QUERY, SMART_DISCARD_QUERY
 from odyssey_gevent.status import BackendError
+
+
+def _service_query(instance, server, sql: str, timeout) -> None:
+    """Run a reset query; any ErrorResponse means the server's state is unknown: close it."""
+    error = backend.query(instance, server, sql, timeout, "reset")
+    if error is not None:
+        raise BackendError(f"{sql[:40]!r} failed: {error.sqlstate} {error.message}", error)
 
 
 def reset(instance, server, clean: bool) -> bool:
@@ -40,11 +48,16 @@ def reset(instance, server, clean: bool) -> bool:
             if not server.synchronized:
                 return False
         if server.in_transaction:
-            backend.query(instance, server, "ROLLBACK", timeout)
+            _service_query(instance, server, "ROLLBACK", timeout)
         query = rule.effective_reset()
         if query:
-            server.params = dict(server.baseline)
-            backend.query(instance, server, query, timeout)
+            if query not in (DISCARD_ALL_QUERY, SMART_DISCARD_QUERY):
+                # a custom reset may change settings in ways we cannot know: forget them all,
+                # so the next client's deploy sets every tracked parameter it has
+                server.params = {}
+            else:
+                server.params = dict(server.baseline)    # DISCARD ALL / the smart-discard script
+            _service_query(instance, server, query, timeout)
     except (machinarium.TimedOut, OSError, KiwiError, BackendError) as e:
         log.info("reset", None, server, "reset failed, closing: %s", e)
         server.broken = True

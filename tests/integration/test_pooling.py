@@ -4,8 +4,8 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from tests.integration.conftest import backends, direct, module_pooler, odyssey_config, rule
-from tests.integration.wire import Wire
+from tests.integration.conftest import backends, direct, ensure_roles, module_pooler, odyssey_config, rule
+from tests.integration.wire import Wire, errors_in, query
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +226,35 @@ def test_client_set_in_transaction_mode_is_visible_in_its_transaction(modes_pool
         con.commit()
     finally:
         con.close()
+
+
+@pytest.mark.timeout(30)
+def test_custom_discard_query_does_not_hide_the_previous_clients_settings(pg, odyssey):
+    """pool_discard_query may not reset settings: the next client still gets its own TimeZone."""
+    ensure_roles(pg, "discardq_user")
+    p = odyssey(rule("discardq_user", pool="transaction", pool_size=1, pool_discard_query="SELECT 1"))
+    a = psycopg2.connect(p.dsn("discardq_user", "db1", options="'-c TimeZone=Asia/Tokyo'"))
+    a.autocommit = True
+    a.cursor().execute("select 1")
+    a.close()
+    b = psycopg2.connect(p.dsn("discardq_user", "db1", options="'-c TimeZone=Etc/UTC'"))
+    b.autocommit = True
+    cur = b.cursor()
+    cur.execute("show timezone")
+    assert cur.fetchone()[0] == "Etc/UTC"
+    b.close()
+
+
+@pytest.mark.timeout(30)
+def test_an_invalid_startup_parameter_is_refused_with_postgres_error(pg, odyssey):
+    ensure_roles(pg, "badparam_user")
+    p = odyssey(rule("badparam_user", pool="transaction"))
+    w = Wire(p.port)
+    try:
+        assert w.login("badparam_user", "db1", DateStyle="bogus", TimeZone="Asia/Tokyo") is None
+        w.send(query("select 1"))
+        fields = errors_in(w.read_until_closed(5))[0]
+    finally:
+        w.close()
+    assert (fields["S"], fields["C"]) == ("FATAL", "22023")
+    assert "DateStyle" in fields["M"]

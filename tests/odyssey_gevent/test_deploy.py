@@ -16,26 +16,38 @@ from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_message
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.server import Server
+from odyssey_gevent.status import FrontendError
 
 pytestmark = pytest.mark.timeout(10)
 
 
-def test_quote_doubles_single_quotes():
-    assert deploy.quote("") == "''"
-    assert deploy.quote("UTC") == "'UTC'"
-    assert deploy.quote("it's") == "'it''s'"
-    assert deploy.quote("''") == "''''''"
-    assert deploy.quote("a\\b") == "'a\\b'"
+def test_quote_is_an_escape_string_literal():
+    # E'...' reads the same whatever standard_conforming_strings the server was left with
+    assert deploy.quote("") == "E''"
+    assert deploy.quote("UTC") == "E'UTC'"
+    assert deploy.quote("it's") == "E'it''s'"
+    assert deploy.quote("''") == "E''''''"
+    assert deploy.quote(r"a\b") == r"E'a\\b'"
+    assert deploy.quote("\\'") == "E'\\\\'''"
+
+
+def _read_escape_literal(q: str) -> str:
+    """Undo quote() the way PostgreSQL reads an E'' literal: '' is a quote, two backslashes one."""
+    assert q[:2] == "E'" and q[-1] == "'"
+    inner, out, i = q[2:-1], [], 0
+    while i < len(inner):
+        if inner[i] in "'\\":
+            assert inner[i + 1] == inner[i]
+            i += 1
+        out.append(inner[i])
+        i += 1
+    return "".join(out)
 
 
 @given(st.text())
 @settings(max_examples=200, deadline=None)
 def test_quote_roundtrip(value):
-    q = deploy.quote(value)
-    assert q[0] == q[-1] == "'"
-    inner = q[1:-1]
-    assert inner.replace("''", "").count("'") == 0
-    assert inner.replace("''", "'") == value
+    assert _read_escape_literal(deploy.quote(value)) == value
 
 
 # server.params is keyed by lower-case name (what the relay and backend store)
@@ -116,7 +128,7 @@ def test_deploy_sends_one_set_query_and_records_params(in_machine):
             co = mm.Coroutine(backend)
             deploy.deploy(_instance(), client, server)
             co.join(2000)
-            assert got["q"] == ("Q", b"SET application_name='it''s me';SET search_path='public';\0")
+            assert got["q"] == ("Q", b"SET application_name=E'it''s me';SET search_path=E'public';\0")
             assert server.params["application_name"] == "it's me" and server.params["search_path"] == "public"
             assert server.synchronized and server.tx_status == b"I"
             # nothing to change: no query at all
@@ -130,7 +142,9 @@ def test_deploy_sends_one_set_query_and_records_params(in_machine):
     assert in_machine(body)
 
 
-def test_deploy_failure_is_logged_and_does_not_raise(in_machine):
+def test_deploy_failure_refuses_the_client_and_forgets_the_values(in_machine):
+    """PostgreSQL refuses a login with an invalid parameter value; we refuse the client at its
+    first attach with PostgreSQL's own error, and no longer trust what we knew of those values."""
     def body():
         a, b = gsocket.socketpair()
         pooler, pg = mm.Io(a), mm.Io(b)
@@ -141,13 +155,16 @@ def test_deploy_failure_is_logged_and_does_not_raise(in_machine):
 
             def backend():
                 read_message(pg, 2000)
-                pg.write(be_write.error_response("ERROR", "22023", "invalid value for parameter \"work_mem\"")
+                pg.write(be_write.error_response("ERROR", "22023", 'invalid value for parameter "work_mem"')
                          + be_write.ready_for_query(b"I"))
 
             co = mm.Coroutine(backend)
-            deploy.deploy(_instance(), client, server)
+            with pytest.raises(FrontendError) as e:
+                deploy.deploy(_instance(), client, server)
             co.join(2000)
-            assert server.params["work_mem"] == "4MB"      # the server kept its value
+            assert (e.value.sqlstate, e.value.severity) == ("22023", "FATAL")
+            assert "work_mem" in e.value.message
+            assert "work_mem" not in server.params
             assert server.synchronized
         finally:
             pooler.close(), pg.close()
