@@ -16,6 +16,7 @@ import errno
 import os
 import socket as _std
 import stat
+import ssl
 import struct
 
 import gevent.ssl
@@ -145,10 +146,27 @@ class Io:
         consuming anything: one non-blocking MSG_PEEK recv. An idle pooled connection that is
         readable was closed or messaged by its peer (Odyssey's pool_attach_check).
 
-        Over TLS only decrypted bytes count: raw records such as TLS 1.3 session tickets arrive
-        after the handshake and would look like a message."""
+        Over TLS, raw records are read through the TLS layer without blocking: a session ticket
+        (TLS 1.3 sends them after the handshake) leaves nothing to read and does not count; an
+        alert, a close or application data does (the byte read is lost, but such a connection is
+        closed anyway)."""
         if self._tls:
-            return bool(self.sock.pending())
+            sock = self.sock
+            if sock.pending():
+                return True
+            try:
+                sock._sock.recv(1, _std.MSG_PEEK)    # the native socket under the TLS layer
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            try:
+                sock._sslobj.read(1)
+            except ssl.SSLWantReadError:
+                return False
+            except (ssl.SSLError, OSError, ValueError):
+                return True
+            return True
         try:
             self._raw.recv(1, _std.MSG_PEEK)
         except BlockingIOError:

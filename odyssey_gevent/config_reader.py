@@ -1241,6 +1241,19 @@ def _emit_rule(lines: list[str], indent: str, rule: Rule) -> None:
                                     ("group_query", "group_query_user", "group_query_db")})
 
 
+def rule_signature(rule: Rule) -> tuple:
+    """Everything that makes a rule behave as it does, its storage included: on reload a rule
+    with the same signature is the same rule (its routes and pools carry on)."""
+    lines: list[str] = []
+    _emit_rule(lines, "", rule)
+    storage = rule.storage
+    storage_lines: list[str] = []
+    if storage is not None:
+        _emit(storage_lines, "", storage, STORAGE_SCHEMA)
+    return (rule.key(), rule.pool_routing, rule.group_name, tuple(lines),
+            storage.name if storage is not None else None, tuple(storage_lines))
+
+
 def dump_config(config: Config) -> str:
     """Effective config as Odyssey-format text; loading it back gives the same model."""
     lines: list[str] = ["# effective configuration (odyssey-gevent)"]

@@ -40,6 +40,9 @@ def fill_min_pool(instance) -> int:
         want = route.rule.min_pool_size
         if want <= 0 or route.obsolete:
             continue
+        storage = route.rule.storage
+        if instance.workers > 1 and storage is not None and storage.tls not in (None, "disable", "allow"):
+            continue    # a TLS connection opened here could not move to the workers' machines
         while True:
             server = router.reserve(route, want)
             if server is None:

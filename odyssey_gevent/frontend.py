@@ -89,6 +89,9 @@ class Frontend:
         while True:
             msg = read_startup(client.io, self._login_timeout())
             if isinstance(msg, SSLRequest):
+                if client.tls:
+                    raise FrontendError(error_codes.PROTOCOL_VIOLATION,
+                                        "SSLRequest on a connection that is already encrypted", severity="FATAL")
                 if listen is not None and listen.tls != "disable" and self.instance.tls_context(listen):
                     client.io.write(b"S")
                     client.io.tls_server(self.instance.tls_context(listen), self._login_timeout())

@@ -93,14 +93,27 @@ class Instance:
             return False
         for warning in config.warnings:
             self.logger.warning("reload", None, None, "%s", warning)
-        old_routes = self.router.snapshot()
+        self.logger.info("config", None, None, "importing changes from '%s'", self.config_path)
+        # an unchanged rule keeps its identity, so its routes and server pools carry on
+        old = {config_reader.rule_signature(r): r for r in self.config.rules}
+        rules = []
+        for r in config.rules:
+            same = old.get(config_reader.rule_signature(r))
+            if same is not None:
+                same.order = r.order         # file position, for sequential_routing
+            rules.append(same or r)
+        config.rules = rules
+        kept = {id(r) for r in config.rules}
         self.config = config
         self.rules = Rules(config, reverse_dns=machinarium.reverse_dns)
         self.logger.configure(config.log_format, self.logger.to_stdout, config.log_file,
                               config.log_debug or self.verbose, self.logger.silent)
-        for route in old_routes:
-            route.obsolete = True
-        self.logger.info("reload", None, None, "config reloaded from %s", self.config_path)
+        obsolete = 0
+        for route in self.router.snapshot():
+            if id(route.rule) not in kept and not route.obsolete:
+                route.obsolete = True
+                obsolete += 1
+        self.logger.info("rules", None, None, "reconfigure rules: %d routes scheduled for removal", obsolete)
         return True
 
 

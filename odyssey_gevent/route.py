@@ -58,12 +58,19 @@ class Route:
         elif state is ServerState.ACTIVE:
             self.active.add(server)
 
+    def take_idle(self) -> Server:
+        """The most recently used idle server, now ACTIVE (LIFO, O(1))."""
+        server = self.idle.pop()
+        server.state = ServerState.ACTIVE
+        self.active.add(server)
+        return server
+
     @property
     def server_count(self) -> int:
         return len(self.idle) + len(self.active)
 
     def client_counts(self) -> dict:
-        counts = collections.Counter(c.state for c in self.clients)
+        counts = collections.Counter(c.state for c in list(self.clients))
         return {"active": counts[ClientState.ACTIVE], "pending": counts[ClientState.PENDING],
                 "queue": counts[ClientState.QUEUE]}
 

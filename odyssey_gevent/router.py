@@ -90,12 +90,15 @@ class Router:
         The caller connects a server whose `connected` is False. Raises AttachTimeout."""
         route = client.route
         pool_size = client.rule.pool_size
+        offline: list[Server] = []
         with self.lock:
-            server = self._take(route, pool_size)
+            server = self._take(route, pool_size, offline)
             if server is None:
                 waiter = Waiter(client, machinarium.Event())
                 route.waiters.append(waiter)
                 client.state = ClientState.QUEUE
+        for dead in offline:                 # closed outside the lock: closing may block
+            self.instance.close_server_later(dead)
         if server is None:
             waiter.event.wait(timeout_ms)
             with self.lock:
@@ -113,14 +116,13 @@ class Router:
         route.stats.count_server_assignment += 1
         return server
 
-    def _take(self, route: Route, pool_size: int) -> Server | None:
-        # under the lock
+    def _take(self, route: Route, pool_size: int, offline: list) -> Server | None:
+        # under the lock; offline idle servers are taken out of the pool into `offline`
         while route.idle:
-            server = route.idle[-1]
-            route.set_server_state(server, ServerState.ACTIVE)
+            server = route.take_idle()
             if server.offline:
                 route.set_server_state(server, ServerState.UNDEF)
-                self.instance.close_server_later(server)
+                offline.append(server)
                 continue
             return server
         if pool_size == 0 or route.server_count < pool_size:

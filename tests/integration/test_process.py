@@ -95,7 +95,7 @@ def test_sighup_reload(pg, proc_role, pooler, pool):
         with open(p.config_path, "w") as f:
             f.write(p.config_text.replace('authentication "none"', 'authentication "block"'))
         p.signal(signal.SIGHUP)
-        p.wait_log("config reloaded from")
+        p.wait_log("reconfigure rules")
         w = Wire(p.port)
         try:
             err = w.login(USER, "db1")
@@ -166,3 +166,21 @@ def test_json_log_format(pg, proc_role, pooler):
     starts = [r for r in records if "client connection from" in r["message"]]
     assert starts and starts[0]["client"]["user"] == USER and starts[0]["client"]["database"] == "db1"
     assert re.fullmatch(r"c[0-9a-f]{12}", starts[0]["client"]["id"])
+
+
+@pytest.mark.timeout(30)
+def test_sighup_with_unchanged_rules_keeps_the_server_pool(pg, proc_role, pooler):
+    """A reload that changes nothing for a rule keeps its route: existing and new clients go on
+    using the pooled server instead of logging a new backend in per transaction."""
+    p = pooler(odyssey_config(rule(USER, "db1", pool="transaction", pool_size=1)))
+    con = _connect(p)
+    try:
+        pid = _one(con, "select pg_backend_pid()")
+        p.signal(signal.SIGHUP)
+        p.wait_log("reconfigure rules: 0 routes")
+        assert [_one(con, "select pg_backend_pid()") for _ in range(3)] == [pid] * 3
+        other = _connect(p)
+        assert _one(other, "select pg_backend_pid()") == pid
+        other.close()
+    finally:
+        con.close()

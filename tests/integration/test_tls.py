@@ -23,7 +23,7 @@ import pytest
 
 from scripts.pgcluster import PgCluster, free_port
 from scripts.pooler import PoolerProcess
-from tests.integration.conftest import (assert_alive, ensure_roles, module_pooler, odyssey_config,
+from tests.integration.conftest import (assert_alive, direct, ensure_roles, module_pooler, odyssey_config,
                                         odyssey_text, rule)
 from tests.integration.wire import SSL_REQUEST, Wire, request_code
 
@@ -277,3 +277,20 @@ def test_cancel_over_tls_psycopg3(tls_pooler):
         timer.join()
         assert not errors, errors
 
+
+
+@pytest.mark.timeout(30)
+def test_terminated_idle_tls_server_is_replaced_at_attach(storage_tls_pooler, ssl_pg):
+    """pool_attach_check over TLS: a pooled TLS backend that PostgreSQL terminated is noticed at
+    attach (through the TLS layer: session tickets alone do not count) and replaced."""
+    con = psycopg2.connect(f"host=127.0.0.1 port={storage_tls_pooler.port} user={USER} dbname=db1 sslmode=disable")
+    con.autocommit = True
+    try:
+        pid = _query(con, "select pg_backend_pid()")
+        with direct(ssl_pg) as d:
+            d.cursor().execute("select pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.3)
+        assert _query(con, "select pg_backend_pid()") != pid
+        assert _query(con, "select ssl from pg_stat_ssl where pid = pg_backend_pid()") is True
+    finally:
+        con.close()
