@@ -44,6 +44,7 @@ def authenticate_client(instance, client, timeout_ms: int | None) -> None:
     if mode == "none":
         pass
     elif mode == "block":
+        instance.logger.info("auth", client, None, "user '%s.%s' is blocked", client.database, client.user)
         raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
                             f"user blocked: {client.database} {client.user}", severity="FATAL")
     elif mode == "clear_text":

@@ -7,6 +7,9 @@ RELOAD, PAUSE/RESUME ...) is a later issue. Commands are dispatched through a ta
 """
 from __future__ import annotations
 
+import platform
+import struct
+
 import machinarium
 from kiwi import be_read, be_write, error_codes
 from kiwi.header import FE
@@ -25,7 +28,9 @@ def login_parameters(instance) -> list[tuple[str, str]]:
 
 
 def _version_string() -> str:
-    return f"odyssey-gevent {__version__} (odyssey {ODYSSEY_COMPAT_VERSION} compatible)"
+    """Shaped like C Odyssey's 'Odyssey 1.5.1 release, compiled by gcc-12.2.0, 64-bit'."""
+    return (f"Odyssey {ODYSSEY_COMPAT_VERSION} odyssey-gevent {__version__}, compiled by CPython "
+            f"{platform.python_version()}, {struct.calcsize('P') * 8}-bit")
 
 
 def show_version(instance):

@@ -289,7 +289,12 @@ class Frontend:
         try:
             if not self.startup():
                 return
+            if instance.config.log_session:
+                self.logger.info("startup", client, None, "new client connection %s", self._peer())
             self.route()
+            if instance.config.log_session:
+                self.logger.info("routing", client, None, "route '%s.%s' to '%s.%s'", client.database,
+                                 client.user, client.rule.db_name, client.rule.user_name)
             self.authenticate()
             self.deadline = None
             self.setup()
@@ -369,9 +374,10 @@ class Frontend:
         finally:
             instance.router.unroute(client)
             if instance.config.log_session and client.rule is not None:
-                self.logger.info("main", client, None, "client disconnected (route %s.%s, working time: %dus, %s)",
+                detail = "" if status in (Status.OK, Status.TERMINATE) else f", {status.value}"
+                self.logger.info("main", client, None, "client disconnected (route %s.%s, working time: %dus%s)",
                                  client.rule.db_name, client.rule.user_name,
-                                 int((time.monotonic() - client.time_accept) * 1e6), status.value)
+                                 int((time.monotonic() - client.time_accept) * 1e6), detail)
             client.io.close()
             instance.client_closed(client)
 

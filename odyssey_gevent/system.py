@@ -15,6 +15,7 @@ import socket
 import machinarium
 from kiwi import error_codes
 from odyssey_gevent import cron
+from odyssey_gevent.id import new_id
 from odyssey_gevent.status import FrontendError, error_message
 from odyssey_gevent.worker import WorkerPool
 
@@ -79,11 +80,7 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
             err = FrontendError(error_codes.TOO_MANY_CONNECTIONS,
                                 f"too many tcp connections (global client_max {config.client_max})")
             log.error("server", None, None, "%s", err.message)
-            try:
-                io.write(error_message(err, None, False))
-            except OSError:
-                pass
-            io.close()
+            machinarium.coroutine_create(reject, io, error_message(err, new_id("c")), name="reject")
             continue
         instance.client_opened()
         peer = local = None
@@ -106,6 +103,26 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
                 continue
         pool.feed(io, server.listen, conn_type, peer, local)
         machinarium.sleep(0)      # let the new client start before the next accept
+
+
+REJECT_DRAIN_MS = 1000
+
+
+def reject(io, message: bytes) -> None:
+    """Send an error to a client refused at accept and close without losing it: closing with its
+    startup packet still unread would make the kernel send a reset, and the client could see a
+    reset instead of the error. So: write, shut our side, read and drop until EOF (bounded)."""
+    try:
+        io.write(message, REJECT_DRAIN_MS)
+        io.sock.shutdown(socket.SHUT_WR)
+        buf = bytearray(4096)
+        deadline = machinarium.time_ms() + REJECT_DRAIN_MS
+        while io.read_into(buf, max(0, deadline - machinarium.time_ms())) > 0:
+            pass
+    except (OSError, machinarium.TimedOut):
+        pass
+    finally:
+        io.close()
 
 
 def system_main(instance) -> int:

@@ -131,6 +131,16 @@ def test_global_client_max(odyssey):
         assert err["C"] == "53300", err
         assert "too many" in err["M"] and "global client_max" in err["M"], err
         assert a.simple_query("select 1")[1] is None
+        # a client that sends its startup packet at once still reads the error, not a reset
+        for _ in range(5):
+            d = Wire(p.port)
+            try:
+                err = d.login("tx_user", "db1")
+            except (EOFError, OSError) as e:
+                raise AssertionError(f"closed without an ErrorResponse: {e!r}") from None
+            finally:
+                d.close()
+            assert err is not None and err["C"] == "53300", err
     finally:
         for w in (a, b, c):
             w.close()
