@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 from tests.integration.conftest import module_pooler, odyssey_config, odyssey_text, rule
-from tests.integration.wire import Wire
+from tests.integration.wire import Wire, login_error
 
 MD5H_PLAIN = "hashedpw"
 MD5H_STORED = "md5" + hashlib.md5((MD5H_PLAIN + "auth_md5h").encode()).hexdigest()
@@ -69,11 +69,7 @@ def test_psql_with_pgpassword_on_clear_text(auth_pooler):
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("user", ["auth_clear", "auth_md5", "auth_md5h"])
 def test_wrong_password_is_28p01(auth_pooler, user):
-    w = Wire(auth_pooler.port)
-    try:
-        err = w.login(user, "db1", "wrong")
-    finally:
-        w.close()
+    err = login_error(auth_pooler.port, user, "db1", "wrong")
     assert err is not None, "logged in with a wrong password"
     assert (err["S"], err["C"]) == ("FATAL", "28P01")
     odyssey_text(err["M"], f'password authentication failed for user "{user}"')
@@ -103,11 +99,7 @@ def test_missing_password_for_md5_fails(auth_pooler):
 
 @pytest.mark.timeout(30)
 def test_block_is_28000(auth_pooler):
-    w = Wire(auth_pooler.port)
-    try:
-        err = w.login("auth_block", "db1")
-    finally:
-        w.close()
+    err = login_error(auth_pooler.port, "auth_block", "db1")
     assert err is not None
     assert (err["S"], err["C"]) == ("FATAL", "28000")
     odyssey_text(err["M"], "user blocked")
@@ -128,11 +120,7 @@ def test_unknown_database_has_no_route(auth_pooler):
 
 @pytest.mark.timeout(30)
 def test_unknown_user_has_no_route(auth_pooler):
-    w = Wire(auth_pooler.port)
-    try:
-        err = w.login("nobody", "db1")
-    finally:
-        w.close()
+    err = login_error(auth_pooler.port, "nobody", "db1")
     assert err is not None and err["C"] == "3D000"
     odyssey_text(err["M"], "route for 'db1.nobody' is not found")
 
@@ -161,10 +149,6 @@ def test_backend_auth_md5_and_scram(auth_pooler, user, db, password):
 def test_auth_query_rule_is_refused_clearly_until_it_is_implemented(odyssey):
     p = odyssey(rule("aq_user", authentication="md5", auth_query="select usename, passwd from pg_shadow where usename=$1",
                      auth_query_db="postgres", auth_query_user="postgres"))
-    w = Wire(p.port)
-    try:
-        fields = w.login("aq_user", "db1", "whatever")
-    finally:
-        w.close()
+    fields = login_error(p.port, "aq_user", "db1", "whatever")
     assert fields["C"] == "0A000"
     assert fields["M"].endswith("auth_query is not supported yet")

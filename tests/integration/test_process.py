@@ -17,7 +17,7 @@ import pytest
 from scripts.pooler import REPO, PoolerProcess
 from tests.integration.conftest import (Raw, assert_alive, ensure_roles, odyssey_config, odyssey_text, rule,
                                         wait_for)
-from tests.integration.wire import Wire
+from tests.integration.wire import login_error
 
 USER = "proc_user"
 LOCATION_RE = re.compile(r"odyssey\.conf:\d+:\d+: ")
@@ -96,13 +96,9 @@ def test_sighup_reload(pg, proc_role, pooler, pool):
             f.write(p.config_text.replace('authentication "none"', 'authentication "block"'))
         p.signal(signal.SIGHUP)
         p.wait_log("reconfigure rules")
-        w = Wire(p.port)
-        try:
-            err = w.login(USER, "db1")
-            assert err is not None and err["C"] == "28000", err
-            odyssey_text(err["M"], f"user blocked: db1 {USER}")
-        finally:
-            w.close()
+        err = login_error(p.port, USER, "db1")
+        assert err is not None and err["C"] == "28000", err
+        odyssey_text(err["M"], f"user blocked: db1 {USER}")
         for i in range(3):
             assert _one(old, f"select {i}") == i
         assert_alive(p)

@@ -25,7 +25,7 @@ from scripts.pgcluster import PgCluster, free_port
 from scripts.pooler import PoolerProcess
 from tests.integration.conftest import (assert_alive, direct, ensure_roles, module_pooler, odyssey_config,
                                         odyssey_text, rule)
-from tests.integration.wire import SSL_REQUEST, Wire, request_code
+from tests.integration.wire import SSL_REQUEST, Wire, request_code, login_error
 
 USER = "tls_user"
 
@@ -97,13 +97,9 @@ def test_require_psql(tls_pooler):
 
 @pytest.mark.timeout(20)
 def test_require_refuses_plaintext(tls_pooler):
-    w = Wire(tls_pooler.port)
-    try:
-        err = w.login(USER, "db1")
-        assert err is not None and err["C"] == "08P01", err
-        odyssey_text(err["M"], "SSL is required")
-    finally:
-        w.close()
+    err = login_error(tls_pooler.port, USER, "db1")
+    assert err is not None and err["C"] == "08P01", err
+    odyssey_text(err["M"], "SSL is required")
     with pytest.raises(psycopg2.OperationalError, match="SSL is required"):
         psycopg2.connect(_dsn(tls_pooler.port, "disable"))
 
@@ -163,13 +159,9 @@ def test_cancel_on_a_tls_connection(tls_pooler):
 
 @pytest.mark.timeout(20)
 def test_verify_ca_rejects_plaintext(tls_pooler):
-    w = Wire(tls_pooler.port3)
-    try:
-        err = w.login(USER, "db1")
-        assert err is not None and err["C"] == "08P01", err
-        odyssey_text(err["M"], "SSL is required")
-    finally:
-        w.close()
+    err = login_error(tls_pooler.port3, USER, "db1")
+    assert err is not None and err["C"] == "08P01", err
+    odyssey_text(err["M"], "SSL is required")
 
 
 # -- server side ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from tests.integration.conftest import Raw, ensure_roles, module_pooler, odyssey_config, odyssey_text, rule
-from tests.integration.wire import Wire
+from tests.integration.wire import login_error
 
 USER = "unix_user"
 
@@ -57,13 +57,9 @@ def test_psql_over_the_unix_socket_matches_the_local_rule(unix_pooler):
 
 @pytest.mark.timeout(20)
 def test_tcp_matches_the_host_rule(unix_pooler):
-    w = Wire(unix_pooler.port)
-    try:
-        err = w.login(USER, "db1")
-        assert err is not None and err["C"] == "28000", err
-        odyssey_text(err["M"], f"user blocked: db1 {USER}")
-    finally:
-        w.close()
+    err = login_error(unix_pooler.port, USER, "db1")
+    assert err is not None and err["C"] == "28000", err
+    odyssey_text(err["M"], f"user blocked: db1 {USER}")
 
 
 @pytest.mark.timeout(20)

@@ -199,3 +199,15 @@ class Wire:
 
 def errors_in(messages: list[tuple[bytes, bytes]]) -> list[dict]:
     return [parse_fields(body) for tag, body in messages if tag == b"E"]
+
+
+def login_error(port: int, user: str, database: str, pw: str | None = None, **params) -> dict:
+    """Log in on a fresh connection that must be refused; returns the ErrorResponse fields."""
+    w = Wire(port)
+    try:
+        err = w.login(user, database, pw, **params)
+    finally:
+        w.close()
+    assert err is not None, f"{user}@{database} was let in"
+    return err
+
