@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket as _std
-import stat
 import ssl
+import stat
 import struct
+import threading
 
 import gevent.ssl
 from gevent import socket as gsocket
@@ -27,6 +29,8 @@ from .coroutine import sleep
 from .errors import ConnectionClosed, MachineError
 
 _INET = (_std.AF_INET, _std.AF_INET6)
+_POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLRDHUP | select.POLLERR | select.POLLHUP
+_poll_local = threading.local()    # one poll object per machine thread, for readable_now()
 _IOV_MAX = 1024
 
 
@@ -143,35 +147,33 @@ class Io:
 
     def readable_now(self) -> bool:
         """True when a read would not block right now (data, EOF or an error is waiting), without
-        consuming anything: one non-blocking MSG_PEEK recv. An idle pooled connection that is
+        consuming anything: one poll() with a zero timeout. An idle pooled connection that is
         readable was closed or messaged by its peer (Odyssey's pool_attach_check).
 
-        Over TLS, raw records are read through the TLS layer without blocking: a session ticket
-        (TLS 1.3 sends them after the handshake) leaves nothing to read and does not count; an
-        alert, a close or application data does (the byte read is lost, but such a connection is
-        closed anyway)."""
-        if self._tls:
-            sock = self.sock
-            if sock.pending():
-                return True
-            try:
-                sock._sock.recv(1, _std.MSG_PEEK)    # the native socket under the TLS layer
-            except BlockingIOError:
+        Over TLS, raw records are then read through the TLS layer without blocking: a session
+        ticket (TLS 1.3 sends them after the handshake) leaves nothing to read and does not
+        count; an alert, a close or application data does (the byte read is lost, but such a
+        connection is closed anyway)."""
+        sock = self.sock
+        if self._tls and sock.pending():
+            return True
+        poller = _poll_local.__dict__.get("poller")
+        if poller is None:
+            poller = _poll_local.poller = select.poll()
+        fd = sock.fileno()
+        poller.register(fd, _POLL_READABLE)
+        try:
+            if not poller.poll(0):
                 return False
-            except OSError:
-                return True
-            try:
-                sock._sslobj.read(1)
-            except ssl.SSLWantReadError:
-                return False
-            except (ssl.SSLError, OSError, ValueError):
-                return True
+        finally:
+            poller.unregister(fd)
+        if not self._tls:
             return True
         try:
-            self._raw.recv(1, _std.MSG_PEEK)
-        except BlockingIOError:
+            sock._sslobj.read(1)
+        except ssl.SSLWantReadError:
             return False
-        except OSError:
+        except (ssl.SSLError, OSError, ValueError):
             return True
         return True
 

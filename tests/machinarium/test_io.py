@@ -302,3 +302,23 @@ def test_reverse_dns_confirms_loopback_and_rejects_garbage():
     name, bad = run_in_machine(body)
     assert name == expected
     assert bad is None
+
+
+def test_readable_now_sees_data_and_eof_without_consuming():
+    def body():
+        from gevent import socket as gsocket
+        a, b = gsocket.socketpair()
+        ia, ib = mm.Io(a), mm.Io(b)
+        try:
+            quiet = ia.readable_now()
+            ib.write(b"x")
+            mm.sleep(0)
+            with_data = ia.readable_now()
+            byte = ia.read(1, 1000)                  # the check consumed nothing
+            ib.close()
+            mm.sleep(0)
+            at_eof = ia.readable_now()
+        finally:
+            ia.close()
+        return quiet, with_data, byte, at_eof
+    assert run_in_machine(body) == (False, True, b"x", True)
