@@ -18,7 +18,7 @@ class ServerState(enum.Enum):
 class Server:
     __slots__ = ("id", "route", "io", "fd", "machine", "endpoint", "endpoint_host", "state", "client",
                  "key_pid", "key_secret", "params", "tx_status", "sync_request", "sync_reply", "copy_mode",
-                 "created_at", "idle_since", "offline", "error_connect", "broken", "deployed", "last_client_id",
+                 "created_at", "idle_since", "offline", "error_connect", "broken", "last_client_id",
                  "baseline", "login_params")
 
     def __init__(self, route):
@@ -44,7 +44,6 @@ class Server:
         self.offline = False
         self.error_connect = None   # kiwi ErrorFields the backend sent during login
         self.broken = False         # an IO error happened: never reuse
-        self.deployed = False
         self.last_client_id = None
         self.baseline: dict[str, str] = {}   # parameters right after login (what DISCARD ALL restores)
 
