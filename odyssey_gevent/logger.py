@@ -115,9 +115,9 @@ class Logger:
         if code == "M":
             return _tskv(message)
         if code == "i":
-            return client.id if client is not None else "none"
+            return getattr(client, "id", None) or "none"
         if code == "s":
-            return server.id if server is not None else "none"
+            return getattr(server, "id", None) or "none"
         if code == "u":
             return getattr(client, "user", None) or "none" if client is not None else "none"
         if code == "d":

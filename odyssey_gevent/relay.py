@@ -96,7 +96,7 @@ class Relay:
     """The request loop of one client. `frontend` supplies attach()/detach()/idle_timeout()."""
 
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_unsynced", "c_copy_in", "c_exec_syncs",
-                 "s_buf", "s_len", "s_skip", "s_ready", "mode_transaction", "mode_statement", "stats")
+                 "c_copy_ended", "s_buf", "s_len", "s_skip", "s_ready", "mode_transaction", "mode_statement", "stats")
 
     def __init__(self, frontend, client):
         self.fe = frontend
@@ -107,6 +107,7 @@ class Relay:
         self.c_unsynced = False  # extended-protocol messages forwarded since the last Sync
         self.c_copy_in = False  # the server is in COPY-in: it ignores Sync until CopyDone/CopyFail
         self.c_exec_syncs = -1  # Syncs forwarded since the last Execute (-1: last start was a Query)
+        self.c_copy_ended = False  # CopyDone/CopyFail sent before the server asked for COPY data
         self.s_buf = None
         self.s_len = 0
         self.s_skip = 0
@@ -213,23 +214,27 @@ class Relay:
                     self.c_unsynced = True
                     if t == _C_EXECUTE:
                         self.c_exec_syncs = 0
+                        self.c_copy_ended = False
                 elif kind:
                     if t == _C_SYNC:
                         if not self.c_copy_in:      # PostgreSQL ignores Sync in COPY-in mode
                             syncs += 1
                             self.c_unsynced = False
-                            if self.c_exec_syncs >= 0:
+                            if self.c_exec_syncs >= 0 and not self.c_copy_ended:
                                 self.c_exec_syncs += 1
                     elif t == _C_QUERY:
                         syncs += 1
                         self.c_exec_syncs = -1
+                        self.c_copy_ended = False
                     elif t == _C_TERMINATE:
                         terminate = pos
                         break
                     elif t == _C_FUNCTION:
                         syncs += 1
-                    else:                           # CopyDone / CopyFail end COPY-in
+                    elif self.c_copy_in:            # CopyDone / CopyFail end COPY-in
                         self.c_copy_in = False
+                    else:                           # ... or end one the server has not started yet
+                        self.c_copy_ended = True
                 pos += 1 + length
                 if pos >= end:
                     self.c_skip = pos - end
@@ -293,6 +298,8 @@ class Relay:
                         break          # hold it back until whole
                     if t == _S_READY:
                         server.sync_reply += 1
+                        if server.sync_reply > server.sync_request:
+                            self._miscounted(server)
                         server.tx_status = bytes(buf[msg_end - 1:msg_end])
                         server.copy_mode = False
                         self.stats.count_query += 1
@@ -338,11 +345,22 @@ class Relay:
 
     def _copy_in_started(self, server) -> None:
         """CopyInResponse: PostgreSQL now ignores Sync until CopyDone/CopyFail, including the
-        Syncs already sent after the COPY's Execute (libpq sends P B E S, then d... c S)."""
-        self.c_copy_in = True
+        Syncs already sent between the COPY's Execute and the client's CopyDone (libpq sends
+        P B E S, then d... c S; a client may also send P B E S d c S in one write)."""
         if self.c_exec_syncs > 0:
             server.sync_request -= self.c_exec_syncs
+        self.c_copy_in = not self.c_copy_ended    # the data may all be on its way already
         self.c_exec_syncs = -1
+        self.c_copy_ended = False
+
+    def _miscounted(self, server) -> None:
+        """More ReadyForQuery than requests: our counting of this client's protocol went wrong.
+        The server must never serve anyone else: keep it to this client and close it at the end."""
+        if not server.broken:
+            server.broken = True
+            self.fe.logger.error("relay", self.client, server,
+                                 "ReadyForQuery count exceeds requests (%d > %d): the server will be closed",
+                                 server.sync_reply, server.sync_request)
 
     def _parameter_status(self, server, buf, start: int, end: int) -> None:
         try:

@@ -334,6 +334,24 @@ class Worker:
         expect(self.c.q(f"select count(*) from {TABLE} where v like '{v}\\_%'"), rows=[[str(k)]], status="I")
         self.ledger["committed"].extend(f"{v}_{g}" for g in range(k))
 
+    def op_copy_in_one_write(self):
+        # the whole COPY in one write, before the server asks for the data: extended (P B D E S
+        # d c S; PostgreSQL ignores only the first Sync) or simple (Q d c)
+        v = self.val()
+        k = self.rng.randint(1, 4)
+        data = b"".join(copy_data(f"{v}_{g}\n") for g in range(k)) + COPY_DONE
+        if self.rng.random() < 0.5:
+            self.c.w.send(batch(f"copy {TABLE} (v) from stdin") + data + SYNC)
+            r = self.c.read(1)
+            expect(r, status="I", tags=b"12nGCZ")
+        else:
+            self.c.w.send(query(f"copy {TABLE} (v) from stdin") + data)
+            r = self.c.read(1)
+            expect(r, status="I", tags=b"GCZ")
+        assert r.complete == [f"COPY {k}"], r
+        expect(self.c.q(f"select count(*) from {TABLE} where v like '{v}\\_%'"), rows=[[str(k)]], status="I")
+        self.ledger["committed"].extend(f"{v}_{g}" for g in range(k))
+
     # cancel
     def op_cancel(self):
         v = self.val()
@@ -395,7 +413,8 @@ class Worker:
 
     TX_OPS = (("simple", 6), ("simple_multi", 2), ("pipelined_simple", 3), ("ext", 5), ("ext_two", 3),
               ("ext_late_sync", 3), ("ext_error", 2), ("error", 2), ("tx_error", 2), ("tx", 4),
-              ("copy_out", 2), ("copy_in_simple", 2), ("copy_in_ext", 2), ("cancel", 1), ("disconnect", 5),
+              ("copy_out", 2), ("copy_in_simple", 2), ("copy_in_ext", 2), ("copy_in_one_write", 2), ("cancel", 1),
+              ("disconnect", 5),
               ("flush", 2), ("mixed_pipeline", 2), ("split", 3), ("large", 1))
     STMT_OPS = (("simple", 6), ("simple_multi", 2), ("pipelined_simple", 3), ("ext", 5), ("ext_two", 3),
                 ("ext_late_sync", 3), ("ext_error", 2), ("error", 2), ("copy_out", 2), ("disconnect", 3),

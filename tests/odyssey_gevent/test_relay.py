@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import machinarium as mm
 from kiwi import be_write, fe_write
+from odyssey_gevent.logger import Logger
 from odyssey_gevent.relay import BUF_SIZE, Relay
 from odyssey_gevent.route import RouteStats
 from odyssey_gevent.server import Server
@@ -36,6 +37,7 @@ class FakeFrontend:
         self.attaches = 0
         self.detaches = []          # (sync_request, sync_reply, tx_status) at each detach
         self.server_error = None
+        self.logger = Logger(to_stdout=False)
 
     def attach(self):
         self.attaches += 1
@@ -555,3 +557,52 @@ def test_extended_copy_in_syncs_ignored_by_postgres_are_not_counted(in_machine):
             h.close()
         return True
     assert in_machine(body)
+
+
+@pytest.mark.parametrize("protocol", ["extended", "simple"])
+def test_copy_data_sent_before_copy_in_response_is_counted_right(in_machine, protocol):
+    """A client may send the whole COPY (start, data, CopyDone, Sync) in one write, before the
+    server's CopyInResponse: only the Syncs before CopyDone are ignored by PostgreSQL, and the
+    client is not left 'in COPY' once the server asks for the data it already has."""
+    def body():
+        h = Harness("transaction")
+        try:
+            data = fe_write.copy_data(b"1\n") + fe_write.copy_done()
+            if protocol == "extended":
+                start = fe_write.parse("", "copy t from stdin") + fe_write.bind() + fe_write.execute()
+                sent = start + fe_write.sync() + data + fe_write.sync()
+                head = be_write.parse_complete() + be_write.bind_complete()
+            else:
+                sent = fe_write.query("copy t from stdin") + data
+                head = b""
+            h.app.write(sent)
+            h.pg.read(len(sent), 2000)
+            copy_in = b"G" + struct.pack("!IBH", 7, 0, 0)
+            h.pg.write(head + copy_in + _reply(b"I", "COPY 1"))
+            h.settle(h.sio)
+            mm.sleep(5)
+            assert h.server.synchronized and not h.server.broken
+            assert h.fe.detaches == [(1, 1, b"I")]
+            assert h.relay.server_clean
+        finally:
+            h.close()
+        return True
+    assert in_machine(body)
+
+
+def test_more_ready_for_query_than_requests_marks_the_server_broken(in_machine):
+    """The safety net: if the relay's request counting ever goes wrong, that server is never
+    given to another client (it is closed at the next detach point)."""
+    def body():
+        h = Harness("transaction", attached=True)
+        try:
+            h.pg.write(_reply(b"I"))              # a ReadyForQuery nobody asked for
+            h.settle(h.sio)
+            mm.sleep(5)
+            assert h.server.broken
+            assert h.fe.detaches == []
+        finally:
+            h.close()
+        return True
+    assert in_machine(body)
+
