@@ -60,13 +60,12 @@ def connect(instance, server, client=None) -> None:
             instance.logger.error("connect", client, server, "failed to connect to %s: %s", endpoint, e)
             continue
         server.io = io
-        server.machine = machinarium.current_machine()
         server.endpoint = endpoint
         server.endpoint_host = str(endpoint.host)
         break
     else:
         raise BackendError(f"failed to connect to remote server {server.id}: {last_error}")
-    if rule.storage.tls not in (None, "disable", "allow"):
+    if tls.sslmode_tries_tls_first(rule.storage.tls):
         start_tls(instance, server, rule.storage, timeout)
     params = {"user": route.user, "database": route.db}
     params.update(rule.backend_startup_options or {})
@@ -109,7 +108,6 @@ def startup(instance, server, client, timeout_ms: int) -> None:
             return
         elif mtype == BE.ERROR_RESPONSE:
             fields = fe_read.read_error(payload)
-            server.error_connect = fields
             raise BackendError(f"{fields.severity} {fields.sqlstate}: {fields.message}", fields)
         elif mtype == BE.NOTICE_RESPONSE:
             continue

@@ -23,7 +23,7 @@ _KEY = struct.Struct("!II")   # unsigned, as kiwi reads CancelRequest
 class Client:
     __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "local_host",
                  "local_port", "startup", "user", "database", "params", "vars", "rule", "route", "server",
-                 "state", "key_pid", "key_secret", "machine", "time_accept", "time_last_active",
+                 "state", "key_pid", "key_secret", "time_accept", "time_last_active",
                  "password", "killed", "is_console", "relay", "deploy_list")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
@@ -46,7 +46,6 @@ class Client:
         # BackendKeyData we hand out: random, matched by the router on CancelRequest
         self.key_pid, self.key_secret = _KEY.unpack(os.urandom(8))
         self.key_pid &= 0x7FFFFFFF
-        self.machine = None
         self.time_accept = time.monotonic()
         self.time_last_active = self.time_accept
         self.password = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import machinarium
+from machinarium import tls
 from odyssey_gevent import backend
 
 
@@ -24,10 +25,8 @@ def expire(instance) -> int:
                     instance.logger.debug("expire", None, server, "closing idle server connection")
                     backend.close(instance, server)
                     closed += 1
-        if route.obsolete and not route.clients and not route.active and not route.idle:
-            with router.lock:
-                if router.routes.get(route.key) is route:
-                    del router.routes[route.key]
+        if route.obsolete:
+            router.forget_if_unused(route)
     return closed
 
 
@@ -41,7 +40,7 @@ def fill_min_pool(instance) -> int:
         if want <= 0 or route.obsolete:
             continue
         storage = route.rule.storage
-        if instance.workers > 1 and storage is not None and storage.tls not in (None, "disable", "allow"):
+        if instance.workers > 1 and storage is not None and tls.sslmode_tries_tls_first(storage.tls):
             continue    # a TLS connection opened here could not move to the workers' machines
         while True:
             server = router.reserve(route, want)

@@ -139,7 +139,7 @@ class Frontend:
         client = self.client
         self.instance.router.route(client)
         rule = client.rule
-        client.is_console = rule.storage is not None and rule.storage.type == "local"
+        client.is_console = rule.storage is not None and rule.storage.is_local
         # the rule's options {} override the client's own values
         for k, v in (rule.options or {}).items():
             client.vars[k.lower()] = v
@@ -196,13 +196,10 @@ class Frontend:
             if server.io is None:
                 server.io = machinarium.Io.attach(server.fd)
                 server.fd = None
-                server.machine = machinarium.current_machine()
             if rule.pool_attach_check and server.io.readable_now():
                 # an idle server that has something to say was closed or terminated meanwhile
                 self.logger.info("attach", client, server, "idle server connection is broken, closing it")
-                server.broken = True
-                instance.router.close(client)
-                backend.close(instance, server)
+                self._drop_server(server, broken=True)
                 continue
             break
         client.route.stats.wait_time_us += int((time.monotonic() - started) * 1e6)
@@ -222,9 +219,7 @@ class Frontend:
             backend.connect(instance, server, client)
         except (BackendError, OSError, machinarium.TimedOut, KiwiError) as e:
             self.logger.error("attach", client, server, "failed to connect to the server: %s", e)
-            instance.router.close(client)
-            server.broken = True
-            backend.close(instance, server)
+            self._drop_server(server, broken=True)
             fields = getattr(e, "fields", None)
             if client.rule.client_fwd_error and fields is not None:
                 raise FrontendError(fields.sqlstate, fields.message, severity=fields.severity,
@@ -251,8 +246,15 @@ class Frontend:
         if ok:
             instance.router.detach(client)
         else:
-            instance.router.close(client)
-            backend.close(instance, server)
+            self._drop_server(server)
+
+    def _drop_server(self, server, broken: bool = False) -> None:
+        """Take the client's server out of the pool (its slot goes to the next waiter) and close
+        it; `broken` skips the polite Terminate."""
+        if broken:
+            server.broken = True
+        self.instance.router.close(self.client)
+        backend.close(self.instance, server)
 
     # -- idle timeouts (called by the relay) -----------------------------------------------
     def idle_timeout(self, server) -> int | None:
@@ -360,17 +362,14 @@ class Frontend:
                                                f"{self.server_error}"))
             if server is not None:
                 if status in (Status.ESERVER_READ, Status.ESERVER_WRITE, Status.ESERVER_CONNECT):
-                    server.broken = True
-                    instance.router.close(client)
-                    backend.close(instance, server)
+                    self._drop_server(server, broken=True)
                 else:
                     try:
                         self.detach()
                     except Exception as e:  # a reset that fails closes the server
                         self.logger.error("cleanup", client, server, "reset failed: %s", e)
                         if client.server is not None:
-                            instance.router.close(client)
-                            backend.close(instance, server)
+                            self._drop_server(server, broken=True)
         finally:
             instance.router.unroute(client)
             if instance.config.log_session and client.rule is not None:
@@ -391,5 +390,4 @@ class _ServerFailure(Exception):
 def frontend(instance, io, listen, conn_type: str, peer=None, local=None) -> None:
     """Coroutine entry point: one client from accept to close."""
     client = Client(io, listen, conn_type, peer, local)
-    client.machine = machinarium.current_machine()
     Frontend(instance, client).run()

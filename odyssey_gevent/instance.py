@@ -73,7 +73,7 @@ class Instance:
 
     def storage_tls_context(self, storage):
         """The client-side SSLContext for a storage's `tls` mode (libpq sslmode), or None."""
-        if storage.tls in (None, "disable", "allow"):
+        if not tls.sslmode_tries_tls_first(storage.tls):
             return None
         ctx = self._tls.get(id(storage))
         if ctx is None:

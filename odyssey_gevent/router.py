@@ -211,6 +211,13 @@ class Router:
             route.set_server_state(server, ServerState.UNDEF)
             self._give(route, None)
 
+    def forget_if_unused(self, route: Route) -> None:
+        """Drop an obsolete route that has no clients and no servers left."""
+        with self.lock:
+            if (not route.clients and not route.active and not route.idle
+                    and self.routes.get(route.key) is route):
+                del self.routes[route.key]
+
     # -- cancel ------------------------------------------------------------------------------
     def cancel_target(self, pid: int, secret: int):
         """The server to cancel for a client's BackendKeyData, or None."""

@@ -16,9 +16,9 @@ class ServerState(enum.Enum):
 
 
 class Server:
-    __slots__ = ("id", "route", "io", "fd", "machine", "endpoint", "endpoint_host", "state", "client",
+    __slots__ = ("id", "route", "io", "fd", "endpoint", "endpoint_host", "state", "client",
                  "key_pid", "key_secret", "params", "tx_status", "sync_request", "sync_reply", "copy_mode",
-                 "created_at", "idle_since", "offline", "error_connect", "broken", "last_client_id",
+                 "created_at", "idle_since", "offline", "broken", "last_client_id",
                  "baseline", "login_params")
 
     def __init__(self, route):
@@ -26,7 +26,6 @@ class Server:
         self.route = route
         self.io = None              # machinarium Io while connected
         self.fd = None              # a detached fd while parked between machines
-        self.machine = None
         self.endpoint = None        # odyssey_gevent.backend.Endpoint
         self.endpoint_host = None   # for %H in the log
         self.state = ServerState.UNDEF
@@ -42,7 +41,6 @@ class Server:
         self.created_at = time.monotonic()
         self.idle_since = self.created_at
         self.offline = False
-        self.error_connect = None   # kiwi ErrorFields the backend sent during login
         self.broken = False         # an IO error happened: never reuse
         self.last_client_id = None
         self.baseline: dict[str, str] = {}   # parameters right after login (what DISCARD ALL restores)

@@ -147,30 +147,19 @@ def test_psycopg3_prepared_statements_session_mode(clients_pooler):
 
 
 # -- asyncpg -----------------------------------------------------------------------------------------
-async def _asyncpg_session(port: int) -> None:
-    con = await asyncpg.connect(host="127.0.0.1", port=port, user="sess_user", database="db1",
-                                ssl=False, timeout=10)
+async def _asyncpg_client(port: int, user: str, **kw) -> None:
+    """asyncpg (extended protocol throughout): parameters, a transaction with executemany, a
+    large result; in session mode also a named prepared statement reused across calls."""
+    con = await asyncpg.connect(host="127.0.0.1", port=port, user=user, database="db1",
+                                ssl=False, timeout=10, **kw)
     try:
         assert await con.fetchval("select $1::int + 1", 1) == 2
-        stmt = await con.prepare("select $1::text || '!'")
-        for i in range(5):
-            assert await stmt.fetchval(str(i)) == f"{i}!"
-        async with con.transaction():
-            await con.execute("create temp table ta (x int) on commit drop")
-            await con.executemany("insert into ta values ($1)", [(i,) for i in range(10)])
-            assert await con.fetchval("select count(*) from ta") == 10
-        rows = await con.fetch("select generate_series(1, 500) as g")
-        assert rows[-1]["g"] == 500
-    finally:
-        await con.close()
-
-
-async def _asyncpg_transaction(port: int) -> None:
-    con = await asyncpg.connect(host="127.0.0.1", port=port, user="async_tx_user", database="db1",
-                                ssl=False, timeout=10, statement_cache_size=0)
-    try:
-        assert await con.fetchval("select $1::int + 1", 1) == 2
-        assert await con.fetchval("select 'x'") == "x"
+        if kw.get("statement_cache_size", 1):
+            stmt = await con.prepare("select $1::text || '!'")
+            for i in range(5):
+                assert await stmt.fetchval(str(i)) == f"{i}!"
+        else:
+            assert await con.fetchval("select 'x'") == "x"
         async with con.transaction():
             await con.execute("create temp table ta (x int) on commit drop")
             await con.executemany("insert into ta values ($1)", [(i,) for i in range(10)])
@@ -183,12 +172,12 @@ async def _asyncpg_transaction(port: int) -> None:
 
 @pytest.mark.timeout(30)
 def test_asyncpg_session_mode(clients_pooler):
-    asyncio.run(_asyncpg_session(clients_pooler.port))
+    asyncio.run(_asyncpg_client(clients_pooler.port, "sess_user"))
 
 
 @pytest.mark.timeout(30)
 def test_asyncpg_transaction_mode_without_statement_cache(clients_pooler):
-    asyncio.run(_asyncpg_transaction(clients_pooler.port))
+    asyncio.run(_asyncpg_client(clients_pooler.port, "async_tx_user", statement_cache_size=0))
 
 
 # -- errors pass through -----------------------------------------------------------------------------

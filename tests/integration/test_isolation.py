@@ -30,7 +30,8 @@ from tests.integration.conftest import (
     rule,
     wait_for,
 )
-from tests.integration.wire import Wire, cancel_request, parse_fields, query
+from tests.integration.wire import Wire, cancel_request, decode_row, parse_fields, query
+from tests.integration.wire import message as msg
 
 SEED = int(os.environ.get("ISOLATION_SEED", "20240611"))
 TX_USER, STMT_USER = "iso_tx_user", "iso_stmt_user"
@@ -45,10 +46,6 @@ _ALLOWED = set(b"123CDTnIEN ZSHGdcts".replace(b" ", b""))
 
 
 # -- wire helpers ---------------------------------------------------------------------------------
-def msg(tag: bytes, payload: bytes = b"") -> bytes:
-    return tag + struct.pack("!I", len(payload) + 4) + payload
-
-
 def parse(sql: str) -> bytes:
     return msg(b"P", b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
 
@@ -74,20 +71,6 @@ def batch(sql: str, *params: str, describe: bool = True, sync: bool = True) -> b
 
 def copy_data(line: str) -> bytes:
     return msg(b"d", line.encode())
-
-
-def decode_row(body: bytes) -> list:
-    (n,) = struct.unpack("!H", body[:2])
-    pos, row = 2, []
-    for _ in range(n):
-        (ln,) = struct.unpack("!i", body[pos:pos + 4])
-        pos += 4
-        if ln < 0:
-            row.append(None)
-        else:
-            row.append(body[pos:pos + ln].decode())
-            pos += ln
-    return row
 
 
 class Resp:

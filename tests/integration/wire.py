@@ -57,6 +57,21 @@ def md5_password(user: str, pw: str, salt: bytes) -> str:
     return "md5" + hashlib.md5(inner.encode() + salt).hexdigest()
 
 
+def decode_row(body: bytes) -> list[str | None]:
+    """A DataRow body as text values (None for NULL)."""
+    (n,) = struct.unpack("!H", body[:2])
+    pos, row = 2, []
+    for _ in range(n):
+        (ln,) = struct.unpack("!i", body[pos:pos + 4])
+        pos += 4
+        if ln < 0:
+            row.append(None)
+        else:
+            row.append(body[pos:pos + ln].decode())
+            pos += ln
+    return row
+
+
 def parse_fields(payload: bytes) -> dict[str, str]:
     """ErrorResponse / NoticeResponse body → {'S': 'FATAL', 'C': '28P01', 'M': '...', ...}."""
     out = {}
@@ -152,17 +167,7 @@ class Wire:
         while True:
             tag, body = self.read_message()
             if tag == b"D":
-                (n,) = struct.unpack("!H", body[:2])
-                pos, row = 2, []
-                for _ in range(n):
-                    (ln,) = struct.unpack("!i", body[pos:pos + 4])
-                    pos += 4
-                    if ln < 0:
-                        row.append(None)
-                    else:
-                        row.append(body[pos:pos + ln].decode())
-                        pos += ln
-                rows.append(row)
+                rows.append(decode_row(body))
             elif tag == b"E":
                 error = parse_fields(body)
             elif tag == b"Z":

@@ -12,7 +12,7 @@ import machinarium as mm
 from kiwi import error_codes, fe_read, fe_write
 from kiwi.header import BE
 from odyssey_gevent.client import Client
-from odyssey_gevent.config import Rule
+from odyssey_gevent.config import Rule, Storage
 from odyssey_gevent.frontend import Frontend, parse_options
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.router import Router
@@ -284,7 +284,7 @@ def test_route_add_host_without_application_name():
 
 
 def test_route_console_rule():
-    rule = Rule(authentication="none", pool="session", storage=SimpleNamespace(type="local"))
+    rule = Rule(authentication="none", pool="session", storage=Storage(name="local", type="local"))
     inst = _instance()
     inst.rules = _Rules(rule)
     inst.router = Router(inst)
