@@ -21,8 +21,8 @@ EXIT_CONFIG_ERROR = 1
 
 def check_config(path: str, silent: bool = False, out=None, err=None) -> int:
     """The ``--test`` path: load + validate, report, return the exit code."""
-    from odyssey_gevent.config import ConfigError
-    from odyssey_gevent.config_reader import load
+    from odyssey_gevent.config.model import ConfigError
+    from odyssey_gevent.config.reader import load
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -59,7 +59,7 @@ def main(config, console, log_to_stdout, silent, verbose, test_only):
         raise click.UsageError("--silent and --verbose are mutually exclusive")
     if test_only:
         sys.exit(check_config(config, silent=silent))
-    from odyssey_gevent.config import ConfigError
+    from odyssey_gevent.config.model import ConfigError
     from odyssey_gevent import instance
     try:
         rc = instance.main(config, console=console, log_to_stdout=log_to_stdout, silent=silent,

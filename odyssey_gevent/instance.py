@@ -10,8 +10,9 @@ import threading
 
 import machinarium
 from machinarium import tls
-from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, backend, config_reader
-from odyssey_gevent.config import ConfigError
+from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, backend
+from odyssey_gevent.config import reader as config_reader
+from odyssey_gevent.config.model import ConfigError
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.router import Router
 from odyssey_gevent.rules import Rules

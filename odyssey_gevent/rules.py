@@ -3,14 +3,14 @@ od_rules_forward and router.c route ids).
 
 Pure functions over the config model: no sockets, no DNS unless a ``reverse_dns`` callable is
 given.  ``Rules(config).match(db, user, client_addr, conn_type, tls)`` returns the first matching
-:class:`~odyssey_gevent.config.Rule` in matching order (specificity, or file order with
+:class:`~odyssey_gevent.config.model.Rule` in matching order (specificity, or file order with
 ``sequential_routing yes``); ``route_key(rule, db, user)`` is the pool key.
 """
 from __future__ import annotations
 
 from typing import Callable, Iterable, NamedTuple, Optional
 
-from odyssey_gevent.config import Config, Rule
+from odyssey_gevent.config.model import Config, Rule
 
 # od_rule_conn_type_t values; ties sort by conn type descending.
 CONN_TYPE_ORDER = {"default": 0, "local": 1, "host": 2, "hostssl": 3, "hostnossl": 4}

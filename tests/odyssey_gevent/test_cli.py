@@ -101,9 +101,9 @@ def test_run_path_calls_instance_main(monkeypatch):
 
 
 def test_run_path_config_error_exits_nonzero(monkeypatch, tmp_path):
-    from odyssey_gevent import config_reader
+    from odyssey_gevent.config import reader
     fake = types.ModuleType("odyssey_gevent.instance")
-    fake.main = lambda path, **kw: config_reader.load(path) and 0
+    fake.main = lambda path, **kw: reader.load(path) and 0
     monkeypatch.setitem(sys.modules, "odyssey_gevent.instance", fake)
     import odyssey_gevent
     monkeypatch.setattr(odyssey_gevent, "instance", fake, raising=False)

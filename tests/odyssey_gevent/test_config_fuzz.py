@@ -6,19 +6,19 @@ import pathlib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from odyssey_gevent import config_reader
-from odyssey_gevent.config import Config, ConfigError
+from odyssey_gevent.config import reader
+from odyssey_gevent.config.model import Config, ConfigError
 
 SAMPLE = (pathlib.Path(__file__).resolve().parents[2] / "etc" / "odyssey.conf").read_text()
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-WORDS = sorted(config_reader.ALL_KEYWORDS) + ['"x"', '"*"', '"10.0.0.0/8"', "{", "}", "1", "-1",
-                                              "0644", "1kb", '"auto"', "#", "\n", '"', "'", "\\"]
+WORDS = sorted(reader.ALL_KEYWORDS) + ['"x"', '"*"', '"10.0.0.0/8"', "{", "}", "1", "-1",
+                                       "0644", "1kb", '"auto"', "#", "\n", '"', "'", "\\"]
 
 
 def check(text: str) -> None:
     try:
-        cfg = config_reader.loads(text, "fuzz.conf")
+        cfg = reader.loads(text, "fuzz.conf")
     except ConfigError as e:
         assert e.errors and all(isinstance(x, str) and x for x in e.errors)
         return
@@ -69,13 +69,13 @@ def test_random_bytes_file(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("fuzz") / "f.conf"
     path.write_bytes(data)
     try:
-        config_reader.load(str(path))
+        reader.load(str(path))
     except ConfigError:
         pass
 
 
 def test_sample_is_valid():
-    assert config_reader.loads(SAMPLE, "sample.conf").rules
+    assert reader.loads(SAMPLE, "sample.conf").rules
 
 
 @settings(max_examples=100, deadline=None)

@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
-from odyssey_gevent import config as C
-from odyssey_gevent import config_reader
-from odyssey_gevent.config import ConfigError
+from odyssey_gevent.config import model as C
+from odyssey_gevent.config import reader
+from odyssey_gevent.config.model import ConfigError
 
 from tests.odyssey_gevent.test_config_support import LOG_FORMAT, load_text, make_config
 
@@ -125,7 +125,7 @@ def test_every_global_keyword_is_covered():
         # deprecated, covered by test_deprecated_keywords_warn
         "pipeline", "cache", "cache_chunk", "packet_read_size", "packet_write_queue",
         "graceful_die_on_errors"}
-    assert set(config_reader.ROOT_SCHEMA) <= covered
+    assert set(reader.ROOT_SCHEMA) <= covered
 
 
 def test_workers_auto(tmp_path):
@@ -171,7 +171,7 @@ def test_listen_keyword(tmp_path, keyword, value, attr, expected):
 
 
 def test_listen_keywords_covered():
-    assert set(config_reader.LISTEN_SCHEMA) <= {c[0] for c in LISTEN_CASES} | {"compression"}
+    assert set(reader.LISTEN_SCHEMA) <= {c[0] for c in LISTEN_CASES} | {"compression"}
 
 
 def test_listen_defaults(tmp_path):
@@ -244,14 +244,14 @@ def test_storage_endpoints_get_storage_port(tmp_path):
     (" a , b ", [("a", 7, None), ("b", 7, None)]),
 ])
 def test_parse_endpoints(text, expected):
-    got = config_reader.parse_endpoints(text, 7)
+    got = reader.parse_endpoints(text, 7)
     assert [(e.host, e.port, e.availability_zone) for e in got] == expected
 
 
 @pytest.mark.parametrize("text", ["", "a,,b", "[::1", "h:1:2", "h:a:b", ":5", "h:99999", "h:1x", "[::1]x"])
 def test_parse_endpoints_rejects(text):
     with pytest.raises(ValueError):
-        config_reader.parse_endpoints(text)
+        reader.parse_endpoints(text)
 
 
 def test_storage_without_host_uses_unix_socket_dir(tmp_path):
@@ -291,7 +291,7 @@ def test_storage_balancing_and_watchdog(tmp_path):
     assert (wd.rule.db_name, wd.rule.user_name) == ("watchdog_int", "watchdog_int")
     assert wd.rule.storage is st and wd.rule.storage_user == "lag"
     # the internal watchdog rule round-trips through dump()
-    again = config_reader.loads(cfg.dump(), "dump")
+    again = reader.loads(cfg.dump(), "dump")
     assert again.storages["pg"].watchdog.watchdog_lag_query == "SELECT 1"
 
 
@@ -397,7 +397,7 @@ def test_route_keywords_covered():
         "storage", "pool", "role", "pool_smart_discard", "pool_pin_on_listen", "shared_pool",
         "ldap_storage_credentials", "catchup_checks", "ldap_pool_size", "ldap_pool_timeout",
         "ldap_pool_ttl", "conn_weight", "time_weight"}
-    assert set(config_reader.ROUTE_SCHEMA) <= covered
+    assert set(reader.ROUTE_SCHEMA) <= covered
 
 
 def test_route_defaults(tmp_path):
@@ -572,7 +572,7 @@ def test_deprecated_keywords_warn(tmp_path):
                        listen="compression yes",
                        rule="catchup_checks 1\nldap_pool_size 1\nldap_pool_timeout 1\nldap_pool_ttl 1")
     cfg = load_text(tmp_path, text)
-    for kw in config_reader.DEPRECATED_KEYWORDS:
+    for kw in reader.DEPRECATED_KEYWORDS:
         assert any(f"'{kw}' is deprecated and ignored" in w for w in cfg.warnings), kw
     assert all(w.startswith(str(tmp_path)) for w in cfg.warnings)
 
@@ -605,7 +605,7 @@ def test_include_relative_to_cwd(tmp_path, monkeypatch):
     _base_files(tmp_path)
     (tmp_path / "main.conf").write_text(LOG_FORMAT + '\nlisten { host "*" }\ninclude "routes.conf"\nworkers 2\n')
     monkeypatch.chdir(tmp_path)
-    cfg = config_reader.load("main.conf")
+    cfg = reader.load("main.conf")
     assert cfg.workers == 2 and "pg" in cfg.storages and len(cfg.rules) == 1
     assert cfg.files == ["main.conf", "routes.conf", "storages.conf"]
     assert cfg.rules[0].location.file == "routes.conf"
@@ -617,7 +617,7 @@ def test_include_relative_to_including_file_fallback(tmp_path, monkeypatch):
     _base_files(sub)
     (sub / "main.conf").write_text(LOG_FORMAT + '\nlisten { host "*" }\ninclude "routes.conf"\n')
     monkeypatch.chdir(tmp_path)
-    cfg = config_reader.load("etc/main.conf")
+    cfg = reader.load("etc/main.conf")
     assert cfg.files == ["etc/main.conf", os.path.join("etc", "routes.conf"),
                          os.path.join("etc", "storages.conf")]
 
@@ -629,7 +629,7 @@ def test_include_cwd_wins_over_including_dir(tmp_path, monkeypatch):
     (sub / "x.conf").write_text("workers 5\n")
     (tmp_path / "x.conf").write_text("workers 7\n")
     monkeypatch.chdir(tmp_path)
-    cfg = config_reader.load("etc/main.conf", validate=False)
+    cfg = reader.load("etc/main.conf", validate=False)
     assert cfg.workers == 7
 
 
@@ -645,7 +645,7 @@ def test_include_circular(tmp_path):
     a.write_text(f'workers 1\ninclude "{b}"\n')
     b.write_text(f'\ninclude "{a}"\n')
     with pytest.raises(ConfigError) as e:
-        config_reader.load(str(a))
+        reader.load(str(a))
     assert e.value.errors[0].startswith(f"{b}:2:9: circular include of '{a}'")
 
 
@@ -653,22 +653,22 @@ def test_include_self(tmp_path):
     a = tmp_path / "a.conf"
     a.write_text(f'include "{a}"\n')
     with pytest.raises(ConfigError) as e:
-        config_reader.load(str(a))
+        reader.load(str(a))
     assert "circular include" in str(e.value)
 
 
 def test_include_depth_limit(tmp_path):
-    n = config_reader.MAX_INCLUDE_DEPTH + 2
+    n = reader.MAX_INCLUDE_DEPTH + 2
     for i in range(n):
         nxt = f'include "{tmp_path / f"f{i + 1}.conf"}"\n' if i + 1 < n else "workers 9\n"
         (tmp_path / f"f{i}.conf").write_text(nxt)
     with pytest.raises(ConfigError) as e:
-        config_reader.load(str(tmp_path / "f0.conf"), validate=False)
-    assert f"include depth exceeds {config_reader.MAX_INCLUDE_DEPTH}" in str(e.value)
+        reader.load(str(tmp_path / "f0.conf"), validate=False)
+    assert f"include depth exceeds {reader.MAX_INCLUDE_DEPTH}" in str(e.value)
     # exactly at the limit is fine
-    (tmp_path / f"f{config_reader.MAX_INCLUDE_DEPTH}.conf").write_text("workers 9\n")
-    cfg = config_reader.load(str(tmp_path / "f0.conf"), validate=False)
-    assert cfg.workers == 9 and len(cfg.files) == config_reader.MAX_INCLUDE_DEPTH + 1
+    (tmp_path / f"f{reader.MAX_INCLUDE_DEPTH}.conf").write_text("workers 9\n")
+    cfg = reader.load(str(tmp_path / "f0.conf"), validate=False)
+    assert cfg.workers == 9 and len(cfg.files) == reader.MAX_INCLUDE_DEPTH + 1
 
 
 def test_include_same_file_twice_is_not_circular(tmp_path):
@@ -690,7 +690,7 @@ def test_dump_round_trip(tmp_path):
                              'database default { user default "10.0.0.0/8" hostssl { authentication "none" '
                              'storage "pg" pool "transaction" pool_discard no } }')
     cfg = load_text(tmp_path, text)
-    again = config_reader.loads(cfg.dump(), "dump")
+    again = reader.loads(cfg.dump(), "dump")
 
     def strip(c):
         return [(r.db_name, r.user_name, r.address_range.string_value, r.conn_type, r.pool, r.pool_size,

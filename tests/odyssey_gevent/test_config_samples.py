@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from odyssey_gevent import config_reader
-from odyssey_gevent.config import ConfigError
+from odyssey_gevent.config import reader
+from odyssey_gevent.config.model import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MIRROR = pathlib.Path(os.environ.get("ODYSSEY_C_MIRROR", "/work/.mirror/yandex+odyssey/repo"))
@@ -90,7 +90,7 @@ def test_mirror_has_many_configs():
 def test_c_odyssey_config_loads(name, tmp_path):
     path = tmp_path / pathlib.Path(name).name
     path.write_text(C_CONFIGS[name])
-    cfg = config_reader.load(str(path))
+    cfg = reader.load(str(path))
     assert cfg.listen and cfg.storages and cfg.rules
 
 
@@ -100,7 +100,7 @@ def test_c_odyssey_invalid_config_rejected(name, tmp_path):
     path = tmp_path / pathlib.Path(name).name
     path.write_text(C_CONFIGS[name])
     with pytest.raises(ConfigError) as e:
-        config_reader.load(str(path))
+        reader.load(str(path))
     assert all(err.startswith(f"{path}:") for err in e.value.errors)
 
 
@@ -112,13 +112,13 @@ SAMPLES = [ROOT / "etc" / "odyssey.conf"] + sorted((ROOT / "etc" / "examples").g
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
 def test_sample_loads_without_warnings(path):
-    cfg = config_reader.load(str(path))
+    cfg = reader.load(str(path))
     assert cfg.warnings == []
     assert cfg.dump()
 
 
 def test_main_sample_contents():
-    cfg = config_reader.load(str(ROOT / "etc" / "odyssey.conf"))
+    cfg = reader.load(str(ROOT / "etc" / "odyssey.conf"))
     assert cfg.listen[0].host == "127.0.0.1" and cfg.listen[0].port == 6432
     st = cfg.storages["postgres_server"]
     assert (st.type, st.host, st.port) == ("remote", "127.0.0.1", 5432)
@@ -132,7 +132,7 @@ def test_main_sample_contents():
 
 
 def test_md5_scram_sample():
-    cfg = config_reader.load(str(ROOT / "etc" / "examples" / "session-md5-scram.conf"))
+    cfg = reader.load(str(ROOT / "etc" / "examples" / "session-md5-scram.conf"))
     by_user = {r.user_name: r for r in cfg.rules}
     assert (by_user["md5_user"].authentication, by_user["md5_user"].password) == ("md5", "md5pass")
     assert (by_user["scram_user"].authentication, by_user["scram_user"].password) == (
@@ -148,6 +148,6 @@ def test_tls_sample_does_not_open_cert_files(monkeypatch):
         opened.append(str(file))
         return real_open(file, *a, **kw)
     monkeypatch.setattr(builtins, "open", spy)
-    cfg = config_reader.load(str(ROOT / "etc" / "examples" / "tls.conf"))
+    cfg = reader.load(str(ROOT / "etc" / "examples" / "tls.conf"))
     assert cfg.listen[0].tls == "require" and cfg.listen[0].tls_cert_file == "/etc/odyssey/server.crt"
     assert opened == [str(ROOT / "etc" / "examples" / "tls.conf")]

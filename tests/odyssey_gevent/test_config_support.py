@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import textwrap
 
-from odyssey_gevent import config_reader
+from odyssey_gevent.config import reader
 
 LOG_FORMAT = 'log_format "%p %t %l [%i %s] (%c) %m\\n"'
 
@@ -27,4 +27,4 @@ def make_config(globals_="", listen="", storage="", rule="", extra="", log_forma
 def load_text(tmp_path, text, name="odyssey.conf", validate=True):
     path = tmp_path / name
     path.write_text(text)
-    return config_reader.load(str(path), validate=validate)
+    return reader.load(str(path), validate=validate)

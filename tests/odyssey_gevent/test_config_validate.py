@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from odyssey_gevent import config_reader
-from odyssey_gevent.config import ConfigError
+from odyssey_gevent.config import reader
+from odyssey_gevent.config.model import ConfigError
 
 from tests.odyssey_gevent.test_config_support import LOG_FORMAT, load_text, make_config
 
@@ -237,14 +237,14 @@ def test_config_error_str_lists_everything(tmp_path):
 
 def test_missing_file():
     with pytest.raises(ConfigError) as e:
-        config_reader.load("/nonexistent/odyssey.conf")
+        reader.load("/nonexistent/odyssey.conf")
     assert e.value.errors == ["/nonexistent/odyssey.conf:0:0: failed to open config file "
                               "'/nonexistent/odyssey.conf': No such file or directory"]
 
 
 def test_directory_is_config_error(tmp_path):
     with pytest.raises(ConfigError):
-        config_reader.load(str(tmp_path))
+        reader.load(str(tmp_path))
 
 
 def test_warnings_kept_on_error(tmp_path):

@@ -12,7 +12,7 @@ import machinarium as mm
 from kiwi import error_codes, fe_read, fe_write
 from kiwi.header import BE
 from odyssey_gevent.client import Client
-from odyssey_gevent.config import Rule, Storage
+from odyssey_gevent.config.model import Rule, Storage
 from odyssey_gevent.frontend import Frontend, parse_options
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.router import Router

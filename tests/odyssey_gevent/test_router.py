@@ -9,7 +9,7 @@ import pytest
 import machinarium as mm
 from kiwi import error_codes
 from odyssey_gevent.client import Client, ClientState
-from odyssey_gevent.config import Rule
+from odyssey_gevent.config.model import Rule
 from odyssey_gevent.router import AttachTimeout, Router
 from odyssey_gevent.server import ServerState
 from odyssey_gevent.status import FrontendError

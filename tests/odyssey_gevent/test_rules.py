@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from odyssey_gevent import config_reader, rules
-from odyssey_gevent.config import AddressRange
+from odyssey_gevent import rules
+from odyssey_gevent.config import reader
+from odyssey_gevent.config.model import AddressRange
 
 from tests.odyssey_gevent.test_config_support import LOG_FORMAT
 
@@ -23,7 +24,7 @@ def cfg_of(rule_lines, globals_=""):
     for db, head, extra in rule_lines:
         dbs = "default" if db is None else f'"{db}"'
         out.append(f"database {dbs} {{ {head} {BODY % extra} }}")
-    return config_reader.loads("\n".join(out), "rules.conf")
+    return reader.loads("\n".join(out), "rules.conf")
 
 
 def ids(rule_list):

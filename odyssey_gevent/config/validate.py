@@ -1,15 +1,15 @@
 """Config validation (mirrors Odyssey od_config_validate in sources/config.c and od_rules_validate /
 od_pool_validate in sources/rules.c).
 
-``validate(config) -> list[str]`` checks a parsed :class:`~odyssey_gevent.config.Config`, resolves
+``validate(config) -> list[str]`` checks a parsed :class:`~odyssey_gevent.config.model.Config`, resolves
 rule storages (``rule.storage``), fills derived values (storage endpoints without host, forced
 roles, the auto-generated internal rule for auth_query) and returns every error found as
 ``file:line:col: message``.  Warnings go to ``config.warnings``.  It never opens files.
 """
 from __future__ import annotations
 
-from odyssey_gevent import config as C
-from odyssey_gevent.config import AddressRange, Config, Endpoint, Location, Rule
+from odyssey_gevent.config import model as C
+from odyssey_gevent.config.model import AddressRange, Config, Endpoint, Location, Rule
 
 
 def _loc(obj, keyword: str | None = None) -> Location:

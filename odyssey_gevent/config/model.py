@@ -4,8 +4,8 @@ Plain typed dataclasses the rest of the pooler reads.  Field names are the confi
 ``config.workers``, ``listen.port``, ``rule.pool_size`` ... mean what the Odyssey docs say.  Defaults
 are the ones of released Odyssey 1.5 (``od_config_init``, ``od_rules_add``, ``od_rule_pool_alloc``).
 
-Built by :func:`odyssey_gevent.config_reader.load`; validated by
-:mod:`odyssey_gevent.config_validate`.  Nothing here opens files or sockets.
+Built by :func:`odyssey_gevent.config.reader.load`; validated by
+:mod:`odyssey_gevent.config.validate`.  Nothing here opens files or sockets.
 """
 from __future__ import annotations
 
@@ -643,7 +643,7 @@ class Config:
 
     def dump(self) -> str:
         """The effective config as Odyssey-format text (``log_config yes``)."""
-        from odyssey_gevent.config_reader import dump_config
+        from odyssey_gevent.config.reader import dump_config
         return dump_config(self)
 
     print_config = dump

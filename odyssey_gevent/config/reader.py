@@ -1,8 +1,8 @@
 """Config file reader (mirrors Odyssey sources/config_reader.c, the legacy parser of release 1.5).
 
 ``load(path) -> Config`` reads an Odyssey config file (and its includes), builds the model of
-:mod:`odyssey_gevent.config` and validates it (:mod:`odyssey_gevent.config_validate`).  Any problem
-raises :class:`~odyssey_gevent.config.ConfigError`; its ``errors`` are ``file:line:col: message``
+:mod:`odyssey_gevent.config.model` and validates it (:mod:`odyssey_gevent.config.validate`).  Any
+problem raises :class:`~odyssey_gevent.config.model.ConfigError`; its ``errors`` are ``file:line:col: message``
 strings.  Warnings (deprecated keywords, repeated options, ...) are kept in ``config.warnings``.
 
 Lexical rules are those of the released 1.5 parser, widened where HEAD's bison parser accepts more
@@ -17,10 +17,11 @@ import re
 import signal as _signal
 from typing import Callable, Optional
 
-from odyssey_gevent import config as C
-from odyssey_gevent.config import (AddressRange, Balancing, Config, ConfigError, ConnDropOptions,
-                                   Endpoint, LdapEndpoint, LdapStorageCredentials, Listen,
-                                   Location, Rule, SharedPool, Storage, Watchdog)
+from odyssey_gevent.config import model as C
+from odyssey_gevent.config.model import (AddressRange, Balancing, Config, ConfigError,
+                                         ConnDropOptions, Endpoint, LdapEndpoint,
+                                         LdapStorageCredentials, Listen, Location, Rule,
+                                         SharedPool, Storage, Watchdog)
 
 MAX_INCLUDE_DEPTH = 16
 MAX_ERRORS = 100
@@ -1178,7 +1179,7 @@ def loads(text: str, path: str = "<string>", validate: bool = True) -> Config:
 
 def _finish(config: Config, errors: list[str], validate: bool) -> Config:
     if not errors and validate:
-        from odyssey_gevent.config_validate import validate as _validate
+        from odyssey_gevent.config.validate import validate as _validate
         try:
             errors = _validate(config)
         except Exception as e:  # pragma: no cover - defensive, see _parse
