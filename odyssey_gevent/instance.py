@@ -11,7 +11,7 @@ import threading
 import machinarium
 from machinarium import tls
 from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, backend
-from odyssey_gevent.config import reader as config_reader
+from odyssey_gevent.config import dump, reader
 from odyssey_gevent.config.model import ConfigError
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.router import Router
@@ -86,7 +86,7 @@ class Instance:
     def reload(self) -> bool:
         """SIGHUP/RELOAD: read the config again; on any error keep the running one."""
         try:
-            config = config_reader.load(self.config_path)
+            config = reader.load(self.config_path)
         except ConfigError as e:
             for line in str(e).splitlines():
                 self.logger.error("reload", None, None, "%s", line)
@@ -96,10 +96,10 @@ class Instance:
             self.logger.warning("reload", None, None, "%s", warning)
         self.logger.info("config", None, None, "importing changes from '%s'", self.config_path)
         # an unchanged rule keeps its identity, so its routes and server pools carry on
-        old = {config_reader.rule_signature(r): r for r in self.config.rules}
+        old = {dump.rule_signature(r): r for r in self.config.rules}
         rules = []
         for r in config.rules:
-            same = old.get(config_reader.rule_signature(r))
+            same = old.get(dump.rule_signature(r))
             if same is not None:
                 same.order = r.order         # file position, for sequential_routing
             rules.append(same or r)
@@ -132,7 +132,7 @@ def daemonize(pid_file: str | None) -> None:
 def main(config_path: str, console: bool = False, log_to_stdout: bool = False, silent: bool = False,
          verbose: bool = False, test_only: bool = False) -> int:
     try:
-        config = config_reader.load(config_path)
+        config = reader.load(config_path)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 1
@@ -156,7 +156,7 @@ def main(config_path: str, console: bool = False, log_to_stdout: bool = False, s
     for warning in config.warnings:
         logger.warning("config", None, None, "%s", warning)
     if config.log_config:
-        for line in config_reader.dump_config(config).splitlines():
+        for line in dump.dump_config(config).splitlines():
             logger.info("config", None, None, "%s", line)
     from odyssey_gevent import system
     try:

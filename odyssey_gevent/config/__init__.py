@@ -1,10 +1,16 @@
-"""The config package: re-exports the model of Odyssey's sources/config.c (see model.py).
+"""The config package; re-exports the model (Odyssey sources/config.h, rules.h, storage.h).
 
-Modules:
+Modules, each importing only modules listed above it (so there is no import circle):
 
-    model.py     the dataclasses and constants (config.c, rules.h, storage.h); imports nothing here
-    validate.py  startup checks (od_config_validate, od_rules_validate)
-    reader.py    the parser and dump: ``reader.load(path) -> Config`` (config_reader.c)
+    model.py          the dataclasses and constants (config.h, rules.h, storage.h)
+    lexer.py          the tokenizer (parser.h)
+    keywords.py       per block, which keyword sets which field (config_reader.c keyword lists)
+    validate.py       startup checks (od_config_validate in config.c, od_rules_validate in rules.c)
+    dump.py           the effective config as text (od_config_print, od_rules_print)
+    reader_base.py    the parser's machinery: values, blocks, errors, includes (config_reader.c)
+    reader_route.py   database / user / group blocks (od_config_reader_database, _route)
+    reader_global.py  the top level and its other blocks: listen, storage, soft_oom, ...
+    reader.py         the entry points: ``reader.load(path) -> Config``, ``reader.loads(text)``
 
 Importing this package loads only the model: ``from odyssey_gevent.config import Rule`` is cheap,
 the parser is ``from odyssey_gevent.config import reader``.

@@ -1,11 +1,13 @@
-"""The config model (mirrors Odyssey sources/config.c, rules.h, storage.h, config_common.h).
+"""The config model: dataclasses and constants (mirrors Odyssey sources/config.h, rules.h).
 
 Plain typed dataclasses the rest of the pooler reads.  Field names are the config keywords, so
 ``config.workers``, ``listen.port``, ``rule.pool_size`` ... mean what the Odyssey docs say.  Defaults
-are the ones of released Odyssey 1.5 (``od_config_init``, ``od_rules_add``, ``od_rule_pool_alloc``).
+are the ones of released Odyssey 1.5 (``od_config_init`` in config.c, ``od_rules_add``,
+``od_rule_pool_alloc`` in rules.c); ``config_common.h`` gives the enumerations.
 
 Built by :func:`odyssey_gevent.config.reader.load`; validated by
-:mod:`odyssey_gevent.config.validate`.  Nothing here opens files or sockets.
+:mod:`odyssey_gevent.config.validate`; written back by :mod:`odyssey_gevent.config.dump`.  This
+module imports nothing else of the package, opens no files and no sockets.
 """
 from __future__ import annotations
 
@@ -640,10 +642,3 @@ class Config:
 
     def internal_rules(self) -> list[Rule]:
         return [r for r in self.rules if r.is_internal]
-
-    def dump(self) -> str:
-        """The effective config as Odyssey-format text (``log_config yes``)."""
-        from odyssey_gevent.config.reader import dump_config
-        return dump_config(self)
-
-    print_config = dump

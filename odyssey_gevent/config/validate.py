@@ -1,9 +1,9 @@
-"""Config validation (mirrors Odyssey od_config_validate in sources/config.c and od_rules_validate /
-od_pool_validate in sources/rules.c).
+"""Startup checks of a parsed config (mirrors sources/config.c od_config_validate, rules.c).
 
-``validate(config) -> list[str]`` checks a parsed :class:`~odyssey_gevent.config.model.Config`, resolves
-rule storages (``rule.storage``), fills derived values (storage endpoints without host, forced
-roles, the auto-generated internal rule for auth_query) and returns every error found as
+Also ``od_rules_validate`` and ``od_pool_validate`` of sources/rules.c.
+``validate(config) -> list[str]`` checks a parsed :class:`~odyssey_gevent.config.model.Config`,
+resolves rule storages (``rule.storage``), fills derived values (storage endpoints without host,
+forced roles, the auto-generated internal rule for auth_query) and returns every error found as
 ``file:line:col: message``.  Warnings go to ``config.warnings``.  It never opens files.
 """
 from __future__ import annotations

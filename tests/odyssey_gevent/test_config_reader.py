@@ -6,8 +6,9 @@ import signal
 
 import pytest
 
+from odyssey_gevent.config import keywords, reader
 from odyssey_gevent.config import model as C
-from odyssey_gevent.config import reader
+from odyssey_gevent.config.dump import dump_config
 from odyssey_gevent.config.model import ConfigError
 
 from tests.odyssey_gevent.test_config_support import LOG_FORMAT, load_text, make_config
@@ -125,7 +126,7 @@ def test_every_global_keyword_is_covered():
         # deprecated, covered by test_deprecated_keywords_warn
         "pipeline", "cache", "cache_chunk", "packet_read_size", "packet_write_queue",
         "graceful_die_on_errors"}
-    assert set(reader.ROOT_SCHEMA) <= covered
+    assert set(keywords.ROOT) <= covered
 
 
 def test_workers_auto(tmp_path):
@@ -171,7 +172,7 @@ def test_listen_keyword(tmp_path, keyword, value, attr, expected):
 
 
 def test_listen_keywords_covered():
-    assert set(reader.LISTEN_SCHEMA) <= {c[0] for c in LISTEN_CASES} | {"compression"}
+    assert set(keywords.LISTEN) <= {c[0] for c in LISTEN_CASES} | {"compression"}
 
 
 def test_listen_defaults(tmp_path):
@@ -290,8 +291,8 @@ def test_storage_balancing_and_watchdog(tmp_path):
     assert wd.rule in cfg.rules and wd.rule.is_internal
     assert (wd.rule.db_name, wd.rule.user_name) == ("watchdog_int", "watchdog_int")
     assert wd.rule.storage is st and wd.rule.storage_user == "lag"
-    # the internal watchdog rule round-trips through dump()
-    again = reader.loads(cfg.dump(), "dump")
+    # the internal watchdog rule round-trips through dump_config()
+    again = reader.loads(dump_config(cfg), "dump")
     assert again.storages["pg"].watchdog.watchdog_lag_query == "SELECT 1"
 
 
@@ -397,7 +398,7 @@ def test_route_keywords_covered():
         "storage", "pool", "role", "pool_smart_discard", "pool_pin_on_listen", "shared_pool",
         "ldap_storage_credentials", "catchup_checks", "ldap_pool_size", "ldap_pool_timeout",
         "ldap_pool_ttl", "conn_weight", "time_weight"}
-    assert set(reader.ROUTE_SCHEMA) <= covered
+    assert set(keywords.ROUTE) <= covered
 
 
 def test_route_defaults(tmp_path):
@@ -572,7 +573,7 @@ def test_deprecated_keywords_warn(tmp_path):
                        listen="compression yes",
                        rule="catchup_checks 1\nldap_pool_size 1\nldap_pool_timeout 1\nldap_pool_ttl 1")
     cfg = load_text(tmp_path, text)
-    for kw in reader.DEPRECATED_KEYWORDS:
+    for kw in keywords.DEPRECATED_KEYWORDS:
         assert any(f"'{kw}' is deprecated and ignored" in w for w in cfg.warnings), kw
     assert all(w.startswith(str(tmp_path)) for w in cfg.warnings)
 
@@ -690,7 +691,7 @@ def test_dump_round_trip(tmp_path):
                              'database default { user default "10.0.0.0/8" hostssl { authentication "none" '
                              'storage "pg" pool "transaction" pool_discard no } }')
     cfg = load_text(tmp_path, text)
-    again = reader.loads(cfg.dump(), "dump")
+    again = reader.loads(dump_config(cfg), "dump")
 
     def strip(c):
         return [(r.db_name, r.user_name, r.address_range.string_value, r.conn_type, r.pool, r.pool_size,
@@ -700,4 +701,3 @@ def test_dump_round_trip(tmp_path):
     assert again.listen[0].tls == "require"
     assert again.storages["pg"].endpoints == cfg.storages["pg"].endpoints
     assert again.soft_oom.limit == 1024 and again.soft_oom.drop.max_rate == 2
-    assert cfg.print_config() == cfg.dump()
