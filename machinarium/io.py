@@ -2,10 +2,10 @@
 connection between machines (mirrors machinarium io.c, bind.c, accept.c, connect.c, read.c,
 write.c, tls.c).
 
-Hot path rules (docs: /work/shared/reference/perf-anchors.md): no gevent ``sendall`` (it calls
-getsockopt on every call) but a ``send()`` loop that waits for writability only on EAGAIN or a
-partial send; ``recv_into`` a caller's reusable buffer; optionally wait for readability before
-the first recv to skip the speculative recv that returns EAGAIN.
+Hot path rules (docs/performance.md has how the relay's time is measured): no gevent
+``sendall`` (it calls getsockopt on every call) but a ``send()`` loop that waits for writability
+only on EAGAIN or a partial send; ``recv_into`` a caller's reusable buffer; optionally wait for
+readability before the first recv to skip the speculative recv that returns EAGAIN.
 
 An ``Io`` belongs to the machine (hub) that created or attached it. To move a plain connection:
 ``fd = io.detach()`` in machine A, send ``fd`` over a channel, ``Io.attach(fd)`` in machine B.

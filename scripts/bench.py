@@ -5,11 +5,12 @@
     python scripts/bench.py --pg-host 127.0.0.1 --pg-port 5432 --pg-user bench --init
     python scripts/bench.py --idle-clients 5000      # pooler RSS before/after N idle clients
 
-Method (see /work/shared/reference/perf-anchors.md): every cell runs `pgbench -n -S -j 2 -c C
--T S -M simple|extended` once per target per round; the target order alternates every round
-(A B C, then C B A) so drift and warm-up hit every target alike. Reported per cell: median TPS,
-the median of the per-round ratios to PgBouncer and to direct PG, and the pooler's and PgBouncer's
-CPU µs per transaction from /proc/PID/stat utime+stime deltas over each run.
+Method (the one behind the figures in docs/performance.md): every cell runs
+`pgbench -n -S -j 2 -c C -T S -M simple|extended` once per target per round; the target order
+alternates every round (A B C, then C B A) so drift and warm-up hit every target alike. Reported
+per cell: median TPS, the median of the per-round ratios to PgBouncer and to direct PG, and the
+pooler's and PgBouncer's CPU µs per transaction from /proc/PID/stat utime+stime deltas over each
+run.
 
 Every process this script starts is stopped on exit, Ctrl-C or SIGTERM.
 """

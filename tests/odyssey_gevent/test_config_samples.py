@@ -1,8 +1,8 @@
 """Real-world configs: our samples, and every config file shipped with C Odyssey 1.5.1.
 
-The C configs are read from the local mirror of yandex/odyssey when it is present (skipped
-otherwise): the ones C Odyssey accepts must load unchanged; its config-validation "invalid" set
-must be rejected.
+The C configs are read at tag v1.5.1 from the C Odyssey git clone that ODYSSEY_C_MIRROR names
+(skipped when it is unset): the ones C Odyssey accepts must load unchanged; its config-validation
+"invalid" set must be rejected.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from odyssey_gevent.config.dump import dump_config
 from odyssey_gevent.config.model import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-MIRROR = pathlib.Path(os.environ.get("ODYSSEY_C_MIRROR", "/work/.mirror/yandex+odyssey/repo"))
+MIRROR_ENV = "ODYSSEY_C_MIRROR"
 TAG = "v1.5.1"
 
 # Not Odyssey configs, or configs C 1.5.1 itself rejects / that need files from a docker image.
@@ -41,29 +41,32 @@ STALE_INVALID = {
 }
 
 
-def _c_configs():
-    if not (MIRROR / "HEAD").exists() and not (MIRROR / ".git").exists():
-        return {}
+def _c_configs() -> tuple[dict[str, str], str]:
+    """The .conf files of C Odyssey at TAG by path, or no files and the reason why."""
+    mirror = os.environ.get(MIRROR_ENV)
+    if not mirror:
+        return {}, (f"set {MIRROR_ENV} to a C Odyssey source tree (a git clone with tag {TAG}) "
+                    f"to compare sample configs")
     try:
-        names = subprocess.run(["git", "-C", str(MIRROR), "ls-tree", "-r", "--name-only", TAG],
+        names = subprocess.run(["git", "-C", mirror, "ls-tree", "-r", "--name-only", TAG],
                                capture_output=True, text=True, check=True, timeout=30).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    names = [n for n in names if n.endswith(".conf") and not n.startswith("debian/")]
-    batch = "".join(f"{TAG}:{n}\n" for n in names).encode()
-    out = subprocess.run(["git", "-C", str(MIRROR), "cat-file", "--batch"], input=batch,
-                         capture_output=True, check=True, timeout=60).stdout
+        names = [n for n in names if n.endswith(".conf") and not n.startswith("debian/")]
+        batch = "".join(f"{TAG}:{n}\n" for n in names).encode()
+        out = subprocess.run(["git", "-C", mirror, "cat-file", "--batch"], input=batch,
+                             capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return {}, f"{MIRROR_ENV}={mirror}: can't read tag {TAG} with git ({e})"
     files, pos = {}, 0
     for name in names:
         header_end = out.index(b"\n", pos)
         size = int(out[pos:header_end].split()[2])
         files[name] = out[header_end + 1:header_end + 1 + size].decode("utf-8", "replace")
         pos = header_end + 1 + size + 1
-    return files
+    return files, f"{MIRROR_ENV}={mirror}: no .conf files at tag {TAG}"
 
 
-C_CONFIGS = _c_configs()
-needs_mirror = pytest.mark.skipif(not C_CONFIGS, reason="C Odyssey mirror not available")
+C_CONFIGS, NO_C_CONFIGS = _c_configs()
+needs_mirror = pytest.mark.skipif(not C_CONFIGS, reason=NO_C_CONFIGS)
 
 
 def _cases(kind):
