@@ -9,7 +9,7 @@ import time
 import machinarium
 from machinarium import tls
 from kiwi import fe_read, fe_write
-from kiwi.header import BE
+from kiwi.header import BE, FE
 from odyssey_gevent import auth
 from odyssey_gevent.io import read_message
 from odyssey_gevent.status import BackendError
@@ -104,7 +104,7 @@ def startup(instance, server, client, timeout_ms: int) -> None:
         elif mtype == BE.BACKEND_KEY_DATA:
             server.key_pid, server.key_secret = fe_read.read_backend_key_data(payload)
         elif mtype == BE.READY_FOR_QUERY:
-            server.tx_status = fe_read.read_ready_for_query(payload)
+            server.proto.tx_status = fe_read.read_ready_for_query(payload)
             return
         elif mtype == BE.ERROR_RESPONSE:
             fields = fe_read.read_error(payload)
@@ -120,8 +120,8 @@ def startup(instance, server, client, timeout_ms: int) -> None:
 def query(instance, server, sql: str, timeout_ms: int, context: str = "query"):
     """Run one simple query on a synchronized server and read to ReadyForQuery. Returns the
     ErrorFields of an ErrorResponse, or None. Raises on IO errors and timeouts."""
+    server.proto.send(int(FE.QUERY))
     server.io.write(fe_write.query(sql))
-    server.sync_request += 1
     return wait_ready(instance, server, timeout_ms)
 
 
@@ -135,18 +135,17 @@ def wait_ready(instance, server, timeout_ms: int | None):
     while not server.synchronized:
         left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
         mtype, payload = read_message(io, left)
-        if mtype == BE.READY_FOR_QUERY:
-            server.sync_reply += 1
-            server.tx_status = fe_read.read_ready_for_query(payload)
-            server.copy_mode = False
-        elif mtype == BE.ERROR_RESPONSE:
+        status = fe_read.read_ready_for_query(payload) if mtype == BE.READY_FOR_QUERY else None
+        server.proto.receive(int(mtype), status)
+        if mtype == BE.ERROR_RESPONSE:
             error = fe_read.read_error(payload)
         elif mtype == BE.PARAMETER_STATUS:
             name, value = fe_read.read_parameter_status(payload)
             server.params[name.lower()] = value
         elif mtype in (BE.COPY_IN_RESPONSE, BE.COPY_BOTH_RESPONSE):
-            server.copy_mode = True
             raise BackendError("the server asks for COPY data during a service query")
+        if server.proto.broken:
+            raise BackendError(f"protocol out of step: {server.proto.broken}")
     return error
 
 

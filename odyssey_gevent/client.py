@@ -24,7 +24,7 @@ class Client:
     __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "local_host",
                  "local_port", "startup", "user", "database", "params", "vars", "rule", "route", "server",
                  "state", "key_pid", "key_secret", "time_accept", "time_last_active",
-                 "password", "killed", "is_console", "relay", "deploy_list")
+                 "password", "killed", "is_console", "relay", "deploy_list", "prepared")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
         self.id = new_id("c")
@@ -53,6 +53,7 @@ class Client:
         self.is_console = False
         self.relay = None
         self.deploy_list = None             # deploy.py's cache of the tracked vars; None = stale
+        self.prepared = None                # statement name -> prepared.Statement (pooled statements)
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.user}@{self.database}>"

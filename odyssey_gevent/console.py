@@ -1,8 +1,8 @@
 """The admin console: a `local` storage answering SHOW commands (mirrors Odyssey
 sources/console.c).
 
-This first cut answers SHOW VERSION, POOLS, DATABASES, CLIENTS, SERVERS, LISTS, RULES and
-IS_PAUSED with Odyssey's column names and types; the full console (STATS, ERRORS, KILL_CLIENT,
+This first cut answers SHOW VERSION, POOLS, DATABASES, CLIENTS, SERVERS, LISTS, RULES,
+IS_PAUSED, SERVER_PREP_STMTS and GLOBAL_PREPARED_STATEMENTS with Odyssey's column names and types; the full console (STATS, ERRORS, KILL_CLIENT,
 RELOAD, PAUSE/RESUME ...) is a later issue. Commands are dispatched through a table.
 """
 from __future__ import annotations
@@ -112,7 +112,42 @@ def show_is_paused(instance):
     return [("is_paused", BOOL)], [[False]]
 
 
+def _server_statements(server) -> list:
+    cache = server.prepared
+    for _ in range(3):          # another machine may change it meanwhile (workers > 1)
+        try:
+            return list(cache.values()) if cache else []
+        except RuntimeError:
+            continue
+    return []
+
+
+def show_server_prep_stmts(instance):
+    """One row per statement prepared on a pooled server (prepared.py)."""
+    cols = [("type", TEXT), ("user", TEXT), ("database", TEXT), ("sid", TEXT), ("name", TEXT),
+            ("definition", TEXT), ("refcount", TEXT)]
+    rows = []
+    for r in instance.router.snapshot():
+        with instance.router.lock:
+            servers = list(r.idle) + list(r.active)
+        for s in servers:
+            for stmt in _server_statements(s):
+                rows.append(["S", r.user, r.db, s.id, stmt.name, stmt.definition, stmt.refcount])
+    return cols, rows
+
+
+def show_global_prepared_statements(instance):
+    """The pool-wide statements of every route and how many client statements map to each."""
+    cols = [("name", TEXT), ("definition", TEXT), ("refcount", TEXT)]
+    rows = []
+    for r in instance.router.snapshot():
+        for stmt in r.prepared.snapshot():
+            rows.append([stmt.name, stmt.definition, stmt.refcount])
+    return cols, rows
+
+
 SHOW = {
+    "server_prep_stmts": show_server_prep_stmts, "global_prepared_statements": show_global_prepared_statements,
     "version": show_version, "pools": show_pools, "databases": show_databases, "clients": show_clients,
     "servers": show_servers, "lists": show_lists, "rules": show_rules, "is_paused": show_is_paused,
 }

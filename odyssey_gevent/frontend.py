@@ -16,6 +16,7 @@ from kiwi.errors import KiwiError, ProtocolError
 from odyssey_gevent import auth, backend, cancel, deploy, reset
 from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_startup
+from odyssey_gevent.prepared import Prepared
 from odyssey_gevent.relay import Relay
 from odyssey_gevent.router import AttachTimeout
 from odyssey_gevent.status import BackendError, FrontendError, Status, error_message
@@ -162,7 +163,14 @@ class Frontend:
             client.io.write(b"".join(out))
             return
         route = client.route
-        if route.params is None:
+        if client.rule.pool == "session":
+            # the client keeps one server for life: attach it now, so that BackendKeyData carries
+            # that server's real pid (pg_backend_pid(), NOTIFY pids and the driver agree)
+            server = self.attach()
+            if route.params is None:
+                route.params = list(server.login_params)
+            self.instance.router.rekey(client, server.key_pid)
+        elif route.params is None:
             # the first client of a route logs a server in to learn the route's parameters
             self.attach(deploy_params=False)
             route.params = list(client.server.login_params)
@@ -310,7 +318,11 @@ class Frontend:
                 from odyssey_gevent import console
                 status = console.run(instance, client)
             else:
-                client.relay = Relay(self, client)
+                rule = client.rule
+                prepared = None
+                if rule.pool != "session" and rule.effective_reserve_prepared_statement():
+                    prepared = Prepared(client, client.route.prepared, self.logger)
+                client.relay = Relay(self, client, prepared)
                 status = client.relay.run()
         except FrontendError as e:
             status = Status.ECLIENT_PROTOCOL_ERROR if e.sqlstate == error_codes.PROTOCOL_VIOLATION else Status.OK
@@ -371,6 +383,11 @@ class Frontend:
                         if client.server is not None:
                             self._drop_server(server, broken=True)
         finally:
+            if client.prepared:
+                registry = client.route.prepared
+                for stmt in client.prepared.values():
+                    registry.release(stmt)
+                client.prepared = None
             instance.router.unroute(client)
             if instance.config.log_session and client.rule is not None:
                 detail = "" if status in (Status.OK, Status.TERMINATE) else f", {status.value}"

@@ -2,24 +2,28 @@
 (mirrors Odyssey sources/relay.c and the request loop of sources/frontend.c).
 
 Bytes are received with recv_into into a buffer and forwarded as memoryview slices in the same
-chunks they arrived in. Per message the relay looks at the 5-byte header only, except for the
-few messages whose payload it must understand, which are then held back until whole:
+chunks they arrived in. Per message the relay reads the 5-byte header and tells the server's
+`kiwi.protocol.Conversation` about the messages that change what the server owes:
 
-  client -> server: 'Q' simple query and 'S' Sync (each earns one ReadyForQuery: the server is
-                    synchronized when replies == requests), 'F' function call (likewise),
-                    'X' Terminate (not forwarded: the server stays pooled); extended-protocol
-                    messages (P B D E C) leave the client "unsynced" until its Sync, and a
-                    Sync that PostgreSQL ignores in COPY-in mode is not counted.
-  server -> client: 'Z' ReadyForQuery (transaction status; the detach point), 'S' ParameterStatus
-                    (kept on both client and server, as Odyssey does), CopyIn/Out/Both responses.
+  client -> server: Query, Sync, FunctionCall, Parse, Bind, Close (queued until answered),
+                    Describe/Execute (they open an extended batch), CopyDone/CopyFail, Flush;
+                    'X' Terminate is not forwarded (the server stays pooled).
+  server -> client: ReadyForQuery (transaction status; the detach point), ParameterStatus (kept
+                    on both client and server, as Odyssey does), ParseComplete, BindComplete,
+                    CloseComplete, ErrorResponse, EmptyQueryResponse, the COPY responses.
+
+A server is detached only when the Conversation says it owes nothing and no batch is open
+(`Conversation.idle`) and no message is half relayed in either direction.
+
+With prepared statements (`prepared.Prepared`, transaction and statement pooling) Parse, Bind,
+Describe, Close and PREPARE/EXECUTE/DEALLOCATE queries are read whole and may be replaced by
+other bytes; server replies the Conversation marks are dropped or replaced, and the answers the
+pooler gives itself are spliced into the reply stream where PostgreSQL would have sent them.
 
 A body longer than the chunk is forwarded as it streams (`skip` counts what is still to come),
 so large results and COPY never buffer whole messages. Buffers are borrowed from a per-thread
 free list while a relay holds unfinished bytes and returned when it goes idle, so idle clients
 cost no buffer.
-
-Hooks for later features (prepared statements, stats) sit in `_client_message` and
-`_server_message`, which are called only for the message types listed above.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ import threading
 import machinarium
 from machinarium import wait_any
 from kiwi import error_codes
+from kiwi.protocol import REPLACE
+from odyssey_gevent.prepared import _SQL_HEAD
 from odyssey_gevent.status import FrontendError, Status
 
 BUF_SIZE = 32 * 1024
@@ -36,29 +42,38 @@ _LEN = struct.Struct("!I")
 _unpack_len = _LEN.unpack_from
 
 # client -> server message types
-_C_QUERY, _C_SYNC, _C_FUNCTION, _C_TERMINATE, _C_EXECUTE, _C_COPY_DONE, _C_COPY_FAIL = b"QSFXEcf"
+_C_QUERY, _C_TERMINATE = b"QX"
 # every frontend message type valid after login
 _C_VALID = bytearray(256)
 for _t in b"BCDEFHPQSXcdfp":
     _C_VALID[_t] = 1
 _C_VALID = bytes(_C_VALID)
-_C_INTEREST = bytearray(256)
-for _t in b"QSFXcf":
+_C_INTEREST = bytearray(256)       # 1: the Conversation must know; 3: prepared statements too
+for _t in b"SFcfEH":
     _C_INTEREST[_t] = 1
-for _t in b"PBDEC":            # extended-protocol messages: they need a Sync to finish
-    _C_INTEREST[_t] = 2
+for _t in b"QPBDC":
+    _C_INTEREST[_t] = 3
 _C_INTEREST = bytes(_C_INTEREST)
 
 # server -> client message types
-_S_READY, _S_PARAM, _S_COPY_IN, _S_COPY_OUT, _S_COPY_BOTH, _S_COPY_DONE = b"ZSGHWc"
-_S_INTEREST = bytearray(256)
-for _t in (_S_READY, _S_PARAM, _S_COPY_IN, _S_COPY_OUT, _S_COPY_BOTH, _S_COPY_DONE):
+_S_READY, _S_PARAM = b"ZS"
+_S_COMPLETE, _S_ERROR = b"CE"
+_S_INTEREST = bytearray(256)       # what the Conversation must see (kiwi.protocol)
+for _t in b"ZSGHWc123EI":
     _S_INTEREST[_t] = 1
 _S_INTEREST = bytes(_S_INTEREST)
 _S_WHOLE = bytearray(256)          # messages the relay must see whole
 _S_WHOLE[_S_READY] = 1
 _S_WHOLE[_S_PARAM] = 1
+_S_WHOLE_PREPARED = bytearray(_S_WHOLE)   # ... and with prepared statements (tags, error codes)
+_S_WHOLE_PREPARED[_S_COMPLETE] = 1
+_S_WHOLE_PREPARED[_S_ERROR] = 1
 _S_WHOLE = bytes(_S_WHOLE)
+_S_WHOLE_PREPARED = bytes(_S_WHOLE_PREPARED)
+_S_INTEREST_PREPARED = bytearray(_S_INTEREST)
+for _t in b"CTns":                 # the ends of Describe and Execute (Conversation.exact)
+    _S_INTEREST_PREPARED[_t] = 1
+_S_INTEREST_PREPARED = bytes(_S_INTEREST_PREPARED)
 
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024     # a declared length over this is a protocol violation
 
@@ -73,6 +88,8 @@ def _borrow() -> bytearray:
 
 
 def _give_back(buf: bytearray) -> None:
+    if len(buf) != BUF_SIZE:
+        return                      # a bigger buffer grown for one long message
     free = getattr(_local, "free", None)
     if free is None:
         free = _local.free = []
@@ -93,29 +110,29 @@ class ServerGone(Exception):
 
 
 class Relay:
-    """The request loop of one client. `frontend` supplies attach()/detach()/idle_timeout()."""
+    """The request loop of one client. `frontend` supplies attach()/detach()/idle_timeout();
+    `prepared` is the prepared-statement layer (transaction and statement pooling with
+    pool_reserve_prepared_statement), or None."""
 
-    __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_unsynced", "c_copy_in", "c_exec_syncs",
-                 "c_copy_ended", "s_buf", "s_len", "s_skip", "s_ready", "mode_transaction", "mode_statement", "stats")
+    __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "s_buf", "s_len", "s_skip", "s_drop",
+                 "s_ready", "mode_transaction", "mode_statement", "stats", "prepared")
 
-    def __init__(self, frontend, client):
+    def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
         self.client = client
         self.c_buf = None       # client bytes held back (partial header), c_len of them
         self.c_len = 0
         self.c_skip = 0         # bytes of the current client message still to be forwarded
-        self.c_unsynced = False  # extended-protocol messages forwarded since the last Sync
-        self.c_copy_in = False  # the server is in COPY-in: it ignores Sync until CopyDone/CopyFail
-        self.c_exec_syncs = -1  # Syncs forwarded since the last Execute (-1: last start was a Query)
-        self.c_copy_ended = False  # CopyDone/CopyFail sent before the server asked for COPY data
         self.s_buf = None
         self.s_len = 0
-        self.s_skip = 0
+        self.s_skip = 0         # bytes of the current server message still to come ...
+        self.s_drop = False     # ... and whether they are swallowed rather than forwarded
         self.s_ready = False    # a ReadyForQuery was relayed since the last detach check
         pool = client.rule.pool
         self.mode_transaction = pool == "transaction"
         self.mode_statement = pool == "statement"
         self.stats = client.route.stats
+        self.prepared = prepared
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
@@ -170,11 +187,9 @@ class Relay:
     def server_clean(self) -> bool:
         """Nothing half-relayed in either direction (no partial message, no extended-protocol
         batch without its Sync): the server can be reset and reused."""
-        return self.s_len == 0 and self.s_skip == 0 and self.c_skip == 0 and not self.c_unsynced
-
-    @property
-    def _client_at_boundary(self) -> bool:
-        return self.c_skip == 0 and not self.c_unsynced and not self.c_copy_in
+        server = self.client.server
+        unsynced = server is not None and server.proto.unsynced
+        return self.s_len == 0 and self.s_skip == 0 and self.c_skip == 0 and not unsynced
 
     # -- client -> server --------------------------------------------------------------------
     def _from_client(self) -> Status | None:
@@ -193,8 +208,11 @@ class Relay:
         end = start + n
         # scan the headers
         pos = self.c_skip
-        syncs = 0
         terminate = -1
+        server = self.client.server
+        out = None              # set when a message is rewritten: the pieces to send, in order
+        seg = 0                 # start of the bytes not yet put in `out`
+        grow = 0
         if pos >= end:
             self.c_skip = pos - end
             pos = end
@@ -202,6 +220,7 @@ class Relay:
             self.c_skip = 0
             valid = _C_VALID
             interest = _C_INTEREST
+            prepared = self.prepared
             while pos + 5 <= end:
                 t = buf[pos]
                 length = _unpack_len(buf, pos + 1)[0]
@@ -209,52 +228,71 @@ class Relay:
                     raise FrontendError(error_codes.PROTOCOL_VIOLATION,
                                         "unexpected message type from client or other protocol violation",
                                         severity="FATAL")
+                if t == _C_TERMINATE:
+                    terminate = pos
+                    break
+                if server is None:
+                    server = self.fe.attach()
+                    if prepared is not None:
+                        server.proto.exact = True
+                msg_end = pos + 1 + length
                 kind = interest[t]
-                if kind == 2:
-                    self.c_unsynced = True
-                    if t == _C_EXECUTE:
-                        self.c_exec_syncs = 0
-                        self.c_copy_ended = False
-                elif kind:
-                    if t == _C_SYNC:
-                        if not self.c_copy_in:      # PostgreSQL ignores Sync in COPY-in mode
-                            syncs += 1
-                            self.c_unsynced = False
-                            if self.c_exec_syncs >= 0 and not self.c_copy_ended:
-                                self.c_exec_syncs += 1
-                    elif t == _C_QUERY:
-                        syncs += 1
-                        self.c_exec_syncs = -1
-                        self.c_copy_ended = False
-                    elif t == _C_TERMINATE:
-                        terminate = pos
+                if kind == 3 and prepared is not None:
+                    # a message the prepared-statement layer may rewrite: it needs it whole
+                    if msg_end > end and (t != _C_QUERY or _maybe_sql(buf, pos, end)):
+                        if msg_end - pos > len(buf):
+                            grow = msg_end - pos
                         break
-                    elif t == _C_FUNCTION:
-                        syncs += 1
-                    elif self.c_copy_in:            # CopyDone / CopyFail end COPY-in
-                        self.c_copy_in = False
-                    else:                           # ... or end one the server has not started yet
-                        self.c_copy_ended = True
-                pos += 1 + length
+                    if msg_end <= end:
+                        pieces = prepared.client_message(server, t, buf, pos, msg_end)
+                        if pieces is not None:
+                            if out is None:
+                                out = []
+                            if pos > seg:
+                                out.append(memoryview(buf)[seg:pos])
+                            out.extend(pieces)
+                            seg = msg_end
+                            pos = msg_end
+                            if pos >= end:
+                                break
+                            continue
+                if kind:
+                    server.proto.send(t)
+                pos = msg_end
                 if pos >= end:
                     self.c_skip = pos - end
                     pos = end
                     break
         forward_end = terminate if terminate >= 0 else pos
-        if forward_end > 0:
-            server = self.client.server
-            if server is None:
-                server = self.fe.attach()
-            server.sync_request += syncs
-            self.stats.bytes_recv += forward_end
+        if forward_end > seg or out:
+            if out is None:
+                data = memoryview(buf)[:forward_end]
+                size = forward_end
+            else:
+                if forward_end > seg:
+                    out.append(memoryview(buf)[seg:forward_end])
+                data = b"".join(out)
+                size = len(data)
+            self.stats.bytes_recv += size
             try:
-                server.io.write(memoryview(buf)[:forward_end])
+                server.io.write(data)
             except OSError as e:
                 raise ServerGone(Status.ESERVER_WRITE, e) from None
+        if server is not None and server.proto.output:
+            self._to_client(server.proto.take_output())
         if terminate >= 0:
             self.c_len = 0
             return Status.TERMINATE
         rest = end - pos
+        if grow:
+            # a message the prepared-statement layer needs whole is longer than the buffer:
+            # collect it in a bigger one (grown in steps, so a declared length costs nothing)
+            bigger = bytearray(min(grow, max(len(buf) * 4, BUF_SIZE)))
+            bigger[:rest] = buf[pos:end]
+            _give_back(buf)
+            self.c_buf = bigger
+            self.c_len = rest
+            return None
         if rest:
             buf[:rest] = buf[pos:end]
         self.c_len = rest
@@ -262,6 +300,13 @@ class Relay:
             _give_back(buf)
             self.c_buf = None
         return None
+
+    def _to_client(self, data) -> None:
+        self.stats.bytes_sent += len(data)
+        try:
+            self.client.io.write(data)
+        except OSError as e:
+            raise ClientGone(e) from None
 
     # -- server -> client --------------------------------------------------------------------
     def _from_server(self, server) -> None:
@@ -278,42 +323,74 @@ class Relay:
         if n == 0:
             raise ServerGone(Status.ESERVER_READ, "server closed the connection")
         end = start + n
+        proto = server.proto
+        out = None              # set when a message is dropped or replaced, or answers are added
+        seg = 0                 # start of the bytes not yet put in `out`
         pos = self.s_skip
         if pos >= end:
             self.s_skip = pos - end
             pos = end
+            if self.s_drop:
+                seg = end
         else:
+            if self.s_drop:
+                seg = pos
+                self.s_drop = False
             self.s_skip = 0
-            interest = _S_INTEREST
+            if self.prepared is None:
+                interest, whole = _S_INTEREST, _S_WHOLE
+            else:
+                interest, whole = _S_INTEREST_PREPARED, _S_WHOLE_PREPARED
             while pos + 5 <= end:
                 t = buf[pos]
                 length = _unpack_len(buf, pos + 1)[0]
                 if length < 4:
                     raise ServerGone(Status.ESERVER_READ, f"invalid message length {length} from server")
                 msg_end = pos + 1 + length
+                if proto.output:           # answers the pooler gives itself, due here
+                    if out is None:
+                        out = []
+                    if pos > seg:
+                        out.append(memoryview(buf)[seg:pos])
+                    seg = pos
+                    out.append(proto.take_output())
                 if interest[t]:
-                    if _S_WHOLE[t] and msg_end > end:
-                        if 1 + length > len(buf):
+                    if whole[t] and msg_end > end:
+                        if 1 + length <= len(buf):
+                            break          # hold it back until whole
+                        if t == _S_READY or t == _S_PARAM:
                             raise ServerGone(Status.ESERVER_READ, "server message too long")
-                        break          # hold it back until whole
                     if t == _S_READY:
-                        server.sync_reply += 1
-                        if server.sync_reply > server.sync_request:
-                            self._miscounted(server)
-                        server.tx_status = bytes(buf[msg_end - 1:msg_end])
-                        server.copy_mode = False
+                        action = proto.receive(t, bytes(buf[msg_end - 1:msg_end]))
                         self.stats.count_query += 1
-                        if server.tx_status == b"I":
+                        if proto.tx_status == b"I":
                             self.stats.count_tx += 1
                         self.s_ready = True
-                    elif t == _S_PARAM:
-                        self._parameter_status(server, buf, pos + 5, msg_end)
-                    elif t == _S_COPY_DONE:
-                        server.copy_mode = False
                     else:
-                        server.copy_mode = True
-                        if t == _S_COPY_IN:
-                            self._copy_in_started(server)
+                        action = proto.receive(t)
+                        if t == _S_PARAM:
+                            self._parameter_status(server, buf, pos + 5, msg_end)
+                        elif self.prepared is not None and msg_end <= end:
+                            if t == _S_COMPLETE:
+                                if length in (16, 19):
+                                    self.prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
+                            elif t == _S_ERROR:
+                                self._server_error(server, buf, pos + 5, msg_end)
+                    if proto.broken is not None:
+                        self._miscounted(server)
+                    if action:
+                        if out is None:
+                            out = []
+                        if pos > seg:
+                            out.append(memoryview(buf)[seg:pos])
+                        if action == REPLACE:
+                            out.append(proto.replacement)
+                        if msg_end > end:
+                            self.s_skip = msg_end - end
+                            self.s_drop = True
+                            seg = pos = end
+                            break
+                        seg = msg_end
                 pos = msg_end
                 if pos >= end:
                     self.s_skip = pos - end
@@ -321,12 +398,22 @@ class Relay:
                     break
         rest = end - pos
         self.s_len = rest           # before writing: a failed write must leave the state honest
-        if pos > 0:
-            self.stats.bytes_sent += pos
-            try:
-                self.client.io.write(memoryview(buf)[:pos])
-            except OSError as e:
-                raise ClientGone(e) from None
+        if self.s_skip == 0 and proto.output and rest == 0:
+            if out is None:
+                out = []
+            if pos > seg:
+                out.append(memoryview(buf)[seg:pos])
+            seg = pos
+            out.append(proto.take_output())
+        if out is None:
+            if pos > 0:
+                self._to_client(memoryview(buf)[:pos])
+        else:
+            if pos > seg:
+                out.append(memoryview(buf)[seg:pos])
+            data = b"".join(out)
+            if data:
+                self._to_client(data)
         if rest:
             buf[:rest] = buf[pos:end]
         if rest == 0:
@@ -335,32 +422,29 @@ class Relay:
         # detach only at a message boundary (a message after the 'Z' may still be arriving)
         if self.s_ready and rest == 0 and self.s_skip == 0:
             self.s_ready = False
-            if not server.synchronized or not self._client_at_boundary:
+            if not proto.idle or self.c_skip != 0 or server.broken:
                 return
             if self.mode_transaction:
-                if server.tx_status == b"I":
+                if proto.tx_status == b"I":
                     self.fe.detach()
             elif self.mode_statement:
                 self.fe.detach()
 
-    def _copy_in_started(self, server) -> None:
-        """CopyInResponse: PostgreSQL now ignores Sync until CopyDone/CopyFail, including the
-        Syncs already sent between the COPY's Execute and the client's CopyDone (libpq sends
-        P B E S, then d... c S; a client may also send P B E S d c S in one write)."""
-        if self.c_exec_syncs > 0:
-            server.sync_request -= self.c_exec_syncs
-        self.c_copy_in = not self.c_copy_ended    # the data may all be on its way already
-        self.c_exec_syncs = -1
-        self.c_copy_ended = False
+    def _server_error(self, server, buf, start: int, end: int) -> None:
+        """server_drop_on_cached_plan_error: a server whose cached plan broke (0A000 `cached
+        plan must not change result type`) is closed once the client is done with it."""
+        body = bytes(buf[start:end])
+        if b"C0A000\0" in body and b"cached plan must not change result type" in body:
+            if self.client.rule.server_drop_on_cached_plan_error:
+                server.drop = True
 
     def _miscounted(self, server) -> None:
-        """More ReadyForQuery than requests: our counting of this client's protocol went wrong.
-        The server must never serve anyone else: keep it to this client and close it at the end."""
+        """A reply nobody asked for: our counting of this client's protocol went wrong. The
+        server must never serve anyone else: keep it to this client and close it at the end."""
         if not server.broken:
             server.broken = True
             self.fe.logger.error("relay", self.client, server,
-                                 "ReadyForQuery count exceeds requests (%d > %d): the server will be closed",
-                                 server.sync_reply, server.sync_request)
+                                 "protocol out of step (%s): the server will be closed", server.proto.broken)
 
     def _parameter_status(self, server, buf, start: int, end: int) -> None:
         try:
@@ -373,6 +457,15 @@ class Relay:
         client = self.client
         client.vars[key] = value
         client.deploy_list = None
+
+
+def _maybe_sql(buf, pos: int, end: int) -> bool:
+    """Could the partly received Query at `pos` be a PREPARE/EXECUTE/DEALLOCATE (which the
+    prepared-statement layer needs whole)? Large queries that cannot are streamed as usual."""
+    head = bytes(buf[pos + 5:min(end, pos + 5 + 64)])
+    if len(head.lstrip()) < 11:
+        return True
+    return _SQL_HEAD.match(head) is not None
 
 
 # -- waiting for either side ------------------------------------------------------------------

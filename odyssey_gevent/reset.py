@@ -4,7 +4,8 @@ Runs on every detach, in this order: servers left in COPY, with a partly relayed
 broken are closed; a server in a transaction is closed when pool_rollback is off; a server that
 has not answered everything is cancelled (pool_cancel) and drained to ReadyForQuery within
 pool_reset_timeout_ms, else closed; ROLLBACK inside a transaction; then the rule's reset query
-(DISCARD ALL, the smart-discard script, or pool_discard_query).
+(DISCARD ALL, the smart-discard script, or pool_discard_query), or in session pooling with none
+of them, SESSION_LEFTOVERS_QUERY.
 """
 from __future__ import annotations
 
@@ -22,11 +23,28 @@ def _service_query(instance, server, sql: str, timeout) -> None:
         raise BackendError(f"{sql[:40]!r} failed: {error.sqlstate} {error.message}", error)
 
 
+# In session pooling with no reset configured (pool_discard no), what a client leaves on its
+# server that the next client would otherwise inherit: named statements and portals, LISTEN,
+# advisory locks and temp tables. Settings are not touched: maintain_params deploys the next
+# client's own values.
+SESSION_LEFTOVERS_QUERY = ("DEALLOCATE ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); "
+                           "DISCARD TEMP")
+
+
+def _drops_statements(query: str) -> bool:
+    q = query.upper()
+    return "DISCARD ALL" in q or "DEALLOCATE" in q
+
+
 def reset(instance, server, clean: bool) -> bool:
     """True when the server may return to the pool; False when it must be closed."""
     rule = server.route.rule
     log = instance.logger
     if server.broken or server.io is None:
+        return False
+    server.proto.output.clear()            # answers for a client that is gone
+    if server.drop:
+        log.info("reset", None, server, "server marked to be closed (cached plan error), closing")
         return False
     if server.copy_mode:
         log.info("reset", None, server, "server left in copy, closing")
@@ -50,13 +68,19 @@ def reset(instance, server, clean: bool) -> bool:
         if server.in_transaction:
             _service_query(instance, server, "ROLLBACK", timeout)
         query = rule.effective_reset()
-        if query:
+        if not query and rule.pool == "session":
+            query = SESSION_LEFTOVERS_QUERY
+            server.prepared = None
+            _service_query(instance, server, query, timeout)
+        elif query:
             if query not in (DISCARD_ALL_QUERY, SMART_DISCARD_QUERY):
                 # a custom reset may change settings in ways we cannot know: forget them all,
                 # so the next client's deploy sets every tracked parameter it has
                 server.params = {}
             else:
                 server.params = dict(server.baseline)    # DISCARD ALL / the smart-discard script
+            if server.prepared and _drops_statements(query):
+                server.prepared.clear()
             _service_query(instance, server, query, timeout)
     except (machinarium.TimedOut, OSError, KiwiError, BackendError) as e:
         log.info("reset", None, server, "reset failed, closing: %s", e)

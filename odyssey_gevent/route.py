@@ -1,13 +1,15 @@
 """A route: the pool of one (database, user, rule) key (mirrors Odyssey sources/route.c,
 route_pool.c, server_pool.c and client_pool.c).
 
-All fields are guarded by the router's lock; a server changes list only in `set_server_state`.
+All fields but `prepared` (which has its own lock) are guarded by the router's lock; a server
+changes list only in `set_server_state`.
 """
 from __future__ import annotations
 
 import collections
 
 from odyssey_gevent.client import ClientState
+from odyssey_gevent.prepared import Registry
 from odyssey_gevent.server import Server, ServerState
 
 
@@ -44,6 +46,7 @@ class Route:
         self.params: list[tuple[str, str]] | None = None   # cached ParameterStatus of the route
         self.stats = RouteStats()
         self.obsolete = False
+        self.prepared = Registry()           # pool-wide prepared statements (its own lock)
 
     # -- state changes ---------------------------------------------------------------------
     def set_server_state(self, server: Server, state: ServerState) -> None:

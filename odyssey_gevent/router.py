@@ -218,6 +218,13 @@ class Router:
                     and self.routes.get(route.key) is route):
                 del self.routes[route.key]
 
+    def rekey(self, client, pid: int) -> None:
+        """Hand the client a new BackendKeyData pid (its session server's real one)."""
+        with self.lock:
+            self.keys.pop((client.key_pid, client.key_secret), None)
+            client.key_pid = pid
+            self.keys[(pid, client.key_secret)] = client
+
     # -- cancel ------------------------------------------------------------------------------
     def cancel_target(self, pid: int, secret: int):
         """The server to cancel for a client's BackendKeyData, or None."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 import time
 
+from kiwi.protocol import Conversation
 from odyssey_gevent.id import new_id
 
 
@@ -17,8 +18,8 @@ class ServerState(enum.Enum):
 
 class Server:
     __slots__ = ("id", "route", "io", "fd", "endpoint", "endpoint_host", "state", "client",
-                 "key_pid", "key_secret", "params", "tx_status", "sync_request", "sync_reply", "copy_mode",
-                 "created_at", "idle_since", "offline", "broken", "last_client_id",
+                 "key_pid", "key_secret", "params", "proto", "prepared",
+                 "created_at", "idle_since", "offline", "broken", "drop", "last_client_id",
                  "baseline", "login_params")
 
     def __init__(self, route):
@@ -34,14 +35,13 @@ class Server:
         self.key_secret = 0
         self.params: dict[str, str] = {}   # lower-case name -> value (ParameterStatus and what we SET)
         self.login_params: list[tuple[str, str]] = []   # ParameterStatus at login, names as sent
-        self.tx_status = b"I"
-        self.sync_request = 0       # queries and Syncs sent
-        self.sync_reply = 0         # ReadyForQuery received
-        self.copy_mode = False
+        self.proto = Conversation()     # what the server still owes us (kiwi.protocol)
+        self.prepared = None        # prepared.ServerStatements once a pooled statement is made here
         self.created_at = time.monotonic()
         self.idle_since = self.created_at
         self.offline = False
         self.broken = False         # an IO error happened: never reuse
+        self.drop = False           # close instead of pooling at the next detach (healthy, so Terminate)
         self.last_client_id = None
         self.baseline: dict[str, str] = {}   # parameters right after login (what DISCARD ALL restores)
 
@@ -51,11 +51,28 @@ class Server:
 
     @property
     def synchronized(self) -> bool:
-        return self.sync_request == self.sync_reply
+        return self.proto.syncs == 0
 
     @property
     def in_transaction(self) -> bool:
-        return self.tx_status != b"I"
+        return self.proto.tx_status != b"I"
+
+    @property
+    def tx_status(self) -> bytes:
+        return self.proto.tx_status
+
+    @property
+    def copy_mode(self) -> bool:
+        return self.proto.copy_mode
+
+    @property
+    def sync_request(self) -> int:
+        """Sync/Query/FunctionCall sent that earn a ReadyForQuery (answered or not)."""
+        return self.proto.replies + self.proto.syncs
+
+    @property
+    def sync_reply(self) -> int:
+        return self.proto.replies
 
     def __repr__(self) -> str:
         return f"<Server {self.id} {self.state.value}>"

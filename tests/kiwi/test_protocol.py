@@ -1,0 +1,192 @@
+"""kiwi.protocol.Conversation walked with tables: message sequences in, what the server still
+owes out (PostgreSQL's rules: skip to Sync after an extended-protocol error, Sync ignored in
+COPY-in, ReadyForQuery ends everything), plus the Request instructions the prepared-statement
+layer relies on (hide, replace an error or an EmptyQueryResponse, LOCAL answers in order)."""
+from __future__ import annotations
+
+import pytest
+
+from kiwi import be_write
+from kiwi.protocol import (DROP, FORWARD, LOCAL, REPLACE, TRANSITIONS, Conversation, Phase,
+                           Request)
+
+
+def run(events, exact=False):
+    """events: 'P' etc. for a frontend message sent; '>Z:T' for a server ReadyForQuery with status
+    T; '>1' etc. for another server message. Returns the Conversation and the receive actions."""
+    c = Conversation(exact=exact)
+    actions = []
+    for ev in events:
+        if ev.startswith(">"):
+            t, _, status = ev[1:].partition(":")
+            actions.append(c.receive(ord(t), status.encode() or None))
+        else:
+            c.send(ord(ev))
+    return c, actions
+
+
+# (name, events, syncs owed, unsynced, phase, tx status, broken?)
+CASES = [
+    ("simple query", ["Q", ">T", ">D", ">C", ">Z:I"], 0, False, Phase.READY, b"I", False),
+    ("query in flight", ["Q", ">T"], 1, False, Phase.BUSY, b"I", False),
+    ("two queries, one answered", ["Q", "Q", ">C", ">Z:T"], 1, False, Phase.BUSY, b"T", False),
+    ("extended batch", ["P", "B", "D", "E", "S", ">1", ">2", ">T", ">D", ">C", ">Z:I"],
+     0, False, Phase.READY, b"I", False),
+    ("batch without Sync", ["P", "B", "E"], 0, True, Phase.BUSY, b"I", False),
+    ("batch answered, second open", ["P", "B", "E", "S", "P", ">1", ">2", ">C", ">Z:I"],
+     0, True, Phase.BUSY, b"I", False),
+    ("error skips to Sync", ["P", "B", "E", "S", ">E", ">Z:I"], 0, False, Phase.READY, b"I", False),
+    ("error with no Sync yet", ["P", "B", "E", ">E"], 0, True, Phase.SKIP, b"I", False),
+    ("skip ignores Query", ["P", "B", ">E", "Q"], 0, True, Phase.SKIP, b"I", False),
+    ("Sync ends the skip", ["P", "B", ">E", "Q", "S", ">Z:I"], 0, False, Phase.READY, b"I", False),
+    ("error in a simple query", ["Q", ">E", ">Z:E"], 0, False, Phase.READY, b"E", False),
+    ("Query after an errored batch is dropped",
+     ["P", "B", "E", "Q", "S", ">1", ">E", ">Z:I"], 0, False, Phase.READY, b"I", False),
+    ("COPY-in: Sync after Execute ignored", ["P", "B", "E", "S", ">1", ">2", ">G", "d", "c", "S",
+                                             ">C", ">Z:I"], 0, False, Phase.READY, b"I", False),
+    ("COPY-in: data before the response", ["P", "B", "E", "S", "d", "c", "S", ">1", ">2", ">G",
+                                           ">C", ">Z:I"], 0, False, Phase.READY, b"I", False),
+    ("COPY-in in progress", ["Q", ">G", "d"], 1, False, Phase.COPY_IN, b"I", False),
+    ("COPY-in Sync ignored while copying", ["Q", ">G", "S", "d"], 1, False, Phase.COPY_IN, b"I", False),
+    ("COPY-out", ["Q", ">H", ">d"], 1, False, Phase.COPY_OUT, b"I", False),
+    ("COPY-out done", ["Q", ">H", ">d", ">c", ">C", ">Z:I"], 0, False, Phase.READY, b"I", False),
+    ("function call", ["F", ">V", ">Z:I"], 0, False, Phase.READY, b"I", False),
+    ("ReadyForQuery nobody asked for", [">Z:I"], 0, False, Phase.READY, b"I", True),
+    ("ParseComplete with no Parse", ["Q", ">1"], 1, False, Phase.BUSY, b"I", True),
+    ("ReadyForQuery before the ParseComplete", ["P", "S", ">Z:I"], 1, False, Phase.BUSY, b"I", True),
+]
+
+
+@pytest.mark.parametrize("name,events,syncs,unsynced,phase,status,broken", CASES, ids=[c[0] for c in CASES])
+def test_sequences(name, events, syncs, unsynced, phase, status, broken):
+    for exact in (False, True):
+        c, _ = run(events, exact)
+        assert (c.syncs, c.unsynced, c.phase, c.tx_status, c.broken is not None) == \
+            (syncs, unsynced, phase, status, broken), f"exact={exact}"
+        assert c.synchronized == (syncs == 0)
+        assert c.idle == (syncs == 0 and not unsynced and not c.queue)
+
+
+def test_replies_counted():
+    c, _ = run(["Q", "S", ">Z:I", ">Z:T"])
+    assert c.replies == 2 and c.tx_status == b"T" and c.idle
+
+
+def test_exact_mode_queues_describe_and_execute_until_their_replies():
+    c, _ = run(["P", "B", "D", "E"], exact=True)
+    assert [chr(t) for t in c.queue] == ["P", "B", "D", "E"]
+    c, _ = run(["P", "B", "D", "E", ">1", ">2", ">T"], exact=True)
+    assert [chr(t) for t in c.queue] == ["E"]
+    c, _ = run(["P", "B", "D", "E", ">1", ">2", ">T", ">D", ">C"], exact=True)
+    assert not c.queue and c.unsynced
+    c, _ = run(["Q", ">T", ">C"], exact=True)          # a simple query's T and C pop nothing
+    assert [chr(t) for t in c.queue] == ["Q"]
+
+
+def test_transitions_table_names_only_known_phases():
+    phases = {v for k, v in vars(Phase).items() if not k.startswith("_")}
+    for (src, _event), dst in TRANSITIONS.items():
+        assert src in phases and dst in phases
+
+
+# -- requests with instructions ---------------------------------------------------------------------
+def test_hidden_parse_reply_is_dropped_and_on_done_called():
+    c = Conversation()
+    done = []
+    c.send_request(Request(ord("P"), hide=True, on_done=lambda: done.append(1)))
+    c.send(ord("B"))
+    c.send(ord("S"))
+    assert c.receive(ord("1")) == DROP and done == [1]
+    assert c.receive(ord("2")) == FORWARD
+    assert c.receive(ord("Z"), b"I") == FORWARD and c.idle
+
+
+def test_error_of_a_hidden_parse_reaches_the_client_and_undoes_it():
+    c = Conversation()
+    failed = []
+    c.send_request(Request(ord("P"), hide=True, on_fail=lambda: failed.append("p")))
+    c.send(ord("B"))
+    c.send(ord("S"))
+    assert c.receive(ord("E")) == FORWARD
+    assert failed == ["p"] and [chr(t) if isinstance(t, int) else t for t in c.queue] == ["S"]
+
+
+def test_replaced_error():
+    c = Conversation()
+    ours = be_write.error_response("ERROR", "42P05", 'prepared statement "x" already exists')
+    c.send_request(Request(ord("D"), error=ours))
+    c.send(ord("S"))
+    assert c.receive(ord("E")) == REPLACE and c.replacement == ours
+    assert c.receive(ord("Z"), b"I") == FORWARD and c.idle
+
+
+def test_hidden_query_drops_everything_up_to_its_ready():
+    c = Conversation()
+    c.send_request(Request(ord("Q"), hide=True))
+    c.send(ord("Q"))
+    assert [c.receive(ord(t)) for t in "CN"] == [DROP, DROP]
+    assert c.receive(ord("Z"), b"I") == DROP
+    assert c.receive(ord("C")) == FORWARD and c.receive(ord("Z"), b"I") == FORWARD and c.idle
+
+
+def test_empty_query_replaced_by_a_command_tag():
+    c = Conversation()
+    tag = be_write.command_complete("DEALLOCATE")
+    c.send_request(Request(ord("Q"), empty=tag))
+    assert c.receive(ord("I")) == REPLACE and c.replacement == tag
+    assert c.receive(ord("Z"), b"I") == FORWARD
+
+
+def test_failed_query_request_calls_on_fail_at_its_ready():
+    c = Conversation()
+    seen = []
+    c.send_request(Request(ord("Q"), on_done=lambda: seen.append("done"), on_fail=lambda: seen.append("fail")))
+    c.receive(ord("E"))
+    assert seen == []
+    c.receive(ord("Z"), b"I")
+    assert seen == ["fail"]
+
+
+def test_local_answer_waits_for_the_replies_before_it():
+    c = Conversation(exact=True)
+    c.send(ord("P"))
+    c.send(ord("B"))
+    c.send(ord("E"))
+    c.send_request(Request(LOCAL, local=b"<pc>"))
+    c.send(ord("S"))
+    assert c.output == []
+    c.receive(ord("1"))
+    c.receive(ord("2"))
+    c.receive(ord("D"))
+    assert c.output == []               # the Execute's rows are still coming
+    c.receive(ord("C"))
+    assert c.take_output() == b"<pc>"
+    c.receive(ord("Z"), b"I")
+    assert c.idle
+
+
+def test_local_answer_with_nothing_outstanding_is_due_at_once():
+    c = Conversation()
+    c.send_request(Request(LOCAL, local=b"<cc>"))
+    assert c.take_output() == b"<cc>" and c.idle
+
+
+def test_an_error_skips_local_answers_queued_after_it_and_undoes_them():
+    c = Conversation(exact=True)
+    undone = []
+    c.send(ord("P"))
+    c.send_request(Request(LOCAL, local=b"<pc>", on_fail=lambda: undone.append(1)))
+    c.send(ord("S"))
+    c.receive(ord("E"))
+    assert undone == [1] and c.output == []
+    c.receive(ord("Z"), b"I")
+    assert c.idle
+
+
+def test_requests_sent_while_skipping_are_dropped_and_undone():
+    c = Conversation()
+    c.send(ord("P"))
+    c.receive(ord("E"))
+    undone = []
+    c.send_request(Request(LOCAL, local=b"<pc>", on_fail=lambda: undone.append(1)))
+    assert undone == [1] and c.output == [] and c.skipping
