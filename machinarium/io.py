@@ -349,6 +349,10 @@ class Io:
         """SO_LINGER on with 0 s: close() sends RST and frees the port at once."""
         self.sock.setsockopt(_std.SOL_SOCKET, _std.SO_LINGER, struct.pack("ii", 1, 0))
 
+    def set_linger_off(self) -> None:
+        """SO_LINGER off (the default): close() ends the connection with an orderly FIN."""
+        self.sock.setsockopt(_std.SOL_SOCKET, _std.SO_LINGER, struct.pack("ii", 0, 0))
+
     # -- TLS -----------------------------------------------------------------------------
     def tls_server(self, context, timeout_ms=None) -> None:
         """Upgrade to TLS as the server (after answering 'S' to SSLRequest).

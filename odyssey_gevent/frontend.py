@@ -105,6 +105,12 @@ class Frontend:
                 continue
             if isinstance(msg, CancelRequest):
                 cancel.forward(self.instance, msg.pid, msg.key)
+                # end it as PostgreSQL does, with a FIN: libpq 17+ (PQcancelBlocking, psycopg 3's
+                # cancel_safe) reports a reset here as a failed cancel
+                try:
+                    client.io.set_linger_off()
+                except OSError:
+                    pass
                 return False
             break
         if listen is not None and listen.tls in ("require", "verify_ca", "verify_full") and not client.tls:

@@ -58,3 +58,38 @@ def test_cancel_with_a_wrong_key_does_nothing(cancel_pooler):
         assert cur.fetchone()[1] == 1
     finally:
         con.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("user", ["cancel_tx_user", "cancel_sess_user"])
+def test_psycopg3_cancel_safe_sees_a_clean_close(cancel_pooler, user):
+    """libpq 17+'s blocking cancel (psycopg 3 `cancel_safe`) waits for the server to close the
+    cancel connection and calls a reset a failure: the pooler must close it as PostgreSQL does."""
+    import psycopg
+    import psycopg.errors
+
+    with psycopg.connect(f"host=127.0.0.1 port={cancel_pooler.port} user={user} dbname=db1 sslmode=disable",
+                         autocommit=True) as con:
+        problems: list[BaseException] = []
+
+        def cancel_when_running():
+            try:
+                with psycopg.connect(f"host=127.0.0.1 port={cancel_pooler.port} user={user} "
+                                     f"dbname=db1 sslmode=disable", autocommit=True) as watcher:
+                    for _ in range(200):
+                        row = watcher.execute("select count(*) from pg_stat_activity where query = "
+                                              "'select pg_sleep(10)' and state = 'active'").fetchone()
+                        if row[0]:
+                            break
+                        threading.Event().wait(0.02)
+                con.cancel_safe()
+            except BaseException as e:       # noqa: BLE001 - reported below
+                problems.append(e)
+
+        t = threading.Thread(target=cancel_when_running)
+        t.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            con.execute("select pg_sleep(10)")
+        t.join(20)
+        assert problems == []
+        assert con.execute("select 42").fetchone() == (42,)
