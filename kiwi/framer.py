@@ -15,7 +15,9 @@ the payload but not the type byte. The read contract:
 Limits are in payload bytes (declared length minus 4), as PostgreSQL's ``pq_getmessage
 (buf, maxlen)``. ``FE_LIMITS`` bound what frontends send (PostgreSQL's ``SocketBackend``
 choices; ``p`` gets PG_MAX_AUTH_TOKEN_LENGTH), ``BE_LIMITS`` what PostgreSQL sends (libpq's
-30000-byte rule for short types). ``fe_limits()``/``be_limits()`` build configured tables.
+30000-byte rule for short types), ``FE_RELAY_LIMITS`` what a logged-in client may send (every
+other type byte forbidden). ``fe_limits()``/``be_limits()`` build configured tables. These are
+the only message limits in the project: the relay and every whole-message reader use them.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from kiwi.header import BE, FE, HEADER_B, be_name, fe_name
 __all__ = [
     "MAX_SMALL_MESSAGE", "MAX_LARGE_MESSAGE", "MAX_AUTH_MESSAGE", "MAX_BE_SHORT_MESSAGE",
     "MAX_TINY_MESSAGE", "MAX_BACKEND_KEY_DATA", "Limits", "fe_limits", "be_limits",
-    "FE_LIMITS", "BE_LIMITS", "DEFAULT_LIMITS", "read_header", "message_need",
+    "fe_relay_limits", "FE_LIMITS", "FE_RELAY_LIMITS", "BE_LIMITS", "DEFAULT_LIMITS", "read_header", "message_need",
     "read_message", "Framer",
 ]
 
@@ -95,7 +97,20 @@ def be_limits(large: int = MAX_LARGE_MESSAGE, short: int = MAX_BE_SHORT_MESSAGE,
     return _build(short, over, SERVER, "backend")
 
 
+def fe_relay_limits(large: int = MAX_LARGE_MESSAGE, small: int = MAX_SMALL_MESSAGE) -> Limits:
+    """``fe_limits`` narrowed to the messages a logged-in client may send (PostgreSQL's
+    SocketBackend: Bind, Close, Describe, Execute, FunctionCall, Flush, Parse, Query, Sync,
+    Terminate and the COPY messages); any other type byte is forbidden."""
+    full = fe_limits(large, small)
+    allowed = {int(t) for t in (FE.BIND, FE.CLOSE, FE.DESCRIBE, FE.EXECUTE, FE.FUNCTION_CALL, FE.FLUSH,
+                                FE.PARSE, FE.QUERY, FE.SYNC, FE.TERMINATE, FE.COPY_DATA, FE.COPY_DONE,
+                                FE.COPY_FAIL)}
+    table = [full[t] if t in allowed else _FORBIDDEN for t in range(256)]
+    return Limits(table, CLIENT, "frontend")
+
+
 FE_LIMITS = fe_limits()
+FE_RELAY_LIMITS = fe_relay_limits()
 BE_LIMITS = be_limits()
 # Used when no limits are given: any type >= 0x20 up to the large limit.
 DEFAULT_LIMITS = _build(MAX_LARGE_MESSAGE, {}, CLIENT, "messages")

@@ -14,7 +14,7 @@ from kiwi.errors import KiwiError, ProtocolError
 from kiwi.header import BE, FE
 from kiwi.md5 import md5_salted
 from kiwi.scram import ScramClient, ScramServer
-from odyssey_gevent.io import MAX_AUTH_MESSAGE, read_message
+from odyssey_gevent.io import BE_LIMITS, FE_LIMITS, read_message
 from odyssey_gevent.status import BackendError, FrontendError
 
 AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 3, 5, 10, 11, 12
@@ -26,7 +26,7 @@ def _password_failed(client) -> FrontendError:
 
 
 def _read_password_message(client, timeout_ms) -> bytes:
-    mtype, payload = read_message(client.io, timeout_ms, MAX_AUTH_MESSAGE)
+    mtype, payload = read_message(client.io, timeout_ms, FE_LIMITS)
     if mtype != FE.PASSWORD_MESSAGE:
         raise FrontendError(error_codes.PROTOCOL_VIOLATION, "bad password message")
     return payload
@@ -150,7 +150,7 @@ def backend_authenticate(instance, server, client, request, timeout_ms: int) -> 
 
 def _read_sasl_step(io, code: int, timeout_ms: int):
     """The server's next SASL message, which must be Authentication `code`."""
-    mtype, payload = read_message(io, timeout_ms, MAX_AUTH_MESSAGE)
+    mtype, payload = read_message(io, timeout_ms, BE_LIMITS)
     if mtype == BE.ERROR_RESPONSE:
         fields = fe_read.read_error(payload)
         raise _backend_error(fields.message, fields)

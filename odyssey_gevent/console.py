@@ -14,7 +14,7 @@ import machinarium
 from kiwi import be_read, be_write, error_codes
 from kiwi.header import FE
 from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__
-from odyssey_gevent.io import read_message
+from odyssey_gevent.io import FE_LIMITS, read_message
 from odyssey_gevent.rules import show_rules_rows
 from odyssey_gevent.status import FrontendError, Status, error_message
 
@@ -195,7 +195,7 @@ def _message_name(mtype: int) -> str:
 def run(instance, client) -> Status:
     while True:
         try:
-            mtype, payload = read_message(client.io, None)
+            mtype, payload = read_message(client.io, None, FE_LIMITS)
         except (OSError, machinarium.ConnectionClosed):
             return Status.ECLIENT_READ
         if mtype == FE.TERMINATE:

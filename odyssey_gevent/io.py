@@ -6,26 +6,20 @@ relay (relay.py) never calls these: it forwards raw bytes and reads only message
 """
 from __future__ import annotations
 
-import struct
-
 from kiwi import be_read
-from kiwi.errors import ProtocolError
+from kiwi.framer import BE_LIMITS, FE_LIMITS, Limits, read_header
 
-_HEADER = struct.Struct("!BI")
-
-# The largest message we read whole here; bigger ones are a protocol violation.
-MAX_SERVICE_MESSAGE = 64 * 1024 * 1024
-MAX_AUTH_MESSAGE = 64 * 1024
+__all__ = ["read_message", "read_startup", "BE_LIMITS", "FE_LIMITS"]
 
 
-def read_message(io, timeout_ms: int | None, limit: int = MAX_SERVICE_MESSAGE) -> tuple[int, bytes]:
-    """Read one typed message: (type byte as int, payload). Raises ProtocolError for a length
-    below 4 or over `limit`, machinarium.TimedOut, or an OSError/ConnectionClosed."""
+def read_message(io, timeout_ms: int | None, limits: Limits = BE_LIMITS) -> tuple[int, bytes]:
+    """Read one typed message: (type byte as int, payload). `limits` is kiwi's per-type table
+    for the side that sends (BE_LIMITS for PostgreSQL, FE_LIMITS for a client); a length below 4
+    or over its type's limit raises ProtocolError before the body is read. Also raises
+    machinarium.TimedOut, or an OSError/ConnectionClosed."""
     header = io.read(5, timeout_ms)
-    mtype, length = _HEADER.unpack(header)
-    if length < 4 or length - 4 > limit:
-        raise ProtocolError(f"invalid message length {length} for message type {chr(mtype)!r}")
-    payload = io.read(length - 4, timeout_ms) if length > 4 else b""
+    mtype, size = read_header(header, 0, limits)
+    payload = io.read(size, timeout_ms) if size else b""
     return mtype, payload
 
 

@@ -33,6 +33,7 @@ import threading
 import machinarium
 from machinarium import wait_any
 from kiwi import error_codes
+from kiwi.framer import FE_RELAY_LIMITS
 from kiwi.protocol import REPLACE
 from odyssey_gevent.prepared import _SQL_HEAD
 from odyssey_gevent.status import FrontendError, Status
@@ -43,11 +44,9 @@ _unpack_len = _LEN.unpack_from
 
 # client -> server message types
 _C_QUERY, _C_TERMINATE = b"QX"
-# every frontend message type valid after login
-_C_VALID = bytearray(256)
-for _t in b"BCDEFHPQSXcdfp":
-    _C_VALID[_t] = 1
-_C_VALID = bytes(_C_VALID)
+# what a logged-in client may send, and how long each message may be: kiwi's table (PostgreSQL's
+# limits), -1 for a forbidden type, so one chained comparison checks type and length
+_C_LIMITS = tuple(FE_RELAY_LIMITS)
 _C_INTEREST = bytearray(256)       # 1: the Conversation must know; 3: prepared statements too
 for _t in b"SFcfEH":
     _C_INTEREST[_t] = 1
@@ -75,7 +74,6 @@ for _t in b"CTns":                 # the ends of Describe and Execute (Conversat
     _S_INTEREST_PREPARED[_t] = 1
 _S_INTEREST_PREPARED = bytes(_S_INTEREST_PREPARED)
 
-MAX_CLIENT_MESSAGE = 256 * 1024 * 1024     # a declared length over this is a protocol violation
 
 _local = threading.local()
 
@@ -218,13 +216,13 @@ class Relay:
             pos = end
         else:
             self.c_skip = 0
-            valid = _C_VALID
+            limits = _C_LIMITS
             interest = _C_INTEREST
             prepared = self.prepared
             while pos + 5 <= end:
                 t = buf[pos]
                 length = _unpack_len(buf, pos + 1)[0]
-                if not valid[t] or length < 4 or length > MAX_CLIENT_MESSAGE:
+                if not 0 <= length - 4 <= limits[t]:
                     raise FrontendError(error_codes.PROTOCOL_VIOLATION,
                                         "unexpected message type from client or other protocol violation",
                                         severity="FATAL")

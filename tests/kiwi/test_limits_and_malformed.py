@@ -271,3 +271,13 @@ def test_error_response_without_v_and_negative_keys():
     assert bw.error_response("ERROR", "XX000", "m", V=None) == b"E\0\0\0\x16SERROR\0CXX000\0Mm\0\0"
     assert bw.backend_key_data(-1, -2) == b"K\0\0\0\x0c\xff\xff\xff\xff\xff\xff\xff\xfe"
     assert fw.cancel_request(-1, 1)[8:] == b"\xff\xff\xff\xff\0\0\0\x01"
+
+
+def test_relay_limits_allow_only_what_a_logged_in_client_sends():
+    from kiwi.framer import FE_RELAY_LIMITS
+    allowed = {chr(t) for t in range(256) if FE_RELAY_LIMITS[t] >= 0}
+    assert allowed == set("BCDEFHPQSXcdf")
+    assert FE_RELAY_LIMITS[ord("Q")] == FE_LIMITS[ord("Q")] == MAX_LARGE_MESSAGE
+    assert FE_RELAY_LIMITS[ord("S")] == FE_LIMITS[ord("S")]
+    with pytest.raises(ProtocolError):
+        read_header(header(ord("p"), 8), 0, FE_RELAY_LIMITS)     # a password after login
