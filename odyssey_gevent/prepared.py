@@ -52,6 +52,10 @@ def _message(t: bytes, body: bytes) -> bytes:
     return t + struct.pack("!I", len(body) + 4) + body
 
 
+def _close(name: str) -> bytes:
+    return _message(b"C", b"S" + name.encode() + b"\0")
+
+
 def _cstr(buf, start: int, end: int) -> int:
     """Index of the NUL ending the string at `start` (ProtocolError-free: -1 when missing)."""
     i = buf.find(b"\0", start, end)
@@ -127,7 +131,21 @@ class Registry:
 
 
 class ServerStatements(OrderedDict):
-    """Statement name -> Statement prepared on one server, least recently used first."""
+    """Statement name -> Statement prepared on one server, least recently used first.
+    `pending`: name -> (batch, token) of a Parse sent but not yet answered."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending: dict[str, tuple[int, object]] = {}
+
+    def clear(self) -> None:
+        super().clear()
+        self.pending.clear()
+
+
+def _batch(proto) -> int:
+    """Which batch the next message belongs to: the count of Sync/Query/FunctionCall sent."""
+    return proto.replies + proto.syncs
 
 
 # -- SQL PREPARE / EXECUTE / DEALLOCATE ---------------------------------------------------------
@@ -229,28 +247,62 @@ class Prepared:
         cache = self._statements(server)
         while len(cache) >= SERVER_STATEMENTS_MAX:
             name, _ = cache.popitem(last=False)
-            out.append(_message(b"C", b"S" + name.encode() + b"\0"))
+            cache.pending.pop(name, None)
+            out.append(_close(name))
             server.proto.send_request(Request(_C, hide=True))
+
+    def _usable(self, server, stmt: Statement, out: list) -> bool:
+        """Is `stmt` on `server` for the message being sent now? A statement whose Parse went in
+        an earlier batch still unanswered is not: an error before it in that batch makes the
+        server skip it. It is then prepared again (after a Close, in case it did succeed)."""
+        cache = self._statements(server)
+        name = stmt.name
+        if name not in cache:
+            return False
+        pending = cache.pending.get(name)
+        if pending is not None and pending[0] != _batch(server.proto):
+            del cache[name]
+            del cache.pending[name]
+            out.append(_close(name))
+            server.proto.send_request(Request(_C, hide=True))
+            return False
+        cache.move_to_end(name)
+        return True
+
+    def _register(self, server, stmt: Statement, undo=None):
+        """Record `stmt` on `server` as its Parse is sent: (on_done, on_fail) for that request."""
+        cache = self._statements(server)
+        name = stmt.name
+        token = object()
+        cache[name] = stmt
+        cache.pending[name] = (_batch(server.proto), token)
+
+        def done():
+            if cache.pending.get(name, (0, None))[1] is token:
+                del cache.pending[name]
+
+        def failed():
+            if cache.pending.get(name, (0, None))[1] is token:
+                del cache.pending[name]
+                cache.pop(name, None)
+            if undo is not None:
+                undo()
+        return done, failed
 
     def _ensure(self, server, stmt: Statement, out: list) -> None:
         """Have `stmt` on `server` before the message that needs it: a hidden Parse (or a
         hidden SQL PREPARE) when the server does not have it yet."""
-        cache = self._statements(server)
-        if stmt.name in cache:
-            cache.move_to_end(stmt.name)
+        if self._usable(server, stmt, out):
             return
         self._make_room(server, out)
-        cache[stmt.name] = stmt
-
-        def forget(name=stmt.name):
-            cache.pop(name, None)
+        done, failed = self._register(server, stmt)
         if stmt.parse is not None:
             out.append(stmt.parse)
-            server.proto.send_request(Request(_P, hide=True, on_fail=forget))
+            server.proto.send_request(Request(_P, hide=True, on_done=done, on_fail=failed))
         else:
             sql = f"PREPARE {stmt.name} {stmt.sql}".encode()
             out.append(_message(b"Q", sql + b"\0"))
-            server.proto.send_request(Request(_Q, hide=True, on_fail=forget))
+            server.proto.send_request(Request(_Q, hide=True, on_done=done, on_fail=failed))
 
     def _fail(self, server, error: bytes, out: list | None = None) -> list:
         """Raise `error` on the server's behalf: a request that fails there (so PostgreSQL
@@ -277,20 +329,14 @@ class Prepared:
             if client_map.get(name) is stmt:
                 del client_map[name]
                 self.registry.release(stmt)
-        cache = self._statements(server)
-        if stmt.name in cache:
-            cache.move_to_end(stmt.name)
-            server.proto.send_request(Request(LOCAL, local=PARSE_COMPLETE, on_fail=undo))
-            return []
         out: list = []
+        if self._usable(server, stmt, out):
+            server.proto.send_request(Request(LOCAL, local=PARSE_COMPLETE, on_fail=undo))
+            return out
         self._make_room(server, out)
-        cache[stmt.name] = stmt
-
-        def failed(name=stmt.name):
-            cache.pop(name, None)
-            undo()
+        done, failed = self._register(server, stmt, undo)
         out.append(stmt.parse)
-        server.proto.send_request(Request(_P, on_fail=failed))
+        server.proto.send_request(Request(_P, on_done=done, on_fail=failed))
         return out
 
     def _bind(self, server, buf, start: int, end: int):
@@ -387,29 +433,27 @@ class Prepared:
                 if client_map.get(name) is stmt:
                     del client_map[name]
                     self.registry.release(stmt)
-            cache = self._statements(server)
-            if stmt.name in cache:
-                cache.move_to_end(stmt.name)
-                proto.send_request(Request(_Q, empty=be_write.command_complete("PREPARE"), on_fail=undo))
-                return [_EMPTY_QUERY]
             out: list = []
+            if self._usable(server, stmt, out):
+                proto.send_request(Request(_Q, empty=be_write.command_complete("PREPARE"), on_fail=undo))
+                out.append(_EMPTY_QUERY)
+                return out
             self._make_room(server, out)
-            cache[stmt.name] = stmt
-
-            def failed(name=stmt.name):
-                cache.pop(name, None)
-                undo()
+            done, failed = self._register(server, stmt, undo)
             out.append(_message(b"Q", f"PREPARE {stmt.name} {rest}".encode() + b"\0"))
-            proto.send_request(Request(_Q, on_fail=failed))
+            proto.send_request(Request(_Q, on_done=done, on_fail=failed))
             return out
         # execute
         stmt = client_map.get(name)
         if stmt is None:
             return self._fail_query(server, does_not_exist(name))
         out = []
-        if stmt.parse is not None and stmt.name not in self._statements(server):
+        if stmt.parse is not None and not self._usable(server, stmt, out):
             # a protocol-level statement run by SQL EXECUTE: Parse it in a batch of its own
-            self._ensure(server, stmt, out)
+            self._make_room(server, out)
+            done, failed = self._register(server, stmt)
+            out.append(stmt.parse)
+            proto.send_request(Request(_P, hide=True, on_done=done, on_fail=failed))
             out.append(_SYNC)
             proto.send_request(Request(_S, hide=True))
         else:

@@ -65,6 +65,22 @@ COPY_DONE = msg(b"c")
 FLUSH = msg(b"H")
 
 
+def parse_named(name: str, sql: str) -> bytes:
+    return msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
+
+
+def bind_named(name: str, *params: str) -> bytes:
+    body = b"\0" + name.encode() + b"\0" + struct.pack("!HH", 0, len(params))
+    for p in params:
+        raw = p.encode()
+        body += struct.pack("!i", len(raw)) + raw
+    return msg(b"B", body + struct.pack("!H", 0))
+
+
+def close_named(name: str) -> bytes:
+    return msg(b"C", b"S" + name.encode() + b"\0")
+
+
 def batch(sql: str, *params: str, describe: bool = True, sync: bool = True) -> bytes:
     return parse(sql) + bind(*params) + (DESCRIBE if describe else b"") + EXECUTE + (SYNC if sync else b"")
 
@@ -156,6 +172,7 @@ class Worker:
         self.c = Client(port, user, (prefix, cid))
         self.n = 0
         self.ops_done = 0
+        self.named = {}
         self.log = []
         self.max_wait = 0.0
 
@@ -166,6 +183,79 @@ class Worker:
     def reconnect(self):
         self.max_wait = max(self.max_wait, self.c.max_wait)
         self.c = Client(self.port, self.user, (self.prefix, self.cid))
+        self.named = {}
+
+    # named prepared statements (pool_reserve_prepared_statement): every client uses the same
+    # few names, some for the same text as other clients and some for its own
+    NAMES = ("s0", "s1", "s2")
+
+    def _named_sql(self, name: str) -> str:
+        if name == "s0":                      # one text shared by every client
+            return "select $1::text"
+        return f"select $1::text || '{name}c{self.cid}'"
+
+    def _named_expect(self, name: str, v: str) -> str:
+        return v if name == "s0" else f"{v}{name}c{self.cid}"
+
+    def op_named(self):
+        # Bind/Execute of a statement that may exist on another server only; Parse when new
+        name = self.rng.choice(self.NAMES)
+        v = self.val()
+        data, tags = b"", b""
+        if name not in self.named:
+            data += parse_named(name, self._named_sql(name))
+            tags += b"1"
+            self.named[name] = True
+        data += bind_named(name, v) + EXECUTE + SYNC
+        self.c.w.send(data)
+        expect(self.c.read(1), rows=[[self._named_expect(name, v)]], status="I", tags=tags + b"2DCZ")
+
+    def op_named_pipeline(self):
+        # several statements in one batch with a late Sync, then Close of one and a re-Parse
+        vs = [self.val() for _ in range(3)]
+        data, tags, rows = b"", b"", []
+        for name, v in zip(self.NAMES, vs):
+            if name not in self.named:
+                data += parse_named(name, self._named_sql(name))
+                tags += b"1"
+                self.named[name] = True
+            data += bind_named(name, v) + EXECUTE
+            tags += b"2DC"
+            rows.append([self._named_expect(name, v)])
+        victim = self.rng.choice(self.NAMES)
+        data += close_named(victim)
+        tags += b"3"
+        del self.named[victim]
+        self.c.w.send(data)
+        time.sleep(self.rng.choice([0, 0.01]))
+        self.c.w.send(SYNC)
+        expect(self.c.read(1), rows=rows, status="I", tags=tags + b"Z")
+
+    def op_named_error(self):
+        # a duplicate Parse: 42P05, the rest of the batch skipped, the statement still usable
+        name = self.rng.choice(self.NAMES)
+        v = self.val()
+        data = b""
+        if name not in self.named:
+            data += parse_named(name, self._named_sql(name)) + SYNC
+            self.named[name] = True
+            self.c.w.send(data)
+            expect(self.c.read(1), status="I", tags=b"1Z")
+        self.c.w.send(parse_named(name, "select 1") + bind_named(name, v) + EXECUTE + SYNC
+                      + bind_named(name, v) + EXECUTE + SYNC)
+        expect(self.c.read(2), rows=[[self._named_expect(name, v)]], status="II", errors=["42P05"],
+               tags=b"EZ2DCZ")
+
+    def op_sql_prepared(self):
+        name = f"q{self.rng.randint(0, 1)}"
+        v = self.val()
+        if name not in self.named:
+            expect(self.c.q(f"PREPARE {name}(text) AS select $1 || '{name}c{self.cid}'"), status="I", tags=b"CZ")
+            self.named[name] = True
+        expect(self.c.q(f"EXECUTE {name}('{v}')"), rows=[[f"{v}{name}c{self.cid}"]], status="I")
+        if self.rng.random() < 0.3:
+            expect(self.c.q(f"DEALLOCATE {name}"), status="I", tags=b"CZ")
+            del self.named[name]
 
     # simple protocol
     def op_simple(self):
@@ -403,8 +493,12 @@ class Worker:
                 ("ext_late_sync", 3), ("ext_error", 2), ("error", 2), ("copy_out", 2), ("disconnect", 3),
                 ("flush", 2), ("mixed_pipeline", 2), ("split", 3), ("large", 1))
 
-    def run(self, nops: int):
+    NAMED_OPS = (("named", 6), ("named_pipeline", 3), ("named_error", 2), ("sql_prepared", 3))
+
+    def run(self, nops: int, prepared: bool = False):
         table = self.TX_OPS if self.mode == "transaction" else self.STMT_OPS
+        if prepared:
+            table = table + self.NAMED_OPS
         names = [n for n, _ in table]
         weights = [w for _, w in table]
         for i in range(nops):
@@ -474,26 +568,29 @@ def iso_roles(pg, roles):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("discard", [False, True], ids=["discard_no", "discard_yes"])
-def test_clients_never_see_each_others_results(pg, iso_roles, odyssey, discard):
+@pytest.mark.parametrize("discard,prepared", [(False, False), (True, False), (False, True)],
+                         ids=["discard_no", "discard_yes", "prepared_statements"])
+def test_clients_never_see_each_others_results(pg, iso_roles, odyssey, discard, prepared):
     seed = SEED
     p = odyssey(
-        rule(TX_USER, pool="transaction", pool_size=TX_POOL, pool_timeout=4000, pool_discard=discard),
-        rule(STMT_USER, pool="statement", pool_size=STMT_POOL, pool_timeout=4000, pool_discard=discard),
+        rule(TX_USER, pool="transaction", pool_size=TX_POOL, pool_timeout=4000, pool_discard=discard,
+             pool_reserve_prepared_statement=prepared),
+        rule(STMT_USER, pool="statement", pool_size=STMT_POOL, pool_timeout=4000, pool_discard=discard,
+             pool_reserve_prepared_statement=prepared),
     )
-    tag = f"s{seed % 100000}{'y' if discard else 'n'}"
+    tag = f"s{seed % 100000}{'y' if discard else 'n'}{'p' if prepared else ''}"
     ledger = {"committed": [], "absent": []}
     monitor = Monitor(pg, {TX_USER: TX_POOL, STMT_USER: STMT_POOL})
     monitor.start()
     workers, failures = [], []
     specs = [(TX_USER, "transaction")] * TX_CLIENTS + [(STMT_USER, "statement")] * STMT_CLIENTS
     for cid, (user, mode) in enumerate(specs):
-        rng = random.Random(f"{seed}/{discard}/{cid}")
+        rng = random.Random(f"{seed}/{discard}/{prepared}/{cid}")
         workers.append(Worker(p.port, user, cid, rng, f"{tag}_", mode, ledger))
 
     def body(wk):
         try:
-            wk.run(OPS)
+            wk.run(OPS, prepared)
         except BaseException as e:  # noqa: BLE001 - reported below with the seed
             failures.append((wk.cid, wk.ops_done, wk.log[-3:], "".join(
                 traceback.format_exception_only(type(e), e)).strip()))
