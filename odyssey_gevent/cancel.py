@@ -35,5 +35,8 @@ def forward(instance, pid: int, key: int) -> None:
     if target is None:
         instance.logger.debug("cancel", None, None, "no client matches the cancel key")
         return
-    endpoint, server_pid, server_key, _rule = target
-    send(instance, endpoint, server_pid, server_key)
+    endpoint, server_pid, server_key, _rule, server = target
+    try:
+        send(instance, endpoint, server_pid, server_key)
+    finally:
+        instance.router.cancel_done(server)

@@ -31,6 +31,19 @@ SESSION_LEFTOVERS_QUERY = ("DEALLOCATE ALL; CLOSE ALL; UNLISTEN *; SELECT pg_adv
                            "DISCARD TEMP")
 
 
+def _cancels_done(instance, server) -> bool:
+    """Wait (cancel_timeout_ms at most) until the cancel requests sent for this server's last
+    client have reached PostgreSQL: PostgreSQL ignores a cancel that finds the backend idle, but
+    one that arrives after the server went to the next client would stop that client's query."""
+    timeout = getattr(instance.config, "cancel_timeout_ms", 0) or 1000
+    deadline = machinarium.time_ms() + timeout
+    while server.cancels > 0:
+        if machinarium.time_ms() >= deadline:
+            return False
+        machinarium.sleep(1)
+    return True
+
+
 def _drops_statements(query: str) -> bool:
     q = query.upper()
     return "DISCARD ALL" in q or "DEALLOCATE" in q
@@ -43,6 +56,9 @@ def reset(instance, server, clean: bool) -> bool:
     if server.broken or server.io is None:
         return False
     server.proto.output.clear()            # answers for a client that is gone
+    if server.cancels and not _cancels_done(instance, server):
+        log.info("reset", None, server, "a cancel request for the previous client is still on its way, closing")
+        return False
     if server.drop:
         log.info("reset", None, server, "server marked to be closed (cached plan error), closing")
         return False

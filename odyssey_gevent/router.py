@@ -7,9 +7,9 @@ directly, and so do we: in transaction pooling every transaction attaches and de
 server, and a request/reply round trip through a channel costs a hub wake-up each way (~12 µs in
 one machine, 100-250 µs across threads, see scripts/bench_machinarium.py), where taking an
 uncontended lock costs well under a microsecond. The lock is a plain threading.Lock held only
-for list operations, never across IO. Waiting for a server is a machinarium Event owned by the
-waiting client's machine and signalled (thread-safely) by whoever frees a server, so waiting is
-FIFO and nobody polls.
+for list operations, never across IO; what it guards is written once, in route.py. Waiting for
+a server is a machinarium Event owned by the waiting client's machine and signalled
+(thread-safely) by whoever frees a server, so waiting is FIFO and nobody polls.
 """
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ class Router:
         self.lock = threading.Lock()
         self.routes: dict[tuple, Route] = {}
         self.keys: dict[tuple[int, int], object] = {}     # (pid, secret) -> client, for CancelRequest
-        self.clients = 0                                  # routed clients (global client_max)
 
     # -- routing -----------------------------------------------------------------------------
     def route(self, client) -> Route:
-        """Match the client's rule and register it on its route; raises FrontendError."""
+        """Match the client's rule and register it on its route; raises FrontendError. (The
+        global client_max is checked once, at accept: Instance.client_opened.)"""
         inst = self.instance
         db, user = client.database, client.user
         rule = inst.rules.match(db, user, client.peer_host, client.conn_type, client.tls)
@@ -48,11 +48,7 @@ class Router:
         route_db = rule.storage_db or db
         route_user = rule.storage_user or user
         key = route_key(rule, db, user)
-        client_max = inst.config.client_max
         with self.lock:
-            if client_max and self.clients >= client_max:
-                raise FrontendError(error_codes.TOO_MANY_CONNECTIONS,
-                                    "too many client tcp connections (global client_max)")
             route = self.routes.get(key)
             if route is None:
                 route = self.routes[key] = Route(key, rule, route_db, route_user)
@@ -61,7 +57,6 @@ class Router:
                                     f"too many client tcp connections (client_max for user {db}.{user} "
                                     f"{rule.client_max})")
             route.clients.add(client)
-            self.clients += 1
             self.keys[(client.key_pid, client.key_secret)] = client
             client.rule = rule
             client.route = route
@@ -73,9 +68,7 @@ class Router:
         if route is None:
             return
         with self.lock:
-            if client in route.clients:
-                route.clients.discard(client)
-                self.clients -= 1
+            route.clients.discard(client)
             self.keys.pop((client.key_pid, client.key_secret), None)
             for w in route.waiters:
                 if w.client is client:
@@ -97,12 +90,14 @@ class Router:
                 waiter = Waiter(client, machinarium.Event())
                 route.waiters.append(waiter)
                 client.state = ClientState.QUEUE
+            else:
+                self._link(client, server)
         for dead in offline:                 # closed outside the lock: closing may block
             self.instance.close_server_later(dead)
         if server is None:
             waiter.event.wait(timeout_ms)
             with self.lock:
-                server = waiter.server
+                server = waiter.server       # linked by _give
                 if server is None:
                     try:
                         route.waiters.remove(waiter)
@@ -110,11 +105,15 @@ class Router:
                         pass
                     client.state = ClientState.PENDING
                     raise AttachTimeout()
+        return server
+
+    @staticmethod
+    def _link(client, server: Server) -> None:
+        # under the lock
         server.client = client
         client.server = server
         client.state = ClientState.ACTIVE
-        route.stats.count_server_assignment += 1
-        return server
+        server.route.stats.count_server_assignment += 1
 
     def _take(self, route: Route, pool_size: int, offline: list) -> Server | None:
         # under the lock; offline idle servers are taken out of the pool into `offline`
@@ -139,6 +138,7 @@ class Router:
             if server is None:
                 server = Server(route)
                 route.set_server_state(server, ServerState.ACTIVE)
+            self._link(waiter.client, server)
             waiter.server = server
             waiter.event.signal()
             return
@@ -182,7 +182,7 @@ class Router:
         return server
 
     def remove_idle(self, route: Route, server: Server) -> bool:
-        """Take an idle server out of the pool (cron expiry); False if it was taken meanwhile."""
+        """Take an idle server out of the pool; False if it was taken meanwhile."""
         with self.lock:
             if server.state is not ServerState.IDLE:
                 return False
@@ -190,11 +190,34 @@ class Router:
             self._give(route, None)
             return True
 
+    def remove_idle_if(self, route: Route, expired) -> list[Server]:
+        """Take out of the pool the idle servers for which `expired(server, obsolete)` is true
+        (cron: pool_ttl, server_lifetime, obsolete routes); the caller closes them."""
+        removed = []
+        with self.lock:
+            obsolete = route.obsolete
+            for server in [s for s in route.idle if expired(s, obsolete)]:
+                route.set_server_state(server, ServerState.UNDEF)
+                self._give(route, None)
+                removed.append(server)
+        return removed
+
+    def mark_obsolete(self, kept) -> int:
+        """Config reload: mark the routes whose rule is not in `kept` (a set of rule ids)
+        obsolete; their servers close as they come free. Returns how many were marked."""
+        marked = 0
+        with self.lock:
+            for route in self.routes.values():
+                if id(route.rule) not in kept and not route.obsolete:
+                    route.obsolete = True
+                    marked += 1
+        return marked
+
     def reserve(self, route: Route, limit: int) -> Server | None:
         """A new, unconnected server counted in the route's pool while it has fewer than
-        `limit` servers (min_pool_size pre-opening), else None."""
+        `limit` servers (min_pool_size pre-opening), else None (also for an obsolete route)."""
         with self.lock:
-            if route.server_count >= limit:
+            if route.obsolete or route.server_count >= limit:
                 return None
             server = Server(route)
             route.set_server_state(server, ServerState.ACTIVE)
@@ -214,7 +237,7 @@ class Router:
     def forget_if_unused(self, route: Route) -> None:
         """Drop an obsolete route that has no clients and no servers left."""
         with self.lock:
-            if (not route.clients and not route.active and not route.idle
+            if (route.obsolete and not route.clients and not route.active and not route.idle
                     and self.routes.get(route.key) is route):
                 del self.routes[route.key]
 
@@ -227,7 +250,9 @@ class Router:
 
     # -- cancel ------------------------------------------------------------------------------
     def cancel_target(self, pid: int, secret: int):
-        """The server to cancel for a client's BackendKeyData, or None."""
+        """The server to cancel for a client's BackendKeyData, or None. The server is counted as
+        being cancelled until cancel_done(): reset does not hand it to another client meanwhile,
+        or the cancel could stop that client's query instead."""
         with self.lock:
             client = self.keys.get((pid, secret))
             if client is None:
@@ -236,10 +261,16 @@ class Router:
             if server is None or server.endpoint is None:
                 return None
             client.route.stats.count_cancel += 1
-            return server.endpoint, server.key_pid, server.key_secret, client.rule
+            server.cancels += 1          # the caller must call cancel_done(server)
+            return server.endpoint, server.key_pid, server.key_secret, client.rule, server
+
+    def cancel_done(self, server) -> None:
+        with self.lock:
+            server.cancels -= 1
 
     # -- introspection -----------------------------------------------------------------------
     def snapshot(self) -> list[Route]:
+        """The routes (a copy of the list; their guarded fields are read under the lock)."""
         with self.lock:
             return list(self.routes.values())
 

@@ -1,4 +1,8 @@
-"""A server (backend) connection and its state (mirrors Odyssey sources/server.h)."""
+"""A server (backend) connection and its state (mirrors Odyssey sources/server.h), and the one
+rule for moving server sockets between machines (`park`).
+
+Which fields the router's lock guards is written in route.py.
+"""
 from __future__ import annotations
 
 import enum
@@ -13,13 +17,12 @@ class ServerState(enum.Enum):
     UNDEF = "undef"
     IDLE = "idle"
     ACTIVE = "active"
-    EXPIRE = "expire"
 
 
 class Server:
     __slots__ = ("id", "route", "io", "fd", "endpoint", "endpoint_host", "state", "client",
                  "key_pid", "key_secret", "params", "proto", "prepared",
-                 "created_at", "idle_since", "offline", "broken", "drop", "last_client_id",
+                 "created_at", "idle_since", "offline", "broken", "drop", "cancels", "last_client_id",
                  "baseline", "login_params")
 
     def __init__(self, route):
@@ -27,7 +30,7 @@ class Server:
         self.route = route
         self.io = None              # machinarium Io while connected
         self.fd = None              # a detached fd while parked between machines
-        self.endpoint = None        # odyssey_gevent.backend.Endpoint
+        self.endpoint = None        # odyssey_gevent.config.model.Endpoint it is connected to
         self.endpoint_host = None   # for %H in the log
         self.state = ServerState.UNDEF
         self.client = None
@@ -42,6 +45,7 @@ class Server:
         self.offline = False
         self.broken = False         # an IO error happened: never reuse
         self.drop = False           # close instead of pooling at the next detach (healthy, so Terminate)
+        self.cancels = 0            # cancel requests on their way to PostgreSQL for this server
         self.last_client_id = None
         self.baseline: dict[str, str] = {}   # parameters right after login (what DISCARD ALL restores)
 
@@ -76,3 +80,23 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<Server {self.id} {self.state.value}>"
+
+
+def movable(tls: bool, workers: int) -> bool:
+    """The one rule for server sockets and machines. With one machine (workers 1) nothing moves.
+    With workers > 1 a pooled server belongs to no machine: it is parked as a bare fd and
+    re-attached by whichever machine's client takes it next. A TLS connection cannot do that
+    (its state lives in an SSLObject of the machine that made it), so it is never pooled there."""
+    return workers <= 1 or not tls
+
+
+def park(server: Server, workers: int) -> bool:
+    """Ready a healthy, connected server for the pool (see `movable`): with workers > 1 its
+    socket is detached to `server.fd`. False when it cannot be pooled: the caller closes it."""
+    if workers <= 1:
+        return True
+    if not movable(server.io.is_tls, workers):
+        return False
+    server.fd = server.io.detach()
+    server.io = None
+    return True

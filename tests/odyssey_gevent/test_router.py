@@ -397,7 +397,10 @@ def test_cancel_target():
     assert router.cancel_target(a.key_pid, a.key_secret) is None      # no endpoint yet
     s.endpoint = endpoint = object()
     s.key_pid, s.key_secret = 4242, 99
-    assert router.cancel_target(a.key_pid, a.key_secret) == (endpoint, 4242, 99, a.rule)
+    assert router.cancel_target(a.key_pid, a.key_secret) == (endpoint, 4242, 99, a.rule, a.server)
+    assert a.server.cancels == 1           # until cancel_done: reset will not hand it on meanwhile
+    router.cancel_done(a.server)
+    assert a.server.cancels == 0
     assert a.route.stats.count_cancel == 1
     assert router.cancel_target(b.key_pid, b.key_secret) is None      # routed, no server
     assert router.cancel_target(a.key_pid ^ 1, a.key_secret) is None  # unknown key
