@@ -121,8 +121,15 @@ class Request:
         return f"<Request {kind}{' hide' if self.hide else ''}{' error' if self.error else ''}>"
 
 
+# flags on queued ints (exact mode): a Sync sent after an Execute and before any CopyDone/
+# CopyFail (PostgreSQL ignores it if that Execute turns out to be a COPY FROM STDIN), and an
+# Execute whose CopyDone/CopyFail has already been sent
+_AFTER_EXECUTE = 0x100
+_COPY_SENT = 0x200
+
+
 def _type(entry) -> int:
-    return entry if entry.__class__ is int else entry.type
+    return entry & 0xFF if entry.__class__ is int else entry.type
 
 
 class Conversation:
@@ -199,7 +206,9 @@ class Conversation:
             self.unsynced = False
             if self._exec_syncs >= 0 and not self._copy_ended:
                 self._exec_syncs += 1
-            self._queue(_S)
+                self._queue(_S | _AFTER_EXECUTE if self.exact else _S)
+            else:
+                self._queue(_S)
         elif t == _Q or t == _F:
             if t == _Q:
                 self._exec_syncs = -1
@@ -210,12 +219,19 @@ class Conversation:
                 self._go("client_copy_end")
             else:                            # ... or ends one the server has not started yet
                 self._copy_ended = True
+                if self.exact:               # ... that of the latest Execute
+                    queue = self.queue
+                    for i in range(len(queue) - 1, -1, -1):
+                        entry = queue[i]
+                        if entry.__class__ is int and entry & 0xFF == _E:
+                            queue[i] = entry | _COPY_SENT
+                            break
 
     def _queue(self, t: int) -> None:
         if self.phase == Phase.READY:
             self.phase = Phase.BUSY
         self.queue.append(t)
-        if t in _SYNC_POINTS:
+        if t & 0xFF in _SYNC_POINTS:
             self.syncs += 1
 
     def send_request(self, request: Request) -> None:
@@ -347,7 +363,7 @@ class Conversation:
                 entry.failed = True
                 if entry.on_fail is not None:
                     entry.on_fail()
-            elif entry in _SYNC_POINTS:      # an ignored Query/FunctionCall
+            elif entry & 0xFF in _SYNC_POINTS:   # an ignored Query/FunctionCall
                 self.syncs -= 1
         if queue:
             self._go("error")
@@ -357,7 +373,23 @@ class Conversation:
 
     def _copy_in(self) -> None:
         """CopyInResponse: the Syncs sent since the COPY's Execute (before any CopyDone) are
-        ignored by PostgreSQL; a CopyDone already sent means the COPY is over already."""
+        ignored by PostgreSQL; a CopyDone already sent means the COPY is over already.
+
+        In exact mode the COPY's Execute is at the head of the queue and each entry knows
+        what it needs; otherwise the counters say it for the latest Execute only (enough
+        unless a client pipelines more Executes behind a COPY before the server answers)."""
+        queue = self.queue
+        if self.exact and queue and queue[0].__class__ is int and queue[0] & 0xFF == _E:
+            head = queue.popleft()
+            while queue and queue[0].__class__ is int and queue[0] == _S | _AFTER_EXECUTE:
+                queue.popleft()
+                self.syncs -= 1
+            queue.appendleft(head)
+            if not head & _COPY_SENT:
+                self._go("copy_in_response")
+            self._exec_syncs = -1
+            self._copy_ended = False
+            return
         drop = self._exec_syncs if self._exec_syncs > 0 else 0
         if drop:
             queue = self.queue

@@ -562,6 +562,27 @@ def test_error_in_a_pipeline_skips_to_sync_and_rolls_back(pp, pg):
 
 
 @pytest.mark.timeout(30)
+def test_copy_through_named_statements_in_pipelines(pp, pg):
+    """COPY FROM STDIN and COPY TO STDOUT run through named statements, the data (and CopyDone)
+    in the same write as the Parse/Bind/Execute and its Sync, with the statements prepared on
+    demand on the other server: the reply stream is PostgreSQL's, message for message."""
+    user = "pstmt_err"
+    make_table(pg, "pstmt_copy_t", "x int", user)
+    copy_in = [fw.copy_data(b"1\n"), fw.copy_data(b"2\n"), fw.copy_done()]
+    steps = [
+        [P("S_in", "copy pstmt_copy_t (x) from stdin"), B("S_in"), E(), *copy_in, SYNC],
+        [B("S_in"), E(), *copy_in, SYNC],
+        [P("S_out", "copy (select 42, 'x') to stdout"), B("S_out"), E(), SYNC],
+        [B("S_out"), E(), B("S_in"), E(), *copy_in, SYNC, B("S_out"), E(), SYNC],
+        [Q("select 1")],
+    ]
+    ours, theirs = compare_with_postgres(pp, pg, user, steps)
+    assert ("C", "COPY 2") in theirs[0] and ("d",) in theirs[2]
+    assert_same(ours, theirs)
+    assert direct_count(pg, "pstmt_copy_t") == 2 * 3 * 2   # 3 copies of 2 rows in each run
+
+
+@pytest.mark.timeout(30)
 def test_error_inside_transaction_block_with_named_statements(pp, pg):
     """An error in an explicit transaction (42P05 on a duplicate Parse) leaves it aborted (25P02)
     until ROLLBACK, exactly as PostgreSQL; the statements survive."""

@@ -190,3 +190,27 @@ def test_requests_sent_while_skipping_are_dropped_and_undone():
     undone = []
     c.send_request(Request(LOCAL, local=b"<pc>", on_fail=lambda: undone.append(1)))
     assert undone == [1] and c.output == [] and c.skipping
+
+
+@pytest.mark.parametrize("events", [
+    # a COPY whose data, CopyDone and Sync were sent with a second batch behind it
+    ["B", "E", "d", "c", "S", "B", "E", "S", ">2", ">G", ">C", ">Z:I", ">2", ">C", ">Z:I"],
+    # libpq's order (a Sync right after the Execute, ignored in COPY-in), then another batch
+    ["B", "E", "S", "d", "c", "S", "B", "E", "S", ">2", ">G", ">C", ">Z:I", ">2", ">C", ">Z:I"],
+    # a COPY behind a normal batch, the server answering the first batch late
+    ["B", "E", "S", "B", "E", "d", "c", "S", ">2", ">C", ">Z:I", ">2", ">G", ">C", ">Z:I"],
+])
+def test_exact_mode_counts_pipelined_copy_in_by_its_own_execute(events):
+    c, _ = run(events, exact=True)
+    assert c.broken is None and c.idle and c.replies == 2
+
+
+def test_exact_mode_copy_in_waits_for_the_data_when_none_was_sent():
+    c, _ = run(["B", "E", "S", ">2", ">G"], exact=True)
+    assert c.phase == Phase.COPY_IN and c.syncs == 0        # the Sync is ignored while copying
+    c.send(ord("d"))
+    c.send(ord("c"))
+    c.send(ord("S"))
+    c.receive(ord("C"))
+    c.receive(ord("Z"), b"I")
+    assert c.idle and c.broken is None
