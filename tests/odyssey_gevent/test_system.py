@@ -1,0 +1,408 @@
+"""system.py without PostgreSQL: listener setup (TCP, names, unix socket mode, failures), the
+accept loop's socket options, hand-off and global client_max, reject's clean close, and the
+system machine's signal loop in the main thread (Odyssey system.c)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import struct
+import tempfile
+
+import pytest
+
+import machinarium as mm
+from kiwi import be_write, error_codes, fe_read, fe_write
+from kiwi.framer import Framer
+from kiwi.header import BE
+from odyssey_gevent import system
+from odyssey_gevent.config import reader
+from odyssey_gevent.config.model import Config, Listen
+from odyssey_gevent.instance import Instance
+from odyssey_gevent.logger import Logger
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def _instance(log_file=None, **config):
+    return Instance(Config(**config), Logger("%l (%c) %m\n", to_stdout=False, log_file=log_file), "test.conf")
+
+
+def _read_all(io, timeout_ms=2000) -> bytes:
+    out = bytearray()
+    buf = bytearray(4096)
+    while (n := io.read_into(buf, timeout_ms)) > 0:
+        out += buf[:n]
+    return bytes(out)
+
+
+def _errors(data: bytes):
+    framer = Framer()
+    framer.feed(data)
+    return [fe_read.read_error(p) for t, p in framer if t == BE.ERROR_RESPONSE]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        s = socket.socket(socket.AF_INET6)
+        s.bind(("::1", 0))
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# start_listeners
+
+def test_listen_on_an_address(in_machine):
+    def body():
+        inst = _instance(listen=[Listen(host="127.0.0.1", port=0)])
+        [srv] = system.start_listeners(inst)
+        try:
+            port = srv.io.local[1]
+            c = mm.connect("127.0.0.1", port, 2000)
+            c.close()
+            return srv.name, port, srv.unix_path, srv.listen is inst.config.listen[0]
+        finally:
+            srv.io.close()
+
+    name, port, unix_path, same = in_machine(body)
+    assert name == f"127.0.0.1:{port}" and unix_path is None and same
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6_listener_name_is_bracketed(in_machine):
+    def body():
+        inst = _instance(listen=[Listen(host="::1", port=0)])
+        [srv] = system.start_listeners(inst)
+        port = srv.io.local[1]
+        srv.io.close()
+        return srv.name, port
+
+    name, port = in_machine(body)
+    assert name == f"[::1]:{port}"
+
+
+def test_a_host_name_binds_only_its_first_address(in_machine):
+    def body():
+        inst = _instance(listen=[Listen(host="localhost", port=0)])
+        servers = system.start_listeners(inst)
+        for s in servers:
+            s.io.close()
+        return len(servers)
+
+    assert in_machine(body) == 1
+
+
+def test_star_binds_every_address(in_machine):
+    def body():
+        inst = _instance(listen=[Listen(host="*", port=0)])
+        servers = system.start_listeners(inst)
+        try:
+            return [(s.name, s.io.local) for s in servers]
+        finally:
+            for s in servers:
+                s.io.close()
+
+    found = in_machine(body)
+    assert found
+    for name, local in found:
+        assert name in (f"{local[0]}:{local[1]}", f"[{local[0]}]:{local[1]}")
+    assert any(local[0] == "0.0.0.0" for _, local in found)
+
+
+@pytest.mark.parametrize("mode, expected", [("0600", 0o600), ("0644", 0o644), (None, 0o777)])
+def test_unix_listener_path_and_mode(in_machine, mode, expected):
+    def body():
+        with tempfile.TemporaryDirectory(dir="/tmp") as d:
+            inst = _instance(unix_socket_dir=d, unix_socket_mode=mode, listen=[Listen(host=None, port=6111)])
+            [srv] = system.start_listeners(inst)
+            try:
+                path = os.path.join(d, ".s.PGSQL.6111")
+                st = os.stat(path)
+                c = mm.connect_unix(path, 2000)
+                c.close()
+                return srv.name == path, srv.unix_path == path, stat.S_ISSOCK(st.st_mode), stat.S_IMODE(st.st_mode)
+            finally:
+                srv.io.close()
+
+    assert in_machine(body) == (True, True, True, expected)
+
+
+def test_a_failing_listen_block_is_logged_and_the_others_still_listen(in_machine, tmp_path):
+    log = tmp_path / "log"
+
+    def body():
+        [taken] = mm.listen("127.0.0.1", 0, reuseport=False)
+        busy = taken.local[1]
+        try:
+            inst = _instance(str(log), bindwith_reuseport=False, unix_socket_dir="/nonexistent/dir",
+                             unix_socket_mode="0644",
+                             listen=[Listen(host="127.0.0.1", port=busy), Listen(host=None, port=6112),
+                                     Listen(host="127.0.0.1", port=0)])
+            servers = system.start_listeners(inst)
+            for s in servers:
+                s.io.close()
+            return busy, [s.listen.port for s in servers]
+        finally:
+            taken.close()
+
+    busy, ports = in_machine(body)
+    assert ports == [0]
+    text = log.read_text()
+    assert f"error (server) failed to listen on 127.0.0.1:{busy}:" in text
+    assert "error (server) failed to listen on unix socket:6112:" in text
+
+
+def test_system_main_without_any_listener_returns_1(in_machine, tmp_path):
+    log = tmp_path / "log"
+
+    def body():
+        inst = _instance(str(log), unix_socket_dir="/nonexistent/dir", unix_socket_mode="0644",
+                         listen=[Listen(host=None, port=6113)])
+        return system.system_main(inst)
+
+    assert in_machine(body) == 1
+    assert "fatal (server) failed to bind any listen address" in log.read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# accept_loop
+
+class HandOff:
+    """Stands in for the worker pool at the hand-off: records what accept_loop feeds it."""
+
+    def __init__(self):
+        self.fed = []
+        self.event = mm.Event()
+
+    def feed(self, io, listen, conn_type, peer, local):
+        self.fed.append((io, listen, conn_type, peer, local))
+        self.event.signal()
+
+    def wait(self, n):
+        while len(self.fed) < n:
+            assert self.event.wait(3000), "nothing was fed"
+            self.event = mm.Event()
+        return self.fed
+
+
+def _serve(inst):
+    [srv] = system.start_listeners(inst)
+    pool = HandOff()
+    co = mm.Coroutine(system.accept_loop, inst, srv, pool, name="accept")
+    return srv, pool, co
+
+
+def _sockopt(io, level, opt, size=None):
+    return io.sock.getsockopt(level, opt, size) if size else io.sock.getsockopt(level, opt)
+
+
+def test_accept_feeds_tcp_clients_with_addresses_and_options(in_machine):
+    def body():
+        inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], keepalive=7, keepalive_keep_interval=3,
+                         keepalive_probes=4)
+        srv, pool, co = _serve(inst)
+        try:
+            c = mm.connect("127.0.0.1", srv.io.local[1], 2000)
+            [(io, listen, conn_type, peer, local)] = pool.wait(1)
+            linger = struct.unpack("ii", _sockopt(io, socket.SOL_SOCKET, socket.SO_LINGER, 8))
+            opts = (_sockopt(io, socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, linger,
+                    _sockopt(io, socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+                    _sockopt(io, socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    _sockopt(io, socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    _sockopt(io, socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
+            result = (listen is srv.listen, conn_type, peer == c.local, local == c.peer, opts, inst.clients)
+            io.close(), c.close()
+            return result
+        finally:
+            srv.io.close()
+            co.join(2000)
+
+    listen_ok, conn_type, peer_ok, local_ok, opts, clients = in_machine(body)
+    assert listen_ok and conn_type == "host" and peer_ok and local_ok
+    assert opts == (True, (1, 0), True, 7, 3, 4)
+    assert clients == 1
+
+
+def test_accept_honours_nodelay_and_nolinger_settings(in_machine):
+    def body():
+        inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], nodelay=False, disable_nolinger=True,
+                         keepalive=0)
+        srv, pool, co = _serve(inst)
+        try:
+            c = mm.connect("127.0.0.1", srv.io.local[1], 2000)
+            [(io, *_)] = pool.wait(1)
+            linger = struct.unpack("ii", _sockopt(io, socket.SOL_SOCKET, socket.SO_LINGER, 8))
+            result = (_sockopt(io, socket.IPPROTO_TCP, socket.TCP_NODELAY), linger[0],
+                      _sockopt(io, socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+            io.close(), c.close()
+            return result
+        finally:
+            srv.io.close()
+            co.join(2000)
+
+    assert in_machine(body) == (0, 0, 0)
+
+
+def test_accept_unix_clients_are_local_without_addresses(in_machine):
+    def body():
+        with tempfile.TemporaryDirectory(dir="/tmp") as d:
+            inst = _instance(unix_socket_dir=d, unix_socket_mode="0700", listen=[Listen(host=None, port=6114)])
+            srv, pool, co = _serve(inst)
+            try:
+                c = mm.connect_unix(srv.unix_path, 2000)
+                [(io, _, conn_type, peer, local)] = pool.wait(1)
+                io.close(), c.close()
+                return conn_type, peer, local, inst.clients
+            finally:
+                srv.io.close()
+                co.join(2000)
+
+    assert in_machine(body) == ("local", None, None, 1)
+
+
+def test_accept_loop_ends_when_its_listener_closes(in_machine):
+    def body():
+        inst = _instance(listen=[Listen(host="127.0.0.1", port=0)])
+        srv, pool, co = _serve(inst)
+        mm.sleep(0)
+        srv.io.close()
+        return co.join(2000), co.dead, pool.fed
+
+    assert in_machine(body) == (None, True, [])
+
+
+def test_global_client_max_rejects_at_accept(in_machine):
+    def body():
+        inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], client_max=1)
+        srv, pool, co = _serve(inst)
+        try:
+            port = srv.io.local[1]
+            first = mm.connect("127.0.0.1", port, 2000)
+            pool.wait(1)
+            second = mm.connect("127.0.0.1", port, 2000)
+            second.write(fe_write.startup_message({"user": "u", "database": "d"}))
+            reply = _read_all(second)                  # the error, then a clean EOF
+            fed, clients = len(pool.fed), inst.clients
+            pool.fed[0][0].close(), first.close(), second.close()
+            return reply, fed, clients
+        finally:
+            srv.io.close()
+            co.join(2000)
+
+    reply, fed, clients = in_machine(body)
+    [err] = _errors(reply)
+    assert (err.severity, err.sqlstate) == ("ERROR", error_codes.TOO_MANY_CONNECTIONS)
+    assert err.message.startswith("odyssey: c") and \
+        err.message.endswith(": too many tcp connections (global client_max 1)")
+    assert (fed, clients) == (1, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# reject
+
+def test_reject_delivers_the_error_then_a_clean_eof(in_machine):
+    """The client already sent its startup packet, which nobody reads: closing at once could
+    make the kernel send a reset that destroys the error. reject drains and closes with a FIN."""
+    def body():
+        [lst] = mm.listen("127.0.0.1", 0)
+        try:
+            c = mm.connect("127.0.0.1", lst.local[1], 2000)
+            c.write(fe_write.startup_message({"user": "u", "database": "d", "application_name": "x" * 2000}))
+            io = lst.accept(2000)
+            message = be_write.error_response("ERROR", "53300", "go away")
+            co = mm.Coroutine(system.reject, io, message)
+            got = _read_all(c)            # raises ConnectionResetError on a reset
+            c.close()
+            co.join(3000)
+            return got == message, io.closed
+        finally:
+            lst.close()
+
+    assert in_machine(body) == (True, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the system machine in the main thread: serve, signals, shutdown
+
+CONFIG = """
+log_format "%l (%c) %m\\n"
+log_file "{log}"
+unix_socket_dir "{dir}"
+unix_socket_mode "0700"
+listen {{
+    port 6115
+}}
+storage "pg" {{
+    type "remote"
+    host "127.0.0.1"
+    port 1
+}}
+database "only" {{
+    user "only" {{
+        authentication "none"
+        storage "pg"
+        pool "session"
+    }}
+}}
+"""
+
+
+HANDLED = ["SIGUSR1 received, reopening the log file", "SIGHUP received", "importing changes from",
+           "SIGUSR2 received: online restart is not supported, ignored"]
+
+
+def test_system_main_serves_reloads_and_stops_on_sigterm(tmp_path):
+    sock_dir = tempfile.mkdtemp(dir="/tmp")
+    log = tmp_path / "log"
+    conf = tmp_path / "odyssey.conf"
+    conf.write_text(CONFIG.format(log=log, dir=sock_dir))
+    config = reader.load(str(conf))
+    inst = Instance(config, Logger(config.log_format, to_stdout=False, log_file=config.log_file), str(conf))
+    sock_path = os.path.join(sock_dir, ".s.PGSQL.6115")
+    box = {}
+
+    def client_then_signals(system_machine):
+        try:
+            for _ in range(300):
+                if os.path.exists(sock_path):
+                    break
+                mm.sleep(10)
+            io = mm.connect_unix(sock_path, 2000)
+            io.write(fe_write.startup_message({"user": "nobody", "database": "nodb"}))
+            box["reply"] = _read_all(io)
+            io.close()
+            # the reply proves the signal watcher is installed
+            for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR2):
+                os.kill(os.getpid(), sig)
+            for _ in range(300):        # pending signals arrive in any order: wait for all three
+                text = log.read_text()
+                if all(s in text for s in HANDLED):
+                    break
+                mm.sleep(10)
+        finally:
+            if "reply" in box:
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                system_machine.stop()
+
+    system_machine = mm.Machine("system", system.system_main, inst)
+    helper = mm.Machine("helper", client_then_signals, system_machine).start()
+    try:
+        rc = system_machine.run()
+    finally:
+        helper.join(3000)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    [err] = _errors(box["reply"])
+    assert (err.sqlstate, err.message.split(": ", 2)[2]) == ("3D000", "route for 'nodb.nobody' is not found")
+    assert rc == 0
+    assert not os.path.exists(sock_path)              # the unix socket is removed on the way out
+    text = log.read_text()
+    for line in HANDLED:
+        assert line in text
+    assert text.index("SIGHUP received") < text.index("importing changes from")
+    assert text.index("SIGTERM received, shutting down") > max(text.index(line) for line in HANDLED)
