@@ -2,11 +2,12 @@
 
     python scripts/bench.py                          # throwaway PostgreSQL, c10 and c50, 10 s, 3 rounds
     python scripts/bench.py --clients 10 --seconds 3 --rounds 2 --extended
+    python scripts/bench.py --modes simple,extended,prepared   # pool_reserve_prepared_statement yes
     python scripts/bench.py --pg-host 127.0.0.1 --pg-port 5432 --pg-user bench --init
     python scripts/bench.py --idle-clients 5000      # pooler RSS before/after N idle clients
 
 Method (the one behind the figures in docs/performance.md): every cell runs
-`pgbench -n -S -j 2 -c C -T S -M simple|extended` once per target per round; the target order
+`pgbench -n -S -j 2 -c C -T S -M simple|extended|prepared` once per target per round; the target order
 alternates every round (A B C, then C B A) so drift and warm-up hit every target alike. Reported
 per cell: median TPS, the median of the per-round ratios to PgBouncer and to direct PG, and the
 pooler's and PgBouncer's CPU µs per transaction from /proc/PID/stat utime+stime deltas over each
@@ -59,7 +60,7 @@ database default {
         pool "transaction"
         pool_size ${pool_size}
         pool_discard no
-        pool_reserve_prepared_statement no
+        pool_reserve_prepared_statement ${reserve_prepared}
     }
 }
 """
@@ -80,6 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=int, default=10, help="pgbench -T per run (default 10)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--extended", action="store_true", help="also run -M extended cells")
+    ap.add_argument("--modes", default=None, type=lambda s: [x for x in s.split(",") if x],
+                    help="pgbench -M modes to run, e.g. simple,extended,prepared (default: simple, "
+                         "plus extended with --extended)")
+    ap.add_argument("--prepared-statements", action="store_true",
+                    help="pool_reserve_prepared_statement yes in the pooler (implied by -M prepared)")
     ap.add_argument("--targets", default="odyssey-gevent,direct,pgbouncer",
                     type=lambda s: [x for x in s.split(",") if x])
     ap.add_argument("--pool-size", type=int, default=20)
@@ -90,6 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if (a.pg_host is None) != (a.pg_port is None):
         ap.error("--pg-host and --pg-port go together")
+    if a.modes is None:
+        a.modes = ["simple"] + (["extended"] if a.extended else [])
+    if set(a.modes) - {"simple", "extended", "prepared"} or not a.modes:
+        ap.error("--modes takes simple, extended and prepared")
+    if "prepared" in a.modes:
+        a.prepared_statements = True
     bad = set(a.targets) - {"odyssey-gevent", "direct", "pgbouncer"}
     if bad:
         ap.error(f"unknown targets: {', '.join(sorted(bad))}")
@@ -98,7 +110,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def pgbouncer_ini(listen_port: int, pg_host: str, pg_port: int, workdir: str, pool_size: int = 20) -> str:
+def pgbouncer_ini(listen_port: int, pg_host: str, pg_port: int, workdir: str, pool_size: int = 20,
+                  prepared: bool = False) -> str:
+    """PgBouncer's config; `prepared`: max_prepared_statements (PgBouncer 1.21+ only)."""
+    extra = "max_prepared_statements = 1000\n" if prepared else ""
     return f"""\
 [databases]
 * = host={pg_host} port={pg_port}
@@ -116,7 +131,7 @@ logfile = {workdir}/pgbouncer.log
 log_connections = 0
 log_disconnections = 0
 ignore_startup_parameters = extra_float_digits,options
-"""
+{extra}"""
 
 
 def round_order(targets: list[str], rnd: int) -> list[str]:
@@ -223,6 +238,7 @@ class Bench:
         self.pooler: PoolerProcess | None = None
         self.bouncer: subprocess.Popen | None = None
         self.bouncer_dir: str | None = None
+        self.bouncer_prepared = False
         self.running: subprocess.Popen | None = None
         self.ports: dict[str, int] = {}
         self.pg_host, self.pg_port = args.pg_host, args.pg_port
@@ -266,7 +282,8 @@ class Bench:
     # odyssey-gevent
     def start_pooler(self) -> None:
         self.pooler = PoolerProcess(POOLER_TEMPLATE, pg_host=self.pg_host, pg_port=self.pg_port,
-                                    pool_size=self.a.pool_size)
+                                    pool_size=self.a.pool_size,
+                                    reserve_prepared="yes" if self.a.prepared_statements else "no")
         self.ports["odyssey-gevent"] = self.pooler.port
         self.log(f"odyssey-gevent pid {self.pooler.pid} on 127.0.0.1:{self.pooler.port} ({self.pooler.tmp})")
 
@@ -286,11 +303,20 @@ class Bench:
 
     def start_pgbouncer(self) -> None:
         binary = self.find_pgbouncer()
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+        found = re.search(r"(\d+)\.(\d+)", out)
+        version = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+        # prepared statements in transaction pooling came with PgBouncer 1.21
+        self.bouncer_prepared = "prepared" in self.a.modes and version >= (1, 21)
+        if "prepared" in self.a.modes and not self.bouncer_prepared:
+            self.log(f"pgbouncer {'.'.join(map(str, version))} cannot pool prepared statements: "
+                     "its -M prepared cells are skipped")
         port = free_port()
         self.bouncer_dir = tempfile.mkdtemp(prefix="odyssey-gevent-pgbouncer-")
         ini = os.path.join(self.bouncer_dir, "pgbouncer.ini")
         with open(ini, "w") as f:
-            f.write(pgbouncer_ini(port, self.pg_host, self.pg_port, self.bouncer_dir, self.a.pool_size))
+            f.write(pgbouncer_ini(port, self.pg_host, self.pg_port, self.bouncer_dir, self.a.pool_size,
+                                  prepared=self.bouncer_prepared))
         with open(os.path.join(self.bouncer_dir, "userlist.txt"), "w") as f:
             f.write(f'"{self.a.pg_user}" ""\n')
         kw = {}
@@ -328,7 +354,7 @@ class Bench:
 
     # the two modes of the script
     def tps_matrix(self) -> None:
-        modes = ["simple"] + (["extended"] if self.a.extended else [])
+        modes = self.a.modes
         cells = [(c, m) for c in self.a.clients for m in modes]
         names = [f"c{c} {m}" for c, m in cells]
         results: dict = {}
@@ -337,6 +363,8 @@ class Bench:
             self.log(f"round {rnd + 1}/{self.a.rounds}: {' '.join(order)}")
             for (c, m), name in zip(cells, names):
                 for t in order:
+                    if t == "pgbouncer" and m == "prepared" and not self.bouncer_prepared:
+                        continue
                     r = self.pgbench(t, c, m)
                     r["round"] = rnd
                     results.setdefault((t, name), []).append(r)

@@ -17,8 +17,18 @@ def test_bench_defaults_and_lists():
         ([4, 8], 2, 1, True, 5432, ["direct"])
 
 
+def test_bench_modes():
+    assert bench.parse_args([]).modes == ["simple"]
+    assert bench.parse_args(["--extended"]).modes == ["simple", "extended"]
+    a = bench.parse_args(["--modes", "prepared,simple"])
+    assert a.modes == ["prepared", "simple"] and a.prepared_statements      # -M prepared needs it
+    assert not bench.parse_args(["--modes", "extended"]).prepared_statements
+    assert "max_prepared_statements" in bench.pgbouncer_ini(1, "h", 2, "/w", prepared=True)
+    assert "max_prepared_statements" not in bench.pgbouncer_ini(1, "h", 2, "/w")
+
+
 @pytest.mark.parametrize("argv", [["--pg-host", "x"], ["--targets", "pgpool"], ["--clients", "0"],
-                                  ["--rounds", "0"]])
+                                  ["--rounds", "0"], ["--modes", "fast"]])
 def test_bench_rejects_bad_arguments(argv):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
