@@ -128,7 +128,7 @@ def test_main_sample_contents():
     assert (st.type, st.host, st.port) == ("remote", "127.0.0.1", 5432)
     default = next(r for r in cfg.rules if r.db_is_default and r.user_is_default)
     assert (default.authentication, default.pool, default.pool_size, default.pool_discard,
-            default.pool_reserve_prepared_statement) == ("none", "transaction", 20, False, False)
+            default.pool_reserve_prepared_statement) == ("none", "transaction", 20, False, True)
     assert default.storage is st
     console = next(r for r in cfg.rules if r.db_name == "console")
     assert console.role == "admin" and console.pool == "session" and console.storage.is_local
