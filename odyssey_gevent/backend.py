@@ -105,6 +105,7 @@ def startup(instance, server, client, timeout_ms: int) -> None:
             server.key_pid, server.key_secret = fe_read.read_backend_key_data(payload)
         elif mtype == BE.READY_FOR_QUERY:
             server.proto.tx_status = fe_read.read_ready_for_query(payload)
+            server.baseline = dict(server.params)     # what DISCARD ALL restores (reset.py)
             return
         elif mtype == BE.ERROR_RESPONSE:
             fields = fe_read.read_error(payload)

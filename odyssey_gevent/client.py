@@ -1,4 +1,7 @@
-"""A client connection and its state (mirrors Odyssey sources/client.c and client.h)."""
+"""A client connection and its state (mirrors Odyssey sources/client.c and client.h).
+
+Which fields the router's lock guards is written in route.py.
+"""
 from __future__ import annotations
 
 import enum

@@ -2,8 +2,10 @@
 sources/console.c).
 
 This first cut answers SHOW VERSION, POOLS, DATABASES, CLIENTS, SERVERS, LISTS, RULES,
-IS_PAUSED, SERVER_PREP_STMTS and GLOBAL_PREPARED_STATEMENTS with Odyssey's column names and types; the full console (STATS, ERRORS, KILL_CLIENT,
-RELOAD, PAUSE/RESUME ...) is a later issue. Commands are dispatched through a table.
+IS_PAUSED, SERVER_PREP_STMTS and GLOBAL_PREPARED_STATEMENTS with Odyssey's column names and
+types; the full console (STATS, ERRORS, KILL_CLIENT, RELOAD, PAUSE/RESUME ...) is a later issue.
+Commands are dispatched through a table. Rows are built under the router's lock (the rule is in
+route.py), which is never held across IO: the reply is written after it is released.
 """
 from __future__ import annotations
 
@@ -42,10 +44,12 @@ def show_pools(instance):
             ("sv_idle", INT8), ("sv_used", INT8), ("sv_tested", INT8), ("sv_login", INT8), ("maxwait", INT8),
             ("maxwait_us", INT8), ("pool_mode", TEXT)]
     rows = []
-    for r in instance.router.snapshot():
-        c = r.client_counts()
-        rows.append([r.db, r.user, c["active"], c["pending"], len(r.active), len(r.idle), 0, 0, 0, 0, 0,
-                     r.rule.pool])
+    router = instance.router
+    with router.lock:
+        for r in router.routes.values():
+            c = r.client_counts()
+            rows.append([r.db, r.user, c["active"], c["pending"], len(r.active), len(r.idle), 0, 0, 0, 0, 0,
+                         r.rule.pool])
     return cols, rows
 
 
@@ -54,10 +58,12 @@ def show_databases(instance):
             ("pool_size", INT8), ("reserve_pool", INT8), ("pool_mode", TEXT), ("max_connections", INT8),
             ("current_connections", INT8), ("paused", INT8), ("disabled", INT8)]
     rows = []
-    for r in instance.router.snapshot():
-        st = r.rule.storage
-        rows.append([r.db, st.host if st else None, st.port if st else 0, r.rule.db_name, r.rule.user_name,
-                     r.rule.pool_size, 0, r.rule.pool, r.rule.client_max or 0, r.server_count, 0, 0])
+    router = instance.router
+    with router.lock:
+        for r in router.routes.values():
+            st = r.rule.storage
+            rows.append([r.db, st.host if st else None, st.port if st else 0, r.rule.db_name, r.rule.user_name,
+                         r.rule.pool_size, 0, r.rule.pool, r.rule.client_max or 0, r.server_count, 0, 0])
     return cols, rows
 
 
@@ -67,10 +73,12 @@ def show_clients(instance):
             ("request_time", TEXT), ("wait", INT4), ("wait_us", INT4), ("id", TEXT), ("ptr", TEXT), ("coro", INT4),
             ("remote_pid", INT4), ("tls", TEXT)]
     rows = []
-    for r in instance.router.snapshot():
-        for c in list(r.clients):
-            rows.append(["C", c.user, c.database, c.state.value, r.user, c.peer_host or "", c.peer_port or 0,
-                         c.local_host or "", c.local_port or 0, None, None, 0, 0, c.id, "", 0, 0, ""])
+    router = instance.router
+    with router.lock:
+        for r in router.routes.values():
+            for c in r.clients:
+                rows.append(["C", c.user, c.database, c.state.value, r.user, c.peer_host or "", c.peer_port or 0,
+                             c.local_host or "", c.local_port or 0, None, None, 0, 0, c.id, "", 0, 0, ""])
     return cols, rows
 
 
@@ -80,22 +88,26 @@ def show_servers(instance):
             ("wait", INT4), ("wait_us", INT4), ("ptr", TEXT), ("link", TEXT), ("remote_pid", INT4), ("tls", TEXT),
             ("offline", TEXT)]
     rows = []
-    for r in instance.router.snapshot():
-        for s in list(r.idle) + list(r.active):
-            ep = s.endpoint
-            rows.append(["S", r.user, r.db, s.state.value, ep.host if ep else "", ep.port if ep else 0, "", 0,
-                         None, None, 0, 0, s.id, "", s.key_pid, r.rule.storage.tls if r.rule.storage else "",
-                         "1" if s.offline else "0"])
+    router = instance.router
+    with router.lock:
+        for r in router.routes.values():
+            for s in list(r.idle) + list(r.active):
+                ep = s.endpoint
+                rows.append(["S", r.user, r.db, s.state.value, ep.host if ep else "", ep.port if ep else 0, "", 0,
+                             None, None, 0, 0, s.id, "", s.key_pid, r.rule.storage.tls if r.rule.storage else "",
+                             "1" if s.offline else "0"])
     return cols, rows
 
 
 def show_lists(instance):
-    routes = instance.router.snapshot()
+    router = instance.router
+    with router.lock:
+        routes = list(router.routes.values())
+        used_clients = sum(len(r.clients) for r in routes)
+        free_servers = sum(len(r.idle) for r in routes)
+        used_servers = sum(len(r.active) for r in routes)
     users = {r.user for r in routes}
     dbs = {r.db for r in routes}
-    used_clients = sum(len(r.clients) for r in routes)
-    free_servers = sum(len(r.idle) for r in routes)
-    used_servers = sum(len(r.active) for r in routes)
     items = [("databases", len(dbs)), ("users", len(users)), ("pools", len(routes)), ("free_clients", 0),
              ("used_clients", used_clients), ("login_clients", 0), ("routing_clients", 0),
              ("free_servers", free_servers), ("used_servers", used_servers), ("dns_names", 0), ("dns_zones", 0),
@@ -127,12 +139,12 @@ def show_server_prep_stmts(instance):
     cols = [("type", TEXT), ("user", TEXT), ("database", TEXT), ("sid", TEXT), ("name", TEXT),
             ("definition", TEXT), ("refcount", TEXT)]
     rows = []
-    for r in instance.router.snapshot():
-        with instance.router.lock:
-            servers = list(r.idle) + list(r.active)
-        for s in servers:
-            for stmt in _server_statements(s):
-                rows.append(["S", r.user, r.db, s.id, stmt.name, stmt.definition, stmt.refcount])
+    router = instance.router
+    with router.lock:
+        servers = [(r, s) for r in router.routes.values() for s in list(r.idle) + list(r.active)]
+    for r, s in servers:
+        for stmt in _server_statements(s):
+            rows.append(["S", r.user, r.db, s.id, stmt.name, stmt.definition, stmt.refcount])
     return cols, rows
 
 

@@ -7,26 +7,28 @@ import time
 import machinarium
 from machinarium import tls
 from odyssey_gevent import backend
+from odyssey_gevent.server import movable, park
 
 
 def expire(instance) -> int:
-    """Close idle servers idle for pool_ttl seconds or older than server_lifetime; returns count."""
+    """Close idle servers idle for pool_ttl seconds or older than server_lifetime (every idle
+    server of an obsolete route); returns count."""
     now = time.monotonic()
     closed = 0
     router = instance.router
     for route in router.snapshot():
         rule = route.rule
-        for server in list(route.idle):
-            idle_for = now - server.idle_since
-            age = now - server.created_at
-            if (rule.pool_ttl > 0 and idle_for >= rule.pool_ttl) or \
-               (rule.server_lifetime > 0 and age >= rule.server_lifetime) or route.obsolete or server.offline:
-                if router.remove_idle(route, server):
-                    instance.logger.debug("expire", None, server, "closing idle server connection")
-                    backend.close(instance, server)
-                    closed += 1
-        if route.obsolete:
-            router.forget_if_unused(route)
+
+        def expired(server, obsolete) -> bool:       # called under the router's lock
+            return (obsolete or server.offline
+                    or (rule.pool_ttl > 0 and now - server.idle_since >= rule.pool_ttl)
+                    or (rule.server_lifetime > 0 and now - server.created_at >= rule.server_lifetime))
+
+        for server in router.remove_idle_if(route, expired):
+            instance.logger.debug("expire", None, server, "closing idle server connection")
+            backend.close(instance, server)
+            closed += 1
+        router.forget_if_unused(route)
     return closed
 
 
@@ -37,18 +39,17 @@ def fill_min_pool(instance) -> int:
     router = instance.router
     for route in router.snapshot():
         want = route.rule.min_pool_size
-        if want <= 0 or route.obsolete:
+        if want <= 0:
             continue
         storage = route.rule.storage
-        if instance.workers > 1 and storage is not None and tls.sslmode_tries_tls_first(storage.tls):
-            continue    # a TLS connection opened here could not move to the workers' machines
+        if storage is not None and not movable(tls.sslmode_tries_tls_first(storage.tls), instance.workers):
+            continue    # its servers could not be pooled (server.movable)
         while True:
-            server = router.reserve(route, want)
+            server = router.reserve(route, want)     # None once full, or obsolete
             if server is None:
                 break
             try:
                 backend.connect(instance, server, None)
-                server.baseline = dict(server.params)
             except Exception as e:  # a failed pre-open is retried next tick
                 instance.logger.error("min_pool", None, server, "failed to pre-open a server: %s", e)
                 server.broken = True
@@ -57,9 +58,10 @@ def fill_min_pool(instance) -> int:
                 break
             if route.params is None:
                 route.params = list(server.login_params)
-            if instance.workers > 1 and not server.io.is_tls:
-                server.fd = server.io.detach()
-                server.io = None
+            if not park(server, instance.workers):
+                router.discard(route, server)
+                backend.close(instance, server)
+                break
             router.put_idle(route, server)
             opened += 1
     return opened
@@ -71,17 +73,19 @@ class _Rates:
 
 
 def log_stats(instance, rates: _Rates, interval: float) -> None:
-    for route in instance.router.snapshot():
+    router = instance.router
+    for route in router.snapshot():
         st = route.stats
         prev = rates.prev.get(route.key, (0, 0, 0, 0))
         cur = (st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent)
         rates.prev[route.key] = cur
         d = [int((c - p) / interval) for c, p in zip(cur, prev)]
+        with router.lock:
+            counts = len(route.clients), len(route.active), len(route.idle)
         instance.logger.info("stats", None, None,
                              "[%s.%s] %d clients, %d active servers, %d idle servers, %d transactions/sec, "
                              "%d queries/sec, %d in bytes/sec, %d out bytes/sec",
-                             route.db, route.user, len(route.clients), len(route.active), len(route.idle),
-                             d[0], d[1], d[2], d[3])
+                             route.db, route.user, *counts, d[0], d[1], d[2], d[3])
 
 
 def cron_main(instance) -> None:
@@ -102,7 +106,7 @@ def cron_main(instance) -> None:
 
 
 def close_all_servers(instance) -> None:
-    for route in instance.router.snapshot():
-        for server in list(route.idle):
-            if instance.router.remove_idle(route, server):
-                backend.close(instance, server)
+    router = instance.router
+    for route in router.snapshot():
+        for server in router.remove_idle_if(route, lambda server, obsolete: True):
+            backend.close(instance, server)

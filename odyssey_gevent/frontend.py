@@ -19,6 +19,7 @@ from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
 from odyssey_gevent.relay import Relay
 from odyssey_gevent.router import AttachTimeout
+from odyssey_gevent.server import park
 from odyssey_gevent.status import BackendError, FrontendError, Status, error_message
 
 # startup parameters that are not session parameters to maintain
@@ -240,7 +241,6 @@ class Frontend:
                                     detail=fields.detail, hint=fields.hint) from None
             raise FrontendError(error_codes.CONNECTION_FAILURE,
                                 f"failed to connect to remote server {server.id}", severity="FATAL") from None
-        server.baseline = dict(server.params)
         self.logger.debug("attach", client, server, "new server connection")
 
     def detach(self, reset_first: bool = True) -> None:
@@ -251,13 +251,7 @@ class Frontend:
         instance = self.instance
         clean = client.relay is None or client.relay.server_clean
         ok = reset.reset(instance, server, clean) if reset_first else clean
-        if ok:
-            if instance.workers > 1 and server.io.is_tls:
-                ok = False               # a TLS connection cannot move to another machine
-            elif instance.workers > 1:
-                server.fd = server.io.detach()
-                server.io = None
-        if ok:
+        if ok and park(server, instance.workers):
             instance.router.detach(client)
         else:
             self._drop_server(server)
@@ -401,7 +395,7 @@ class Frontend:
                                  client.rule.db_name, client.rule.user_name,
                                  int((time.monotonic() - client.time_accept) * 1e6), detail)
             client.io.close()
-            instance.client_closed(client)
+            instance.client_closed()
 
 
 class _ServerFailure(Exception):

@@ -18,12 +18,6 @@ from odyssey_gevent.router import Router
 from odyssey_gevent.rules import Rules
 
 
-def resolve_workers(workers) -> int:
-    if workers in (None, "auto"):
-        return max(1, ((os.cpu_count() or 1) + 1) // 2) if workers == "auto" else 1
-    return max(1, int(workers))
-
-
 class Instance:
     def __init__(self, config, logger: Logger, config_path: str):
         self.config = config
@@ -31,21 +25,27 @@ class Instance:
         self.logger = logger
         self.rules = Rules(config, reverse_dns=machinarium.reverse_dns)
         self.router = Router(self)
-        self.workers = resolve_workers(config.workers)
+        # the config reader resolved "auto"; the worker pool keeps the count it started with
+        self.workers = config.workers
         self._endpoint_rr = itertools.count()
         self._lock = threading.Lock()
-        self.clients = 0          # accepted client sockets (global client_max)
+        self.clients = 0          # accepted client sockets: the one count global client_max limits
         self._tls = {}
         self.verbose = False
 
     def next_endpoint(self) -> int:
         return next(self._endpoint_rr)
 
-    def client_opened(self) -> None:
+    def client_opened(self) -> bool:
+        """Count a newly accepted client; False (not counted) when global client_max is reached."""
+        client_max = self.config.client_max
         with self._lock:
+            if client_max and self.clients >= client_max:
+                return False
             self.clients += 1
+            return True
 
-    def client_closed(self, client) -> None:
+    def client_closed(self) -> None:
         with self._lock:
             self.clients -= 1
 
@@ -109,11 +109,7 @@ class Instance:
         self.rules = Rules(config, reverse_dns=machinarium.reverse_dns)
         self.logger.configure(config.log_format, self.logger.to_stdout, config.log_file,
                               config.log_debug or self.verbose, self.logger.silent)
-        obsolete = 0
-        for route in self.router.snapshot():
-            if id(route.rule) not in kept and not route.obsolete:
-                route.obsolete = True
-                obsolete += 1
+        obsolete = self.router.mark_obsolete(kept)
         self.logger.info("rules", None, None, "reconfigure rules: %d routes scheduled for removal", obsolete)
         return True
 

@@ -1,8 +1,32 @@
 """A route: the pool of one (database, user, rule) key (mirrors Odyssey sources/route.c,
 route_pool.c, server_pool.c and client_pool.c).
 
-All fields but `prepared` (which has its own lock) are guarded by the router's lock; a server
-changes list only in `set_server_state`.
+The lock rule (written here only). `Router.lock` is a plain threading.Lock, taken for list and
+field updates only, never across IO or anything that could switch coroutines. It guards:
+
+* the router's `routes` and `keys`;
+* a Route's `idle`, `active`, `clients`, `waiters` and `obsolete`;
+* a Server's `state` (changed only by `Route.set_server_state`/`take_idle`), `client` and
+  `idle_since`;
+* a Client's `server` and `state` (and `route`/`rule`, set once when it is routed).
+
+Whoever reads those from another coroutine takes the lock (the console, cron, cancel). A
+client's own coroutine reads its `server` and `state` without it: they change only through its
+own router calls, or in `Router._give` while it is parked in `Router.attach`.
+
+Not under the lock:
+
+* set before the object is shared, then constant: a Route's `key`, `rule`, `db`, `user`, `stats`
+  and `prepared` objects; a Server's `id`, `route`, `created_at`; a Client's identity and
+  addresses;
+* `Route.prepared` has its own lock (prepared.Registry);
+* `Route.stats` counters are bumped by each client's relay without a lock: statistics, where
+  workers > 1 may lose an increment;
+* `Route.params` is written by whichever login first learns the route's ParameterStatus (a
+  racing second login writes an equal list) and read without the lock;
+* the rest of a Server (io, fd, proto, params, prepared, broken, drop ...) belongs to whoever
+  holds it: the client it is attached to, or the cron coroutine that took it out of the pool.
+  The console reads some of it for display only.
 """
 from __future__ import annotations
 
@@ -14,7 +38,10 @@ from odyssey_gevent.server import Server, ServerState
 
 
 class RouteStats:
-    """Counters the relay bumps; read by the console and the stats log (mirrors od_stat_t)."""
+    """Per-route counters (mirrors od_stat_t). The relay bumps count_query, count_tx and the
+    byte counts without the lock (see above); the router bumps count_server_assignment and
+    count_cancel under it. The stats log reads the first four; SHOW STATS (a later issue) will
+    read the rest."""
     __slots__ = ("count_query", "count_tx", "bytes_recv", "bytes_sent", "query_time_us", "tx_time_us",
                  "wait_time_us", "count_server_assignment", "count_cancel")
 
@@ -73,7 +100,8 @@ class Route:
         return len(self.idle) + len(self.active)
 
     def client_counts(self) -> dict:
-        counts = collections.Counter(c.state for c in list(self.clients))
+        """Clients by state (under the router's lock)."""
+        counts = collections.Counter(c.state for c in self.clients)
         return {"active": counts[ClientState.ACTIVE], "pending": counts[ClientState.PENDING],
                 "queue": counts[ClientState.QUEUE]}
 

@@ -181,15 +181,6 @@ class Router:
             self._give(route, None)
         return server
 
-    def remove_idle(self, route: Route, server: Server) -> bool:
-        """Take an idle server out of the pool; False if it was taken meanwhile."""
-        with self.lock:
-            if server.state is not ServerState.IDLE:
-                return False
-            route.set_server_state(server, ServerState.UNDEF)
-            self._give(route, None)
-            return True
-
     def remove_idle_if(self, route: Route, expired) -> list[Server]:
         """Take out of the pool the idle servers for which `expired(server, obsolete)` is true
         (cron: pool_ttl, server_lifetime, obsolete routes); the caller closes them."""

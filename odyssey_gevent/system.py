@@ -76,13 +76,12 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
             continue
         backoff = 0
         config = instance.config
-        if config.client_max and instance.clients >= config.client_max:
+        if not instance.client_opened():
             err = FrontendError(error_codes.TOO_MANY_CONNECTIONS,
                                 f"too many tcp connections (global client_max {config.client_max})")
             log.error("server", None, None, "%s", err.message)
             machinarium.coroutine_create(reject, io, error_message(err, new_id("c")), name="reject")
             continue
-        instance.client_opened()
         peer = local = None
         if conn_type == "host":
             try:
@@ -99,7 +98,7 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
                 local = (loc[0], loc[1])
             except OSError:
                 io.close()
-                instance.client_closed(None)
+                instance.client_closed()
                 continue
         pool.feed(io, server.listen, conn_type, peer, local)
         machinarium.sleep(0)      # let the new client start before the next accept

@@ -31,7 +31,7 @@ def worker_main(instance, channel) -> None:
         try:
             io = machinarium.Io.attach(fd)
         except OSError:
-            instance.client_closed(None)
+            instance.client_closed()
             continue
         _spawn(instance, io, listen, conn_type, peer, local)
 

@@ -70,7 +70,6 @@ def test_route_registers_client_and_key():
     route = c1.route
     assert c2.route is route
     assert route.clients == {c1, c2}
-    assert router.clients == 2
     assert router.keys[(c1.key_pid, c1.key_secret)] is c1
     assert c1.rule is route.rule and c1.state is ClientState.PENDING
     assert (route.db, route.user) == ("db", "user")
@@ -92,22 +91,14 @@ def test_unknown_route_is_3d000():
         router.route(c)
     assert ei.value.sqlstate == error_codes.INVALID_CATALOG_NAME == "3D000"
     assert ei.value.message == "route for 'nodb.nouser' is not found"
-    assert router.clients == 0 and not router.keys and c.route is None
+    assert not router.routes and not router.keys and c.route is None
 
 
-def test_global_client_max():
-    router = make_router(global_max=2)
+def test_global_client_max_is_not_the_routers():
+    """The global client_max is counted once, at accept (Instance.client_opened)."""
+    router = make_router(global_max=1)
     a, b = routed(router), routed(router, "other", "u")
-    c = client()
-    with pytest.raises(FrontendError) as ei:
-        router.route(c)
-    assert ei.value.sqlstate == error_codes.TOO_MANY_CONNECTIONS == "53300"
-    assert ei.value.message == "too many client tcp connections (global client_max)"
-    assert router.clients == 2 and c.route is None
-    assert (c.key_pid, c.key_secret) not in router.keys
-    router.unroute(a)
-    router.route(c)
-    assert router.clients == 2 and c in c.route.clients and b.route is not c.route
+    assert a.route.clients == {a} and b.route.clients == {b}
 
 
 def test_per_route_client_max():
@@ -118,21 +109,21 @@ def test_per_route_client_max():
         router.route(c)
     assert ei.value.sqlstate == "53300"
     assert ei.value.message == "too many client tcp connections (client_max for user db.alice 1)"
-    assert router.clients == 1 and a.route.clients == {a}
+    assert a.route.clients == {a} and (c.key_pid, c.key_secret) not in router.keys
     # another route has its own count
     routed(router, "db", "bob")
     router.unroute(a)
     assert a.route.clients == set() and a.state is ClientState.UNDEF
     router.route(c)
-    assert router.clients == 2
+    assert c in c.route.clients
 
 
-def test_unroute_twice_counts_once():
+def test_unroute_twice_is_harmless():
     router = make_router()
     a = routed(router)
     router.unroute(a)
     router.unroute(a)
-    assert router.clients == 0 and not router.keys
+    assert not a.route.clients and not router.keys
     router.unroute(client())      # never routed: no-op
 
 
@@ -236,14 +227,64 @@ def test_close_drops_the_server_and_frees_the_slot():
     assert s2 is not s and not s2.connected
 
 
-def test_remove_idle():
-    router = make_router(pool_size=1)
-    a = routed(router)
-    s = router.attach(a, 0)
-    assert router.remove_idle(a.route, s) is False      # active: taken meanwhile
+def test_remove_idle_if_takes_only_idle_servers_that_match():
+    router = make_router(pool_size=3)
+    a, b, c = routed(router), routed(router), routed(router)
+    sa, sb, sc = router.attach(a, 0), router.attach(b, 0), router.attach(c, 0)
     router.detach(a)
-    assert router.remove_idle(a.route, s) is True
-    assert s.state is ServerState.UNDEF and a.route.server_count == 0
+    router.detach(b)
+    seen = []
+
+    def expired(server, obsolete):
+        seen.append((server, obsolete))
+        return server is sa or server is sc
+    assert router.remove_idle_if(a.route, expired) == [sa]       # sc is active: never asked
+    assert {s for s, _ in seen} == {sa, sb} and not any(o for _, o in seen)
+    assert sa.state is ServerState.UNDEF and a.route.idle == [sb] and a.route.server_count == 2
+    a.route.obsolete = True
+    assert router.remove_idle_if(a.route, lambda s, obsolete: obsolete) == [sb]
+
+
+def test_a_freed_server_is_linked_to_the_waiter_under_the_lock(in_machine):
+    """client.server/server.client change only under the router's lock: a waiter is linked to
+    its server by whoever frees it, before the waiter even wakes."""
+    def body():
+        router = make_router(pool_size=1)
+        a, b = routed(router), routed(router)
+        s = router.attach(b, 0)
+        got = {}
+        co = mm.Coroutine(lambda: got.setdefault("server", router.attach(a, 2000)))
+        _wait_for(lambda: len(a.route.waiters) == 1)
+        router.detach(b)                       # no switch before the checks below
+        linked = (a.server is s, s.client is a, a.state is ClientState.ACTIVE, s.state is ServerState.ACTIVE)
+        co.join(2000)
+        return linked, got["server"] is s, a.route.stats.count_server_assignment
+
+    assert in_machine(body) == ((True, True, True, True), True, 2)
+
+
+def test_mark_obsolete_counts_each_route_once():
+    rule_a, rule_b = make_rule(), make_rule()
+    router = make_router(rules=FakeRules(rule_a, **{"db.b": rule_b}))
+    a, b = routed(router, "db", "a"), routed(router, "db", "b")
+    assert router.mark_obsolete({id(rule_b)}) == 1
+    assert a.route.obsolete and not b.route.obsolete
+    assert router.mark_obsolete({id(rule_b)}) == 0
+
+
+def test_obsolete_routes_get_no_new_servers_and_are_forgotten_when_empty():
+    router = make_router()
+    a = routed(router)
+    route = a.route
+    router.forget_if_unused(route)
+    assert route.key in router.routes                 # not obsolete: kept even if unused
+    route.obsolete = True
+    assert router.reserve(route, 10) is None          # min_pool_size pre-opening stops
+    router.forget_if_unused(route)
+    assert route.key in router.routes                 # a client is still routed
+    router.unroute(a)
+    router.forget_if_unused(route)
+    assert route.key not in router.routes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,7 +418,7 @@ def test_unroute_removes_waiter_and_key(in_machine):
         _wait_for(lambda: len(a.route.waiters) == 1)
         router.unroute(b)
         assert not a.route.waiters and (b.key_pid, b.key_secret) not in router.keys
-        assert b not in a.route.clients and router.clients == 1
+        assert b not in a.route.clients and a.route.clients == {a}
         router.detach(a)                     # nobody waits: goes idle
         assert a.route.idle == [s]
         co.join(2000)
