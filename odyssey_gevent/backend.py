@@ -51,8 +51,9 @@ def connect(instance, server, client=None) -> None:
     timeout = config.backend_connect_timeout_ms
     endpoints = storage_endpoints(rule.storage, config)
     last_error = None
+    first = instance.next_endpoint()           # round robin over connects, each endpoint once per connect
     for i in range(len(endpoints)):
-        endpoint = endpoints[(instance.next_endpoint() + i) % len(endpoints)]
+        endpoint = endpoints[(first + i) % len(endpoints)]
         try:
             io = open_connection(endpoint, config, timeout)
         except (OSError, machinarium.TimedOut) as e:

@@ -312,8 +312,6 @@ def test_connect_sends_startup_with_route_and_backend_options(in_machine):
     assert params["server_version"] == "16.2" and connected
 
 
-@pytest.mark.xfail(strict=True, reason="bug: connect() calls instance.next_endpoint() once per try, "
-                   "so with 2 endpoints the second try picks the dead first one again")
 def test_connect_skips_a_dead_endpoint_and_logs_it(in_machine, tmp_path):
     log = tmp_path / "log"
 
@@ -359,8 +357,6 @@ def test_connect_round_robins_the_first_endpoint(in_machine):
     assert used == ports
 
 
-@pytest.mark.xfail(strict=True, reason="bug: connect() calls instance.next_endpoint() once per try: "
-                   "with 4 dead endpoints it tries two of them twice and never the other two")
 def test_connect_tries_every_endpoint_once(in_machine, tmp_path):
     """Failover order: whatever endpoint the round robin starts at, each is tried exactly once."""
     log = tmp_path / "log"
