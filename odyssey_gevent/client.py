@@ -27,7 +27,7 @@ class Client:
     __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "local_host",
                  "local_port", "startup", "user", "database", "params", "vars", "rule", "route", "server",
                  "state", "key_pid", "key_secret", "time_accept", "time_last_active",
-                 "password", "killed", "is_console", "relay", "deploy_list", "prepared")
+                 "password", "is_console", "relay", "deploy_list", "prepared")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
         self.id = new_id("c")
@@ -52,7 +52,6 @@ class Client:
         self.time_accept = time.monotonic()
         self.time_last_active = self.time_accept
         self.password = None
-        self.killed = None                  # a Status when the pooler decided to drop this client
         self.is_console = False
         self.relay = None
         self.deploy_list = None             # deploy.py's cache of the tracked vars; None = stale

@@ -12,7 +12,6 @@ from __future__ import annotations
 import platform
 import struct
 
-import machinarium
 from kiwi import be_read, be_write, error_codes
 from kiwi.header import FE
 from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__
@@ -205,11 +204,9 @@ def _message_name(mtype: int) -> str:
 
 
 def run(instance, client) -> Status:
+    """The console's request loop: returns TERMINATE; client IO errors propagate (status.py)."""
     while True:
-        try:
-            mtype, payload = read_message(client.io, None, FE_LIMITS)
-        except (OSError, machinarium.ConnectionClosed):
-            return Status.ECLIENT_READ
+        mtype, payload = read_message(client.io, None, FE_LIMITS)
         if mtype == FE.TERMINATE:
             return Status.TERMINATE
         if mtype != FE.QUERY:

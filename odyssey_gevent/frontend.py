@@ -1,9 +1,9 @@
 """The client lifecycle in six stages: startup, cancel, routing, authentication, the request
 loop and cleanup (mirrors Odyssey sources/frontend.c).
 
-Each stage either succeeds or raises FrontendError (a message the client must get) or returns a
-Status; `cleanup()` alone decides what the client is told and whether its server is reset and
-reused or closed.
+Each stage returns or raises (the error model is written in status.py); `run` turns how the
+session ended into a `Status`, and `cleanup()` alone decides what the client is told and whether
+its server is reset and reused or closed.
 """
 from __future__ import annotations
 
@@ -20,17 +20,19 @@ from odyssey_gevent.prepared import Prepared
 from odyssey_gevent.relay import Relay
 from odyssey_gevent.router import AttachTimeout
 from odyssey_gevent.server import park
-from odyssey_gevent.status import BackendError, FrontendError, Status, error_message
+from odyssey_gevent.status import BackendError, ClientGone, FrontendError, ServerError, Status, error_message
 
 # startup parameters that are not session parameters to maintain
 _NOT_VARS = {"user", "database", "options", "replication"}
 
 _DROP_MESSAGES = {
-    Status.EIDLE_TIMEOUT: ("Connection was dropped by Odyssey due to idle timeout", None),
-    Status.EIDLE_IN_TRANSACTION_TIMEOUT: ("Connection was dropped by Odyssey due to idle in transaction timeout",
-                                          None),
-    Status.ECLIENT_KILLED: ("Connection was killed by Odyssey configuration reloading or console command",
-                            "Try to reconnect"),
+    Status.EIDLE_TIMEOUT: "Connection was dropped by Odyssey due to idle timeout",
+    Status.EIDLE_IN_TRANSACTION_TIMEOUT: "Connection was dropped by Odyssey due to idle in transaction timeout",
+}
+# what the client is told when its server failed (libpq's words; the OS error goes to the log)
+_SERVER_ERRORS = {
+    Status.ESERVER_READ: "could not receive data from server",
+    Status.ESERVER_WRITE: "could not send data to server",
 }
 
 
@@ -75,7 +77,6 @@ class Frontend:
         self.instance = instance
         self.client = client
         self.logger = instance.logger
-        self.server_error = None
         self.deadline = None
 
     # -- stage 1: startup ----------------------------------------------------------------------
@@ -222,7 +223,7 @@ class Frontend:
             try:
                 deploy.deploy(instance, client, server)
             except (OSError, machinarium.TimedOut, KiwiError) as e:
-                raise _ServerFailure(Status.ESERVER_WRITE, e) from None
+                raise ServerError(Status.ESERVER_WRITE, e) from None
         return server
 
     def _connect(self, server) -> None:
@@ -327,8 +328,11 @@ class Frontend:
         except FrontendError as e:
             status = Status.ECLIENT_PROTOCOL_ERROR if e.sqlstate == error_codes.PROTOCOL_VIOLATION else Status.OK
             self._send_error(e)
-        except _ServerFailure as e:
-            self.server_error = e
+        except ServerError as e:
+            self.logger.error("main", client, client.server,
+                              "server disconnected (read/write error): %s, status %s", e.cause, e.status.value)
+            status = e.status
+        except ClientGone as e:
             status = e.status
         except ProtocolError as e:
             self.logger.error("startup", client, None, "protocol error: %s", e)
@@ -365,15 +369,14 @@ class Frontend:
         server = client.server
         try:
             if status in _DROP_MESSAGES:
-                detail, hint = _DROP_MESSAGES[status]
                 self._send_error(FrontendError(error_codes.CONNECTION_FAILURE, "Odyssey has dropped the connection",
-                                               severity="FATAL", detail=detail, hint=hint))
-            elif status in (Status.ESERVER_READ, Status.ESERVER_WRITE):
+                                               severity="FATAL", detail=_DROP_MESSAGES[status]))
+            elif status in _SERVER_ERRORS:
                 self._send_error(FrontendError(error_codes.CONNECTION_FAILURE,
                                                f"remote server read/write error {server.id if server else ''}: "
-                                               f"{self.server_error}"))
+                                               f"{_SERVER_ERRORS[status]}"))
             if server is not None:
-                if status in (Status.ESERVER_READ, Status.ESERVER_WRITE, Status.ESERVER_CONNECT):
+                if status in _SERVER_ERRORS:
                     self._drop_server(server, broken=True)
                 else:
                     try:
@@ -396,12 +399,6 @@ class Frontend:
                                  int((time.monotonic() - client.time_accept) * 1e6), detail)
             client.io.close()
             instance.client_closed()
-
-
-class _ServerFailure(Exception):
-    def __init__(self, status: Status, error):
-        super().__init__(str(error))
-        self.status = status
 
 
 def frontend(instance, io, listen, conn_type: str, peer=None, local=None) -> None:

@@ -36,7 +36,7 @@ from kiwi import error_codes
 from kiwi.framer import FE_RELAY_LIMITS
 from kiwi.protocol import REPLACE
 from odyssey_gevent.prepared import _SQL_HEAD
-from odyssey_gevent.status import FrontendError, Status
+from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
 
 BUF_SIZE = 32 * 1024
 _LEN = struct.Struct("!I")
@@ -95,21 +95,9 @@ def _give_back(buf: bytearray) -> None:
         free.append(buf)
 
 
-class ClientGone(Exception):
-    """Reading from or writing to the client failed."""
-
-
-class ServerGone(Exception):
-    """Reading from or writing to the server failed."""
-
-    def __init__(self, status: Status, error: BaseException | str):
-        super().__init__(str(error))
-        self.status = status
-
-
 class Relay:
-    """The request loop of one client. `frontend` supplies attach()/detach()/idle_timeout();
-    `prepared` is the prepared-statement layer (transaction and statement pooling with
+    """The request loop of one client. `frontend` supplies attach(), detach(), idle_timeout(),
+    idle_expired() and logger; `prepared` is the prepared-statement layer (transaction and statement pooling with
     pool_reserve_prepared_statement), or None."""
 
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "s_buf", "s_len", "s_skip", "s_drop",
@@ -134,14 +122,14 @@ class Relay:
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
+        """Relay until the client ends the session: returns TERMINATE or an idle-timeout Status;
+        raises ClientGone, ServerError or FrontendError (status.py's error model)."""
         client = self.client
         cio = client.io
         client_only = (cio,)
         try:
             while True:
                 server = client.server
-                if client.killed is not None:
-                    return client.killed
                 if server is None:
                     if not wait_any(client_only, self.fe.idle_timeout(None)):
                         status = self.fe.idle_expired(None)
@@ -165,11 +153,6 @@ class Relay:
                     status = self._from_client()
                     if status is not None:
                         return status
-        except ClientGone:
-            return Status.ECLIENT_READ
-        except ServerGone as e:
-            self.fe.server_error = e
-            return e.status
         finally:
             self._release_buffers()
 
@@ -200,9 +183,9 @@ class Relay:
         except machinarium.TimedOut:
             return None
         except OSError as e:
-            raise ClientGone(e) from None
+            raise ClientGone(Status.ECLIENT_READ, e) from None
         if n == 0:
-            raise ClientGone("client closed the connection")
+            raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
         end = start + n
         # scan the headers
         pos = self.c_skip
@@ -275,7 +258,7 @@ class Relay:
             try:
                 server.io.write(data)
             except OSError as e:
-                raise ServerGone(Status.ESERVER_WRITE, e) from None
+                raise ServerError(Status.ESERVER_WRITE, e) from None
         if server is not None and server.proto.output:
             self._to_client(server.proto.take_output())
         if terminate >= 0:
@@ -304,7 +287,7 @@ class Relay:
         try:
             self.client.io.write(data)
         except OSError as e:
-            raise ClientGone(e) from None
+            raise ClientGone(Status.ECLIENT_WRITE, e) from None
 
     # -- server -> client --------------------------------------------------------------------
     def _from_server(self, server) -> None:
@@ -317,9 +300,9 @@ class Relay:
         except machinarium.TimedOut:
             return
         except OSError as e:
-            raise ServerGone(Status.ESERVER_READ, e) from None
+            raise ServerError(Status.ESERVER_READ, e) from None
         if n == 0:
-            raise ServerGone(Status.ESERVER_READ, "server closed the connection")
+            raise ServerError(Status.ESERVER_READ, "server closed the connection")
         end = start + n
         proto = server.proto
         out = None              # set when a message is dropped or replaced, or answers are added
@@ -343,7 +326,7 @@ class Relay:
                 t = buf[pos]
                 length = _unpack_len(buf, pos + 1)[0]
                 if length < 4:
-                    raise ServerGone(Status.ESERVER_READ, f"invalid message length {length} from server")
+                    raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
                 msg_end = pos + 1 + length
                 if proto.output:           # answers the pooler gives itself, due here
                     if out is None:
@@ -357,7 +340,7 @@ class Relay:
                         if 1 + length <= len(buf):
                             break          # hold it back until whole
                         if t == _S_READY or t == _S_PARAM:
-                            raise ServerGone(Status.ESERVER_READ, "server message too long")
+                            raise ServerError(Status.ESERVER_READ, "server message too long")
                     if t == _S_READY:
                         action = proto.receive(t, bytes(buf[msg_end - 1:msg_end]))
                         self.stats.count_query += 1

@@ -1,9 +1,28 @@
-"""Statuses of the client lifecycle and the errors the pooler itself sends (mirrors Odyssey
+"""How a client's session ends, and the errors the pooler itself sends (mirrors Odyssey
 sources/status.h and the od_frontend_error/od_frontend_fatal part of sources/frontend.c).
 
-Every stage of the frontend returns a `Status`; `frontend.cleanup()` alone decides from it what
-the client is told and what happens to its server. Messages the pooler writes itself are built
-in exactly one place, `error_message()`.
+The error model, in one place:
+
+* A stage of `frontend.Frontend.run` either returns or raises. The request loop (the relay or
+  the console) returns the `Status` it ended with: TERMINATE, or an idle timeout of the pooler.
+* Every other end is one of three exceptions:
+  - `FrontendError`: something the client must be told (routing, auth, limits, protocol);
+  - `ClientGone(status)`: the client's socket failed (ECLIENT_READ / ECLIENT_WRITE);
+  - `ServerError(status, cause)`: the server's socket or stream failed (ESERVER_READ /
+    ESERVER_WRITE); that server is closed, never reused.
+  During login the client's socket may also raise machinarium's OSError/TimedOut or kiwi's
+  ProtocolError directly; `Frontend.run` counts them as ECLIENT_READ / ECLIENT_PROTOCOL_ERROR.
+* `Frontend.run` turns each into a `Status`, and `Frontend.cleanup(status)` alone decides what
+  the client is told and whether its server is reset and reused or closed. Exception texts
+  (`[Errno 104] ...`) go to the log only; clients get PostgreSQL-style messages, all built by
+  `error_message()`.
+
+`BackendError` is the backend module's own: PostgreSQL refused a login or broke a service
+exchange (reset, deploy). Whoever calls the backend turns it into one of the above.
+
+Only the statuses something produces are listed; their values are C Odyssey's names (logged at
+disconnect). KILL_CLIENT (OD_ECLIENT_KILLED) and graceful shutdown (OD_EGRACEFUL_SHUTDOWN) come
+with the console and online restart.
 """
 from __future__ import annotations
 
@@ -14,24 +33,17 @@ from kiwi import be_write
 
 class Status(enum.Enum):
     OK = "OK"
+    TERMINATE = "OD_TERMINATE"          # the client said Terminate
     # the client went away or broke its connection: the server can be reused after a reset
     ECLIENT_READ = "OD_ECLIENT_READ"
     ECLIENT_WRITE = "OD_ECLIENT_WRITE"
     ECLIENT_PROTOCOL_ERROR = "OD_ECLIENT_PROTOCOL_ERROR"
     # the server side failed: close that server
-    ESERVER_CONNECT = "OD_ESERVER_CONNECT"
     ESERVER_READ = "OD_ESERVER_READ"
     ESERVER_WRITE = "OD_ESERVER_WRITE"
-    # no server could be had
-    EATTACH = "OD_EATTACH"
-    EATTACH_TOO_MANY_CONNECTIONS = "OD_EATTACH_TOO_MANY_CONNECTIONS"
     # the pooler dropped the client
     EIDLE_TIMEOUT = "OD_EIDLE_TIMEOUT"
     EIDLE_IN_TRANSACTION_TIMEOUT = "OD_EIDLE_IN_TRANSACTION_TIMEOUT"
-    ECLIENT_KILLED = "OD_ECLIENT_KILLED"
-    EGRACEFUL_SHUTDOWN = "OD_EGRACEFUL_SHUTDOWN"
-    # the client said Terminate
-    TERMINATE = "OD_TERMINATE"
 
 
 class FrontendError(Exception):
@@ -47,6 +59,34 @@ class FrontendError(Exception):
         self.hint = hint
 
 
+class ClientGone(Exception):
+    """Reading from (ECLIENT_READ) or writing to (ECLIENT_WRITE) the client failed."""
+
+    def __init__(self, status: Status, cause: BaseException | str):
+        super().__init__(str(cause))
+        self.status = status
+        self.cause = cause
+
+
+class ServerError(Exception):
+    """Reading from (ESERVER_READ) or writing to (ESERVER_WRITE) the server failed, or it sent
+    something unusable. `cause` is for the log, never for the client."""
+
+    def __init__(self, status: Status, cause: BaseException | str):
+        super().__init__(str(cause))
+        self.status = status
+        self.cause = cause
+
+
+class BackendError(Exception):
+    """PostgreSQL refused a login or broke a service exchange; `.fields` is its ErrorResponse
+    (kiwi ErrorFields), if it sent one."""
+
+    def __init__(self, message: str, fields=None):
+        super().__init__(message)
+        self.fields = fields
+
+
 def error_prefix(client_id: str | None, show_id: bool = True) -> str:
     """`odyssey: c<12hex>: ` (just `odyssey: ` when the rule has client_show_id no)."""
     if show_id and client_id:
@@ -58,11 +98,3 @@ def error_message(err: FrontendError, client_id: str | None = None, show_id: boo
     """The ErrorResponse for `err`, prefixed the way Odyssey prefixes its own messages."""
     return be_write.error_response(err.severity, err.sqlstate, error_prefix(client_id, show_id) + err.message,
                                    detail=err.detail, hint=err.hint)
-
-
-class BackendError(Exception):
-    """PostgreSQL refused us or broke the protocol during login; `.fields` is its ErrorResponse."""
-
-    def __init__(self, message: str, fields=None):
-        super().__init__(message)
-        self.fields = fields

@@ -20,7 +20,7 @@ from odyssey_gevent.logger import Logger
 from odyssey_gevent.relay import BUF_SIZE, Relay
 from odyssey_gevent.route import RouteStats
 from odyssey_gevent.server import Server
-from odyssey_gevent.status import FrontendError, Status
+from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -37,7 +37,6 @@ class FakeFrontend:
         self.server.io = server_io
         self.attaches = 0
         self.detaches = []          # (sync_request, sync_reply, tx_status) at each detach
-        self.server_error = None
         self.logger = Logger(to_stdout=False)
 
     def attach(self):
@@ -69,8 +68,7 @@ class Harness:
         s, p = gsocket.socketpair()
         self.app, self.cio, self.sio, self.pg = mm.Io(a), mm.Io(c), mm.Io(s), mm.Io(p)
         self.client = SimpleNamespace(io=self.cio, rule=SimpleNamespace(pool=pool),
-                                      route=SimpleNamespace(stats=RouteStats()), server=None,
-                                      killed=None, vars={})
+                                      route=SimpleNamespace(stats=RouteStats()), server=None, vars={})
         self.fe = FakeFrontend(self.client, self.sio)
         if attached:
             self.fe.attach()
@@ -131,6 +129,13 @@ class Collector:
     def get(self, timeout_ms=5000):
         self.co.join(timeout_ms)
         return bytes(self.data)
+
+
+def _ended(result, exc_type, status) -> bool:
+    """The relay ended by raising `exc_type` with `status` (status.py's error model)."""
+    assert isinstance(result, exc_type), result
+    assert result.status is status, result.status
+    return True
 
 
 def _param(server, name):
@@ -315,7 +320,7 @@ def test_transaction_mode_detaches_at_idle_ready_only(in_machine):
                       + be_write.ready_for_query(b"E"))
             assert len(h.fe.detaches) == 2 and h.client.server is h.server
             h.app.close()
-            assert h.result() is Status.ECLIENT_READ
+            assert _ended(h.result(), ClientGone, Status.ECLIENT_READ)
         finally:
             h.close()
         return True
@@ -439,8 +444,7 @@ def test_server_eof_is_eserver_read(in_machine):
             h.pg.read(len(_q("select pg_sleep(10)")), 2000)
             h.pg.write(be_write.row_description([("x", 23)]))
             h.pg.close()
-            assert h.result() is Status.ESERVER_READ
-            assert h.fe.server_error is not None and h.fe.server_error.status is Status.ESERVER_READ
+            assert _ended(h.result(), ServerError, Status.ESERVER_READ)
         finally:
             h.close()
         return True
@@ -456,8 +460,7 @@ def test_client_eof_is_eclient_read(in_machine, attached):
             h.app.write(_q("sel")[:4])           # an unfinished header, then EOF
             h.settle(h.cio)
             h.app.close()
-            assert h.result() is Status.ECLIENT_READ
-            assert h.fe.server_error is None
+            assert _ended(h.result(), ClientGone, Status.ECLIENT_READ)
         finally:
             h.close()
         return True
@@ -465,13 +468,13 @@ def test_client_eof_is_eclient_read(in_machine, attached):
     assert in_machine(body)
 
 
-def test_killed_client_returns_its_status(in_machine):
+def test_client_write_failure_is_eclient_write(in_machine):
     def body():
         h = Harness("session", attached=True)
         try:
-            h.client.killed = Status.ECLIENT_KILLED
-            h.app.write(_q("select 1"))       # wakes the loop
-            assert h.result() is Status.ECLIENT_KILLED
+            h.app.sock.shutdown(gsocket.SHUT_RD)    # writes to the client fail; its reads see no EOF
+            h.pg.write(_reply(b"I"))
+            assert _ended(h.result(), ClientGone, Status.ECLIENT_WRITE)
         finally:
             h.close()
         return True
@@ -534,7 +537,7 @@ def test_a_half_forwarded_client_message_makes_the_server_unclean(in_machine):
             h.pg.read(40, 2000)
             assert not h.relay.server_clean      # the backend waits for the rest of the body
             h.app.close()
-            assert h.result() is Status.ECLIENT_READ
+            assert _ended(h.result(), ClientGone, Status.ECLIENT_READ)
             assert not h.relay.server_clean
         finally:
             h.close()
