@@ -25,9 +25,9 @@ _KEY = struct.Struct("!II")   # unsigned, as kiwi reads CancelRequest
 
 class Client:
     __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "local_host",
-                 "local_port", "startup", "user", "database", "params", "vars", "rule", "route", "server",
-                 "state", "key_pid", "key_secret", "time_accept", "time_last_active",
-                 "password", "is_console", "relay", "deploy_list", "prepared")
+                 "local_port", "startup", "user", "database", "vars", "rule", "route", "server",
+                 "state", "key_pid", "key_secret", "time_accept", "password", "is_console", "relay",
+                 "deploy_list", "prepared")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
         self.id = new_id("c")
@@ -40,7 +40,6 @@ class Client:
         self.startup = None                 # kiwi StartupMessage
         self.user = None
         self.database = None
-        self.params: dict[str, str] = {}    # startup parameters (without user/database/options)
         self.vars: dict[str, str] = {}      # lower-case name -> value to keep on every server (maintain_params)
         self.rule = None
         self.route = None
@@ -50,7 +49,6 @@ class Client:
         self.key_pid, self.key_secret = _KEY.unpack(os.urandom(8))
         self.key_pid &= 0x7FFFFFFF
         self.time_accept = time.monotonic()
-        self.time_last_active = self.time_accept
         self.password = None
         self.is_console = False
         self.relay = None

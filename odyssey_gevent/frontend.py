@@ -139,7 +139,6 @@ class Frontend:
         vars_ = {k.lower(): v for k, v in params.items() if k not in _NOT_VARS and not k.startswith("_pq_.")}
         if "options" in params:
             vars_.update((k.lower(), v) for k, v in parse_options(params["options"]).items())
-        client.params = dict(vars_)
         client.vars = vars_
         return True
 
@@ -197,7 +196,6 @@ class Frontend:
         client = self.client
         rule = client.rule
         timeout = rule.pool_timeout if rule.pool_timeout > 0 else None
-        started = time.monotonic()
         while True:
             try:
                 server = instance.router.attach(client, timeout)
@@ -218,7 +216,6 @@ class Frontend:
                 self._drop_server(server, broken=True)
                 continue
             break
-        client.route.stats.wait_time_us += int((time.monotonic() - started) * 1e6)
         if deploy_params and rule.maintain_params:
             try:
                 deploy.deploy(instance, client, server)

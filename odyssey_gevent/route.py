@@ -42,8 +42,8 @@ class RouteStats:
     byte counts without the lock (see above); the router bumps count_server_assignment and
     count_cancel under it. The stats log reads the first four; SHOW STATS (a later issue) will
     read the rest."""
-    __slots__ = ("count_query", "count_tx", "bytes_recv", "bytes_sent", "query_time_us", "tx_time_us",
-                 "wait_time_us", "count_server_assignment", "count_cancel")
+    __slots__ = ("count_query", "count_tx", "bytes_recv", "bytes_sent", "count_server_assignment",
+                 "count_cancel")
 
     def __init__(self):
         for name in self.__slots__:

@@ -152,7 +152,6 @@ class Router:
         with self.lock:
             client.server = None
             server.client = None
-            server.last_client_id = client.id
             if client.route is not None and client in route.clients:
                 client.state = ClientState.PENDING
             server.idle_since = time.monotonic()

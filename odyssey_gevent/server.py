@@ -22,7 +22,7 @@ class ServerState(enum.Enum):
 class Server:
     __slots__ = ("id", "route", "io", "fd", "endpoint", "endpoint_host", "state", "client",
                  "key_pid", "key_secret", "params", "proto", "prepared",
-                 "created_at", "idle_since", "offline", "broken", "drop", "cancels", "last_client_id",
+                 "created_at", "idle_since", "offline", "broken", "drop", "cancels",
                  "baseline", "login_params")
 
     def __init__(self, route):
@@ -46,7 +46,6 @@ class Server:
         self.broken = False         # an IO error happened: never reuse
         self.drop = False           # close instead of pooling at the next detach (healthy, so Terminate)
         self.cancels = 0            # cancel requests on their way to PostgreSQL for this server
-        self.last_client_id = None
         self.baseline: dict[str, str] = {}   # parameters right after login (what DISCARD ALL restores)
 
     @property
