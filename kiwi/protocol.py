@@ -1,8 +1,9 @@
 """kiwi.protocol: what a PostgreSQL server still owes the pooler, as a sans-IO state machine.
 
 One ``Conversation`` follows one server connection. The pooler tells it every message it sends
-to the server (``send``) and every message the server sends back (``receive``); in return it
-answers the questions the relay has to ask before it can detach, reuse or reset a server:
+to the server (``send``) and every message the server sends back (``receive``): the relay on its
+fast path, the backend module for service queries (reset, deploy). In return it answers the
+questions the pooler has to ask before it can detach, reuse or reset a server:
 is every request answered (``synchronized``), is an extended-protocol batch still open
 (``unsynced``), is the server in COPY, in which transaction state is it. It never touches a socket.
 
