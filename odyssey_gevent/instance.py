@@ -114,7 +114,8 @@ class Instance:
         return True
 
 
-def daemonize(pid_file: str | None) -> None:
+def daemonize() -> None:
+    """Detach from the terminal (daemonize yes); main writes pid_file afterwards, with the final pid."""
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
@@ -139,7 +140,7 @@ def main(config_path: str, console: bool = False, log_to_stdout: bool = False, s
         print("config is valid")
         return 0
     if config.daemonize and not console:
-        daemonize(config.pid_file)
+        daemonize()
     logger = Logger(config.log_format, to_stdout=log_to_stdout or config.log_to_stdout,
                     log_file=config.log_file, debug=config.log_debug or verbose, silent=silent)
     if config.pid_file:
