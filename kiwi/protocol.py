@@ -73,6 +73,8 @@ class Phase:
     SKIP = "skip"            # an extended-protocol error: messages are ignored until Sync
 
 
+_READY_PHASE, _BUSY_PHASE = Phase.READY, Phase.BUSY
+
 # (phase, event) -> next phase; an event missing for a phase leaves it unchanged.
 # Events: the server's CopyIn/CopyOut/CopyBoth responses and CopyDone, the client's
 # CopyDone/CopyFail, an extended-protocol error with no Sync queued yet ("error_unsynced"),
@@ -186,6 +188,14 @@ class Conversation:
     def send(self, t: int) -> None:
         """A frontend message of type `t` (an int) was (or is about to be) written to the server."""
         phase = self.phase
+        if t == _Q and (phase == _READY_PHASE or phase == _BUSY_PHASE):
+            # the common case, inline: a simple query outside COPY and SKIP
+            self._exec_syncs = -1
+            self._copy_ended = False
+            self.phase = _BUSY_PHASE
+            self.queue.append(_Q)
+            self.syncs += 1
+            return
         if phase == Phase.SKIP:
             if t == _S:                      # the Sync that ends the skip
                 self._go("sync")
@@ -280,6 +290,18 @@ class Conversation:
         afterwards `output` may hold LOCAL answers due right after this message."""
         queue = self.queue
         head = queue[0] if queue else None
+        if t == _READY and head.__class__ is int and (head == _Q or head == _S) and self.phase == _BUSY_PHASE:
+            # the common case, inline: the ReadyForQuery of a plain Query or Sync
+            queue.popleft()
+            self.syncs -= 1
+            self.replies += 1
+            self.tx_status = status or b"I"
+            if not queue:
+                if not self.syncs and not self.unsynced:
+                    self.phase = _READY_PHASE
+            elif queue[0].__class__ is not int:
+                self._flush_local()
+            return FORWARD
         hiding = head is not None and head.__class__ is not int and head.hide and head.type == _Q
         action = DROP if hiding else FORWARD
         if t == _READY:

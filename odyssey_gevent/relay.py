@@ -388,7 +388,11 @@ class Relay:
             out.append(proto.take_output())
         if out is None:
             if pos > 0:
-                self._to_client(memoryview(buf)[:pos])
+                self.stats.bytes_sent += pos
+                try:
+                    self.client.io.write(memoryview(buf)[:pos])
+                except OSError as e:
+                    raise ClientGone(Status.ECLIENT_WRITE, e) from None
         else:
             if pos > seg:
                 out.append(memoryview(buf)[seg:pos])
@@ -403,7 +407,7 @@ class Relay:
         # detach only at a message boundary (a message after the 'Z' may still be arriving)
         if self.s_ready and rest == 0 and self.s_skip == 0:
             self.s_ready = False
-            if not proto.idle or self.c_skip != 0 or server.broken:
+            if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
                 return
             if self.mode_transaction:
                 if proto.tx_status == b"I":
