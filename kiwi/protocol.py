@@ -74,6 +74,7 @@ class Phase:
 
 
 _READY_PHASE, _BUSY_PHASE = Phase.READY, Phase.BUSY
+_FAST_QUEUED = frozenset((_P, _B, _C))
 
 # (phase, event) -> next phase; an event missing for a phase leaves it unchanged.
 # Events: the server's CopyIn/CopyOut/CopyBoth responses and CopyDone, the client's
@@ -196,6 +197,12 @@ class Conversation:
             self.queue.append(_Q)
             self.syncs += 1
             return
+        if t in _FAST_QUEUED and (phase == _BUSY_PHASE or phase == _READY_PHASE):
+            # the common case, inline: Parse/Bind/Close of an extended batch
+            self.unsynced = True
+            self.phase = _BUSY_PHASE
+            self.queue.append(t)
+            return
         if phase == Phase.SKIP:
             if t == _S:                      # the Sync that ends the skip
                 self._go("sync")
@@ -290,6 +297,11 @@ class Conversation:
         afterwards `output` may hold LOCAL answers due right after this message."""
         queue = self.queue
         head = queue[0] if queue else None
+        if head.__class__ is int and COMPLETES.get(t) == head:
+            queue.popleft()                    # the common case: ParseComplete/BindComplete/...
+            if queue and queue[0].__class__ is not int:
+                self._flush_local()
+            return FORWARD
         if t == _READY and head.__class__ is int and (head == _Q or head == _S) and self.phase == _BUSY_PHASE:
             # the common case, inline: the ReadyForQuery of a plain Query or Sync
             queue.popleft()
