@@ -302,7 +302,7 @@ class Conversation:
             if queue and queue[0].__class__ is not int:
                 self._flush_local()
             return FORWARD
-        if t == _READY and head.__class__ is int and (head == _Q or head == _S) and self.phase == _BUSY_PHASE:
+        if t == _READY and head.__class__ is int and (head == _Q or head & 0xFF == _S) and self.phase == _BUSY_PHASE:
             # the common case, inline: the ReadyForQuery of a plain Query or Sync
             queue.popleft()
             self.syncs -= 1

@@ -35,6 +35,7 @@ REGISTRY_MAX = 10000               # pool-wide statements no client uses that ar
 
 _names = itertools.count(1)
 _U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 _P, _B, _C, _D, _Q, _S = (int(x) for x in (FE.PARSE, FE.BIND, FE.CLOSE, FE.DESCRIBE, FE.QUERY, FE.SYNC))
 
 PARSE_COMPLETE = be_write.parse_complete()
@@ -76,10 +77,11 @@ class Statement:
     """A pool-wide prepared statement: `name` on servers, `body` the Parse payload after the
     name (query and parameter types), or `sql` the text after the name of an SQL PREPARE."""
 
-    __slots__ = ("name", "key", "body", "sql", "refcount", "parse")
+    __slots__ = ("name", "name_b", "key", "body", "sql", "refcount", "parse")
 
     def __init__(self, key: bytes, body: bytes | None, sql: str | None):
         self.name = f"odyssey_pstmt_{next(_names)}"
+        self.name_b = self.name.encode()
         self.key = key
         self.body = body
         self.sql = sql
@@ -351,9 +353,14 @@ class Prepared:
         if stmt is None:
             return self._fail(server, does_not_exist(name))
         out: list = []
-        self._ensure(server, stmt, out)
-        head = bytes(buf[start + 5:portal_end + 1])
-        out.append(_message(b"B", head + stmt.name.encode() + bytes(buf[name_end:end])))
+        cache = server.prepared
+        if cache is not None and stmt.name in cache and not cache.pending:
+            cache.move_to_end(stmt.name)       # the common case: the server has it for sure
+        else:
+            self._ensure(server, stmt, out)
+        # the same Bind with the server's name: its length changes by the difference in names
+        size = end - start - (name_end - portal_end - 1) + len(stmt.name_b) - 1
+        out.append(b"".join((b"B", _U32.pack(size), buf[start + 5:portal_end + 1], stmt.name_b, buf[name_end:end])))
         server.proto.send(_B)
         return out
 
