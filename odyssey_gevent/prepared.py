@@ -239,6 +239,32 @@ class Prepared:
             return self._query(server, buf, start, end)
         return None
 
+    def _map(self, name: str, key: bytes, body: bytes | None, sql: str | None = None):
+        """Give the client statement `name` (the pool-wide one for `key`): (stmt, undo)."""
+        client_map = self.client.prepared
+        stmt = self.registry.acquire(key, body, sql)
+        client_map[name] = stmt
+
+        def undo():
+            if client_map.get(name) is stmt:
+                del client_map[name]
+                self.registry.release(stmt)
+        return stmt, undo
+
+    def _unmap(self, name: str):
+        """Take the client's statement `name` away: (stmt, undo), or (None, None) if it has none."""
+        client_map = self.client.prepared
+        stmt = client_map.pop(name, None)
+        if stmt is None:
+            return None, None
+        self.registry.release(stmt)
+
+        def undo():
+            if name not in client_map:
+                client_map[name] = stmt
+                stmt.refcount += 1
+        return stmt, undo
+
     def _statements(self, server) -> ServerStatements:
         cache = server.prepared
         if cache is None:
@@ -324,13 +350,7 @@ class Prepared:
         if name in client_map:
             return self._fail(server, already_exists(name))
         body = bytes(buf[nul + 1:end])
-        stmt = self.registry.acquire(body, body)
-        client_map[name] = stmt
-
-        def undo(name=name, stmt=stmt):
-            if client_map.get(name) is stmt:
-                del client_map[name]
-                self.registry.release(stmt)
+        stmt, undo = self._map(name, body, body)
         out: list = []
         if self._usable(server, stmt, out):
             server.proto.send_request(Request(LOCAL, local=PARSE_COMPLETE, on_fail=undo))
@@ -373,16 +393,8 @@ class Prepared:
         name = bytes(buf[start + 6:nul]).decode("utf-8", "replace")
         client_map = self.client.prepared
         if t == _C:
-            stmt = client_map.pop(name, None)
-            if stmt is None:               # PostgreSQL: closing a missing statement is no error
-                server.proto.send_request(Request(LOCAL, local=CLOSE_COMPLETE))
-                return []
-            self.registry.release(stmt)
-
-            def undo(name=name, stmt=stmt):
-                if name not in client_map:
-                    client_map[name] = stmt
-                    stmt.refcount += 1
+            # PostgreSQL: closing a missing statement is no error
+            _, undo = self._unmap(name)
             server.proto.send_request(Request(LOCAL, local=CLOSE_COMPLETE, on_fail=undo))
             return []
         stmt = client_map.get(name)
@@ -418,28 +430,15 @@ class Prepared:
                     self.registry.release(stmt)
                 proto.send_request(Request(_Q, empty=be_write.command_complete("DEALLOCATE ALL")))
                 return [_EMPTY_QUERY]
-            stmt = client_map.pop(name, None)
+            stmt, undo = self._unmap(name)
             if stmt is None:
                 return self._fail_query(server, does_not_exist(name))
-            self.registry.release(stmt)
-
-            def undo(name=name, stmt=stmt):
-                if name not in client_map:
-                    client_map[name] = stmt
-                    stmt.refcount += 1
             proto.send_request(Request(_Q, empty=be_write.command_complete("DEALLOCATE"), on_fail=undo))
             return [_EMPTY_QUERY]
         if verb == "prepare":
             if name in client_map:
                 return self._fail_query(server, already_exists(name))
-            key = b"sql\0" + rest.strip().encode()
-            stmt = self.registry.acquire(key, None, rest.strip())
-            client_map[name] = stmt
-
-            def undo(name=name, stmt=stmt):
-                if client_map.get(name) is stmt:
-                    del client_map[name]
-                    self.registry.release(stmt)
+            stmt, undo = self._map(name, b"sql\0" + rest.strip().encode(), None, rest.strip())
             out: list = []
             if self._usable(server, stmt, out):
                 proto.send_request(Request(_Q, empty=be_write.command_complete("PREPARE"), on_fail=undo))

@@ -329,12 +329,8 @@ class Relay:
                     raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
                 msg_end = pos + 1 + length
                 if proto.output:           # answers the pooler gives itself, due here
-                    if out is None:
-                        out = []
-                    if pos > seg:
-                        out.append(memoryview(buf)[seg:pos])
+                    out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
-                    out.append(proto.take_output())
                 if interest[t]:
                     if whole[t] and msg_end > end:
                         if 1 + length <= len(buf):
@@ -380,12 +376,8 @@ class Relay:
         rest = end - pos
         self.s_len = rest           # before writing: a failed write must leave the state honest
         if self.s_skip == 0 and proto.output and rest == 0:
-            if out is None:
-                out = []
-            if pos > seg:
-                out.append(memoryview(buf)[seg:pos])
+            out = _splice(out, buf, seg, pos, proto.take_output())
             seg = pos
-            out.append(proto.take_output())
         if out is None:
             if pos > 0:
                 self.stats.bytes_sent += pos
@@ -442,6 +434,16 @@ class Relay:
         client = self.client
         client.vars[key] = value
         client.deploy_list = None
+
+
+def _splice(out: list | None, buf, seg: int, pos: int, data: bytes) -> list:
+    """`out` (started if None) with buf[seg:pos] and then `data` appended."""
+    if out is None:
+        out = []
+    if pos > seg:
+        out.append(memoryview(buf)[seg:pos])
+    out.append(data)
+    return out
 
 
 def _maybe_sql(buf, pos: int, end: int) -> bool:
