@@ -582,6 +582,49 @@ def test_copy_through_named_statements_in_pipelines(pp, pg):
     assert direct_count(pg, "pstmt_copy_t") == 2 * 3 * 2   # 3 copies of 2 rows in each run
 
 
+def _until(raw: Raw, tag: bytes) -> list[tuple]:
+    """Replies up to and including the first `tag` (ParameterStatus left out)."""
+    got = []
+    while True:
+        t, body = raw.w.read_message()
+        if t == b"S":
+            continue
+        got.append((t, body))
+        if t == tag:
+            return shape(got)
+
+
+@pytest.mark.timeout(30)
+def test_flush_before_sync_with_named_statements(pp, pg):
+    """Flush instead of Sync (psycopg 3 pipelines fetch results this way): the replies to a batch
+    that needs a hidden Parse, a local ParseComplete and a local CloseComplete all arrive before
+    the Sync, in PostgreSQL's order, and the server stays with the client until that Sync."""
+    user = "pstmt_raw"
+    results = []
+    for port in (pp.port, pg.port):
+        shuffler = Shuffler(pp, user) if port == pp.port else None
+        raw = Raw(port, user)
+        try:
+            assert raw.run(P("S_f", "select $1::int * 2"), SYNC) == [("1",), ("Z", "I")]
+            if shuffler is not None:
+                shuffler.step()                      # S_f now lives on the other server only
+            raw.w.send(B("S_f", "21") + E() + P("S_g", "select $1::int * 2") + CS("S_g")
+                       + B("S_f", "4") + E() + fw.flush())
+            first = _until(raw, b"3")
+            first += _until(raw, b"C")
+            raw.w.send(SYNC)
+            first += _until(raw, b"Z")
+            results.append(first)
+        finally:
+            raw.close()
+            if shuffler is not None:
+                shuffler.close()
+    ours, theirs = results
+    assert theirs == [("2",), ("D", "42"), ("C", "SELECT 1"), ("1",), ("3",), ("2",), ("D", "8"),
+                      ("C", "SELECT 1"), ("Z", "I")]
+    assert ours == theirs
+
+
 @pytest.mark.timeout(30)
 def test_error_inside_transaction_block_with_named_statements(pp, pg):
     """An error in an explicit transaction (42P05 on a duplicate Parse) leaves it aborted (25P02)
