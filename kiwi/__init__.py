@@ -17,7 +17,8 @@ The read contract
 * Declared lengths are checked against per-type limits from the header alone, before any
   body is buffered: a startup packet outside 8..4+10000 bytes, a typed message whose length
   is below 4 or whose payload exceeds its type's limit raises ``ProtocolError`` at once.
-* The relay forwards raw bytes and calls only ``framer.read_header`` (5 bytes); payload
+* The relay forwards raw bytes and checks 5-byte headers against ``framer.FE_RELAY_LIMITS``;
+  ``protocol.Conversation`` follows what each server still owes. Payload
   readers (``read_error``, ``read_parse``, ...) are for the messages the pooler must
   understand: startup, auth, ParameterStatus, ReadyForQuery, errors, BackendKeyData and the
   extended-protocol names.

@@ -4,8 +4,9 @@ A typed message is ``type byte, int32 length, payload`` where the length counts 
 the payload but not the type byte. The read contract:
 
 * ``read_header`` looks at the 5 header bytes only and returns ``(type_byte, payload_len)``
-  or ``None`` when fewer than 5 bytes are there. **This is the relay's fast path**: the relay
-  calls only the header reader and forwards raw bytes; it never parses payloads.
+  or ``None`` when fewer than 5 bytes are there. The relay's fast path does the same check
+  inline against ``FE_RELAY_LIMITS`` (one chained comparison per message) and forwards raw
+  bytes; it reads payloads only of the few messages it must understand.
 * ``read_message`` returns ``(type_byte, payload memoryview, end)`` for a whole message, or
   ``None`` ("need more"), never a partial message.
 * Both check the declared length against the per-type limit *before* any body is buffered:

@@ -8,7 +8,11 @@ field updates only, never across IO or anything that could switch coroutines. It
 * a Route's `idle`, `active`, `clients`, `waiters` and `obsolete`;
 * a Server's `state` (changed only by `Route.set_server_state`/`take_idle`), `client` and
   `idle_since`;
-* a Client's `server` and `state` (and `route`/`rule`, set once when it is routed).
+* a Client's `server` and `state` (and `route`/`rule`, set once when it is routed);
+* a Server's `cancels` (cancel requests on their way for it): counted in `cancel_target`,
+  uncounted in `cancel_done`. Reset reads it without the lock before the detach that hands the
+  server on; a cancel looked up in the instant between the two is not waited for (the window
+  C Odyssey and PgBouncer leave open for every cancel).
 
 Whoever reads those from another coroutine takes the lock (the console, cron, cancel). A
 client's own coroutine reads its `server` and `state` without it: they change only through its
