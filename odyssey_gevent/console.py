@@ -182,12 +182,12 @@ def _result(cols, rows, tag: str = "SHOW") -> bytes:
 
 
 def execute(instance, client, query: str) -> bytes:
+    role = client.rule.effective_role() if hasattr(client.rule, "effective_role") else client.rule.role
+    if role == "notallow":         # before anything else, an empty query included
+        raise FrontendError(error_codes.INSUFFICIENT_PRIVILEGE, "Unsuitable user role to emit console command")
     tokens = query.replace(";", " ").split()
     if not tokens:
         return be_write.empty_query_response()
-    role = client.rule.effective_role() if hasattr(client.rule, "effective_role") else client.rule.role
-    if role == "notallow":
-        raise FrontendError(error_codes.INSUFFICIENT_PRIVILEGE, "Unsuitable user role to emit console command")
     if tokens[0].lower() == "show" and len(tokens) >= 2:
         handler = SHOW.get(tokens[1].lower())
         if handler is not None:

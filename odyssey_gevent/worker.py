@@ -9,6 +9,7 @@ next worker round-robin, which re-attaches it in its own hub.
 from __future__ import annotations
 
 import itertools
+import os
 
 import machinarium
 from odyssey_gevent.frontend import frontend
@@ -31,6 +32,10 @@ def worker_main(instance, channel) -> None:
         try:
             io = machinarium.Io.attach(fd)
         except OSError:
+            try:
+                os.close(fd)            # the socket is ours alone now: never leak it
+            except OSError:
+                pass
             instance.client_closed()
             continue
         _spawn(instance, io, listen, conn_type, peer, local)

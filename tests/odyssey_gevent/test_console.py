@@ -321,6 +321,12 @@ def test_notallow_role_gets_42501():
     assert err.message == "Unsuitable user role to emit console command"
 
 
+def test_notallow_role_gets_42501_even_for_an_empty_query():
+    inst = _instance()
+    err = _error(lambda: console.execute(inst, _console(inst, "intruder"), ";"))
+    assert err.sqlstate == error_codes.INSUFFICIENT_PRIVILEGE
+
+
 @pytest.mark.parametrize("user, role", [("admin", "admin"), ("someone", "stat")])
 def test_admin_and_stat_roles_may_show(user, role):
     inst = _instance()

@@ -205,11 +205,17 @@ def test_worker_main_survives_an_fd_it_cannot_attach(in_machine, tmp_path):
             zero = _wait_clients_zero(inst)
             channel.write(mm.Msg(worker.MSG_STOP, None))
             m.join(3000)
-            return cid, zero, m.running
+            try:                        # the worker closed the fd it could not use:
+                os.write(w, b"x")           # the pipe has no reader left
+                reader_left = True
+            except BrokenPipeError:
+                reader_left = False
+            return cid, zero, m.running, reader_left
         finally:
             m.stop()
-            os.close(r), os.close(w)
+            os.close(w)
 
-    cid, zero, running = in_machine(body)
+    cid, zero, running, reader_left = in_machine(body)
     assert cid in _threads(log)
     assert zero and running is False
+    assert reader_left is False
