@@ -132,3 +132,9 @@ def test_config_builder_quotes_and_placeholders():
     assert "port ${port}" in text and 'host "${pg_host}"' in text and "port ${pg_port}" in text
     assert "client_max 5" in text and "client_login_timeout 500" in text
     assert 'log_format "%p %t %l [%i %s] (%c) %m\\n"' in text
+
+
+def test_bench_relay_runs_every_mode_cleanly():
+    from scripts import bench_relay
+    for mode in ("simple", "extended", "prepared"):
+        assert bench_relay.run(mode, 200) > 0      # raises if a transaction did not end cleanly
