@@ -170,7 +170,7 @@ class Frontend:
             client.io.write(b"".join(out))
             return
         route = client.route
-        if client.rule.pool == "session":
+        if client.rule.pool == "session" and client.rule.reserve_session_server_connection:
             # the client keeps one server for life: attach it now, so that BackendKeyData carries
             # that server's real pid (pg_backend_pid(), NOTIFY pids and the driver agree)
             server = self.attach()

@@ -278,7 +278,7 @@ ALL_KEYWORDS = frozenset().union(
 NOOP_KEYWORDS = ("cache_coroutine", "coroutine_stack_size", "system_coroutine_stack_size",
                  "cache_msg_gc_size", "readahead", "resolvers", "log_async", "log_queue_depth",
                  "cpu_affinity", "priority", "locks_dir", "bindwith_reuseport",
-                 "reserve_session_server_connection", "pool_attach_check", "dns_cache_ttl")
+                 "dns_cache_ttl")
 DEPRECATED_KEYWORDS = ("pipeline", "cache", "cache_chunk", "packet_read_size",
                        "packet_write_queue", "graceful_die_on_errors", "compression",
                        "catchup_checks", "ldap_pool_size", "ldap_pool_timeout", "ldap_pool_ttl")

@@ -27,6 +27,7 @@ ROUTES = {
     "sess_leak": dict(pool="session", pool_size=1, pool_discard=False),
     "sess_pid": dict(pool="session", pool_size=2, pool_discard=False),
     "sess_term": dict(pool="session", pool_size=1, pool_discard=False),
+    "sess_lazy": dict(pool="session", pool_size=1, pool_discard=False, reserve_session_server_connection=False),
 }
 
 
@@ -200,3 +201,15 @@ def test_pg_terminate_backend_ends_the_client_and_the_next_one_works(sp, pg):
         one, pid2 = con.execute("select 1, pg_backend_pid()").fetchone()
         assert one == 1 and pid2 != pid
         assert con.info.backend_pid == pid2
+
+
+@pytest.mark.timeout(30)
+def test_reserve_session_server_connection_no_attaches_at_first_query_as_c_odyssey(sp, pg):
+    """The opt-out: no server at login (a random pid in BackendKeyData), one at the first query."""
+    import psycopg
+    with psycopg.connect(f"host=127.0.0.1 port={sp.port} user=sess_lazy dbname={DB} sslmode=disable") as con:
+        # the route's first login learns its parameters on a server it then pools again
+        assert [b[1] for b in backends(pg, "sess_lazy")] in ([], ["idle"])
+        pid = con.execute("select pg_backend_pid()").fetchone()[0]
+        assert [b[0] for b in backends(pg, "sess_lazy")] == [pid]
+        assert con.info.backend_pid != pid
