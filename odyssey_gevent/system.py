@@ -84,24 +84,45 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
             continue
         peer = local = None
         if conn_type == "host":
+            _socket_options(io, config, log)
             try:
-                if config.nodelay:
-                    io.set_nodelay()
-                if config.keepalive > 0:
-                    io.set_keepalive(config.keepalive, config.keepalive_keep_interval,
-                                     config.keepalive_probes, config.keepalive_usr_timeout or None)
-                if not config.disable_nolinger:
-                    io.set_linger0()
                 p = io.peer
                 peer = (p[0], p[1]) if p else None
                 loc = io.local
                 local = (loc[0], loc[1])
-            except OSError:
+            except OSError:               # the client is already gone
                 io.close()
                 instance.client_closed()
                 continue
         pool.feed(io, server.listen, conn_type, peer, local)
         machinarium.sleep(0)      # let the new client start before the next accept
+
+
+_option_errors_logged: set = set()
+
+
+def _socket_options(io, config, log) -> None:
+    """TCP_NODELAY, keepalive (a negative keepalive_usr_timeout is computed from the other three,
+    as C does) and nolinger on an accepted client. An option the kernel refuses costs nothing but
+    itself: the client is served without it, and each kind of failure is logged once."""
+    steps = []
+    if config.nodelay:
+        steps.append(("TCP_NODELAY", io.set_nodelay, ()))
+    if config.keepalive > 0:
+        steps.append(("keepalive", io.set_keepalive,
+                      (config.keepalive, config.keepalive_keep_interval, config.keepalive_probes,
+                       config.effective_keepalive_usr_timeout or None)))
+    if not config.disable_nolinger:
+        steps.append(("SO_LINGER", io.set_linger0, ()))
+    for name, fn, args in steps:
+        try:
+            fn(*args)
+        except OSError as e:
+            key = (name, e.errno)
+            if key not in _option_errors_logged:
+                _option_errors_logged.add(key)
+                log.error("server", None, None, "cannot set %s on client sockets (%s); serving them "
+                          "without it (logged once)", name, e)
 
 
 REJECT_DRAIN_MS = 1000
