@@ -44,6 +44,7 @@ _unpack_len = _LEN.unpack_from
 
 # client -> server message types
 _C_QUERY, _C_TERMINATE = b"QX"
+_C_STRAY = frozenset(b"dcf")       # COPY messages: ignored by PostgreSQL outside COPY
 # what a logged-in client may send, and how long each message may be: kiwi's table (PostgreSQL's
 # limits), -1 for a forbidden type, so one chained comparison checks type and length
 _C_LIMITS = tuple(FE_RELAY_LIMITS)
@@ -100,7 +101,7 @@ class Relay:
     idle_expired() and logger; `prepared` is the prepared-statement layer (transaction and statement pooling with
     pool_reserve_prepared_statement), or None."""
 
-    __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "s_buf", "s_len", "s_skip", "s_drop",
+    __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_drop", "s_buf", "s_len", "s_skip", "s_drop",
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared")
 
     def __init__(self, frontend, client, prepared=None):
@@ -108,7 +109,8 @@ class Relay:
         self.client = client
         self.c_buf = None       # client bytes held back (partial header), c_len of them
         self.c_len = 0
-        self.c_skip = 0         # bytes of the current client message still to be forwarded
+        self.c_skip = 0         # bytes of the current client message still to be forwarded ...
+        self.c_drop = False     # ... or swallowed (a stray COPY message with no server)
         self.s_buf = None
         self.s_len = 0
         self.s_skip = 0         # bytes of the current server message still to come ...
@@ -194,6 +196,10 @@ class Relay:
         out = None              # set when a message is rewritten: the pieces to send, in order
         seg = 0                 # start of the bytes not yet put in `out`
         grow = 0
+        if self.c_drop:         # the rest of a stray message is swallowed, not forwarded
+            seg = pos if pos < end else end
+            if pos <= end:
+                self.c_drop = False
         if pos >= end:
             self.c_skip = pos - end
             pos = end
@@ -213,6 +219,17 @@ class Relay:
                     terminate = pos
                     break
                 if server is None:
+                    if t in _C_STRAY:
+                        # CopyData/CopyDone/CopyFail outside COPY: PostgreSQL ignores them, so
+                        # they get no server (a few such bytes must not hold a pooled server)
+                        msg_end = pos + 1 + length
+                        if msg_end > end:
+                            self.c_skip = msg_end - end
+                            self.c_drop = True
+                            seg = pos = end
+                            break
+                        seg = pos = msg_end
+                        continue
                     server = self.fe.attach()
                     if prepared is not None:
                         server.proto.exact = True
@@ -247,8 +264,8 @@ class Relay:
         forward_end = terminate if terminate >= 0 else pos
         if forward_end > seg or out:
             if out is None:
-                data = memoryview(buf)[:forward_end]
-                size = forward_end
+                data = memoryview(buf)[seg:forward_end]
+                size = forward_end - seg
             else:
                 if forward_end > seg:
                     out.append(memoryview(buf)[seg:forward_end])

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from gevent import socket as gsocket
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import machinarium as mm
@@ -194,6 +194,12 @@ def _cuts(draw_list, total):
        scuts=st.lists(st.integers(0, 200_000), max_size=10),
        small_cuts=st.lists(st.integers(0, 64), max_size=6))
 def test_forwarding_is_byte_identical_whatever_the_chunking(in_machine, cmsgs, smsgs, ccuts, scuts, small_cuts):
+    # COPY messages before the first message that needs a server are dropped, as PostgreSQL
+    # would ignore them (they must not attach a server); everything from there on is forwarded
+    first = next((i for i, (_, m) in enumerate(cmsgs) if m[:1] not in (b"d", b"c", b"f")), None)
+    assume(first is not None)
+    sent = b"".join(m for _, m in cmsgs)
+    cmsgs = cmsgs[first:]
     cdata = b"".join(m for _, m in cmsgs)
     sdata = b"".join(m for _, m in smsgs)
     syncs = sum(1 for kind, _ in cmsgs if kind == "sync")
@@ -214,7 +220,7 @@ def test_forwarding_is_byte_identical_whatever_the_chunking(in_machine, cmsgs, s
         try:
             # client -> server (the first bytes attach)
             got = Collector(h.pg, len(cdata))
-            h.feed(h.app, h.cio, cdata, _cuts(ccuts + small_cuts, len(cdata)))
+            h.feed(h.app, h.cio, sent, _cuts(ccuts + small_cuts, len(sent)))
             assert got.get() == cdata
             assert h.fe.attaches == 1 and h.server.sync_request == syncs
             # server -> client
@@ -405,6 +411,32 @@ def test_terminate_without_server_attaches_nothing(in_machine):
             assert h.result() is Status.TERMINATE
             assert h.fe.attaches == 0
             nothing_more(h.pg)
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_stray_copy_messages_attach_no_server_and_are_dropped(in_machine):
+    """CopyData/CopyDone/CopyFail outside COPY (PostgreSQL ignores them) hold no pooled server,
+    however they are cut; the next real request attaches and only it is forwarded."""
+    big = fe_write.copy_data(b"z" * (BUF_SIZE * 2 + 3))      # spans several reads
+
+    def body():
+        h = Harness("transaction")
+        try:
+            stray = fe_write.copy_data(b"x") + fe_write.copy_done() + big + fe_write.copy_fail("no")
+            h.feed(h.app, h.cio, stray, [3, 9, 17, 1000, len(stray) - 4])
+            mm.sleep(5)
+            assert h.fe.attaches == 0 and h.client.server is None
+            nothing_more(h.pg)
+            q = fe_write.query("select 1")
+            h.app.write(fe_write.copy_done() + q)
+            assert h.pg.read(len(q), 2000) == q
+            assert h.fe.attaches == 1
+            nothing_more(h.pg)
+            assert h.client.route.stats.bytes_recv == len(q)
         finally:
             h.close()
         return True
