@@ -319,7 +319,7 @@ class Frontend:
                 rule = client.rule
                 prepared = None
                 if rule.pool != "session" and rule.effective_reserve_prepared_statement():
-                    prepared = Prepared(client, client.route.prepared, self.logger)
+                    prepared = Prepared(client, client.route.prepared)
                 client.relay = Relay(self, client, prepared)
                 status = client.relay.run()
         except FrontendError as e:

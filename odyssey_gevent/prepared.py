@@ -204,20 +204,15 @@ def parse_sql(text: str):
     return verb, name, rest
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 class Prepared:
     """The prepared-statement layer of one client's relay (transaction and statement pooling
     with pool_reserve_prepared_statement)."""
 
-    __slots__ = ("client", "registry", "logger")
+    __slots__ = ("client", "registry")
 
-    def __init__(self, client, registry: Registry, logger=None):
+    def __init__(self, client, registry: Registry):
         self.client = client
         self.registry = registry
-        self.logger = logger
         if client.prepared is None:
             client.prepared = {}
 
