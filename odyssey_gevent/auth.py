@@ -1,19 +1,24 @@
 """Authentication: the client to us (by the rule's `authentication`) and us to PostgreSQL
 (mirrors Odyssey sources/auth.c).
 
-Client side modes: none, block, clear_text, md5, scram-sha-256 against the rule's password.
-Backend side: cleartext, md5 and SCRAM-SHA-256 with storage_password, else the rule's password.
+Client side modes: none, block, clear_text, md5, scram-sha-256 against the rule's password, or
+against the secret the rule's auth_query fetched (auth_query.py).
+Backend side: cleartext, md5 and SCRAM-SHA-256 with storage_password, else the rule's password,
+else the client's own (password_passthrough, the auth_query secret, or the SCRAM ClientKey the
+client proved against an auth_query verifier).
 """
 from __future__ import annotations
 
 import hmac
 import os
+import secrets
 
 from kiwi import be_read, be_write, error_codes, fe_read, fe_write
 from kiwi.errors import KiwiError, ProtocolError
 from kiwi.header import BE, FE
 from kiwi.md5 import md5_salted
-from kiwi.scram import ScramClient, ScramServer
+from kiwi.scram import ScramClient, ScramSecret, ScramServer, is_secret, parse_secret
+from odyssey_gevent import auth_query
 from odyssey_gevent.io import BE_LIMITS, FE_LIMITS, read_message
 from odyssey_gevent.status import BackendError, FrontendError
 
@@ -36,11 +41,33 @@ def authenticate_client(instance, client, timeout_ms: int | None) -> None:
     """Run the rule's authentication with the client; raises FrontendError on refusal."""
     rule = client.rule
     mode = rule.authentication
+    secret = rule.password
+    cache_key = None
     if mode in ("clear_text", "md5", "scram-sha-256"):
-        for keyword in ("auth_query", "ldap_endpoint_name", "auth_pam_service", "auth_module",
+        for keyword in ("ldap_endpoint_name", "auth_pam_service", "auth_module",
                         "enable_mdb_iamproxy_auth"):
             if getattr(rule, keyword):
                 raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED, f"{keyword} is not supported yet")
+        if rule.auth_query:
+            try:
+                secret = auth_query.fetch_secret(instance, client)
+            except auth_query.AuthQueryFailed:
+                raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
+                                    "failed to make auth query", severity="FATAL") from None
+            cache_key = instance.auth_query_cache.key(rule, client.user, client.peer_host)
+    try:
+        _authenticate(instance, client, timeout_ms, mode, secret)
+    except FrontendError:
+        if cache_key is not None:          # the password may have changed: ask again next time
+            instance.auth_query_cache.forget(cache_key)
+        raise
+    if rule.auth_query and mode in ("clear_text", "md5", "scram-sha-256"):
+        client.auth_secret = secret
+    client.io.write(be_write.auth_ok())
+
+
+def _authenticate(instance, client, timeout_ms, mode: str, secret: str | None) -> None:
+    """One authentication exchange against `secret` (None: nothing can match)."""
     if mode == "none":
         pass
     elif mode == "block":
@@ -53,7 +80,8 @@ def authenticate_client(instance, client, timeout_ms: int | None) -> None:
             given = be_read.read_password(_read_password_message(client, timeout_ms))
         except ProtocolError:
             raise FrontendError(error_codes.PROTOCOL_VIOLATION, "bad password message") from None
-        expected = (rule.password or "").encode()
+        # byte-exact, as C: a stored md5 hash or SCRAM verifier never matches a plaintext
+        expected = secret.encode() if secret is not None else secrets.token_bytes(32)
         if not hmac.compare_digest(given.rstrip(b"\0"), expected):
             raise _password_failed(client)
         client.password = given.rstrip(b"\0").decode("utf-8", "replace")
@@ -64,19 +92,23 @@ def authenticate_client(instance, client, timeout_ms: int | None) -> None:
             given = be_read.read_password(_read_password_message(client, timeout_ms))
         except ProtocolError:
             raise FrontendError(error_codes.PROTOCOL_VIOLATION, "bad password message") from None
-        expected = md5_salted(client.user, rule.password or "", salt).encode()
-        if not hmac.compare_digest(given.rstrip(b"\0"), expected):
+        usable = secret is not None and not is_secret(secret)
+        expected = md5_salted(client.user, secret if usable else secrets.token_hex(16), salt).encode()
+        if not hmac.compare_digest(given.rstrip(b"\0"), expected) or not usable:
             raise _password_failed(client)
     elif mode == "scram-sha-256":
-        _scram_client(instance, client, timeout_ms)
+        _scram_client(instance, client, timeout_ms, secret)
     else:
         raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
                             f"authentication method '{mode}' is not supported yet")
-    client.io.write(be_write.auth_ok())
 
 
-def _scram_client(instance, client, timeout_ms) -> None:
-    rule = client.rule
+def _mock_secret() -> ScramSecret:
+    """A verifier nobody can prove (an unknown user still goes through the whole exchange)."""
+    return ScramSecret(4096, secrets.token_bytes(16), secrets.token_bytes(32), secrets.token_bytes(32))
+
+
+def _scram_client(instance, client, timeout_ms, secret) -> None:
     mechanisms = ["SCRAM-SHA-256"]
     client.io.write(be_write.auth_sasl(mechanisms))
     try:
@@ -88,7 +120,7 @@ def _scram_client(instance, client, timeout_ms) -> None:
         raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
                             "frontend auth: unsupported SASL authorization mechanism")
     try:
-        server = ScramServer(rule.password or "")
+        server = ScramServer(secret if secret is not None else _mock_secret())
     except (KiwiError, ValueError):
         raise FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
                             "frontend auth: invalid user password or SCRAM secret, check your config") from None
@@ -104,6 +136,9 @@ def _scram_client(instance, client, timeout_ms) -> None:
         raise FrontendError(e.sqlstate or error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
                             f"frontend auth: {e}") from None
     client.io.write(be_write.auth_sasl_final(final))
+    if client.rule.auth_query and secret is not None and is_secret(secret):
+        # SCRAM passthrough: the client proved the ClientKey of PostgreSQL's own verifier
+        client.scram_keys = (server.client_key, parse_secret(secret).server_key)
 
 
 def backend_password(rule, client) -> str | None:
@@ -113,6 +148,8 @@ def backend_password(rule, client) -> str | None:
         return rule.password
     if rule.password_passthrough and client is not None and client.password is not None:
         return client.password
+    if client is not None and client.auth_secret is not None and not is_secret(client.auth_secret):
+        return client.auth_secret          # auth_query's plain password or md5 hash
     return None
 
 
@@ -122,8 +159,11 @@ def backend_authenticate(instance, server, client, request, timeout_ms: int) -> 
     code = request.code
     if code == AUTH_OK:
         return
+    if client is not None and client.user != server.route.user:
+        client = None                      # the client's own credentials are for its own role
     password = backend_password(rule, client)
-    if password is None:
+    keys = client.scram_keys if client is not None and password is None else None
+    if password is None and not (keys and code == AUTH_SASL):
         raise _backend_error(f"server requested authentication {code}, but no password is configured")
     io = server.io
     if code == AUTH_CLEARTEXT:
@@ -135,7 +175,10 @@ def backend_authenticate(instance, server, client, request, timeout_ms: int) -> 
         mechanisms = request.mechanisms
         if "SCRAM-SHA-256" not in mechanisms:
             raise _backend_error(f"unsupported SASL mechanisms {mechanisms}")
-        scram = ScramClient(password)
+        if password is not None:
+            scram = ScramClient(password)
+        else:
+            scram = ScramClient(client_key=keys[0], server_key=keys[1])
         io.write(fe_write.sasl_initial_response("SCRAM-SHA-256", scram.first()))
         cont = _read_sasl_step(io, AUTH_SASL_CONTINUE, timeout_ms)
         io.write(fe_write.sasl_response(scram.final(bytes(cont.data))))

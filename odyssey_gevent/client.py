@@ -27,7 +27,7 @@ class Client:
     __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "local_host",
                  "local_port", "startup", "user", "database", "vars", "rule", "route", "server",
                  "state", "key_pid", "key_secret", "time_accept", "password", "is_console", "relay",
-                 "deploy_list", "prepared")
+                 "deploy_list", "prepared", "auth_secret", "scram_keys")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
         self.id = new_id("c")
@@ -50,6 +50,8 @@ class Client:
         self.key_pid &= 0x7FFFFFFF
         self.time_accept = time.monotonic()
         self.password = None
+        self.auth_secret = None              # the stored secret auth_query gave (auth_query.py)
+        self.scram_keys = None               # (ClientKey, ServerKey) proved by SCRAM against it
         self.is_console = False
         self.relay = None
         self.deploy_list = None             # deploy.py's cache of the tracked vars; None = stale

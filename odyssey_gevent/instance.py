@@ -10,7 +10,7 @@ import threading
 
 import machinarium
 from machinarium import tls
-from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, backend
+from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, auth_query, backend
 from odyssey_gevent.config import dump, reader
 from odyssey_gevent.config.model import ConfigError
 from odyssey_gevent.logger import Logger
@@ -32,6 +32,7 @@ class Instance:
         self.clients = 0          # accepted client sockets: the one count global client_max limits
         self._tls = {}
         self.verbose = False
+        self.auth_query_cache = auth_query.SecretCache()    # cleared on reload
 
     def next_endpoint(self) -> int:
         return next(self._endpoint_rr)
@@ -107,6 +108,7 @@ class Instance:
         kept = {id(r) for r in config.rules}
         self.config = config
         self.rules = Rules(config, reverse_dns=machinarium.reverse_dns)
+        self.auth_query_cache.clear()
         self.logger.configure(config.log_format, self.logger.to_stdout, config.log_file,
                               config.log_debug or self.verbose, self.logger.silent)
         obsolete = self.router.mark_obsolete(kept)

@@ -100,7 +100,7 @@ def test_unknown_mode_is_not_supported(in_machine):
 
 
 @pytest.mark.parametrize("keyword, value", [
-    ("auth_query", "SELECT 1"), ("ldap_endpoint_name", "ldap"), ("auth_pam_service", "pam"),
+    ("ldap_endpoint_name", "ldap"), ("auth_pam_service", "pam"),
     ("auth_module", "m"), ("enable_mdb_iamproxy_auth", True),
 ])
 @pytest.mark.parametrize("mode", ["clear_text", "md5", "scram-sha-256"])
