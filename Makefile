@@ -19,6 +19,7 @@ install: $(VENV)/bin/python
 install-test: $(VENV)/bin/python postgres
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@bash scripts/ensure_test_tools.sh
 
 # PostgreSQL server binaries for the demo and the tests; installed only when missing.
 postgres:
