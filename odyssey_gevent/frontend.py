@@ -13,7 +13,7 @@ import machinarium
 from kiwi import be_write, error_codes
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest
 from kiwi.errors import KiwiError, ProtocolError
-from odyssey_gevent import auth, backend, cancel, deploy, reset
+from odyssey_gevent import auth, backend, cancel, deploy, hba, reset
 from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
@@ -154,6 +154,21 @@ class Frontend:
         if rule.application_name_add_host and client.peer_host:
             app = client.vars.get("application_name", "")
             client.vars["application_name"] = (f"{app} - {client.peer_host}")[:63]
+
+    # -- stage 3b: host based authentication (hba_file) --------------------------------------
+    def check_hba(self) -> None:
+        config = self.instance.config
+        if config.hba_file is None:
+            return
+        client = self.client
+        # as C Odyssey: the routing rule's names (default_db/default_user for default rules)
+        rule = client.rule
+        if hba.check(config.hba_rules or [], client.conn_type, client.tls, client.peer_host,
+                     rule.db_name, rule.user_name):
+            return
+        self.logger.error("auth", client, None, "ip '%s' user '%s.%s': host based authentication rejected",
+                          client.peer_host or "[unix socket]", client.database, client.user)
+        raise FrontendError(error_codes.INVALID_PASSWORD, "host based authentication rejected")
 
     # -- stage 4: authentication ------------------------------------------------------------
     def authenticate(self) -> None:
@@ -303,6 +318,7 @@ class Frontend:
             if instance.config.log_session:
                 self.logger.info("routing", client, None, "route '%s.%s' to '%s.%s'", client.database,
                                  client.user, client.rule.db_name, client.rule.user_name)
+            self.check_hba()
             self.authenticate()
             self.deadline = None
             self.setup()

@@ -536,6 +536,7 @@ class Config:
     max_sigterms_to_die: int = 3
     enable_host_watcher: bool = False
     hba_file: Optional[str] = None
+    hba_rules: Optional[list] = None      # hba.HbaRule list read from hba_file
     sequential_routing: bool = False
     virtual_processing: bool = False
     virtual_transaction: bool = True

@@ -6,6 +6,7 @@ against; the route blocks (``database``, and a storage's ``watchdog``) come from
 """
 from __future__ import annotations
 
+import os
 import signal as _signal
 
 from odyssey_gevent.config import keywords as K
@@ -239,7 +240,25 @@ def _promhttp_port(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None
 
 
 def _hba_file(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
-    config.hba_file = r.read_string(s)
+    # read the rules now, as C Odyssey does: a bad hba file is a bad config (startup, --test,
+    # and a reload that keeps the running config)
+    from odyssey_gevent import hba
+    tok = s.peek()
+    path = r.read_string(s)
+    config.hba_file = path
+    if r.rel_fallback and not os.path.isabs(path) and not os.path.exists(path):
+        alt = os.path.join(os.path.dirname(tok.file), path)
+        if os.path.exists(alt):
+            path = alt
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError as e:
+        raise _Err(tok.loc, f"cannot read hba_file '{path}': {e.strerror}") from None
+    try:
+        config.hba_rules = hba.parse(text, path)
+    except hba.HbaError as e:
+        r.errors.extend(e.errors)
 
 
 def _include(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:

@@ -71,7 +71,7 @@ GLOBAL_CASES = [
     ("dns_cache_ttl", "1000", "dns_cache_ttl", 1000),
     ("virtual_processing", "yes", "virtual_processing", True),
     ("virtual_transaction", "no", "virtual_transaction", False),
-    ("hba_file", '"/etc/odyssey/hba.conf"', "hba_file", "/etc/odyssey/hba.conf"),
+    ("hba_file", '"hba.conf"', "hba_file", "hba.conf"),   # read next to the config (see below)
     ("group_checker_interval", "1000", "group_checker_interval", 1000),
 ]
 
@@ -101,6 +101,8 @@ def test_global_keyword(tmp_path, keyword, value, attr, expected):
         extra += 'unix_socket_mode "0644"\n'
     if keyword == "bindwith_reuseport" or keyword == "enable_online_restart":
         extra = f"{keyword} {value}\n"
+    if keyword == "hba_file":   # the hba file is read with the config: it must exist
+        (tmp_path / "hba.conf").write_text("local all all allow\n")
     cfg = load_text(tmp_path, make_config(globals_=extra))
     assert getattr(cfg, attr) == expected
     assert cfg.locations[keyword].line >= 1
@@ -684,7 +686,9 @@ def test_include_same_file_twice_is_not_circular(tmp_path):
 
 
 def test_dump_round_trip(tmp_path):
-    text = make_config(globals_='workers 3\nclient_max 50\nhba_file "/h"', listen='tls "require"',
+    hba = tmp_path / "h"
+    hba.write_text("local all all allow\n")
+    text = make_config(globals_=f'workers 3\nclient_max 50\nhba_file "{hba}"', listen='tls "require"',
                        storage='host "a:1,b"', rule='pool_size 3\noptions { "a" "b" }\nclient_max 5\n'
                        'quantiles "0.5"\nauth_common_name default',
                        extra='shared_pool "sp" { pool_size 2 }\nsoft_oom { limit 1kb drop { max_rate 2 } }\n'
@@ -697,7 +701,7 @@ def test_dump_round_trip(tmp_path):
         return [(r.db_name, r.user_name, r.address_range.string_value, r.conn_type, r.pool, r.pool_size,
                  r.options, r.client_max, r.quantiles, r.auth_common_name_default) for r in c.rules]
     assert strip(again) == strip(cfg)
-    assert again.workers == 3 and again.client_max == 50 and again.hba_file == "/h"
+    assert again.workers == 3 and again.client_max == 50 and again.hba_file == str(hba)
     assert again.listen[0].tls == "require"
     assert again.storages["pg"].endpoints == cfg.storages["pg"].endpoints
     assert again.soft_oom.limit == 1024 and again.soft_oom.drop.max_rate == 2
