@@ -146,9 +146,11 @@ def test_backend_auth_md5_and_scram(auth_pooler, user, db, password):
 
 
 @pytest.mark.timeout(30)
-def test_auth_query_rule_is_refused_clearly_until_it_is_implemented(odyssey):
+def test_auth_query_without_an_internal_route_is_28000(odyssey):
+    # (tests/integration/test_auth_query.py has the rest of auth_query)
     p = odyssey(rule("aq_user", authentication="md5", auth_query="select usename, passwd from pg_shadow where usename=$1",
                      auth_query_db="postgres", auth_query_user="postgres"))
     fields = login_error(p.port, "aq_user", "db1", "whatever")
-    assert fields["C"] == "0A000"
-    assert fields["M"].endswith("auth_query is not supported yet")
+    assert (fields["C"], fields["S"]) == ("28000", "FATAL")
+    assert fields["M"].endswith("failed to make auth query")
+    p.wait_log("internal route for 'postgres.postgres' is not found")
