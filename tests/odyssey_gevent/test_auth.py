@@ -324,7 +324,7 @@ def test_backend_password_passthrough_without_a_client():
 # ----------------------------------------------------------------------------------------------
 # backend side: backend_authenticate against a scripted PostgreSQL
 
-def backend_auth(in_machine, request, pg_side, **rule_kw):
+def backend_auth(in_machine, request, pg_side, client=None, **rule_kw):
     """Run backend_authenticate(request) for route user "svc"; `pg_side(pg_io)` plays PostgreSQL.
     Returns (the BackendError raised or None, what pg_side returned, bytes left for pg)."""
     def body():
@@ -335,7 +335,7 @@ def backend_auth(in_machine, request, pg_side, **rule_kw):
         co = mm.Coroutine(pg_side, pg) if pg_side else None
         try:
             try:
-                auth.backend_authenticate(INSTANCE, server, None, request, 2000)
+                auth.backend_authenticate(INSTANCE, server, client, request, 2000)
                 err = None
             except BackendError as e:
                 err = e
@@ -445,3 +445,96 @@ def test_backend_scram_bad_server_signature(in_machine):
 def test_backend_scram_unexpected_step(in_machine):
     err, _, _ = backend_auth(in_machine, SASL, _scram_pg("pw", cont_code=auth.AUTH_OK), password="pw")
     assert str(err) == "unexpected message during SCRAM authentication"
+
+
+# ----------------------------------------------------------------------------------------------
+# auth_query: the secret comes from auth_query.fetch_secret (stubbed here)
+
+def _aq(monkeypatch, secret=None, fails=False):
+    from odyssey_gevent import auth_query
+
+    def fetch(instance, client):
+        if fails:
+            raise auth_query.AuthQueryFailed("boom")
+        return secret
+    monkeypatch.setattr(auth_query, "fetch_secret", fetch)
+    monkeypatch.setattr(INSTANCE, "auth_query_cache", auth_query.SecretCache(), raising=False)
+    return dict(auth_query="SELECT $1", auth_query_db="postgres", auth_query_user="postgres")
+
+
+def test_auth_query_md5_with_a_stored_hash(in_machine, monkeypatch):
+    rule = _rule("md5", **_aq(monkeypatch, md5_password("alice", "pw")))
+    err, client, _, ok, _ = client_auth(in_machine, rule, _md5_answer("pw"))
+    assert err is None and ok and client.auth_secret == md5_password("alice", "pw")
+    assert auth.backend_password(_rule("none"), client) == md5_password("alice", "pw")
+
+
+@pytest.mark.parametrize("secret", [None, make_secret("pw")])
+def test_auth_query_md5_without_a_usable_secret_fails_like_a_wrong_password(in_machine, monkeypatch, secret):
+    rule = _rule("md5", **_aq(monkeypatch, secret))
+    err, _, _, ok, _ = client_auth(in_machine, rule, _md5_answer("pw"))
+    assert (err.sqlstate, err.message) == (error_codes.INVALID_PASSWORD,
+                                           'password authentication failed for user "alice"')
+    assert not ok
+
+
+def test_auth_query_failure_is_28000(in_machine, monkeypatch):
+    rule = _rule("md5", **_aq(monkeypatch, fails=True))
+    err, _, _, ok, rest = client_auth(in_machine, rule, lambda app: None)
+    assert (err.sqlstate, err.severity, err.message) == (
+        error_codes.INVALID_AUTHORIZATION_SPECIFICATION, "FATAL", "failed to make auth query")
+    assert rest == b""
+
+
+def test_auth_query_scram_unknown_user_runs_the_exchange_then_fails(in_machine, monkeypatch):
+    rule = _rule("scram-sha-256", **_aq(monkeypatch, None))
+    err, _, (_, verified), ok, _ = client_auth(in_machine, rule, _scram("pw"))
+    assert err.message == 'password authentication failed for user "alice"' and not ok
+
+
+def test_auth_query_scram_keeps_the_proved_client_key(in_machine, monkeypatch):
+    from kiwi.scram import client_key_of, parse_secret, salted_password
+    verifier = make_secret("pw")
+    rule = _rule("scram-sha-256", **_aq(monkeypatch, verifier))
+    err, client, (_, verified), ok, _ = client_auth(in_machine, rule, _scram("pw"))
+    assert err is None and ok and verified
+    parsed = parse_secret(verifier)
+    assert client.scram_keys == (client_key_of(salted_password("pw", parsed.salt, parsed.iterations)),
+                                 parsed.server_key)
+    assert auth.backend_password(_rule("none"), client) is None     # a verifier is no password
+
+
+def test_auth_query_failed_login_forgets_the_cached_secret(in_machine, monkeypatch):
+    rule = _rule("md5", **_aq(monkeypatch, "pw"))
+    key = INSTANCE.auth_query_cache.key(rule, "alice", None)
+    INSTANCE.auth_query_cache.put(key, "pw")
+    err, _, _, _, _ = client_auth(in_machine, rule, _md5_answer("wrong"))
+    assert err is not None and INSTANCE.auth_query_cache.get(key) is None
+
+
+def _passthrough_client(user="svc"):
+    from kiwi.scram import client_key_of, parse_secret, salted_password
+    verifier = make_secret("pw")
+    parsed = parse_secret(verifier)
+    client = Client(None)
+    client.user = user
+    client.scram_keys = (client_key_of(salted_password("pw", parsed.salt, parsed.iterations)), parsed.server_key)
+    return verifier, client
+
+
+def test_backend_scram_passthrough_with_the_client_key(in_machine):
+    verifier, client = _passthrough_client()
+    err, seen, rest = backend_auth(in_machine, SASL, _scram_pg(verifier), client=client)
+    assert err is None and seen == "SCRAM-SHA-256" and rest == b""
+
+
+def test_backend_passthrough_only_for_the_clients_own_role(in_machine):
+    verifier, client = _passthrough_client("someone_else")
+    err, _, _ = backend_auth(in_machine, SASL, None, client=client)
+    assert "no password is configured" in str(err)
+
+
+def test_backend_md5_request_cannot_use_a_client_key(in_machine):
+    _, client = _passthrough_client()
+    err, _, _ = backend_auth(in_machine, fe_read.Authentication(auth.AUTH_MD5, b"abcd"), None, client=client)
+    assert "no password is configured" in str(err)
