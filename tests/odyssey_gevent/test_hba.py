@@ -209,3 +209,16 @@ def test_config_with_a_missing_hba_file_is_a_bad_config(tmp_path):
         reader.load(tmp_path / "odyssey.conf")
     assert e.value.errors == [f"{tmp_path / 'odyssey.conf'}:2:10: cannot read hba_file "
                               f"'{tmp_path / 'nope.conf'}': No such file or directory"]
+
+
+def test_the_example_hba_file_parses():
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "etc" / "examples" / "hba.conf"
+    rules = hba.parse(path.read_text(), str(path))
+    assert [r.conn_type for r in rules][:2] == ["local", "host"]
+    assert hba.check(rules, "host", False, "127.0.0.1", "console", "x") is True
+    assert hba.check(rules, "host", False, "192.0.2.1", "console", "x") is False
+    assert hba.check(rules, "host", False, "10.1.1.1", "default_db", "postgres") is False
+    assert hba.check(rules, "host", False, "10.1.1.1", "default_db", "app") is True
+    assert hba.check(rules, "host", False, "192.0.2.1", "default_db", "app") is False
+    assert hba.check(rules, "host", True, "192.0.2.1", "default_db", "app") is True
