@@ -34,6 +34,7 @@ hostnossl hba_plain    all                       127.0.0.0/8   allow
 # the default rule's names are compared, not the client's: hba_named skips this line
 host      hba_dflt     hba_named                 127.0.0.1/32  reject
 host      hba_dflt     default_user              127.0.0.1/32  allow
+host      console      hba_admin                 127.0.0.1/32  allow
 """
 
 
@@ -44,7 +45,9 @@ def _routes():
             rule("hba_same", "hba_same", **to_db1), rule("hba_allow", "hba_same", **to_db1),
             rule("hba_allow", "hba_ssl", **to_db1), rule("hba_allow", "hba_plain", **to_db1),
             rule("hba_allow", "hba_local", **to_db1), rule("hba_deny", "hba_local", **to_db1),
-            rule("default", "hba_dflt", **to_db1))
+            rule("default", "hba_dflt", **to_db1),
+            rule("hba_admin", "console", pool="session", storage="local", role="admin"),
+            rule("hba_deny", "console", pool="session", storage="local", role="admin"))
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,7 @@ def hba_pooler(pg, roles, tls_certs, tmp_path_factory):
     text = odyssey_config(*_routes(), hba_file=str(path),
                           unix_socket_dir=Raw('"${tmp}"'), unix_socket_mode="0644",
                           listen={"host": None})      # the unix socket ${tmp}/.s.PGSQL.${port}
+    text += 'storage "local" {\n    type "local"\n}\n'
     text += (f'listen {{\n    host "127.0.0.1"\n    port ${{port}}\n    tls "allow"\n'
              f'    tls_cert_file "{tls_certs["server_crt"]}"\n    tls_key_file "{tls_certs["server_key"]}"\n}}\n')
     yield from module_pooler(pg, text)
@@ -140,6 +144,18 @@ def test_the_default_rule_names_are_compared(hba_pooler):
     # hba_named reaches `database "hba_dflt" { user default }`: its line names the client's user
     # and would reject, but C Odyssey matches the rule's default_user, and that line allows
     _allowed(hba_pooler, "hba_named", "hba_dflt")
+
+
+@pytest.mark.timeout(20)
+def test_console_clients_are_checked_too(hba_pooler):
+    w = Wire(hba_pooler.port)
+    try:
+        assert w.login("hba_admin", "console") is None
+        rows, err, _ = w.simple_query("show version")
+        assert err is None and rows, (rows, err)
+    finally:
+        w.close()
+    _rejected(hba_pooler, "hba_deny", "console")     # no line names console for hba_deny
 
 
 # -- reload and startup ---------------------------------------------------------------------------
