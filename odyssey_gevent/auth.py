@@ -46,7 +46,7 @@ def authenticate_client(instance, client, timeout_ms: int | None) -> None:
     if mode in ("clear_text", "md5", "scram-sha-256"):
         for keyword in ("ldap_endpoint_name", "auth_pam_service", "auth_module",
                         "enable_mdb_iamproxy_auth"):
-            if getattr(rule, keyword):
+            if getattr(rule, keyword) and (mode != "clear_text" or _external_checker(keyword) is None):
                 raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED, f"{keyword} is not supported yet")
         if rule.auth_query:
             try:
@@ -80,6 +80,12 @@ def _authenticate(instance, client, timeout_ms, mode: str, secret: str | None) -
             given = be_read.read_password(_read_password_message(client, timeout_ms))
         except ProtocolError:
             raise FrontendError(error_codes.PROTOCOL_VIOLATION, "bad password message") from None
+        external = _external_check(instance, client, given.rstrip(b"\0").decode("utf-8", "replace"))
+        if external is not None:           # LDAP, PAM or an auth module decides
+            if not external:
+                raise _password_failed(client)
+            client.password = given.rstrip(b"\0").decode("utf-8", "replace")
+            return
         # byte-exact, as C: a stored md5 hash or SCRAM verifier never matches a plaintext
         expected = secret.encode() if secret is not None else secrets.token_bytes(32)
         if not hmac.compare_digest(given.rstrip(b"\0"), expected):
@@ -101,6 +107,35 @@ def _authenticate(instance, client, timeout_ms, mode: str, secret: str | None) -
     else:
         raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
                             f"authentication method '{mode}' is not supported yet")
+
+
+# clear_text rules that name one of these keywords have the password checked by that module's
+# `check(instance, client, password) -> bool` (C's order: LDAP, auth module, PAM); a module that
+# is not there leaves the keyword refused with 0A000
+_EXTERNAL = (("ldap_endpoint_name", "odyssey_gevent.auth_ldap"), ("auth_module", "odyssey_gevent.auth_module"),
+             ("auth_pam_service", "odyssey_gevent.auth_pam"))
+
+
+def _external_checker(keyword: str):
+    import importlib
+    for kw, module in _EXTERNAL:
+        if kw == keyword:
+            try:
+                return importlib.import_module(module).check
+            except ImportError:
+                return None
+    return None
+
+
+def _external_check(instance, client, password: str):
+    """True/False when a module decides this clear_text login, None when the rule password does."""
+    rule = client.rule
+    for keyword, _ in _EXTERNAL:
+        if getattr(rule, keyword, None):
+            checker = _external_checker(keyword)
+            if checker is not None:
+                return bool(checker(instance, client, password))
+    return None
 
 
 def _mock_secret() -> ScramSecret:
