@@ -47,6 +47,12 @@ TAG = secrets.token_hex(3)
 SERVICE = f"odyssey-gevent-test-{TAG}"
 GOOD, EXPIRED, LOCKED = f"ogpam_ok_{TAG}", f"ogpam_exp_{TAG}", f"ogpam_lck_{TAG}"
 PASSWORD = "Pam-Secr3t-" + TAG
+# PostgreSQL asks this role for SCRAM over TCP (scripts/pgcluster.py): the OS user of the same
+# name gets the same password, so PAM's accepted password logs in to PostgreSQL too
+PASSTHROUGH, PASSTHROUGH_PASSWORD = "scram_user", "scrampass"
+
+
+MADE_USERS: list[str] = []
 
 
 def _run(*args: str, stdin: str | None = None) -> None:
@@ -55,7 +61,7 @@ def _run(*args: str, stdin: str | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def pam_env():
-    made_users = []
+    made_users = MADE_USERS
     path = f"/etc/pam.d/{SERVICE}"
     try:
         with open(path, "w") as f:
@@ -64,12 +70,17 @@ def pam_env():
             _run("useradd", "-M", "-s", "/usr/sbin/nologin", user)
             made_users.append(user)
             _run("chpasswd", stdin=f"{user}:{PASSWORD}\n")
+        if subprocess.run(["id", "-u", PASSTHROUGH], capture_output=True).returncode != 0:
+            _run("useradd", "-M", "-s", "/usr/sbin/nologin", PASSTHROUGH)
+            made_users.append(PASSTHROUGH)
+            _run("chpasswd", stdin=f"{PASSTHROUGH}:{PASSTHROUGH_PASSWORD}\n")
         _run("chage", "-E", "0", EXPIRED)          # expired: pam_acct_mgmt refuses
         _run("passwd", "-l", LOCKED)               # locked: the hash no longer matches
         yield SERVICE
     finally:
         for user in made_users:
             subprocess.run(["userdel", "-f", user], capture_output=True, timeout=30)
+        made_users.clear()
         if os.path.exists(path):
             os.unlink(path)
 
@@ -79,6 +90,8 @@ def pam_pooler(pg, pam_env):
     ensure_roles(pg, GOOD, EXPIRED, LOCKED)
     text = odyssey_config(
         rule("default", "db1", authentication="clear_text", auth_pam_service=pam_env),
+        rule(PASSTHROUGH, "postgres", authentication="clear_text", auth_pam_service=pam_env,
+             password_passthrough=True),
     )
     yield from module_pooler(pg, text)
 
@@ -138,6 +151,15 @@ def test_expired_account_refused_by_acct_mgmt(pam_pooler):
 @pytest.mark.timeout(60)
 def test_locked_account(pam_pooler):
     refused(pam_pooler, LOCKED, PASSWORD)
+
+
+@pytest.mark.timeout(60)
+def test_password_passthrough_logs_in_to_postgresql_with_the_pam_password(pam_pooler):
+    if PASSTHROUGH not in MADE_USERS:
+        pytest.skip(f"an OS user {PASSTHROUGH} existed already (its password is not the test's)")
+    assert current_user(pam_pooler.dsn(PASSTHROUGH, "postgres", PASSTHROUGH_PASSWORD)) == PASSTHROUGH
+    err = login_error(pam_pooler.port, PASSTHROUGH, "postgres", "wrong")
+    assert err is not None and err["C"] == "28P01"
 
 
 @pytest.mark.timeout(60)
