@@ -105,6 +105,8 @@ def test_unknown_mode_is_not_supported(in_machine):
 ])
 @pytest.mark.parametrize("mode", ["clear_text", "md5", "scram-sha-256"])
 def test_password_modes_refuse_unsupported_sources(in_machine, mode, keyword, value):
+    if mode == "clear_text" and auth._external_checker(keyword) is not None:
+        pytest.skip(f"{keyword} has its module: clear_text goes to it (tested with that module)")
     err, _, _, _, rest = client_auth(in_machine, _rule(mode, "pw", **{keyword: value}), lambda app: None)
     assert (err.sqlstate, err.message) == (error_codes.FEATURE_NOT_SUPPORTED, f"{keyword} is not supported yet")
     assert rest == b""
