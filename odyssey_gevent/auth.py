@@ -104,6 +104,9 @@ def _authenticate(instance, client, timeout_ms, mode: str, secret: str | None) -
             raise _password_failed(client)
     elif mode == "scram-sha-256":
         _scram_client(instance, client, timeout_ms, secret)
+    elif mode == "cert":                   # the TLS client certificate's CN (auth_cert.py)
+        from odyssey_gevent import auth_cert
+        auth_cert.authenticate(instance, client)
     else:
         raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
                             f"authentication method '{mode}' is not supported yet")

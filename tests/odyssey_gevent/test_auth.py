@@ -93,9 +93,17 @@ def test_block_refuses_without_a_word_on_the_wire(in_machine):
 
 
 def test_unknown_mode_is_not_supported(in_machine):
-    err, _, _, _, rest = client_auth(in_machine, _rule("cert"), lambda app: None)
+    err, _, _, _, rest = client_auth(in_machine, _rule("external"), lambda app: None)
     assert err.sqlstate == error_codes.FEATURE_NOT_SUPPORTED
-    assert err.message == "authentication method 'cert' is not supported yet"
+    assert err.message == "authentication method 'external' is not supported yet"
+    assert rest == b""
+
+
+def test_cert_needs_tls(in_machine):
+    """C's od_auth_frontend_cert: a client without TLS gets 28000 before any exchange."""
+    err, _, _, _, rest = client_auth(in_machine, _rule("cert", auth_common_name_default=True), lambda app: None)
+    assert (err.sqlstate, err.severity) == (error_codes.INVALID_AUTHORIZATION_SPECIFICATION, "FATAL")
+    assert err.message == "TLS connection required"
     assert rest == b""
 
 
