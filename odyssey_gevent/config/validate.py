@@ -188,6 +188,8 @@ def _validate_rule(config: Config, rule: Rule, err, warn) -> None:
     elif auth not in C.AUTH_MODES:
         err(_loc(rule, "authentication"), f"{name}: has unknown authentication mode '{auth}'")
     elif auth == "clear_text":
+        if rule.auth_query is not None and rule.auth_pam_service is not None:
+            err(loc, f"{name}: auth query and pam service auth method cannot be used simultaneously")
         if (rule.password is None and rule.auth_query is None and not rule.enable_mdb_iamproxy_auth
                 and rule.auth_pam_service is None and rule.auth_module is None
                 and rule.ldap_endpoint_name is None):

@@ -61,6 +61,9 @@ CASES = [
      "rule 'db.user': has unknown authentication mode 'trust'", 'authentication "trust"'),
     ("password not set clear_text", make_config(rule='authentication "clear_text"'),
      "rule 'db.user': password is not set", 'user "user"'),
+    ("pam with auth_query", make_config(rule='authentication "clear_text"\nauth_pam_service "p"\n'
+                                             'auth_query "SELECT 1"\nauth_query_db "x"\nauth_query_user "x"'),
+     "rule 'db.user': auth query and pam service auth method cannot be used simultaneously", 'user "user"'),
     ("password not set md5", make_config(rule='authentication "md5"'),
      "rule 'db.user': password is not set", 'user "user"'),
     ("password not set scram", make_config(rule='authentication "scram-sha-256"'),
