@@ -607,7 +607,7 @@ class Config:
     conn_drop_options: ConnDropOptions = field(default_factory=ConnDropOptions)
     soft_oom: SoftOom = field(default_factory=SoftOom)
     query_parsing: QueryParsing = field(default_factory=QueryParsing)
-    modules: list[str] = field(default_factory=list)   # legacy load_module paths (not loaded)
+    modules: list[str] = field(default_factory=list)   # load_module paths (only python:<module> is used)
 
     # diagnostics
     warnings: list[str] = field(default_factory=list)   # "file:line:col: message"

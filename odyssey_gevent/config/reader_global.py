@@ -219,8 +219,13 @@ def _query_parsing_mode(r: _Reader, s: _Stream, qp, kwtok: Token) -> None:
 def _load_module(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
     path = r.read_string(s)
     config.modules.append(path)
-    r.warn(kwtok.loc, f"load_module '{path}': C modules can't be loaded by odyssey-gevent; "
-                      f"ignored")
+    if path.startswith("python:"):         # a Python auth module (odyssey_gevent/auth_module.py)
+        name = path[len("python:"):]
+        if not name or not all(part.isidentifier() for part in name.split(".")):
+            raise _Err(kwtok.loc, f"load_module '{path}': expected python:<dotted module name>")
+    else:
+        r.warn(kwtok.loc, f"load_module '{path}': C modules can't be loaded by odyssey-gevent; "
+                          f"ignored")
     if s.peek().kind == SYM and s.peek().value == "{":
         depth = 0
         while True:

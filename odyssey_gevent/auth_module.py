@@ -1,0 +1,88 @@
+"""Auth modules, the Python way (C Odyssey's `load_module` + `auth_module`, sources/module.c).
+
+C loads shared objects and a rule's `auth_module "name"` hands clear_text logins to one of them.
+Here a global `load_module "python:pkg.mod"` names a Python module (importable from the
+pooler's sys.path, e.g. via PYTHONPATH) and a `clear_text` rule with `auth_module "pkg.mod"`
+has its logins decided by that module's function
+
+    check(user: str, password: str, client_info: dict) -> bool
+
+client_info: user, database, application_name, host and port of the client (None for a unix
+socket), tls (bool), rule (the rule's "db.user" name).  Only `True` accepts; anything else
+refuses with 28P01.  An auth_module with no matching `load_module "python:..."`, a module that
+does not import or has no callable `check`, an exception inside `check` or a non-bool result:
+FATAL 28000 to the client and a log line, never a crash.
+
+The module is imported once per process (on its first login, in the hub) and `check` runs in
+the hub's threadpool, so a function that blocks (a web call, a file) does not stall other
+clients; it must be thread-safe.
+"""
+from __future__ import annotations
+
+import importlib
+
+import gevent
+
+from kiwi import error_codes
+from odyssey_gevent.status import FrontendError
+
+__all__ = ["check", "resolve", "client_info"]
+
+PREFIX = "python:"
+
+
+class ModuleError(Exception):
+    """The named auth module cannot be used (not declared, not importable, no check)."""
+
+
+def resolve(modules, name: str):
+    """The `check` function of auth module `name`, declared by `load_module "python:<name>"`."""
+    if PREFIX + name not in modules:
+        raise ModuleError(f"auth module '{name}' is not loaded (no load_module \"{PREFIX}{name}\")")
+    try:
+        mod = importlib.import_module(name)
+    except Exception as e:                 # ImportError, or whatever the module's body raised
+        raise ModuleError(f"auth module '{name}' failed to import: {e.__class__.__name__}: {e}") from None
+    fn = getattr(mod, "check", None)
+    if not callable(fn):
+        raise ModuleError(f"auth module '{name}' has no check(user, password, client_info) function")
+    return fn
+
+
+def client_info(client) -> dict:
+    rule = client.rule
+    return {"user": client.user, "database": client.database,
+            "application_name": client.vars.get("application_name"),
+            "host": client.peer_host, "port": client.peer_port, "tls": bool(client.tls),
+            "rule": f"{rule.db_name}.{rule.user_name}"}
+
+
+def _call(fn, user, password, info):
+    try:
+        return True, fn(user, password, info)
+    except BaseException as e:             # noqa: BLE001 (the user's code must never kill us)
+        return False, f"{e.__class__.__name__}: {e}"
+
+
+def _refuse(instance, client, message: str) -> FrontendError:
+    instance.logger.error("auth", client, None, "%s", message)
+    return FrontendError(error_codes.INVALID_AUTHORIZATION_SPECIFICATION,
+                         f"auth module error for user \"{client.user}\"", severity="FATAL")
+
+
+def check(instance, client, password: str) -> bool:
+    """The auth.py hook for clear_text rules with `auth_module`."""
+    name = client.rule.auth_module
+    try:
+        fn = resolve(instance.config.modules, name)
+    except ModuleError as e:
+        raise _refuse(instance, client, str(e)) from None
+    ok, result = gevent.get_hub().threadpool.apply(_call, (fn, client.user, password, client_info(client)))
+    if not ok:
+        raise _refuse(instance, client, f"auth module '{name}' check() raised {result}")
+    if not isinstance(result, bool):
+        raise _refuse(instance, client, f"auth module '{name}' check() returned {type(result).__name__}, "
+                                        f"not bool")
+    if not result:
+        instance.logger.error("auth", client, None, "auth module '%s' refused user '%s'", name, client.user)
+    return result
