@@ -156,3 +156,14 @@ def test_tls_sample_does_not_open_cert_files(monkeypatch):
     cfg = reader.load(str(ROOT / "etc" / "examples" / "tls.conf"))
     assert cfg.listen[0].tls == "require" and cfg.listen[0].tls_cert_file == "/etc/odyssey/server.crt"
     assert opened == [str(ROOT / "etc" / "examples" / "tls.conf")]
+
+
+def test_all_auth_sample_uses_every_method():
+    """etc/examples/all-auth.conf: one config with every client authentication method."""
+    cfg = reader.load(str(ROOT / "etc" / "examples" / "all-auth.conf"))
+    rules = [r for r in cfg.rules if not r.is_internal]
+    assert {r.authentication for r in rules} >= {"cert", "md5", "scram-sha-256", "clear_text"}
+    assert any(r.auth_query for r in rules) and any(r.ldap_endpoint_name for r in rules)
+    assert any(r.auth_pam_service for r in rules) and any(r.auth_module for r in rules)
+    assert cfg.hba_rules                      # the hba file next to it was read
+    assert cfg.listen[0].tls == "require" and cfg.listen[0].tls_ca_file
