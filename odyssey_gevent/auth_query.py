@@ -15,7 +15,7 @@ Safety, where C Odyssey splices text:
 Results: exactly one row of two columns (user, secret) is a secret; no row or a NULL secret is
 "no such user" (the login fails like a wrong password); anything else is a query failure.
 Secrets are cached per (rule, user[, client address when the query uses %h]) for
-``CACHE_TTL_MS``; the cache is cleared on reload.
+``auth_query_cache_ttl_ms`` (default ``CACHE_TTL_MS``); the cache is cleared on reload.
 """
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ from odyssey_gevent.server import Server
 
 CACHE_TTL_MS = 10_000          # how long a fetched secret is reused (docs/config.md)
 SAFE_SEARCH_PATH = "SET search_path = pg_catalog, pg_temp"
+# Whatever the configured query returns, a role whose VALID UNTIL has passed gets no secret (the
+# query a C Odyssey config usually has, on pg_shadow, would hand out an expired role's password).
+EXPIRED_QUERY = ("SELECT rolvaliduntil IS NOT NULL AND rolvaliduntil < now() "
+                 "FROM pg_catalog.pg_roles WHERE rolname = $1")
 
 _PARAM_RE = re.compile(r"\$1(?![0-9])")
 
@@ -226,6 +230,11 @@ def fetch_secret(instance, client) -> str | None:
         backend.connect(instance, server, None)
         rows, columns = _run(instance, server, sql, user, timeout)
         secret = secret_of(rows, columns)
+        if secret is not None:
+            expired, _ = _run(instance, server, EXPIRED_QUERY, user, timeout)
+            if expired and expired[0][0] == b"t":
+                instance.logger.info("auth_query", client, None, "role '%s' has expired (VALID UNTIL)", user)
+                secret = None
     except AuthQueryFailed as e:
         raise failed(str(e)) from None
     except Exception as e:           # BackendError, KiwiError, OSError, TimedOut...: all are 28000

@@ -32,7 +32,7 @@ class Instance:
         self.clients = 0          # accepted client sockets: the one count global client_max limits
         self._tls = {}
         self.verbose = False
-        self.auth_query_cache = auth_query.SecretCache()    # cleared on reload
+        self.auth_query_cache = auth_query.SecretCache(config.auth_query_cache_ttl_ms)   # cleared on reload
 
     def next_endpoint(self) -> int:
         return next(self._endpoint_rr)
@@ -108,6 +108,7 @@ class Instance:
         kept = {id(r) for r in config.rules}
         self.config = config
         self.rules = Rules(config, reverse_dns=machinarium.reverse_dns)
+        self.auth_query_cache.ttl = config.auth_query_cache_ttl_ms / 1000.0
         self.auth_query_cache.clear()
         self.logger.configure(config.log_format, self.logger.to_stdout, config.log_file,
                               config.log_debug or self.verbose, self.logger.silent)

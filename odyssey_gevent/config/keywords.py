@@ -251,6 +251,7 @@ ROOT: dict = {
     "server_login_retry": ("int", "server_login_retry"),
     "backend_connect_timeout_ms": ("int", "backend_connect_timeout_ms"),
     "cancel_timeout_ms": ("int", "cancel_timeout_ms"),
+    "auth_query_cache_ttl_ms": ("int", "auth_query_cache_ttl_ms"),
     "cancel_queue_timeout_ms": ("int", "cancel_queue_timeout_ms"),
     "cancel_max_inflight": ("int", "cancel_max_inflight"),
     "dns_cache_ttl": ("int", "dns_cache_ttl"),

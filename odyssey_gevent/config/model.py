@@ -578,6 +578,7 @@ class Config:
     server_login_retry: int = 1
     backend_connect_timeout_ms: int = 30000
     cancel_timeout_ms: int = 5000         # released 1.5 default (HEAD: 1000)
+    auth_query_cache_ttl_ms: int = 10000  # ours: how long an auth_query secret is reused (<= 0: never)
     cancel_queue_timeout_ms: int = -1
     cancel_max_inflight: int = -1
     dns_cache_ttl: int = 30000

@@ -118,6 +118,13 @@ def test_clear_text_compares_byte_exact(aq_pooler):
 
 
 @pytest.mark.timeout(30)
+def test_expired_role_fails_whatever_the_query_returns(aq_pooler):
+    """The classic query (rolpassword with no VALID UNTIL check, like C configs on pg_shadow) still
+    gets no secret for an expired role: the pooler checks pg_roles.rolvaliduntil itself."""
+    assert_password_failed(aq_pooler.port, "aq_expired", "postgres", "expiredpw")
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("user", ["aq_nobody", "aq_nopass", "aq_expired"])
 def test_unknown_null_and_expired_fail_like_a_wrong_password(aq_pooler, user):
     assert_password_failed(aq_pooler.port, user, "db1", "expiredpw")

@@ -66,6 +66,7 @@ GLOBAL_CASES = [
     ("server_login_retry", "5", "server_login_retry", 5),
     ("backend_connect_timeout_ms", "500", "backend_connect_timeout_ms", 500),
     ("cancel_timeout_ms", "200", "cancel_timeout_ms", 200),
+    ("auth_query_cache_ttl_ms", "2500", "auth_query_cache_ttl_ms", 2500),
     ("cancel_queue_timeout_ms", "300", "cancel_queue_timeout_ms", 300),
     ("cancel_max_inflight", "4", "cancel_max_inflight", 4),
     ("dns_cache_ttl", "1000", "dns_cache_ttl", 1000),
