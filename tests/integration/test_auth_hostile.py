@@ -157,3 +157,36 @@ def test_stalled_logins_are_cut_off_by_client_login_timeout(hp, stall):
     w.close()
     assert closed, f"{stall}: still open {time.monotonic() - t0:.1f}s later"
     _neighbour_works(hp)
+
+
+@pytest.fixture(scope="module")
+def tls_hp(pg, roles, tls_certs):
+    text = odyssey_config(
+        rule("auth_none", "db1"),
+        listen={"client_login_timeout": LOGIN_TIMEOUT_MS, "tls": "require",
+                "tls_cert_file": tls_certs["server_crt"], "tls_key_file": tls_certs["server_key"],
+                "tls_ca_file": tls_certs["ca_crt"]})
+    yield from module_pooler(pg, text)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stall", ["no ClientHello", "half a ClientHello", "garbage instead of TLS"])
+def test_stalled_or_broken_tls_handshake_is_cut_off(tls_hp, stall):
+    w = Wire(tls_hp.port, timeout=10)
+    w.send(struct.pack("!II", 8, 80877103))                  # SSLRequest
+    assert w.read_exact(1) == b"S"
+    if stall == "half a ClientHello":
+        w.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 20)   # declares 512 bytes
+    elif stall == "garbage instead of TLS":
+        w.send(b"GET / HTTP/1.0\r\n\r\n")
+    _, closed = _outcome(w, timeout=LOGIN_TIMEOUT_MS / 1000 + 8)
+    w.close()
+    assert closed, f"{stall}: the connection stayed open"
+    con = psycopg2.connect(f"host=127.0.0.1 port={tls_hp.port} user=auth_none dbname=db1 sslmode=require "
+                           "sslcert=/nonexistent/c.crt sslkey=/nonexistent/c.key")
+    try:
+        cur = con.cursor()
+        cur.execute("select 1")
+        assert cur.fetchone() == (1,)
+    finally:
+        con.close()
