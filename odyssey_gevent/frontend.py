@@ -372,6 +372,9 @@ class Frontend:
         self.logger.error("frontend", client, client.server, "%s", err.message)
         try:
             client.io.write(error_message(err, client.id, show_id))
+            # the connection ends after this: close it with a FIN, not the usual reset, or the
+            # kernel may drop the error before the client has read it
+            client.io.set_linger_off()
         except Exception:
             pass
 
