@@ -112,6 +112,21 @@ def direct(pg, db: str = "postgres"):
         con.close()
 
 
+def scalar(dsn: str, sql: str = "select 1"):
+    """The one value `sql` returns on a new psycopg2 connection to `dsn` (closed afterwards)."""
+    con = psycopg2.connect(dsn)
+    try:
+        cur = con.cursor()
+        cur.execute(sql)
+        return cur.fetchone()[0]
+    finally:
+        con.close()
+
+
+def current_user(dsn: str) -> str:
+    return scalar(dsn, "select current_user")
+
+
 def backends(pg, user: str) -> list[tuple]:
     """(pid, state, application_name) of the client backends PostgreSQL runs for `user`."""
     with direct(pg) as con, con.cursor() as cur:

@@ -12,7 +12,7 @@ import asyncpg
 import psycopg2
 import pytest
 
-from tests.integration.conftest import module_pooler, odyssey_config, odyssey_text, rule
+from tests.integration.conftest import module_pooler, odyssey_config, odyssey_text, rule, current_user
 from tests.integration.wire import Wire, login_error
 
 MD5H_PLAIN = "hashedpw"
@@ -35,16 +35,6 @@ def auth_pooler(pg, roles):
         rule("scram_user", "postgres", storage_password="scrampass"),
     )
     yield from module_pooler(pg, text)
-
-
-def current_user(dsn: str) -> str:
-    con = psycopg2.connect(dsn)
-    try:
-        cur = con.cursor()
-        cur.execute("select current_user")
-        return cur.fetchone()[0]
-    finally:
-        con.close()
 
 
 @pytest.mark.timeout(30)

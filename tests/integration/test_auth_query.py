@@ -11,7 +11,7 @@ import signal
 import psycopg2
 import pytest
 
-from tests.integration.conftest import direct, module_pooler, odyssey_config, odyssey_text, rule
+from tests.integration.conftest import current_user, direct, module_pooler, odyssey_config, odyssey_text, rule
 from tests.integration.wire import Wire, login_error
 
 RECOMMENDED = ("SELECT rolname, CASE WHEN rolvaliduntil IS NULL OR rolvaliduntil > now() "
@@ -65,16 +65,6 @@ def aq_pooler(pg, aq_roles):
                                                 "WHERE rolname = '%u'")),
     )
     yield from module_pooler(pg, text)
-
-
-def current_user(dsn: str) -> str:
-    con = psycopg2.connect(dsn)
-    try:
-        cur = con.cursor()
-        cur.execute("select current_user, current_setting('search_path')")
-        return cur.fetchone()[0]
-    finally:
-        con.close()
 
 
 def assert_password_failed(port, user, db, pw, **params):

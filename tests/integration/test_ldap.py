@@ -23,7 +23,7 @@ import time
 import psycopg2
 import pytest
 
-from tests.integration.conftest import (_items, assert_alive, ensure_roles, module_pooler,
+from tests.integration.conftest import (_items, assert_alive, current_user, ensure_roles, module_pooler,
                                         odyssey_config, odyssey_text, rule)
 from tests.integration.wire import Wire, login_error
 
@@ -162,16 +162,6 @@ def ldap_pooler(pg, roles, slapd, blackhole):
     yield from module_pooler(pg, text)
 
 
-def _current_user(dsn: str) -> str:
-    con = psycopg2.connect(dsn)
-    try:
-        cur = con.cursor()
-        cur.execute("select current_user")
-        return cur.fetchone()[0]
-    finally:
-        con.close()
-
-
 def _refused(p, user: str, db: str, pw: str | None, code: str = "28P01") -> dict:
     err = login_error(p.port, user, db, pw)
     assert (err["S"], err["C"]) == ("FATAL", code), err
@@ -182,7 +172,7 @@ def _refused(p, user: str, db: str, pw: str | None, code: str = "28P01") -> dict
 @pytest.mark.parametrize("db", ["db1", "postgres"])
 @pytest.mark.parametrize("user", ["ldap_alice", "ldap_bob"])
 def test_right_password_logs_in(ldap_pooler, db, user):
-    assert _current_user(ldap_pooler.dsn(user, db, USERS[user])) == user
+    assert current_user(ldap_pooler.dsn(user, db, USERS[user])) == user
 
 
 @pytest.mark.timeout(60)
@@ -241,7 +231,7 @@ def test_ldap_server_down_is_fatal_58000_and_the_pooler_stays_up(ldap_pooler):
         err = _refused(ldap_pooler, "ldap_down", "db1", "pw", code="58000")
         odyssey_text(err["M"], "LDAP server is unavailable")
     assert_alive(ldap_pooler)
-    assert _current_user(ldap_pooler.dsn("ldap_alice", "db1", "alicepw")) == "ldap_alice"
+    assert current_user(ldap_pooler.dsn("ldap_alice", "db1", "alicepw")) == "ldap_alice"
     log = ldap_pooler.log()
     assert "ldap_endpoint 'down'" in log and "Connection refused" in log
     assert "Traceback" not in log
@@ -268,7 +258,7 @@ def test_a_silent_ldap_server_blocks_only_its_own_client(ldap_pooler):
     time.sleep(0.5)
     t0 = time.monotonic()
     for _ in range(3):
-        assert _current_user(ldap_pooler.dsn("ldap_bob", "postgres", "bobpw")) == "ldap_bob"
+        assert current_user(ldap_pooler.dsn("ldap_bob", "postgres", "bobpw")) == "ldap_bob"
     assert time.monotonic() - t0 < 3
     assert thread.is_alive(), "the silent server answered?"
     thread.join(30)

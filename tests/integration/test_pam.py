@@ -14,7 +14,7 @@ import subprocess
 import psycopg2
 import pytest
 
-from tests.integration.conftest import ensure_roles, module_pooler, odyssey_config, odyssey_text, rule
+from tests.integration.conftest import ensure_roles, module_pooler, odyssey_config, odyssey_text, rule, current_user
 from tests.integration.wire import login_error
 
 PAM_UNIX_DIRS = ("/lib/x86_64-linux-gnu/security", "/usr/lib/x86_64-linux-gnu/security",
@@ -94,16 +94,6 @@ def pam_pooler(pg, pam_env):
              password_passthrough=True),
     )
     yield from module_pooler(pg, text)
-
-
-def current_user(dsn: str) -> str:
-    con = psycopg2.connect(dsn)
-    try:
-        cur = con.cursor()
-        cur.execute("select current_user")
-        return cur.fetchone()[0]
-    finally:
-        con.close()
 
 
 def refused(pooler, user: str, password: str) -> None:
