@@ -89,6 +89,20 @@ def log_stats(instance, rates: _Rates, interval: float) -> None:
 
 
 def cron_main(instance) -> None:
+    """The cron loop; also owns the Prometheus exporter (promhttp_server_port): started here, in
+    the system machine, and stopped when the system cancels this coroutine."""
+    exporter = None
+    if instance.config.promhttp_server_port:
+        from odyssey_gevent import metrics
+        exporter = metrics.start(instance, instance.config.promhttp_server_port)
+    try:
+        _cron_loop(instance)
+    finally:
+        if exporter is not None:
+            exporter.stop(timeout=1)
+
+
+def _cron_loop(instance) -> None:
     rates = _Rates()
     last_stats = time.monotonic()
     while True:

@@ -239,9 +239,7 @@ def _load_module(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
 
 
 def _promhttp_port(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
-    config.promhttp_server_port = r.read_int(s)
-    r.warn(kwtok.loc, "promhttp_server_port: the built-in Prometheus exporter is not available; "
-                      "ignored")
+    config.promhttp_server_port = r.read_int(s)    # served by odyssey_gevent.metrics
 
 
 def _hba_file(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
