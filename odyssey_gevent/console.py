@@ -1,9 +1,10 @@
 """The admin console: a `local` storage answering SHOW commands (mirrors Odyssey
 sources/console.c).
 
-This first cut answers SHOW VERSION, POOLS, DATABASES, CLIENTS, SERVERS, LISTS, RULES,
-IS_PAUSED, SERVER_PREP_STMTS and GLOBAL_PREPARED_STATEMENTS with Odyssey's column names and
-types; the full console (STATS, ERRORS, KILL_CLIENT, RELOAD, PAUSE/RESUME ...) is a later issue.
+It answers SHOW VERSION, POOLS, DATABASES, CLIENTS, SERVERS, LISTS, RULES, IS_PAUSED,
+SERVER_PREP_STMTS, GLOBAL_PREPARED_STATEMENTS, STATS, LISTEN, STORAGES and HELP with Odyssey's
+column names and types, plus RELOAD and SET (a no-op); ERRORS, KILL_CLIENT and PAUSE/RESUME are
+not implemented yet. Roles: admin may do everything, stat only SHOW, notallow nothing.
 Commands are dispatched through a table. Rows are built under the router's lock (the rule is in
 route.py), which is never held across IO: the reply is written after it is released.
 """
@@ -157,7 +158,62 @@ def show_global_prepared_statements(instance):
     return cols, rows
 
 
+STATS_COLUMNS = ["total_xact_count", "total_query_count", "total_server_assignment_count", "total_received",
+                 "total_sent", "total_xact_time", "total_query_time", "total_wait_time", "avg_xact_count",
+                 "avg_query_count", "avg_server_assignment_count", "avg_recv", "avg_sent", "avg_xact_time",
+                 "avg_query_time", "avg_wait_time", "total_parse_count", "total_parse_count_reuse",
+                 "total_cancel_count"]
+
+
+def show_stats(instance):
+    """One row per database, summed over its routes (RouteStats). Times are not measured and the
+    averages (Odyssey's per-stats_interval rates) are not computed yet: both are 0."""
+    cols = [("database", TEXT)] + [(c, INT8) for c in STATS_COLUMNS]
+    totals: dict[str, list[int]] = {}
+    for r in instance.router.snapshot():
+        st = r.stats
+        t = totals.setdefault(r.db, [0] * 6)
+        for i, v in enumerate((st.count_tx, st.count_query, st.count_server_assignment, st.bytes_recv,
+                               st.bytes_sent, st.count_cancel)):
+            t[i] += v
+    rows = []
+    for db in sorted(totals):
+        tx, q, assign, recv, sent, cancel = totals[db]
+        rows.append([db, tx, q, assign, recv, sent, 0, 0, 0] + [0] * 8 + [0, 0, cancel])
+    return cols, rows
+
+
+def _tls_columns(block) -> list:
+    return [block.tls or "(None)", block.tls_cert_file or "(None)", block.tls_key_file or "(None)",
+            block.tls_ca_file or "(None)", block.tls_protocols or "(None)"]
+
+
+TLS_COLUMNS = [("tls", TEXT), ("tls_cert_file", TEXT), ("tls_key_file", TEXT), ("tls_ca_file", TEXT),
+               ("tls_protocols", TEXT)]
+
+
+def show_listen(instance):
+    cols = [("host", TEXT), ("port", INT4)] + TLS_COLUMNS
+    return cols, [[lst.host or "(None)", lst.port] + _tls_columns(lst) for lst in instance.config.listen]
+
+
+def show_storages(instance):
+    cols = [("type", TEXT), ("host", TEXT), ("port", INT4)] + TLS_COLUMNS
+    rows = [[st.type or "remote", st.host or "(None)", st.port or 0] + _tls_columns(st)
+            for st in instance.config.storages.values()]
+    return cols, rows
+
+
+HELP_TEXT = """Console usage
+	SHOW COMMANDS|HELP
+	SHOW STATS|POOLS|DATABASES|CLIENTS|SERVERS|LISTS|RULES|IS_PAUSED|VERSION
+	SHOW LISTEN|STORAGES|SERVER_PREP_STMTS|GLOBAL_PREPARED_STATEMENTS
+	RELOAD
+	SET key = arg (ignored)"""
+
+
 SHOW = {
+    "stats": show_stats, "listen": show_listen, "storages": show_storages,
     "server_prep_stmts": show_server_prep_stmts, "global_prepared_statements": show_global_prepared_statements,
     "version": show_version, "pools": show_pools, "databases": show_databases, "clients": show_clients,
     "servers": show_servers, "lists": show_lists, "rules": show_rules, "is_paused": show_is_paused,
@@ -188,7 +244,17 @@ def execute(instance, client, query: str) -> bytes:
     tokens = query.replace(";", " ").split()
     if not tokens:
         return be_write.empty_query_response()
-    if tokens[0].lower() == "show" and len(tokens) >= 2:
+    verb = tokens[0].lower()
+    if role != "admin" and not (verb == "show" and role == "stat"):
+        raise FrontendError(error_codes.INSUFFICIENT_PRIVILEGE, "Unsuitable user role to emit console command")
+    if verb == "show" and len(tokens) >= 2 and tokens[1].lower() in ("help", "commands"):
+        return be_write.notice_response("NOTICE", "00000", HELP_TEXT) + be_write.command_complete("SHOW")
+    if verb == "reload" and len(tokens) == 1:
+        instance.reload()
+        return be_write.command_complete("RELOAD")
+    if verb == "set":
+        return be_write.command_complete("SET")
+    if verb == "show" and len(tokens) >= 2:
         handler = SHOW.get(tokens[1].lower())
         if handler is not None:
             cols, rows = handler(instance)

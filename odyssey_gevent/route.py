@@ -44,8 +44,8 @@ from odyssey_gevent.server import Server, ServerState
 class RouteStats:
     """Per-route counters (mirrors od_stat_t). The relay bumps count_query, count_tx and the
     byte counts without the lock (see above); the router bumps count_server_assignment and
-    count_cancel under it. The stats log reads the first four; SHOW STATS (a later issue) will
-    read the rest."""
+    count_cancel under it. The stats log reads the first four; SHOW STATS (console.py) reads all
+    of them."""
     __slots__ = ("count_query", "count_tx", "bytes_recv", "bytes_sent", "count_server_assignment",
                  "count_cancel")
 

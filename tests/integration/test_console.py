@@ -11,7 +11,8 @@ import psycopg.errors
 import psycopg2
 import pytest
 
-from tests.integration.conftest import ensure_roles, module_pooler, odyssey_config, odyssey_text, rule
+from tests.integration.conftest import (ensure_roles, module_pooler, odyssey_config, odyssey_text, rule,
+                                       start_pooler)
 from tests.integration.wire import Wire, message, parse_fields
 
 USER = "console_pool_user"
@@ -36,6 +37,15 @@ SHOW_COLUMNS = {
     "lists": [("list", t), ("items", i4)],
     "rules": [("database", t), ("user", t), ("address", t), ("connection_type", t), ("obsolete", b)],
     "is_paused": [("is_paused", b)],
+    "stats": [("database", t)] + [(c, i8) for c in (
+        "total_xact_count", "total_query_count", "total_server_assignment_count", "total_received", "total_sent",
+        "total_xact_time", "total_query_time", "total_wait_time", "avg_xact_count", "avg_query_count",
+        "avg_server_assignment_count", "avg_recv", "avg_sent", "avg_xact_time", "avg_query_time",
+        "avg_wait_time", "total_parse_count", "total_parse_count_reuse", "total_cancel_count")],
+    "listen": [("host", t), ("port", i4), ("tls", t), ("tls_cert_file", t), ("tls_key_file", t),
+               ("tls_ca_file", t), ("tls_protocols", t)],
+    "storages": [("type", t), ("host", t), ("port", i4), ("tls", t), ("tls_cert_file", t), ("tls_key_file", t),
+                 ("tls_ca_file", t), ("tls_protocols", t)],
 }
 LISTS = ["databases", "users", "pools", "free_clients", "used_clients", "login_clients", "routing_clients",
          "free_servers", "used_servers", "dns_names", "dns_zones", "dns_queries", "dns_pending"]
@@ -48,6 +58,7 @@ def console_pooler(pg, roles):
         rule(USER, "db1", pool="session"),
         rule("default", "console", pool="session", storage="local", role="admin"),
         rule("viewer", "console", pool="session", storage="local", role="notallow"),
+        rule("watcher", "console", pool="session", storage="local", role="stat"),
     )
     text += 'storage "local" {\n    type "local"\n}\n'
     yield from module_pooler(pg, text)
@@ -169,3 +180,99 @@ def test_notallow_role(console_pooler):
         odyssey_text(err["M"], "Unsuitable user role to emit console command")
     finally:
         w.close()
+
+
+@pytest.mark.timeout(20)
+def test_show_stats_grow_after_queries(console_pooler):
+    con = _console(console_pooler)
+    client = psycopg2.connect(console_pooler.dsn(USER, "db1"))
+    client.autocommit = True
+    try:
+        def db1():
+            cols, rows = _show(con, "STATS")
+            names = [c[0] for c in cols]
+            mine = [dict(zip(names, r)) for r in rows if r[0] == "db1"]
+            return mine[0] if mine else dict.fromkeys(names[1:], 0)
+        before = db1()
+        with client.cursor() as cur:
+            for _ in range(3):
+                cur.execute("select 1")
+        after = db1()
+        assert after["total_query_count"] >= before["total_query_count"] + 3
+        assert after["total_xact_count"] >= before["total_xact_count"] + 3
+        assert after["total_received"] > before["total_received"]
+        assert after["total_sent"] > before["total_sent"]
+        assert after["total_server_assignment_count"] >= 1
+        assert after["total_query_time"] == 0 and after["avg_query_count"] == 0      # not measured yet
+    finally:
+        client.close()
+        con.close()
+
+
+@pytest.mark.timeout(20)
+def test_show_listen_storages_and_help(console_pooler):
+    con = _console(console_pooler)
+    try:
+        _, rows = _show(con, "LISTEN")
+        assert rows == [("127.0.0.1", console_pooler.port, "disable", "(None)", "(None)", "(None)", "(None)")]
+        _, rows = _show(con, "STORAGES")
+        assert sorted(r[0] for r in rows) == ["local", "remote"]
+        with con.cursor() as cur:
+            cur.execute("SHOW HELP")
+            assert cur.description is None
+            assert cur.statusmessage == "SHOW"
+        assert any("Console usage" in n for n in con.notices)
+        with con.cursor() as cur:
+            cur.execute("SET anything = 1")
+            assert cur.statusmessage == "SET"
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(20)
+def test_stat_role_may_show_but_not_reload(console_pooler):
+    w = Wire(console_pooler.port)
+    try:
+        assert w.login("watcher", "console") is None
+        rows, err, _ = w.simple_query("show is_paused")
+        assert err is None and rows == [["f"]]
+        for q in ("reload", "kill_client c0123456789ab", "set x = 1"):
+            _, err, status = w.simple_query(q)
+            assert err is not None and err["C"] == "42501", (q, err)
+            odyssey_text(err["M"], "Unsuitable user role to emit console command")
+            assert status == "I"
+    finally:
+        w.close()
+
+
+@pytest.mark.timeout(40)
+def test_reload_picks_up_a_changed_config_file(pg, roles):
+    ensure_roles(pg, USER)
+    console_rule = rule("default", "console", pool="session", storage="local", role="admin")
+    local = 'storage "local" {\n    type "local"\n}\n'
+    p = start_pooler(pg, odyssey_config(console_rule) + local)
+    try:
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(p.dsn(USER, "db1")).close()
+        with open(p.config_path) as f:
+            text = f.read()
+        extra = odyssey_config(rule(USER, "db1", pool="session"))
+        extra = extra[extra.index("database "):]
+        with open(p.config_path, "w") as f:
+            f.write(text + extra)
+        con = _console(p)
+        try:
+            with con.cursor() as cur:
+                cur.execute("RELOAD")
+                assert cur.statusmessage == "RELOAD"
+        finally:
+            con.close()
+        client = psycopg2.connect(p.dsn(USER, "db1"))
+        try:
+            with client.cursor() as cur:
+                cur.execute("select current_user")
+                assert cur.fetchone() == (USER,)
+        finally:
+            client.close()
+    finally:
+        p.stop()

@@ -173,6 +173,15 @@ EXPECTED_COLUMNS = {
     "server_prep_stmts": [("type", TEXT), ("user", TEXT), ("database", TEXT), ("sid", TEXT), ("name", TEXT),
                           ("definition", TEXT), ("refcount", TEXT)],
     "global_prepared_statements": [("name", TEXT), ("definition", TEXT), ("refcount", TEXT)],
+    "stats": [("database", TEXT)] + [(c, INT8) for c in (
+        "total_xact_count", "total_query_count", "total_server_assignment_count", "total_received", "total_sent",
+        "total_xact_time", "total_query_time", "total_wait_time", "avg_xact_count", "avg_query_count",
+        "avg_server_assignment_count", "avg_recv", "avg_sent", "avg_xact_time", "avg_query_time",
+        "avg_wait_time", "total_parse_count", "total_parse_count_reuse", "total_cancel_count")],
+    "listen": [("host", TEXT), ("port", INT4), ("tls", TEXT), ("tls_cert_file", TEXT), ("tls_key_file", TEXT),
+               ("tls_ca_file", TEXT), ("tls_protocols", TEXT)],
+    "storages": [("type", TEXT), ("host", TEXT), ("port", INT4), ("tls", TEXT), ("tls_cert_file", TEXT),
+                 ("tls_key_file", TEXT), ("tls_ca_file", TEXT), ("tls_protocols", TEXT)],
 }
 
 
@@ -305,8 +314,8 @@ def test_empty_query(query):
     assert console.execute(inst, _console(inst), query) == be_write.empty_query_response()
 
 
-@pytest.mark.parametrize("query", ["show", "SHOW;", "show nothing", "select 1", "pools", "show stats",
-                                   "kill_client c0123", "reload", "show  'pools'"])
+@pytest.mark.parametrize("query", ["show", "SHOW;", "show nothing", "select 1", "pools", "show errors",
+                                   "kill_client c0123", "reload now", "show  'pools'"])
 def test_unknown_command_is_42601_with_the_query_text(query):
     inst = _instance()
     err = _error(lambda: console.execute(inst, _console(inst), query))
@@ -334,6 +343,56 @@ def test_admin_and_stat_roles_may_show(user, role):
     assert client.rule.effective_role() == role
     cols, _, _ = _table(console.execute(inst, client, "show version"))
     assert cols == EXPECTED_COLUMNS["version"]
+
+
+def test_show_stats_sums_route_counters_per_database():
+    inst, (c1, _), *_ = _busy_instance()
+    st = c1.route.stats
+    st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent, st.count_cancel = 3, 7, 100, 200, 1
+    _, rows, _ = _table(console.execute(inst, _console(inst), "show stats"))
+    by_db = {r[0]: r for r in rows}
+    assert set(by_db) == {"sales", "other"}
+    sales = list(by_db["sales"])
+    assert sales[1:6] == ["3", "7", sales[3], "100", "200"] and int(sales[3]) >= 1
+    assert sales[6:19] == ["0"] * 13
+    assert sales[19] == "1"
+
+
+def test_show_listen_and_storages_rows():
+    inst = _instance()
+    _, rows, _ = _table(console.execute(inst, _console(inst), "show listen"))
+    assert rows == [("127.0.0.1", "6432", "disable", "(None)", "(None)", "(None)", "(None)")]
+    _, rows, _ = _table(console.execute(inst, _console(inst), "show storages"))
+    assert rows == [("local", "(None)", "0", "disable", "(None)", "(None)", "(None)", "(None)"),
+                    ("remote", "10.0.0.5", "5433", "prefer", "(None)", "(None)", "(None)", "(None)")]
+
+
+def test_show_help_is_a_notice_and_no_rows():
+    inst = _instance()
+    msgs = _messages(console.execute(inst, _console(inst), "show help"))
+    assert [m[0] for m in msgs] == [BE.NOTICE_RESPONSE, BE.COMMAND_COMPLETE]
+    assert b"Console usage" in msgs[0][1] and b"RELOAD" in msgs[0][1]
+
+
+def test_set_is_a_no_op_and_reload_reads_the_config(monkeypatch):
+    inst = _instance()
+    calls = []
+    monkeypatch.setattr(inst, "reload", lambda: calls.append(1) or True)
+    assert _messages(console.execute(inst, _console(inst), "SET foo = 1"))[0][0] == BE.COMMAND_COMPLETE
+    assert calls == []
+    msgs = _messages(console.execute(inst, _console(inst), "RELOAD;"))
+    assert [m[0] for m in msgs] == [BE.COMMAND_COMPLETE] and b"RELOAD" in msgs[0][1]
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("query", ["reload", "set x = 1", "kill_client c0123456789ab"])
+def test_stat_role_may_only_show(query):
+    inst = _instance()
+    client = _console(inst, "someone")
+    assert client.rule.effective_role() == "stat"
+    err = _error(lambda: console.execute(inst, client, query))
+    assert err.sqlstate == error_codes.INSUFFICIENT_PRIVILEGE
+    assert err.message == "Unsuitable user role to emit console command"
 
 
 def test_login_parameters():
