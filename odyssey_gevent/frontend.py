@@ -29,6 +29,9 @@ _DROP_MESSAGES = {
     Status.EIDLE_TIMEOUT: "Connection was dropped by Odyssey due to idle timeout",
     Status.EIDLE_IN_TRANSACTION_TIMEOUT: "Connection was dropped by Odyssey due to idle in transaction timeout",
 }
+# what a client closed by the graceful shutdown is told (FATAL 57P01, as PostgreSQL's own
+# "terminating connection due to administrator command")
+SHUTDOWN_MESSAGE = "Odyssey is shutting down: the connection is closed"
 # what the client is told when its server failed (libpq's words; the OS error goes to the log)
 _SERVER_ERRORS = {
     Status.ESERVER_READ: "could not receive data from server",
@@ -302,6 +305,16 @@ class Frontend:
                          self.client.rule.pool_client_idle_timeout)
         return Status.EIDLE_TIMEOUT
 
+    # -- graceful shutdown (called by the relay) ------------------------------------------
+    def can_stop(self, server) -> bool:
+        """While shutting down: may the client be closed now? Yes when it holds no server, or
+        its server is idle outside a transaction with nothing half relayed (it can be reset and
+        pooled); always once graceful_shutdown_timeout_ms has passed."""
+        if server is None or self.instance.shutdown_force:
+            return True
+        relay = self.client.relay
+        return server.synchronized and not server.in_transaction and (relay is None or relay.server_clean)
+
     # -- the whole lifecycle ----------------------------------------------------------------
     def run(self) -> None:
         client = self.client
@@ -387,6 +400,8 @@ class Frontend:
             if status in _DROP_MESSAGES:
                 self._send_error(FrontendError(error_codes.CONNECTION_FAILURE, "Odyssey has dropped the connection",
                                                severity="FATAL", detail=_DROP_MESSAGES[status]))
+            elif status is Status.EGRACEFUL_SHUTDOWN:
+                self._send_error(FrontendError(error_codes.ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE, severity="FATAL"))
             elif status in _SERVER_ERRORS:
                 self._send_error(FrontendError(error_codes.CONNECTION_FAILURE,
                                                f"remote server read/write error {server.id if server else ''}: "

@@ -29,6 +29,8 @@ class Instance:
         self.workers = config.workers
         self._endpoint_rr = itertools.count()
         self._lock = threading.Lock()
+        self.shutting_down = False   # SIGTERM/SIGINT: clients are closed at their next idle point
+        self.shutdown_force = False  # graceful_shutdown_timeout_ms passed: close them wherever they are
         self.clients = 0          # accepted client sockets: the one count global client_max limits
         self._tls = {}
         self.verbose = False

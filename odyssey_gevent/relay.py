@@ -31,6 +31,7 @@ import struct
 import threading
 
 import machinarium
+from gevent import get_hub, getcurrent
 from machinarium import wait_any
 from kiwi import error_codes
 from kiwi.framer import FE_RELAY_LIMITS
@@ -79,6 +80,41 @@ _S_INTEREST_PREPARED = bytes(_S_INTEREST_PREPARED)
 _local = threading.local()
 
 
+class _NeverStopping:
+    """The instance of a relay whose frontend has none (unit tests)."""
+    shutting_down = False
+
+
+_NEVER_STOPPING = _NeverStopping()
+
+
+def _relays() -> set:
+    relays = getattr(_local, "relays", None)
+    if relays is None:
+        relays = _local.relays = set()
+    return relays
+
+
+def wake_relays() -> int:
+    """Wake every relay of this thread parked in its wait, so that it looks at the shutdown flag
+    (called in the hub of the thread the relays run in). Returns how many were woken."""
+    loop = get_hub().loop
+    n = 0
+    for relay in list(_relays()):
+        if relay.waiting:
+            loop.run_callback(_wake, relay)
+            n += 1
+    return n
+
+
+def _wake(relay) -> None:
+    # run by the hub: still parked in wait_any (the flag is cleared as soon as it returns), so
+    # switching in with 0 makes that wait return as a timeout would
+    if relay.waiting and relay.glet is not None:
+        relay.woken = True
+        relay.glet.switch(0)
+
+
 def _borrow() -> bytearray:
     free = getattr(_local, "free", None)
     if free:
@@ -102,7 +138,8 @@ class Relay:
     pool_reserve_prepared_statement), or None."""
 
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_drop", "s_buf", "s_len", "s_skip", "s_drop",
-                 "s_ready", "mode_transaction", "mode_statement", "stats", "prepared")
+                 "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
+                 "waiting", "woken", "glet")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -121,6 +158,10 @@ class Relay:
         self.mode_statement = pool == "statement"
         self.stats = client.route.stats
         self.prepared = prepared
+        self.instance = getattr(frontend, "instance", _NEVER_STOPPING)
+        self.waiting = False    # parked in the wait for either side: wake_relays() may wake it
+        self.woken = False      # ... and was woken (not a timeout)
+        self.glet = None
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
@@ -129,11 +170,26 @@ class Relay:
         client = self.client
         cio = client.io
         client_only = (cio,)
+        instance = self.instance
+        self.glet = getcurrent()
+        relays = _relays()
+        relays.add(self)
         try:
             while True:
                 server = client.server
+                # graceful shutdown: stop only where the server can be reset and pooled again
+                if instance.shutting_down and self.fe.can_stop(server):
+                    return Status.EGRACEFUL_SHUTDOWN
                 if server is None:
-                    if not wait_any(client_only, self.fe.idle_timeout(None)):
+                    self.waiting = True
+                    try:
+                        ready = wait_any(client_only, self.fe.idle_timeout(None))
+                    finally:
+                        self.waiting = False
+                    if not ready:
+                        if self.woken:
+                            self.woken = False
+                            continue
                         status = self.fe.idle_expired(None)
                         if status is not None:
                             return status
@@ -143,8 +199,15 @@ class Relay:
                         return status
                     continue
                 timeout = self.fe.idle_timeout(server) if server.synchronized else None
-                ready = wait_readable_any(cio, server.io, timeout)
+                self.waiting = True
+                try:
+                    ready = wait_readable_any(cio, server.io, timeout)
+                finally:
+                    self.waiting = False
                 if ready == 0:
+                    if self.woken:
+                        self.woken = False
+                        continue
                     status = self.fe.idle_expired(server)
                     if status is not None:
                         return status
@@ -156,6 +219,7 @@ class Relay:
                     if status is not None:
                         return status
         finally:
+            relays.discard(self)
             self._release_buffers()
 
     def _release_buffers(self) -> None:

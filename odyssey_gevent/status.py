@@ -21,8 +21,8 @@ The error model, in one place:
 exchange (reset, deploy). Whoever calls the backend turns it into one of the above.
 
 Only the statuses something produces are listed; their values are C Odyssey's names (logged at
-disconnect). KILL_CLIENT (OD_ECLIENT_KILLED) and graceful shutdown (OD_EGRACEFUL_SHUTDOWN) come
-with the console and online restart.
+disconnect). KILL_CLIENT (OD_ECLIENT_KILLED) comes
+with the console.
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ class Status(enum.Enum):
     # the pooler dropped the client
     EIDLE_TIMEOUT = "OD_EIDLE_TIMEOUT"
     EIDLE_IN_TRANSACTION_TIMEOUT = "OD_EIDLE_IN_TRANSACTION_TIMEOUT"
+    EGRACEFUL_SHUTDOWN = "OD_EGRACEFUL_SHUTDOWN"   # SIGTERM/SIGINT: closed at its next idle point
 
 
 class FrontendError(Exception):

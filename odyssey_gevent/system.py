@@ -145,6 +145,71 @@ def reject(io, message: bytes) -> None:
         io.close()
 
 
+def _close_listeners(servers) -> None:
+    for s in servers:
+        if not s.io.closed:
+            s.io.close()
+        if s.unix_path:
+            try:
+                os.unlink(s.unix_path)
+            except OSError:
+                pass
+        s.unix_path = None
+
+
+SHUTDOWN_POLL_MS = 100       # how often the shutdown looks at the client count
+SHUTDOWN_FORCE_GRACE_MS = 1000   # after the timeout: time for the dropped clients to be told
+
+
+def graceful_shutdown(instance, watcher, pool) -> None:
+    """After the first SIGTERM/SIGINT (listeners already closed), as C Odyssey: every client is
+    closed at its next idle point (no server, or its server idle outside a transaction) with
+    FATAL 57P01; the pooler exits when no client is left, or after graceful_shutdown_timeout_ms
+    (the rest are dropped with the same error), or at once when the count of SIGTERM/SIGINT
+    reaches max_sigterms_to_die."""
+    log = instance.logger
+    config = instance.config
+    sigterms = 1
+    if config.max_sigterms_to_die > 0 and sigterms >= config.max_sigterms_to_die:
+        log.info("system", None, None, "max_sigterms_to_die %d reached, exiting at once",
+                 config.max_sigterms_to_die)
+        return
+    timeout = max(0, config.graceful_shutdown_timeout_ms)
+    instance.shutting_down = True
+    pool.wake()
+    log.info("system", None, None, "graceful shutdown: no new connections, waiting for %d client(s) "
+             "to reach an idle point (graceful_shutdown_timeout_ms %d)", instance.clients, timeout)
+    deadline = machinarium.time_ms() + timeout
+    forced_until = None
+    while instance.clients > 0:
+        now = machinarium.time_ms()
+        if forced_until is None and now >= deadline:
+            log.info("system", None, None, "graceful shutdown: timeout reached, dropping %d client(s)",
+                     instance.clients)
+            instance.shutdown_force = True
+            pool.wake()
+            forced_until = now + SHUTDOWN_FORCE_GRACE_MS
+        if forced_until is not None and now >= forced_until:
+            log.info("system", None, None, "graceful shutdown: exiting with %d client(s) left",
+                     instance.clients)
+            return
+        try:
+            sig = watcher.wait(SHUTDOWN_POLL_MS)
+        except machinarium.TimedOut:
+            continue
+        if sig in (signal.SIGINT, signal.SIGTERM):
+            sigterms += 1
+            if config.max_sigterms_to_die > 0 and sigterms >= config.max_sigterms_to_die:
+                log.info("system", None, None, "%s received (%d of max_sigterms_to_die %d), exiting at once",
+                         signal.Signals(sig).name, sigterms, config.max_sigterms_to_die)
+                return
+            log.info("system", None, None, "%s received (%d of max_sigterms_to_die %d), still shutting down",
+                     signal.Signals(sig).name, sigterms, config.max_sigterms_to_die)
+        elif sig == signal.SIGUSR1:
+            instance.logger.reopen()
+    log.info("system", None, None, "graceful shutdown: all clients are gone")
+
+
 def system_main(instance) -> int:
     log = instance.logger
     pool = WorkerPool(instance)
@@ -172,16 +237,12 @@ def system_main(instance) -> int:
                 log.info("system", None, None, "SIGUSR2 received: online restart is not supported, ignored")
             elif sig in (signal.SIGINT, signal.SIGTERM):
                 log.info("system", None, None, "%s received, shutting down", signal.Signals(sig).name)
+                _close_listeners(servers)
+                graceful_shutdown(instance, watcher, pool)
                 break
     finally:
         watcher.close()
-        for s in servers:
-            s.io.close()
-            if s.unix_path:
-                try:
-                    os.unlink(s.unix_path)
-                except OSError:
-                    pass
+        _close_listeners(servers)
         cron_coro.cancel()
         pool.stop()
         cron.close_all_servers(instance)

@@ -13,9 +13,11 @@ import os
 
 import machinarium
 from odyssey_gevent.frontend import frontend
+from odyssey_gevent.relay import wake_relays
 
 MSG_CLIENT = "client"
 MSG_STOP = "stop"
+MSG_WAKE = "wake"      # graceful shutdown began: wake the relays parked in their wait
 
 
 def _spawn(instance, io, listen, conn_type, peer, local) -> None:
@@ -28,6 +30,9 @@ def worker_main(instance, channel) -> None:
         msg = channel.read()
         if msg.type == MSG_STOP:
             return
+        if msg.type == MSG_WAKE:
+            wake_relays()
+            continue
         fd, listen, conn_type, peer, local = msg.data
         try:
             io = machinarium.Io.attach(fd)
@@ -66,6 +71,14 @@ class WorkerPool:
         ch = self.channels[next(self._next) % self.count]
         fd = io.detach()
         ch.write(machinarium.Msg(MSG_CLIENT, (fd, listen, conn_type, peer, local)))
+
+    def wake(self) -> None:
+        """Wake every parked relay (in the thread it runs in) to look at the shutdown flag."""
+        if self.count <= 1:
+            wake_relays()
+            return
+        for ch in self.channels:
+            ch.write(machinarium.Msg(MSG_WAKE, None))
 
     def stop(self) -> None:
         for ch in self.channels:

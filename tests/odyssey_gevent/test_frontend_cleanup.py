@@ -125,4 +125,11 @@ def test_only_produced_statuses_exist():
     """Every Status is produced somewhere (issue 9: nothing unused is kept)."""
     assert {s.name for s in Status} == {
         "OK", "TERMINATE", "ECLIENT_READ", "ECLIENT_WRITE", "ECLIENT_PROTOCOL_ERROR", "ESERVER_READ",
-        "ESERVER_WRITE", "EIDLE_TIMEOUT", "EIDLE_IN_TRANSACTION_TIMEOUT"}
+        "ESERVER_WRITE", "EIDLE_TIMEOUT", "EIDLE_IN_TRANSACTION_TIMEOUT", "EGRACEFUL_SHUTDOWN"}
+
+
+def test_graceful_shutdown_tells_57p01(in_machine, tmp_path):
+    got, _, _, _ = in_machine(_session, Status.EGRACEFUL_SHUTDOWN, str(tmp_path / "log"), False)
+    [(_, err)] = got
+    assert (err.sqlstate, err.severity) == ("57P01", "FATAL")
+    assert err.message.endswith(": Odyssey is shutting down: the connection is closed")
