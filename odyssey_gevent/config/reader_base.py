@@ -53,6 +53,19 @@ def bind(table: dict, handlers: dict) -> dict:
     return {kw: (handlers[kw], None) if kw in custom else spec for kw, spec in table.items()}
 
 
+def skip_block(s, what: str) -> None:
+    """Skip a `{ ... }` block (nested braces included) the stream is at, unread."""
+    depth = 0
+    while True:
+        tok = s.next()
+        if tok.kind == EOF:
+            raise _Err(tok.loc, f"unexpected end of file in {what} block")
+        if tok.kind == SYM:
+            depth += 1 if tok.value == "{" else -1
+            if depth == 0:
+                return
+
+
 class _Err(Exception):
     def __init__(self, loc: Location, msg: str, hint: Optional[str] = None):
         super().__init__(msg)

@@ -11,10 +11,10 @@ import signal as _signal
 
 from odyssey_gevent.config import keywords as K
 from odyssey_gevent.config import model as C
-from odyssey_gevent.config.lexer import EOF, IDENT, STR, SYM, Token
+from odyssey_gevent.config.lexer import IDENT, STR, SYM, Token
 from odyssey_gevent.config.model import (Balancing, Config, ConnDropOptions, Endpoint, LdapEndpoint,
                                          Listen, SharedPool, Storage)
-from odyssey_gevent.config.reader_base import _Err, _Reader, _Stream, bind
+from odyssey_gevent.config.reader_base import _Err, _Reader, _Stream, bind, skip_block
 from odyssey_gevent.config.reader_route import _client_max, _database, _watchdog, _weights
 
 
@@ -118,28 +118,27 @@ def _balancing_method(r: _Reader, s: _Stream, bal: Balancing, kwtok: Token) -> N
         r.block(s, BALANCING_METHOD_SCHEMA, bal, f"balancing method '{method}'")
 
 
-def _shared_pool(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
+def _named_block(r: _Reader, s: _Stream, kwtok: Token, table: dict, cls, schema, what: str,
+                 redefined: str) -> None:
+    """`<what> "name" { ... }` into table[name] (a second one with that name is an error)."""
     tok = s.peek()
-    name = r.read_string(s, "shared_pool name")
-    sp = SharedPool(name=name, location=kwtok.loc)
-    if name in config.shared_pools:
-        r.error(tok.loc, f"shared pool '{name}' is redefined")
+    name = r.read_string(s, f"{what} name")
+    obj = cls(name=name, location=kwtok.loc)
+    if name in table:
+        r.error(tok.loc, f"{redefined} '{name}' is redefined")
     else:
-        config.shared_pools[name] = sp
+        table[name] = obj
     r.expect_open(s)
-    r.block(s, SHARED_POOL_SCHEMA, sp, f"shared_pool '{name}'")
+    r.block(s, schema, obj, f"{what} '{name}'")
+
+
+def _shared_pool(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
+    _named_block(r, s, kwtok, config.shared_pools, SharedPool, SHARED_POOL_SCHEMA, "shared_pool", "shared pool")
 
 
 def _ldap_endpoint(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
-    tok = s.peek()
-    name = r.read_string(s, "ldap_endpoint name")
-    ep = LdapEndpoint(name=name, location=kwtok.loc)
-    if name in config.ldap_endpoints:
-        r.error(tok.loc, f"ldap_endpoint '{name}' is redefined")
-    else:
-        config.ldap_endpoints[name] = ep
-    r.expect_open(s)
-    r.block(s, LDAP_ENDPOINT_SCHEMA, ep, f"ldap_endpoint '{name}'")
+    _named_block(r, s, kwtok, config.ldap_endpoints, LdapEndpoint, LDAP_ENDPOINT_SCHEMA, "ldap_endpoint",
+                 "ldap_endpoint")
 
 
 def _conn_drop(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
@@ -227,15 +226,7 @@ def _load_module(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:
         r.warn(kwtok.loc, f"load_module '{path}': C modules can't be loaded by odyssey-gevent; "
                           f"ignored")
     if s.peek().kind == SYM and s.peek().value == "{":
-        depth = 0
-        while True:
-            tok = s.next()
-            if tok.kind == EOF:
-                raise _Err(tok.loc, "unexpected end of file in load_module block")
-            if tok.kind == SYM:
-                depth += 1 if tok.value == "{" else -1
-                if depth == 0:
-                    return
+        skip_block(s, "load_module")
 
 
 def _promhttp_port(r: _Reader, s: _Stream, config: Config, kwtok: Token) -> None:

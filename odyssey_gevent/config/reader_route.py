@@ -11,7 +11,7 @@ from odyssey_gevent.config import model as C
 from odyssey_gevent.config.lexer import EOF, ERR, IDENT, STR, SYM, Token
 from odyssey_gevent.config.model import (AddressRange, Config, LdapStorageCredentials, Location,
                                          Rule, Storage, Watchdog)
-from odyssey_gevent.config.reader_base import _Err, _Reader, _Stream, bind
+from odyssey_gevent.config.reader_base import _Err, _Reader, _Stream, bind, skip_block
 
 
 def _new_rule(r: _Reader, loc: Location, db: str, db_default: bool, user: str,
@@ -202,15 +202,7 @@ def _weights(r: _Reader, s: _Stream, target, kwtok: Token) -> None:
     """Legacy `weights { ... }` / `conn_weight` / `time_weight`: skipped with a warning."""
     r.warn(kwtok.loc, f"'{kwtok.value.lower()}' is not supported and ignored")
     if s.peek().kind == SYM and s.peek().value == "{":
-        depth = 0
-        while True:
-            tok = s.next()
-            if tok.kind == EOF:
-                raise _Err(tok.loc, "unexpected end of file in weights block")
-            if tok.kind == SYM:
-                depth += 1 if tok.value == "{" else -1
-                if depth == 0:
-                    return
+        skip_block(s, "weights")
     else:
         s.next()
 
