@@ -8,10 +8,9 @@ import base64
 import struct
 import time
 
-import psycopg2
 import pytest
 
-from tests.integration.conftest import assert_alive, module_pooler, odyssey_config, rule
+from tests.integration.conftest import assert_alive, module_pooler, odyssey_config, rule, scalar
 from tests.integration.wire import Wire, message, parse_fields, startup
 
 LOGIN_TIMEOUT_MS = 1500
@@ -30,13 +29,7 @@ def hp(pg, roles):
 
 def _neighbour_works(p) -> None:
     assert_alive(p)
-    con = psycopg2.connect(p.dsn("auth_none", "db1"))
-    try:
-        cur = con.cursor()
-        cur.execute("select 1")
-        assert cur.fetchone() == (1,)
-    finally:
-        con.close()
+    assert scalar(p.dsn("auth_none", "db1")) == 1
 
 
 def _start(p, user: str) -> tuple[Wire, bytes]:
@@ -182,11 +175,5 @@ def test_stalled_or_broken_tls_handshake_is_cut_off(tls_hp, stall):
     _, closed = _outcome(w, timeout=LOGIN_TIMEOUT_MS / 1000 + 8)
     w.close()
     assert closed, f"{stall}: the connection stayed open"
-    con = psycopg2.connect(f"host=127.0.0.1 port={tls_hp.port} user=auth_none dbname=db1 sslmode=require "
-                           "sslcert=/nonexistent/c.crt sslkey=/nonexistent/c.key")
-    try:
-        cur = con.cursor()
-        cur.execute("select 1")
-        assert cur.fetchone() == (1,)
-    finally:
-        con.close()
+    assert scalar(f"host=127.0.0.1 port={tls_hp.port} user=auth_none dbname=db1 sslmode=require "
+                  "sslcert=/nonexistent/c.crt sslkey=/nonexistent/c.key") == 1
