@@ -28,6 +28,8 @@ _NOT_VARS = {"user", "database", "options", "replication"}
 _DROP_MESSAGES = {
     Status.EIDLE_TIMEOUT: "Connection was dropped by Odyssey due to idle timeout",
     Status.EIDLE_IN_TRANSACTION_TIMEOUT: "Connection was dropped by Odyssey due to idle in transaction timeout",
+    Status.EIDLE_IN_REQUEST_TIMEOUT: "Connection was dropped by Odyssey due to idle in the middle of a request "
+                                     "timeout (pool_idle_in_request_timeout_ms)",
 }
 # what a client closed by the graceful shutdown is told (FATAL 57P01, as PostgreSQL's own
 # "terminating connection due to administrator command")
@@ -304,6 +306,15 @@ class Frontend:
         self.logger.info("shutdown", self.client, server, "drop idle client connection on due timeout %d sec",
                          self.client.rule.pool_client_idle_timeout)
         return Status.EIDLE_TIMEOUT
+
+    def request_expired(self, server) -> Status:
+        """pool_idle_in_request_timeout_ms passed with the client silent in the middle of a
+        request (an extended batch without Sync, a half-sent message, COPY data) while it holds
+        a server that waits for it: the client is dropped and the unfinished server closed."""
+        self.logger.info("shutdown", self.client, server,
+                         "drop client idle in the middle of a request on due timeout %d ms",
+                         self.client.rule.pool_idle_in_request_timeout_ms)
+        return Status.EIDLE_IN_REQUEST_TIMEOUT
 
     # -- graceful shutdown (called by the relay) ------------------------------------------
     def can_stop(self, server) -> bool:

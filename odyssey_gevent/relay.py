@@ -35,7 +35,7 @@ from gevent import get_hub, getcurrent
 from machinarium import wait_any
 from kiwi import error_codes
 from kiwi.framer import FE_RELAY_LIMITS
-from kiwi.protocol import REPLACE
+from kiwi.protocol import REPLACE, Phase
 from odyssey_gevent.prepared import _SQL_HEAD
 from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
 
@@ -139,7 +139,7 @@ class Relay:
 
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_drop", "s_buf", "s_len", "s_skip", "s_drop",
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
-                 "waiting", "woken", "glet")
+                 "waiting", "woken", "glet", "request_timeout")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -162,6 +162,8 @@ class Relay:
         self.waiting = False    # parked in the wait for either side: wake_relays() may wake it
         self.woken = False      # ... and was woken (not a timeout)
         self.glet = None
+        # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
+        self.request_timeout = getattr(client.rule, "pool_idle_in_request_timeout_ms", 0) or None
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
@@ -198,7 +200,13 @@ class Relay:
                     if status is not None:
                         return status
                     continue
-                timeout = self.fe.idle_timeout(server) if server.synchronized else None
+                if server.synchronized:
+                    if server.proto.unsynced and self.request_timeout:
+                        timeout = self.request_timeout   # an extended batch awaits its Sync
+                    else:
+                        timeout = self.fe.idle_timeout(server)
+                else:
+                    timeout = self.request_timeout       # None: PostgreSQL is working
                 self.waiting = True
                 try:
                     ready = wait_readable_any(cio, server.io, timeout)
@@ -207,6 +215,11 @@ class Relay:
                 if ready == 0:
                     if self.woken:
                         self.woken = False
+                        continue
+                    if self.request_timeout and (not server.synchronized or server.proto.unsynced):
+                        # the request timeout: only a server that waits for the client counts
+                        if self._waits_for_client(server):
+                            return self.fe.request_expired(server)
                         continue
                     status = self.fe.idle_expired(server)
                     if status is not None:
@@ -229,6 +242,15 @@ class Relay:
         if self.s_buf is not None and self.s_len == 0:
             _give_back(self.s_buf)
             self.s_buf = None
+
+    def _waits_for_client(self, server) -> bool:
+        """Asked only when a wait timed out: is the server held for bytes the client has not
+        sent (an extended batch without its Sync, a half-sent message, the data of a COPY
+        FROM STDIN), rather than busy with a request of its own?"""
+        proto = server.proto
+        if self.c_skip or self.c_len or proto.phase == Phase.COPY_IN:
+            return True
+        return proto.syncs == 0 and proto.unsynced
 
     @property
     def server_clean(self) -> bool:

@@ -44,6 +44,8 @@ class Status(enum.Enum):
     # the pooler dropped the client
     EIDLE_TIMEOUT = "OD_EIDLE_TIMEOUT"
     EIDLE_IN_TRANSACTION_TIMEOUT = "OD_EIDLE_IN_TRANSACTION_TIMEOUT"
+    # pool_idle_in_request_timeout_ms: silent in the middle of a request while holding a server
+    EIDLE_IN_REQUEST_TIMEOUT = "OD_EIDLE_IN_REQUEST_TIMEOUT"
     EGRACEFUL_SHUTDOWN = "OD_EGRACEFUL_SHUTDOWN"   # SIGTERM/SIGINT: closed at its next idle point
 
 

@@ -62,6 +62,7 @@ ROUTE: dict = {
     "pool_reserve_prepared_statement": ("bool", "pool_reserve_prepared_statement"),
     "pool_client_idle_timeout": ("int", "pool_client_idle_timeout"),
     "pool_idle_in_transaction_timeout": ("int", "pool_idle_in_transaction_timeout"),
+    "pool_idle_in_request_timeout_ms": ("int", "pool_idle_in_request_timeout_ms"),
     "pool_notice_after_waiting_ms": CUSTOM,
     "pool_attach_check": ("bool", "pool_attach_check"),
     "pool_acquire_fail_fast": ("bool", "pool_acquire_fail_fast"),

@@ -361,6 +361,8 @@ class Rule:
     pool_reserve_prepared_statement: bool = True
     pool_client_idle_timeout: int = 0
     pool_idle_in_transaction_timeout: int = 0
+    # ours: ms a client may hold a server silent in the middle of a request (0 = no limit)
+    pool_idle_in_request_timeout_ms: int = 60000
     pool_notice_after_waiting_ms: int = -1  # -1 disabled
     pool_attach_check: bool = True
     pool_acquire_fail_fast: bool = False

@@ -166,7 +166,8 @@ def _validate_rule(config: Config, rule: Rule, err, warn) -> None:
         if rule.shared_pool not in config.shared_pools:
             err(_loc(rule, "shared_pool"), f"{name}: unknown shared pool '{rule.shared_pool}'")
     for kw in ("pool_size", "min_pool_size", "pool_timeout", "pool_ttl", "server_lifetime",
-               "pool_client_idle_timeout", "pool_idle_in_transaction_timeout"):
+               "pool_client_idle_timeout", "pool_idle_in_transaction_timeout",
+               "pool_idle_in_request_timeout_ms"):
         if getattr(rule, kw) < 0:
             err(_loc(rule, kw), f"{name}: {kw} can't be negative")
     if rule.client_max is not None and rule.client_max < 1:

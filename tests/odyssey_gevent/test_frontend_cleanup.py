@@ -113,6 +113,8 @@ def test_frontend_error_is_sent_as_is(in_machine, tmp_path):
 @pytest.mark.parametrize("status, detail", [
     (Status.EIDLE_TIMEOUT, "Connection was dropped by Odyssey due to idle timeout"),
     (Status.EIDLE_IN_TRANSACTION_TIMEOUT, "Connection was dropped by Odyssey due to idle in transaction timeout"),
+    (Status.EIDLE_IN_REQUEST_TIMEOUT, "Connection was dropped by Odyssey due to idle in the middle of a request "
+                                      "timeout (pool_idle_in_request_timeout_ms)"),
 ])
 def test_idle_timeouts_tell_odysseys_words(in_machine, tmp_path, status, detail):
     got, _, _, _ = in_machine(_session, status, str(tmp_path / "log"), False)
@@ -125,7 +127,8 @@ def test_only_produced_statuses_exist():
     """Every Status is produced somewhere (issue 9: nothing unused is kept)."""
     assert {s.name for s in Status} == {
         "OK", "TERMINATE", "ECLIENT_READ", "ECLIENT_WRITE", "ECLIENT_PROTOCOL_ERROR", "ESERVER_READ",
-        "ESERVER_WRITE", "EIDLE_TIMEOUT", "EIDLE_IN_TRANSACTION_TIMEOUT", "EGRACEFUL_SHUTDOWN"}
+        "ESERVER_WRITE", "EIDLE_TIMEOUT", "EIDLE_IN_TRANSACTION_TIMEOUT", "EIDLE_IN_REQUEST_TIMEOUT",
+        "EGRACEFUL_SHUTDOWN"}
 
 
 def test_graceful_shutdown_tells_57p01(in_machine, tmp_path):
