@@ -2,11 +2,13 @@
 
 A config template may use ${port} (the pooler's listen port), ${pg_host}, ${pg_port},
 ${pg_sockdir} and ${tmp} (a private directory); they are filled in with string.Template.
-With ODYSSEY_BIN set in the environment, that binary is run instead of `python -m odyssey_gevent`.
+With `binary=` (or ODYSSEY_BIN in the environment) that command is run instead of
+`python -m odyssey_gevent`.
 """
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import string
 import subprocess
@@ -21,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class PoolerProcess:
     def __init__(self, template: str, pg=None, port: int | None = None, extra_args: tuple = (),
-                 wait: bool = True, **values):
+                 wait: bool = True, binary: str | None = None, **values):
         self.port = port or free_port()
         self.tmp = tempfile.mkdtemp(prefix="odyssey-gevent-")
         os.chmod(self.tmp, 0o777)
@@ -39,10 +41,11 @@ class PoolerProcess:
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         argv = [sys.executable, "-m", "odyssey_gevent", "--console", "--log_to_stdout", *extra_args,
                 self.config_path]
-        if os.environ.get("ODYSSEY_BIN"):
-            # Side-by-side runs: the same config and flags, given to another pooler binary
-            # (e.g. C Odyssey, to check that the tests' expectations match the original).
-            argv = [os.environ["ODYSSEY_BIN"], "--console", "--log_to_stdout", *extra_args,
+        binary = binary or os.environ.get("ODYSSEY_BIN")
+        if binary:
+            # Side-by-side runs: the same config and flags, given to another pooler (e.g. C
+            # Odyssey); `binary` may be a command line ("valgrind /usr/bin/odyssey").
+            argv = [*shlex.split(binary), "--console", "--log_to_stdout", *extra_args,
                     self.config_path]
         self.proc = subprocess.Popen(
             argv,
