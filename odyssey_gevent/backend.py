@@ -9,8 +9,10 @@ import time
 import machinarium
 from machinarium import tls
 from kiwi import fe_read, fe_write
+from kiwi.errors import KiwiError
+from kiwi.protocol import Conversation
 from kiwi.header import BE, FE
-from odyssey_gevent import auth
+from odyssey_gevent import auth, storage, tsa
 from odyssey_gevent.io import read_message
 from odyssey_gevent.status import BackendError
 
@@ -42,33 +44,96 @@ def open_connection(endpoint, config, timeout_ms: int):
     return io
 
 
-def connect(instance, server, client=None) -> None:
+class TsaMismatch(BackendError):
+    """No host of the storage fits the client's target_session_attrs."""
+
+    def __init__(self, value: str):
+        super().__init__(f"no host fits target_session_attrs '{value}'")
+        self.value = value
+
+
+def connect(instance, server, client=None, replication: str | None = None) -> None:
     """Connect `server` to one of its storage's endpoints and log in; fills server.params and the
-    cancel key. Raises BackendError, machinarium.TimedOut or OSError; the caller closes on error."""
+    cancel key. The endpoints are tried in storage.candidates() order, each once; a host that
+    does not fit the effective target_session_attrs (tsa.py) is left for the next one.
+    `replication` goes into the startup packet (a replication connection, replication.py).
+    Raises BackendError (TsaMismatch), machinarium.TimedOut or OSError; the caller closes on
+    error."""
+    config = instance.config
+    rule = server.route.rule
+    timeout = config.backend_connect_timeout_ms
+    want = tsa.effective(client, rule)
+    endpoints = storage.candidates(rule.storage, storage_endpoints(rule.storage, config), want,
+                                   storage.effective_catchup(client, rule), instance.next_endpoint())
+    last_error: Exception | None = None
+    mismatch = False
+    for endpoint in endpoints:
+        try:
+            login(instance, server, client, endpoint, timeout, replication)
+            role = storage.role_from_login(server)     # PostgreSQL 14+ reports it at login
+            if want == "any":
+                if role is not None:
+                    storage.note_role(endpoint, *role)
+                return
+            if role is None:
+                if replication is not None:               # no SQL on a physical replication connection
+                    return
+                role = storage.query_role(instance, server, timeout)
+            storage.note_role(endpoint, *role)
+            status = storage.get(endpoint)
+            if status is None or tsa.matches(want, status):
+                return
+            mismatch = True
+            instance.logger.debug("connect", client, server, "%s does not fit target_session_attrs '%s'",
+                                  endpoint, want)
+            close(instance, server)
+        except BackendError as e:
+            last_error = e
+            if e.fields is None or e.fields.sqlstate.startswith("57P"):
+                storage.note_dead(endpoint)       # cannot connect, or shutting down / starting up
+            _abandon(server)
+        except (OSError, machinarium.TimedOut, KiwiError) as e:
+            last_error = e
+            storage.note_dead(endpoint)
+            instance.logger.error("connect", client, server, "failed to connect to %s: %s", endpoint, e)
+            _abandon(server)
+    if mismatch:
+        raise TsaMismatch(want)
+    if isinstance(last_error, BackendError):
+        raise last_error
+    raise BackendError(f"failed to connect to remote server {server.id}: {last_error}")
+
+
+def _abandon(server) -> None:
+    """Forget a failed login attempt, so the next endpoint starts clean."""
+    io = server.io
+    server.io = None
+    if io is not None:
+        io.close()
+    server.endpoint = None
+    server.params = {}
+    server.login_params = []
+    server.proto = Conversation()
+
+
+def login(instance, server, client, endpoint, timeout: int, replication: str | None = None) -> None:
+    """Connect to one endpoint and log in (TLS as the storage says, then the startup packet)."""
     config = instance.config
     route = server.route
     rule = route.rule
-    timeout = config.backend_connect_timeout_ms
-    endpoints = storage_endpoints(rule.storage, config)
-    last_error = None
-    first = instance.next_endpoint()           # round robin over connects, each endpoint once per connect
-    for i in range(len(endpoints)):
-        endpoint = endpoints[(first + i) % len(endpoints)]
-        try:
-            io = open_connection(endpoint, config, timeout)
-        except (OSError, machinarium.TimedOut) as e:
-            last_error = e
-            instance.logger.error("connect", client, server, "failed to connect to %s: %s", endpoint, e)
-            continue
-        server.io = io
-        server.endpoint = endpoint
-        server.endpoint_host = str(endpoint.host)
-        break
-    else:
-        raise BackendError(f"failed to connect to remote server {server.id}: {last_error}")
+    if server.io is not None:
+        _abandon(server)
+    server.params = {}
+    server.login_params = []
+    server.proto = Conversation()
+    server.io = open_connection(endpoint, config, timeout)
+    server.endpoint = endpoint
+    server.endpoint_host = str(endpoint.host)
     if tls.sslmode_tries_tls_first(rule.storage.tls):
         start_tls(instance, server, rule.storage, timeout)
     params = {"user": route.user, "database": route.db}
+    if replication is not None:
+        params["replication"] = replication
     params.update(rule.backend_startup_options or {})
     server.io.write(fe_write.startup_message(params))
     startup(instance, server, client, timeout)

@@ -13,7 +13,7 @@ import machinarium
 from kiwi import be_write, error_codes
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest
 from kiwi.errors import KiwiError, ProtocolError
-from odyssey_gevent import auth, backend, cancel, deploy, hba, reset
+from odyssey_gevent import auth, backend, cancel, deploy, hba, reset, tsa
 from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
@@ -235,6 +235,9 @@ class Frontend:
                 self.logger.info("attach", client, server, "idle server connection is broken, closing it")
                 self._drop_server(server, broken=True)
                 continue
+            if not tsa.idle_server_fits(instance, client, server):
+                self._drop_server(server, broken=server.broken)
+                continue
             break
         if deploy_params and rule.maintain_params:
             try:
@@ -250,6 +253,12 @@ class Frontend:
         client = self.client
         try:
             backend.connect(instance, server, client)
+        except backend.TsaMismatch as e:
+            self.logger.error("attach", client, server, "%s", e)
+            self._drop_server(server, broken=True)
+            raise FrontendError(error_codes.CONNECTION_FAILURE,
+                                f"can't find suitable host for tsa '{e.value}' of user "
+                                f"{client.database}.{client.user}", severity="FATAL") from None
         except (BackendError, OSError, machinarium.TimedOut, KiwiError) as e:
             self.logger.error("attach", client, server, "failed to connect to the server: %s", e)
             self._drop_server(server, broken=True)

@@ -1,0 +1,171 @@
+"""Storage endpoints and what is known about each host: alive, read-write or in recovery,
+replication lag (mirrors Odyssey sources/storage.c and the endpoint choice of frontend.c).
+
+A storage's `host` may list several endpoints. Each new server connection tries them in the
+order `candidates()` gives: the storage's round-robin rotation, then stably sorted so that hosts
+recently seen dead, of the wrong kind for the client's target_session_attrs or lagging behind
+catchup_timeout go last (they are still tried: the status may be stale). What a host was seen
+to be is cached per (host, port) for the storage's `endpoints_status_poll_interval` (1 s by
+default) in a process-wide table, written by logins (backend.connect), by the check of an idle
+pooled server (`refresh`), by failed connects (`note_dead`) and by the watchdog (`note_lag`).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from kiwi import fe_read, fe_write
+from kiwi.header import BE, FE
+from odyssey_gevent.io import read_message
+from odyssey_gevent.status import BackendError
+
+# the check libpq makes on servers before 14 (which do not report in_hot_standby)
+RW_QUERY = "select pg_is_in_recovery(), current_setting('transaction_read_only')"
+
+
+class HostStatus:
+    __slots__ = ("alive", "in_recovery", "read_only", "updated", "lag", "lag_updated")
+
+    def __init__(self):
+        self.alive = True
+        self.in_recovery = False
+        self.read_only = False
+        self.updated = None        # time.monotonic() of the last alive/role update, None = never
+        self.lag = None            # seconds behind the primary (watchdog), None = unknown
+        self.lag_updated = None
+
+
+_lock = threading.Lock()
+_hosts: dict[tuple, HostStatus] = {}
+
+
+def _key(endpoint) -> tuple:
+    return (endpoint.address_type, endpoint.host, endpoint.port)
+
+
+def get(endpoint) -> HostStatus | None:
+    """A copy of what is known about the endpoint's host, or None."""
+    with _lock:
+        st = _hosts.get(_key(endpoint))
+        if st is None:
+            return None
+        copy = HostStatus()
+        for name in HostStatus.__slots__:
+            setattr(copy, name, getattr(st, name))
+        return copy
+
+
+def _update(endpoint, **fields) -> None:
+    with _lock:
+        st = _hosts.get(_key(endpoint))
+        if st is None:
+            st = _hosts[_key(endpoint)] = HostStatus()
+        for name, value in fields.items():
+            setattr(st, name, value)
+
+
+def note_dead(endpoint) -> None:
+    _update(endpoint, alive=False, updated=time.monotonic())
+
+
+def note_role(endpoint, in_recovery: bool, read_only: bool) -> None:
+    _update(endpoint, alive=True, in_recovery=in_recovery, read_only=read_only or in_recovery,
+            updated=time.monotonic())
+
+
+def note_lag(endpoint, lag: float | None) -> None:
+    _update(endpoint, lag=lag, lag_updated=time.monotonic())
+
+
+def forget_all() -> None:
+    """Tests: start from nothing known."""
+    with _lock:
+        _hosts.clear()
+
+
+def recent(stamp: float | None, storage) -> bool:
+    return stamp is not None and time.monotonic() - stamp <= storage.endpoints_status_poll_interval / 1000.0
+
+
+# -- what a server says about itself ---------------------------------------------------------------
+def role_from_login(server) -> tuple[bool, bool] | None:
+    """(in_recovery, read_only) from the ParameterStatus of a fresh login, as libpq reads them
+    from PostgreSQL 14 on; None when the server does not report in_hot_standby."""
+    params = server.params
+    hot = params.get("in_hot_standby")
+    if hot is None:
+        return None
+    in_recovery = hot == "on"
+    return in_recovery, in_recovery or params.get("default_transaction_read_only") == "on"
+
+
+def query_role(instance, server, timeout_ms: int) -> tuple[bool, bool]:
+    """(in_recovery, read_only) by asking the server (a synchronized, idle one)."""
+    server.proto.send(int(FE.QUERY))
+    server.io.write(fe_write.query(RW_QUERY))
+    row = None
+    error = None
+    deadline = time.monotonic() + timeout_ms / 1000.0
+    while not server.synchronized:
+        left = max(0, int((deadline - time.monotonic()) * 1000))
+        mtype, payload = read_message(server.io, left)
+        status = fe_read.read_ready_for_query(payload) if mtype == BE.READY_FOR_QUERY else None
+        server.proto.receive(int(mtype), status)
+        if mtype == BE.DATA_ROW:
+            row = fe_read.read_data_row(payload)
+        elif mtype == BE.ERROR_RESPONSE:
+            error = fe_read.read_error(payload)
+        elif mtype in (BE.COPY_IN_RESPONSE, BE.COPY_OUT_RESPONSE, BE.COPY_BOTH_RESPONSE):
+            raise BackendError("the server asks for COPY during the read-write check")
+    if error is not None or row is None or len(row) != 2:
+        raise BackendError(f"read-write check failed: {error.message if error else 'no row'}")
+    return row[0] == b"t", row[1] == b"on"
+
+
+def refresh(instance, server, timeout_ms: int) -> HostStatus:
+    """The status of an idle pooled server's host, asked again on that server when the cached
+    one is older than the storage's endpoints_status_poll_interval."""
+    storage = server.route.rule.storage
+    st = get(server.endpoint)
+    if st is None or not recent(st.updated, storage) or not st.alive:
+        note_role(server.endpoint, *query_role(instance, server, timeout_ms))
+        st = get(server.endpoint)
+    return st
+
+
+# -- the order to try hosts in ----------------------------------------------------------------------
+def candidates(storage, endpoints: list, tsa_value: str, catchup: int, start: int) -> list:
+    """The endpoints in the order a new server connection tries them (see the module doc)."""
+    from odyssey_gevent import tsa
+    n = len(endpoints)
+    rotated = [endpoints[(start + i) % n] for i in range(n)] if n > 1 else list(endpoints)
+    if n <= 1:
+        return rotated
+
+    def rank(endpoint) -> int:
+        # 0: known to fit, 1: unknown or stale, 2: a primary for prefer-standby, 3: known not to fit
+        st = get(endpoint)
+        if catchup and st is not None and st.lag is not None and recent(st.lag_updated, storage) \
+                and st.lag > catchup:
+            return 3
+        if st is None or not recent(st.updated, storage):
+            return 1
+        if not st.alive or not tsa.matches(tsa_value, st):
+            return 3
+        return 2 if tsa_value == "prefer-standby" and not st.in_recovery else 0
+    return sorted(rotated, key=rank)
+
+
+def effective_catchup(client, rule) -> int:
+    """The replication lag (seconds) a client accepts, 0 = any: the startup parameter
+    `odyssey_catchup_timeout`, else the rule's catchup_timeout, else the listen block's."""
+    value = 0
+    if client is not None and client.listen is not None:
+        value = client.listen.catchup_timeout or 0
+    if rule is not None and rule.catchup_timeout:
+        value = rule.catchup_timeout
+    if client is not None:
+        hint = (client.vars or {}).get("odyssey_catchup_timeout")
+        if hint is not None and hint.isdigit():
+            value = int(hint)
+    return value

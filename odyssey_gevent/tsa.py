@@ -1,0 +1,84 @@
+"""target_session_attrs: which kind of host a client's servers must be on (mirrors Odyssey
+sources/tsa.c).
+
+The effective value is, from strongest to weakest: the client's `odyssey.target_session_attrs`
+startup parameter (e.g. `options=-c odyssey.target_session_attrs=read-only`), the listen block's,
+the rule's, else `any`. The values are libpq's, checked as libpq checks them:
+
+    any             every host
+    read-write      not read only (not in recovery, default_transaction_read_only off)
+    read-only       read only (a standby, or default_transaction_read_only on)
+    primary         not in recovery
+    standby         in recovery
+    prefer-standby  every host, standbys tried first
+
+`prefer-replica` and `replica` (older spellings C Odyssey accepts) mean prefer-standby and
+standby.
+"""
+from __future__ import annotations
+
+VALUES = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+_ALIASES = {"prefer-replica": "prefer-standby", "replica": "standby"}
+HINT = "odyssey.target_session_attrs"
+
+
+def normalize(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = _ALIASES.get(value, value)
+    return value if value in VALUES else None
+
+
+def effective(client, rule=None) -> str:
+    """The client's effective target_session_attrs (client None: the rule's, for servers the
+    pooler opens on its own)."""
+    value = None
+    if client is not None:
+        rule = client.rule
+    if rule is not None and rule.target_session_attrs:
+        value = normalize(rule.target_session_attrs) or value
+    if client is not None:
+        listen = client.listen
+        if listen is not None and listen.target_session_attrs:
+            value = normalize(listen.target_session_attrs) or value
+        hint = normalize((client.vars or {}).get(HINT))
+        if hint is not None:
+            value = hint
+    return value or "any"
+
+
+def matches(value: str, status) -> bool:
+    """Does a host with this status (storage.HostStatus) fit `value`?"""
+    if value == "read-write":
+        return not status.read_only
+    if value == "read-only":
+        return status.read_only
+    if value == "primary":
+        return not status.in_recovery
+    if value == "standby":
+        return status.in_recovery
+    return True      # any, prefer-standby
+
+
+def idle_server_fits(instance, client, server) -> bool:
+    """Before a pooled server is handed to a client: does its host still fit the client's
+    target_session_attrs? The host's cached status is used while it is recent, else asked
+    again on this server. False also when asking failed (the server is then marked broken)."""
+    from machinarium import TimedOut
+    from kiwi.errors import KiwiError
+    from odyssey_gevent import storage
+    from odyssey_gevent.status import BackendError
+    want = effective(client)
+    if want == "any" or server.endpoint is None:
+        return True
+    try:
+        status = storage.refresh(instance, server, instance.config.backend_connect_timeout_ms)
+    except (BackendError, OSError, TimedOut, KiwiError) as e:
+        instance.logger.info("attach", client, server, "read-write check of an idle server failed: %s", e)
+        server.broken = True
+        return False
+    if matches(want, status):
+        return True
+    instance.logger.debug("attach", client, server, "idle server's host %s no longer fits '%s'",
+                          server.endpoint, want)
+    return False

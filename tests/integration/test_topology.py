@@ -1,0 +1,147 @@
+"""Storage topology: multi-host storages, target_session_attrs, failover and promotion, against a
+real primary and a streaming replica made by tests/integration/topology.py."""
+from __future__ import annotations
+
+import psycopg
+import psycopg2
+import pytest
+
+from odyssey_gevent import storage as storage_status
+from scripts.pgcluster import free_port
+from tests.integration.conftest import odyssey_config, rule, wait_for
+from tests.integration.topology import PgPair
+from scripts.pooler import PoolerProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+ROLES = ("rw_user", "ro_user", "any_user", "primary_user", "standby_user", "prefer_user")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    p = PgPair()
+    try:
+        yield _make_pair_into(p)
+    finally:
+        p.destroy()
+
+
+def _make_pair_into(p: PgPair) -> PgPair:
+    p.make()
+    p.primary.psql("".join(f"CREATE ROLE {r} LOGIN;" for r in ROLES))
+    p.wait_replayed()
+    return p
+
+
+def _config(hosts: str, poll_ms: int = 1000, **globals_) -> str:
+    rules = [rule(user, db="postgres", pool="transaction", target_session_attrs=tsa)
+             for user, tsa in (("rw_user", "read-write"), ("ro_user", "read-only"),
+                               ("primary_user", "primary"), ("standby_user", "standby"),
+                               ("prefer_user", "prefer-standby"), ("any_user", None))]
+    return odyssey_config(*rules, storage={"host": hosts, "port": 5432, "endpoints_status_poll_interval": poll_ms},
+                          **globals_)
+
+
+@pytest.fixture
+def run_pooler():
+    started = []
+
+    def start(text: str) -> PoolerProcess:
+        p = PoolerProcess(text)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def _dsn(p: PoolerProcess, user: str) -> str:
+    return f"host=127.0.0.1 port={p.port} user={user} dbname=postgres sslmode=disable connect_timeout=10"
+
+
+def _in_recovery(p: PoolerProcess, user: str) -> bool:
+    # psycopg 3: libpq loses a FATAL that comes mid-query before the close, psycopg 3 keeps it
+    with psycopg.connect(_dsn(p, user)) as con:
+        return con.execute("select pg_is_in_recovery()").fetchone()[0]
+
+
+def _attempt(p: PoolerProcess, user: str):
+    try:
+        return _in_recovery(p, user)
+    except psycopg.Error as e:
+        return str(e)
+
+
+def _hosts(*clusters) -> str:
+    return ",".join(f"127.0.0.1:{c.port}" for c in clusters)
+
+
+@pytest.mark.parametrize("order", ["primary-first", "replica-first"])
+def test_each_target_session_attrs_lands_on_its_node(pair, run_pooler, order):
+    nodes = (pair.primary, pair.replica) if order == "primary-first" else (pair.replica, pair.primary)
+    p = run_pooler(_config(_hosts(*nodes)))
+    for _ in range(3):       # new client connections, so the round robin starts at each host
+        assert _in_recovery(p, "rw_user") is False
+        assert _in_recovery(p, "primary_user") is False
+        assert _in_recovery(p, "ro_user") is True
+        assert _in_recovery(p, "standby_user") is True
+        assert _in_recovery(p, "prefer_user") is True
+    seen = {_in_recovery(p, "any_user") for _ in range(6)}
+    assert seen <= {True, False} and seen      # any: whichever host, the query works
+
+
+def test_a_dead_host_is_skipped(pair, run_pooler):
+    dead = free_port()
+    p = run_pooler(_config(f"127.0.0.1:{dead},{_hosts(pair.primary, pair.replica)}",
+                           backend_connect_timeout_ms=2000))
+    for _ in range(4):
+        assert _in_recovery(p, "rw_user") is False
+        assert _in_recovery(p, "ro_user") is True
+        assert _in_recovery(p, "any_user") in (True, False)
+    assert f"failed to connect to 127.0.0.1:{dead}" in p.log()
+
+
+def test_only_dead_hosts_give_a_connect_error(run_pooler):
+    p = run_pooler(_config(f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}",
+                           backend_connect_timeout_ms=1000))
+    with pytest.raises(psycopg.Error) as e:
+        _in_recovery(p, "rw_user")
+    assert "failed to connect to remote server" in str(e.value)
+
+
+@pytest.mark.timeout(180)
+def test_primary_stopped_then_replica_promoted(run_pooler):
+    """Its own pair: read-write clients fail while only the replica is up and reach it once it is
+    promoted; read-only clients keep working until then, and fail afterwards."""
+    storage_status.forget_all()
+    pair = PgPair()
+    try:
+        _make_pair_into(pair)
+        p = run_pooler(_config(_hosts(pair.primary, pair.replica), poll_ms=200,
+                               backend_connect_timeout_ms=2000))
+        assert _in_recovery(p, "rw_user") is False
+        assert _in_recovery(p, "ro_user") is True
+        ro = psycopg2.connect(_dsn(p, "ro_user"))      # a client that stays connected
+        ro.autocommit = True
+        ro.cursor().execute("select 1")
+
+        pair.stop_primary()
+        with pytest.raises(psycopg.Error) as e:
+            _in_recovery(p, "rw_user")
+        assert e.value.sqlstate == "08006"
+        assert "can't find suitable host for tsa 'read-write' of user postgres.rw_user" in str(e.value)
+        assert _in_recovery(p, "ro_user") is True
+        cur = ro.cursor()
+        cur.execute("select pg_is_in_recovery()")
+        assert cur.fetchone()[0] is True
+
+        pair.promote()
+        wait_for(lambda: _attempt(p, "rw_user") is False, timeout=20,
+                 what="a read-write client on the promoted replica")
+        with pytest.raises(psycopg.Error) as e:
+            _in_recovery(p, "ro_user")
+        assert "can't find suitable host for tsa 'read-only'" in str(e.value)
+        ro.close()
+    finally:
+        pair.destroy()
