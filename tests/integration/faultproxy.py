@@ -1,0 +1,192 @@
+"""A small TCP proxy for fault tests, put between the pooler and PostgreSQL.
+
+    proxy = FaultProxy(pg.host, pg.port)       # listens on 127.0.0.1:proxy.port
+    proxy.delay = 0.3                          # every chunk waits 0.3 s before it is passed on
+    proxy.blackhole = True                     # bytes are swallowed both ways, new connections
+                                               # are accepted and never answered
+    proxy.reset_all()                          # every open connection gets a RST, both sides
+    proxy.refuse = True                        # new connections get a RST at once
+    proxy.close()
+
+One thread runs a selector loop over every socket, so a fault is applied to all connections at
+the moment the test sets it, and nothing blocks: a chunk is queued with the time it is due and
+written once due. No mocks: the pooler and PostgreSQL see real TCP.
+"""
+from __future__ import annotations
+
+import selectors
+import socket
+import struct
+import threading
+import time
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class _Pipe:
+    """One proxied connection: the socket from the pooler (down) and the one to PostgreSQL (up)."""
+
+    __slots__ = ("down", "up", "out", "ending")
+
+    def __init__(self, down: socket.socket, up: socket.socket | None):
+        self.down = down
+        self.up = up
+        self.out = {down: [], up: []}        # socket -> [(due, bytes)] still to write to it
+        self.ending = False                  # one side closed: close both once `out` is written
+
+
+class FaultProxy:
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.delay = 0.0
+        self.blackhole = False
+        self.refuse = False
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._pipes: dict[socket.socket, _Pipe] = {}
+        self._held: list[socket.socket] = []  # accepted while blackholed: never answered
+        self._sel = selectors.DefaultSelector()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        self._sel.register(self._listener, selectors.EVENT_READ)
+        self._stop = False
+        self._todo: list = []                  # callables run by the loop thread
+        self._thread = threading.Thread(target=self._loop, name="faultproxy", daemon=True)
+        self._thread.start()
+
+    # -- what tests call -----------------------------------------------------------------
+    def reset_all(self) -> None:
+        """A RST on every open connection, to the pooler and to PostgreSQL."""
+        done = threading.Event()
+        with self._lock:
+            self._todo.append(lambda: (self._reset_all(), done.set()))
+        done.wait(5)
+
+    def connections(self) -> int:
+        with self._lock:
+            return len({id(p) for p in self._pipes.values()})
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self._reset_all()
+        self._listener.close()
+        self._sel.close()
+
+    # -- the loop ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop:
+            with self._lock:
+                todo, self._todo = self._todo, []
+            for fn in todo:
+                fn()
+            for key, _ in self._sel.select(0.01):
+                sock = key.fileobj
+                if sock is self._listener:
+                    self._accept()
+                else:
+                    self._read(sock)
+            self._flush()
+
+    def _accept(self) -> None:
+        try:
+            down, _ = self._listener.accept()
+        except OSError:
+            return
+        self.accepted += 1
+        if self.refuse:
+            _rst(down)
+            return
+        if self.blackhole:
+            self._held.append(down)
+            return
+        try:
+            up = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            _rst(down)
+            return
+        for s in (down, up):
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pipe = _Pipe(down, up)
+        with self._lock:
+            self._pipes[down] = pipe
+            self._pipes[up] = pipe
+        self._sel.register(down, selectors.EVENT_READ)
+        self._sel.register(up, selectors.EVENT_READ)
+
+    def _read(self, sock: socket.socket) -> None:
+        pipe = self._pipes.get(sock)
+        if pipe is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # pass on what is still queued (a CancelRequest is followed by a close at once)
+            pipe.ending = True
+            try:
+                self._sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            return
+        if self.blackhole:
+            return
+        other = pipe.up if sock is pipe.down else pipe.down
+        pipe.out[other].append((time.monotonic() + self.delay, data))
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        for pipe in list({id(p): p for p in self._pipes.values()}.values()):
+            for sock, queue in pipe.out.items():
+                while queue and queue[0][0] <= now:
+                    due, data = queue[0]
+                    try:
+                        n = sock.send(data)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        self._drop(pipe, rst=True)
+                        return
+                    if n < len(data):
+                        queue[0] = (due, data[n:])
+                        break
+                    queue.pop(0)
+            if pipe.ending and not any(pipe.out.values()):
+                self._drop(pipe, rst=False)
+
+    def _drop(self, pipe: _Pipe, rst: bool) -> None:
+        with self._lock:
+            for s in (pipe.down, pipe.up):
+                if self._pipes.pop(s, None) is not None:
+                    try:
+                        self._sel.unregister(s)
+                    except (KeyError, ValueError):
+                        pass
+        for s in (pipe.down, pipe.up):
+            if rst:
+                _rst(s)
+            else:
+                s.close()
+
+    def _reset_all(self) -> None:
+        for pipe in list({id(p): p for p in self._pipes.values()}.values()):
+            self._drop(pipe, rst=True)
+        for s in self._held:
+            _rst(s)
+        self._held = []
+
+
+def _rst(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    except OSError:
+        pass
+    sock.close()
