@@ -13,7 +13,7 @@ import machinarium
 from kiwi import be_write, error_codes
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest
 from kiwi.errors import KiwiError, ProtocolError
-from odyssey_gevent import auth, backend, cancel, deploy, hba, reset, tsa
+from odyssey_gevent import auth, backend, cancel, deploy, hba, replication, reset, tsa
 from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
@@ -83,6 +83,8 @@ class Frontend:
         self.client = client
         self.logger = instance.logger
         self.deadline = None
+        self.replication = None          # "true"/"database": a replication connection (replication.py)
+        self.replication_server = None
 
     # -- stage 1: startup ----------------------------------------------------------------------
     def _login_timeout(self) -> int | None:
@@ -135,8 +137,7 @@ class Frontend:
         client.user = user
         client.database = params.get("database") or user
         if "replication" in params:
-            raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
-                                "replication connections are not supported yet")
+            self.replication = replication.mode(params["replication"])
         if msg.minor > 0:
             unknown = [k for k in params if k.startswith("_pq_.")]
             client.io.write(be_write.negotiate_protocol_version(0, unknown))
@@ -182,6 +183,9 @@ class Frontend:
     # -- login completion: ParameterStatus, BackendKeyData, ReadyForQuery ------------------
     def setup(self) -> None:
         client = self.client
+        if self.replication is not None and not client.is_console:
+            replication.setup(self)
+            return
         if client.is_console:
             from odyssey_gevent import console
             params = console.login_parameters(self.instance)
@@ -361,7 +365,9 @@ class Frontend:
                                  int((time.monotonic() - client.time_accept) * 1e6))
                 self.logger.info("setup", client, None, "client connection from %s to route %s.%s accepted",
                                  self._peer(), rule.db_name, rule.user_name)
-            if client.is_console:
+            if self.replication is not None and not client.is_console:
+                status = replication.relay(self)
+            elif client.is_console:
                 from odyssey_gevent import console
                 status = console.run(instance, client)
             else:

@@ -2,6 +2,9 @@
 real primary and a streaming replica made by tests/integration/topology.py."""
 from __future__ import annotations
 
+import os
+import subprocess
+
 import psycopg
 import psycopg2
 import pytest
@@ -9,7 +12,7 @@ import pytest
 from odyssey_gevent import storage as storage_status
 from scripts.pgcluster import free_port
 from tests.integration.conftest import odyssey_config, rule, wait_for
-from tests.integration.topology import PgPair
+from tests.integration.topology import PgPair, remove, scratch_dir
 from scripts.pooler import PoolerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -145,3 +148,60 @@ def test_primary_stopped_then_replica_promoted(run_pooler):
         ro.close()
     finally:
         pair.destroy()
+
+
+# -- replication connections ------------------------------------------------------------------------
+def _replication_config(pair) -> str:
+    return odyssey_config(rule("postgres", db="default", pool="session"),
+                          storage={"host": _hosts(pair.primary), "port": 5432})
+
+
+def _bin(pair, name: str) -> str:
+    return os.path.join(pair.primary.bindir, name)
+
+
+def test_pg_basebackup_through_the_pooler(pair, run_pooler):
+    p = run_pooler(_replication_config(pair))
+    target = scratch_dir()
+    try:
+        out = subprocess.run([_bin(pair, "pg_basebackup"), "-h", "127.0.0.1", "-p", str(p.port), "-U", "postgres",
+                              "-D", os.path.join(target, "copy"), "-X", "stream", "-c", "fast", "--no-sync"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        copy = os.path.join(target, "copy")
+        assert os.path.exists(os.path.join(copy, "PG_VERSION"))
+        verify = subprocess.run([_bin(pair, "pg_verifybackup"), "-n", copy], capture_output=True, text=True,
+                                timeout=60)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        remove(target)
+    # the pooler still serves ordinary clients, and no replication server was kept
+    assert _in_recovery(p, "postgres") is False
+    assert pair.primary.psql("select count(*) from pg_stat_replication where application_name = "
+                             "'pg_basebackup'") == "0"
+
+
+def test_pg_recvlogical_through_the_pooler(pair, run_pooler):
+    p = run_pooler(_replication_config(pair))
+    conninfo = f"host=127.0.0.1 port={p.port} user=postgres dbname=postgres"
+    recv = [_bin(pair, "pg_recvlogical"), "-d", conninfo, "-S", "pooler_slot"]
+    out = subprocess.run(recv + ["--create-slot", "-P", "test_decoding"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    try:
+        pair.primary.psql("create table if not exists decoded (x int); insert into decoded values (42)")
+        end = pair.primary.psql("select pg_current_wal_insert_lsn()")   # synchronous_commit is off
+        out = subprocess.run(recv + ["--start", "-f", "-", "-E", end, "--no-loop"], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "table public.decoded: INSERT: x[integer]:42" in out.stdout
+    finally:
+        pair.primary.psql("select pg_drop_replication_slot('pooler_slot')")
+
+
+def test_a_bad_replication_value_is_refused(pair, run_pooler):
+    p = run_pooler(_replication_config(pair))
+    with pytest.raises(psycopg.Error) as e:
+        psycopg.connect(f"host=127.0.0.1 port={p.port} user=postgres dbname=postgres replication=maybe")
+    assert 'invalid value for parameter "replication"' in str(e.value)
+    assert _in_recovery(p, "postgres") is False

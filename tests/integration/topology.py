@@ -66,7 +66,7 @@ class PgPair:
 
     def wait_replayed(self, timeout: float = 20.0) -> None:
         """Until the replica has replayed what the primary has written so far."""
-        lsn = self.primary.psql("select pg_current_wal_lsn()")
+        lsn = self.primary.psql("select pg_current_wal_insert_lsn()")   # synchronous_commit is off
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.replica.psql(f"select pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t":

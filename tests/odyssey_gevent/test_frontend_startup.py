@@ -183,10 +183,13 @@ def test_missing_user_is_28000(in_machine, params):
     assert in_machine(body)
 
 
-def test_replication_is_not_supported(in_machine):
+def test_replication_values(in_machine):
     def body():
         res, _, _ = _startup(_sm({"user": "u", "replication": "database"}))
-        assert isinstance(res, FrontendError) and res.sqlstate == "0A000"
+        assert res is True
+        res, _, _ = _startup(_sm({"user": "u", "replication": "maybe"}))
+        assert isinstance(res, FrontendError) and res.sqlstate == "08006"
+        assert res.message == 'invalid value for parameter "replication"'
         return True
 
     assert in_machine(body)
