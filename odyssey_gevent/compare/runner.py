@@ -147,7 +147,7 @@ class Runner:
                     f.write(text)
             if suite.setup_sql:
                 self.superuser_sql(suite.setup_sql)
-            uses_certs = "${certs}" in suite.globals + suite.rules + self.base
+            uses_certs = "${certs}" in suite.globals + suite.listen + suite.rules + self.base
             if uses_certs and self.certs_dir is None:
                 self.certs_dir = os.path.join(self.tmp, "certs")
                 os.mkdir(self.certs_dir)

@@ -4,6 +4,7 @@ A suite file (tests/scenarios/<suite>.yaml) holds::
 
     title: what the suite covers
     globals: |          # global keywords added to base.conf (optional)
+    listen: |           # keywords added to its listen block (optional)
     rules: |            # database/user blocks added to base.conf
     files: {name: text} # written to a shared directory, ${files}/name in the config
     setup_sql: |        # run once on PostgreSQL as its superuser before the poolers start
@@ -13,9 +14,9 @@ A suite file (tests/scenarios/<suite>.yaml) holds::
         own_pooler: yes # a fresh pair of poolers (for signals and reloads)
         steps: [...]    # see steps.py
 
-base.conf holds the listen, storage and console parts and the placeholders ${globals} and
-${rules}; ${port}, ${pg_host}, ${pg_port}, ${tmp} are filled in per pooler, ${files} and
-${certs} (a server certificate and key made with openssl) per run.
+base.conf holds the listen, storage and console parts and the placeholders ${globals},
+${listen} and ${rules}; ${port}, ${pg_host}, ${pg_port}, ${tmp} are filled in per pooler,
+${files} and ${certs} (a server certificate and key made with openssl) per run.
 
 Expectations live in expected/<suite>.yaml: scenario name -> list of step records.
 """
@@ -45,6 +46,7 @@ class Suite:
     path: str
     title: str
     globals: str
+    listen: str
     rules: str
     files: dict
     setup_sql: str
@@ -52,6 +54,7 @@ class Suite:
 
     def config_template(self, base: str, rules: str | None = None, globals_: str | None = None) -> str:
         text = base.replace("${globals}", self.globals if globals_ is None else globals_)
+        text = text.replace("${listen}", self.listen)
         return text.replace("${rules}", self.rules if rules is None else rules)
 
 
@@ -66,7 +69,8 @@ def load_suite(path: str) -> Suite:
         raise ScenarioError(f"{path}: a mapping with a 'scenarios' list expected")
     name = os.path.splitext(os.path.basename(path))[0]
     suite = Suite(name=name, path=path, title=data.get("title", name), globals=data.get("globals", ""),
-                  rules=data.get("rules", ""), files=data.get("files") or {},
+                  listen=data.get("listen", ""), rules=data.get("rules", ""),
+                  files=data.get("files") or {},
                   setup_sql=data.get("setup_sql", ""), scenarios=[])
     seen = set()
     for i, s in enumerate(data["scenarios"]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal as signal_mod
+import struct
 import threading
 import time
 
@@ -22,6 +23,10 @@ from odyssey_gevent.compare.wire import Closed, RawConnection, error_record, sum
 POOLER_ONLY = {"console", "signal", "reload", "wait_log"}
 #: steps whose results are checked against PostgreSQL directly in expectation mode
 QUERY_STEPS = {"query", "extended", "copy_in", "copy_out"}
+
+
+def _bytes(text: str) -> bytes:
+    return bytes.fromhex(text[4:]) if text.startswith("hex:") else text.encode("latin-1")
 
 
 class StepError(Exception):
@@ -266,21 +271,43 @@ class Session:
         return self.step_query(args)
 
     def step_send(self, args: dict) -> dict:
-        """Raw bytes on a connection (``hex:`` or text with \\x escapes), then the answer: the
-        messages read until ReadyForQuery, EOF or ``read_for`` seconds of silence."""
+        """Raw bytes on a connection, then the answer: the messages read until ReadyForQuery,
+        EOF or ``read_for`` seconds of silence. ``data`` is ``hex:...`` or text (YAML escapes
+        such as \\x00 allowed, sent as latin-1); or ``type`` (one letter) and ``payload``
+        (text as for data) make one message with its length computed."""
         conn = self._conn(args)
-        data = args["data"]
-        raw = bytes.fromhex(data[4:]) if data.startswith("hex:") else \
-            data.encode("latin-1").decode("unicode_escape").encode("latin-1")
+        if "type" in args:
+            payload = _bytes(args.get("payload", ""))
+            raw = args["type"].encode() + struct.pack("!I", len(payload) + 4) + payload
+        else:
+            raw = _bytes(args["data"])
+        return self._exchange(conn, raw, args.get("read_for", 2.0))
+
+    def step_startup(self, args: dict) -> dict:
+        """A StartupMessage on an ``open`` connection (``protocol`` "3.0" by default, any
+        ``params``), then the answer up to the first authentication request, error or
+        ReadyForQuery."""
+        conn = self._conn(args)
+        major, minor = (int(x) for x in str(args.get("protocol", "3.0")).split("."))
+        params = {"user": args.get("user", "postgres"), "database": args.get("db", "postgres"),
+                  **(args.get("params") or {})}
+        body = struct.pack("!HH", major, minor) + b"".join(
+            k.encode() + b"\0" + str(v).encode() + b"\0" for k, v in params.items()) + b"\0"
+        return self._exchange(conn, struct.pack("!I", len(body) + 4) + body,
+                              args.get("read_for", 2.0), stop="RZE")
+
+    def _exchange(self, conn: RawConnection, raw: bytes, read_for: float, stop: str = "Z") -> dict:
         msgs: list = []
         rec: dict = {}
         try:
             conn.send(raw)
-            conn.sock.settimeout(args.get("read_for", 2.0))
+            conn.sock.settimeout(read_for)
             while True:
                 kind, payload = conn.read()
                 msgs.append((kind, payload))
-                if kind == "Z":
+                if kind == "K":
+                    conn.key = struct.unpack("!II", payload[:8])
+                if kind in stop and not (kind == "R" and payload[:4] == b"\0\0\0\0"):
                     break
         except Closed:
             rec["closed"] = True
@@ -289,8 +316,11 @@ class Session:
         finally:
             if conn.sock is not None:
                 conn.sock.settimeout(conn.timeout)
-        rec["messages"] = [k for k, _ in msgs]
+        rec["messages"] = "".join(k for k, _ in msgs)
         rec.update(summarize(msgs))
+        auth = [struct.unpack("!I", p[:4])[0] for k, p in msgs if k == "R" and len(p) >= 4]
+        if auth:
+            rec["auth_codes"] = auth
         return rec
 
     def step_open(self, args: dict) -> dict:
@@ -357,6 +387,8 @@ class Session:
                 raise StepError(f"step {i}: one mapping with one key expected, got {step!r}")
             kind, args = next(iter(step.items()))
             args = args if args is not None else {}
+            if isinstance(args, dict) and True in args:
+                args["on"] = args.pop(True)        # YAML 1.1 reads a bare `on:` key as true
             method = getattr(self, "step_" + kind, None)
             if method is None:
                 raise StepError(f"step {i}: unknown step {kind!r}")
