@@ -19,6 +19,7 @@ import time
 import machinarium
 from kiwi import error_codes
 from odyssey_gevent.client import ClientState
+from odyssey_gevent import shared_pool
 from odyssey_gevent.route import Route, Waiter
 from odyssey_gevent.rules import route_key
 from odyssey_gevent.server import Server, ServerState
@@ -124,7 +125,7 @@ class Router:
                 offline.append(server)
                 continue
             return server
-        if pool_size == 0 or route.server_count < pool_size:
+        if shared_pool.has_room(self, route, pool_size, offline):
             server = Server(route)
             route.set_server_state(server, ServerState.ACTIVE)
             return server
@@ -144,6 +145,8 @@ class Router:
             return
         if server is not None:
             route.set_server_state(server, ServerState.IDLE)
+        else:
+            shared_pool.give(self, route)      # the slot may go to another route of a shared pool
 
     def detach(self, client) -> None:
         """Return the client's (reset, healthy) server to its route's pool."""
@@ -155,7 +158,7 @@ class Router:
             if client.route is not None and client in route.clients:
                 client.state = ClientState.PENDING
             server.idle_since = time.monotonic()
-            if server.offline or route.obsolete and not route.waiters:
+            if server.offline or route.obsolete and not route.waiters or shared_pool.wanted(self, route):
                 route.set_server_state(server, ServerState.UNDEF)
                 self._give(route, None)          # the freed slot goes to the first waiter
                 server_to_close = server

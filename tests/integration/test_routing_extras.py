@@ -1,0 +1,67 @@
+"""The rest of routing (issue 13): shared pools, group rules, server_login_retry and
+pool_notice_after_waiting_ms, against the session PostgreSQL."""
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import psycopg2
+import pytest
+
+from tests.integration.conftest import backends, ensure_roles, odyssey_config, rule, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _dsn(p, user: str, db: str = "postgres") -> str:
+    return f"host=127.0.0.1 port={p.port} user={user} dbname={db} sslmode=disable connect_timeout=10"
+
+
+# -- shared pools -----------------------------------------------------------------------------------
+def test_two_rules_share_one_pool(pg, pooler):
+    ensure_roles(pg, "sp_a", "sp_b")
+    text = odyssey_config(rule("sp_a", db="postgres", shared_pool="sp", pool_size=None, pool_timeout=20000),
+                          rule("sp_b", db="postgres", shared_pool="sp", pool_size=None, pool_timeout=20000))
+    p = pooler(text + 'shared_pool "sp" {\n    pool_size 2\n}\n')
+
+    def servers() -> int:
+        return len(backends(pg, "sp_a")) + len(backends(pg, "sp_b"))
+
+    a1 = psycopg2.connect(_dsn(p, "sp_a"))
+    b1 = psycopg2.connect(_dsn(p, "sp_b"))
+    b2 = psycopg2.connect(_dsn(p, "sp_b"))
+    try:
+        a1.cursor().execute("select 1")        # a transaction: holds one server of the pool
+        b1.cursor().execute("select 1")        # and the other
+        assert servers() == 2
+        done = threading.Event()
+        result = {}
+
+        def waiting_client():
+            try:
+                cur = b2.cursor()
+                cur.execute("select current_user")
+                result["user"] = cur.fetchone()[0]
+            except Exception as e:      # reported by the assertions below
+                result["error"] = e
+            finally:
+                done.set()
+
+        t = threading.Thread(target=waiting_client, daemon=True)
+        t.start()
+        assert not done.wait(0.5), result        # the pool is full: sp_b's second client waits
+        assert servers() == 2
+        a1.commit()          # sp_a's server is free; sp_a has no waiter, so the slot goes to sp_b
+        assert done.wait(15), "the waiting client of the other rule got no server"
+        assert result == {"user": "sp_b"}
+        assert servers() <= 2
+        b1.commit()
+        b2.commit()
+        # every client still works, and the pool never grows past its size
+        for con in (a1, b1, b2):
+            con.cursor().execute("select 1")
+            con.commit()
+        assert servers() <= 2
+    finally:
+        for con in (a1, b1, b2):
+            con.close()
