@@ -19,7 +19,7 @@ import time
 import machinarium
 from kiwi import error_codes
 from odyssey_gevent.client import ClientState
-from odyssey_gevent import shared_pool
+from odyssey_gevent import shared_pool, waiting
 from odyssey_gevent.route import Route, Waiter
 from odyssey_gevent.rules import route_key
 from odyssey_gevent.server import Server, ServerState
@@ -96,7 +96,7 @@ class Router:
         for dead in offline:                 # closed outside the lock: closing may block
             self.instance.close_server_later(dead)
         if server is None:
-            waiter.event.wait(timeout_ms)
+            waiting.wait(waiter, client, timeout_ms)
             with self.lock:
                 server = waiter.server       # linked by _give
                 if server is None:

@@ -2,6 +2,7 @@
 pool_notice_after_waiting_ms, against the session PostgreSQL."""
 from __future__ import annotations
 
+import re
 import threading
 
 import psycopg
@@ -9,6 +10,7 @@ import psycopg2
 import pytest
 
 from tests.integration.conftest import backends, ensure_roles, odyssey_config, rule, wait_for
+from tests.integration.wire import Wire, decode_row, parse_fields, query
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,3 +67,60 @@ def test_two_rules_share_one_pool(pg, pooler):
     finally:
         for con in (a1, b1, b2):
             con.close()
+
+
+# -- pool_notice_after_waiting_ms -------------------------------------------------------------------
+def _notices(messages) -> list[str]:
+    return [parse_fields(body)["M"] for tag, body in messages if tag == b"N"]
+
+
+def test_a_waiting_client_gets_notices(pg, pooler):
+    ensure_roles(pg, "notice_user")
+    p = pooler(odyssey_config(rule("notice_user", db="postgres", pool_size=1, pool_timeout=20000,
+                                   pool_notice_after_waiting_ms=100)))
+    holder = psycopg2.connect(_dsn(p, "notice_user"))
+    waiter = Wire(p.port, timeout=20)
+    try:
+        holder.cursor().execute("select 1")            # holds the only server
+        waiter.login("notice_user", "postgres")
+        waiter.send(query("select 42"))
+        first = waiter.read_message()                  # sent after 100 ms of waiting
+        assert first[0] == b"N" and _notices([first]) == ["waiting for free backend connection"]
+        holder.commit()                                # frees the server
+        got = [first]
+        while not got or got[-1][0] != b"Z":
+            got.append(waiter.read_message())
+        notices = _notices(got)
+        assert len(notices) == 2 and re.fullmatch(r"waiting took \d+ ms", notices[1]), notices
+        assert [decode_row(body) for tag, body in got if tag == b"D"] == [["42"]]
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_a_timed_out_waiter_is_told_before_the_53300(pg, pooler):
+    ensure_roles(pg, "notice_user")
+    p = pooler(odyssey_config(rule("notice_user", db="postgres", pool_size=1, pool_timeout=600,
+                                   pool_notice_after_waiting_ms=100)))
+    holder = psycopg2.connect(_dsn(p, "notice_user"))
+    waiter = Wire(p.port, timeout=20)
+    quiet = Wire(p.port, timeout=20)
+    try:
+        holder.cursor().execute("select 1")
+        waiter.login("notice_user", "postgres")
+        waiter.send(query("select 1"))
+        got = waiter.read_until_closed(15)
+        notices = _notices(got)
+        assert notices[0] == "waiting for free backend connection"
+        assert re.fullmatch(r"waiting took \d+ ms, timeout", notices[1]), notices
+        errors = [parse_fields(body) for tag, body in got if tag == b"E"]
+        assert [e["C"] for e in errors] == ["53300"]
+        # the pool serves the next client as usual
+        holder.commit()
+        quiet.login("notice_user", "postgres")
+        rows, error, _ = quiet.simple_query("select 7")
+        assert rows == [["7"]] and error is None
+    finally:
+        holder.close()
+        waiter.close()
+        quiet.close()
