@@ -1,21 +1,25 @@
 """The admin console: a `local` storage answering SHOW commands (mirrors Odyssey
 sources/console.c).
 
-It answers SHOW VERSION, POOLS, DATABASES, CLIENTS, SERVERS, LISTS, RULES, IS_PAUSED,
-SERVER_PREP_STMTS, GLOBAL_PREPARED_STATEMENTS, STATS, LISTEN, STORAGES and HELP with Odyssey's
-column names and types, plus RELOAD and SET (a no-op); ERRORS, KILL_CLIENT and PAUSE/RESUME are
-not implemented yet. Roles: admin may do everything, stat only SHOW, notallow nothing.
-Commands are dispatched through a table. Rows are built under the router's lock (the rule is in
-route.py), which is never held across IO: the reply is written after it is released.
+It answers SHOW VERSION, POOLS, POOLS_EXTENDED, DATABASES, CLIENTS, SERVERS, LISTS, RULES,
+IS_PAUSED, SERVER_PREP_STMTS, GLOBAL_PREPARED_STATEMENTS, STATS, ERRORS, ERRORS_PER_ROUTE,
+LISTEN, STORAGES and HELP with Odyssey's column names and types, plus KILL_CLIENT, PAUSE and
+RESUME, RELOAD and SET (a no-op). Roles: admin may do everything, stat only SHOW, notallow
+nothing. Commands are dispatched through a table. Rows are built under the router's lock (the
+rule is in route.py), which is never held across IO: the reply is written after it is released.
 """
 from __future__ import annotations
 
 import platform
 import struct
+import time
 
 from kiwi import be_read, be_write, error_codes
 from kiwi.header import FE
-from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__
+from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, relay
+from odyssey_gevent.client import ClientState
+from odyssey_gevent.err_logger import FRONTEND_ERRORS, ROUTE_ROUTER_ERRORS, ROUTER_ERRORS
+from odyssey_gevent.route import averages
 from odyssey_gevent.io import FE_LIMITS, read_message
 from odyssey_gevent.rules import show_rules_rows
 from odyssey_gevent.status import FrontendError, Status, error_message
@@ -35,25 +39,74 @@ def _version_string() -> str:
             f"{platform.python_version()}, {struct.calcsize('P') * 8}-bit")
 
 
-def show_version(instance):
+def show_version(instance, client=None):
     return [("version", TEXT)], [[_version_string()]]
 
 
-def show_pools(instance):
-    cols = [("database", TEXT), ("user", TEXT), ("cl_active", INT8), ("cl_waiting", INT8), ("sv_active", INT8),
-            ("sv_idle", INT8), ("sv_used", INT8), ("sv_tested", INT8), ("sv_login", INT8), ("maxwait", INT8),
-            ("maxwait_us", INT8), ("pool_mode", TEXT)]
-    rows = []
+POOLS_COLUMNS = [("database", TEXT), ("user", TEXT), ("cl_active", INT8), ("cl_waiting", INT8),
+                 ("sv_active", INT8), ("sv_idle", INT8), ("sv_used", INT8), ("sv_tested", INT8),
+                 ("sv_login", INT8), ("maxwait", INT8), ("maxwait_us", INT8), ("pool_mode", TEXT)]
+
+
+def _pool_rows(instance) -> list[tuple]:
+    """(route, row) per route: C's POOLS columns. cl_waiting counts the clients that hold no
+    server and are not queued for one (C's "pending"); maxwait/maxwait_us how long the first
+    client queued for a server has been waiting (seconds and the microseconds beyond them; C
+    always shows 0)."""
+    out = []
     router = instance.router
+    now = time.monotonic()
     with router.lock:
         for r in router.routes.values():
             c = r.client_counts()
-            rows.append([r.db, r.user, c["active"], c["pending"], len(r.active), len(r.idle), 0, 0, 0, 0, 0,
-                         r.rule.pool])
+            waited = now - r.waiters[0].since if r.waiters else 0.0
+            out.append((r, [r.db, r.user, c["active"], c["pending"], len(r.active), len(r.idle), 0,
+                            0, 0, int(waited), int((waited - int(waited)) * 1e6), r.rule.pool]))
+    return out
+
+
+def show_pools(instance, client=None):
+    return POOLS_COLUMNS, [row for _, row in _pool_rows(instance)]
+
+
+def _quantile_name(q: float) -> str:
+    return f"{q:.6g}"
+
+
+def show_pools_extended(instance, client=None):
+    """POOLS plus bytes_received, bytes_sent, tcp_conn_count and, per quantile of the console
+    user's own rule (`quantiles`), query_<q> and transaction_<q> in µs from the route's
+    sketches of the last two stats intervals; a last row 'aggregated' merges every route."""
+    from odyssey_gevent.route import new_sketch
+    quantiles = list(getattr(client.rule, "quantiles", None) or []) if client is not None else []
+    cols = POOLS_COLUMNS + [("bytes_received", INT4), ("bytes_sent", INT4), ("tcp_conn_count", INT4)]
+    for q in quantiles:
+        cols += [(f"query_{_quantile_name(q)}", INT4), (f"transaction_{_quantile_name(q)}", INT4)]
+    all_query, all_tx = new_sketch(), new_sketch()
+
+    def values(query, tx) -> list[int]:
+        out = []
+        for q in quantiles:
+            for sketch in (query, tx):
+                v = sketch.get_quantile_value(q) if sketch is not None and sketch.count else None
+                out.append(int(v) if v is not None and v > 0 else 0)
+        return out
+
+    rows = []
+    for r, row in _pool_rows(instance):
+        st = r.stats
+        sketches = st.sketches()
+        if sketches is not None:
+            for total, part in zip((all_query, all_tx), sketches):
+                if part.count:
+                    total.merge(part)
+        query, tx = sketches if sketches is not None else (None, None)
+        rows.append(row + [st.bytes_recv, st.bytes_sent, r.tcp_connections] + values(query, tx))
+    rows.append(["aggregated", "aggregated"] + [None] * 13 + values(all_query, all_tx))
     return cols, rows
 
 
-def show_databases(instance):
+def show_databases(instance, client=None):
     cols = [("name", TEXT), ("host", TEXT), ("port", INT8), ("database", TEXT), ("force_user", TEXT),
             ("pool_size", INT8), ("reserve_pool", INT8), ("pool_mode", TEXT), ("max_connections", INT8),
             ("current_connections", INT8), ("paused", INT8), ("disabled", INT8)]
@@ -63,11 +116,12 @@ def show_databases(instance):
         for r in router.routes.values():
             st = r.rule.storage
             rows.append([r.db, st.host if st else None, st.port if st else 0, r.rule.db_name, r.rule.user_name,
-                         r.rule.pool_size, 0, r.rule.pool, r.rule.client_max or 0, r.server_count, 0, 0])
+                         r.rule.pool_size, 0, r.rule.pool, r.rule.client_max or 0, len(r.clients),
+                         1 if router.is_paused(r) else 0, 0])
     return cols, rows
 
 
-def show_clients(instance):
+def show_clients(instance, client=None):
     cols = [("type", TEXT), ("user", TEXT), ("database", TEXT), ("state", TEXT), ("storage_user", TEXT),
             ("addr", TEXT), ("port", INT4), ("local_addr", TEXT), ("local_port", INT4), ("connect_time", TEXT),
             ("request_time", TEXT), ("wait", INT4), ("wait_us", INT4), ("id", TEXT), ("ptr", TEXT), ("coro", INT4),
@@ -82,7 +136,7 @@ def show_clients(instance):
     return cols, rows
 
 
-def show_servers(instance):
+def show_servers(instance, client=None):
     cols = [("type", TEXT), ("user", TEXT), ("database", TEXT), ("state", TEXT), ("addr", TEXT), ("port", INT4),
             ("local_addr", TEXT), ("local_port", INT4), ("connect_time", TEXT), ("request_time", TEXT),
             ("wait", INT4), ("wait_us", INT4), ("ptr", TEXT), ("link", TEXT), ("remote_pid", INT4), ("tls", TEXT),
@@ -99,7 +153,7 @@ def show_servers(instance):
     return cols, rows
 
 
-def show_lists(instance):
+def show_lists(instance, client=None):
     router = instance.router
     with router.lock:
         routes = list(router.routes.values())
@@ -115,13 +169,14 @@ def show_lists(instance):
     return [("list", TEXT), ("items", INT4)], [list(i) for i in items]
 
 
-def show_rules(instance):
+def show_rules(instance, client=None):
     cols = [("database", TEXT), ("user", TEXT), ("address", TEXT), ("connection_type", TEXT), ("obsolete", BOOL)]
     return cols, [list(r) for r in show_rules_rows(instance.rules)]
 
 
-def show_is_paused(instance):
-    return [("is_paused", BOOL)], [[False]]
+def show_is_paused(instance, client=None):
+    """True while a global PAUSE (PAUSE without a database) is on, as C's global flag."""
+    return [("is_paused", BOOL)], [[instance.router.paused_all]]
 
 
 def _server_statements(server) -> list:
@@ -134,7 +189,7 @@ def _server_statements(server) -> list:
     return []
 
 
-def show_server_prep_stmts(instance):
+def show_server_prep_stmts(instance, client=None):
     """One row per statement prepared on a pooled server (prepared.py)."""
     cols = [("type", TEXT), ("user", TEXT), ("database", TEXT), ("sid", TEXT), ("name", TEXT),
             ("definition", TEXT), ("refcount", TEXT)]
@@ -148,7 +203,7 @@ def show_server_prep_stmts(instance):
     return cols, rows
 
 
-def show_global_prepared_statements(instance):
+def show_global_prepared_statements(instance, client=None):
     """The pool-wide statements of every route and how many client statements map to each."""
     cols = [("name", TEXT), ("definition", TEXT), ("refcount", TEXT)]
     rows = []
@@ -158,6 +213,9 @@ def show_global_prepared_statements(instance):
     return cols, rows
 
 
+# RouteStats.COUNTERS in this order: the 8 total_* columns, then total_cancel_count
+STATS_COUNTERS = ("count_tx", "count_query", "count_server_assignment", "bytes_recv", "bytes_sent", "tx_time",
+                  "query_time", "wait_time", "count_cancel")
 STATS_COLUMNS = ["total_xact_count", "total_query_count", "total_server_assignment_count", "total_received",
                  "total_sent", "total_xact_time", "total_query_time", "total_wait_time", "avg_xact_count",
                  "avg_query_count", "avg_server_assignment_count", "avg_recv", "avg_sent", "avg_xact_time",
@@ -165,22 +223,46 @@ STATS_COLUMNS = ["total_xact_count", "total_query_count", "total_server_assignme
                  "total_cancel_count"]
 
 
-def show_stats(instance):
-    """One row per database, summed over its routes (RouteStats). Times are not measured and the
-    averages (Odyssey's per-stats_interval rates) are not computed yet: both are 0."""
+def show_stats(instance, client=None):
+    """One row per database, summed over its routes (RouteStats): the totals, and the averages
+    since the last stats_interval tick, as C computes them (od_stat_average: rates per second,
+    times in µs per transaction, query and server assignment)."""
     cols = [("database", TEXT)] + [(c, INT8) for c in STATS_COLUMNS]
-    totals: dict[str, list[int]] = {}
+    n = len(STATS_COUNTERS)
+    cur: dict[str, list[int]] = {}
+    prev: dict[str, list[int]] = {}
     for r in instance.router.snapshot():
         st = r.stats
-        t = totals.setdefault(r.db, [0] * 6)
-        for i, v in enumerate((st.count_tx, st.count_query, st.count_server_assignment, st.bytes_recv,
-                               st.bytes_sent, st.count_cancel)):
-            t[i] += v
+        for acc, values in ((cur, st.snapshot()), (prev, st.prev)):
+            t = acc.setdefault(r.db, [0] * n)
+            for i, v in enumerate(values):
+                t[i] += v
+    interval = time.monotonic() - instance.router.stat_time
     rows = []
-    for db in sorted(totals):
-        tx, q, assign, recv, sent, cancel = totals[db]
-        rows.append([db, tx, q, assign, recv, sent, 0, 0, 0] + [0] * 8 + [0, 0, cancel])
+    for db in sorted(cur):
+        c = cur[db]
+        rows.append([db] + c[:8] + averages(tuple(c), tuple(prev[db]), interval) + [0, 0, c[8]])
     return cols, rows
+
+
+def show_errors(instance, client=None):
+    """The router's errors, then the frontend's, each counted over the last five minutes
+    (err_logger.py), in C's order and with C's names."""
+    errors = instance.router.errors
+    rows = [list(r) for r in errors.router.counts(ROUTER_ERRORS)]
+    rows += [list(r) for r in errors.frontend.counts(FRONTEND_ERRORS)]
+    return [("error_type", TEXT), ("count", INT8)], rows
+
+
+def show_errors_per_route(instance, client=None):
+    """Per route, as C: the frontend errors (kept for routes of rules naming both database and
+    user; 0 for the others) and the per-route client_max refusals, with the rule's names."""
+    rows = []
+    for r in instance.router.snapshot():
+        user, db = r.rule.user_name, r.rule.db_name
+        for name, count in r.errors.counts(FRONTEND_ERRORS + ROUTE_ROUTER_ERRORS):
+            rows.append([name, user, db, count])
+    return [("error_type", TEXT), ("user", TEXT), ("database", TEXT), ("count", INT8)], rows
 
 
 def _tls_columns(block) -> list:
@@ -192,12 +274,12 @@ TLS_COLUMNS = [("tls", TEXT), ("tls_cert_file", TEXT), ("tls_key_file", TEXT), (
                ("tls_protocols", TEXT)]
 
 
-def show_listen(instance):
+def show_listen(instance, client=None):
     cols = [("host", TEXT), ("port", INT4)] + TLS_COLUMNS
     return cols, [[lst.host or "(None)", lst.port] + _tls_columns(lst) for lst in instance.config.listen]
 
 
-def show_storages(instance):
+def show_storages(instance, client=None):
     cols = [("type", TEXT), ("host", TEXT), ("port", INT4)] + TLS_COLUMNS
     rows = [[st.type or "remote", st.host or "(None)", st.port or 0] + _tls_columns(st)
             for st in instance.config.storages.values()]
@@ -206,8 +288,11 @@ def show_storages(instance):
 
 HELP_TEXT = """Console usage
 	SHOW COMMANDS|HELP
-	SHOW STATS|POOLS|DATABASES|CLIENTS|SERVERS|LISTS|RULES|IS_PAUSED|VERSION
-	SHOW LISTEN|STORAGES|SERVER_PREP_STMTS|GLOBAL_PREPARED_STATEMENTS
+	SHOW STATS|POOLS|POOLS_EXTENDED|DATABASES|CLIENTS|SERVERS|LISTS|RULES|IS_PAUSED|VERSION
+	SHOW ERRORS|ERRORS_PER_ROUTE|LISTEN|STORAGES|SERVER_PREP_STMTS|GLOBAL_PREPARED_STATEMENTS
+	KILL_CLIENT <client_id>
+	PAUSE [database]
+	RESUME [database]
 	RELOAD
 	SET key = arg (ignored)"""
 
@@ -215,6 +300,7 @@ HELP_TEXT = """Console usage
 SHOW = {
     "stats": show_stats, "listen": show_listen, "storages": show_storages,
     "server_prep_stmts": show_server_prep_stmts, "global_prepared_statements": show_global_prepared_statements,
+    "errors": show_errors, "errors_per_route": show_errors_per_route, "pools_extended": show_pools_extended,
     "version": show_version, "pools": show_pools, "databases": show_databases, "clients": show_clients,
     "servers": show_servers, "lists": show_lists, "rules": show_rules, "is_paused": show_is_paused,
 }
@@ -254,12 +340,45 @@ def execute(instance, client, query: str) -> bytes:
         return be_write.command_complete("RELOAD")
     if verb == "set":
         return be_write.command_complete("SET")
+    if verb == "kill_client" and len(tokens) >= 2 and len(tokens[1]) == 13:
+        return kill_client(instance, client, tokens[1])
+    if verb in ("pause", "resume"):
+        db = tokens[1] if len(tokens) >= 2 else None
+        return pause_resume(instance, client, verb, db)
     if verb == "show" and len(tokens) >= 2:
         handler = SHOW.get(tokens[1].lower())
         if handler is not None:
-            cols, rows = handler(instance)
+            cols, rows = handler(instance, client)
             return _result(cols, rows)
     raise FrontendError(error_codes.SYNTAX_ERROR, f"console command error: {query}")
+
+
+def kill_client(instance, client, token: str) -> bytes:
+    """KILL_CLIENT c<12 hex>: as C, the first character is skipped and the next 12 name the
+    client; a token of another length is a command error, an unknown id is no error (the reply
+    is ReadyForQuery alone, no CommandComplete, as C's). The victim ends at its next step with
+    FATAL 08006 (frontend.py): a relay parked in its wait is woken in its own thread, a client
+    waiting for a server is signalled by the router."""
+    victim_id = "c" + token[1:].lower()
+    instance.logger.info("console", client, None, "KILL_CLIENT %s", victim_id)
+    victim = instance.router.kill(victim_id)
+    if victim is not None and victim.relay is not None:
+        relay.wake(victim.relay)
+    return b""
+
+
+def pause_resume(instance, client, verb: str, db: str | None) -> bytes:
+    """PAUSE / RESUME, for every database or one (C Odyssey's are global only): while paused,
+    clients that hold no server get none (new transactions wait, running ones finish)."""
+    router = instance.router
+    where = f"database {db}" if db else "global"
+    if verb == "pause":
+        router.pause(db)
+        instance.logger.info("pause", client, None, "%s pause is on", where)
+        return be_write.command_complete("PAUSE")
+    router.resume(db)
+    instance.logger.info("pause", client, None, "%s pause is off", where)
+    return be_write.command_complete("RESUME")
 
 
 def _message_name(mtype: int) -> str:
@@ -271,6 +390,9 @@ def _message_name(mtype: int) -> str:
 
 def run(instance, client) -> Status:
     """The console's request loop: returns TERMINATE; client IO errors propagate (status.py)."""
+    with instance.router.lock:       # a console client is served at once: SHOW POOLS says active
+        if client.route is not None and client in client.route.clients:
+            client.state = ClientState.ACTIVE
     while True:
         mtype, payload = read_message(client.io, None, FE_LIMITS)
         if mtype == FE.TERMINATE:

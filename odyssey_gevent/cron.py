@@ -1,5 +1,6 @@
 """Periodic service work: expiring idle servers (pool_ttl, server_lifetime), dropping obsolete
-routes and the stats log line (mirrors Odyssey sources/cron.c)."""
+routes, the stats_interval averages with the stats log line, and the error window of SHOW
+ERRORS (mirrors Odyssey sources/cron.c)."""
 from __future__ import annotations
 
 import time
@@ -7,6 +8,7 @@ import time
 import machinarium
 from machinarium import tls
 from odyssey_gevent import backend
+from odyssey_gevent.route import averages
 from odyssey_gevent.server import movable, park
 
 
@@ -67,25 +69,30 @@ def fill_min_pool(instance) -> int:
     return opened
 
 
-class _Rates:
-    def __init__(self):
-        self.prev = {}
-
-
-def log_stats(instance, rates: _Rates, interval: float) -> None:
+def stat_tick(instance, log: bool, now: float | None = None) -> None:
+    """Every stats_interval (as C's od_cron_stat): each route's averages since the last tick,
+    the `log_stats` line when `log` (C's shape: rates per second, the average transaction and
+    query times in µs), then the new snapshot (RouteStats.prev) and sketch window."""
     router = instance.router
+    if now is None:
+        now = time.monotonic()
+    interval = now - router.stat_time
     for route in router.snapshot():
         st = route.stats
-        prev = rates.prev.get(route.key, (0, 0, 0, 0))
-        cur = (st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent)
-        rates.prev[route.key] = cur
-        d = [int((c - p) / interval) for c, p in zip(cur, prev)]
+        cur = st.snapshot()
+        avg = averages(cur, st.prev, interval)
+        st.prev = cur
+        st.rotate_sketches()
+        if not log:
+            continue
         with router.lock:
             counts = len(route.clients), len(route.active), len(route.idle)
         instance.logger.info("stats", None, None,
-                             "[%s.%s] %d clients, %d active servers, %d idle servers, %d transactions/sec, "
-                             "%d queries/sec, %d in bytes/sec, %d out bytes/sec",
-                             route.db, route.user, *counts, d[0], d[1], d[2], d[3])
+                             "[%s.%s%s] %d clients, %d active servers, %d idle servers, %d transactions/sec "
+                             "(%d usec) %d queries/sec (%d usec) %d in bytes/sec, %d out bytes/sec",
+                             route.db, route.user, " obsolete" if route.obsolete else "", *counts,
+                             avg[0], avg[5], avg[1], avg[6], avg[3], avg[4])
+    router.stat_time = now
 
 
 def cron_main(instance) -> None:
@@ -103,7 +110,6 @@ def cron_main(instance) -> None:
 
 
 def _cron_loop(instance) -> None:
-    rates = _Rates()
     last_stats = time.monotonic()
     while True:
         machinarium.sleep(1000)
@@ -112,9 +118,10 @@ def _cron_loop(instance) -> None:
             fill_min_pool(instance)
             config = instance.config
             now = time.monotonic()
-            if config.log_stats and config.stats_interval > 0 and now - last_stats >= config.stats_interval:
-                log_stats(instance, rates, now - last_stats)
+            if config.stats_interval > 0 and now - last_stats >= config.stats_interval:
+                stat_tick(instance, config.log_stats)
                 last_stats = now
+            instance.router.errors.tick(instance.router.snapshot())
         except Exception as e:  # cron must never die
             instance.logger.error("cron", None, None, "cron failed: %r", e)
 

@@ -13,7 +13,7 @@ import machinarium
 from kiwi import be_write, error_codes
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest
 from kiwi.errors import KiwiError, ProtocolError
-from odyssey_gevent import auth, backend, cancel, deploy, hba, replication, reset, tsa
+from odyssey_gevent import auth, backend, cancel, deploy, hba, login_retry, replication, reset, tsa
 from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
@@ -31,6 +31,8 @@ _DROP_MESSAGES = {
     Status.EIDLE_IN_REQUEST_TIMEOUT: "Connection was dropped by Odyssey due to idle in the middle of a request "
                                      "timeout (pool_idle_in_request_timeout_ms)",
 }
+# what a client closed by KILL_CLIENT is told (C's text: FATAL 08006 with this detail and hint)
+KILLED_DETAIL = "Connection was killed by Odyssey configuration reloading or console command"
 # what a client closed by the graceful shutdown is told (FATAL 57P01, as PostgreSQL's own
 # "terminating connection due to administrator command")
 SHUTDOWN_MESSAGE = "Odyssey is shutting down: the connection is closed"
@@ -220,16 +222,23 @@ class Frontend:
         client = self.client
         rule = client.rule
         timeout = rule.pool_timeout if rule.pool_timeout > 0 else None
+        retry_until = None        # server_login_retry (login_retry.py)
         while True:
             try:
                 server = instance.router.attach(client, timeout)
             except AttachTimeout:
+                if client.killed:
+                    raise ClientGone(Status.ECLIENT_KILLED, "killed while waiting for a server") from None
                 raise FrontendError(error_codes.TOO_MANY_CONNECTIONS,
                                     f"too many active clients for user (pool_size for user "
                                     f"{client.database}.{client.user} reached {rule.pool_size})",
-                                    severity="FATAL") from None
+                                    severity="FATAL", status=Status.EATTACH_TOO_MANY_CONNECTIONS) from None
             if not server.connected:
-                self._connect(server)
+                try:
+                    self._connect(server)
+                except login_retry.Retry as retry:
+                    retry_until = login_retry.pause(instance, client, retry, server.id, retry_until)
+                    continue
                 break
             if server.io is None:
                 server.io = machinarium.Io.attach(server.fd)
@@ -262,16 +271,19 @@ class Frontend:
             self._drop_server(server, broken=True)
             raise FrontendError(error_codes.CONNECTION_FAILURE,
                                 f"can't find suitable host for tsa '{e.value}' of user "
-                                f"{client.database}.{client.user}", severity="FATAL") from None
+                                f"{client.database}.{client.user}", severity="FATAL",
+                                status=Status.EATTACH_TARGET_SESSION_ATTRS_MISMATCH) from None
         except (BackendError, OSError, machinarium.TimedOut, KiwiError) as e:
             self.logger.error("attach", client, server, "failed to connect to the server: %s", e)
             self._drop_server(server, broken=True)
             fields = getattr(e, "fields", None)
+            if login_retry.applies(client.rule, fields):
+                raise login_retry.Retry(e) from None
             if client.rule.client_fwd_error and fields is not None:
                 raise FrontendError(fields.sqlstate, fields.message, severity=fields.severity,
-                                    detail=fields.detail, hint=fields.hint) from None
-            raise FrontendError(error_codes.CONNECTION_FAILURE,
-                                f"failed to connect to remote server {server.id}", severity="FATAL") from None
+                                    detail=fields.detail, hint=fields.hint, status=Status.ESERVER_CONNECT) from None
+            raise FrontendError(error_codes.CONNECTION_FAILURE, f"failed to connect to remote server {server.id}",
+                                severity="FATAL", status=Status.ESERVER_CONNECT) from None
         self.logger.debug("attach", client, server, "new server connection")
 
     def detach(self, reset_first: bool = True) -> None:
@@ -378,7 +390,8 @@ class Frontend:
                 client.relay = Relay(self, client, prepared)
                 status = client.relay.run()
         except FrontendError as e:
-            status = Status.ECLIENT_PROTOCOL_ERROR if e.sqlstate == error_codes.PROTOCOL_VIOLATION else Status.OK
+            status = e.status or (Status.ECLIENT_PROTOCOL_ERROR if e.sqlstate == error_codes.PROTOCOL_VIOLATION
+                                  else Status.OK)
             self._send_error(e)
         except ServerError as e:
             self.logger.error("main", client, client.server,
@@ -422,8 +435,14 @@ class Frontend:
         client = self.client
         instance = self.instance
         server = client.server
+        if client.route is not None:
+            instance.router.errors.session_ended(status.value, client.route)
         try:
-            if status in _DROP_MESSAGES:
+            if status is Status.ECLIENT_KILLED:
+                self.logger.info("main", client, server, "client killed by reload or console command")
+                self._send_error(FrontendError(error_codes.CONNECTION_FAILURE, "Odyssey has dropped the connection",
+                                               severity="FATAL", detail=KILLED_DETAIL, hint="Try to reconnect"))
+            elif status in _DROP_MESSAGES:
                 self._send_error(FrontendError(error_codes.CONNECTION_FAILURE, "Odyssey has dropped the connection",
                                                severity="FATAL", detail=_DROP_MESSAGES[status]))
             elif status is Status.EGRACEFUL_SHUTDOWN:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 
 import machinarium
 from gevent import get_hub, getcurrent
@@ -42,6 +43,7 @@ from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
 BUF_SIZE = 32 * 1024
 _LEN = struct.Struct("!I")
 _unpack_len = _LEN.unpack_from
+_now_ns = time.monotonic_ns
 
 # client -> server message types
 _C_QUERY, _C_TERMINATE = b"QX"
@@ -107,6 +109,21 @@ def wake_relays() -> int:
     return n
 
 
+def wake(relay) -> None:
+    """Wake one relay parked in its wait (KILL_CLIENT), from any thread: the wake-up runs in the
+    relay's own hub (run_callback_threadsafe from another thread, as machinarium.Event does)."""
+    loop = relay.loop
+    if loop is None:
+        return
+    try:
+        if relay.ident == threading.get_ident():
+            loop.run_callback(_wake, relay)
+        else:
+            loop.run_callback_threadsafe(_wake, relay)
+    except ValueError:            # that loop is gone
+        pass
+
+
 def _wake(relay) -> None:
     # run by the hub: still parked in wait_any (the flag is cleared as soon as it returns), so
     # switching in with 0 makes that wait return as a timeout would
@@ -139,7 +156,7 @@ class Relay:
 
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_drop", "s_buf", "s_len", "s_skip", "s_drop",
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
-                 "waiting", "woken", "glet", "request_timeout")
+                 "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -162,6 +179,10 @@ class Relay:
         self.waiting = False    # parked in the wait for either side: wake_relays() may wake it
         self.woken = False      # ... and was woken (not a timeout)
         self.glet = None
+        self.loop = None        # the hub loop and thread it runs in (wake())
+        self.ident = None
+        self.q_start = 0        # monotonic ns when the server got the request being answered ...
+        self.tx_start = 0       # ... and the first request of the open transaction (0: none)
         # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
         self.request_timeout = getattr(client.rule, "pool_idle_in_request_timeout_ms", 0) or None
 
@@ -174,6 +195,8 @@ class Relay:
         client_only = (cio,)
         instance = self.instance
         self.glet = getcurrent()
+        self.loop = get_hub().loop
+        self.ident = threading.get_ident()
         relays = _relays()
         relays.add(self)
         try:
@@ -182,6 +205,8 @@ class Relay:
                 # graceful shutdown: stop only where the server can be reset and pooled again
                 if instance.shutting_down and self.fe.can_stop(server):
                     return Status.EGRACEFUL_SHUTDOWN
+                if client.killed:           # KILL_CLIENT (router.kill); cleanup resets its server
+                    return Status.ECLIENT_KILLED
                 if server is None:
                     self.waiting = True
                     try:
@@ -358,6 +383,10 @@ class Relay:
                 data = b"".join(out)
                 size = len(data)
             self.stats.bytes_recv += size
+            if not self.q_start:        # a request starts: time it (and its transaction)
+                self.q_start = now = _now_ns()
+                if not self.tx_start:
+                    self.tx_start = now
             try:
                 server.io.write(data)
             except OSError as e:
@@ -442,9 +471,26 @@ class Relay:
                             raise ServerError(Status.ESERVER_READ, "server message too long")
                     if t == _S_READY:
                         action = proto.receive(t, bytes(buf[msg_end - 1:msg_end]))
-                        self.stats.count_query += 1
+                        stats = self.stats
+                        stats.count_query += 1
+                        q0 = self.q_start
+                        if q0:              # times in µs; a pipelined next request runs from now
+                            now = _now_ns()
+                            elapsed = (now - q0) // 1000
+                            stats.query_time += elapsed
+                            if stats.query_sketch is not None:
+                                stats.query_sketch.add(elapsed)
+                            self.q_start = now if proto.syncs else 0
                         if proto.tx_status == b"I":
-                            self.stats.count_tx += 1
+                            stats.count_tx += 1
+                            t0 = self.tx_start
+                            if t0:
+                                if q0:
+                                    elapsed = (now - t0) // 1000
+                                    stats.tx_time += elapsed
+                                    if stats.tx_sketch is not None:
+                                        stats.tx_sketch.add(elapsed)
+                                self.tx_start = now if q0 and proto.syncs else 0
                         self.s_ready = True
                     else:
                         action = proto.receive(t)

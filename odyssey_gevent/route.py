@@ -37,31 +37,91 @@ from __future__ import annotations
 import collections
 
 from odyssey_gevent.client import ClientState
+from odyssey_gevent.err_logger import ErrorLog
 from odyssey_gevent.prepared import Registry
 from odyssey_gevent.server import Server, ServerState
 
 
 class RouteStats:
-    """Per-route counters (mirrors od_stat_t). The relay bumps count_query, count_tx and the
-    byte counts without the lock (see above); the router bumps count_server_assignment and
-    count_cancel under it. The stats log reads the first four; SHOW STATS (console.py) reads all
-    of them."""
-    __slots__ = ("count_query", "count_tx", "bytes_recv", "bytes_sent", "count_server_assignment",
-                 "count_cancel")
+    """Per-route counters (mirrors od_stat_t). The relay bumps count_query, count_tx, the byte
+    counts and the query/transaction times (microseconds, measured between the request that
+    starts them and the ReadyForQuery that ends them) without the lock (see above); the router
+    bumps count_server_assignment, wait_time (microseconds a client waited for its server) and
+    count_cancel under it. `prev` is the snapshot taken at the last stats_interval tick (cron):
+    the averages of SHOW STATS and the stats log line are the differences from it.
 
-    def __init__(self):
-        for name in self.__slots__:
+    With the rule's `quantiles`, `query_sketch`/`tx_sketch` are DDSketches of the query and
+    transaction times of the current stats interval and `old_sketches` those of the previous
+    one (C Odyssey keeps a window of two t-digests the same way); SHOW POOLS_EXTENDED merges
+    them."""
+    __slots__ = ("count_query", "count_tx", "bytes_recv", "bytes_sent", "count_server_assignment",
+                 "count_cancel", "query_time", "tx_time", "wait_time", "prev", "query_sketch", "tx_sketch",
+                 "old_sketches")
+
+    COUNTERS = ("count_tx", "count_query", "count_server_assignment", "bytes_recv", "bytes_sent", "tx_time",
+                "query_time", "wait_time", "count_cancel")
+
+    def __init__(self, quantiles: bool = False):
+        for name in self.COUNTERS:
             setattr(self, name, 0)
+        self.prev = (0,) * len(self.COUNTERS)
+        self.query_sketch = self.tx_sketch = None
+        self.old_sketches = ()
+        if quantiles:
+            self.query_sketch, self.tx_sketch = new_sketch(), new_sketch()
+
+    def snapshot(self) -> tuple:
+        return tuple(getattr(self, n) for n in self.COUNTERS)
+
+    def rotate_sketches(self) -> None:
+        """A stats interval ended: the current sketches become the previous ones."""
+        if self.query_sketch is not None:
+            self.old_sketches = (self.query_sketch, self.tx_sketch)
+            self.query_sketch, self.tx_sketch = new_sketch(), new_sketch()
+
+    def sketches(self):
+        """(query, transaction) sketches of the last two intervals merged, or None."""
+        if self.query_sketch is None:
+            return None
+        query, tx = new_sketch(), new_sketch()
+        for merged, parts in ((query, (self.query_sketch,) + self.old_sketches[:1]),
+                              (tx, (self.tx_sketch,) + self.old_sketches[1:])):
+            for part in parts:
+                if part.count:
+                    merged.merge(part)
+        return query, tx
+
+
+def averages(cur: tuple, prev: tuple, interval_s: float) -> list[int]:
+    """C Odyssey's od_stat_average over two RouteStats.snapshot()s taken interval_s apart: the
+    avg_* columns of SHOW STATS in their order (avg_xact_count, avg_query_count,
+    avg_server_assignment_count, avg_recv, avg_sent as rates per second; avg_xact_time,
+    avg_query_time, avg_wait_time as µs per transaction, query and server assignment)."""
+    d = [c - p for c, p in zip(cur, prev)]
+    tx, query, assign, recv, sent, tx_time, query_time, wait_time = d[:8]
+    if interval_s <= 0:
+        rates = [0] * 5
+    else:
+        rates = [int(v / interval_s) for v in (tx, query, assign, recv, sent)]
+    return rates + [tx_time // tx if tx > 0 else 0, query_time // query if query > 0 else 0,
+                    wait_time // assign if assign > 0 else 0]
+
+
+def new_sketch():
+    """A DDSketch with 1% relative accuracy (ddsketch, DataDog's reference implementation)."""
+    from ddsketch import DDSketch
+    return DDSketch(relative_accuracy=0.01)
 
 
 class Waiter:
     """A client queued for a server; the router fills `.server` and signals `.event`."""
-    __slots__ = ("client", "event", "server")
+    __slots__ = ("client", "event", "server", "since")
 
-    def __init__(self, client, event):
+    def __init__(self, client, event, since: float):
         self.client = client
         self.event = event
         self.server = None
+        self.since = since           # time.monotonic() when it started waiting (SHOW POOLS maxwait)
 
 
 class Route:
@@ -75,7 +135,9 @@ class Route:
         self.clients: set = set()
         self.waiters: collections.deque[Waiter] = collections.deque()
         self.params: list[tuple[str, str]] | None = None   # cached ParameterStatus of the route
-        self.stats = RouteStats()
+        self.stats = RouteStats(bool(getattr(rule, "quantiles", None)))
+        self.errors = ErrorLog()             # this route's SHOW ERRORS_PER_ROUTE counts (err_logger)
+        self.tcp_connections = 0             # clients routed here, refused ones included (POOLS_EXTENDED)
         self.obsolete = False
         self.prepared = Registry()           # pool-wide prepared statements (its own lock)
 

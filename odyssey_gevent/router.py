@@ -19,6 +19,7 @@ import time
 import machinarium
 from kiwi import error_codes
 from odyssey_gevent.client import ClientState
+from odyssey_gevent.err_logger import Errors
 from odyssey_gevent import shared_pool, waiting
 from odyssey_gevent.route import Route, Waiter
 from odyssey_gevent.rules import route_key
@@ -36,6 +37,12 @@ class Router:
         self.lock = threading.Lock()
         self.routes: dict[tuple, Route] = {}
         self.keys: dict[tuple[int, int], object] = {}     # (pid, secret) -> client, for CancelRequest
+        self.errors = Errors()                # SHOW ERRORS / ERRORS_PER_ROUTE (err_logger)
+        # PAUSE/RESUME (console): while paused, a route's clients get no server; the waiting
+        # ones queue as for a full pool and RESUME hands out servers
+        self.paused_all = False
+        self.paused_dbs: set[str] = set()
+        self.stat_time = time.monotonic()     # when cron last took the stats snapshots (RouteStats.prev)
 
     # -- routing -----------------------------------------------------------------------------
     def route(self, client) -> Route:
@@ -45,6 +52,7 @@ class Router:
         db, user = client.database, client.user
         rule = inst.rules.match(db, user, client.peer_host, client.conn_type, client.tls)
         if rule is None:
+            self.errors.router_error("OD_ROUTER_ERROR_NOT_FOUND")
             raise FrontendError(error_codes.INVALID_CATALOG_NAME, f"route for '{db}.{user}' is not found")
         route_db = rule.storage_db or db
         route_user = rule.storage_user or user
@@ -53,7 +61,9 @@ class Router:
             route = self.routes.get(key)
             if route is None:
                 route = self.routes[key] = Route(key, rule, route_db, route_user)
+            route.tcp_connections += 1
             if rule.client_max and len(route.clients) >= rule.client_max:
+                self.errors.router_error("OD_ROUTER_ERROR_LIMIT_ROUTE", route)
                 raise FrontendError(error_codes.TOO_MANY_CONNECTIONS,
                                     f"too many client tcp connections (client_max for user {db}.{user} "
                                     f"{rule.client_max})")
@@ -81,14 +91,16 @@ class Router:
     def attach(self, client, timeout_ms: int | None) -> Server:
         """Give the client a server of its route: an idle one, a new (unconnected) one while the
         pool has room, or the next one freed, waiting FIFO up to timeout_ms (None = forever).
-        The caller connects a server whose `connected` is False. Raises AttachTimeout."""
+        The caller connects a server whose `connected` is False. Raises AttachTimeout (also
+        when the client was killed meanwhile: client.killed). While its route is paused the
+        client waits without a deadline; pool_timeout starts again once it is resumed."""
         route = client.route
         pool_size = client.rule.pool_size
         offline: list[Server] = []
         with self.lock:
             server = self._take(route, pool_size, offline)
             if server is None:
-                waiter = Waiter(client, machinarium.Event())
+                waiter = Waiter(client, machinarium.Event(), time.monotonic())
                 route.waiters.append(waiter)
                 client.state = ClientState.QUEUE
             else:
@@ -96,10 +108,16 @@ class Router:
         for dead in offline:                 # closed outside the lock: closing may block
             self.instance.close_server_later(dead)
         if server is None:
-            waiting.wait(waiter, client, timeout_ms)
-            with self.lock:
-                server = waiter.server       # linked by _give
-                if server is None:
+            while True:
+                waiting.wait(waiter, client, timeout_ms)
+                with self.lock:
+                    server = waiter.server       # linked by _give
+                    if server is not None:
+                        route.stats.wait_time += int((time.monotonic() - waiter.since) * 1e6)
+                        break
+                    if self.is_paused(route) and not client.killed:
+                        waiter.event.clear()
+                        continue
                     try:
                         route.waiters.remove(waiter)
                     except ValueError:
@@ -107,6 +125,68 @@ class Router:
                     client.state = ClientState.PENDING
                     raise AttachTimeout()
         return server
+
+    # -- PAUSE / RESUME / KILL_CLIENT (console) ------------------------------------------------
+    def is_paused(self, route: Route) -> bool:
+        # under the lock, or a racy read for display
+        return self.paused_all or (bool(self.paused_dbs) and route.db in self.paused_dbs)
+
+    def pause(self, db: str | None) -> None:
+        """Pause every route (db None) or the routes of one database: transactions that hold a
+        server go on; new ones wait for RESUME (C Odyssey's PAUSE does not wait either)."""
+        with self.lock:
+            if db is None:
+                self.paused_all = True
+            else:
+                self.paused_dbs.add(db)
+
+    def resume(self, db: str | None) -> None:
+        """End a pause (db None: the global one and every per-database one) and give the
+        waiting clients the idle servers and free pool slots."""
+        offline: list[Server] = []
+        with self.lock:
+            if db is None:
+                self.paused_all = False
+                self.paused_dbs.clear()
+            else:
+                self.paused_dbs.discard(db)
+            for route in self.routes.values():
+                while route.waiters and not self.is_paused(route):
+                    server = self._take(route, route.rule.pool_size, offline)
+                    if server is None:
+                        break
+                    waiter = route.waiters.popleft()
+                    self._link(waiter.client, server)
+                    waiter.server = server
+                    waiter.event.signal()
+        for dead in offline:
+            self.instance.close_server_later(dead)
+
+    def paused_db(self, db: str) -> bool:
+        return self.paused_all or db in self.paused_dbs
+
+    def find_client(self, client_id: str):
+        """The routed client with this id (`c` + 12 hex), or None."""
+        with self.lock:
+            for route in self.routes.values():
+                for client in route.clients:
+                    if client.id == client_id:
+                        return client
+        return None
+
+    def kill(self, client_id: str):
+        """KILL_CLIENT: mark the client killed and wake it where it waits for a server; the
+        caller wakes its relay (relay.wake). Returns the client, or None if there is none."""
+        with self.lock:
+            for route in self.routes.values():
+                for client in route.clients:
+                    if client.id == client_id:
+                        client.killed = True
+                        for w in route.waiters:
+                            if w.client is client:
+                                w.event.signal()
+                        return client
+        return None
 
     @staticmethod
     def _link(client, server: Server) -> None:
@@ -118,6 +198,8 @@ class Router:
 
     def _take(self, route: Route, pool_size: int, offline: list) -> Server | None:
         # under the lock; offline idle servers are taken out of the pool into `offline`
+        if self.paused_all or self.paused_dbs and route.db in self.paused_dbs:
+            return None
         while route.idle:
             server = route.take_idle()
             if server.offline:
@@ -134,7 +216,7 @@ class Router:
     def _give(self, route: Route, server: Server | None) -> None:
         """A server (or, when None, a pool slot) became free: hand it to the first waiter."""
         # under the lock
-        while route.waiters:
+        while route.waiters and not self.is_paused(route):
             waiter = route.waiters.popleft()
             if server is None:
                 server = Server(route)

@@ -21,8 +21,7 @@ The error model, in one place:
 exchange (reset, deploy). Whoever calls the backend turns it into one of the above.
 
 Only the statuses something produces are listed; their values are C Odyssey's names (logged at
-disconnect). KILL_CLIENT (OD_ECLIENT_KILLED) comes
-with the console.
+disconnect); SHOW ERRORS counts the error ones under those names (err_logger.py).
 """
 from __future__ import annotations
 
@@ -47,14 +46,21 @@ class Status(enum.Enum):
     # pool_idle_in_request_timeout_ms: silent in the middle of a request while holding a server
     EIDLE_IN_REQUEST_TIMEOUT = "OD_EIDLE_IN_REQUEST_TIMEOUT"
     EGRACEFUL_SHUTDOWN = "OD_EGRACEFUL_SHUTDOWN"   # SIGTERM/SIGINT: closed at its next idle point
+    ECLIENT_KILLED = "OD_ECLIENT_KILLED"           # KILL_CLIENT from the console
+    # no server for the client: pool_timeout expired (53300) / the server refused or failed / no
+    # host of the storage fits target_session_attrs
+    EATTACH_TOO_MANY_CONNECTIONS = "OD_EATTACH_TOO_MANY_CONNECTIONS"
+    ESERVER_CONNECT = "OD_ESERVER_CONNECT"
+    EATTACH_TARGET_SESSION_ATTRS_MISMATCH = "OD_EATTACH_TARGET_SESSION_ATTRS_MISMATCH"   # no host fits
 
 
 class FrontendError(Exception):
     """An error the pooler reports to its client: SQLSTATE, severity and text (without prefix)."""
 
     def __init__(self, sqlstate: str, message: str, severity: str = "ERROR",
-                 detail: str | None = None, hint: str | None = None):
+                 detail: str | None = None, hint: str | None = None, status: "Status | None" = None):
         super().__init__(message)
+        self.status = status          # how the session ends, where it is not plain OK (SHOW ERRORS)
         self.sqlstate = sqlstate
         self.message = message
         self.severity = severity

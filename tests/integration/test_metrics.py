@@ -59,7 +59,8 @@ def test_log_stats_line(odyssey):
         for _ in range(3):
             cur.execute("select 1")
         pat = re.compile(r"\[db1\.tx_user\] \d+ clients, \d+ active servers, \d+ idle servers, "
-                         r"\d+ transactions/sec, \d+ queries/sec, \d+ in bytes/sec, \d+ out bytes/sec")
+                         r"\d+ transactions/sec \(\d+ usec\) \d+ queries/sec \(\d+ usec\) "
+                         r"\d+ in bytes/sec, \d+ out bytes/sec")
         wait_for(lambda: pat.search(p.log()), timeout=5, what="a stats line")
     finally:
         con.close()

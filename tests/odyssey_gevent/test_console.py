@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 
+import time
+
 import pytest
 from gevent import socket as gsocket
 
@@ -182,7 +184,12 @@ EXPECTED_COLUMNS = {
                ("tls_ca_file", TEXT), ("tls_protocols", TEXT)],
     "storages": [("type", TEXT), ("host", TEXT), ("port", INT4), ("tls", TEXT), ("tls_cert_file", TEXT),
                  ("tls_key_file", TEXT), ("tls_ca_file", TEXT), ("tls_protocols", TEXT)],
+    "errors": [("error_type", TEXT), ("count", INT8)],
+    "errors_per_route": [("error_type", TEXT), ("user", TEXT), ("database", TEXT), ("count", INT8)],
 }
+# POOLS_EXTENDED: POOLS + these, then query_<q>/transaction_<q> per quantile of the console rule
+EXPECTED_COLUMNS["pools_extended"] = EXPECTED_COLUMNS["pools"] + [
+    ("bytes_received", INT4), ("bytes_sent", INT4), ("tcp_conn_count", INT4)]
 
 
 def test_every_show_command_is_covered():
@@ -223,7 +230,7 @@ def test_show_databases_rows():
     inst, *_ = _busy_instance()
     _, rows, _ = _table(console.execute(inst, _console(inst), "show databases"))
     assert sorted(rows) == [
-        ("other", "10.0.0.5", "5433", "default_db", "default_user", "0", "0", "session", "0", "0", "0", "0"),
+        ("other", "10.0.0.5", "5433", "default_db", "default_user", "0", "0", "session", "0", "1", "0", "0"),
         ("sales", "10.0.0.5", "5433", "sales", "bob", "10", "0", "transaction", "50", "2", "0", "0"),
     ]
 
@@ -314,8 +321,8 @@ def test_empty_query(query):
     assert console.execute(inst, _console(inst), query) == be_write.empty_query_response()
 
 
-@pytest.mark.parametrize("query", ["show", "SHOW;", "show nothing", "select 1", "pools", "show errors",
-                                   "kill_client c0123", "reload now", "show  'pools'"])
+@pytest.mark.parametrize("query", ["show", "SHOW;", "show nothing", "select 1", "pools", "show errorz",
+                                   "kill_client c0123", "kill_client", "kill_client c0123456789abc", "reload now", "show  'pools'"])
 def test_unknown_command_is_42601_with_the_query_text(query):
     inst = _instance()
     err = _error(lambda: console.execute(inst, _console(inst), query))
@@ -354,8 +361,78 @@ def test_show_stats_sums_route_counters_per_database():
     assert set(by_db) == {"sales", "other"}
     sales = list(by_db["sales"])
     assert sales[1:6] == ["3", "7", sales[3], "100", "200"] and int(sales[3]) >= 1
-    assert sales[6:19] == ["0"] * 13
+    assert sales[17:19] == ["0", "0"]                      # parse counts: not counted
     assert sales[19] == "1"
+
+
+def test_show_stats_averages_since_the_last_tick():
+    """od_stat_average: rates per second over the time since the last stats tick, times in µs
+    per transaction / query / server assignment."""
+    inst, (c1, _), *_ = _busy_instance()
+    st = c1.route.stats
+    st.prev = st.snapshot()
+    st.count_tx, st.count_query, st.tx_time, st.query_time = 4, 10, 4 * 1500, 10 * 200
+    st.count_server_assignment, st.wait_time = st.count_server_assignment + 2, 2 * 70
+    inst.router.stat_time = time.monotonic() - 1000.0     # a long interval: rates round to 0
+    _, rows, _ = _table(console.execute(inst, _console(inst), "show stats"))
+    cols = [c for c, _ in EXPECTED_COLUMNS["stats"]]
+    sales = dict(zip(cols, [r for r in rows if r[0] == "sales"][0]))
+    assert (sales["total_xact_time"], sales["total_query_time"], sales["total_wait_time"]) == ("6000", "2000", "140")
+    assert (sales["avg_xact_time"], sales["avg_query_time"], sales["avg_wait_time"]) == ("1500", "200", "70")
+    assert sales["avg_xact_count"] == "0" and sales["avg_query_count"] == "0"
+
+
+def test_kill_client_marks_the_client_and_an_unknown_id_is_no_error():
+    inst, (c1, c2), *_ = _busy_instance()
+    assert console.execute(inst, _console(inst), f"KILL_CLIENT {c2.id}") == b""   # no CommandComplete, as C
+    assert c2.killed and not c1.killed
+    assert console.execute(inst, _console(inst), "kill_client c0123456789ab") == b""
+    assert console.execute(inst, _console(inst), f"kill_client x{c1.id[1:]}") == b""  # the first char is skipped
+    assert c1.killed
+
+
+def test_pause_resume_per_database_and_global():
+    inst, *_ = _busy_instance()
+    con = _console(inst)
+
+    def paused():
+        _, rows, _ = _table(console.execute(inst, con, "show databases"))
+        return {r[0]: r[10] for r in rows}, _table(console.execute(inst, con, "show is_paused"))[1]
+
+    assert _messages(console.execute(inst, con, "PAUSE sales"))[0][0] == BE.COMMAND_COMPLETE
+    assert paused() == ({"sales": "1", "other": "0"}, [("f",)])
+    console.execute(inst, con, "resume sales")
+    assert paused() == ({"sales": "0", "other": "0"}, [("f",)])
+    msgs = _messages(console.execute(inst, con, "pause"))
+    assert b"PAUSE" in msgs[0][1]
+    assert paused() == ({"sales": "1", "other": "1"}, [("t",)])
+    console.execute(inst, con, "resume")
+    assert paused() == ({"sales": "0", "other": "0"}, [("f",)])
+
+
+def test_show_errors_lists_c_error_types_in_order():
+    inst, (c1, _), *_ = _busy_instance()
+    router = inst.router
+    router.errors.router_error("OD_ROUTER_ERROR_NOT_FOUND")
+    router.errors.session_ended("OD_ECLIENT_KILLED", c1.route)
+    router.errors.session_ended("OD_TERMINATE", c1.route)            # not an error
+    _, rows, _ = _table(console.execute(inst, _console(inst), "show errors"))
+    names = [r[0] for r in rows]
+    assert names[:7] == ["OD_ROUTER_ERROR", "OD_ROUTER_ERROR_NOT_FOUND", "OD_ROUTER_ERROR_LIMIT",
+                         "OD_ROUTER_ERROR_LIMIT_ROUTE", "OD_ROUTER_ERROR_TIMEDOUT", "OD_ROUTER_ERROR_REPLICATION",
+                         "OD_ROUTER_CLIENT_DISCONNECTED"]
+    assert len(names) == 27 and names[7] == "OD_EOOM" and names[-1] == "OD_EIDLE_IN_TRANSACTION_TIMEOUT"
+    counts = dict(rows)
+    assert counts["OD_ROUTER_ERROR_NOT_FOUND"] == "1" and counts["OD_ECLIENT_KILLED"] == "1"
+    assert sum(int(v) for v in counts.values()) == 2
+    _, rows, _ = _table(console.execute(inst, _console(inst), "show errors_per_route"))
+    sales = [r for r in rows if r[1:3] == ("bob", "sales")]
+    assert len(sales) == 21 and ("OD_ECLIENT_KILLED", "bob", "sales", "1") in sales
+    assert sales[-1][0] == "OD_ROUTER_ERROR_LIMIT_ROUTE"
+    for _ in range(300):                                   # five minutes of cron ticks: forgotten
+        router.errors.tick(router.snapshot())
+    _, rows, _ = _table(console.execute(inst, _console(inst), "show errors"))
+    assert all(count == "0" for _, count in rows)
 
 
 def test_show_listen_and_storages_rows():

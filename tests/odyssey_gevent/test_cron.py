@@ -347,20 +347,26 @@ def test_fill_min_pool_with_workers_skips_tls_storages(in_machine):
 # stats line
 
 def test_log_stats_reports_per_second_rates(tmp_path):
+    """C's line: rates per second over the interval and the average transaction and query
+    times in µs (od_cron_stat_cb), from the snapshot of the previous tick."""
     log = tmp_path / "log"
     inst = _instance(str(log))
     route = _route(inst, db="sales", user="bob")
     route.clients.update({Client(None), Client(None)})
     st = route.stats
     st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent = 10, 20, 4000, 8000
-    rates = cron._Rates()
-    cron.log_stats(inst, rates, 2.0)
+    st.tx_time, st.query_time = 10 * 300, 20 * 100
+    inst.router.stat_time = 100.0
+    cron.stat_tick(inst, True, now=102.0)
     st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent = 16, 29, 4000, 8300
-    cron.log_stats(inst, rates, 3.0)
+    st.tx_time, st.query_time = 3000 + 6 * 50, 2000 + 9 * 20
+    cron.stat_tick(inst, True, now=105.0)
+    cron.stat_tick(inst, False, now=106.0)
     lines = [line for line in log.read_text().splitlines() if "(stats)" in line]
     assert lines == [
-        "info (stats) [sales.bob] 2 clients, 0 active servers, 0 idle servers, 5 transactions/sec, "
-        "10 queries/sec, 2000 in bytes/sec, 4000 out bytes/sec",
-        "info (stats) [sales.bob] 2 clients, 0 active servers, 0 idle servers, 2 transactions/sec, "
-        "3 queries/sec, 0 in bytes/sec, 100 out bytes/sec",
+        "info (stats) [sales.bob] 2 clients, 0 active servers, 0 idle servers, 5 transactions/sec (300 usec) "
+        "10 queries/sec (100 usec) 2000 in bytes/sec, 4000 out bytes/sec",
+        "info (stats) [sales.bob] 2 clients, 0 active servers, 0 idle servers, 2 transactions/sec (50 usec) "
+        "3 queries/sec (20 usec) 0 in bytes/sec, 100 out bytes/sec",
     ]
+    assert st.prev == st.snapshot() and inst.router.stat_time == 106.0

@@ -128,7 +128,17 @@ def test_only_produced_statuses_exist():
     assert {s.name for s in Status} == {
         "OK", "TERMINATE", "ECLIENT_READ", "ECLIENT_WRITE", "ECLIENT_PROTOCOL_ERROR", "ESERVER_READ",
         "ESERVER_WRITE", "EIDLE_TIMEOUT", "EIDLE_IN_TRANSACTION_TIMEOUT", "EIDLE_IN_REQUEST_TIMEOUT",
-        "EGRACEFUL_SHUTDOWN"}
+        "EGRACEFUL_SHUTDOWN", "ECLIENT_KILLED", "EATTACH_TOO_MANY_CONNECTIONS", "ESERVER_CONNECT",
+        "EATTACH_TARGET_SESSION_ATTRS_MISMATCH"}
+
+
+def test_a_killed_client_is_told_odysseys_words(in_machine, tmp_path):
+    """KILL_CLIENT: FATAL 08006 with C's detail and hint (od_frontend_report_drop)."""
+    got, _, _, _ = in_machine(_session, Status.ECLIENT_KILLED, str(tmp_path / "log"), False)
+    [(_, err)] = got
+    assert (err.sqlstate, err.severity, err.hint) == ("08006", "FATAL", "Try to reconnect")
+    assert err.detail == "Connection was killed by Odyssey configuration reloading or console command"
+    assert err.message.endswith(": Odyssey has dropped the connection")
 
 
 def test_graceful_shutdown_tells_57p01(in_machine, tmp_path):

@@ -68,7 +68,7 @@ class Harness:
         s, p = gsocket.socketpair()
         self.app, self.cio, self.sio, self.pg = mm.Io(a), mm.Io(c), mm.Io(s), mm.Io(p)
         self.client = SimpleNamespace(io=self.cio, rule=SimpleNamespace(pool=pool),
-                                      route=SimpleNamespace(stats=RouteStats()), server=None, vars={})
+                                      route=SimpleNamespace(stats=RouteStats()), server=None, vars={}, killed=False)
         self.fe = FakeFrontend(self.client, self.sio)
         if attached:
             self.fe.attach()

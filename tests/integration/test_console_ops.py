@@ -1,0 +1,273 @@
+"""Console operations against a real PostgreSQL and real clients (psycopg2, pgbench, raw wire):
+KILL_CLIENT wherever the victim is, PAUSE/RESUME, SHOW ERRORS/ERRORS_PER_ROUTE counts, SHOW
+STATS times and averages, SHOW POOLS_EXTENDED quantiles (the reference §4, C's console.c)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import psycopg2
+import pytest
+
+from tests.integration.conftest import ensure_roles, module_pooler, odyssey_config, odyssey_text, rule, wait_for
+from tests.integration.wire import Wire, parse_fields
+
+USER = "ops_user"        # transaction pool of 2 servers, quantiles on
+SOLO = "ops_solo"        # transaction pool of 1 server: a second transaction must wait
+KILLED_DETAIL = "Connection was killed by Odyssey configuration reloading or console command"
+
+
+@pytest.fixture(scope="module")
+def ops(pg, roles):
+    ensure_roles(pg, USER, SOLO)
+    text = odyssey_config(
+        rule(USER, "db1", pool="transaction", pool_size=2, quantiles="0.5,0.99"),
+        rule(SOLO, "db1", pool="transaction", pool_size=1, pool_timeout=0),
+        rule("default", "console", pool="session", storage="local", role="admin", quantiles="0.5,0.99"),
+        stats_interval=2,
+    )
+    text += 'storage "local" {\n    type "local"\n}\n'
+    yield from module_pooler(pg, text)
+
+
+def _console(p):
+    w = Wire(p.port)
+    assert w.login("admin", "console") is None
+    return w
+
+
+def _show(p, what: str) -> list[dict]:
+    con = psycopg2.connect(p.dsn("admin", "console"))
+    con.autocommit = True
+    try:
+        with con.cursor() as cur:
+            cur.execute(f"SHOW {what}")
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def _client_ids(p, user: str, state: str | None = None) -> list[str]:
+    return [r["id"] for r in _show(p, "CLIENTS") if r["user"] == user and (state is None or r["state"] == state)]
+
+
+def _errors(p) -> dict[str, int]:
+    return {r["error_type"]: r["count"] for r in _show(p, "ERRORS")}
+
+
+def _kill(p, client_id: str) -> None:
+    con = _console(p)
+    try:
+        rows, err, status = con.simple_query(f"KILL_CLIENT {client_id}")
+        assert (rows, err, status) == ([], None, "I")          # ReadyForQuery alone, as C
+    finally:
+        con.close()
+
+
+def _assert_killed_fatal(w: Wire) -> None:
+    """The victim reads C's FATAL and then the close."""
+    got = w.read_until_closed(10)
+    errs = [m for m in got if m[0] == b"E"]
+    assert errs, got
+    err = parse_fields(errs[-1][1])
+    assert (err["S"], err["C"]) == ("FATAL", "08006"), err
+    odyssey_text(err["M"], "Odyssey has dropped the connection")
+    assert err["D"] == KILLED_DETAIL and err["H"] == "Try to reconnect", err
+
+
+def _wire_client(p, user: str) -> tuple[Wire, str]:
+    """A raw client logged in (ran one query) and its console id."""
+    before = set(_client_ids(p, user))
+    w = Wire(p.port)
+    assert w.login(user, "db1") is None
+    rows, err, _ = w.simple_query("select 1")
+    assert err is None and rows == [["1"]]
+    [cid] = set(_client_ids(p, user)) - before
+    return w, cid
+
+
+# -- KILL_CLIENT -------------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_kill_an_idle_client(ops):
+    errors_before = _errors(ops)
+    w, cid = _wire_client(ops, USER)
+    try:
+        _kill(ops, cid)
+        _assert_killed_fatal(w)
+    finally:
+        w.close()
+    wait_for(lambda: cid not in _client_ids(ops, USER), what="the killed client gone from SHOW CLIENTS")
+    after = _errors(ops)
+    assert after["OD_ECLIENT_KILLED"] == errors_before["OD_ECLIENT_KILLED"] + 1
+    per_route = [r for r in _show(ops, "ERRORS_PER_ROUTE") if (r["user"], r["database"]) == (USER, "db1")]
+    assert {r["error_type"]: r["count"] for r in per_route}["OD_ECLIENT_KILLED"] >= 1
+
+
+@pytest.mark.timeout(30)
+def test_kill_a_psycopg2_client_in_a_transaction_releases_its_server(ops, pg):
+    con = psycopg2.connect(ops.dsn(USER, "db1"))
+    try:
+        cur = con.cursor()
+        cur.execute("select pg_advisory_xact_lock(4242)")       # held until the transaction ends
+        [cid] = _client_ids(ops, USER, "active")
+        _kill(ops, cid)
+        with pytest.raises(psycopg2.OperationalError):
+            cur.execute("select 1")
+        assert con.closed
+    finally:
+        con.close()
+    # the server was rolled back (or closed): the lock is free for the next client
+    other = psycopg2.connect(ops.dsn(USER, "db1"))
+    try:
+        cur = other.cursor()
+        cur.execute("select pg_try_advisory_xact_lock(4242)")
+        assert cur.fetchone() == (True,)
+        other.rollback()
+    finally:
+        other.close()
+    with psycopg2.connect(pg.dsn("postgres", "postgres")) as direct:
+        cur = direct.cursor()
+        cur.execute("select count(*) from pg_stat_activity where usename = %s and state like 'idle in%%'", (USER,))
+        assert cur.fetchone() == (0,)
+
+
+@pytest.mark.timeout(30)
+def test_kill_a_client_waiting_for_a_server(ops):
+    holder = psycopg2.connect(ops.dsn(SOLO, "db1"))
+    waiter = None
+    try:
+        hcur = holder.cursor()
+        hcur.execute("select 1")                                 # BEGIN: the only server is held
+        waiter = Wire(ops.port)
+        assert waiter.login(SOLO, "db1") is None
+        waiter.send(b"Q" + (len(b"select 2\0") + 4).to_bytes(4, "big") + b"select 2\0")
+        [cid] = wait_for(lambda: _client_ids(ops, SOLO, "queue"), what="a client queued for the server")
+        pools = [r for r in _show(ops, "POOLS") if r["user"] == SOLO]
+        assert pools and pools[0]["sv_active"] == 1
+        _kill(ops, cid)
+        _assert_killed_fatal(waiter)
+        holder.commit()                                          # the holder is untouched
+        hcur.execute("select 3")
+        assert hcur.fetchone() == (3,)
+        holder.commit()
+    finally:
+        holder.close()
+        if waiter is not None:
+            waiter.close()
+
+
+@pytest.mark.timeout(20)
+def test_kill_client_unknown_and_malformed_ids(ops):
+    con = _console(ops)
+    try:
+        assert con.simple_query("KILL_CLIENT c000000000000") == ([], None, "I")   # no such client: no error
+        _, err, status = con.simple_query("KILL_CLIENT c12")
+        assert err is not None and err["C"] == "42601" and status == "I", err
+        odyssey_text(err["M"], "console command error: KILL_CLIENT c12")
+    finally:
+        con.close()
+
+
+# -- PAUSE / RESUME ---------------------------------------------------------------------------------
+@pytest.mark.timeout(40)
+def test_pause_holds_new_transactions_and_lets_running_ones_finish(ops):
+    running = psycopg2.connect(ops.dsn(USER, "db1"))
+    waiting = None
+    con = _console(ops)
+    try:
+        rcur = running.cursor()
+        rcur.execute("select 1")                                  # a transaction holds a server
+        waiting = Wire(ops.port)
+        assert waiting.login(USER, "db1") is None
+        assert con.simple_query("PAUSE") == ([], None, "I")
+        assert _show(ops, "IS_PAUSED") == [{"is_paused": True}]
+        assert {r["name"]: r["paused"] for r in _show(ops, "DATABASES")}["db1"] == 1
+        waiting.send(b"Q" + (len(b"select 2\0") + 4).to_bytes(4, "big") + b"select 2\0")
+        wait_for(lambda: _client_ids(ops, USER, "queue"), what="the new transaction queued while paused")
+        rcur.execute("select 11")                                 # the running transaction goes on ...
+        assert rcur.fetchone() == (11,)
+        running.commit()                                          # ... and ends
+        assert _client_ids(ops, USER, "queue"), "a paused transaction got a server"
+        assert con.simple_query("RESUME") == ([], None, "I")
+        tag, _ = waiting.read_message()
+        while tag != b"D":
+            assert tag in (b"T",), tag
+            tag, body = waiting.read_message()
+        assert body.endswith(b"2")
+        assert _show(ops, "IS_PAUSED") == [{"is_paused": False}]
+        # a pause of another database does not hold db1
+        assert con.simple_query("PAUSE postgres") == ([], None, "I")
+        rcur.execute("select 12")
+        assert rcur.fetchone() == (12,)
+        running.commit()
+        assert con.simple_query("RESUME postgres") == ([], None, "I")
+    finally:
+        con.simple_query("RESUME")
+        con.close()
+        running.close()
+        if waiting is not None:
+            waiting.close()
+
+
+# -- SHOW ERRORS ------------------------------------------------------------------------------------
+@pytest.mark.timeout(20)
+def test_show_errors_counts_a_route_not_found(ops):
+    before = _errors(ops)["OD_ROUTER_ERROR_NOT_FOUND"]
+    w = Wire(ops.port)
+    try:
+        err = w.login("nobody_here", "db1")
+        assert err is not None and err["C"] == "3D000", err
+    finally:
+        w.close()
+    assert _errors(ops)["OD_ROUTER_ERROR_NOT_FOUND"] == before + 1
+
+
+# -- SHOW STATS / POOLS_EXTENDED with pgbench -------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_stats_times_and_quantiles_move_as_pgbench_runs(ops, tmp_path):
+    script = tmp_path / "q.sql"
+    script.write_text("select pg_sleep(0.002);\n")
+    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(ops.port), PGUSER=USER, PGSSLMODE="disable")
+    out = subprocess.run(["pgbench", "-n", "-c", "2", "-t", "50", "-f", str(script), "db1"], env=env,
+                         capture_output=True, text=True, timeout=40)
+    assert out.returncode == 0, out.stdout + out.stderr
+    failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+    assert failed is None or failed.group(1) == "0", out.stdout
+    # quantiles first: the sketches cover the last two stats intervals
+    ext = [r for r in _show(ops, "POOLS_EXTENDED") if r["user"] == USER]
+    assert ext and ext[0]["bytes_received"] > 0 and ext[0]["bytes_sent"] > 0 and ext[0]["tcp_conn_count"] >= 2
+    assert ext[0]["query_0.99"] >= ext[0]["query_0.5"] >= 1900          # µs, 1% relative accuracy
+    assert ext[0]["transaction_0.5"] >= 1900
+    agg = _show(ops, "POOLS_EXTENDED")[-1]
+    assert agg["database"] == agg["user"] == "aggregated" and agg["cl_active"] is None
+    assert agg["query_0.5"] >= 1900
+    stats = {r["database"]: r for r in _show(ops, "STATS")}["db1"]
+    assert stats["total_xact_count"] >= 100 and stats["total_query_count"] >= 100
+    # each query sleeps 2 ms: the µs totals must show at least that
+    assert stats["total_query_time"] >= 100 * 2000 and stats["total_xact_time"] >= 100 * 2000
+    assert stats["total_server_assignment_count"] >= 100
+
+    # the averages are over the time since the last stats_interval tick: run queries until a
+    # SHOW STATS falls in an interval that saw some
+    con = psycopg2.connect(ops.dsn(USER, "db1"))
+    con.autocommit = True
+    try:
+        def averaged():
+            with con.cursor() as cur:
+                for _ in range(5):
+                    cur.execute("select pg_sleep(0.002)")
+            row = {r["database"]: r for r in _show(ops, "STATS")}["db1"]
+            return row if row["avg_query_count"] > 0 else None
+        row = wait_for(averaged, timeout=10, what="averages over an interval with queries")
+    finally:
+        con.close()
+    assert row["avg_query_time"] >= 2000 and row["avg_xact_time"] >= 2000
+    assert row["avg_xact_count"] > 0 and row["avg_recv"] > 0 and row["avg_sent"] > 0
+
+
+@pytest.mark.timeout(20)
+def test_the_console_client_shows_as_active(ops):
+    rows = [r for r in _show(ops, "POOLS") if r["database"] == "console"]
+    assert rows and rows[0]["cl_active"] >= 1 and rows[0]["cl_waiting"] == 0
