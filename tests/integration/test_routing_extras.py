@@ -124,3 +124,37 @@ def test_a_timed_out_waiter_is_told_before_the_53300(pg, pooler):
         holder.close()
         waiter.close()
         quiet.close()
+
+
+# -- server_login_retry -----------------------------------------------------------------------------
+def test_a_login_refused_with_53300_is_retried(pg, pooler):
+    ensure_roles(pg, "retry_user")
+    pg.psql("ALTER ROLE retry_user CONNECTION LIMIT 1")
+    p = pooler(odyssey_config(rule("retry_user", db="postgres", pool_timeout=15000), server_login_retry=50))
+    direct_con = psycopg2.connect(pg.dsn("retry_user", "postgres"))    # takes the role's one connection
+    release = threading.Timer(0.5, direct_con.close)
+    release.start()
+    try:
+        # refused with 53300 until the direct connection closes, then served
+        con = psycopg.connect(_dsn(p, "retry_user"))
+        assert con.execute("select current_user").fetchone()[0] == "retry_user"
+        con.close()
+        assert "too many connections for role" in p.log()
+    finally:
+        release.cancel()
+        direct_con.close()
+
+
+def test_login_retries_end_at_pool_timeout(pg, pooler):
+    ensure_roles(pg, "retry_user")
+    pg.psql("ALTER ROLE retry_user CONNECTION LIMIT 1")
+    p = pooler(odyssey_config(rule("retry_user", db="postgres", pool_timeout=300, client_fwd_error=True),
+                              server_login_retry=50))
+    direct_con = psycopg2.connect(pg.dsn("retry_user", "postgres"))
+    try:
+        with pytest.raises(psycopg.Error) as e:
+            psycopg.connect(_dsn(p, "retry_user"))
+        assert "too many connections for role" in str(e.value)       # client_fwd_error: PostgreSQL's own
+        assert p.log().count("too many connections for role") > 1       # it was tried again
+    finally:
+        direct_con.close()
