@@ -13,7 +13,7 @@ import machinarium
 from kiwi import be_write, error_codes
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest
 from kiwi.errors import KiwiError, ProtocolError
-from odyssey_gevent import auth, backend, cancel, deploy, hba, replication, reset, tsa
+from odyssey_gevent import auth, backend, cancel, deploy, hba, login_retry, replication, reset, tsa
 from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
@@ -222,6 +222,7 @@ class Frontend:
         client = self.client
         rule = client.rule
         timeout = rule.pool_timeout if rule.pool_timeout > 0 else None
+        retry_until = None        # server_login_retry (login_retry.py)
         while True:
             try:
                 server = instance.router.attach(client, timeout)
@@ -233,7 +234,11 @@ class Frontend:
                                     f"{client.database}.{client.user} reached {rule.pool_size})",
                                     severity="FATAL", status=Status.EATTACH_TOO_MANY_CONNECTIONS) from None
             if not server.connected:
-                self._connect(server)
+                try:
+                    self._connect(server)
+                except login_retry.Retry as retry:
+                    retry_until = login_retry.pause(instance, client, retry, server.id, retry_until)
+                    continue
                 break
             if server.io is None:
                 server.io = machinarium.Io.attach(server.fd)
@@ -272,6 +277,8 @@ class Frontend:
             self.logger.error("attach", client, server, "failed to connect to the server: %s", e)
             self._drop_server(server, broken=True)
             fields = getattr(e, "fields", None)
+            if login_retry.applies(client.rule, fields):
+                raise login_retry.Retry(e) from None
             if client.rule.client_fwd_error and fields is not None:
                 raise FrontendError(fields.sqlstate, fields.message, severity=fields.severity,
                                     detail=fields.detail, hint=fields.hint, status=Status.ESERVER_CONNECT) from None
