@@ -1,7 +1,7 @@
 """The Prometheus exporter (`promhttp_server_port`; C Odyssey's sources/prom_metrics.c).
 
 A custom prometheus_client Collector reads the router snapshot at scrape time, so nothing is
-updated on the hot path: the relay keeps bumping its RouteStats counters and the route lists are
+updated on the hot path (the figures are SHOW POOLS', STATS' and ERRORS'): the relay keeps bumping its RouteStats counters and the route lists are
 read under the router's lock (the lock rule in route.py). The HTTP endpoint is gevent's WSGI
 server (gevent.pywsgi) around prometheus_client.make_wsgi_app, run as a coroutine of the system
 machine (started by the cron coroutine, stopped when it is cancelled), so it never blocks a hub.
@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import CollectorRegistry
 
 from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__
+from odyssey_gevent.err_logger import FRONTEND_ERRORS, ROUTE_ROUTER_ERRORS, ROUTER_ERRORS
 
 BIND_HOST = "0.0.0.0"
 
@@ -26,6 +27,13 @@ _COUNTERS = (  # metric name, RouteStats field, help
     ("odyssey_route_server_assignments_total", "count_server_assignment",
      "Servers attached to clients of the route"),
     ("odyssey_route_cancels_total", "count_cancel", "Cancel requests for the route"),
+)
+_TIMES = (  # metric name, RouteStats field (µs), help: SHOW STATS total_*_time in seconds
+    ("odyssey_route_transaction_time_seconds_total", "tx_time",
+     "Time transactions took, from the first request to the ReadyForQuery that ends them"),
+    ("odyssey_route_query_time_seconds_total", "query_time",
+     "Time queries took, from the request to its ReadyForQuery"),
+    ("odyssey_route_wait_time_seconds_total", "wait_time", "Time clients waited for a server"),
 )
 
 
@@ -46,11 +54,23 @@ class OdysseyCollector:
                                     labels=labels + ["state"])
         counters = [(CounterMetricFamily(name, text, labels=labels), field)
                     for name, field, text in _COUNTERS]
+        times = [(CounterMetricFamily(name, text, labels=labels), field) for name, field, text in _TIMES]
+        paused = GaugeMetricFamily("odyssey_route_paused", "1 while the route is paused (console PAUSE)",
+                                   labels=labels)
+        max_wait = GaugeMetricFamily("odyssey_route_max_wait_seconds",
+                                     "How long the first client queued for a server has waited (SHOW POOLS maxwait)",
+                                     labels=labels)
+        route_errors = GaugeMetricFamily(
+            "odyssey_route_errors", "Errors of the route in the last five minutes, by C Odyssey's name "
+            "(SHOW ERRORS_PER_ROUTE; only the types seen)", labels=labels + ["error_type"])
+        now = time.monotonic()
         for route in router.snapshot():
             lv = [str(route.db), str(route.user)]
             with router.lock:
                 cc = route.client_counts()
                 active, idle = len(route.active), len(route.idle)
+                waited = now - route.waiters[0].since if route.waiters else 0.0
+                is_paused = router.is_paused(route)
             clients.add_metric(lv + ["active"], cc["active"])
             clients.add_metric(lv + ["waiting"], cc["queue"])
             clients.add_metric(lv + ["pending"], cc["pending"])
@@ -58,10 +78,26 @@ class OdysseyCollector:
             servers.add_metric(lv + ["idle"], idle)
             for family, field in counters:
                 family.add_metric(lv, getattr(route.stats, field))
+            for family, field in times:
+                family.add_metric(lv, getattr(route.stats, field) / 1e6)
+            paused.add_metric(lv, 1 if is_paused else 0)
+            max_wait.add_metric(lv, waited)
+            for name, count in route.errors.counts(FRONTEND_ERRORS + ROUTE_ROUTER_ERRORS):
+                if count:
+                    route_errors.add_metric(lv + [name], count)
         yield clients
         yield servers
-        for family, _ in counters:
+        for family, _ in counters + times:
             yield family
+        yield paused
+        yield max_wait
+        yield route_errors
+        errors = GaugeMetricFamily("odyssey_errors", "Errors in the last five minutes, by C Odyssey's name "
+                                   "(SHOW ERRORS: router and frontend errors)", labels=["error_type"])
+        for log, names in ((router.errors.router, ROUTER_ERRORS), (router.errors.frontend, FRONTEND_ERRORS)):
+            for name, count in log.counts(names):
+                errors.add_metric([name], count)
+        yield errors
         yield GaugeMetricFamily("odyssey_clients", "Accepted client connections (global client_max counts these)",
                                 value=inst.clients)
         yield GaugeMetricFamily("odyssey_uptime_seconds", "Seconds since the exporter started",

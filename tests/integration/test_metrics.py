@@ -64,3 +64,38 @@ def test_log_stats_line(odyssey):
         wait_for(lambda: pat.search(p.log()), timeout=5, what="a stats line")
     finally:
         con.close()
+
+
+def test_metrics_times_and_errors_parse_with_prometheus_client(odyssey):
+    """The new figures (SHOW STATS times, SHOW ERRORS counts) through prometheus_client's own
+    text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    p = odyssey(rule("tx_user", pool="transaction", pool_size=2), promhttp_server_port=port)
+    con = psycopg2.connect(p.dsn("tx_user", "db1"))
+    con.autocommit = True
+    try:
+        cur = con.cursor()
+        for _ in range(3):
+            cur.execute("select pg_sleep(0.001)")
+        try:
+            psycopg2.connect(p.dsn("no_such_user", "db1")).close()
+        except psycopg2.OperationalError as e:
+            assert "route for" in str(e)
+        samples = [s for f in text_string_to_metric_families(_metrics(port)) for s in f.samples]
+        lab = {"database": "db1", "user": "tx_user"}
+
+        def sample(name: str, **labels) -> float:
+            found = [s.value for s in samples
+                     if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+            assert len(found) == 1, (name, labels, found)
+            return found[0]
+
+        assert sample("odyssey_route_query_time_seconds_total", **lab) >= 0.003
+        assert sample("odyssey_route_transaction_time_seconds_total", **lab) >= 0.003
+        assert sample("odyssey_route_wait_time_seconds_total", **lab) >= 0
+        assert sample("odyssey_errors", error_type="OD_ROUTER_ERROR_NOT_FOUND") == 1
+        assert sample("odyssey_route_paused", **lab) == 0
+    finally:
+        con.close()

@@ -17,7 +17,8 @@ def _instance():
 
 def test_collector_reads_route_counters_and_gauges():
     inst = _instance()
-    rule = Rule(db_name="sales", user_name="bob", authentication="none", pool="transaction")
+    rule = Rule(db_name="sales", user_name="bob", authentication="none", pool="transaction", db_is_default=False,
+                user_is_default=False)
     key = ("sales", "bob", id(rule))
     route = inst.router.routes[key] = Route(key, rule, "sales", "bob")
     active, queued = Client(None), Client(None)
@@ -26,6 +27,10 @@ def test_collector_reads_route_counters_and_gauges():
     st = route.stats
     st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent = 7, 11, 1234, 5678
     st.count_server_assignment, st.count_cancel = 9, 2
+    st.tx_time, st.query_time, st.wait_time = 2_500_000, 1_500_000, 250_000
+    inst.router.errors.router_error("OD_ROUTER_ERROR_NOT_FOUND")
+    inst.router.errors.session_ended("OD_ECLIENT_KILLED", route)
+    inst.router.pause("sales")
     inst.clients = 2
     text = generate_latest(metrics.registry_for(inst)).decode()
     lab = 'database="sales",user="bob"'
@@ -41,6 +46,15 @@ def test_collector_reads_route_counters_and_gauges():
         f'odyssey_route_bytes_sent_total{{{lab}}} 5678.0',
         f'odyssey_route_server_assignments_total{{{lab}}} 9.0',
         f'odyssey_route_cancels_total{{{lab}}} 2.0',
+        f'odyssey_route_transaction_time_seconds_total{{{lab}}} 2.5',
+        f'odyssey_route_query_time_seconds_total{{{lab}}} 1.5',
+        f'odyssey_route_wait_time_seconds_total{{{lab}}} 0.25',
+        f'odyssey_route_paused{{{lab}}} 1.0',
+        f'odyssey_route_max_wait_seconds{{{lab}}} 0.0',
+        f'odyssey_route_errors{{database="sales",error_type="OD_ECLIENT_KILLED",user="bob"}} 1.0',
+        'odyssey_errors{error_type="OD_ROUTER_ERROR_NOT_FOUND"} 1.0',
+        'odyssey_errors{error_type="OD_ECLIENT_KILLED"} 1.0',
+        'odyssey_errors{error_type="OD_EOOM"} 0.0',
         'odyssey_clients 2.0',
     ):
         assert line in text.splitlines(), (line, text)
