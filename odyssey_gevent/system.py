@@ -80,6 +80,7 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
             err = FrontendError(error_codes.TOO_MANY_CONNECTIONS,
                                 f"too many tcp connections (global client_max {config.client_max})")
             log.error("server", None, None, "%s", err.message)
+            instance.router.errors.router_error("OD_ROUTER_ERROR_LIMIT")     # SHOW ERRORS, as C counts it
             machinarium.coroutine_create(reject, io, error_message(err, new_id("c")), name="reject")
             continue
         peer = local = None

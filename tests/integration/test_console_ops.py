@@ -10,7 +10,8 @@ import subprocess
 import psycopg2
 import pytest
 
-from tests.integration.conftest import ensure_roles, module_pooler, odyssey_config, odyssey_text, rule, wait_for
+from tests.integration.conftest import (ensure_roles, module_pooler, odyssey_config, odyssey_text, rule, start_pooler,
+                                       wait_for)
 from tests.integration.wire import Wire, parse_fields
 
 USER = "ops_user"        # transaction pool of 2 servers, quantiles on
@@ -271,3 +272,82 @@ def test_stats_times_and_quantiles_move_as_pgbench_runs(ops, tmp_path):
 def test_the_console_client_shows_as_active(ops):
     rows = [r for r in _show(ops, "POOLS") if r["database"] == "console"]
     assert rows and rows[0]["cl_active"] >= 1 and rows[0]["cl_waiting"] == 0
+
+
+@pytest.mark.timeout(40)
+def test_kill_client_across_worker_threads(pg, roles):
+    """workers 2: the console and its victim are accepted one after the other, so they run in
+    different worker threads; the victim's relay is woken in its own hub."""
+    ensure_roles(pg, USER)
+    text = odyssey_config(rule(USER, "db1", pool="transaction", pool_size=2),
+                          rule("default", "console", pool="session", storage="local", role="admin"), workers=2)
+    text += 'storage "local" {\n    type "local"\n}\n'
+    p = start_pooler(pg, text)
+    victim = console = None
+    try:
+        victim = Wire(p.port)
+        assert victim.login(USER, "db1") is None
+        assert victim.simple_query("select 1")[1] is None
+        console = _console(p)
+        rows, err, _ = console.simple_query("show clients")
+        assert err is None
+        [cid] = [r[13] for r in rows if r[1] == USER]
+        assert console.simple_query(f"kill_client {cid}") == ([], None, "I")
+        _assert_killed_fatal(victim)
+        rows, _, _ = console.simple_query("show errors")
+        assert ["OD_ECLIENT_KILLED", "1"] in rows
+    finally:
+        for w in (victim, console):
+            if w is not None:
+                w.close()
+        p.stop()
+
+
+@pytest.mark.timeout(40)
+def test_show_errors_counts_client_max_refusals(pg, roles):
+    """Global client_max (refused at accept: OD_ROUTER_ERROR_LIMIT) and a route's client_max
+    (OD_ROUTER_ERROR_LIMIT_ROUTE, also per route), as C counts them."""
+    ensure_roles(pg, USER)
+    text = odyssey_config(rule(USER, "db1", pool="transaction", client_max=1),
+                          rule("default", "console", pool="session", storage="local", role="admin"), client_max=3)
+    text += 'storage "local" {\n    type "local"\n}\n'
+    p = start_pooler(pg, text)
+    held = []
+    try:
+        held.append(Wire(p.port))
+        assert held[0].login(USER, "db1") is None
+        w = Wire(p.port)
+        err = w.login(USER, "db1")                              # the route's client_max
+        w.close()
+        assert err is not None and err["C"] == "53300", err
+        held.append(Wire(p.port))
+        held.append(Wire(p.port))                                 # accepted: 3 of client_max 3
+        w = Wire(p.port)
+        with pytest.raises((EOFError, ConnectionError)):
+            err = w.login(USER, "db1")                           # the 4th socket: refused at accept
+            assert err is not None and err["C"] == "53300", err
+            w.read_message()
+        w.close()
+        for h in held[1:]:
+            h.close()
+        del held[1:]
+        con = wait_for(lambda: _try_console(p), what="a console connection under client_max")
+        try:
+            rows, _, _ = con.simple_query("show errors")
+            counts = dict((r[0], int(r[1])) for r in rows)
+            assert counts["OD_ROUTER_ERROR_LIMIT"] == 1 and counts["OD_ROUTER_ERROR_LIMIT_ROUTE"] == 1, counts
+            rows, _, _ = con.simple_query("show errors_per_route")
+            assert ["OD_ROUTER_ERROR_LIMIT_ROUTE", USER, "db1", "1"] in rows, rows
+        finally:
+            con.close()
+    finally:
+        for h in held:
+            h.close()
+        p.stop()
+
+
+def _try_console(p):
+    try:
+        return _console(p)
+    except (EOFError, AssertionError, ConnectionError):
+        return None
