@@ -158,3 +158,56 @@ def test_login_retries_end_at_pool_timeout(pg, pooler):
         assert p.log().count("too many connections for role") > 1       # it was tried again
     finally:
         direct_con.close()
+
+
+# -- group rules ------------------------------------------------------------------------------------
+_GROUP_RULES = """
+database "postgres" {
+    group "grp" {
+        authentication "none"
+        storage "postgres_server"
+        pool "session"
+        pool_size 0
+        options { "application_name" "via_group" }
+        group_query "select rolname from pg_roles where pg_has_role(rolname, 'grp_role', 'member') and rolname <> 'grp_role'"
+        group_query_user "postgres"
+        group_query_db "postgres"
+    }
+    user "postgres" {
+        authentication "none"
+        storage "postgres_server"
+        pool "transaction"
+        pool_routing "internal"
+    }
+}
+database default {
+    user default {
+        authentication "none"
+        storage "postgres_server"
+        pool "session"
+        pool_size 0
+        options { "application_name" "via_default" }
+    }
+}
+"""
+
+
+def _app(p, user: str) -> str:
+    with psycopg.connect(_dsn(p, user)) as con:
+        return con.execute("select current_setting('application_name')").fetchone()[0]
+
+
+def test_group_rule_matches_the_members_its_query_names(pg, pooler):
+    ensure_roles(pg, "grp_member", "grp_other")
+    pg.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'grp_role') THEN "
+            "CREATE ROLE grp_role NOLOGIN; END IF; END $$;"
+            "GRANT grp_role TO grp_member; REVOKE grp_role FROM grp_other;")
+    p = pooler(odyssey_config(group_checker_interval=200) + _GROUP_RULES)
+    try:
+        wait_for(lambda: _app(p, "grp_member") == "via_group", timeout=10, what="the group checker's first run")
+        assert _app(p, "grp_other") == "via_default"
+        pg.psql("GRANT grp_role TO grp_other")          # membership is read again every interval
+        wait_for(lambda: _app(p, "grp_other") == "via_group", timeout=10, what="the new member")
+        assert _app(p, "grp_member") == "via_group"
+    finally:
+        pg.psql("REVOKE grp_role FROM grp_other")
