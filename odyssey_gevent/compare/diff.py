@@ -63,11 +63,13 @@ def classify(scenario: str, diffs: list[dict], known: list[dict]) -> None:
     """Marks each difference with `known` (the reason) when known_differences.yaml lists it."""
     for d in diffs:
         d["known"] = None
+        d["open"] = False
         for entry in known:
             if not fnmatch.fnmatchcase(scenario, entry["scenario"]):
                 continue
             if fnmatch.fnmatchcase(d["field"], entry.get("field", "*")):
                 d["known"] = entry["why"]
+                d["open"] = bool(entry.get("open"))
                 break
 
 
@@ -77,6 +79,8 @@ def status_of(result: dict) -> str:
     diffs = result["differences"]
     if any(d["known"] is None for d in diffs):
         return "DIFF"
+    if any(d["open"] for d in diffs):
+        return "open"
     return "known" if diffs else "same"
 
 
@@ -96,14 +100,27 @@ def table(results: list[dict], against: str, verbose: bool = False) -> str:
     for r in results:
         st = status_of(r)
         counts[st] = counts.get(st, 0) + 1
-        lines.append(f"{r['scenario']:<{w}}  {st:<6}" + (f"  {r['error']}" if r.get("error") else ""))
+        error = r.get("error")
+        if error:
+            error = " / ".join(line.strip() for line in error.strip().splitlines()[-3:])
+        lines.append(f"{r['scenario']:<{w}}  {st:<6}" + (f"  {_cell(error, 160)}" if error else ""))
+        shown = None
         for d in r["differences"]:
             if d["known"] is not None and not verbose:
-                lines.append(f"{'':<{w}}    known: {_cell(d['field'], 40)}: {_cell(d['known'], 70)}")
+                if d["known"] != shown:          # one line per reason, not per field
+                    lines.append(f"{'':<{w}}    {'open' if d['open'] else 'known'}: {_cell(d['known'], 110)}")
+                shown = d["known"]
                 continue
             lines.append(f"{'':<{w}}    {d['field']}")
-            lines.append(f"{'':<{w}}      ours:      {_cell(d['ours'], 100)}")
-            lines.append(f"{'':<{w}}      {against + ':':<10} {_cell(d['reference'], 100)}")
+            ours, ref = d["ours"], d["reference"]
+            if isinstance(ours, list) and isinstance(ref, list) and ours and ref:
+                # long lists (columns, rows): show what is only on one side
+                ours = [v for v in ours if v not in d["reference"]] or "(nothing else)"
+                ref = [v for v in ref if v not in d["ours"]] or "(nothing else)"
+                if ours == ref == "(nothing else)":
+                    ours, ref = "(same items, other order)", ""
+            lines.append(f"{'':<{w}}      ours:      {_cell(ours, 100)}")
+            lines.append(f"{'':<{w}}      {against + ':':<10} {_cell(ref, 100)}")
     lines.append("-" * (w + 40))
     lines.append(f"{len(results)} scenarios: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return "\n".join(lines)
@@ -112,6 +129,7 @@ def table(results: list[dict], against: str, verbose: bool = False) -> str:
 def as_json(results: list[dict], against: str) -> str:
     out = {"against": against,
            "scenarios": [{"scenario": r["scenario"], "status": status_of(r), "error": r.get("error"),
+                          "checked_against_postgres": bool(r.get("direct")),
                           "differences": r["differences"]} for r in results]}
     out["summary"] = {}
     for s in out["scenarios"]:

@@ -64,7 +64,10 @@ class ScenarioError(Exception):
 
 def load_suite(path: str) -> Suite:
     with open(path) as f:
-        data = yaml.safe_load(f)
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ScenarioError(f"{path}: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("scenarios"), list):
         raise ScenarioError(f"{path}: a mapping with a 'scenarios' list expected")
     name = os.path.splitext(os.path.basename(path))[0]

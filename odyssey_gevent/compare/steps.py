@@ -169,7 +169,10 @@ class Session:
             if args.get("tls", "disable") != "disable":
                 rec["tls"] = bool(con.info.ssl_in_use)
             return rec
-        conn = RawConnection(host, port).open()
+        try:
+            conn = RawConnection(host, port).open()
+        except OSError:
+            return {"ok": False, "refused": True}
         self.conns[name] = conn
         rec: dict = {}
         tls = args.get("tls", "disable")
@@ -211,14 +214,21 @@ class Session:
         sql = args["sql"]
         if isinstance(conn, LibpqConnection):
             return conn.run(sql, args.get("cancel_after"))
+        before, closed = conn.pending()
+        if before or closed:
+            rec = {"before": summarize(before)} if before else {}
+            if closed:
+                return {**rec, "closed": True}
+        else:
+            rec = {}
         try:
             conn.send(fe_write.query(sql))
             if args.get("cancel_after") is not None:
                 time.sleep(args["cancel_after"])
                 conn.cancel()
-            return summarize(conn.read_until_ready())
+            return {**rec, **summarize(conn.read_until_ready())}
         except Closed:
-            return {"closed": True}
+            return {**rec, "closed": True}
 
     def step_extended(self, args: dict) -> dict:
         """Parse (unless parse: no) / Bind / Describe portal / Execute / Sync in one batch."""
@@ -313,6 +323,9 @@ class Session:
             rec["closed"] = True
         except TimeoutError:
             rec["silent"] = True
+            if conn.buf:                       # e.g. the one-byte answer to an SSL/GSSENC request
+                rec["unframed"] = bytes(conn.buf).decode("latin-1")
+                conn.buf.clear()
         finally:
             if conn.sock is not None:
                 conn.sock.settimeout(conn.timeout)
@@ -326,13 +339,17 @@ class Session:
     def step_open(self, args: dict) -> dict:
         """A bare socket with no startup packet yet (for raw startup bytes)."""
         host, port = self._endpoint(args)
-        self.conns[args.get("as", "c")] = RawConnection(host, port).open()
+        try:
+            self.conns[args.get("as", "c")] = RawConnection(host, port).open()
+        except OSError:
+            return {"refused": True}
         return {}
 
     def step_disconnect(self, args: dict) -> dict:
-        conn = self._conn(args)
+        conn = self.conns.pop(args.get("on", "c"), None)
+        if conn is None:                     # its connect was refused: nothing to close
+            return {"absent": True}
         conn.close(abrupt=bool(args.get("abrupt")))
-        self.conns.pop(args.get("on", "c"))
         return {}
 
     def step_alive(self, args: dict) -> dict:

@@ -13,6 +13,7 @@ import struct
 import time
 
 from kiwi import fe_read, fe_write
+from kiwi.errors import KiwiError
 from kiwi.framer import read_message
 from kiwi.md5 import md5_salted
 from kiwi.scram import ScramClient
@@ -103,7 +104,11 @@ class RawConnection:
     def read(self) -> tuple[str, bytes]:
         """One whole message: (type letter, payload)."""
         while True:
-            got = read_message(self.buf, 0)
+            try:
+                got = read_message(self.buf, 0)
+            except KiwiError as e:
+                self.closed = True
+                raise Closed(f"unframeable bytes from the pooler: {e}") from None
             if got is not None:
                 type_byte, view, end = got
                 payload = bytes(view)
@@ -177,6 +182,24 @@ class RawConnection:
         if not result["auth"]:
             del result["auth"]
         return result
+
+    def pending(self, wait: float = 0.05) -> tuple[list[tuple[str, bytes]], bool]:
+        """Messages the pooler sent on its own while the client was idle (a FATAL at shutdown
+        or idle timeout, a NOTICE), and whether it then closed the connection."""
+        out: list = []
+        if self.sock is None:
+            return out, True
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                out.append(self.read())
+        except TimeoutError:
+            return out, False
+        except Closed:
+            return out, True
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.timeout)
 
     def read_until_ready(self, stop_on_error: bool = False) -> list[tuple[str, bytes]]:
         """Messages up to and including ReadyForQuery (or an ErrorResponse with stop_on_error)."""
