@@ -16,6 +16,7 @@ import time
 
 from kiwi import be_read, be_write, error_codes
 from kiwi.header import FE
+from machinarium import wait_any
 from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, relay
 from odyssey_gevent.client import ClientState
 from odyssey_gevent.err_logger import FRONTEND_ERRORS, ROUTE_ROUTER_ERRORS, ROUTER_ERRORS
@@ -23,6 +24,8 @@ from odyssey_gevent.route import averages
 from odyssey_gevent.io import FE_LIMITS, read_message
 from odyssey_gevent.rules import show_rules_rows
 from odyssey_gevent.status import FrontendError, Status, error_message
+
+KILL_POLL_MS = 1000
 
 TEXT, INT4, INT8, BOOL = 25, 23, 20, 16
 
@@ -393,7 +396,14 @@ def run(instance, client) -> Status:
     with instance.router.lock:       # a console client is served at once: SHOW POOLS says active
         if client.route is not None and client in client.route.clients:
             client.state = ClientState.ACTIVE
+    only = (client.io,)
     while True:
+        # KILL_CLIENT of a console client: seen within KILL_POLL_MS while it is silent (C looks
+        # once a minute and before each command)
+        while not client.killed and not wait_any(only, KILL_POLL_MS):
+            pass
+        if client.killed:
+            return Status.ECLIENT_KILLED
         mtype, payload = read_message(client.io, None, FE_LIMITS)
         if mtype == FE.TERMINATE:
             return Status.TERMINATE

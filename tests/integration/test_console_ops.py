@@ -351,3 +351,22 @@ def _try_console(p):
         return _console(p)
     except (EOFError, AssertionError, ConnectionError):
         return None
+
+
+@pytest.mark.timeout(30)
+def test_kill_a_console_client(ops):
+    victim = _console(ops)
+    try:
+        assert victim.simple_query("show version")[1] is None
+        # console clients now: the victim and the psycopg2 connection that asks (closed after)
+        before = {r["id"] for r in _show(ops, "CLIENTS") if r["database"] == "console"}
+        killer = _console(ops)
+        try:
+            rows, _, _ = killer.simple_query("show clients")
+            [victim_id] = before & {r[13] for r in rows if r[2] == "console"}
+            assert killer.simple_query(f"kill_client {victim_id}") == ([], None, "I")
+        finally:
+            killer.close()
+        _assert_killed_fatal(victim)
+    finally:
+        victim.close()
