@@ -96,19 +96,21 @@ def stat_tick(instance, log: bool, now: float | None = None) -> None:
 
 
 def cron_main(instance) -> None:
-    """The cron loop; also owns the Prometheus exporter (promhttp_server_port) and the group checker
-    (group.py): started here, in the system machine, and stopped when the system cancels this
+    """The cron loop; also owns the Prometheus exporter (promhttp_server_port), the group checker
+    (group.py) and the soft_oom checker: started here, in the system machine, and stopped when the system cancels this
     coroutine."""
     exporter = None
     if instance.config.promhttp_server_port:
         from odyssey_gevent import metrics
         exporter = metrics.start(instance, instance.config.promhttp_server_port)
-    from odyssey_gevent import group
-    checker = machinarium.coroutine_create(group.checker_main, instance, name="group checker")
+    from odyssey_gevent import group, soft_oom
+    checkers = [machinarium.coroutine_create(group.checker_main, instance, name="group checker"),
+                machinarium.coroutine_create(soft_oom.checker_main, instance, name="soft oom checker")]
     try:
         _cron_loop(instance)
     finally:
-        checker.cancel()
+        for checker in checkers:
+            checker.cancel()
         if exporter is not None:
             exporter.stop(timeout=1)
 

@@ -211,3 +211,43 @@ def test_group_rule_matches_the_members_its_query_names(pg, pooler):
         assert _app(p, "grp_member") == "via_group"
     finally:
         pg.psql("REVOKE grp_role FROM grp_other")
+
+
+# -- soft_oom ---------------------------------------------------------------------------------------
+_CONSOLE = """
+storage "console" {
+    type "local"
+}
+database "console" {
+    user default {
+        authentication "none"
+        role "admin"
+        pool "session"
+        storage "console"
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("limit, refused", [(1024, True), (10 ** 15, False)])     # bytes
+def test_soft_oom_refuses_new_clients_over_the_limit(pg, pooler, limit, refused):
+    ensure_roles(pg, "oom_user")
+    text = odyssey_config(rule("oom_user", db="postgres")) + _CONSOLE + \
+        f'soft_oom {{\n    limit {limit}\n    check_interval_ms 100\n}}\n'
+    p = pooler(text)
+    if refused:       # the machine's used memory is over 1024 bytes from the first check on
+        def refusal():
+            try:
+                psycopg.connect(_dsn(p, "oom_user")).close()
+                return None
+            except psycopg.Error as e:
+                return str(e)
+        message = wait_for(refusal, timeout=10, what="the first memory check")
+        assert "soft out of memory" in message
+        assert "drop connection due to soft oom" in p.log()
+    else:
+        with psycopg.connect(_dsn(p, "oom_user")) as con:
+            assert con.execute("select 1").fetchone()[0] == 1
+    # the console is never refused
+    with psycopg.connect(_dsn(p, "console", "console"), autocommit=True) as con:
+        assert con.execute("show version").fetchone()[0]
