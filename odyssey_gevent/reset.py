@@ -1,7 +1,7 @@
 """Making a server reusable before it goes back to the pool (mirrors Odyssey sources/reset.c).
 
 Runs on every detach, in this order: servers left in COPY, with a partly relayed message or
-broken are closed; a server in a transaction is closed when pool_rollback is off; a server that
+broken are closed (cancelled first, with pool_cancel, when they still owe an answer); a server in a transaction is closed when pool_rollback is off; a server that
 has not answered everything is cancelled (pool_cancel) and drained to ReadyForQuery within
 pool_reset_timeout_ms, else closed; ROLLBACK inside a transaction; then the rule's reset query
 (DISCARD ALL, the smart-discard script, or pool_discard_query), or in session pooling with none
@@ -44,6 +44,15 @@ def _cancels_done(instance, server) -> bool:
     return True
 
 
+def _stop_work(instance, server) -> bool:
+    """A server about to be closed in the middle of a request: with pool_cancel, cancel what it
+    runs first, or PostgreSQL would go on with it (a pg_sleep, a COPY TO) until it next touches
+    the closed socket, a backend beyond pool_size. Returns False (close it)."""
+    if server.route.rule.pool_cancel and not server.proto.idle and server.endpoint is not None:
+        cancel.send(instance, server.endpoint, server.key_pid, server.key_secret)
+    return False
+
+
 def _drops_statements(query: str) -> bool:
     q = query.upper()
     return "DISCARD ALL" in q or "DEALLOCATE" in q
@@ -65,10 +74,10 @@ def reset(instance, server, clean: bool) -> bool:
         return False
     if server.copy_mode:
         log.info("reset", None, server, "server left in copy, closing")
-        return False
+        return _stop_work(instance, server)
     if not clean:
         log.info("reset", None, server, "server left with partly-read message, closing")
-        return False
+        return _stop_work(instance, server)
     if not rule.pool_rollback and server.in_transaction:
         log.info("reset", None, server, "in active transaction, closing")
         return False

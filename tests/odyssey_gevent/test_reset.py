@@ -138,14 +138,38 @@ def test_server_marked_drop_is_closed_and_not_broken(in_machine):
 
 
 @pytest.mark.parametrize("copy", [BE.COPY_IN_RESPONSE, BE.COPY_OUT_RESPONSE, BE.COPY_BOTH_RESPONSE])
-def test_server_left_in_copy_is_closed(in_machine, copy):
+def test_server_left_in_copy_is_cancelled_and_closed(in_machine, copy):
+    """Closed, but cancelled first: PostgreSQL would otherwise go on with the COPY until it next
+    touches the closed socket (issue 15: a backend beyond pool_size)."""
     def fn(s):
-        s.server.proto.send(int(FE.QUERY))
-        s.server.proto.receive(int(copy))
-        assert s.server.copy_mode
-        return s.reset(), s.queries()
+        pm = CancelListener()
+        try:
+            s.server.endpoint = pm.endpoint
+            s.server.proto.send(int(FE.QUERY))
+            s.server.proto.receive(int(copy))
+            assert s.server.copy_mode
+            ok = s.reset()
+            pm.co.join(2000)
+            return ok, pm.requests, s.queries()
+        finally:
+            pm.close()
 
-    assert run(in_machine, fn) == (False, [])
+    assert run(in_machine, fn) == (False, [(1111, 2222)], [])
+
+
+def test_unclean_server_in_a_batch_is_cancelled_and_closed(in_machine):
+    def fn(s):
+        pm = CancelListener()
+        try:
+            s.server.endpoint = pm.endpoint
+            s.server.proto.send(int(FE.PARSE))         # a batch the client left without its Sync
+            ok = s.reset(clean=False)
+            pm.co.join(2000)
+            return ok, pm.requests, s.queries()
+        finally:
+            pm.close()
+
+    assert run(in_machine, fn) == (False, [(1111, 2222)], [])
 
 
 def test_unclean_server_is_closed(in_machine):
