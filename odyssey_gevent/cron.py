@@ -97,15 +97,16 @@ def stat_tick(instance, log: bool, now: float | None = None) -> None:
 
 def cron_main(instance) -> None:
     """The cron loop; also owns the Prometheus exporter (promhttp_server_port), the group checker
-    (group.py) and the soft_oom checker: started here, in the system machine, and stopped when the system cancels this
+    (group.py), the soft_oom checker and the storage watchdog (watchdog.py): started here, in the system machine, and stopped when the system cancels this
     coroutine."""
     exporter = None
     if instance.config.promhttp_server_port:
         from odyssey_gevent import metrics
         exporter = metrics.start(instance, instance.config.promhttp_server_port)
-    from odyssey_gevent import group, soft_oom
+    from odyssey_gevent import group, soft_oom, watchdog
     checkers = [machinarium.coroutine_create(group.checker_main, instance, name="group checker"),
-                machinarium.coroutine_create(soft_oom.checker_main, instance, name="soft oom checker")]
+                machinarium.coroutine_create(soft_oom.checker_main, instance, name="soft oom checker"),
+                machinarium.coroutine_create(watchdog.watchdog_main, instance, name="watchdog")]
     try:
         _cron_loop(instance)
     finally:

@@ -13,7 +13,7 @@ import machinarium
 from kiwi import be_write, error_codes
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest
 from kiwi.errors import KiwiError, ProtocolError
-from odyssey_gevent import auth, backend, cancel, deploy, hba, login_retry, replication, reset, soft_oom, tsa
+from odyssey_gevent import auth, backend, cancel, deploy, hba, login_retry, replication, reset, soft_oom, tsa, watchdog
 from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
@@ -368,6 +368,7 @@ class Frontend:
                 self.logger.info("routing", client, None, "route '%s.%s' to '%s.%s'", client.database,
                                  client.user, client.rule.db_name, client.rule.user_name)
             self.check_hba()
+            watchdog.check_catchup(instance, client)
             self.authenticate()
             soft_oom.refuse_if_over(instance, client)
             self.deadline = None

@@ -145,9 +145,8 @@ def candidates(storage, endpoints: list, tsa_value: str, catchup: int, start: in
     def rank(endpoint) -> int:
         # 0: known to fit, 1: unknown or stale, 2: a primary for prefer-standby, 3: known not to fit
         st = get(endpoint)
-        if catchup and st is not None and st.lag is not None and recent(st.lag_updated, storage) \
-                and st.lag > catchup:
-            return 3
+        if catchup and st is not None and st.lag is not None and st.lag > catchup:
+            return 3        # the watchdog keeps the lag current, at its own interval
         if st is None or not recent(st.updated, storage):
             return 1
         if not st.alive or not tsa.matches(tsa_value, st):

@@ -3,6 +3,7 @@ real primary and a streaming replica made by tests/integration/topology.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import psycopg
@@ -205,3 +206,55 @@ def test_a_bad_replication_value_is_refused(pair, run_pooler):
         psycopg.connect(f"host=127.0.0.1 port={p.port} user=postgres dbname=postgres replication=maybe")
     assert 'invalid value for parameter "replication"' in str(e.value)
     assert _in_recovery(p, "postgres") is False
+
+
+# -- watchdog and catchup_timeout -------------------------------------------------------------------
+# the lag query answers "the last replayed transaction was 100 s ago" on a standby, "now" elsewhere
+_LAG_QUERY = ("select case when pg_is_in_recovery() then extract(epoch from now())::bigint - 100 "
+              "else extract(epoch from now())::bigint end")
+
+
+def _watchdog_config(pair, catchup: int) -> str:
+    text = odyssey_config(rule("any_user", db="postgres", catchup_timeout=catchup),
+                          storage={"host": _hosts(pair.replica, pair.primary), "port": 5432})
+    watchdog = f"""
+    watchdog {{
+        authentication "none"
+        storage_db "postgres"
+        storage_user "postgres"
+        pool "transaction"
+        pool_routing "internal"
+        watchdog_lag_query "{_LAG_QUERY}"
+        watchdog_lag_interval 1
+    }}
+"""
+    head, tail = text.split('storage "postgres_server" {\n', 1)
+    return head + 'storage "postgres_server" {\n' + watchdog + tail
+
+
+def test_lagging_replica_is_avoided(pair, run_pooler):
+    storage_status.forget_all()
+    p = run_pooler(_watchdog_config(pair, catchup=50))
+    # once the watchdog has measured both hosts every new server goes to the primary
+    wait_for(lambda: all(_in_recovery(p, "any_user") is False for _ in range(4)), timeout=15,
+             what="new servers on the primary only")
+    assert all(_in_recovery(p, "any_user") is False for _ in range(6))
+
+
+def test_every_host_lagging_refuses_the_login(pair, run_pooler):
+    storage_status.forget_all()
+    text = _watchdog_config(pair, catchup=50).replace(_LAG_QUERY, "select extract(epoch from now())::bigint - 100")
+    p = run_pooler(text)
+
+    def refused():
+        try:
+            _in_recovery(p, "any_user")
+            return None
+        except psycopg.Error as e:
+            return e
+    e = wait_for(refused, timeout=15, what="the watchdog's first poll")
+    assert re.search(r"replication lag too big \(10[01] seconds\), connection rejected: postgres any_user", str(e))
+    assert "HINT:  wait until the replica catches up with the primary" in str(e)
+    # a client asking for a looser bound in its startup options is let in
+    with psycopg.connect(_dsn(p, "any_user"), options="-c odyssey_catchup_timeout=200") as con:
+        assert con.execute("select 1").fetchone()[0] == 1
