@@ -258,3 +258,13 @@ def test_every_host_lagging_refuses_the_login(pair, run_pooler):
     # a client asking for a looser bound in its startup options is let in
     with psycopg.connect(_dsn(p, "any_user"), options="-c odyssey_catchup_timeout=200") as con:
         assert con.execute("select 1").fetchone()[0] == 1
+
+
+def test_listen_and_client_target_session_attrs_win_over_the_rule(pair, run_pooler):
+    # the rule says read-write, the listen block read-only, and a client's hint read-write again
+    text = _config(_hosts(pair.primary, pair.replica)).replace(
+        "listen {\n", 'listen {\n    target_session_attrs "read-only"\n', 1)
+    p = run_pooler(text)
+    assert _in_recovery(p, "rw_user") is True
+    with psycopg.connect(_dsn(p, "rw_user"), options="-c odyssey.target_session_attrs=read-write") as con:
+        assert con.execute("select pg_is_in_recovery()").fetchone()[0] is False
