@@ -201,6 +201,22 @@ class Io:
         io._peer = addr or None
         return io
 
+    def refuse_pending(self) -> bool:
+        """Accept one connection waiting on a listening Io and close it at once with a reset
+        (nolinger), without waiting. False when none waits or accept fails (the caller keeps a
+        descriptor in reserve for this when the process is out of them)."""
+        try:
+            fd, _ = self._raw._accept()
+        except OSError:
+            return False
+        s = _std.socket(fileno=fd)
+        try:
+            s.setsockopt(_std.SOL_SOCKET, _std.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        s.close()
+        return True
+
     # -- read ----------------------------------------------------------------------------
     def read(self, n: int, timeout_ms=None) -> bytes:
         """Read exactly ``n`` bytes (machine_read). EOF first raises ``ConnectionClosed``."""

@@ -8,6 +8,7 @@ as coroutines of the system machine itself (the seed's single-worker mode).
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -60,16 +61,59 @@ def start_listeners(instance) -> list[ListenServer]:
     return servers
 
 
+# Out of file descriptors (EMFILE/ENFILE), a client would wait in the listen queue until one
+# frees. One descriptor is kept in reserve so that waiting clients can be accepted and refused at
+# once with a reset, as C Odyssey does; the log says so at most once a second.
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+_reserve_fd: list = [None]
+
+
+def _keep_reserve() -> None:
+    if _reserve_fd[0] is None:
+        try:
+            _reserve_fd[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass
+
+
+def _refuse_queued(listen_io) -> int:
+    """Reset the clients waiting in the listen queue, with the reserve descriptor."""
+    n = 0
+    while _reserve_fd[0] is not None:
+        os.close(_reserve_fd[0])
+        _reserve_fd[0] = None
+        refused = listen_io.refuse_pending()
+        _keep_reserve()
+        if not refused:
+            break
+        n += 1
+    return n
+
+
 def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
     log = instance.logger
     backoff = 0
     conn_type = "local" if server.unix_path else "host"
+    _keep_reserve()
+    refused = 0               # clients reset for want of descriptors since the last log line
+    logged_at = None
     while True:
         try:
             io = server.io.accept()
         except OSError as e:
             if server.io.closed:
                 return
+            if e.errno in _OUT_OF_FDS:
+                refused += _refuse_queued(server.io)
+                backoff = min(max(backoff * 2, 10), 100)
+                now = machinarium.time_ms()
+                if logged_at is None or now - logged_at >= 1000:
+                    logged_at = now
+                    log.error("server", None, None, "accept failed on %s: %s: %d client(s) refused with a "
+                              "reset (logged at most once a second)", server.name, e.strerror, refused)
+                    refused = 0
+                machinarium.sleep(backoff)
+                continue
             backoff = min(max(backoff * 2, 10), 1000)
             log.error("server", None, None, "accept failed on %s: %s (retry in %d ms)", server.name, e, backoff)
             machinarium.sleep(backoff)
