@@ -36,6 +36,7 @@ KILLED_DETAIL = "Connection was killed by Odyssey configuration reloading or con
 # what a client closed by the graceful shutdown is told (FATAL 57P01, as PostgreSQL's own
 # "terminating connection due to administrator command")
 SHUTDOWN_MESSAGE = "Odyssey is shutting down: the connection is closed"
+RESTART_DETAIL = "The pooler is restarting online: a new process serves new connections"
 # what the client is told when its server failed (libpq's words; the OS error goes to the log)
 _SERVER_ERRORS = {
     Status.ESERVER_READ: "could not receive data from server",
@@ -345,11 +346,16 @@ class Frontend:
     def can_stop(self, server) -> bool:
         """While shutting down: may the client be closed now? Yes when it holds no server, or
         its server is idle outside a transaction with nothing half relayed (it can be reset and
-        pooled); always once graceful_shutdown_timeout_ms has passed."""
-        if server is None or self.instance.shutdown_force:
+        pooled), and during an online restart drain when conn_drop_options lets one more go
+        (Instance.may_eject); always once graceful_shutdown_timeout_ms has passed."""
+        instance = self.instance
+        if instance.shutdown_force:
             return True
-        relay = self.client.relay
-        return server.synchronized and not server.in_transaction and (relay is None or relay.server_clean)
+        if server is not None:
+            relay = self.client.relay
+            if not (server.synchronized and not server.in_transaction and (relay is None or relay.server_clean)):
+                return False
+        return instance.may_eject()
 
     # -- the whole lifecycle ----------------------------------------------------------------
     def run(self) -> None:
@@ -448,7 +454,11 @@ class Frontend:
                 self._send_error(FrontendError(error_codes.CONNECTION_FAILURE, "Odyssey has dropped the connection",
                                                severity="FATAL", detail=_DROP_MESSAGES[status]))
             elif status is Status.EGRACEFUL_SHUTDOWN:
-                self._send_error(FrontendError(error_codes.ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE, severity="FATAL"))
+                if instance.successor is not None:     # online restart: a new process took over
+                    self._send_error(FrontendError(error_codes.ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE, severity="FATAL",
+                                                   detail=RESTART_DETAIL, hint="Try to reconnect"))
+                else:
+                    self._send_error(FrontendError(error_codes.ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE, severity="FATAL"))
             elif status in _SERVER_ERRORS:
                 self._send_error(FrontendError(error_codes.CONNECTION_FAILURE,
                                                f"remote server read/write error {server.id if server else ''}: "

@@ -3,6 +3,7 @@ the main thread and the worker pool (mirrors Odyssey sources/instance.c).
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import sys
@@ -10,7 +11,7 @@ import threading
 
 import machinarium
 from machinarium import tls
-from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, auth_query, backend
+from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, auth_query, backend, restart
 from odyssey_gevent.config import dump, reader
 from odyssey_gevent.config.model import ConfigError
 from odyssey_gevent.logger import Logger
@@ -31,6 +32,11 @@ class Instance:
         self._lock = threading.Lock()
         self.shutting_down = False   # SIGTERM/SIGINT: clients are closed at their next idle point
         self.shutdown_force = False  # graceful_shutdown_timeout_ms passed: close them wherever they are
+        # online restart (restart.py): the old process that started this one, while it runs,
+        # and the new process this one started on SIGUSR2
+        self.restart_ppid = restart.inherited_ppid()
+        self.successor: int | None = None
+        self._ejected = collections.deque()   # eject times of the restart drain (conn_drop_options)
         self.clients = 0          # accepted client sockets: the one count global client_max limits
         self._tls = {}
         self.verbose = False
@@ -51,6 +57,28 @@ class Instance:
     def client_closed(self) -> None:
         with self._lock:
             self.clients -= 1
+
+    def may_eject(self) -> bool:
+        """May the shutdown close one more idle client now? Always on SIGTERM; during an online
+        restart drain as `conn_drop_options` allows: never with drop_enabled no, else at most
+        `rate` clients per `interval_ms` (rate 0: no limit), so that the new process is not
+        hit by every reconnect at once."""
+        if self.successor is None:
+            return True
+        opts = self.config.conn_drop_options
+        if not opts.drop_enabled:
+            return False
+        if opts.rate <= 0:
+            return True
+        now = machinarium.time_ms()
+        with self._lock:
+            ejected = self._ejected
+            while ejected and ejected[0] <= now - opts.interval_ms:
+                ejected.popleft()
+            if len(ejected) >= opts.rate:
+                return False
+            ejected.append(now)
+            return True
 
     def close_server_later(self, server) -> None:
         backend.close(self, server)
@@ -144,7 +172,8 @@ def main(config_path: str, console: bool = False, log_to_stdout: bool = False, s
     if test_only:
         print("config is valid")
         return 0
-    if config.daemonize and not console:
+    # a process started by an online restart is already detached, like the one it replaces
+    if config.daemonize and not console and restart.inherited_ppid() is None:
         daemonize()
     logger = Logger(config.log_format, to_stdout=log_to_stdout or config.log_to_stdout,
                     log_file=config.log_file, debug=config.log_debug or verbose, silent=silent)
@@ -164,7 +193,8 @@ def main(config_path: str, console: bool = False, log_to_stdout: bool = False, s
     try:
         rc = machinarium.Machine("system", system.system_main, instance).run()
     finally:
-        if config.pid_file:
+        # after an online restart the pid file is the new process's (it wrote its pid there)
+        if config.pid_file and instance.successor is None:
             try:
                 os.unlink(config.pid_file)
             except OSError:

@@ -15,7 +15,7 @@ import socket
 
 import machinarium
 from kiwi import error_codes
-from odyssey_gevent import cron
+from odyssey_gevent import cron, restart
 from odyssey_gevent.id import new_id
 from odyssey_gevent.status import FrontendError, error_message
 from odyssey_gevent.worker import WorkerPool
@@ -226,8 +226,12 @@ def graceful_shutdown(instance, watcher, pool) -> None:
              "to reach an idle point (graceful_shutdown_timeout_ms %d)", instance.clients, timeout)
     deadline = machinarium.time_ms() + timeout
     forced_until = None
+    # an online restart drain ejects idle clients at the conn_drop_options rate: look again
+    rewake = instance.successor is not None and config.conn_drop_options.drop_enabled
     while instance.clients > 0:
         now = machinarium.time_ms()
+        if rewake and forced_until is None:
+            pool.wake()
         if forced_until is None and now >= deadline:
             log.info("system", None, None, "graceful shutdown: timeout reached, dropping %d client(s)",
                      instance.clients)
@@ -268,20 +272,30 @@ def system_main(instance) -> int:
         s.coroutine = machinarium.coroutine_create(accept_loop, instance, s, pool, name=f"listen {s.name}")
     cron_coro = machinarium.coroutine_create(cron.cron_main, instance, name="cron")
     watcher = machinarium.SignalWatcher()
+    restart.announce(instance)          # started by an online restart: the old process may go
     rc = 0
     try:
         while True:
-            sig = watcher.wait()
+            poll_ms = restart.poll(instance, servers)
+            try:
+                sig = watcher.wait(poll_ms)
+            except machinarium.TimedOut:
+                continue
             if sig == signal.SIGHUP:
                 log.info("system", None, None, "SIGHUP received")
+                if instance.successor is not None:
+                    log.info("system", None, None, "performing an online restart now, SIGHUP is ignored")
+                    continue
                 instance.reload()
             elif sig == signal.SIGUSR1:
                 log.info("system", None, None, "SIGUSR1 received, reopening the log file")
                 instance.logger.reopen()
             elif sig == signal.SIGUSR2:
-                log.info("system", None, None, "SIGUSR2 received: online restart is not supported, ignored")
+                restart.request(instance)
             elif sig in (signal.SIGINT, signal.SIGTERM):
                 log.info("system", None, None, "%s received, shutting down", signal.Signals(sig).name)
+                if instance.successor is not None:
+                    restart.hand_over(instance, servers)
                 _close_listeners(servers)
                 graceful_shutdown(instance, watcher, pool)
                 break

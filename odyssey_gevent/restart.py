@@ -1,0 +1,190 @@
+"""Online restart on SIGUSR2 (mirrors Odyssey sources/restart_sync.c and the restart part of
+sighandler.c).
+
+The running process (the old one) starts a new process of the same program with the same
+arguments and `ODY_INHERIT_PPID=<its pid>` in the environment. The new process does not
+daemonize, binds the same TCP ports (`bindwith_reuseport yes`, so both listen at once) and,
+once it listens, sends SIGTERM to the old one. The old one then hands the ports over and drains
+its clients like a graceful shutdown (system.graceful_shutdown), ejecting idle clients at the
+`conn_drop_options` rate. If the new process exits before that, the old one keeps serving.
+
+The hand-over closes a gap C Odyssey leaves open: connections the kernel already queued on the
+old listening socket are reset when that socket closes. So before closing, the old process
+attaches a classic BPF program to each port's SO_REUSEPORT group that sends every new
+connection to the socket that joined after its own (the new process's), keeps accepting for
+`HANDOVER_GRACE_MS` so that handshakes already in flight land and are served, and only then
+closes. The new process removes the program once the old one has exited.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import struct
+import sys
+
+import machinarium
+
+ENV = "ODY_INHERIT_PPID"
+HANDOVER_GRACE_MS = 500     # the old listeners keep accepting this long after steering
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+SO_DETACH_REUSEPORT_BPF = 68
+_BPF_RET_K = 0x06           # BPF_RET | BPF_K: return the constant
+
+
+def inherited_ppid() -> int | None:
+    """The old process's pid when this one was started by an online restart, else None."""
+    value = os.environ.get(ENV)
+    if not value:
+        return None
+    try:
+        pid = int(value)
+    except ValueError:
+        return None
+    return pid if pid > 1 else None
+
+
+def argv() -> list[str]:
+    """The command line that started this process, to run again: the interpreter and every
+    argument it was given (`-m odyssey_gevent ...` or the `odyssey` script and its options)."""
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
+def spawn() -> int:
+    """Start the new process (posix_spawn: safe in a process with threads); returns its pid.
+    Our own sockets are close-on-exec, so it inherits only stdin/stdout/stderr."""
+    env = dict(os.environ)
+    env[ENV] = str(os.getpid())
+    args = argv()
+    return os.posix_spawn(args[0], args, env)
+
+
+def reap(pid: int) -> str | None:
+    """None while `pid` (our child) runs; a description once it has ended."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "is gone"
+    if done == 0:
+        return None
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+def parent_alive(ppid: int | None) -> bool:
+    """Is the old process that started us still our parent (still running)?"""
+    return ppid is not None and os.getppid() == ppid
+
+
+def _reuseport_program(sock: socket.socket, index: int | None) -> None:
+    if index is None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+        return
+    insn = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("=HBBI", _BPF_RET_K, 0, 0, index))
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }: the kernel copies
+    # the program during the call, so the buffer only has to outlive it
+    prog = struct.pack("@HP", 1, ctypes.addressof(insn))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, prog)
+
+
+def steer_to_successor(sock: socket.socket) -> None:
+    """New connections on this port go to the second socket of its SO_REUSEPORT group: ours is
+    the first, the new process's joined after it. Once ours is closed the index is out of range
+    and the kernel falls back to its hash (the only socket left). Raises OSError when the kernel
+    refuses (no SO_REUSEPORT BPF support)."""
+    _reuseport_program(sock, 1)
+
+
+def unsteer(sock: socket.socket) -> None:
+    """Remove the program the old process left on this port's group (no error if none)."""
+    try:
+        _reuseport_program(sock, None)
+    except OSError:
+        pass
+
+
+# -- the system machine's side (system.system_main) ----------------------------------------
+POLL_MS = 500               # how often a restarting process looks at the other one
+
+
+def _tcp(servers):
+    return [s for s in servers if not s.unix_path and not s.io.closed]
+
+
+def request(instance) -> None:
+    """SIGUSR2: start the new process, unless that is off or one restart is already under way."""
+    log = instance.logger
+    log.info("restart", None, None, "online restart signal received")
+    if not instance.config.enable_online_restart:
+        log.error("restart", None, None, "online restart signal ignored: enable_online_restart is no")
+        return
+    if instance.successor is not None:
+        log.error("restart", None, None, "online restart signal ignored: already starting the new process %d",
+                  instance.successor)
+        return
+    if parent_alive(instance.restart_ppid):
+        log.error("restart", None, None, "online restart signal ignored: the old process %d is still draining",
+                  instance.restart_ppid)
+        return
+    try:
+        pid = spawn()
+    except OSError as e:
+        log.error("restart", None, None, "cannot start the new process (%s): this one keeps serving", e)
+        return
+    instance.successor = pid
+    log.info("restart", None, None, "new process started, pid %d: %s", pid, " ".join(argv()))
+
+
+def announce(instance) -> None:
+    """The new process listens: tell the old one (our parent) to hand over and drain."""
+    ppid = instance.restart_ppid
+    if ppid is None:
+        return
+    if not parent_alive(ppid):
+        instance.restart_ppid = None
+        return
+    instance.logger.info("restart", None, None, "listening; sending SIGTERM to the old process %d", ppid)
+    try:
+        os.kill(ppid, signal.SIGTERM)
+    except OSError:
+        instance.restart_ppid = None
+
+
+def poll(instance, servers) -> int | None:
+    """Called by the signal loop while a restart is under way; returns the next wait (ms), or
+    None when there is nothing left to watch."""
+    log = instance.logger
+    if instance.successor is not None:
+        ended = reap(instance.successor)
+        if ended is not None:
+            log.error("restart", None, None, "the new process %d %s before taking over: this one keeps serving",
+                      instance.successor, ended)
+            instance.successor = None
+    if instance.restart_ppid is not None and not parent_alive(instance.restart_ppid):
+        log.info("restart", None, None, "the old process %d has exited: online restart complete",
+                 instance.restart_ppid)
+        for s in _tcp(servers):
+            unsteer(s.io.sock)
+        instance.restart_ppid = None
+    return POLL_MS if instance.successor is not None or instance.restart_ppid is not None else None
+
+
+def hand_over(instance, servers) -> None:
+    """The old process, on SIGTERM with a new process started: steer new connections to the new
+    process's sockets and keep accepting HANDOVER_GRACE_MS, so that no connection the kernel
+    queued here is reset when the listeners close (the caller closes them next)."""
+    log = instance.logger
+    log.info("restart", None, None, "handing the listen ports over to the new process %d", instance.successor)
+    steered = 0
+    for s in _tcp(servers):
+        try:
+            steer_to_successor(s.io.sock)
+            steered += 1
+        except OSError as e:
+            log.error("restart", None, None, "cannot steer new connections on %s to the new process (%s): "
+                      "connections queued here when it closes may be reset", s.name, e)
+    if steered:
+        machinarium.sleep(HANDOVER_GRACE_MS)

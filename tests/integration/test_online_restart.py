@@ -1,0 +1,209 @@
+"""Online restart (issue 12, C Odyssey's SIGUSR2 with bindwith_reuseport): the pooler starts a
+new process of itself that binds the same port with SO_REUSEPORT and takes the new clients,
+while the old one hands the port over and drains; a client loop across it sees no failure.
+Also: SIGUSR2 with enable_online_restart no, and a new process that cannot start.
+
+The new process is the old one's child and outlives it, so every test finds it by the pid file
+and stops it itself.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from scripts.pooler import PoolerProcess
+from tests.integration.conftest import Raw, assert_alive, ensure_roles, odyssey_config, rule, wait_for
+
+USER = "restart_user"
+TABLE = "restart_t"
+SHUTDOWN_TEXT = "Odyssey is shutting down"
+
+
+@pytest.fixture
+def rs_role(pg, roles):
+    ensure_roles(pg, USER)
+    pg.psql(f"drop table if exists {TABLE}; create table {TABLE} (v text); grant all on {TABLE} to {USER};",
+            db="db1")
+    return USER
+
+
+def _config(**globals_) -> str:
+    g = dict(enable_online_restart=True, bindwith_reuseport=True, pid_file=Raw('"${tmp}/odyssey.pid"'),
+             graceful_shutdown_timeout_ms=20000)
+    g.update(globals_)
+    return odyssey_config(rule(USER, "db1", pool="transaction", pool_size=4), **g)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left unreaped by its new parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _stop_pid(pid: int | None) -> None:
+    if not pid or not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _pid_file_pid(p) -> int | None:
+    try:
+        with open(os.path.join(p.tmp, "odyssey.pid")) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _connect(p, autocommit: bool = True):
+    con = psycopg2.connect(p.dsn(USER, "db1"), connect_timeout=10)
+    con.autocommit = autocommit
+    return con
+
+
+def _one(con, sql: str = "select 1"):
+    with con.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()[0] if cur.description else None
+
+
+class ClientLoop:
+    """Threads that connect, query and disconnect in a tight loop, recording every failure."""
+
+    def __init__(self, p, threads: int = 2):
+        self.p = p
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                con = psycopg2.connect(self.p.dsn(USER, "db1"), connect_timeout=10)
+                try:
+                    with con.cursor() as cur:
+                        cur.execute("select 1")
+                        assert cur.fetchone()[0] == 1
+                finally:
+                    con.close()
+                self.ok += 1
+            except Exception as e:          # noqa: BLE001 - every failure is the finding
+                self.failures.append(repr(e))
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(20)
+
+
+@pytest.mark.timeout(90)
+def test_sigusr2_restart_under_a_client_loop(pg, rs_role):
+    p = PoolerProcess(_config(), pg=pg)
+    old_pid = p.pid
+    new_pid = None
+    loop = None
+    busy = []
+    try:
+        assert _pid_file_pid(p) == old_pid
+        for i in range(2):                 # long-lived clients, inside a transaction at the restart
+            con = _connect(p, autocommit=False)
+            _one(con, f"insert into {TABLE} values ('before-{i}')")
+            busy.append(con)
+        loop = ClientLoop(p)
+        wait_for(lambda: loop.ok >= 20, timeout=20, what="the client loop running")
+        p.signal(signal.SIGUSR2)
+        p.wait_log("handing the listen ports over to the new process", timeout=30)
+        new_pid = wait_for(lambda: (_pid_file_pid(p) or 0) not in (0, old_pid) and _pid_file_pid(p),
+                           timeout=10, what="the new pid in pid_file")
+        # the transactions opened before the restart finish on the old process
+        for i, con in enumerate(busy):
+            _one(con, f"insert into {TABLE} values ('after-{i}')")
+            con.commit()
+            con.autocommit = True          # no new transaction: the client is idle between queries
+        # then each is closed at its next idle point, with the restart's words
+        for con in busy:
+            with pytest.raises(psycopg2.Error) as e:
+                for _ in range(100):
+                    _one(con)
+                    time.sleep(0.05)
+            text = str(e.value)
+            assert SHUTDOWN_TEXT in text or e.value.pgcode in (None, "57P01"), text
+            if SHUTDOWN_TEXT in text:      # libpq read the FATAL (not only the closed socket)
+                assert "restarting online" in text and "Try to reconnect" in text, text
+            con.close()
+        assert p.proc.wait(30) == 0, p.log()[-4000:]
+        before = loop.ok
+        wait_for(lambda: loop.ok >= before + 20, timeout=20, what="the loop served by the new process")
+        loop.finish()
+        assert loop.failures == [], loop.failures[:5]
+        assert f"the old process {old_pid} has exited: online restart complete" in p.wait_log("restart complete")
+        assert _alive(new_pid) and _pid_file_pid(p) == new_pid
+        con = _connect(p)
+        assert _one(con, "select count(*) from restart_t") == 4
+        con.close()
+        # the new process is a full pooler: it stops on SIGTERM and removes the pid file
+        _stop_pid(new_pid)
+        assert not _alive(new_pid)
+        wait_for(lambda: _pid_file_pid(p) is None, timeout=10, what="the pid file removed")
+    finally:
+        if loop is not None:
+            loop.finish()
+        for con in busy:
+            con.close()
+        _stop_pid(new_pid or (_pid_file_pid(p) if _pid_file_pid(p) != old_pid else None))
+        p.stop()
+
+
+@pytest.mark.timeout(40)
+def test_sigusr2_ignored_when_online_restart_is_off(pg, rs_role):
+    # bindwith_reuseport no is valid only with enable_online_restart no (as C's config check)
+    p = PoolerProcess(_config(enable_online_restart=False, bindwith_reuseport=False), pg=pg)
+    try:
+        p.signal(signal.SIGUSR2)
+        p.wait_log("online restart signal ignored: enable_online_restart is no")
+        assert "new process started" not in p.log()
+        con = _connect(p)
+        assert _one(con) == 1
+        con.close()
+        assert _pid_file_pid(p) == p.pid
+        assert_alive(p)
+    finally:
+        p.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_new_process_that_fails_leaves_the_old_one_serving(pg, rs_role):
+    p = PoolerProcess(_config(), pg=pg)
+    try:
+        con = _connect(p)
+        with open(p.config_path, "a") as f:        # the new process will refuse this config
+            f.write("\nthis is { not a config\n")
+        p.signal(signal.SIGUSR2)
+        p.wait_log("before taking over: this one keeps serving", timeout=30)
+        assert _one(con, "select 2") == 2
+        other = _connect(p)
+        assert _one(other) == 1
+        other.close()
+        con.close()
+        assert _pid_file_pid(p) == p.pid
+        # a second SIGUSR2 is not refused as 'already starting'
+        p.signal(signal.SIGUSR2)
+        wait_for(lambda: p.log().count("before taking over") >= 2, timeout=30, what="the second attempt")
+        assert_alive(p)
+    finally:
+        p.stop()
