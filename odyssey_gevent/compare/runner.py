@@ -125,6 +125,11 @@ class Runner:
         self.certs_dir = None
         self.recorded: dict[str, dict] = {}
 
+    def close(self) -> None:
+        """Remove the run's files (hba files, certificates)."""
+        import shutil
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def poolers(self):
         yield "ours", None
         if self.reference:
@@ -277,6 +282,7 @@ def main(argv=None) -> int:
         pg = cluster
     quiet = args.format == "json"
     started = time.monotonic()
+    runner = None
     try:
         runner = Runner(pg, args.reference, args.scenarios, direct=not args.no_direct,
                         superuser=args.pg_superuser,
@@ -286,6 +292,8 @@ def main(argv=None) -> int:
             for path in runner.record(suites):
                 print(f"odyssey-compare: wrote {os.path.relpath(path)}", file=sys.stderr)
     finally:
+        if runner is not None:
+            runner.close()
         if cluster is not None:
             cluster.destroy()
     against = "reference" if args.reference else "expected"

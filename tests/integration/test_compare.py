@@ -16,7 +16,11 @@ from odyssey_gevent.compare.runner import DEFAULT_SCENARIOS, REPO, Runner
 @pytest.fixture(scope="module")
 def results(pg):
     suites = scenario.load_all(DEFAULT_SCENARIOS)
-    return Runner(pg).run(suites)
+    runner = Runner(pg)
+    try:
+        yield runner.run(suites)
+    finally:
+        runner.close()
 
 
 @pytest.mark.timeout(300)
