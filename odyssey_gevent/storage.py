@@ -168,3 +168,15 @@ def effective_catchup(client, rule) -> int:
         if hint is not None and hint.isdigit():
             value = int(hint)
     return value
+
+
+def lags(endpoint, catchup: int) -> bool:
+    """Is the host known (by the watchdog) to lag more than `catchup` seconds?"""
+    st = get(endpoint)
+    return st is not None and st.lag is not None and st.lag > catchup
+
+
+def some_host_within(storage, config, catchup: int) -> bool:
+    """Does some host of the storage not lag more than `catchup` seconds (or has unknown lag)?"""
+    from odyssey_gevent.backend import storage_endpoints
+    return any(not lags(e, catchup) for e in storage_endpoints(storage, config))

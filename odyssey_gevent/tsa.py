@@ -63,13 +63,22 @@ def matches(value: str, status) -> bool:
 def idle_server_fits(instance, client, server) -> bool:
     """Before a pooled server is handed to a client: does its host still fit the client's
     target_session_attrs? The host's cached status is used while it is recent, else asked
-    again on this server. False also when asking failed (the server is then marked broken)."""
+    again on this server. False also when asking failed (the server is then marked broken), and
+    when the host lags more than the client's catchup_timeout while another host does not."""
     from machinarium import TimedOut
     from kiwi.errors import KiwiError
     from odyssey_gevent import storage
     from odyssey_gevent.status import BackendError
+    if server.endpoint is None:
+        return True
+    catchup = storage.effective_catchup(client, client.rule)
+    if catchup and storage.lags(server.endpoint, catchup) and storage.some_host_within(
+            client.rule.storage, instance.config, catchup):
+        instance.logger.debug("attach", client, server, "idle server's host %s lags more than %d s",
+                              server.endpoint, catchup)
+        return False
     want = effective(client)
-    if want == "any" or server.endpoint is None:
+    if want == "any":
         return True
     try:
         status = storage.refresh(instance, server, instance.config.backend_connect_timeout_ms)

@@ -268,3 +268,43 @@ def test_listen_and_client_target_session_attrs_win_over_the_rule(pair, run_pool
     assert _in_recovery(p, "rw_user") is True
     with psycopg.connect(_dsn(p, "rw_user"), options="-c odyssey.target_session_attrs=read-write") as con:
         assert con.execute("select pg_is_in_recovery()").fetchone()[0] is False
+
+
+def test_an_idle_server_on_a_host_that_starts_lagging_is_not_reused(pair, run_pooler):
+    storage_status.forget_all()
+    pair.primary.psql("drop table if exists lagctl; create table lagctl (lag_s int); insert into lagctl values (0)")
+    pair.wait_replayed()
+    query = ("select case when pg_is_in_recovery() then extract(epoch from now())::bigint - "
+             "(select lag_s from lagctl) else extract(epoch from now())::bigint end")
+    text = _watchdog_config(pair, catchup=50).replace(_LAG_QUERY, query).replace(
+        "log_config no", "log_config no\nlog_debug yes")
+    p = run_pooler(text)
+    # one idle server on each host: the hints put them there
+    c1 = psycopg2.connect(_dsn(p, "any_user"), options="-c odyssey.target_session_attrs=read-only")
+    c2 = psycopg2.connect(_dsn(p, "any_user"), options="-c odyssey.target_session_attrs=read-write")
+    try:
+        for con, standby in ((c1, True), (c2, False)):
+            cur = con.cursor()
+            cur.execute("select pg_is_in_recovery()")
+            assert cur.fetchone()[0] is standby
+        c1.commit()
+        c2.commit()
+    finally:
+        c1.close()
+        c2.close()
+    pair.primary.psql("update lagctl set lag_s = 100")
+    p.wait_log(f"replica lag time of 127.0.0.1:{pair.replica.port} is updated to 10", timeout=15)
+    # two transactions at once: neither gets the idle server on the lagging replica
+    c3 = psycopg2.connect(_dsn(p, "any_user"))
+    c4 = psycopg2.connect(_dsn(p, "any_user"))
+    try:
+        seen = []
+        for con in (c3, c4):
+            cur = con.cursor()
+            cur.execute("select pg_is_in_recovery()")
+            seen.append(cur.fetchone()[0])
+        assert seen == [False, False]
+    finally:
+        c3.close()
+        c4.close()
+        pair.primary.psql("drop table lagctl")
