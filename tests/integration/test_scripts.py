@@ -138,3 +138,20 @@ def test_bench_relay_runs_every_mode_cleanly():
     from scripts import bench_relay
     for mode in ("simple", "extended", "prepared"):
         assert bench_relay.run(mode, 200) > 0      # raises if a transaction did not end cleanly
+
+
+def test_soak_arguments_config_and_growth():
+    from odyssey_gevent.config.reader import loads
+    from scripts import soak
+    a = soak.parse_args([])
+    assert (a.seconds, a.interval, a.clients, a.pool_size) == (600, 5.0, 4, 4)
+    with pytest.raises(SystemExit):
+        soak.parse_args(["--seconds", "1"])
+    text = soak.config_text(3).replace("${port}", "6432").replace("${pg_host}", "127.0.0.1") \
+        .replace("${pg_port}", "5432")
+    cfg = loads(text)
+    assert sorted((r.db_name, r.pool, r.pool_size) for r in cfg.rules) == [
+        ("soak_session", "session", 3), ("soak_statement", "statement", 3), ("soak_tx", "transaction", 3)]
+    assert soak.growth([100] * 10 + [200] * 10) == (100, 200)
+    assert soak.parse_pgbench("number of transactions actually processed: 12\nnumber of failed transactions: 0 "
+                              "(0.000%)\ntps = 3.5 (without initial connection time)\n") == (12, 0, 3.5)
