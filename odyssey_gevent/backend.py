@@ -64,7 +64,8 @@ def connect(instance, server, client=None, replication: str | None = None) -> No
     timeout = config.backend_connect_timeout_ms
     want = tsa.effective(client, rule)
     endpoints = storage.candidates(rule.storage, storage_endpoints(rule.storage, config), want,
-                                   storage.effective_catchup(client, rule), instance.next_endpoint())
+                                   storage.effective_catchup(client, rule), instance.next_endpoint(),
+                                   storage.load_of(instance, client, rule))
     last_error: Exception | None = None
     mismatch = False
     for endpoint in endpoints:

@@ -134,8 +134,11 @@ def refresh(instance, server, timeout_ms: int) -> HostStatus:
 
 
 # -- the order to try hosts in ----------------------------------------------------------------------
-def candidates(storage, endpoints: list, tsa_value: str, catchup: int, start: int) -> list:
-    """The endpoints in the order a new server connection tries them (see the module doc)."""
+def candidates(storage, endpoints: list, tsa_value: str, catchup: int, start: int,
+               load: dict | None = None) -> list:
+    """The endpoints in the order a new server connection tries them (see the module doc).
+    With `load` (leastconn balancing: host key -> its server count) hosts of one rank are
+    ordered by their count, fewest first."""
     from odyssey_gevent import tsa
     n = len(endpoints)
     rotated = [endpoints[(start + i) % n] for i in range(n)] if n > 1 else list(endpoints)
@@ -148,10 +151,13 @@ def candidates(storage, endpoints: list, tsa_value: str, catchup: int, start: in
         if catchup and st is not None and st.lag is not None and st.lag > catchup:
             return 3        # the watchdog keeps the lag current, at its own interval
         if st is None or not recent(st.updated, storage):
-            return 1
+            # unknown or stale: after the hosts known to fit, except where any host fits
+            return 0 if tsa_value in ("any", "prefer-standby") else 1
         if not st.alive or not tsa.matches(tsa_value, st):
             return 3
         return 2 if tsa_value == "prefer-standby" and not st.in_recovery else 0
+    if load is not None:
+        return sorted(rotated, key=lambda e: (rank(e), load.get(_key(e), 0)))
     return sorted(rotated, key=rank)
 
 
@@ -180,3 +186,29 @@ def some_host_within(storage, config, catchup: int) -> bool:
     """Does some host of the storage not lag more than `catchup` seconds (or has unknown lag)?"""
     from odyssey_gevent.backend import storage_endpoints
     return any(not lags(e, catchup) for e in storage_endpoints(storage, config))
+
+
+def balancing_method(client, storage) -> str:
+    """roundrobin or leastconn: the listen block's balancing_method, else the storage's."""
+    method = None
+    if client is not None and client.listen is not None:
+        method = client.listen.balancing_method
+    method = method or storage.balancing.method
+    return "leastconn" if method == "leastconn" else "roundrobin"
+
+
+def load_of(instance, client, rule) -> dict | None:
+    """For leastconn balancing: the number of server connections (every route's, idle or in
+    use) on each host; None for round robin."""
+    if rule.storage is None or balancing_method(client, rule.storage) != "leastconn":
+        return None
+    router = instance.router
+    counts: dict[tuple, int] = {}
+    with router.lock:
+        for route in router.routes.values():
+            for group in (route.idle, route.active):
+                for server in group:
+                    if server.endpoint is not None:
+                        key = _key(server.endpoint)
+                        counts[key] = counts.get(key, 0) + 1
+    return counts

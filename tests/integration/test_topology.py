@@ -308,3 +308,27 @@ def test_an_idle_server_on_a_host_that_starts_lagging_is_not_reused(pair, run_po
         c3.close()
         c4.close()
         pair.primary.psql("drop table lagctl")
+
+
+def test_leastconn_balancing_picks_the_host_with_fewest_servers(pair, run_pooler):
+    storage_status.forget_all()
+    text = _config(_hosts(pair.primary, pair.replica)).replace(
+        'storage "postgres_server" {\n', 'storage "postgres_server" {\n    balancing {\n        method "leastconn"\n    }\n', 1)
+    p = run_pooler(text)
+    held = []
+    try:
+        for _ in range(2):          # two servers in use on the primary
+            con = psycopg2.connect(_dsn(p, "rw_user"))
+            con.cursor().execute("select 1")
+            held.append(con)
+        seen = []
+        for _ in range(2):          # then any host will do: the replica has fewer servers
+            con = psycopg2.connect(_dsn(p, "any_user"))
+            cur = con.cursor()
+            cur.execute("select pg_is_in_recovery()")
+            seen.append(cur.fetchone()[0])
+            held.append(con)
+        assert seen == [True, True]
+    finally:
+        for con in held:
+            con.close()
