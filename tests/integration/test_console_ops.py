@@ -250,22 +250,25 @@ def test_stats_times_and_quantiles_move_as_pgbench_runs(ops, tmp_path):
     assert stats["total_query_time"] >= 100 * 2000 and stats["total_xact_time"] >= 100 * 2000
     assert stats["total_server_assignment_count"] >= 100
 
-    # the averages are over the time since the last stats_interval tick: run queries until a
-    # SHOW STATS falls in an interval that saw some
+    # the averages are over the time since the last stats_interval tick (2 s): run slow queries
+    # until a SHOW STATS falls in an interval that saw only those
     con = psycopg2.connect(ops.dsn(USER, "db1"))
     con.autocommit = True
     try:
         def averaged():
             with con.cursor() as cur:
                 for _ in range(5):
-                    cur.execute("select pg_sleep(0.002)")
+                    cur.execute("select pg_sleep(0.02)")
             row = {r["database"]: r for r in _show(ops, "STATS")}["db1"]
-            return row if row["avg_query_count"] > 0 else None
-        row = wait_for(averaged, timeout=10, what="averages over an interval with queries")
+            # once an interval holds only these 20 ms queries (pgbench's 2 ms ones are older) and
+            # at least one was sent in it (one sent before the tick may end just after it)
+            ok = row["avg_query_count"] > 0 and row["avg_recv"] > 0 and row["avg_query_time"] >= 15000
+            return row if ok else None
+        row = wait_for(averaged, timeout=20, what="averages over an interval of 20 ms queries")
     finally:
         con.close()
-    assert row["avg_query_time"] >= 2000 and row["avg_xact_time"] >= 2000
-    assert row["avg_xact_count"] > 0 and row["avg_recv"] > 0 and row["avg_sent"] > 0
+    assert row["avg_xact_time"] >= 15000
+    assert row["avg_xact_count"] > 0 and row["avg_recv"] > 0 and row["avg_sent"] > 0, row
 
 
 @pytest.mark.timeout(20)
