@@ -147,6 +147,7 @@ def test_kill_a_client_waiting_for_a_server(ops):
         [cid] = wait_for(lambda: _client_ids(ops, SOLO, "queue"), what="a client queued for the server")
         pools = [r for r in _show(ops, "POOLS") if r["user"] == SOLO]
         assert pools and pools[0]["sv_active"] == 1
+        assert pools[0]["maxwait"] * 1_000_000 + pools[0]["maxwait_us"] > 0     # it has been waiting
         _kill(ops, cid)
         _assert_killed_fatal(waiter)
         holder.commit()                                          # the holder is untouched
