@@ -65,7 +65,8 @@ def connect(instance, server, client=None, replication: str | None = None) -> No
     want = tsa.effective(client, rule)
     endpoints = storage.candidates(rule.storage, storage_endpoints(rule.storage, config), want,
                                    storage.effective_catchup(client, rule), instance.next_endpoint(),
-                                   storage.load_of(instance, client, rule))
+                                   storage.load_of(instance, client, rule),
+                                   storage.zone_of(instance, rule.storage))
     last_error: Exception | None = None
     mismatch = False
     for endpoint in endpoints:

@@ -13,7 +13,8 @@ import machinarium
 from kiwi import be_write, error_codes
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest
 from kiwi.errors import KiwiError, ProtocolError
-from odyssey_gevent import auth, backend, cancel, deploy, hba, login_retry, replication, reset, soft_oom, tsa, watchdog
+from odyssey_gevent import (auth, backend, cancel, deploy, hba, login_retry, replication, reset, soft_oom, storage,
+                            tsa, watchdog)
 from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
@@ -258,6 +259,8 @@ class Frontend:
                 deploy.deploy(instance, client, server)
             except (OSError, machinarium.TimedOut, KiwiError) as e:
                 raise ServerError(Status.ESERVER_WRITE, e) from None
+        if deploy_params:
+            storage.notice_host(instance, client, server)
         return server
 
     def _connect(self, server) -> None:

@@ -135,10 +135,11 @@ def refresh(instance, server, timeout_ms: int) -> HostStatus:
 
 # -- the order to try hosts in ----------------------------------------------------------------------
 def candidates(storage, endpoints: list, tsa_value: str, catchup: int, start: int,
-               load: dict | None = None) -> list:
+               load: dict | None = None, zone: str | None = None) -> list:
     """The endpoints in the order a new server connection tries them (see the module doc).
-    With `load` (leastconn balancing: host key -> its server count) hosts of one rank are
-    ordered by their count, fewest first."""
+    Among hosts of one rank, those in availability zone `zone` (the global availability_zone,
+    with the storage's balancing az_aware) come first, then, with `load` (leastconn: host key
+    -> its server count), the fewest servers first."""
     from odyssey_gevent import tsa
     n = len(endpoints)
     rotated = [endpoints[(start + i) % n] for i in range(n)] if n > 1 else list(endpoints)
@@ -156,9 +157,12 @@ def candidates(storage, endpoints: list, tsa_value: str, catchup: int, start: in
         if not st.alive or not tsa.matches(tsa_value, st):
             return 3
         return 2 if tsa_value == "prefer-standby" and not st.in_recovery else 0
-    if load is not None:
-        return sorted(rotated, key=lambda e: (rank(e), load.get(_key(e), 0)))
-    return sorted(rotated, key=rank)
+    def other_zone(endpoint) -> int:
+        return 0 if not zone or endpoint.availability_zone == zone else 1
+
+    def key(endpoint) -> tuple:
+        return rank(endpoint), other_zone(endpoint), (load.get(_key(endpoint), 0) if load is not None else 0)
+    return sorted(rotated, key=key)
 
 
 def effective_catchup(client, rule) -> int:
@@ -212,3 +216,23 @@ def load_of(instance, client, rule) -> dict | None:
                         key = _key(server.endpoint)
                         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def zone_of(instance, storage) -> str | None:
+    """The availability zone to prefer: the global availability_zone when the storage's
+    balancing is az_aware (the default)."""
+    zone = instance.config.availability_zone
+    if not zone or storage is None or not storage.balancing.az_aware:
+        return None
+    return zone
+
+
+def notice_host(instance, client, server) -> None:
+    """balancing { show_notice_messages yes } on a storage of several hosts: tell the client
+    which host its server is on (NOTICE `select host <host:port>`), at each attach."""
+    st = client.rule.storage
+    if st is None or not st.balancing.show_notice_messages or server.endpoint is None \
+            or len(st.endpoints) < 2:
+        return
+    from kiwi import be_write
+    client.io.write(be_write.notice_response("NOTICE", "00000", f"select host {server.endpoint}"))

@@ -154,7 +154,7 @@ def test_login_retries_end_at_pool_timeout(pg, pooler):
     try:
         with pytest.raises(psycopg.Error) as e:
             psycopg.connect(_dsn(p, "retry_user"))
-        assert "too many connections for role" in str(e.value)       # client_fwd_error: PostgreSQL's own
+        assert "too many connections for role" in str(e.value)   # client_fwd_error: PostgreSQL's own
         assert p.log().count("too many connections for role") > 1       # it was tried again
     finally:
         direct_con.close()

@@ -313,7 +313,8 @@ def test_an_idle_server_on_a_host_that_starts_lagging_is_not_reused(pair, run_po
 def test_leastconn_balancing_picks_the_host_with_fewest_servers(pair, run_pooler):
     storage_status.forget_all()
     text = _config(_hosts(pair.primary, pair.replica)).replace(
-        'storage "postgres_server" {\n', 'storage "postgres_server" {\n    balancing {\n        method "leastconn"\n    }\n', 1)
+        'storage "postgres_server" {\n',
+        'storage "postgres_server" {\n    balancing {\n        method "leastconn"\n    }\n', 1)
     p = run_pooler(text)
     held = []
     try:
@@ -332,3 +333,36 @@ def test_leastconn_balancing_picks_the_host_with_fewest_servers(pair, run_pooler
     finally:
         for con in held:
             con.close()
+
+
+def test_hosts_in_the_poolers_availability_zone_come_first(pair, run_pooler):
+    storage_status.forget_all()
+    hosts = f"127.0.0.1:{pair.primary.port}:zone_a,127.0.0.1:{pair.replica.port}:zone_b"
+    p = run_pooler(_config(hosts, availability_zone="zone_b"))
+    held = []
+    try:
+        seen = []
+        for _ in range(3):       # new servers each (held in transactions), round robin or not
+            con = psycopg2.connect(_dsn(p, "any_user"))
+            cur = con.cursor()
+            cur.execute("select pg_is_in_recovery()")
+            seen.append(cur.fetchone()[0])
+            held.append(con)
+        assert seen == [True, True, True]
+        assert _in_recovery(p, "rw_user") is False        # a host elsewhere is still used when it must
+    finally:
+        for con in held:
+            con.close()
+
+
+def test_show_notice_messages_names_the_host(pair, run_pooler):
+    text = _config(_hosts(pair.primary, pair.replica)).replace(
+        'storage "postgres_server" {\n',
+        'storage "postgres_server" {\n    balancing {\n        method "roundrobin"\n'
+        '        show_notice_messages yes\n    }\n', 1)
+    p = run_pooler(text)
+    with psycopg.connect(_dsn(p, "ro_user")) as con:
+        notices = []
+        con.add_notice_handler(lambda d: notices.append(d.message_primary))
+        assert con.execute("select pg_is_in_recovery()").fetchone()[0] is True
+    assert notices == [f"select host 127.0.0.1:{pair.replica.port}"]
