@@ -4,7 +4,9 @@ replication lag (mirrors Odyssey sources/storage.c and the endpoint choice of fr
 A storage's `host` may list several endpoints. Each new server connection tries them in the
 order `candidates()` gives: the storage's round-robin rotation, then stably sorted so that hosts
 recently seen dead, of the wrong kind for the client's target_session_attrs or lagging behind
-catchup_timeout go last (they are still tried: the status may be stale). What a host was seen
+catchup_timeout go last (they are still tried: the status may be stale), hosts of the pooler's
+availability zone go first among equals and, with leastconn balancing, those with the fewest
+server connections. What a host was seen
 to be is cached per (host, port) for the storage's `endpoints_status_poll_interval` (1 s by
 default) in a process-wide table, written by logins (backend.connect), by the check of an idle
 pooled server (`refresh`), by failed connects (`note_dead`) and by the watchdog (`note_lag`).
