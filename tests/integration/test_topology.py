@@ -366,3 +366,26 @@ def test_show_notice_messages_names_the_host(pair, run_pooler):
         con.add_notice_handler(lambda d: notices.append(d.message_primary))
         assert con.execute("select pg_is_in_recovery()").fetchone()[0] is True
     assert notices == [f"select host 127.0.0.1:{pair.replica.port}"]
+
+
+@pytest.mark.parametrize("mode", ["database", "true"])
+def test_a_replication_session_is_never_pooled(pair, run_pooler, mode):
+    p = run_pooler(_replication_config(pair))
+
+    def walsenders() -> int:
+        return int(pair.primary.psql("select count(*) from pg_stat_activity where backend_type = 'walsender'"))
+
+    before = walsenders()            # the replica's own stream
+    con = psycopg.connect(f"host=127.0.0.1 port={p.port} user=postgres dbname=postgres replication={mode}",
+                          autocommit=True)
+    try:
+        systemid = con.execute("IDENTIFY_SYSTEM").fetchone()[0]
+        if isinstance(systemid, bytes):      # a physical walsender's result types are not loaded
+            systemid = systemid.decode()
+        assert systemid == pair.primary.psql("select system_identifier from pg_control_system()")
+        assert walsenders() == before + 1
+    finally:
+        con.close()
+    wait_for(lambda: walsenders() == before, timeout=10, what="the replication server to be closed")
+    assert _in_recovery(p, "postgres") is False       # ordinary clients are served meanwhile
+    assert walsenders() == before
