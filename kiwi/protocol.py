@@ -140,7 +140,7 @@ class Conversation:
     """The request/reply bookkeeping of one server connection (see the module docstring)."""
 
     __slots__ = ("queue", "syncs", "phase", "unsynced", "tx_status", "broken", "output",
-                 "replacement", "replies", "exact", "_exec_syncs", "_copy_ended")
+                 "replacement", "replies", "exact", "_exec_syncs", "_copy_ended", "flushed")
 
     def __init__(self, exact: bool = False) -> None:
         self.queue: deque = deque()
@@ -158,6 +158,7 @@ class Conversation:
         self.replies = 0            # ReadyForQuery received so far (for logs and tests)
         self._exec_syncs = -1       # Syncs sent since the last Execute (-1: last was a Query)
         self._copy_ended = False    # CopyDone/CopyFail sent before the server's CopyInResponse
+        self.flushed = False        # the last extended-protocol message was followed by a Flush
 
     # -- questions ------------------------------------------------------------------------
     @property
@@ -200,6 +201,7 @@ class Conversation:
         if t in _FAST_QUEUED and (phase == _BUSY_PHASE or phase == _READY_PHASE):
             # the common case, inline: Parse/Bind/Close of an extended batch
             self.unsynced = True
+            self.flushed = False
             self.phase = _BUSY_PHASE
             self.queue.append(t)
             return
@@ -211,6 +213,7 @@ class Conversation:
             return                           # everything else is ignored by the server
         if t in _EXTENDED:
             self.unsynced = True
+            self.flushed = False
             if t == _E:
                 self._exec_syncs = 0
                 self._copy_ended = False
@@ -232,6 +235,8 @@ class Conversation:
                 self._exec_syncs = -1
                 self._copy_ended = False
             self._queue(t)
+        elif t == _H:
+            self.flushed = True              # the client waits for what it has asked so far
         elif t == _COPY_DONE or t == _COPY_FAIL:
             if phase == Phase.COPY_IN:
                 self._go("client_copy_end")
@@ -263,6 +268,7 @@ class Conversation:
         t = request.type
         if t in _EXTENDED:
             self.unsynced = True
+            self.flushed = False
         elif t == _S:
             self.unsynced = False
         if self.phase == Phase.READY:

@@ -271,11 +271,15 @@ class Relay:
     def _waits_for_client(self, server) -> bool:
         """Asked only when a wait timed out: is the server held for bytes the client has not
         sent (an extended batch without its Sync, a half-sent message, the data of a COPY
-        FROM STDIN), rather than busy with a request of its own?"""
+        FROM STDIN), rather than busy with a request of its own? A batch the client flushed is
+        the server's work while requests are outstanding (with prepared statements, where
+        Execute is counted too; without, it is taken as the server's work)."""
         proto = server.proto
         if self.c_skip or self.c_len or proto.phase == Phase.COPY_IN:
             return True
-        return proto.syncs == 0 and proto.unsynced
+        if proto.syncs or not proto.unsynced:
+            return False
+        return not proto.flushed or (proto.exact and not proto.queue)
 
     @property
     def server_clean(self) -> bool:

@@ -124,6 +124,36 @@ def test_a_busy_server_is_not_a_silent_client(rp):
     w.close()
 
 
+FLUSH = message(b"H")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("user", ["req_user", "req_prep_user"])
+def test_a_flushed_batch_still_running_is_not_a_silent_client(rp, user):
+    """psycopg 3's pipeline mode fetches with a Flush and no Sync: while PostgreSQL runs the
+    flushed Execute, the client is waiting for it, not the other way round."""
+    w = Wire(rp.port)
+    assert w.login(user, "db1") is None
+    w.send(parse("", "select 4 from pg_sleep(1.2)") + bind("") + EXECUTE + FLUSH)
+    tags = [w.read_message()[0] for _ in range(4)]
+    assert tags == [b"1", b"2", b"D", b"C"]
+    w.send(SYNC)
+    assert w.read_message()[0] == b"Z"
+    w.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_flushed_batch_fully_answered_then_silence_is_cut_off(rp, pg):
+    """With prepared statements (the default in transaction pooling) every request is counted:
+    once PostgreSQL has answered all the flushed ones, the silence is the client's."""
+    w = Wire(rp.port)
+    assert w.login("req_prep_user", "db1") is None
+    w.send(parse("", "select 1") + FLUSH)
+    assert w.read_message()[0] == b"1"
+    _assert_dropped(w)
+    _next_client_works(rp, "req_prep_user")
+
+
 @pytest.mark.timeout(30)
 def test_a_batch_completed_in_time_works(rp):
     w = Wire(rp.port)

@@ -214,3 +214,21 @@ def test_exact_mode_copy_in_waits_for_the_data_when_none_was_sent():
     c.receive(ord("C"))
     c.receive(ord("Z"), b"I")
     assert c.idle and c.broken is None
+
+
+def test_flushed_follows_the_last_extended_message():
+    """`flushed`: the client sent a Flush after its last extended-protocol message (the relay's
+    pool_idle_in_request_timeout_ms check tells a client waiting for PostgreSQL from a silent one)."""
+    c = Conversation()
+    assert not c.flushed
+    c.send(ord('P'))
+    assert not c.flushed
+    c.send(ord('H'))
+    assert c.flushed
+    c.send(ord('B'))
+    assert not c.flushed
+    c.send(ord('E'))
+    c.send(ord('H'))
+    assert c.flushed and c.unsynced
+    c.send(ord('D'))
+    assert not c.flushed
