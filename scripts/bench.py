@@ -1,17 +1,23 @@
-"""Benchmark: pgbench -S through odyssey-gevent (transaction pool) vs direct PostgreSQL vs PgBouncer.
+"""Benchmark: pgbench -S through odyssey-gevent (transaction pool) vs C Odyssey vs PgBouncer vs
+direct PostgreSQL.
 
     python scripts/bench.py                          # throwaway PostgreSQL, c10 and c50, 10 s, 3 rounds
     python scripts/bench.py --clients 10 --seconds 3 --rounds 2 --extended
     python scripts/bench.py --modes simple,extended,prepared   # pool_reserve_prepared_statement yes
+    python scripts/bench.py --connect 10             # adds a pgbench -C cell (a connection per transaction)
+    ODYSSEY_BIN=/path/to/odyssey python scripts/bench.py --chart chart.png   # C Odyssey as a target too
     python scripts/bench.py --pg-host 127.0.0.1 --pg-port 5432 --pg-user bench --init
-    python scripts/bench.py --idle-clients 5000      # pooler RSS before/after N idle clients
+    python scripts/bench.py --idle-clients 5000      # each pooler's RSS before/after N idle clients
 
 Method (the one behind the figures in docs/performance.md): every cell runs
-`pgbench -n -S -j 2 -c C -T S -M simple|extended|prepared` once per target per round; the target order
-alternates every round (A B C, then C B A) so drift and warm-up hit every target alike. Reported
-per cell: median TPS, the median of the per-round ratios to PgBouncer and to direct PG, and the
-pooler's and PgBouncer's CPU µs per transaction from /proc/PID/stat utime+stime deltas over each
-run.
+`pgbench -n -S -j 2 -c C -T S -M simple|extended|prepared` (with `-C` for the connect cells) once
+per target per round; the target order alternates every round (A B C, then C B A) so drift and
+warm-up hit every target alike. Reported per cell: median TPS, the median of the per-round ratios
+to PgBouncer and to direct PG, and each pooler's CPU µs per transaction from /proc/PID/stat
+utime+stime deltas over each run (all its threads). With C Odyssey (`--odyssey-bin` or
+ODYSSEY_BIN: a binary built elsewhere, given the same config file as ours) a second table puts
+the poolers side by side with our ratios to it (TPS, and CPU per transaction), and `--chart`
+draws that table as a PNG (needs matplotlib: `pip install .[bench]`).
 
 Every process this script starts is stopped on exit, Ctrl-C or SIGTERM.
 """
@@ -37,6 +43,10 @@ from scripts.pgcluster import PgCluster, free_port, wait_port  # noqa: E402
 from scripts.pooler import PoolerProcess  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# target -> how the tables and the chart name it
+TARGET_NAMES = {"odyssey-gevent": "odyssey-gevent", "odyssey": "C Odyssey", "pgbouncer": "PgBouncer",
+                "direct": "direct PostgreSQL"}
+POOLERS = ("odyssey-gevent", "odyssey", "pgbouncer")
 
 POOLER_TEMPLATE = """\
 workers 1
@@ -86,8 +96,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "plus extended with --extended)")
     ap.add_argument("--prepared-statements", action="store_true",
                     help="pool_reserve_prepared_statement yes in the pooler (implied by -M prepared)")
-    ap.add_argument("--targets", default="odyssey-gevent,direct,pgbouncer",
-                    type=lambda s: [x for x in s.split(",") if x])
+    ap.add_argument("--connect", default=[], type=lambda s: [int(x) for x in s.split(",") if x],
+                    help="comma list of pgbench -c values for connect-per-transaction cells "
+                         "(pgbench -C -M simple), e.g. 10")
+    ap.add_argument("--targets", default=None, type=lambda s: [x for x in s.split(",") if x],
+                    help="comma list of odyssey-gevent, odyssey (C Odyssey), pgbouncer, direct (default: "
+                         "all but odyssey, plus odyssey when its binary is given)")
+    ap.add_argument("--odyssey-bin", default=None,
+                    help="C Odyssey binary (or command line) to run as the target 'odyssey' "
+                         "(default: $ODYSSEY_BIN)")
+    ap.add_argument("--chart", default=None, metavar="PNG",
+                    help="draw the side-by-side table as a PNG chart (needs matplotlib)")
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--pgbouncer", default=None, help="pgbouncer binary (default: PATH, /usr/sbin)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install pgbouncer")
@@ -102,10 +121,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--modes takes simple, extended and prepared")
     if "prepared" in a.modes:
         a.prepared_statements = True
-    bad = set(a.targets) - {"odyssey-gevent", "direct", "pgbouncer"}
+    if a.odyssey_bin is None:
+        a.odyssey_bin = os.environ.get("ODYSSEY_BIN") or None
+    if a.targets is None:
+        a.targets = ["odyssey-gevent"] + (["odyssey"] if a.odyssey_bin else []) + ["direct", "pgbouncer"]
+    bad = set(a.targets) - set(TARGET_NAMES)
     if bad:
         ap.error(f"unknown targets: {', '.join(sorted(bad))}")
-    if not a.clients or min(a.clients) < 1 or a.seconds < 1 or a.rounds < 1:
+    if "odyssey" in a.targets and not a.odyssey_bin:
+        ap.error("the target odyssey needs --odyssey-bin or ODYSSEY_BIN")
+    if not a.clients or min(a.clients + a.connect) < 1 or a.seconds < 1 or a.rounds < 1:
         ap.error("--clients, --seconds and --rounds must be positive")
     return a
 
@@ -126,7 +151,7 @@ auth_type = trust
 auth_file = {workdir}/userlist.txt
 pool_mode = transaction
 default_pool_size = {pool_size}
-max_client_conn = 10000
+max_client_conn = 20000
 logfile = {workdir}/pgbouncer.log
 log_connections = 0
 log_disconnections = 0
@@ -230,12 +255,103 @@ def format_table(cells: list[str], targets: list[str], results: dict) -> str:
     return "\n".join(lines)
 
 
+def cells_of(args) -> list[tuple[int, str, bool]]:
+    """The cells of a run in order: (clients, mode, connect per transaction)."""
+    cells = [(c, m, False) for c in args.clients for m in args.modes]
+    return cells + [(c, "simple", True) for c in args.connect]
+
+
+def cell_name(clients: int, mode: str, connect: bool) -> str:
+    return f"c{clients} -C {mode}" if connect else f"c{clients} {mode}"
+
+
+def _ratios(results: dict, target: str, ref: str, cell: str, key: str) -> float | None:
+    """Median over the rounds of target's `key` / ref's `key` in the same round."""
+    mine = {r["round"]: r.get(key) for r in results.get((target, cell), [])}
+    theirs = {r["round"]: r.get(key) for r in results.get((ref, cell), [])}
+    return median([mine[k] / theirs[k] for k in mine if mine[k] and theirs.get(k)])
+
+
+def side_by_side(cells: list[str], targets: list[str], results: dict) -> list[dict]:
+    """One row per cell: for each target its median TPS and CPU µs per transaction, and
+    odyssey-gevent's per-round ratios to C Odyssey (TPS: higher is better; CPU: lower is)."""
+    rows = []
+    for c in cells:
+        row = {"cell": c}
+        for t in targets:
+            runs = results.get((t, c), [])
+            row[t] = (median([r["tps"] for r in runs]), median([r.get("cpu_us") for r in runs]))
+        row["tps_ratio"] = _ratios(results, "odyssey-gevent", "odyssey", c, "tps")
+        row["cpu_ratio"] = _ratios(results, "odyssey-gevent", "odyssey", c, "cpu_us")
+        rows.append(row)
+    return rows
+
+
+def format_side_by_side(rows: list[dict], targets: list[str]) -> str:
+    """The issue's table: cells down, targets across ("16,200 tps, 41 µs CPU"), then our TPS
+    and CPU per transaction as ratios to C Odyssey's."""
+    order = [t for t in ("odyssey-gevent", "odyssey", "pgbouncer", "direct") if t in targets]
+    with_ratio = "odyssey" in targets and "odyssey-gevent" in targets
+    head = [""] + [TARGET_NAMES[t] for t in order]
+    if with_ratio:
+        head += ["ours / C Odyssey TPS", "ours / C Odyssey CPU"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        out = [row["cell"]]
+        for t in order:
+            tps, cpu = row.get(t, (None, None))
+            if tps is None:
+                out.append("-")
+            else:
+                out.append(f"{tps:,.0f} tps" + (f", {cpu:.0f} µs CPU" if cpu is not None else ""))
+        if with_ratio:
+            out += ["-" if row[k] is None else f"{row[k]:.2f}" for k in ("tps_ratio", "cpu_ratio")]
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def draw_chart(rows: list[dict], targets: list[str], path: str, title: str) -> bool:
+    """The side-by-side table as a PNG: TPS per cell and target on top, the poolers' CPU µs per
+    transaction below. False (and nothing written) when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    order = [t for t in ("odyssey-gevent", "odyssey", "pgbouncer", "direct") if t in targets]
+    colors = {"odyssey-gevent": "#2b7bba", "odyssey": "#e08a1e", "pgbouncer": "#4daf4a", "direct": "#999999"}
+    cells = [r["cell"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 1.6 * len(cells) + 2), 7), sharex=True)
+    width = 0.8 / max(len(order), 1)
+    for i, t in enumerate(order):
+        xs = [j + (i - (len(order) - 1) / 2) * width for j in range(len(cells))]
+        tps = [(r.get(t) or (None, None))[0] or 0 for r in rows]
+        top.bar(xs, tps, width, label=TARGET_NAMES[t], color=colors[t])
+        if t != "direct":
+            cpu = [(r.get(t) or (None, None))[1] or 0 for r in rows]
+            bottom.bar(xs, cpu, width, label=TARGET_NAMES[t], color=colors[t])
+    top.set_ylabel("transactions per second")
+    top.set_title(title, fontsize=10)
+    top.legend(fontsize=8)
+    bottom.set_ylabel("pooler CPU µs per transaction")
+    bottom.set_xticks(range(len(cells)))
+    bottom.set_xticklabels(cells)
+    for ax in (top, bottom):
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 # -- processes ---------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args):
         self.a = args
         self.cluster: PgCluster | None = None
         self.pooler: PoolerProcess | None = None
+        self.codyssey: PoolerProcess | None = None       # C Odyssey (target "odyssey")
         self.bouncer: subprocess.Popen | None = None
         self.bouncer_dir: str | None = None
         self.bouncer_prepared = False
@@ -279,13 +395,21 @@ class Bench:
             raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{out}")
         return out
 
-    # odyssey-gevent
-    def start_pooler(self) -> None:
-        self.pooler = PoolerProcess(POOLER_TEMPLATE, pg_host=self.pg_host, pg_port=self.pg_port,
-                                    pool_size=self.a.pool_size,
-                                    reserve_prepared="yes" if self.a.prepared_statements else "no")
-        self.ports["odyssey-gevent"] = self.pooler.port
-        self.log(f"odyssey-gevent pid {self.pooler.pid} on 127.0.0.1:{self.pooler.port} ({self.pooler.tmp})")
+    # odyssey-gevent, and C Odyssey on the same config
+    def start_pooler(self, target: str = "odyssey-gevent") -> PoolerProcess:
+        # ours runs as `python -m odyssey_gevent` even with ODYSSEY_BIN set (main() moved it to
+        # --odyssey-bin): PoolerProcess would otherwise run that binary
+        binary = self.a.odyssey_bin if target == "odyssey" else None
+        proc = PoolerProcess(POOLER_TEMPLATE, pg_host=self.pg_host, pg_port=self.pg_port, binary=binary,
+                             pool_size=self.a.pool_size,
+                             reserve_prepared="yes" if self.a.prepared_statements else "no")
+        if target == "odyssey":
+            self.codyssey = proc
+        else:
+            self.pooler = proc
+        self.ports[target] = proc.port
+        self.log(f"{target} pid {proc.pid} on 127.0.0.1:{proc.port} ({proc.tmp})")
+        return proc
 
     # PgBouncer
     def find_pgbouncer(self) -> str:
@@ -334,14 +458,16 @@ class Bench:
     def pid_of(self, target: str) -> int | None:
         if target == "odyssey-gevent" and self.pooler:
             return self.pooler.pid
+        if target == "odyssey" and self.codyssey:
+            return self.codyssey.pid
         if target == "pgbouncer" and self.bouncer:
             return self.bouncer.pid
         return None
 
-    def pgbench(self, target: str, clients: int, mode: str) -> dict:
+    def pgbench(self, target: str, clients: int, mode: str, connect: bool = False) -> dict:
         host, port = ("127.0.0.1", self.ports[target]) if target != "direct" else (self.pg_host, self.pg_port)
         cmd = ["pgbench", "-n", "-S", "-j", "2", "-c", str(clients), "-T", str(self.a.seconds), "-M", mode,
-               "-h", host, "-p", str(port), "-U", self.a.pg_user, self.a.db]
+               *(["-C"] if connect else []), "-h", host, "-p", str(port), "-U", self.a.pg_user, self.a.db]
         pid = self.pid_of(target)
         cpu0 = cpu_seconds(pid) if pid else None
         out = self.run(cmd, timeout=self.a.seconds + 60)
@@ -354,18 +480,17 @@ class Bench:
 
     # the two modes of the script
     def tps_matrix(self) -> None:
-        modes = self.a.modes
-        cells = [(c, m) for c in self.a.clients for m in modes]
-        names = [f"c{c} {m}" for c, m in cells]
+        cells = cells_of(self.a)
+        names = [cell_name(*cell) for cell in cells]
         results: dict = {}
         for rnd in range(self.a.rounds):
             order = round_order(self.a.targets, rnd)
             self.log(f"round {rnd + 1}/{self.a.rounds}: {' '.join(order)}")
-            for (c, m), name in zip(cells, names):
+            for (c, m, connect), name in zip(cells, names):
                 for t in order:
                     if t == "pgbouncer" and m == "prepared" and not self.bouncer_prepared:
                         continue
-                    r = self.pgbench(t, c, m)
+                    r = self.pgbench(t, c, m, connect)
                     r["round"] = rnd
                     results.setdefault((t, name), []).append(r)
                     cpu = f", {r['cpu_us']:.0f} CPU µs/tx" if r["cpu_us"] is not None else ""
@@ -374,21 +499,39 @@ class Bench:
         print(f"median TPS (median per-round ratio to pgbouncer / direct PG); "
               f"pgbench -n -S -j 2 -T {self.a.seconds}, {self.a.rounds} rounds")
         print(format_table(names, self.a.targets, results))
+        rows = side_by_side(names, self.a.targets, results)
+        print()
+        print("side by side (medians; our ratios to C Odyssey are medians of per-round ratios)")
+        print(format_side_by_side(rows, self.a.targets))
+        if self.a.chart:
+            title = (f"pgbench -S -j 2 -T {self.a.seconds}, {self.a.rounds} rounds, medians; "
+                     f"transaction pool of {self.a.pool_size}")
+            if draw_chart(rows, self.a.targets, self.a.chart, title):
+                print(f"chart written to {self.a.chart}")
+            else:
+                print("no chart: matplotlib is not installed (pip install .[bench])")
 
-    def idle_clients(self) -> None:
+    def idle_clients(self, target: str = "odyssey-gevent") -> None:
+        """Log N idle clients in to one pooler (after one warm-up client, which makes the route
+        and its first server), print its RSS before and after, and close them."""
         from scripts.idle_clients import open_idle_clients
         n = self.a.idle_clients
-        before = rss_kib(self.pooler.pid)
+        pid, port = self.pid_of(target), self.ports[target]
+        for s in open_idle_clients("127.0.0.1", port, 1, self.a.pg_user, self.a.db):
+            s.close()
+        time.sleep(0.5)
+        before = rss_kib(pid)
         t0 = time.monotonic()
-        socks = open_idle_clients("127.0.0.1", self.pooler.port, n, self.a.pg_user, self.a.db)
+        socks = open_idle_clients("127.0.0.1", port, n, self.a.pg_user, self.a.db)
         took = time.monotonic() - t0
         time.sleep(1.0)
-        after = rss_kib(self.pooler.pid)
-        print(f"{n} idle clients logged in in {took:.1f}s")
-        print(f"pooler VmRSS before: {before / 1024:.1f} MiB, after: {after / 1024:.1f} MiB, "
-              f"{(after - before) / max(n, 1):.1f} KiB per idle client")
+        after = rss_kib(pid)
+        print(f"{TARGET_NAMES[target]}: {n} idle clients logged in in {took:.1f}s; "
+              f"VmRSS before: {before / 1024:.1f} MiB, after: {after / 1024:.1f} MiB, "
+              f"{(after - before) / max(n, 1):.1f} KiB per idle client", flush=True)
         for s in socks:
             s.close()
+        time.sleep(0.5)
 
     def main(self) -> None:
         if self.a.idle_clients:
@@ -397,14 +540,16 @@ class Bench:
             if got < self.a.idle_clients + 100:
                 raise RuntimeError(f"RLIMIT_NOFILE is only {got}; run as root or raise ulimit -n")
         self.setup_pg()
-        if self.a.idle_clients:
-            self.start_pooler()
-            self.idle_clients()
-            return
-        if "odyssey-gevent" in self.a.targets:
-            self.start_pooler()
+        for target in ("odyssey-gevent", "odyssey"):
+            if target in self.a.targets:
+                self.start_pooler(target)
         if "pgbouncer" in self.a.targets:
             self.start_pgbouncer()
+        if self.a.idle_clients:
+            for target in POOLERS:
+                if target in self.a.targets:
+                    self.idle_clients(target)
+            return
         self.tps_matrix()
 
     def cleanup(self) -> None:
@@ -422,10 +567,11 @@ class Bench:
             self.bouncer = None
         if self.bouncer_dir:
             shutil.rmtree(self.bouncer_dir, ignore_errors=True)
-        if self.pooler is not None:
-            self.pooler.stop()
-            shutil.rmtree(self.pooler.tmp, ignore_errors=True)
-            self.pooler = None
+        for proc in (self.pooler, self.codyssey):
+            if proc is not None:
+                proc.stop()
+                shutil.rmtree(proc.tmp, ignore_errors=True)
+        self.pooler = self.codyssey = None
         if self.cluster is not None:
             self.cluster.destroy()
             self.cluster = None
@@ -433,6 +579,7 @@ class Bench:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    os.environ.pop("ODYSSEY_BIN", None)      # in args.odyssey_bin now; see Bench.start_pooler
     bench = Bench(args)
 
     def on_term(signum, frame):

@@ -155,3 +155,47 @@ def test_soak_arguments_config_and_growth():
     assert soak.growth([100] * 10 + [200] * 10) == (100, 200)
     assert soak.parse_pgbench("number of transactions actually processed: 12\nnumber of failed transactions: 0 "
                               "(0.000%)\ntps = 3.5 (without initial connection time)\n") == (12, 0, 3.5)
+
+
+def test_bench_c_odyssey_target_and_connect_cells(monkeypatch):
+    monkeypatch.delenv("ODYSSEY_BIN", raising=False)
+    a = bench.parse_args([])
+    assert a.targets == ["odyssey-gevent", "direct", "pgbouncer"] and a.odyssey_bin is None
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--targets", "odyssey-gevent,odyssey"])      # no binary given
+    monkeypatch.setenv("ODYSSEY_BIN", "/opt/odyssey")
+    a = bench.parse_args(["--connect", "10", "--modes", "simple,extended", "--clients", "50"])
+    assert a.odyssey_bin == "/opt/odyssey" and "odyssey" in a.targets
+    assert [bench.cell_name(*c) for c in bench.cells_of(a)] == ["c50 simple", "c50 extended", "c10 -C simple"]
+
+
+def _side_by_side_results():
+    return {
+        ("odyssey-gevent", "c10 simple"): [dict(round=0, tps=900, cpu_us=40), dict(round=1, tps=1000, cpu_us=44)],
+        ("odyssey", "c10 simple"): [dict(round=0, tps=1000, cpu_us=20), dict(round=1, tps=800, cpu_us=22)],
+        ("pgbouncer", "c10 simple"): [dict(round=0, tps=2000, cpu_us=10), dict(round=1, tps=2000, cpu_us=10)],
+    }
+
+
+def test_bench_side_by_side_ratios_to_c_odyssey():
+    targets = ["odyssey-gevent", "odyssey", "pgbouncer"]
+    rows = bench.side_by_side(["c10 simple"], targets, _side_by_side_results())
+    # per-round ratios 0.9 and 1.25 (TPS), 2.0 and 2.0 (CPU): their medians
+    assert rows[0]["tps_ratio"] == pytest.approx(1.075) and rows[0]["cpu_ratio"] == pytest.approx(2.0)
+    table = bench.format_side_by_side(rows, targets)
+    assert "| c10 simple | 950 tps, 42 µs CPU | 900 tps, 21 µs CPU | 2,000 tps, 10 µs CPU | 1.07 | 2.00 |" in table
+    assert "ours / C Odyssey TPS" in table
+    assert "ours / C Odyssey" not in bench.format_side_by_side(rows, ["odyssey-gevent", "pgbouncer"])
+
+
+def test_bench_chart_is_a_png_or_skipped(tmp_path):
+    targets = ["odyssey-gevent", "odyssey", "pgbouncer"]
+    rows = bench.side_by_side(["c10 simple"], targets, _side_by_side_results())
+    path = tmp_path / "chart.png"
+    drawn = bench.draw_chart(rows, targets, str(path), "test")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not drawn and not path.exists()
+    else:
+        assert drawn and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
