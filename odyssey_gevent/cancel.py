@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import machinarium
 from kiwi import fe_write
-from odyssey_gevent import backend
+from odyssey_gevent import backend, supervisor
 
 
 def send(instance, endpoint, pid: int, key: int) -> bool:
@@ -30,7 +30,15 @@ def send(instance, endpoint, pid: int, key: int) -> bool:
         io.close()
 
 
-def forward(instance, pid: int, key: int) -> None:
+def forward(instance, pid: int, key: int, local_only: bool = False) -> None:
+    if supervisor.KEY_TAG is not None and not local_only:
+        owner = supervisor.owner(key)     # processes N: the key may be another process's
+        if owner != supervisor.INDEX:
+            if owner >= supervisor.COUNT or not supervisor.forward_cancel(owner, pid, key):
+                instance.logger.error("cancel", None, None, "cannot pass the cancel to pooler process %d", owner)
+            else:
+                instance.logger.debug("cancel", None, None, "cancel passed to pooler process %d", owner)
+            return
     target = instance.router.cancel_target(pid, key)
     if target is None:
         instance.logger.debug("cancel", None, None, "no client matches the cancel key")

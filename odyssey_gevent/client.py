@@ -10,6 +10,7 @@ import struct
 import time
 
 from odyssey_gevent.id import new_id
+from odyssey_gevent.supervisor import KEY_TAG
 
 
 class ClientState(enum.Enum):
@@ -48,6 +49,8 @@ class Client:
         # BackendKeyData we hand out: random, matched by the router on CancelRequest
         self.key_pid, self.key_secret = _KEY.unpack(os.urandom(8))
         self.key_pid &= 0x7FFFFFFF
+        if KEY_TAG is not None:             # processes N: the top byte names this process
+            self.key_secret = (self.key_secret & 0xFFFFFF) | KEY_TAG
         self.time_accept = time.monotonic()
         self.password = None
         self.auth_secret = None              # the stored secret auth_query gave (auth_query.py)

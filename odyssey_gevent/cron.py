@@ -100,7 +100,8 @@ def cron_main(instance) -> None:
     (group.py), the soft_oom checker and the storage watchdog (watchdog.py): started here, in the system machine, and stopped when the system cancels this
     coroutine."""
     exporter = None
-    if instance.config.promhttp_server_port:
+    from odyssey_gevent import supervisor
+    if instance.config.promhttp_server_port and supervisor.INDEX == 0:   # processes N: one port, process 0
         from odyssey_gevent import metrics
         exporter = metrics.start(instance, instance.config.promhttp_server_port)
     from odyssey_gevent import group, soft_oom, watchdog

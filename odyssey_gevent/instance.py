@@ -11,7 +11,7 @@ import threading
 
 import machinarium
 from machinarium import tls
-from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, auth_query, backend, restart
+from odyssey_gevent import ODYSSEY_COMPAT_VERSION, __version__, auth_query, backend, restart, supervisor
 from odyssey_gevent.config import dump, reader
 from odyssey_gevent.config.model import ConfigError
 from odyssey_gevent.logger import Logger
@@ -159,6 +159,23 @@ def daemonize() -> None:
         os.dup2(devnull, fd)
 
 
+def _supervise(config, logger) -> int:
+    """processes N > 1: this process writes pid_file and runs the N pooler processes."""
+    if config.pid_file:
+        with open(config.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    logger.info("init", None, None, "odyssey-gevent %s (odyssey %s compatible), supervisor pid %d, processes %d",
+                __version__, ODYSSEY_COMPAT_VERSION, os.getpid(), config.processes)
+    try:
+        return supervisor.supervise(config.processes, logger)
+    finally:
+        if config.pid_file:
+            try:
+                os.unlink(config.pid_file)
+            except OSError:
+                pass
+
+
 def main(config_path: str, console: bool = False, log_to_stdout: bool = False, silent: bool = False,
          verbose: bool = False, test_only: bool = False) -> int:
     try:
@@ -172,18 +189,24 @@ def main(config_path: str, console: bool = False, log_to_stdout: bool = False, s
     if test_only:
         print("config is valid")
         return 0
-    # a process started by an online restart is already detached, like the one it replaces
-    if config.daemonize and not console and restart.inherited_ppid() is None:
+    # a process started by an online restart or by the supervisor is already detached
+    child = supervisor.is_child()
+    if config.daemonize and not console and restart.inherited_ppid() is None and not child:
         daemonize()
     logger = Logger(config.log_format, to_stdout=log_to_stdout or config.log_to_stdout,
                     log_file=config.log_file, debug=config.log_debug or verbose, silent=silent)
-    if config.pid_file:
+    if config.processes > 1 and not child:
+        return _supervise(config, logger)
+    if config.pid_file and not child:
         with open(config.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
     instance = Instance(config, logger, config_path)
     instance.verbose = verbose
     logger.info("init", None, None, "odyssey-gevent %s (odyssey %s compatible), pid %d",
                 __version__, ODYSSEY_COMPAT_VERSION, os.getpid())
+    if child:
+        logger.info("init", None, None, "pooler process %d of %d (supervisor pid %d)", supervisor.INDEX,
+                    supervisor.COUNT, supervisor.SUPERVISOR)
     for warning in config.warnings:
         logger.warning("config", None, None, "%s", warning)
     if config.log_config:
@@ -194,7 +217,7 @@ def main(config_path: str, console: bool = False, log_to_stdout: bool = False, s
         rc = machinarium.Machine("system", system.system_main, instance).run()
     finally:
         # after an online restart the pid file is the new process's (it wrote its pid there)
-        if config.pid_file and instance.successor is None:
+        if config.pid_file and instance.successor is None and not child:
             try:
                 os.unlink(config.pid_file)
             except OSError:

@@ -25,6 +25,7 @@ import struct
 import sys
 
 import machinarium
+from odyssey_gevent import supervisor
 
 ENV = "ODY_INHERIT_PPID"
 HANDOVER_GRACE_MS = 500     # the old listeners keep accepting this long after steering
@@ -118,6 +119,10 @@ def request(instance) -> None:
     """SIGUSR2: start the new process, unless that is off or one restart is already under way."""
     log = instance.logger
     log.info("restart", None, None, "online restart signal received")
+    if supervisor.is_child():
+        log.error("restart", None, None, "online restart signal ignored: not supported with processes %d yet",
+                  supervisor.COUNT)
+        return
     if not instance.config.enable_online_restart:
         log.error("restart", None, None, "online restart signal ignored: enable_online_restart is no")
         return

@@ -15,7 +15,7 @@ import socket
 
 import machinarium
 from kiwi import error_codes
-from odyssey_gevent import cron, restart
+from odyssey_gevent import cron, restart, supervisor
 from odyssey_gevent.id import new_id
 from odyssey_gevent.status import FrontendError, error_message
 from odyssey_gevent.worker import WorkerPool
@@ -37,6 +37,8 @@ def start_listeners(instance) -> list[ListenServer]:
     for listen in config.listen:
         try:
             if listen.host is None:
+                if supervisor.INDEX != 0:      # processes N: a socket file has one owner, process 0
+                    continue
                 path = os.path.join(config.unix_socket_dir, f".s.PGSQL.{listen.port}")
                 mode = int(config.unix_socket_mode, 8) if config.unix_socket_mode else 0o777
                 io = machinarium.listen_unix(path, mode, listen.backlog)
@@ -271,7 +273,10 @@ def system_main(instance) -> int:
     for s in servers:
         s.coroutine = machinarium.coroutine_create(accept_loop, instance, s, pool, name=f"listen {s.name}")
     cron_coro = machinarium.coroutine_create(cron.cron_main, instance, name="cron")
+    peer = supervisor.peer_listener()   # processes N: cancel requests from the other processes
+    peer_coro = machinarium.coroutine_create(supervisor.peer_main, instance, peer, name="peer") if peer else None
     watcher = machinarium.SignalWatcher()
+    supervisor.signals_ready()
     restart.announce(instance)          # started by an online restart: the old process may go
     rc = 0
     try:
@@ -303,6 +308,8 @@ def system_main(instance) -> int:
         watcher.close()
         _close_listeners(servers)
         cron_coro.cancel()
+        if peer_coro is not None:
+            peer_coro.cancel()
         pool.stop()
         cron.close_all_servers(instance)
     return rc

@@ -236,6 +236,7 @@ ROOT: dict = {
     "max_sigterms_to_die": ("int", "max_sigterms_to_die"),
     "readahead": ("int", "readahead"),
     "workers": ("int_auto", "workers"),
+    "processes": ("int", "processes"),       # ours (C has none): see docs/config.md "More than one core"
     "cpu_affinity": ("str", "cpu_affinity"),
     "resolvers": ("int", "resolvers"),
     "pipeline": ("dep_int", "pipeline"),

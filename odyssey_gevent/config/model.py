@@ -587,6 +587,7 @@ class Config:
 
     # threads / C internals (accepted, no-ops here except workers)
     workers: int = 1
+    processes: int = 1      # ours: pooler processes sharing the ports (SO_REUSEPORT), see supervisor.py
     resolvers: int = 1
     readahead: int = 8192
     cache_coroutine: int = 256

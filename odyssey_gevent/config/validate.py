@@ -11,6 +11,8 @@ from __future__ import annotations
 from odyssey_gevent.config import model as C
 from odyssey_gevent.config.model import AddressRange, Config, Endpoint, Location, Rule
 
+MAX_PROCESSES = 256      # the process index travels in the top byte of the cancel key
+
 
 def _loc(obj, keyword: str | None = None) -> Location:
     if keyword is not None:
@@ -40,6 +42,13 @@ def validate(config: Config) -> list[str]:
     # ---- globals (od_config_validate) ------------------------------------------------------
     if config.workers <= 0:
         err(g.get("workers", top), "bad workers number")
+    if not 1 <= config.processes <= MAX_PROCESSES:
+        err(g.get("processes", top), f"bad processes number (1 to {MAX_PROCESSES})")
+    elif config.processes > 1 and not config.bindwith_reuseport:
+        err(g.get("processes", top), "processes > 1 shares the listen ports with SO_REUSEPORT: "
+            "enable bindwith_reuseport")
+    elif config.processes > 1 and config.listen and all(lst.host is None for lst in config.listen):
+        err(g.get("processes", top), "processes > 1 needs a TCP listen block (a unix socket has one owner)")
     if config.resolvers <= 0:
         err(g.get("resolvers", top), "bad resolvers number")
     if config.log_format is None:

@@ -1,0 +1,113 @@
+"""`processes N` (issue 10, "more than one core"; ours, C Odyssey has no such keyword): a
+supervisor runs N pooler processes that share the listen port with SO_REUSEPORT. Connections
+spread over them, a cancel request reaches the process that owns the key whichever process the
+kernel hands it to, SIGHUP and SIGTERM reach every process, and a process that dies is started
+again.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+
+import psycopg2
+import pytest
+
+from scripts.pooler import PoolerProcess
+from tests.integration.conftest import ensure_roles, odyssey_config, rule, wait_for
+
+USER = "procs_user"
+
+
+@pytest.fixture
+def procs(pg, roles):
+    ensure_roles(pg, USER)
+    p = PoolerProcess(odyssey_config(rule(USER, "db1", pool="transaction", pool_size=4), processes=2,
+                                     log_debug=True), pg=pg)
+    try:
+        wait_for(lambda: len(_children(p)) == 2 and _pids_logging(p, "listening on") == set(_children(p).values()),
+                 timeout=20, what="two pooler processes listening")
+        yield p
+    finally:
+        p.stop()
+
+
+def _children(p) -> dict[int, int]:
+    """index -> pid of the pooler processes the supervisor started (the last start of each)."""
+    out = {}
+    for index, pid in re.findall(r"\(supervisor\) pooler process (\d+) started, pid (\d+)", p.log()):
+        out[int(index)] = int(pid)
+    return out
+
+
+def _pids_logging(p, needle: str) -> set[int]:
+    return {int(line.split()[0]) for line in p.log().splitlines() if needle in line}
+
+
+def _connect(p):
+    con = psycopg2.connect(p.dsn(USER, "db1"), connect_timeout=10)
+    con.autocommit = True
+    return con
+
+
+def _one(con, sql: str = "select 1"):
+    with con.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()[0]
+
+
+@pytest.mark.timeout(60)
+def test_connections_spread_over_the_processes(procs):
+    children = set(_children(procs).values())
+    assert procs.pid not in children
+    for i in range(40):
+        con = _connect(procs)
+        assert _one(con, f"select {i}") == i
+        con.close()
+    # 40 connections from random source ports: both processes served some (the kernel's hash)
+    assert _pids_logging(procs, "new client connection") == children
+
+
+@pytest.mark.timeout(90)
+def test_cancel_reaches_the_owner_process(procs):
+    """The cancel connection lands on either process; those that land on the other one are
+    passed on by the peer socket. Cancel until at least one was passed on (each has 1/2)."""
+    done = 0
+    for _ in range(40):
+        con = _connect(procs)
+        timer = threading.Timer(0.3, con.cancel)
+        timer.start()
+        with pytest.raises(psycopg2.errors.QueryCanceled):
+            _one(con, "select pg_sleep(10)")
+        timer.join()
+        assert _one(con, "select 7") == 7
+        con.close()
+        done += 1
+        if done >= 4 and "cancel passed to pooler process" in procs.log():
+            break
+    assert "cancel passed to pooler process" in procs.log()
+    assert "cannot pass the cancel" not in procs.log()
+
+
+@pytest.mark.timeout(60)
+def test_signals_reach_every_process_and_a_dead_one_comes_back(procs):
+    children = _children(procs)
+    procs.signal(signal.SIGHUP)
+    wait_for(lambda: _pids_logging(procs, "SIGHUP received") >= set(children.values()) | {procs.pid}, timeout=10,
+             what="SIGHUP in every process")
+    os.kill(children[1], signal.SIGKILL)
+    wait_for(lambda: _children(procs)[1] != children[1], timeout=20, what="process 1 started again")
+    assert "pooler process 1 (pid %d) exited with -9: starting it again" % children[1] in procs.log()
+    new = _children(procs)
+    wait_for(lambda: f"{new[1]} " in procs.log() and "listening on" in procs.log().split(f"pid {new[1]}")[-1],
+             timeout=20, what="the new process 1 listening")
+    for i in range(5):
+        con = _connect(procs)
+        assert _one(con) == 1
+        con.close()
+    procs.signal(signal.SIGTERM)
+    assert procs.proc.wait(20) == 0, procs.log()[-3000:]
+    assert "all pooler processes have exited" in procs.log()
+    for pid in new.values():
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
