@@ -284,7 +284,8 @@ def test_kill_client_across_worker_threads(pg, roles):
     different worker threads; the victim's relay is woken in its own hub."""
     ensure_roles(pg, USER)
     text = odyssey_config(rule(USER, "db1", pool="transaction", pool_size=2),
-                          rule("default", "console", pool="session", storage="local", role="admin"), workers=2)
+                          rule("default", "console", pool="session", storage="local", role="admin"), workers=2,
+                          log_format=r"%p %T %l [%i %s] (%c) %m\n")
     text += 'storage "local" {\n    type "local"\n}\n'
     p = start_pooler(pg, text)
     victim = console = None
@@ -300,6 +301,13 @@ def test_kill_client_across_worker_threads(pg, roles):
         _assert_killed_fatal(victim)
         rows, _, _ = console.simple_query("show errors")
         assert ["OD_ECLIENT_KILLED", "1"] in rows
+        # the log's thread ids (%T): the console ran KILL_CLIENT in one worker, the victim
+        # was told in the other
+        log = p.log()
+        killer_tid = re.search(rf"^\d+ (\S+) info \[\S+ \S+\] \(console\) KILL_CLIENT {cid}$", log, re.M)
+        victim_tid = re.search(rf"^\d+ (\S+) info \[{cid} \S+\] \(main\) client killed by", log, re.M)
+        assert killer_tid and victim_tid, log[-3000:]
+        assert killer_tid.group(1) != victim_tid.group(1)
     finally:
         for w in (victim, console):
             if w is not None:
