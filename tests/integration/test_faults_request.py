@@ -17,7 +17,7 @@ from tests.integration.conftest import (assert_alive, backends, ensure_roles, mo
 from tests.integration.wire import Wire, errors_in, message, query
 
 DETAIL = "idle in the middle of a request"
-LOG_LINE = "drop client idle in the middle of a request on due timeout 400 ms"
+LOG_LINE = "drop client idle in the middle of a request on due timeout 1000 ms"
 USERS = ("req_user", "req_prep_user", "req_stray_user")
 
 
@@ -39,9 +39,9 @@ def rp(pg, roles):
     pg.psql("drop table if exists t_req; create table t_req (id int);"
             + "".join(f"grant all on t_req to {u};" for u in USERS), db="db1")
     text = odyssey_config(
-        rule("req_user", pool="transaction", pool_size=1, pool_timeout=5000, pool_idle_in_request_timeout_ms=400),
+        rule("req_user", pool="transaction", pool_size=1, pool_timeout=5000, pool_idle_in_request_timeout_ms=1000),
         rule("req_prep_user", pool="transaction", pool_size=1, pool_timeout=5000,
-             pool_reserve_prepared_statement=True, pool_idle_in_request_timeout_ms=400),
+             pool_reserve_prepared_statement=True, pool_idle_in_request_timeout_ms=1000),
         # the default timeout (60 s): stray messages must not hold the one server at all
         rule("req_stray_user", pool="transaction", pool_size=1, pool_timeout=3000),
     )
@@ -114,9 +114,9 @@ def test_a_busy_server_is_not_a_silent_client(rp):
     than it, simple or extended, completes."""
     w = Wire(rp.port)
     assert w.login("req_user", "db1") is None
-    rows, err, status = w.simple_query("select 1 from pg_sleep(1.2)")
+    rows, err, status = w.simple_query("select 1 from pg_sleep(1.5)")
     assert (rows, err, status) == ([["1"]], None, "I")
-    w.send(parse("", "select 2 from pg_sleep(1.2)") + bind("") + EXECUTE + SYNC)
+    w.send(parse("", "select 2 from pg_sleep(1.5)") + bind("") + EXECUTE + SYNC)
     tags = []
     while not tags or tags[-1] != b"Z":
         tags.append(w.read_message()[0])
@@ -134,7 +134,7 @@ def test_a_flushed_batch_still_running_is_not_a_silent_client(rp, user):
     flushed Execute, the client is waiting for it, not the other way round."""
     w = Wire(rp.port)
     assert w.login(user, "db1") is None
-    w.send(parse("", "select 4 from pg_sleep(1.2)") + bind("") + EXECUTE + FLUSH)
+    w.send(parse("", "select 4 from pg_sleep(1.5)") + bind("") + EXECUTE + FLUSH)
     tags = [w.read_message()[0] for _ in range(4)]
     assert tags == [b"1", b"2", b"D", b"C"]
     w.send(SYNC)
@@ -159,7 +159,7 @@ def test_a_batch_completed_in_time_works(rp):
     w = Wire(rp.port)
     assert w.login("req_user", "db1") is None
     w.send(parse("", "select 3"))
-    assert w.is_open(wait=0.2)               # well inside the 400 ms
+    assert w.is_open(wait=0.1)               # well inside the 1000 ms
     w.send(bind("") + EXECUTE + SYNC)
     tags = []
     while not tags or tags[-1] != b"Z":
