@@ -137,3 +137,24 @@ def test_client_vanishes(vp, pg, baseline, stage):
     # PostgreSQL's backend of a closed server exits on its own time: within pool_size soon
     wait_for(lambda: len(backends(pg, USER)) <= 1, timeout=10, what="no backend beyond pool_size")
     assert_alive(vp)
+
+
+@pytest.mark.timeout(40)
+def test_slowloris_startup_is_cut_off_by_client_login_timeout(vp, baseline):
+    """A byte every 0.2 s never finishes its startup packet before client_login_timeout (3 s):
+    the deadline counts from the connection, not from the last byte."""
+    packet = startup(USER, "db1", application_name="slowloris-" + "x" * 40)
+    w = Wire(vp.port)
+    sent = 0
+    try:
+        for byte in packet:
+            w.send(bytes([byte]))
+            sent += 1
+            if not w.is_open(wait=0.2):
+                break
+    except OSError:
+        pass
+    w.close()
+    assert sent < len(packet), "the whole startup packet went through"
+    wait_for(lambda: open_fds(vp.pid) <= baseline, timeout=10, what="the pooler's fds to return to baseline")
+    assert scalar(vp.dsn(USER, "db1")) == 1
