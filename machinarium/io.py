@@ -19,7 +19,6 @@ import socket as _std
 import ssl
 import stat
 import struct
-import threading
 
 import gevent.ssl
 from gevent import socket as gsocket
@@ -30,7 +29,6 @@ from .errors import ConnectionClosed, MachineError
 
 _INET = (_std.AF_INET, _std.AF_INET6)
 _POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLRDHUP | select.POLLERR | select.POLLHUP
-_poll_local = threading.local()    # one poll object per machine thread, for readable_now()
 _IOV_MAX = 1024
 
 
@@ -45,13 +43,14 @@ class Io:
     treat the connection as broken.
     """
 
-    __slots__ = ("sock", "_raw", "_tls", "_peer")
+    __slots__ = ("sock", "_raw", "_tls", "_peer", "_poller")
 
     def __init__(self, sock):
         self.sock = sock
         self._raw = sock._sock  # the non-blocking native socket inside the gevent one
         self._tls = False
         self._peer = None
+        self._poller = None     # readable_now()'s poll object, made at its first call
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -157,16 +156,12 @@ class Io:
         sock = self.sock
         if self._tls and sock.pending():
             return True
-        poller = _poll_local.__dict__.get("poller")
+        poller = self._poller          # registered once: asked on every attach of a pooled server
         if poller is None:
-            poller = _poll_local.poller = select.poll()
-        fd = sock.fileno()
-        poller.register(fd, _POLL_READABLE)
-        try:
-            if not poller.poll(0):
-                return False
-        finally:
-            poller.unregister(fd)
+            poller = self._poller = select.poll()
+            poller.register(sock.fileno(), _POLL_READABLE)
+        if not poller.poll(0):
+            return False
         if not self._tls:
             return True
         try:

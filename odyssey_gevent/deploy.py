@@ -54,7 +54,13 @@ def deploy(instance, client, server) -> None:
         todo = client.deploy_list = tracked(client.vars)
     if not todo:
         return
-    changes = plan(todo, server.params)
+    params = server.params
+    for key, _, value in todo:          # on every attach: usually the server has them all
+        if params.get(key) != value:
+            break
+    else:
+        return
+    changes = plan(todo, params)
     if not changes:
         return
     sql = "".join(f"SET {name}={quote(value)};" for name, value in changes)

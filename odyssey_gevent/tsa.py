@@ -17,6 +17,11 @@ standby.
 """
 from __future__ import annotations
 
+import machinarium
+from kiwi.errors import KiwiError
+from odyssey_gevent import storage
+from odyssey_gevent.status import BackendError
+
 VALUES = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 _ALIASES = {"prefer-replica": "prefer-standby", "replica": "standby"}
 HINT = "odyssey.target_session_attrs"
@@ -64,11 +69,9 @@ def idle_server_fits(instance, client, server) -> bool:
     """Before a pooled server is handed to a client: does its host still fit the client's
     target_session_attrs? The host's cached status is used while it is recent, else asked
     again on this server. False also when asking failed (the server is then marked broken), and
-    when the host lags more than the client's catchup_timeout while another host does not."""
-    from machinarium import TimedOut
-    from kiwi.errors import KiwiError
-    from odyssey_gevent import storage
-    from odyssey_gevent.status import BackendError
+    when the host lags more than the client's catchup_timeout while another host does not.
+    Runs on every attach of a pooled server: the usual case (no catchup_timeout, tsa any) is a
+    few attribute reads."""
     if server.endpoint is None:
         return True
     catchup = storage.effective_catchup(client, client.rule)
@@ -82,7 +85,7 @@ def idle_server_fits(instance, client, server) -> bool:
         return True
     try:
         status = storage.refresh(instance, server, instance.config.backend_connect_timeout_ms)
-    except (BackendError, OSError, TimedOut, KiwiError) as e:
+    except (BackendError, OSError, machinarium.TimedOut, KiwiError) as e:
         instance.logger.info("attach", client, server, "read-write check of an idle server failed: %s", e)
         server.broken = True
         return False
