@@ -9,12 +9,12 @@ stops both and removes their directories.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
-import subprocess
 import tempfile
 import time
 
-from scripts.pgcluster import PgCluster, free_port
+from scripts.pgcluster import PgCluster
 
 # what the pair adds to postgresql.conf and pg_hba.conf of the primary (the replica copies both)
 _PRIMARY_CONF = """
@@ -47,7 +47,6 @@ class PgPair:
         r = PgCluster()
         r.datadir = os.path.join(r.dir, "data")
         if r.as_root:
-            import pwd
             pw = pwd.getpwnam("postgres")
             os.chown(r.dir, pw.pw_uid, pw.pw_gid)
         os.chmod(r.dir, 0o755)
@@ -98,5 +97,3 @@ def scratch_dir() -> str:
 def remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
-
-__all__ = ["PgPair", "free_port", "scratch_dir", "remove", "subprocess"]
