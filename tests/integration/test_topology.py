@@ -392,3 +392,14 @@ def test_a_replication_session_is_never_pooled(pair, run_pooler, mode):
     wait_for(lambda: walsenders() == before, timeout=10, what="the replication server to be closed")
     assert _in_recovery(p, "postgres") is False       # ordinary clients are served meanwhile
     assert walsenders() == before
+
+
+def test_without_a_standby_prefer_standby_takes_the_primary(pair, run_pooler):
+    storage_status.forget_all()
+    dead = free_port()
+    p = run_pooler(_config(f"127.0.0.1:{dead},{_hosts(pair.primary)}", backend_connect_timeout_ms=2000))
+    assert _in_recovery(p, "prefer_user") is False
+    with pytest.raises(psycopg.Error) as e:
+        _in_recovery(p, "ro_user")
+    assert "can't find suitable host for tsa 'read-only' of user postgres.ro_user" in str(e.value)
+    assert _in_recovery(p, "prefer_user") is False       # and the pooler goes on serving
