@@ -108,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--chart", default=None, metavar="PNG",
                     help="draw the side-by-side table as a PNG chart (needs matplotlib)")
     ap.add_argument("--pool-size", type=int, default=20)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="odyssey-gevent's `processes N` (pooler processes sharing the port; default 1)")
     ap.add_argument("--pgbouncer", default=None, help="pgbouncer binary (default: PATH, /usr/sbin)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install pgbouncer")
     ap.add_argument("--idle-clients", type=int, default=0, metavar="N",
@@ -400,7 +402,10 @@ class Bench:
         # ours runs as `python -m odyssey_gevent` even with ODYSSEY_BIN set (main() moved it to
         # --odyssey-bin): PoolerProcess would otherwise run that binary
         binary = self.a.odyssey_bin if target == "odyssey" else None
-        proc = PoolerProcess(POOLER_TEMPLATE, pg_host=self.pg_host, pg_port=self.pg_port, binary=binary,
+        template = POOLER_TEMPLATE
+        if target != "odyssey" and self.a.processes > 1:     # ours only: C Odyssey has no such keyword
+            template = f"processes {self.a.processes}\n" + template
+        proc = PoolerProcess(template, pg_host=self.pg_host, pg_port=self.pg_port, binary=binary,
                              pool_size=self.a.pool_size,
                              reserve_prepared="yes" if self.a.prepared_statements else "no")
         if target == "odyssey":
