@@ -217,8 +217,20 @@ class Io:
         """Read exactly ``n`` bytes (machine_read). EOF first raises ``ConnectionClosed``."""
         if timeout_ms is None:
             return self._read_exact(n)
+        data = b""
+        if not self._tls and n > 0:
+            # usually all there already (a login's packets): no deadline to set up for it
+            try:
+                data = self._raw.recv(n)
+            except BlockingIOError:
+                pass
+            else:
+                if len(data) == n:
+                    return data
+                if not data:
+                    raise ConnectionClosed(f"connection closed by peer (0 of {n} bytes)")
         with deadline(timeout_ms, "read"):
-            return self._read_exact(n)
+            return data + self._read_exact(n - len(data)) if data else self._read_exact(n)
 
     def _read_exact(self, n):
         if n <= 0:

@@ -81,6 +81,18 @@ def parse_options(value: str) -> dict[str, str]:
     return out
 
 
+def param_wire(route) -> list:
+    """The route's ParameterStatus messages, encoded once (each login sends them, with the
+    client's own value where it has one); kept on the route as (params, [(name, lower-case
+    name, value, ParameterStatus bytes)])."""
+    cached = getattr(route, "params_wire", None)
+    params = route.params
+    if cached is None or cached[0] is not params:
+        cached = route.params_wire = (params, [(name, name.lower(), value, be_write.parameter_status(name, value))
+                                               for name, value in params])
+    return cached[1]
+
+
 class Frontend:
     def __init__(self, instance, client: Client):
         self.instance = instance
@@ -212,8 +224,9 @@ class Frontend:
             self.detach(reset_first=False)
         out = []
         client_vars = client.vars
-        for name, value in route.params:
-            out.append(be_write.parameter_status(name, client_vars.get(name.lower(), value)))
+        for name, key, value, wire in param_wire(route):
+            mine = client_vars.get(key)
+            out.append(wire if mine is None or mine == value else be_write.parameter_status(name, mine))
         out.append(be_write.backend_key_data(client.key_pid, client.key_secret))
         out.append(be_write.ready_for_query(b"I"))
         client.io.write(b"".join(out))
