@@ -28,7 +28,7 @@ _COUNTERS = (  # metric name, RouteStats field, help
      "Servers attached to clients of the route"),
     ("odyssey_route_cancels_total", "count_cancel", "Cancel requests for the route"),
 )
-_TIMES = (  # metric name, RouteStats field (µs), help: SHOW STATS total_*_time in seconds
+_TIMES = (  # metric name, RouteStats field (seconds), help: SHOW STATS total_*_time
     ("odyssey_route_transaction_time_seconds_total", "tx_time",
      "Time transactions took, from the first request to the ReadyForQuery that ends them"),
     ("odyssey_route_query_time_seconds_total", "query_time",
@@ -79,7 +79,7 @@ class OdysseyCollector:
             for family, field in counters:
                 family.add_metric(lv, getattr(route.stats, field))
             for family, field in times:
-                family.add_metric(lv, getattr(route.stats, field) / 1e6)
+                family.add_metric(lv, getattr(route.stats, field))
             paused.add_metric(lv, 1 if is_paused else 0)
             max_wait.add_metric(lv, waited)
             for name, count in route.errors.counts(FRONTEND_ERRORS + ROUTE_ROUTER_ERRORS):

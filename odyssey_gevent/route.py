@@ -44,10 +44,11 @@ from odyssey_gevent.server import Server, ServerState
 
 class RouteStats:
     """Per-route counters (mirrors od_stat_t). The relay bumps count_query, count_tx, the byte
-    counts and the query/transaction times (microseconds, measured between the request that
-    starts them and the ReadyForQuery that ends them) without the lock (see above); the router
-    bumps count_server_assignment, wait_time (microseconds a client waited for its server) and
-    count_cancel under it. `prev` is the snapshot taken at the last stats_interval tick (cron):
+    counts and the query/transaction times (float seconds, from the request that starts them to
+    the ReadyForQuery that ends them: adding floats is the cheapest) without the lock (see
+    above); the router bumps count_server_assignment, wait_time (seconds clients waited for
+    their server) and count_cancel under it. snapshot() gives the times in µs, as C counts them.
+    `prev` is the snapshot taken at the last stats_interval tick (cron):
     the averages of SHOW STATS and the stats log line are the differences from it.
 
     With the rule's `quantiles`, `query_sketch`/`tx_sketch` are DDSketches of the query and
@@ -64,6 +65,7 @@ class RouteStats:
     def __init__(self, quantiles: bool = False):
         for name in self.COUNTERS:
             setattr(self, name, 0)
+        self.tx_time = self.query_time = self.wait_time = 0.0
         self.prev = (0,) * len(self.COUNTERS)
         self.query_sketch = self.tx_sketch = None
         self.old_sketches = ()
@@ -71,7 +73,10 @@ class RouteStats:
             self.query_sketch, self.tx_sketch = new_sketch(), new_sketch()
 
     def snapshot(self) -> tuple:
-        return tuple(getattr(self, n) for n in self.COUNTERS)
+        """The COUNTERS, times in whole µs."""
+        return (self.count_tx, self.count_query, self.count_server_assignment, self.bytes_recv, self.bytes_sent,
+                round(self.tx_time * 1e6), round(self.query_time * 1e6), round(self.wait_time * 1e6),
+                self.count_cancel)
 
     def rotate_sketches(self) -> None:
         """A stats interval ended: the current sketches become the previous ones."""

@@ -113,7 +113,7 @@ class Router:
                 with self.lock:
                     server = waiter.server       # linked by _give
                     if server is not None:
-                        route.stats.wait_time += int((time.monotonic() - waiter.since) * 1e6)
+                        route.stats.wait_time += time.monotonic() - waiter.since
                         break
                     if self.is_paused(route) and not client.killed:
                         waiter.event.clear()

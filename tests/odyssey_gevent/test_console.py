@@ -371,8 +371,8 @@ def test_show_stats_averages_since_the_last_tick():
     inst, (c1, _), *_ = _busy_instance()
     st = c1.route.stats
     st.prev = st.snapshot()
-    st.count_tx, st.count_query, st.tx_time, st.query_time = 4, 10, 4 * 1500, 10 * 200
-    st.count_server_assignment, st.wait_time = st.count_server_assignment + 2, 2 * 70
+    st.count_tx, st.count_query, st.tx_time, st.query_time = 4, 10, 4 * 0.0015, 10 * 0.0002
+    st.count_server_assignment, st.wait_time = st.count_server_assignment + 2, 2 * 0.00007
     inst.router.stat_time = time.monotonic() - 1000.0     # a long interval: rates round to 0
     _, rows, _ = _table(console.execute(inst, _console(inst), "show stats"))
     cols = [c for c, _ in EXPECTED_COLUMNS["stats"]]

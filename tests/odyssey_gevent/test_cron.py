@@ -355,11 +355,11 @@ def test_log_stats_reports_per_second_rates(tmp_path):
     route.clients.update({Client(None), Client(None)})
     st = route.stats
     st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent = 10, 20, 4000, 8000
-    st.tx_time, st.query_time = 10 * 300, 20 * 100
+    st.tx_time, st.query_time = 10 * 0.0003, 20 * 0.0001          # seconds
     inst.router.stat_time = 100.0
     cron.stat_tick(inst, True, now=102.0)
     st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent = 16, 29, 4000, 8300
-    st.tx_time, st.query_time = 3000 + 6 * 50, 2000 + 9 * 20
+    st.tx_time, st.query_time = 0.003 + 6 * 0.00005, 0.002 + 9 * 0.00002
     cron.stat_tick(inst, True, now=105.0)
     cron.stat_tick(inst, False, now=106.0)
     lines = [line for line in log.read_text().splitlines() if "(stats)" in line]

@@ -27,7 +27,7 @@ def test_collector_reads_route_counters_and_gauges():
     st = route.stats
     st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent = 7, 11, 1234, 5678
     st.count_server_assignment, st.count_cancel = 9, 2
-    st.tx_time, st.query_time, st.wait_time = 2_500_000, 1_500_000, 250_000
+    st.tx_time, st.query_time, st.wait_time = 2.5, 1.5, 0.25          # seconds
     inst.router.errors.router_error("OD_ROUTER_ERROR_NOT_FOUND")
     inst.router.errors.session_ended("OD_ECLIENT_KILLED", route)
     inst.router.pause("sales")
