@@ -466,3 +466,58 @@ def test_detach_offline_server_gives_the_slot_to_a_waiter(in_machine):
         assert got["s"] is not s and got["s"].client is b and a.route.server_count == 1
         return True
     assert in_machine(body)
+
+
+def test_pause_holds_new_attaches_without_pool_timeout_and_resume_serves_them(in_machine):
+    """PAUSE: a client that holds no server gets none (it queues; pool_timeout does not end the
+    wait while paused), a freed server goes idle; RESUME gives the queue the idle server and
+    free slots. Another database's pause does not hold this route."""
+    def body():
+        router = make_router(pool_size=2)
+        running, late = routed(router), routed(router)
+        s = router.attach(running, 0)
+        route = running.route
+        router.pause("other_db")
+        router.detach(running)
+        assert router.attach(running, 0) is s                 # not paused: served
+        router.pause(None)
+        got = {}
+
+        def wait():
+            got["server"] = router.attach(late, 30)           # 30 ms pool_timeout
+        co = mm.Coroutine(wait, name="late")
+        _wait_for(lambda: late.state is ClientState.QUEUE)
+        mm.sleep(80)                                           # well past pool_timeout: still queued
+        assert late.state is ClientState.QUEUE and not got
+        router.detach(running)                                 # a running transaction ends
+        assert route.idle == [s] and late.server is None       # ... its server is not handed on
+        router.resume(None)
+        co.join(2000)
+        assert got["server"] is s and late.state is ClientState.ACTIVE
+        assert route.stats.wait_time > 0
+        return True
+
+    assert in_machine(body)
+
+
+def test_kill_wakes_a_queued_client(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        holder, victim = routed(router), routed(router)
+        router.attach(holder, 0)
+        raised = []
+
+        def wait():
+            try:
+                router.attach(victim, None)                    # no pool_timeout: forever
+            except AttachTimeout:
+                raised.append(victim.killed)
+        co = mm.Coroutine(wait, name="victim")
+        _wait_for(lambda: victim.state is ClientState.QUEUE)
+        assert router.kill("c000000000000") is None           # unknown id
+        assert router.kill(victim.id) is victim
+        co.join(2000)
+        assert raised == [True] and not victim.route.waiters and victim.server is None
+        return True
+
+    assert in_machine(body)
