@@ -8,12 +8,15 @@
     proxy.refuse = True                        # new connections get a RST at once
     proxy.close()
 
-One thread runs a selector loop over every socket, so a fault is applied to all connections at
-the moment the test sets it, and nothing blocks: a chunk is queued with the time it is due and
-written once due. No mocks: the pooler and PostgreSQL see real TCP.
+The proxy runs in a process of its own (a client library that keeps the GIL while it waits,
+such as psycopg2's cancel(), would otherwise stall it); there one thread runs a selector loop
+over every socket, so a fault is applied to all connections at the moment the test sets it, and
+nothing blocks: a chunk is queued with the time it is due and written once due. No mocks: the
+pooler and PostgreSQL see real TCP.
 """
 from __future__ import annotations
 
+import multiprocessing
 import selectors
 import socket
 import struct
@@ -36,6 +39,82 @@ class _Pipe:
 
 
 class FaultProxy:
+    """The test's handle on a _Proxy running in a child process."""
+
+    _FIELDS = ("delay", "blackhole", "refuse")
+
+    def __init__(self, target_host: str, target_port: int):
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, target_host, target_port), daemon=True,
+                                 name="faultproxy")
+        self._proc.start()
+        object.__setattr__(self, "port", self._call("port"))
+
+    def _call(self, *request):
+        self._conn.send(request)
+        if not self._conn.poll(10):
+            raise TimeoutError(f"the fault proxy did not answer {request!r}")
+        return self._conn.recv()
+
+    def __setattr__(self, name, value):
+        if name in self._FIELDS:
+            self._call("set", name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        if name in self._FIELDS or name == "accepted":
+            return self._call("get", name)
+        raise AttributeError(name)
+
+    def reset_all(self) -> None:
+        self._call("reset_all")
+
+    def connections(self) -> int:
+        return self._call("connections")
+
+    def close(self) -> None:
+        try:
+            self._call("close")
+        except (OSError, EOFError, TimeoutError):
+            pass
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
+
+
+def _serve(conn, target_host: str, target_port: int) -> None:
+    """The child process: a _Proxy, driven by requests on `conn`."""
+    proxy = _Proxy(target_host, target_port)
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            break
+        op = request[0]
+        if op == "port":
+            conn.send(proxy.port)
+        elif op == "set":
+            setattr(proxy, request[1], request[2])
+            conn.send(None)
+        elif op == "get":
+            conn.send(getattr(proxy, request[1]))
+        elif op == "reset_all":
+            proxy.reset_all()
+            conn.send(None)
+        elif op == "connections":
+            conn.send(proxy.connections())
+        elif op == "close":
+            proxy.close()
+            conn.send(None)
+            break
+    proxy.close()
+
+
+class _Proxy:
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
         self.delay = 0.0
@@ -71,6 +150,8 @@ class FaultProxy:
             return len({id(p) for p in self._pipes.values()})
 
     def close(self) -> None:
+        if self._stop:
+            return
         self._stop = True
         self._thread.join(5)
         self._reset_all()

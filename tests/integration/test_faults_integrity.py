@@ -1,6 +1,6 @@
 """Transaction integrity under injected faults: concurrent clients in transaction pooling each
-update their own row, commit or roll back, while backends are terminated and queries cancelled
-at random. Afterwards every acknowledged COMMIT is visible, no rolled-back transaction is, and
+update their own row, commit or roll back, while backends are terminated, queries cancelled and
+every pooler-PostgreSQL connection reset (tests/integration/faultproxy.py) at random. Afterwards every acknowledged COMMIT is visible, no rolled-back transaction is, and
 no client ever received a result meant for another (each statement echoes a per-client token).
 
 A COMMIT whose answer was lost to a fault may or may not have happened (as with any database
@@ -15,8 +15,9 @@ import time
 import psycopg2
 import pytest
 
-from tests.integration.conftest import (assert_alive, direct, ensure_roles, module_pooler, odyssey_config, rule,
-                                        scalar)
+from scripts.pooler import PoolerProcess
+from tests.integration.conftest import assert_alive, direct, ensure_roles, odyssey_config, rule, scalar, wait_for
+from tests.integration.faultproxy import FaultProxy
 
 USER = "integrity_user"
 CLIENTS = 8
@@ -29,7 +30,16 @@ def ip(pg, roles):
     pg.psql("drop table if exists t_acct; create table t_acct (id int primary key, v int not null);"
             f"insert into t_acct select g, 0 from generate_series(0, {CLIENTS - 1}) g;"
             f"grant all on t_acct to {USER}", db="db1")
-    yield from module_pooler(pg, odyssey_config(rule(USER, pool="transaction", pool_size=4, pool_timeout=5000)))
+    proxy = FaultProxy(pg.host, pg.port)
+    p = PoolerProcess(odyssey_config(rule(USER, pool="transaction", pool_size=4, pool_timeout=5000)),
+                      pg=pg, pg_port=proxy.port)
+    p.proxy = proxy
+    try:
+        yield p
+        assert_alive(p)
+    finally:
+        p.stop()
+        proxy.close()
 
 
 class Account:
@@ -87,11 +97,22 @@ def _drop(acct: Account) -> None:
     acct.con = None
 
 
-def _inject(pg, accounts: list[Account], stop: threading.Event, counts: dict) -> None:
+# the faults, in turn (targets at random): the pattern guarantees each kind happens in a run
+FAULTS = ["terminate", "cancel", "terminate", "cancel", "reset"]
+
+
+def _inject(pg, proxy, accounts: list[Account], stop: threading.Event, counts: dict) -> None:
     rnd = random.Random(15)
+    i = 0
     while not stop.is_set():
         time.sleep(rnd.uniform(0.05, 0.2))
-        if rnd.random() < 0.5:
+        kind = FAULTS[i % len(FAULTS)]
+        i += 1
+        counts["injected"] = i
+        if kind == "reset":
+            proxy.reset_all()                        # every server connection at once
+            counts["resets"] += 1
+        elif kind == "terminate":
             with direct(pg) as d, d.cursor() as cur:
                 cur.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = %s "
                             "and backend_type = 'client backend' order by random() limit 1", (USER,))
@@ -110,19 +131,21 @@ def _inject(pg, accounts: list[Account], stop: threading.Event, counts: dict) ->
 def test_transactions_survive_terminations_and_cancels(ip, pg):
     accounts = [Account(i) for i in range(CLIENTS)]
     stop = threading.Event()
-    counts = {"terminated": 0, "cancelled": 0}
+    counts = {"terminated": 0, "cancelled": 0, "resets": 0, "injected": 0}
     workers = [threading.Thread(target=_work, args=(ip, a, stop)) for a in accounts]
-    injector = threading.Thread(target=_inject, args=(pg, accounts, stop, counts))
+    injector = threading.Thread(target=_inject, args=(pg, ip.proxy, accounts, stop, counts))
     for t in workers + [injector]:
         t.start()
     time.sleep(SECONDS)
+    # at least two rounds of every kind of fault, however slow the machine
+    wait_for(lambda: counts["injected"] >= 2 * len(FAULTS), timeout=30, what="two rounds of faults")
     stop.set()
     for t in workers + [injector]:
         t.join(20)
     for a in accounts:
         _drop(a)
     assert not any(t.is_alive() for t in workers + [injector])
-    assert counts["terminated"] > 0 and counts["cancelled"] > 0, counts
+    assert counts["terminated"] > 0 and counts["cancelled"] > 0 and counts["resets"] > 0, counts
     assert sum(a.failed + a.unknown for a in accounts) > 0      # the faults did hit transactions
     assert sum(a.acked for a in accounts) > CLIENTS                # and work went on between them
     assert [a.mixups for a in accounts if a.mixups] == []
