@@ -213,6 +213,7 @@ def main(config_path: str, console: bool = False, log_to_stdout: bool = False, s
         for line in dump.dump_config(config).splitlines():
             logger.info("config", None, None, "%s", line)
     from odyssey_gevent import system
+    restart.STARTED_BY_MAIN = True
     try:
         rc = machinarium.Machine("system", system.system_main, instance).run()
     finally:

@@ -28,6 +28,9 @@ import machinarium
 from odyssey_gevent import supervisor
 
 ENV = "ODY_INHERIT_PPID"
+# set by instance.main: this process is the pooler command, which argv() can start again (a
+# system machine run inside another program, e.g. a test, must not re-run that program)
+STARTED_BY_MAIN = False
 HANDOVER_GRACE_MS = 500     # the old listeners keep accepting this long after steering
 
 SO_ATTACH_REUSEPORT_CBPF = 51
@@ -119,12 +122,16 @@ def request(instance) -> None:
     """SIGUSR2: start the new process, unless that is off or one restart is already under way."""
     log = instance.logger
     log.info("restart", None, None, "online restart signal received")
+    if not instance.config.enable_online_restart:
+        log.error("restart", None, None, "online restart signal ignored: enable_online_restart is no")
+        return
+    if not STARTED_BY_MAIN:
+        log.error("restart", None, None, "online restart signal ignored: this process was not started "
+                  "as the odyssey command")
+        return
     if supervisor.is_child():
         log.error("restart", None, None, "online restart signal ignored: not supported with processes %d yet",
                   supervisor.COUNT)
-        return
-    if not instance.config.enable_online_restart:
-        log.error("restart", None, None, "online restart signal ignored: enable_online_restart is no")
         return
     if instance.successor is not None:
         log.error("restart", None, None, "online restart signal ignored: already starting the new process %d",

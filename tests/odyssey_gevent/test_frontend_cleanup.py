@@ -49,7 +49,7 @@ def _session(end, log_file, attached=True):
     router = FakeRouter()
     instance = SimpleNamespace(config=SimpleNamespace(log_session=False), router=router, workers=1,
                                logger=Logger("%l (%c) %m\n", to_stdout=False, log_file=log_file),
-                               client_closed=lambda *args: None)
+                               client_closed=lambda *args: None, successor=None)
     client = Client(mm.Io(b), None, "host", ("127.0.0.1", 40000))
     client.rule = Rule(db_name="db", user_name="u", authentication="none", pool="session")
     server = Server(None)
