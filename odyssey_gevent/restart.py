@@ -184,6 +184,24 @@ def poll(instance, servers) -> int | None:
     return POLL_MS if instance.successor is not None or instance.restart_ppid is not None else None
 
 
+def listen_unix_over(path: str, mode: int, backlog: int):
+    """The new process's unix socket: bound beside the old one's file, then renamed over it, so
+    that a client connecting by path reaches one socket or the other, never none. The old
+    socket keeps the connections already queued on it and serves them."""
+    tmp = f"{path}.{os.getpid()}.new"
+    io = machinarium.listen_unix(tmp, mode, backlog)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        io.close()
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return io
+
+
 def hand_over(instance, servers) -> None:
     """The old process, on SIGTERM with a new process started: steer new connections to the new
     process's sockets and keep accepting HANDOVER_GRACE_MS, so that no connection the kernel
@@ -198,5 +216,5 @@ def hand_over(instance, servers) -> None:
         except OSError as e:
             log.error("restart", None, None, "cannot steer new connections on %s to the new process (%s): "
                       "connections queued here when it closes may be reset", s.name, e)
-    if steered:
+    if steered or any(s.unix_path for s in servers):
         machinarium.sleep(HANDOVER_GRACE_MS)

@@ -28,6 +28,17 @@ class ListenServer:
         self.name = name
         self.unix_path = unix_path
         self.coroutine = None
+        # the socket file as bound (st_dev, st_ino): after an online restart the path holds the
+        # new process's socket, which the old one must not unlink
+        self.file_id = _file_id(unix_path) if unix_path else None
+
+
+def _file_id(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def start_listeners(instance) -> list[ListenServer]:
@@ -41,7 +52,10 @@ def start_listeners(instance) -> list[ListenServer]:
                     continue
                 path = os.path.join(config.unix_socket_dir, f".s.PGSQL.{listen.port}")
                 mode = int(config.unix_socket_mode, 8) if config.unix_socket_mode else 0o777
-                io = machinarium.listen_unix(path, mode, listen.backlog)
+                if restart.parent_alive(instance.restart_ppid):   # online restart: take the file over
+                    io = restart.listen_unix_over(path, mode, listen.backlog)
+                else:
+                    io = machinarium.listen_unix(path, mode, listen.backlog)
                 servers.append(ListenServer(listen, io, path, path))
                 log.info("server", None, None, "listening on %s", path)
                 continue
@@ -196,7 +210,7 @@ def _close_listeners(servers) -> None:
     for s in servers:
         if not s.io.closed:
             s.io.close()
-        if s.unix_path:
+        if s.unix_path and _file_id(s.unix_path) == s.file_id:
             try:
                 os.unlink(s.unix_path)
             except OSError:

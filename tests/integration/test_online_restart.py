@@ -32,11 +32,11 @@ def rs_role(pg, roles):
     return USER
 
 
-def _config(**globals_) -> str:
+def _config(listen: dict | None = None, **globals_) -> str:
     g = dict(enable_online_restart=True, bindwith_reuseport=True, pid_file=Raw('"${tmp}/odyssey.pid"'),
              graceful_shutdown_timeout_ms=20000)
     g.update(globals_)
-    return odyssey_config(rule(USER, "db1", pool="transaction", pool_size=4), **g)
+    return odyssey_config(rule(USER, "db1", pool="transaction", pool_size=4), listen=listen, **g)
 
 
 def _alive(pid: int) -> bool:
@@ -82,8 +82,9 @@ def _one(con, sql: str = "select 1"):
 class ClientLoop:
     """Threads that connect, query and disconnect in a tight loop, recording every failure."""
 
-    def __init__(self, p, threads: int = 2):
+    def __init__(self, p, threads: int = 2, dsn: str | None = None):
         self.p = p
+        self.dsn = dsn or p.dsn(USER, "db1")
         self.stop = threading.Event()
         self.ok = 0
         self.failures: list[str] = []
@@ -94,7 +95,7 @@ class ClientLoop:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                con = psycopg2.connect(self.p.dsn(USER, "db1"), connect_timeout=10)
+                con = psycopg2.connect(self.dsn, connect_timeout=10)
                 try:
                     with con.cursor() as cur:
                         cur.execute("select 1")
@@ -206,4 +207,39 @@ def test_a_new_process_that_fails_leaves_the_old_one_serving(pg, rs_role):
         wait_for(lambda: p.log().count("before taking over") >= 2, timeout=30, what="the second attempt")
         assert_alive(p)
     finally:
+        p.stop()
+
+
+@pytest.mark.timeout(90)
+def test_sigusr2_carries_the_unix_socket_over(pg, rs_role):
+    """The new process binds its unix socket beside the old one's file and renames it over it:
+    clients connecting by path never find no socket, and the old process leaves the file alone."""
+    text = _config(listen={"host": None}, unix_socket_dir=Raw('"${tmp}"'), unix_socket_mode="0700")
+    text += 'listen {\n    host "127.0.0.1"\n    port ${port}\n}\n'      # for the start-up check
+    p = PoolerProcess(text, pg=pg)
+    old_pid = p.pid
+    new_pid = None
+    loop = None
+    try:
+        sock = os.path.join(p.tmp, f".s.PGSQL.{p.port}")
+        wait_for(lambda: os.path.exists(sock), what="the unix socket")
+        loop = ClientLoop(p, dsn=f"host={p.tmp} port={p.port} user={USER} dbname=db1")
+        wait_for(lambda: loop.ok >= 20, timeout=20, what="the client loop running")
+        first = os.stat(sock).st_ino
+        p.signal(signal.SIGUSR2)
+        assert p.proc.wait(30) == 0, p.log()[-4000:]
+        new_pid = _pid_file_pid(p)
+        assert new_pid not in (None, old_pid)
+        before = loop.ok
+        wait_for(lambda: loop.ok >= before + 20, timeout=20, what="the loop served by the new process")
+        loop.finish()
+        assert loop.failures == [], loop.failures[:5]
+        assert os.path.exists(sock) and os.stat(sock).st_ino != first     # the new process's socket
+        assert f"listening on {sock}" in p.log().split(f"pid {new_pid}")[-1]
+        _stop_pid(new_pid)
+        wait_for(lambda: not os.path.exists(sock), timeout=10, what="the new process removing its socket")
+    finally:
+        if loop is not None:
+            loop.finish()
+        _stop_pid(new_pid or (_pid_file_pid(p) if _pid_file_pid(p) != old_pid else None))
         p.stop()
