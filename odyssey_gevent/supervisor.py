@@ -111,6 +111,8 @@ def supervise(count: int, logger) -> int:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
+            if sig == signal.SIGUSR1:
+                logger.reopen()           # the supervisor's own lines go to log_file too
             if sig in (signal.SIGTERM, signal.SIGINT) and not stopping:
                 stopping = True
                 pending.clear()

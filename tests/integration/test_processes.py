@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 
 from scripts.pooler import PoolerProcess
-from tests.integration.conftest import ensure_roles, odyssey_config, rule, wait_for
+from tests.integration.conftest import Raw, ensure_roles, odyssey_config, rule, wait_for
 
 USER = "procs_user"
 
@@ -111,3 +111,24 @@ def test_signals_reach_every_process_and_a_dead_one_comes_back(procs):
     assert "all pooler processes have exited" in procs.log()
     for pid in new.values():
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+
+
+@pytest.mark.timeout(60)
+def test_sigusr1_reopens_the_log_file_in_every_process(pg, roles):
+    ensure_roles(pg, USER)
+    p = PoolerProcess(odyssey_config(rule(USER, "db1"), processes=2, log_to_stdout=False,
+                                     log_file=Raw('"${tmp}/odyssey.log"')), pg=pg)
+    try:
+        log = os.path.join(p.tmp, "odyssey.log")
+        text = wait_for(lambda: os.path.exists(log) and open(log).read().count("listening on") == 2 and open(log).read(),
+                        timeout=20, what="both processes listening")
+        pids = {int(x) for x in re.findall(r"pooler process \d+ started, pid (\d+)", text)} | {p.pid}
+        os.rename(log, log + ".1")
+        p.signal(signal.SIGUSR1)
+        wait_for(lambda: open(log + ".1").read().count("SIGUSR1 received") == 3, timeout=10, what="SIGUSR1 everywhere")
+        p.signal(signal.SIGHUP)           # something for every process to log in the new file
+        wait_for(lambda: os.path.exists(log) and {int(line.split()[0]) for line in open(log) if "SIGHUP" in line} == pids,
+                 timeout=10, what="every process writing to the reopened file")
+        assert "listening on" not in open(log).read()
+    finally:
+        p.stop()
