@@ -36,12 +36,16 @@ def wait_any(ios, timeout_ms=None, timers: dict | None = None) -> int:
             bit <<= 1
         if timeout_ms is None:
             return hub.switch()
-        timer = None if timers is None else timers.get(timeout_ms)
-        if timer is None:
+        if timers is None:
             timer = hub.loop.timer(seconds(timeout_ms))
-            if timers is not None:
-                timers[timeout_ms] = timer
-        timer.start(switch, 0)
+            timer.start(switch, 0)
+        else:
+            # a kept timer is re-armed with again(), from its repeat value: a one-shot libev
+            # timer that has fired and is start()ed again fires at once (gevent 26, libev)
+            timer = timers.get(timeout_ms)
+            if timer is None:
+                timer = timers[timeout_ms] = hub.loop.timer(seconds(timeout_ms), seconds(timeout_ms))
+            timer.again(switch, 0)
         try:
             return hub.switch()
         finally:

@@ -322,3 +322,24 @@ def test_readable_now_sees_data_and_eof_without_consuming():
             ia.close()
         return quiet, with_data, byte, at_eof
     assert run_in_machine(body) == (False, True, b"x", True)
+
+
+def test_wait_any_with_kept_timers_times_out_each_wait_in_full():
+    """A caller's kept timeout timer (the relay's) must wait the whole timeout on every reuse: a
+    fired one-shot libev timer started again fires at once, so every later wait returned 0
+    immediately (a busy loop that never saw the socket become readable)."""
+    def body():
+        server, client = _pair()
+        timers = {}
+        spans = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert mm.wait_any((server,), 100, timers) == 0
+            spans.append(time.monotonic() - t0)
+        client.write(b"x")
+        assert mm.wait_any((server,), 100, timers) == 1
+        server.close(), client.close()
+        return spans
+
+    spans = run_in_machine(body)
+    assert all(s >= 0.08 for s in spans), spans
