@@ -154,7 +154,8 @@ class Relay:
 
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_drop", "s_buf", "s_len", "s_skip", "s_drop",
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
-                 "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now")
+                 "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
+                 "timers")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -188,6 +189,7 @@ class Relay:
         self.tx_start = 0.0
         # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
         self.request_timeout = getattr(client.rule, "pool_idle_in_request_timeout_ms", 0) or None
+        self.timers = None      # wait_any's reusable timeout timers, made at the first timed wait
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
@@ -234,8 +236,10 @@ class Relay:
                 else:
                     timeout = self.request_timeout       # None: PostgreSQL is working
                 self.waiting = True
+                if timeout is not None and self.timers is None:
+                    self.timers = {}
                 try:
-                    ready = wait_readable_any(cio, server.io, timeout)
+                    ready = wait_any((cio, server.io), timeout, self.timers)
                 finally:
                     self.waiting = False
                 if ready == 0:
