@@ -13,7 +13,9 @@ old listening socket are reset when that socket closes. So before closing, the o
 attaches a classic BPF program to each port's SO_REUSEPORT group that sends every new
 connection to the socket that joined after its own (the new process's), keeps accepting for
 `HANDOVER_GRACE_MS` so that handshakes already in flight land and are served, and only then
-closes. The new process removes the program once the old one has exited.
+closes. The new process removes the program once the old one has exited. A unix socket cannot
+be shared that way: the new process binds its own beside the old one's file and renames it over
+that file (listen_unix_over), and the old one serves what was queued on its socket.
 """
 from __future__ import annotations
 
