@@ -101,9 +101,10 @@ def cron_main(instance) -> None:
     coroutine."""
     exporter = None
     from odyssey_gevent import supervisor
-    if instance.config.promhttp_server_port and supervisor.INDEX == 0:   # processes N: one port, process 0
+    if instance.config.promhttp_server_port:
         from odyssey_gevent import metrics
-        exporter = metrics.start(instance, instance.config.promhttp_server_port)
+        # processes N: each process exports its own figures, process i on the port + i
+        exporter = metrics.start(instance, instance.config.promhttp_server_port + supervisor.INDEX)
     from odyssey_gevent import group, soft_oom, watchdog
     checkers = [machinarium.coroutine_create(group.checker_main, instance, name="group checker"),
                 machinarium.coroutine_create(soft_oom.checker_main, instance, name="soft oom checker"),

@@ -14,6 +14,7 @@ import threading
 import psycopg2
 import pytest
 
+from scripts.pgcluster import free_port
 from scripts.pooler import PoolerProcess
 from tests.integration.conftest import Raw, ensure_roles, odyssey_config, rule, wait_for
 
@@ -132,3 +133,55 @@ def test_sigusr1_reopens_the_log_file_in_every_process(pg, roles):
         assert "listening on" not in open(log).read()
     finally:
         p.stop()
+
+
+def _two_free_ports() -> int:
+    """A port p with p + 1 free as well (bound and released: free when checked)."""
+    import socket
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("0.0.0.0", port + 1))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no two consecutive free ports")
+
+
+@pytest.mark.timeout(60)
+def test_each_process_exports_its_own_metrics(pg, roles):
+    ensure_roles(pg, USER)
+    port = _two_free_ports()
+    p = PoolerProcess(odyssey_config(rule(USER, "db1", pool="transaction"), processes=2,
+                                     promhttp_server_port=port), pg=pg)
+    try:
+        wait_for(lambda: p.log().count("listening on") == 2, timeout=20, what="both processes listening")
+        for i in range(20):
+            con = _connect(p)
+            assert _one(con, f"select {i}") == i
+            con.close()
+
+        def queries(text: str) -> float:
+            m = re.search(rf'^odyssey_route_queries_total\{{database="db1",user="{USER}"\}} (\S+)$', text, re.M)
+            return float(m.group(1)) if m else 0.0
+
+        def both():
+            texts = [_metrics(port), _metrics(port + 1)]
+            return texts if all(texts) else None
+
+        texts = wait_for(both, timeout=20, what="both exporters")
+        assert all("odyssey_clients" in t for t in texts)
+        assert sum(queries(t) for t in texts) >= 20      # every query counted by the process that ran it
+    finally:
+        p.stop()
+
+
+def _metrics(port: int) -> str:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+    except (urllib.error.URLError, OSError):
+        return ""
