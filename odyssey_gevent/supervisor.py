@@ -14,6 +14,7 @@ to the owner's peer socket: a unix socket in the abstract namespace,
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import struct
 import time
 
 ENV = "ODY_PROCESS"
+_PR_SET_PDEATHSIG = 1
 RESTART_MIN_INTERVAL_S = 1.0     # a process that keeps dying is started again at most this often
 STOP_TIMEOUT_S = 3600            # the supervisor waits for its processes (each has its own timeout)
 
@@ -68,14 +70,23 @@ def _spawn(argv: list[str], index: int, count: int) -> int:
     env[ENV] = f"{index}/{count}/{os.getpid()}"
     env.pop("ODY_INHERIT_PPID", None)
     # the process starts with the supervisor's signals blocked (a SIGHUP sent before it watches
-    # signals would kill it): they stay pending until it unblocks them (signals_ready)
-    return os.posix_spawn(argv[0], argv, env)
+    # signals would kill it): they stay pending until it unblocks them (signals_ready). In a
+    # process group of its own: a terminal's Ctrl-C reaches it once, through the supervisor.
+    return os.posix_spawn(argv[0], argv, env, setpgroup=0)
 
 
 def signals_ready() -> None:
-    """A pooler process now watches its signals: let the supervisor's through (pending ones too)."""
-    if _ID is not None:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _WATCHED)
+    """A pooler process now watches its signals: let the supervisor's through (pending ones too),
+    and have the kernel send it SIGTERM (a graceful stop) if the supervisor dies."""
+    if _ID is None:
+        return
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WATCHED)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != SUPERVISOR:        # it died before that
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(count: int, logger) -> int:

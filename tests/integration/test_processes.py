@@ -42,6 +42,15 @@ def _children(p) -> dict[int, int]:
     return out
 
 
+def _running(pid: int) -> bool:
+    """Running (a zombie its new parent has not reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _pids_logging(p, needle: str) -> set[int]:
     return {int(line.split()[0]) for line in p.log().splitlines() if needle in line}
 
@@ -111,7 +120,7 @@ def test_signals_reach_every_process_and_a_dead_one_comes_back(procs):
     assert procs.proc.wait(20) == 0, procs.log()[-3000:]
     assert "all pooler processes have exited" in procs.log()
     for pid in new.values():
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+        assert not _running(pid)
 
 
 @pytest.mark.timeout(60)
@@ -185,3 +194,14 @@ def _metrics(port: int) -> str:
             return r.read().decode()
     except (urllib.error.URLError, OSError):
         return ""
+
+
+@pytest.mark.timeout(60)
+def test_pooler_processes_stop_when_the_supervisor_dies(procs):
+    children = set(_children(procs).values())
+    procs.proc.kill()                     # SIGKILL: the supervisor cannot pass anything on
+    procs.proc.wait()
+    # the kernel's parent-death signal (SIGTERM) makes each one drain and exit
+    wait_for(lambda: not any(_running(pid) for pid in children), timeout=20,
+             what="the orphaned pooler processes gone")
+    assert _pids_logging(procs, "SIGTERM received, shutting down") >= children
