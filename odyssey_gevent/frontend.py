@@ -374,13 +374,17 @@ class Frontend:
         return instance.may_eject()
 
     # -- the whole lifecycle ----------------------------------------------------------------
-    def run(self) -> None:
+    def run(self, resumed: bool = False) -> None:
         client = self.client
         instance = self.instance
         status = Status.OK
-        login_ms = client.listen.client_login_timeout if client.listen is not None else 15000
-        self.deadline = time.monotonic() + login_ms / 1000.0 if login_ms > 0 else None
+        if not resumed:
+            login_ms = client.listen.client_login_timeout if client.listen is not None else 15000
+            self.deadline = time.monotonic() + login_ms / 1000.0 if login_ms > 0 else None
         try:
+            if resumed:                 # a dormant relay's client spoke (see resume)
+                status = client.relay.run()
+                return
             if not self.startup():
                 return
             if instance.config.log_session:
@@ -434,7 +438,14 @@ class Frontend:
         except (OSError, machinarium.ConnectionClosed):
             status = Status.ECLIENT_READ
         finally:
-            self.cleanup(status)
+            if status is not None:      # None: the relay went dormant, the session goes on
+                self.cleanup(status)
+
+    def resume(self) -> None:
+        """The coroutine of a dormant client (an idle client without a server gives its own up
+        after relay.DORMANT_AFTER_MS): started by its socket's read watcher when it speaks or
+        closes, or when it is woken (KILL_CLIENT, shutdown)."""
+        self.run(resumed=True)
 
     def _peer(self) -> str:
         client = self.client

@@ -79,6 +79,11 @@ _S_INTEREST_PREPARED = bytes(_S_INTEREST_PREPARED)
 
 _local = threading.local()
 
+# A client idle this long without a server gives its coroutine up: a parked greenlet (its stack
+# and Python frames) is about 7 KiB, most of what an idle client costs. The client's socket read
+# watcher then starts a new coroutine (Frontend.resume) when it speaks, closes or is woken.
+DORMANT_AFTER_MS = 1000
+
 
 class _NeverStopping:
     """The instance of a relay whose frontend has none (unit tests)."""
@@ -95,15 +100,27 @@ def _relays() -> set:
     return relays
 
 
+def _dormant() -> set:
+    """This thread's dormant relays (no coroutine: see DORMANT_AFTER_MS)."""
+    dormant = getattr(_local, "dormant", None)
+    if dormant is None:
+        dormant = _local.dormant = set()
+    return dormant
+
+
 def wake_relays() -> int:
-    """Wake every relay of this thread parked in its wait, so that it looks at the shutdown flag
-    (called in the hub of the thread the relays run in). Returns how many were woken."""
+    """Wake every relay of this thread parked in its wait or dormant, so that it looks at the
+    shutdown flag (called in the hub of the thread the relays run in). Returns how many were
+    woken."""
     loop = get_hub().loop
     n = 0
     for relay in list(_relays()):
         if relay.waiting:
             loop.run_callback(_wake, relay)
             n += 1
+    for relay in list(_dormant()):
+        loop.run_callback(_resume, relay)
+        n += 1
     return n
 
 
@@ -125,9 +142,22 @@ def wake(relay) -> None:
 def _wake(relay) -> None:
     # run by the hub: still parked in wait_any (the flag is cleared as soon as it returns), so
     # switching in with 0 makes that wait return as a timeout would
-    if relay.waiting and relay.glet is not None:
+    if relay in _dormant():
+        _resume(relay)
+    elif relay.waiting and relay.glet is not None:
         relay.woken = True
         relay.glet.switch(0)
+
+
+def _resume(relay) -> None:
+    """Run by the hub: a dormant relay's client socket became readable (a request, or EOF), or
+    it was woken: a new coroutine carries its session on."""
+    dormant = _dormant()
+    if relay not in dormant:
+        return
+    dormant.discard(relay)
+    relay.client.io.sock._read_event.stop()
+    machinarium.coroutine_create(relay.fe.resume, name="client (resumed)")
 
 
 def _borrow() -> bytearray:
@@ -193,8 +223,9 @@ class Relay:
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
-        """Relay until the client ends the session: returns TERMINATE or an idle-timeout Status;
-        raises ClientGone, ServerError or FrontendError (status.py's error model)."""
+        """Relay until the client ends the session: returns TERMINATE or an idle-timeout Status,
+        or None when the relay went dormant (the frontend's resume() runs it again); raises
+        ClientGone, ServerError or FrontendError (status.py's error model)."""
         client = self.client
         cio = client.io
         client_only = (cio,)
@@ -211,14 +242,25 @@ class Relay:
                 if client.killed:           # KILL_CLIENT (router.kill); cleanup resets its server
                     return Status.ECLIENT_KILLED
                 if server is None:
+                    timeout = self.fe.idle_timeout(None)
+                    # no timeout of its own and nothing half-read: it may go dormant when idle
+                    may_sleep = timeout is None and not self.c_len and not self.c_skip
+                    if may_sleep:
+                        timeout = DORMANT_AFTER_MS
+                        if self.timers is None:
+                            self.timers = {}
                     self.waiting = True
                     try:
-                        ready = wait_any(client_only, self.fe.idle_timeout(None))
+                        ready = wait_any(client_only, timeout, self.timers)
                     finally:
                         self.waiting = False
                     if not ready:
                         if self.woken:
                             self.woken = False
+                            continue
+                        if may_sleep:
+                            if self._go_dormant():
+                                return None
                             continue
                         status = self.fe.idle_expired(None)
                         if status is not None:
@@ -264,6 +306,17 @@ class Relay:
         finally:
             relays.discard(self)
             self._release_buffers()
+
+    def _go_dormant(self) -> bool:
+        """Give up this coroutine (run() returns None; the frontend keeps the session): the
+        client socket's read watcher resumes the relay in a new one (_resume). False when the
+        frontend cannot resume (unit tests)."""
+        if getattr(self.fe, "resume", None) is None:
+            return False
+        _dormant().add(self)
+        self.timers = None          # its timer is made again on resume
+        self.client.io.sock._read_event.start(_resume, self)
+        return True
 
     def _release_buffers(self) -> None:
         if self.c_buf is not None and self.c_len == 0:

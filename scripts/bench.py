@@ -527,9 +527,9 @@ class Bench:
         time.sleep(0.5)
         before = rss_kib(pid)
         t0 = time.monotonic()
-        socks = open_idle_clients("127.0.0.1", port, n, self.a.pg_user, self.a.db)
+        socks = open_idle_clients("127.0.0.1", port, n, self.a.pg_user, self.a.db, batch=100)
         took = time.monotonic() - t0
-        time.sleep(1.0)
+        time.sleep(3.0)         # our idle clients give their coroutine up after 1 s (relay.DORMANT_AFTER_MS)
         after = rss_kib(pid)
         print(f"{TARGET_NAMES[target]}: {n} idle clients logged in in {took:.1f}s; "
               f"VmRSS before: {before / 1024:.1f} MiB, after: {after / 1024:.1f} MiB, "
