@@ -103,7 +103,8 @@ def connect(instance, server, client=None, replication: str | None = None) -> No
         raise TsaMismatch(want)
     if isinstance(last_error, BackendError):
         raise last_error
-    raise BackendError(f"failed to connect to remote server {server.id}: {last_error}")
+    # the socket error stays the cause: login_retry tells a PostgreSQL that is down by it
+    raise BackendError(f"failed to connect to remote server {server.id}: {last_error}") from last_error
 
 
 def _abandon(server) -> None:

@@ -237,13 +237,15 @@ class Frontend:
         client = self.client
         rule = client.rule
         timeout = rule.pool_timeout if rule.pool_timeout > 0 else None
-        retry_until = None        # server_login_retry (login_retry.py)
+        retry_until = None        # failed logins tried again within pool_timeout (login_retry.py)
         while True:
             try:
-                server = instance.router.attach(client, timeout)
+                server = instance.router.attach(client, timeout if retry_until is None else retry_until.left_ms())
             except AttachTimeout:
                 if client.killed:
                     raise ClientGone(Status.ECLIENT_KILLED, "killed while waiting for a server") from None
+                if retry_until is not None:
+                    login_retry.give_up(client, retry_until)
                 raise FrontendError(error_codes.TOO_MANY_CONNECTIONS,
                                     f"too many active clients for user (pool_size for user "
                                     f"{client.database}.{client.user} reached {rule.pool_size})",
@@ -294,8 +296,9 @@ class Frontend:
             self.logger.error("attach", client, server, "failed to connect to the server: %s", e)
             self._drop_server(server, broken=True)
             fields = getattr(e, "fields", None)
-            if login_retry.applies(client.rule, fields):
-                raise login_retry.Retry(e) from None
+            retry = login_retry.retry_for(client.rule, e)
+            if retry is not None:
+                raise retry from None
             if client.rule.client_fwd_error and fields is not None:
                 raise FrontendError(fields.sqlstate, fields.message, severity=fields.severity,
                                     detail=fields.detail, hint=fields.hint, status=Status.ESERVER_CONNECT) from None
