@@ -183,8 +183,16 @@ def _trim() -> None:
     _malloc_trim(0)
 
 
-def _borrow() -> bytearray:
+def _free_buffers() -> list:
+    """This thread's free list of BUF_SIZE buffers (each relay keeps a reference to it)."""
     free = getattr(_local, "free", None)
+    if free is None:
+        free = _local.free = []
+    return free
+
+
+def _borrow() -> bytearray:
+    free = _free_buffers()
     if free:
         return free.pop()
     return bytearray(BUF_SIZE)
@@ -193,9 +201,7 @@ def _borrow() -> bytearray:
 def _give_back(buf: bytearray) -> None:
     if len(buf) != BUF_SIZE:
         return                      # a bigger buffer grown for one long message
-    free = getattr(_local, "free", None)
-    if free is None:
-        free = _local.free = []
+    free = _free_buffers()
     if len(free) < 256:
         free.append(buf)
 
@@ -208,7 +214,7 @@ class Relay:
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_drop", "s_buf", "s_len", "s_skip", "s_drop",
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
-                 "timers")
+                 "timers", "free")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -243,6 +249,7 @@ class Relay:
         # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
         self.request_timeout = getattr(client.rule, "pool_idle_in_request_timeout_ms", 0) or None
         self.timers = None      # wait_any's reusable timeout timers, made at the first timed wait
+        self.free = _free_buffers()     # borrowed from and given back to inline on the hot path
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
@@ -293,7 +300,7 @@ class Relay:
                     if status is not None:
                         return status
                     continue
-                if server.synchronized:
+                if server.proto.syncs == 0:           # synchronized
                     if server.proto.unsynced and self.request_timeout:
                         timeout = self.request_timeout   # an extended batch awaits its Sync
                     else:
@@ -375,7 +382,8 @@ class Relay:
     def _from_client(self) -> Status | None:
         buf = self.c_buf
         if buf is None:
-            buf = self.c_buf = _borrow()
+            free = self.free
+            buf = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
         start = self.c_len
         try:
             n = self.client.io.read_into(memoryview(buf)[start:], 0)
@@ -496,7 +504,9 @@ class Relay:
             buf[:rest] = buf[pos:end]
         self.c_len = rest
         if rest == 0:
-            _give_back(buf)
+            free = self.free
+            if len(buf) == BUF_SIZE and len(free) < 256:
+                free.append(buf)
             self.c_buf = None
         return None
 
@@ -511,7 +521,8 @@ class Relay:
     def _from_server(self, server) -> None:
         buf = self.s_buf
         if buf is None:
-            buf = self.s_buf = _borrow()
+            free = self.free
+            buf = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
         start = self.s_len
         try:
             n = server.io.read_into(memoryview(buf)[start:], 0)
@@ -631,7 +642,9 @@ class Relay:
         if rest:
             buf[:rest] = buf[pos:end]
         if rest == 0:
-            _give_back(buf)
+            free = self.free
+            if len(buf) == BUF_SIZE and len(free) < 256:
+                free.append(buf)
             self.s_buf = None
         # detach only at a message boundary (a message after the 'Z' may still be arriving)
         if self.s_ready and rest == 0 and self.s_skip == 0:
