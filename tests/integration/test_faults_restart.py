@@ -3,18 +3,21 @@ cluster of its own (the session cluster is never stopped).
 
 What the pooler guarantees: a client whose server died gets 57P01 (PostgreSQL's own FATAL, when
 it could send one) and/or 08006 and is closed; a client that needs a server while PostgreSQL is
-down gets 08006 at once rather than hanging; the pooler stays up; once PostgreSQL is back a new
-pgbench run completes with no failed transaction; and no pool slot leaks (the console's server
-count matches pg_stat_activity).
+down waits for it, trying to log a server in again (login_retry.py), and is served once
+PostgreSQL is back within its rule's pool_timeout, or gets 08006 `failed to connect to remote
+server` when pool_timeout has passed; the pooler stays up; once PostgreSQL is back a new pgbench
+run completes with no failed transaction; and no pool slot leaks (the console's server counts,
+SHOW SERVERS and SHOW POOLS, match pg_stat_activity).
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import tempfile
-import time
+import threading
 
 import psycopg
+import psycopg2
 import pytest
 
 from scripts.pgcluster import PgCluster
@@ -23,7 +26,8 @@ from tests.integration.conftest import assert_alive, odyssey_config, rule, scala
 from tests.integration.test_faults_backend import console_servers
 from tests.integration.wire import Wire, errors_in, query
 
-USER = "trust_user"
+USER = "trust_user"          # pool_timeout 30 s: rides through the restart
+SHORT = "short_wait_user"    # pool_timeout 1 s: PostgreSQL stays down longer than that
 
 
 @pytest.fixture
@@ -31,6 +35,7 @@ def own_pg():
     cluster = PgCluster()
     try:
         cluster.init().start().create_roles()
+        cluster.psql(f"CREATE ROLE {SHORT} LOGIN; GRANT ALL ON DATABASE db1 TO {SHORT};")
         yield cluster
     finally:
         cluster.destroy()
@@ -43,14 +48,45 @@ def _pgbench(port: int, script: str, seconds: int, clients: int = 6) -> subproce
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _backends(pg) -> int:
-    return int(pg.psql(f"select count(*) from pg_stat_activity where usename = '{USER}' "
+def _backends(pg, user: str = USER) -> int:
+    return int(pg.psql(f"select count(*) from pg_stat_activity where usename = '{user}' "
                        "and backend_type = 'client backend'"))
+
+
+def _pool_servers(p, user: str) -> int:
+    """The servers SHOW POOLS counts for `user` (active, idle, used, tested, login)."""
+    con = psycopg2.connect(p.dsn("admin", "console"))
+    con.autocommit = True
+    try:
+        cur = con.cursor()
+        cur.execute("show pools")
+        cols = [d.name for d in cur.description]
+        return sum(sum(int(row[i]) for i, c in enumerate(cols) if c.startswith("sv_"))
+                   for row in cur.fetchall() if row[cols.index("user")] == user)
+    finally:
+        con.close()
+
+
+def _query_in_thread(dsn: str) -> tuple[threading.Thread, dict]:
+    """A client logged in now (PostgreSQL up) that runs `select 1` in a thread when started."""
+    con = psycopg.connect(dsn, autocommit=True)
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = con.execute("select 1").fetchone()[0]
+        except psycopg.Error as e:
+            out["error"] = e
+        finally:
+            con.close()
+
+    return threading.Thread(target=run, daemon=True), out
 
 
 @pytest.mark.timeout(120)
 def test_immediate_stop_under_pgbench_load_and_restart(own_pg):
-    text = odyssey_config(rule(USER, pool="transaction", pool_size=3, pool_timeout=10000),
+    text = odyssey_config(rule(USER, pool="transaction", pool_size=3, pool_timeout=30000),
+                          rule(SHORT, pool="transaction", pool_size=2, pool_timeout=1000),
                           rule("admin", "console", pool="session", storage="local", role="admin"),
                           backend_connect_timeout_ms=2000)
     text += 'storage "local" {\n    type "local"\n}\n'
@@ -60,44 +96,50 @@ def test_immediate_stop_under_pgbench_load_and_restart(own_pg):
     os.close(fd)
     bench = None
     try:
+        # logged in while PostgreSQL is up (the routes know their parameters); they ask for a
+        # server only once it is down
+        rider, rider_out = _query_in_thread(p.dsn(USER, "db1"))
+        short, short_out = _query_in_thread(p.dsn(SHORT, "db1"))
         sleeper = Wire(p.port)
         assert sleeper.login(USER, "db1") is None
         sleeper.send(query("select pg_sleep(30)"))
-        bench = _pgbench(p.port, script, 8)           # 6 clients on the 2 slots left: some wait
+        bench = _pgbench(p.port, script, 5)           # 6 clients on the 2 slots left: some wait
         wait_for(lambda: _backends(own_pg) == 3, timeout=10, what="the pool to fill")
-        time.sleep(1.0)
         own_pg.stop("immediate")
 
         # the client whose server died is told and closed
         errors = errors_in(sleeper.read_until_closed(15))
         assert errors and {e["C"] for e in errors} <= {"57P01", "08006"}, errors
-        # a client needing a server while PostgreSQL is down gets 08006 at once, not a hang
-        with psycopg.connect(p.dsn(USER, "db1"), autocommit=True) as c:
-            with pytest.raises(psycopg.Error) as e:
-                c.execute("select 1")
-        assert e.value.sqlstate == "08006", e.value
-        assert "failed to connect to remote server" in str(e.value)
-        out, _ = bench.communicate(timeout=60)        # pgbench ends (its clients fail), no hang
-        assert bench.returncode != 0, out[-2000:]    # its clients on dead servers were cut off
+        # clients needing a server while PostgreSQL is down wait for it
+        rider.start()
+        short.start()
+        short.join(20)
+        assert not short.is_alive()
+        # ... up to pool_timeout: then the error they got at once before, and the log says why
+        err = short_out.get("error")
+        assert err is not None and err.sqlstate == "08006", short_out
+        assert "failed to connect to remote server" in str(err)
+        assert "PostgreSQL is unreachable, the client waits up to pool_timeout 1000 ms" in p.log()
+        assert rider.is_alive(), rider_out           # 30 s: still waiting, no error at once
         assert_alive(p)
 
         own_pg.start()
+        rider.join(40)
+        assert rider_out == {"value": 1}              # served once PostgreSQL is back
+        assert scalar(p.dsn(SHORT, "db1")) == 1
+        # pgbench ends, no hang (its clients on dead servers were cut off, the others rode through)
+        out, _ = bench.communicate(timeout=60)
+        assert "transactions actually processed" in out, out[-2000:]
 
-        def works():
-            try:
-                return scalar(p.dsn(USER, "db1", connect_timeout=3)) == 1
-            except Exception:
-                return False
-
-        wait_for(works, timeout=20, interval=0.2, what="service after the restart")
-        bench = _pgbench(p.port, script, 3)
+        bench = _pgbench(p.port, script, 2)
         out, _ = bench.communicate(timeout=60)
         assert bench.returncode == 0, out[-2000:]
         assert "number of failed transactions: 0" in out or "failed" not in out, out[-2000:]
         # no slot leaked: every server the pooler lists is one PostgreSQL runs, at most pool_size
-        wait_for(lambda: console_servers(p, USER) == _backends(own_pg), timeout=10,
-                 what="console and pg_stat_activity to agree")
-        assert _backends(own_pg) <= 3
+        for user, size in ((USER, 3), (SHORT, 2)):
+            wait_for(lambda: console_servers(p, user) == _pool_servers(p, user) == _backends(own_pg, user),
+                     timeout=10, what=f"console and pg_stat_activity to agree on {user}")
+            assert _backends(own_pg, user) <= size
         assert_alive(p)
     finally:
         if bench is not None and bench.poll() is None:
