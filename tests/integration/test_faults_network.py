@@ -13,7 +13,7 @@ from scripts.pooler import PoolerProcess
 from tests.integration.conftest import (assert_alive, backends, ensure_roles, odyssey_config, odyssey_text, rule, scalar,
                                         wait_for)
 from tests.integration.faultproxy import FaultProxy
-from tests.integration.wire import Wire, errors_in
+from tests.integration.wire import Wire, decode_row, errors_in
 
 USERS = ("net_user", "net_login_user", "net_stall_user")
 
@@ -24,7 +24,7 @@ def net(pg, roles):
     proxy = FaultProxy(pg.host, pg.port)
     text = odyssey_config(
         rule("net_user", pool="transaction", pool_size=2, pool_timeout=5000),
-        rule("net_login_user", pool="transaction", pool_size=2, pool_timeout=5000),
+        rule("net_login_user", pool="transaction", pool_size=2, pool_timeout=1000),
         rule("net_stall_user", pool="transaction", pool_size=1, pool_timeout=500),
         backend_connect_timeout_ms=500, cancel_timeout_ms=500,
     )
@@ -61,6 +61,7 @@ def _read_error(w: Wire, timeout: float = 10) -> dict:
 def test_blackholed_server_login_is_bounded_by_backend_connect_timeout(healthy):
     p, proxy = healthy
     proxy.blackhole = True                    # connections are accepted, never answered
+    # each login is cut off by backend_connect_timeout_ms and tried again until pool_timeout (1 s)
     with pytest.raises(psycopg2.OperationalError) as e:
         scalar(p.dsn("net_login_user", "db1", connect_timeout=10))
     assert "FATAL:  odyssey: c" in str(e.value) and "failed to connect to remote server" in str(e.value)
@@ -71,20 +72,49 @@ def test_blackholed_server_login_is_bounded_by_backend_connect_timeout(healthy):
 
 
 @pytest.mark.timeout(30)
-def test_refused_server_connection(healthy):
+def test_refused_server_connection_past_pool_timeout(healthy):
     p, proxy = healthy
-    assert scalar(p.dsn("net_user", "db1")) == 1       # the route knows its parameters
+    assert scalar(p.dsn("net_login_user", "db1")) == 1  # the route knows its parameters
     proxy.reset_all()                                   # the pooled servers are gone ...
     proxy.refuse = True                                 # ... and new ones are refused
     w = Wire(p.port)
-    assert w.login("net_user", "db1") is None
+    assert w.login("net_login_user", "db1") is None
     w.send(b"Q\0\0\0\x0dselect 1\0")
-    err = _read_error(w)
+    err = _read_error(w)                                # tried again for pool_timeout (1 s), then
     assert err["C"] == "08006", err
     assert "Errno" not in err["M"], err
     w.close()
     proxy.refuse = False
+    assert scalar(p.dsn("net_login_user", "db1")) == 1
+
+
+@pytest.mark.timeout(30)
+def test_refused_server_connections_are_waited_out_within_pool_timeout(healthy):
+    p, proxy = healthy
     assert scalar(p.dsn("net_user", "db1")) == 1
+    proxy.reset_all()
+    proxy.refuse = True
+    w = Wire(p.port)
+    assert w.login("net_user", "db1") is None
+    w.send(b"Q\0\0\0\x0dselect 1\0")
+    p.wait_log("PostgreSQL is unreachable, the client waits up to pool_timeout 5000 ms")
+    proxy.refuse = False                                # PostgreSQL reachable again ...
+    w.settimeout(10)
+    rows, err, _ = _finish_query(w)
+    assert err is None and rows == [["1"]], err         # ... and the waiting client is served
+    w.close()
+
+
+def _finish_query(w: Wire):
+    rows, error = [], None
+    while True:
+        tag, body = w.read_message()
+        if tag == b"D":
+            rows.append(decode_row(body))
+        elif tag == b"E":
+            error = errors_in([(tag, body)])[0]
+        elif tag == b"Z":
+            return rows, error, body.decode()
 
 
 @pytest.mark.timeout(30)

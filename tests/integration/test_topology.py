@@ -37,8 +37,8 @@ def _make_pair_into(p: PgPair) -> PgPair:
     return p
 
 
-def _config(hosts: str, poll_ms: int = 1000, **globals_) -> str:
-    rules = [rule(user, db="postgres", pool="transaction", target_session_attrs=tsa)
+def _config(hosts: str, poll_ms: int = 1000, pool_timeout: int = 10000, **globals_) -> str:
+    rules = [rule(user, db="postgres", pool="transaction", target_session_attrs=tsa, pool_timeout=pool_timeout)
              for user, tsa in (("rw_user", "read-write"), ("ro_user", "read-only"),
                                ("primary_user", "primary"), ("standby_user", "standby"),
                                ("prefer_user", "prefer-standby"), ("any_user", None))]
@@ -107,7 +107,8 @@ def test_a_dead_host_is_skipped(pair, run_pooler):
 
 
 def test_only_dead_hosts_give_a_connect_error(run_pooler):
-    p = run_pooler(_config(f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}",
+    # the logins are tried again until pool_timeout (login_retry.py), then the error
+    p = run_pooler(_config(f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}", pool_timeout=500,
                            backend_connect_timeout_ms=1000))
     with pytest.raises(psycopg.Error) as e:
         _in_recovery(p, "rw_user")
