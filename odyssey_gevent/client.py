@@ -28,7 +28,7 @@ class Client:
     __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "local_host",
                  "local_port", "startup", "user", "database", "vars", "rule", "route", "server",
                  "state", "key_pid", "key_secret", "time_accept", "password", "is_console", "relay",
-                 "deploy_list", "prepared", "auth_secret", "scram_keys", "killed")
+                 "deploy_list", "prepared", "auth_secret", "scram_keys", "killed", "tsa_checks")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
         self.id = new_id("c")
@@ -60,6 +60,7 @@ class Client:
         self.deploy_list = None             # deploy.py's cache of the tracked vars; None = stale
         self.prepared = None                # statement name -> prepared.Statement (pooled statements)
         self.killed = False                 # KILL_CLIENT: end the session at the next chance (router.kill)
+        self.tsa_checks = None              # (catchup_timeout, target_session_attrs): tsa.idle_server_fits
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.user}@{self.database}>"

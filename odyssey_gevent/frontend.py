@@ -250,7 +250,7 @@ class Frontend:
                                     f"too many active clients for user (pool_size for user "
                                     f"{client.database}.{client.user} reached {rule.pool_size})",
                                     severity="FATAL", status=Status.EATTACH_TOO_MANY_CONNECTIONS) from None
-            if not server.connected:
+            if server.io is None and server.fd is None:      # not connected yet
                 try:
                     self._connect(server)
                 except login_retry.Retry as retry:

@@ -70,17 +70,19 @@ def idle_server_fits(instance, client, server) -> bool:
     target_session_attrs? The host's cached status is used while it is recent, else asked
     again on this server. False also when asking failed (the server is then marked broken), and
     when the host lags more than the client's catchup_timeout while another host does not.
-    Runs on every attach of a pooled server: the usual case (no catchup_timeout, tsa any) is a
-    few attribute reads."""
+    Runs on every attach of a pooled server: what the client asks for (from its rule, listen
+    block and startup parameters, all fixed for its session) is worked out at its first attach."""
     if server.endpoint is None:
         return True
-    catchup = storage.effective_catchup(client, client.rule)
+    checks = getattr(client, "tsa_checks", None)
+    if checks is None:
+        checks = client.tsa_checks = (storage.effective_catchup(client, client.rule), effective(client))
+    catchup, want = checks
     if catchup and storage.lags(server.endpoint, catchup) and storage.some_host_within(
             client.rule.storage, instance.config, catchup):
         instance.logger.debug("attach", client, server, "idle server's host %s lags more than %d s",
                               server.endpoint, catchup)
         return False
-    want = effective(client)
     if want == "any":
         return True
     try:
