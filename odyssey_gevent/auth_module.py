@@ -20,13 +20,14 @@ clients; it must be thread-safe.
 from __future__ import annotations
 
 import importlib
+import sys
 
 import gevent
 
 from kiwi import error_codes
 from odyssey_gevent.status import FrontendError
 
-__all__ = ["check", "resolve", "client_info"]
+__all__ = ["check", "resolve", "client_info", "loaded", "load", "unload"]
 
 PREFIX = "python:"
 
@@ -47,6 +48,61 @@ def resolve(modules, name: str):
     if not callable(fn):
         raise ModuleError(f"auth module '{name}' has no check(user, password, client_info) function")
     return fn
+
+
+class _Changes:
+    """What the console's CREATE MODULE / DROP MODULE changed: kept for the life of the process,
+    over RELOAD (C keeps its loaded modules outside the config too)."""
+
+    def __init__(self):
+        self.added: list[str] = []
+        self.dropped: set[str] = set()
+
+
+def _changes(instance) -> _Changes:
+    changes = getattr(instance, "module_changes", None)
+    if changes is None:
+        changes = instance.module_changes = _Changes()
+    return changes
+
+
+def loaded(instance) -> list[str]:
+    """The `python:` modules in use: the config's load_module ones and those CREATE MODULE
+    added, less those DROP MODULE removed."""
+    changes = getattr(instance, "module_changes", None)
+    paths = [p for p in instance.config.modules if p.startswith(PREFIX)]
+    if changes is None:
+        return paths
+    paths += [p for p in changes.added if p not in paths]
+    return [p for p in paths if p not in changes.dropped]
+
+
+def load(instance, path: str) -> None:
+    """Console CREATE MODULE "python:pkg.mod": import the module now (a module DROP MODULE
+    unloaded is read from its file again) and check it has check(); raises ModuleError."""
+    if not path.startswith(PREFIX):
+        raise ModuleError(f"'{path}' is not a Python module: C modules (.so) can't be loaded by "
+                          f"odyssey-gevent, name one as python:<dotted module name>")
+    name = path[len(PREFIX):]
+    if not name or not all(part.isidentifier() for part in name.split(".")):
+        raise ModuleError(f"'{path}': expected python:<dotted module name>")
+    if path in loaded(instance):
+        raise ModuleError(f"module '{path}' was already loaded")
+    resolve([path], name)
+    changes = _changes(instance)
+    changes.dropped.discard(path)
+    if path not in changes.added:
+        changes.added.append(path)
+
+
+def unload(instance, path: str) -> None:
+    """Console DROP MODULE "python:pkg.mod": logins of rules naming it are refused (28000) until
+    it is loaded again; the next import reads its file anew. Raises ModuleError."""
+    if path not in loaded(instance):
+        raise ModuleError(f"module '{path}' is not loaded")
+    changes = _changes(instance)
+    changes.dropped.add(path)
+    sys.modules.pop(path[len(PREFIX):], None)
 
 
 def client_info(client) -> dict:
@@ -74,7 +130,7 @@ def check(instance, client, password: str) -> bool:
     """The auth.py hook for clear_text rules with `auth_module`."""
     name = client.rule.auth_module
     try:
-        fn = resolve(instance.config.modules, name)
+        fn = resolve(loaded(instance), name)
     except ModuleError as e:
         raise _refuse(instance, client, str(e)) from None
     ok, result = gevent.get_hub().threadpool.apply(_call, (fn, client.user, password, client_info(client)))

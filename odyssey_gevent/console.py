@@ -1,16 +1,18 @@
 """The admin console: a `local` storage answering SHOW commands (mirrors Odyssey
 sources/console.c).
 
-It answers SHOW VERSION, POOLS, POOLS_EXTENDED, DATABASES, CLIENTS, SERVERS, LISTS, RULES,
-IS_PAUSED, SERVER_PREP_STMTS, GLOBAL_PREPARED_STATEMENTS, STATS, ERRORS, ERRORS_PER_ROUTE,
-LISTEN, STORAGES and HELP with Odyssey's column names and types, plus KILL_CLIENT, PAUSE and
-RESUME, RELOAD and SET (a no-op). Roles: admin may do everything, stat only SHOW, notallow
+It answers SHOW VERSION, VERSION_EXTENDED, POOLS, POOLS_EXTENDED, DATABASES, CLIENTS, SERVERS,
+LISTS, RULES, IS_PAUSED, SERVER_PREP_STMTS, GLOBAL_PREPARED_STATEMENTS, STATS, ERRORS,
+ERRORS_PER_ROUTE, LISTEN, STORAGES, HOST_UTILIZATION, FDS and HELP with Odyssey's column names
+and types, plus KILL_CLIENT, PAUSE and RESUME, RELOAD, SET (a no-op), DROP SERVERS and
+CREATE/DROP MODULE (Python auth modules, auth_module.py). Roles: admin may do everything, stat only SHOW, notallow
 nothing. Commands are dispatched through a table. Rows are built under the router's lock (the
 rule is in route.py), which is never held across IO: the reply is written after it is released.
 """
 from __future__ import annotations
 
 import platform
+import re
 import struct
 import time
 
@@ -23,11 +25,11 @@ from odyssey_gevent.err_logger import FRONTEND_ERRORS, ROUTE_ROUTER_ERRORS, ROUT
 from odyssey_gevent.route import averages
 from odyssey_gevent.io import FE_LIMITS, read_message
 from odyssey_gevent.rules import show_rules_rows
-from odyssey_gevent.status import FrontendError, Status, error_message
+from odyssey_gevent.status import FrontendError, Status, error_message, error_prefix
 
 KILL_POLL_MS = 1000
 
-TEXT, INT4, INT8, BOOL = 25, 23, 20, 16
+TEXT, INT4, INT8, BOOL, FLOAT4 = 25, 23, 20, 16, 700
 
 
 def login_parameters(instance) -> list[tuple[str, str]]:
@@ -44,6 +46,48 @@ def _version_string() -> str:
 
 def show_version(instance, client=None):
     return [("version", TEXT)], [[_version_string()]]
+
+
+def show_version_extended(instance, client=None):
+    """C's version, build_type, compiler, compiler_version, arch: here the Odyssey version we
+    answer as with ours, and the Python that runs us."""
+    cols = [("version", TEXT), ("build_type", TEXT), ("compiler", TEXT), ("compiler_version", TEXT),
+            ("arch", TEXT)]
+    return cols, [[f"{ODYSSEY_COMPAT_VERSION}-odyssey-gevent-{__version__}", "release",
+                   platform.python_implementation(), platform.python_version(), platform.machine()]]
+
+
+def show_host_utilization(instance, client=None):
+    """cpu and mem in percent ("%.2f", float4) from the host watcher (host_watcher.py): 0.00
+    without enable_host_watcher, as C."""
+    from odyssey_gevent.host_watcher import utilization
+    cpu, mem = utilization(instance)
+    return [("cpu", FLOAT4), ("mem", FLOAT4)], [[f"{cpu:.2f}", f"{mem:.2f}"]]
+
+
+def _server_fd(server) -> int:
+    io = server.io
+    if io is not None:
+        try:
+            return io.fileno()
+        except OSError:
+            return -1
+    return server.fd if server.fd is not None else -1
+
+
+def show_fds(instance, client=None):
+    """One row per pooled server socket, active then idle per route, as C (which lists no client
+    sockets): type "S", ptr (the server id), its fd, and C's "machine fd mask" column, which C
+    derives from the fd number's two low bits ("R"/"NOR", "W"/"NOW"); kept so for exporters."""
+    rows = []
+    router = instance.router
+    with router.lock:
+        servers = [s for r in router.routes.values() for s in list(r.active) + list(r.idle)]
+    for s in servers:
+        fd = _server_fd(s)
+        mask = f"{'R' if fd & 1 else 'NOR'}/{'W' if fd & 2 else 'NOW'}" if fd >= 0 else "NOR/NOW"
+        rows.append(["S", s.id, fd, mask])
+    return [("type", TEXT), ("ptr", TEXT), ("machine fd", INT4), ("machine fd mask", TEXT)], rows
 
 
 POOLS_COLUMNS = [("database", TEXT), ("user", TEXT), ("cl_active", INT8), ("cl_waiting", INT8),
@@ -216,9 +260,9 @@ def show_global_prepared_statements(instance, client=None):
     return cols, rows
 
 
-# RouteStats.COUNTERS in this order: the 8 total_* columns, then total_cancel_count
+# RouteStats.COUNTERS in this order: the 8 total_* columns, total_cancel_count, the parse counts
 STATS_COUNTERS = ("count_tx", "count_query", "count_server_assignment", "bytes_recv", "bytes_sent", "tx_time",
-                  "query_time", "wait_time", "count_cancel")
+                  "query_time", "wait_time", "count_cancel", "count_parse", "count_parse_reuse")
 STATS_COLUMNS = ["total_xact_count", "total_query_count", "total_server_assignment_count", "total_received",
                  "total_sent", "total_xact_time", "total_query_time", "total_wait_time", "avg_xact_count",
                  "avg_query_count", "avg_server_assignment_count", "avg_recv", "avg_sent", "avg_xact_time",
@@ -229,7 +273,9 @@ STATS_COLUMNS = ["total_xact_count", "total_query_count", "total_server_assignme
 def show_stats(instance, client=None):
     """One row per database, summed over its routes (RouteStats): the totals, and the averages
     since the last stats_interval tick, as C computes them (od_stat_average: rates per second,
-    times in µs per transaction, query and server assignment)."""
+    times in µs per transaction, query and server assignment). total_parse_count counts the
+    Parses the prepared-statement layer sent to servers, total_parse_count_reuse the times a
+    server already had the statement a client's Parse, Bind, Describe or EXECUTE needed."""
     cols = [("database", TEXT)] + [(c, INT8) for c in STATS_COLUMNS]
     n = len(STATS_COUNTERS)
     cur: dict[str, list[int]] = {}
@@ -244,7 +290,7 @@ def show_stats(instance, client=None):
     rows = []
     for db in sorted(cur):
         c = cur[db]
-        rows.append([db] + c[:8] + averages(tuple(c), tuple(prev[db]), interval) + [0, 0, c[8]])
+        rows.append([db] + c[:8] + averages(tuple(c), tuple(prev[db]), interval) + [c[9], c[10], c[8]])
     return cols, rows
 
 
@@ -293,11 +339,15 @@ HELP_TEXT = """Console usage
 	SHOW COMMANDS|HELP
 	SHOW STATS|POOLS|POOLS_EXTENDED|DATABASES|CLIENTS|SERVERS|LISTS|RULES|IS_PAUSED|VERSION
 	SHOW ERRORS|ERRORS_PER_ROUTE|LISTEN|STORAGES|SERVER_PREP_STMTS|GLOBAL_PREPARED_STATEMENTS
+	SHOW VERSION_EXTENDED|HOST_UTILIZATION|FDS
 	KILL_CLIENT <client_id>
 	PAUSE [database]
 	RESUME [database]
 	RELOAD
-	SET key = arg (ignored)"""
+	SET key = arg (ignored)
+	CREATE MODULE "python:<module>"
+	DROP SERVERS
+	DROP MODULE "python:<module>\""""
 
 
 SHOW = {
@@ -306,7 +356,9 @@ SHOW = {
     "errors": show_errors, "errors_per_route": show_errors_per_route, "pools_extended": show_pools_extended,
     "version": show_version, "pools": show_pools, "databases": show_databases, "clients": show_clients,
     "servers": show_servers, "lists": show_lists, "rules": show_rules, "is_paused": show_is_paused,
+    "version_extended": show_version_extended, "host_utilization": show_host_utilization, "fds": show_fds,
 }
+SHOW_TAGS = {"host_utilization": "HOST_UTILIZATION"}     # C's tag for it; every other SHOW says "SHOW"
 
 
 def _value(v):
@@ -336,6 +388,10 @@ def execute(instance, client, query: str) -> bytes:
     verb = tokens[0].lower()
     if role != "admin" and not (verb == "show" and role == "stat"):
         raise FrontendError(error_codes.INSUFFICIENT_PRIVILEGE, "Unsuitable user role to emit console command")
+    if verb in ("drop", "create"):
+        reply = drop_create(instance, client, _words(query))
+        if reply is not None:
+            return reply
     if verb == "show" and len(tokens) >= 2 and tokens[1].lower() in ("help", "commands"):
         return be_write.notice_response("NOTICE", "00000", HELP_TEXT) + be_write.command_complete("SHOW")
     if verb == "reload" and len(tokens) == 1:
@@ -349,10 +405,11 @@ def execute(instance, client, query: str) -> bytes:
         db = tokens[1] if len(tokens) >= 2 else None
         return pause_resume(instance, client, verb, db)
     if verb == "show" and len(tokens) >= 2:
-        handler = SHOW.get(tokens[1].lower())
+        what = tokens[1].lower()
+        handler = SHOW.get(what)
         if handler is not None:
             cols, rows = handler(instance, client)
-            return _result(cols, rows)
+            return _result(cols, rows, SHOW_TAGS.get(what, "SHOW"))
     raise FrontendError(error_codes.SYNTAX_ERROR, f"console command error: {query}")
 
 
@@ -368,6 +425,59 @@ def kill_client(instance, client, token: str) -> bytes:
     if victim is not None and victim.relay is not None:
         relay.wake(victim.relay)
     return b""
+
+
+_WORD = re.compile(r"""\s*(?:([A-Za-z][A-Za-z0-9_]*)|"((?:[^"\\\n]|\\.)*)"|'((?:[^'\\\n]|\\.)*)'|(\S))""")
+
+
+def _words(query: str) -> list[tuple[str, str]]:
+    """The console parser's tokens for DROP/CREATE: ("word", lower-case keyword), ("string",
+    text of a "..." or '...' string) or ("symbol", one character), as C's od_parser reads them."""
+    out = []
+    pos = 0
+    while True:
+        m = _WORD.match(query, pos)
+        if m is None or m.end() == pos:
+            return out
+        pos = m.end()
+        word, dq, sq, sym = m.groups()
+        if word is not None:
+            out.append(("word", word.lower()))
+        elif dq is not None or sq is not None:
+            out.append(("string", dq if dq is not None else sq))
+        else:
+            out.append(("symbol", sym))
+
+
+def drop_create(instance, client, words: list) -> bytes | None:
+    """DROP SERVERS, CREATE MODULE "path", DROP MODULE "path" (admin); None for a command error.
+    DROP SERVERS must end the input (C: `drop servers;` is an error) and, as C, its reply is
+    ReadyForQuery alone. The module commands answer INFO or ERROR 58000 and no CommandComplete."""
+    verb = words[0][1]
+    what = words[1] if len(words) > 1 else None
+    if verb == "drop" and what == ("word", "servers") and len(words) == 2:
+        marked = instance.router.drop_servers()
+        instance.logger.info("console", client, None, "DROP SERVERS: %d servers marked offline", marked)
+        return b""
+    if what != ("word", "module") or len(words) < 3 or words[2][0] != "string":
+        return None
+    path = words[2][1]
+    from odyssey_gevent import auth_module
+    action = "loaded" if verb == "create" else "unloaded"
+    instance.logger.info("console", client, None, "%s module with path %s",
+                         "loading" if verb == "create" else "unloading", path)
+    try:
+        if verb == "create":
+            auth_module.load(instance, path)
+        else:
+            auth_module.unload(instance, path)
+    except auth_module.ModuleError as e:
+        instance.logger.error("console", client, None, "module %s was not %s: %s", path, action, e)
+        err = FrontendError(error_codes.SYSTEM_ERROR, f"module was NOT successfully {action}! Check logs for details",
+                            detail=str(e))
+        return error_message(err, client.id, client.rule.client_show_id)
+    prefix = error_prefix(client.id, client.rule.client_show_id)
+    return be_write.notice_response("INFO", "00000", f"{prefix}module was successfully {action}!")
 
 
 def pause_resume(instance, client, verb: str, db: str | None) -> bytes:

@@ -109,6 +109,9 @@ def cron_main(instance) -> None:
     checkers = [machinarium.coroutine_create(group.checker_main, instance, name="group checker"),
                 machinarium.coroutine_create(soft_oom.checker_main, instance, name="soft oom checker"),
                 machinarium.coroutine_create(watchdog.watchdog_main, instance, name="watchdog")]
+    if instance.config.enable_host_watcher:          # SHOW HOST_UTILIZATION's figures, as C at startup
+        from odyssey_gevent import host_watcher
+        checkers.append(machinarium.coroutine_create(host_watcher.watcher_main, instance, name="host watcher"))
     try:
         _cron_loop(instance)
     finally:

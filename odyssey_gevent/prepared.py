@@ -204,15 +204,29 @@ def parse_sql(text: str):
     return verb, name, rest
 
 
+class _Counts:
+    """Where a Prepared made for a client with no route counts its Parses (never shown)."""
+    __slots__ = ("count_parse", "count_parse_reuse")
+
+    def __init__(self):
+        self.count_parse = self.count_parse_reuse = 0
+
+
+_NO_STATS = _Counts()
+
+
 class Prepared:
     """The prepared-statement layer of one client's relay (transaction and statement pooling
     with pool_reserve_prepared_statement)."""
 
-    __slots__ = ("client", "registry")
+    __slots__ = ("client", "registry", "stats")
 
     def __init__(self, client, registry: Registry):
         self.client = client
         self.registry = registry
+        # the route's RouteStats: count_parse (a Parse sent to the server for a client's
+        # statement) and count_parse_reuse (the server had it already), as C counts them
+        self.stats = client.route.stats if client.route is not None else _NO_STATS
         if client.prepared is None:
             client.prepared = {}
 
@@ -316,7 +330,9 @@ class Prepared:
         """Have `stmt` on `server` before the message that needs it: a hidden Parse (or a
         hidden SQL PREPARE) when the server does not have it yet."""
         if self._usable(server, stmt, out):
+            self.stats.count_parse_reuse += 1
             return
+        self.stats.count_parse += 1
         self._make_room(server, out)
         done, failed = self._register(server, stmt)
         if stmt.parse is not None:
@@ -348,8 +364,10 @@ class Prepared:
         stmt, undo = self._map(name, body, body)
         out: list = []
         if self._usable(server, stmt, out):
+            self.stats.count_parse_reuse += 1
             server.proto.send_request(Request(LOCAL, local=PARSE_COMPLETE, on_fail=undo))
             return out
+        self.stats.count_parse += 1
         self._make_room(server, out)
         done, failed = self._register(server, stmt, undo)
         out.append(stmt.parse)
@@ -371,6 +389,7 @@ class Prepared:
         cache = server.prepared
         if cache is not None and stmt.name in cache and not cache.pending:
             cache.move_to_end(stmt.name)       # the common case: the server has it for sure
+            self.stats.count_parse_reuse += 1
         else:
             self._ensure(server, stmt, out)
         # the same Bind with the server's name: its length changes by the difference in names
@@ -436,9 +455,11 @@ class Prepared:
             stmt, undo = self._map(name, b"sql\0" + rest.strip().encode(), None, rest.strip())
             out: list = []
             if self._usable(server, stmt, out):
+                self.stats.count_parse_reuse += 1
                 proto.send_request(Request(_Q, empty=be_write.command_complete("PREPARE"), on_fail=undo))
                 out.append(_EMPTY_QUERY)
                 return out
+            self.stats.count_parse += 1
             self._make_room(server, out)
             done, failed = self._register(server, stmt, undo)
             out.append(_message(b"Q", f"PREPARE {stmt.name} {rest}".encode() + b"\0"))
@@ -451,6 +472,7 @@ class Prepared:
         out = []
         if stmt.parse is not None and not self._usable(server, stmt, out):
             # a protocol-level statement run by SQL EXECUTE: Parse it in a batch of its own
+            self.stats.count_parse += 1
             self._make_room(server, out)
             done, failed = self._register(server, stmt)
             out.append(stmt.parse)

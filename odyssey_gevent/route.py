@@ -47,7 +47,9 @@ class RouteStats:
     counts and the query/transaction times (float seconds, from the request that starts them to
     the ReadyForQuery that ends them: adding floats is the cheapest) without the lock (see
     above); the router bumps count_server_assignment, wait_time (seconds clients waited for
-    their server) and count_cancel under it. snapshot() gives the times in µs, as C counts them.
+    their server) and count_cancel under it; the prepared-statement layer (prepared.py) bumps
+    count_parse (a client statement had to be prepared on its server: a Parse sent) and
+    count_parse_reuse (the server already had it). snapshot() gives the times in µs, as C counts them.
     `prev` is the snapshot taken at the last stats_interval tick (cron):
     the averages of SHOW STATS and the stats log line are the differences from it.
 
@@ -56,11 +58,11 @@ class RouteStats:
     one (C Odyssey keeps a window of two t-digests the same way); SHOW POOLS_EXTENDED merges
     them."""
     __slots__ = ("count_query", "count_tx", "bytes_recv", "bytes_sent", "count_server_assignment",
-                 "count_cancel", "query_time", "tx_time", "wait_time", "prev", "query_sketch", "tx_sketch",
-                 "old_sketches")
+                 "count_cancel", "query_time", "tx_time", "wait_time", "count_parse", "count_parse_reuse", "prev",
+                 "query_sketch", "tx_sketch", "old_sketches")
 
     COUNTERS = ("count_tx", "count_query", "count_server_assignment", "bytes_recv", "bytes_sent", "tx_time",
-                "query_time", "wait_time", "count_cancel")
+                "query_time", "wait_time", "count_cancel", "count_parse", "count_parse_reuse")
 
     def __init__(self, quantiles: bool = False):
         for name in self.COUNTERS:
@@ -76,7 +78,7 @@ class RouteStats:
         """The COUNTERS, times in whole µs."""
         return (self.count_tx, self.count_query, self.count_server_assignment, self.bytes_recv, self.bytes_sent,
                 round(self.tx_time * 1e6), round(self.query_time * 1e6), round(self.wait_time * 1e6),
-                self.count_cancel)
+                self.count_cancel, self.count_parse, self.count_parse_reuse)
 
     def rotate_sketches(self) -> None:
         """A stats interval ended: the current sketches become the previous ones."""

@@ -165,6 +165,18 @@ class Router:
     def paused_db(self, db: str) -> bool:
         return self.paused_all or db in self.paused_dbs
 
+    def drop_servers(self) -> int:
+        """Console DROP SERVERS: mark every pooled server offline; each is closed when it is next
+        released (detach) or found idle (attach, the cron's expire) instead of being reused.
+        Returns how many were marked."""
+        marked = 0
+        with self.lock:
+            for route in self.routes.values():
+                for server in list(route.active) + route.idle:
+                    server.offline = True
+                    marked += 1
+        return marked
+
     def find_client(self, client_id: str):
         """The routed client with this id (`c` + 12 hex), or None."""
         with self.lock:

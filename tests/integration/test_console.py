@@ -4,6 +4,7 @@ console's error replies and roles.
 """
 from __future__ import annotations
 
+import os
 import struct
 
 import psycopg
@@ -12,12 +13,12 @@ import psycopg2
 import pytest
 
 from tests.integration.conftest import (ensure_roles, module_pooler, odyssey_config, odyssey_text, rule,
-                                       start_pooler)
+                                       start_pooler, wait_for)
 from tests.integration.wire import Wire, message, parse_fields
 
 USER = "console_pool_user"
-TEXT, INT4, INT8, BOOL = 25, 23, 20, 16
-t, i4, i8, b = TEXT, INT4, INT8, BOOL
+TEXT, INT4, INT8, BOOL, FLOAT4 = 25, 23, 20, 16, 700
+t, i4, i8, b, f4 = TEXT, INT4, INT8, BOOL, FLOAT4
 
 SHOW_COLUMNS = {
     "version": [("version", t)],
@@ -51,6 +52,9 @@ SHOW_COLUMNS = {
     "server_prep_stmts": [("type", t), ("user", t), ("database", t), ("sid", t), ("name", t), ("definition", t),
                           ("refcount", t)],
     "global_prepared_statements": [("name", t), ("definition", t), ("refcount", t)],
+    "version_extended": [("version", t), ("build_type", t), ("compiler", t), ("compiler_version", t), ("arch", t)],
+    "host_utilization": [("cpu", f4), ("mem", f4)],
+    "fds": [("type", t), ("ptr", t), ("machine fd", i4), ("machine fd mask", t)],
 }
 # POOLS_EXTENDED: POOLS, three int4 counters, then query_<q>/transaction_<q> (int4, C's "%.6g"
 # names) per quantile of the console user's own rule: quantiles "0.5,0.99" below
@@ -69,6 +73,7 @@ def console_pooler(pg, roles):
         rule("default", "console", pool="session", storage="local", role="admin", quantiles="0.5,0.99"),
         rule("viewer", "console", pool="session", storage="local", role="notallow"),
         rule("watcher", "console", pool="session", storage="local", role="stat"),
+        enable_host_watcher=True,
     )
     text += 'storage "local" {\n    type "local"\n}\n'
     yield from module_pooler(pg, text)
@@ -98,6 +103,8 @@ def test_show_columns(console_pooler, what):
             assert len(row) == len(cols)
         if what == "version":
             assert len(rows) == 1 and rows[0][0].lower().startswith("odyssey ")
+        if what == "version_extended":
+            assert len(rows) == 1 and rows[0][1] == "release" and rows[0][2] == "CPython"
         if what == "lists":
             assert [r[0] for r in rows] == LISTS
         if what == "is_paused":
@@ -139,6 +146,44 @@ def test_show_pools_counts_an_active_client(console_pooler):
         assert any(r[1] == USER and r[2] == "db1" for r in clients), clients
         _, servers = _show(con, "SERVERS")
         assert any(r[1] == USER and r[2] == "db1" for r in servers), servers
+    finally:
+        con.close()
+        client.close()
+
+
+@pytest.mark.timeout(20)
+def test_show_host_utilization(console_pooler):
+    """enable_host_watcher yes: CPU and memory in use, in percent, C's tag HOST_UTILIZATION."""
+    con = _console(console_pooler)
+    try:
+        def sampled():
+            with con.cursor() as cur:
+                cur.execute("SHOW HOST_UTILIZATION")
+                assert cur.statusmessage == "HOST_UTILIZATION"
+                [(cpu, mem)] = cur.fetchall()
+            return (cpu, mem) if mem > 0 else None
+        cpu, mem = wait_for(sampled, what="the host watcher's first samples")
+        assert 0.0 <= cpu <= 100.0 and 0.0 < mem < 100.0
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(20)
+def test_show_fds_lists_the_pooled_server_sockets(console_pooler):
+    client = psycopg2.connect(console_pooler.dsn(USER, "db1"))      # session: holds its server
+    client.autocommit = True          # every transaction ends (SHOW STATS times stay consistent)
+    con = _console(console_pooler)
+    try:
+        with client.cursor() as cur:
+            cur.execute("select 1")
+        _, servers = _show(con, "SERVERS")
+        ptrs = {r[12] for r in servers if r[1] == USER}
+        _, fds = _show(con, "FDS")
+        mine = [r for r in fds if r[1] in ptrs]
+        assert mine and all(r[0] == "S" for r in mine), fds
+        for _, _, fd, mask in mine:
+            assert os.readlink(f"/proc/{console_pooler.pid}/fd/{fd}").startswith("socket:")
+            assert mask == f"{'R' if fd & 1 else 'NOR'}/{'W' if fd & 2 else 'NOW'}"    # as C derives it
     finally:
         con.close()
         client.close()

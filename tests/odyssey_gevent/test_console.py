@@ -25,7 +25,7 @@ from odyssey_gevent.status import FrontendError, Status
 
 pytestmark = pytest.mark.timeout(10)
 
-TEXT, INT4, INT8, BOOL = 25, 23, 20, 16
+TEXT, INT4, INT8, BOOL, FLOAT4 = 25, 23, 20, 16, 700
 
 CONFIG = """
 log_format "%l (%c) %m\\n"
@@ -186,6 +186,10 @@ EXPECTED_COLUMNS = {
                  ("tls_key_file", TEXT), ("tls_ca_file", TEXT), ("tls_protocols", TEXT)],
     "errors": [("error_type", TEXT), ("count", INT8)],
     "errors_per_route": [("error_type", TEXT), ("user", TEXT), ("database", TEXT), ("count", INT8)],
+    "version_extended": [("version", TEXT), ("build_type", TEXT), ("compiler", TEXT), ("compiler_version", TEXT),
+                         ("arch", TEXT)],
+    "host_utilization": [("cpu", FLOAT4), ("mem", FLOAT4)],
+    "fds": [("type", TEXT), ("ptr", TEXT), ("machine fd", INT4), ("machine fd mask", TEXT)],
 }
 # POOLS_EXTENDED: POOLS + these, then query_<q>/transaction_<q> per quantile of the console rule
 EXPECTED_COLUMNS["pools_extended"] = EXPECTED_COLUMNS["pools"] + [
@@ -201,7 +205,7 @@ def test_show_columns_and_row_shapes(what):
     inst, *_ = _busy_instance()
     cols, rows, tag = _table(console.execute(inst, _console(inst), f"SHOW {what}"))
     assert cols == EXPECTED_COLUMNS[what]
-    assert tag == "SHOW"
+    assert tag == ("HOST_UTILIZATION" if what == "host_utilization" else "SHOW")
     assert rows, "the busy instance has something to show everywhere"
     for row in rows:
         assert len(row) == len(cols)
@@ -210,6 +214,8 @@ def test_show_columns_and_row_shapes(what):
                 continue
             if oid in (INT4, INT8):
                 int(value)                                  # integer text
+            elif oid == FLOAT4:
+                float(value)
             elif oid == BOOL:
                 assert value in ("t", "f"), (name, value)
 
@@ -322,7 +328,9 @@ def test_empty_query(query):
 
 
 @pytest.mark.parametrize("query", ["show", "SHOW;", "show nothing", "select 1", "pools", "show errorz",
-                                   "kill_client c0123", "kill_client", "kill_client c0123456789abc", "reload now", "show  'pools'"])
+                                   "kill_client c0123", "kill_client", "kill_client c0123456789abc", "reload now", "show  'pools'",
+                                   "drop servers;", "drop servers now", "drop", "drop server", "create module",
+                                   "create module python:x", "drop module", "create", "create servers"])
 def test_unknown_command_is_42601_with_the_query_text(query):
     inst = _instance()
     err = _error(lambda: console.execute(inst, _console(inst), query))
@@ -356,12 +364,13 @@ def test_show_stats_sums_route_counters_per_database():
     inst, (c1, _), *_ = _busy_instance()
     st = c1.route.stats
     st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent, st.count_cancel = 3, 7, 100, 200, 1
+    st.count_parse, st.count_parse_reuse = 4, 11
     _, rows, _ = _table(console.execute(inst, _console(inst), "show stats"))
     by_db = {r[0]: r for r in rows}
     assert set(by_db) == {"sales", "other"}
     sales = list(by_db["sales"])
     assert sales[1:6] == ["3", "7", sales[3], "100", "200"] and int(sales[3]) >= 1
-    assert sales[17:19] == ["0", "0"]                      # parse counts: not counted
+    assert sales[17:19] == ["4", "11"]                     # total_parse_count, total_parse_count_reuse
     assert sales[19] == "1"
 
 
@@ -470,6 +479,97 @@ def test_stat_role_may_only_show(query):
     err = _error(lambda: console.execute(inst, client, query))
     assert err.sqlstate == error_codes.INSUFFICIENT_PRIVILEGE
     assert err.message == "Unsuitable user role to emit console command"
+
+
+# ----------------------------------------------------------------------------------------------
+# DROP SERVERS, CREATE/DROP MODULE, VERSION_EXTENDED, HOST_UTILIZATION, FDS
+
+@pytest.mark.parametrize("query", ["DROP SERVERS", "drop servers", "  Drop\tServers  "])
+def test_drop_servers_marks_every_server_offline_with_no_command_complete(query):
+    inst, _, (active, idle), _ = _busy_instance()
+    idle.offline = False
+    assert console.execute(inst, _console(inst), query) == b""      # ReadyForQuery alone, as C
+    assert active.offline and idle.offline
+    _, rows, _ = _table(console.execute(inst, _console(inst), "show servers"))
+    assert [r[-1] for r in rows] == ["1", "1"]
+
+
+def test_drop_servers_is_admin_only():
+    inst, _, (active, _), _ = _busy_instance()
+    err = _error(lambda: console.execute(inst, _console(inst, "someone"), "drop servers"))
+    assert err.sqlstate == error_codes.INSUFFICIENT_PRIVILEGE
+    assert not active.offline
+
+
+def test_console_words():
+    assert console._words("""drop module "python:a.b" 'x' ; 7""") == [
+        ("word", "drop"), ("word", "module"), ("string", "python:a.b"), ("string", "x"), ("symbol", ";"),
+        ("symbol", "7")]
+    assert console._words("  ") == []
+
+
+def _notice_or_error(data: bytes):
+    """(type, payload) of the one message a module command answers (no CommandComplete, as C)."""
+    [(t, payload)] = _messages(data)
+    return t, bytes(payload)
+
+
+def test_create_and_drop_module(tmp_path, monkeypatch):
+    (tmp_path / "ogunit_consolemod.py").write_text("def check(user, password, info):\n    return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    inst = _instance()
+    admin = _console(inst)
+    from odyssey_gevent import auth_module
+    t, text = _notice_or_error(console.execute(inst, admin, 'CREATE MODULE "python:ogunit_consolemod"'))
+    assert t == BE.NOTICE_RESPONSE and b"INFO" in text and b"module was successfully loaded!" in text
+    assert "python:ogunit_consolemod" in auth_module.loaded(inst)
+    # loaded twice: C's error
+    t, text = _notice_or_error(console.execute(inst, admin, 'create module "python:ogunit_consolemod"'))
+    assert t == BE.ERROR_RESPONSE and b"58000" in text and b"module was NOT successfully loaded!" in text
+    t, text = _notice_or_error(console.execute(inst, admin, "drop module 'python:ogunit_consolemod'"))
+    assert t == BE.NOTICE_RESPONSE and b"module was successfully unloaded!" in text
+    assert "python:ogunit_consolemod" not in auth_module.loaded(inst)
+    t, text = _notice_or_error(console.execute(inst, admin, 'drop module "python:ogunit_consolemod"'))
+    assert t == BE.ERROR_RESPONSE and b"58000" in text and b"NOT successfully unloaded" in text
+
+
+@pytest.mark.parametrize("path, reason", [("/usr/lib/odyssey/mod.so", b"C modules (.so) can't be loaded"),
+                                          ("python:no_such_module_ogunit", b"failed to import"),
+                                          ("python:os", b"has no check("),
+                                          ("python:1bad", b"expected python:<dotted module name>")])
+def test_create_module_errors_are_58000_with_the_reason(path, reason):
+    inst = _instance()
+    t, text = _notice_or_error(console.execute(inst, _console(inst), f'CREATE MODULE "{path}"'))
+    assert t == BE.ERROR_RESPONSE and b"58000" in text and reason in text
+    from odyssey_gevent import auth_module
+    assert path not in auth_module.loaded(inst)
+
+
+def test_show_version_extended_row():
+    inst = _instance()
+    _, [row], _ = _table(console.execute(inst, _console(inst), "show version_extended"))
+    assert row[0] == f"{ODYSSEY_COMPAT_VERSION}-odyssey-gevent-{__version__}"
+    assert row[1] == "release" and row[2] == "CPython" and row[3] and row[4]
+
+
+def test_show_host_utilization_is_zero_without_the_watcher():
+    inst = _instance()
+    assert _table(console.execute(inst, _console(inst), "show host_utilization"))[1] == [("0.00", "0.00")]
+
+
+def test_show_fds_lists_servers_with_cs_mask():
+    inst, _, (active, idle), _ = _busy_instance()
+    a, b = socket.socketpair()
+    try:
+        active.io = mm.Io(gsocket.socket(fileno=a.detach()))
+        idle.fd = 6
+        _, rows, _ = _table(console.execute(inst, _console(inst), "show fds"))
+        fd = active.io.fileno()
+        mask = f"{'R' if fd & 1 else 'NOR'}/{'W' if fd & 2 else 'NOW'}"
+        assert rows == [("S", active.id, str(fd), mask), ("S", idle.id, "6", "NOR/W")]
+    finally:
+        active.io.close()
+        b.close()
 
 
 def test_login_parameters():
