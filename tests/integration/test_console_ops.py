@@ -10,20 +10,26 @@ import subprocess
 import psycopg2
 import pytest
 
-from tests.integration.conftest import (ensure_roles, module_pooler, odyssey_config, odyssey_text, rule, start_pooler,
+from kiwi import fe_write
+from tests.integration.conftest import (backends, ensure_roles, module_pooler, odyssey_config, odyssey_text, rule,
+                                       start_pooler,
                                        wait_for)
-from tests.integration.wire import Wire, parse_fields
+from tests.integration.wire import Wire, parse_fields, query
 
 USER = "ops_user"        # transaction pool of 2 servers, quantiles on
 SOLO = "ops_solo"        # transaction pool of 1 server: a second transaction must wait
 TMO = "ops_tmo"          # ... and waits 300 ms at most (pool_timeout)
+PREP = "ops_prep"        # transaction pool of 1 server, prepared statements across servers
+DROP = "ops_drop"        # transaction pool of 2 servers for DROP SERVERS
 KILLED_DETAIL = "Connection was killed by Odyssey configuration reloading or console command"
 
 
 @pytest.fixture(scope="module")
 def ops(pg, roles):
-    ensure_roles(pg, USER, SOLO, TMO)
+    ensure_roles(pg, USER, SOLO, TMO, PREP, DROP)
     text = odyssey_config(
+        rule(PREP, "db1", pool="transaction", pool_size=1, pool_reserve_prepared_statement=True),
+        rule(DROP, "db1", pool="transaction", pool_size=2),
         rule(USER, "db1", pool="transaction", pool_size=2, quantiles="0.5,0.99"),
         rule(SOLO, "db1", pool="transaction", pool_size=1, pool_timeout=0),
         rule(TMO, "db1", pool="transaction", pool_size=1, pool_timeout=300),
@@ -408,3 +414,83 @@ def test_kill_a_console_client(ops):
         _assert_killed_fatal(victim)
     finally:
         victim.close()
+
+
+# -- DROP SERVERS ------------------------------------------------------------------------------------
+def _pid(con) -> int:
+    with con.cursor() as cur:
+        cur.execute("select pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+@pytest.mark.timeout(30)
+def test_drop_servers_closes_the_old_servers_and_new_transactions_get_new_ones(ops, pg):
+    holder = psycopg2.connect(ops.dsn(DROP, "db1"))           # keeps its server in a transaction
+    other = psycopg2.connect(ops.dsn(DROP, "db1"))
+    other.autocommit = True                                   # its server goes back to the pool
+    console = _console(ops)
+    try:
+        held, idle = _pid(holder), _pid(other)
+        assert held != idle
+        assert {pid for pid, *_ in backends(pg, DROP)} == {held, idle}
+        console.send(query("DROP SERVERS;"))                    # must end the input, as C
+        assert [t for t, _ in _messages_until_ready(console)] == [b"E", b"Z"]
+        console.send(query("DROP SERVERS"))
+        assert [t for t, _ in _messages_until_ready(console)] == [b"Z"]     # no CommandComplete, as C
+        servers = [r for r in _show(ops, "SERVERS") if r["user"] == DROP]
+        assert len(servers) == 2 and {r["offline"] for r in servers} == {"1"}, servers
+        # the idle one is closed (by the cron's expire or the next attach), not reused
+        wait_for(lambda: idle not in {pid for pid, *_ in backends(pg, DROP)}, what="the idle server closed")
+        new = _pid(other)
+        assert new not in (held, idle)
+        # the one inside a transaction serves it to the end, then is closed at its release
+        assert _pid(holder) == held
+        holder.commit()
+        wait_for(lambda: held not in {pid for pid, *_ in backends(pg, DROP)}, what="the released server closed")
+        assert _pid(holder) not in (held, idle)
+        holder.commit()
+        servers = [r for r in _show(ops, "SERVERS") if r["user"] == DROP]
+        assert servers and {r["offline"] for r in servers} == {"0"}, servers
+    finally:
+        console.close()
+        holder.close()
+        other.close()
+
+
+def _messages_until_ready(w: Wire) -> list[tuple[bytes, bytes]]:
+    got = []
+    while True:
+        got.append(w.read_message())
+        if got[-1][0] == b"Z":
+            return got
+
+
+# -- SHOW STATS parse counts -----------------------------------------------------------------------
+def _parse_counts(p) -> tuple[int, int]:
+    row = {r["database"]: r for r in _show(p, "STATS")}["db1"]
+    return row["total_parse_count"], row["total_parse_count_reuse"]
+
+
+@pytest.mark.timeout(30)
+def test_show_stats_counts_parses_sent_and_reused(ops):
+    """pool_reserve_prepared_statement: total_parse_count counts the Parses sent to a server for a
+    client's statement, total_parse_count_reuse the times the server already had it (C's meaning)."""
+    parse, reuse = _parse_counts(ops)
+    a, b = Wire(ops.port), Wire(ops.port)
+    try:
+        assert a.login(PREP, "db1") is None and b.login(PREP, "db1") is None
+        sql = "select 40 + 2 /* parse counts */"
+        a.send(fe_write.parse("s1", sql) + fe_write.bind("", "s1") + fe_write.execute() + fe_write.sync())
+        assert [t for t, _ in _messages_until_ready(a)] == [b"1", b"2", b"D", b"C", b"Z"]
+        # the Parse had to prepare it on the server; the Bind after it found it there (as C counts)
+        assert _parse_counts(ops) == (parse + 1, reuse + 1)
+        a.send(fe_write.bind("", "s1") + fe_write.execute() + fe_write.sync())
+        assert [t for t, _ in _messages_until_ready(a)] == [b"2", b"D", b"C", b"Z"]
+        assert _parse_counts(ops) == (parse + 1, reuse + 2)
+        # another client, its own name for the same text, on the route's one server
+        b.send(fe_write.parse("mine", sql) + fe_write.bind("", "mine") + fe_write.execute() + fe_write.sync())
+        assert [t for t, _ in _messages_until_ready(b)] == [b"1", b"2", b"D", b"C", b"Z"]
+        assert _parse_counts(ops) == (parse + 1, reuse + 4)             # its Parse and its Bind
+    finally:
+        a.close()
+        b.close()
