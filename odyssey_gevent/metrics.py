@@ -27,6 +27,10 @@ _COUNTERS = (  # metric name, RouteStats field, help
     ("odyssey_route_server_assignments_total", "count_server_assignment",
      "Servers attached to clients of the route"),
     ("odyssey_route_cancels_total", "count_cancel", "Cancel requests for the route"),
+    ("odyssey_route_parses_total", "count_parse",
+     "Parses sent to servers for clients' prepared statements (SHOW STATS total_parse_count)"),
+    ("odyssey_route_parse_reuses_total", "count_parse_reuse",
+     "Times a server already had the prepared statement a client needed (total_parse_count_reuse)"),
 )
 _TIMES = (  # metric name, RouteStats field (seconds), help: SHOW STATS total_*_time
     ("odyssey_route_transaction_time_seconds_total", "tx_time",

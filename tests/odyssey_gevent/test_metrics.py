@@ -27,6 +27,7 @@ def test_collector_reads_route_counters_and_gauges():
     st = route.stats
     st.count_tx, st.count_query, st.bytes_recv, st.bytes_sent = 7, 11, 1234, 5678
     st.count_server_assignment, st.count_cancel = 9, 2
+    st.count_parse, st.count_parse_reuse = 3, 5
     st.tx_time, st.query_time, st.wait_time = 2.5, 1.5, 0.25          # seconds
     inst.router.errors.router_error("OD_ROUTER_ERROR_NOT_FOUND")
     inst.router.errors.session_ended("OD_ECLIENT_KILLED", route)
@@ -46,6 +47,8 @@ def test_collector_reads_route_counters_and_gauges():
         f'odyssey_route_bytes_sent_total{{{lab}}} 5678.0',
         f'odyssey_route_server_assignments_total{{{lab}}} 9.0',
         f'odyssey_route_cancels_total{{{lab}}} 2.0',
+        f'odyssey_route_parses_total{{{lab}}} 3.0',
+        f'odyssey_route_parse_reuses_total{{{lab}}} 5.0',
         f'odyssey_route_transaction_time_seconds_total{{{lab}}} 2.5',
         f'odyssey_route_query_time_seconds_total{{{lab}}} 1.5',
         f'odyssey_route_wait_time_seconds_total{{{lab}}} 0.25',
