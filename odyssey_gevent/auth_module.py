@@ -42,7 +42,7 @@ def resolve(modules, name: str):
         raise ModuleError(f"auth module '{name}' is not loaded (no load_module \"{PREFIX}{name}\")")
     try:
         mod = importlib.import_module(name)
-    except Exception as e:                 # ImportError, or whatever the module's body raised
+    except (Exception, SystemExit) as e:   # ImportError, or whatever the module's body raised
         raise ModuleError(f"auth module '{name}' failed to import: {e.__class__.__name__}: {e}") from None
     fn = getattr(mod, "check", None)
     if not callable(fn):

@@ -40,8 +40,13 @@ def test_resolve(tmp_path, monkeypatch):
             auth_module.resolve(["python:ogunit_nocheck"], "ogunit_nocheck")
         with pytest.raises(auth_module.ModuleError, match="failed to import: ModuleNotFoundError"):
             auth_module.resolve(["python:ogunit_absent_xyz"], "ogunit_absent_xyz")
+        # a module that exits while it is imported (a login or the console's CREATE MODULE) is
+        # an error like any other, not the end of the pooler
+        (tmp_path / "ogunit_exits.py").write_text("import sys\nsys.exit(3)\n")
+        with pytest.raises(auth_module.ModuleError, match="failed to import: SystemExit"):
+            auth_module.resolve(["python:ogunit_exits"], "ogunit_exits")
     finally:
-        for m in ("ogunit_authmod", "ogunit_nocheck"):
+        for m in ("ogunit_authmod", "ogunit_nocheck", "ogunit_exits"):
             sys.modules.pop(m, None)
 
 
