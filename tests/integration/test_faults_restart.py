@@ -12,6 +12,7 @@ SHOW SERVERS and SHOW POOLS, match pg_stat_activity).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -22,12 +23,15 @@ import pytest
 
 from scripts.pgcluster import PgCluster
 from scripts.pooler import PoolerProcess
-from tests.integration.conftest import assert_alive, odyssey_config, rule, scalar, wait_for
+from tests.integration.conftest import (assert_alive, backends, ensure_roles, odyssey_config, odyssey_text, rule,
+                                        scalar, wait_for)
+from tests.integration.faultproxy import FaultProxy
 from tests.integration.test_faults_backend import console_servers
 from tests.integration.wire import Wire, errors_in, query
 
 USER = "trust_user"          # pool_timeout 30 s: rides through the restart
 SHORT = "short_wait_user"    # pool_timeout 1 s: PostgreSQL stays down longer than that
+WAITER = "down_wait_user"    # the session PostgreSQL behind a proxy that refuses connections
 
 
 @pytest.fixture
@@ -147,3 +151,83 @@ def test_immediate_stop_under_pgbench_load_and_restart(own_pg):
             bench.wait()
         p.stop()
         os.unlink(script)
+
+
+# -- what ends the wait for PostgreSQL before pool_timeout ------------------------------------------
+@pytest.fixture
+def refused(pg, roles):
+    """A pooler whose PostgreSQL (the session one, behind a proxy) refuses new connections, and a
+    client of a 60 s pool_timeout waiting for it with a query."""
+    ensure_roles(pg, WAITER)
+    proxy = FaultProxy(pg.host, pg.port)
+    text = odyssey_config(rule(WAITER, pool="transaction", pool_size=2, pool_timeout=60000),
+                          rule("admin", "console", pool="session", storage="local", role="admin"),
+                          backend_connect_timeout_ms=1000, graceful_shutdown_timeout_ms=30000)
+    text += 'storage "local" {\n    type "local"\n}\n'
+    p = PoolerProcess(text, pg=pg, pg_port=proxy.port)
+    w = None
+    try:
+        assert scalar(p.dsn(WAITER, "db1")) == 1       # the route knows its parameters
+        proxy.reset_all()                               # the pooled server is gone ...
+        proxy.refuse = True                             # ... and new ones are refused
+        w = Wire(p.port)
+        assert w.login(WAITER, "db1") is None
+        w.send(query("select 1"))
+        p.wait_log("PostgreSQL is unreachable, the client waits up to pool_timeout 60000 ms")
+        yield p, w
+    finally:
+        if w is not None:
+            w.close()
+        p.stop()
+        proxy.close()
+
+
+def _clients(p, user: str) -> list[str]:
+    con = psycopg2.connect(p.dsn("admin", "console"))
+    con.autocommit = True
+    try:
+        cur = con.cursor()
+        cur.execute("show clients")
+        cols = [d.name for d in cur.description]
+        return [row[cols.index("id")] for row in cur.fetchall() if row[cols.index("user")] == user]
+    finally:
+        con.close()
+
+
+def _no_leak(p, pg) -> None:
+    wait_for(lambda: console_servers(p, WAITER) == _pool_servers(p, WAITER) == len(backends(pg, WAITER)) == 0,
+             timeout=10, what="no server of the waiting client left")
+
+
+@pytest.mark.timeout(60)
+def test_kill_client_ends_the_wait_for_postgresql(refused, pg):
+    p, w = refused
+    [victim] = _clients(p, WAITER)
+    console = Wire(p.port)
+    assert console.login("admin", "console") is None
+    assert console.simple_query(f"KILL_CLIENT {victim}") == ([], None, "I")
+    console.close()
+    errors = errors_in(w.read_until_closed(10))        # not after the 60 s of pool_timeout
+    assert errors and (errors[-1]["S"], errors[-1]["C"]) == ("FATAL", "08006"), errors
+    odyssey_text(errors[-1]["M"], "Odyssey has dropped the connection")
+    _no_leak(p, pg)
+    assert_alive(p)
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_leaves_stops_waiting_for_postgresql(refused, pg):
+    p, w = refused
+    assert len(_clients(p, WAITER)) == 1
+    w.close()
+    wait_for(lambda: _clients(p, WAITER) == [], timeout=10, what="the client that left to be gone")
+    _no_leak(p, pg)
+    assert_alive(p)
+
+
+@pytest.mark.timeout(60)
+def test_graceful_shutdown_ends_the_wait_for_postgresql(refused):
+    p, w = refused
+    p.signal(signal.SIGTERM)
+    errors = errors_in(w.read_until_closed(10))        # not after graceful_shutdown_timeout_ms (30 s)
+    assert errors and (errors[-1]["S"], errors[-1]["C"]) == ("FATAL", "57P01"), errors
+    assert p.proc.wait(15) == 0
