@@ -7,7 +7,7 @@ import time
 
 import machinarium
 from machinarium import tls
-from odyssey_gevent import backend
+from odyssey_gevent import backend, host_watcher
 from odyssey_gevent.route import averages
 from odyssey_gevent.server import movable, park
 
@@ -109,9 +109,6 @@ def cron_main(instance) -> None:
     checkers = [machinarium.coroutine_create(group.checker_main, instance, name="group checker"),
                 machinarium.coroutine_create(soft_oom.checker_main, instance, name="soft oom checker"),
                 machinarium.coroutine_create(watchdog.watchdog_main, instance, name="watchdog")]
-    if instance.config.enable_host_watcher:          # SHOW HOST_UTILIZATION's figures, as C at startup
-        from odyssey_gevent import host_watcher
-        checkers.append(machinarium.coroutine_create(host_watcher.watcher_main, instance, name="host watcher"))
     try:
         _cron_loop(instance)
     finally:
@@ -134,6 +131,8 @@ def _cron_loop(instance) -> None:
                 stat_tick(instance, config.log_stats)
                 last_stats = now
             instance.router.errors.tick(instance.router.snapshot())
+            if config.enable_host_watcher:          # SHOW HOST_UTILIZATION's figures
+                host_watcher.tick(instance)
         except Exception as e:  # cron must never die
             instance.logger.error("cron", None, None, "cron failed: %r", e)
 

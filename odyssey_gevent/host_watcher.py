@@ -1,19 +1,16 @@
 """The host watcher behind SHOW HOST_UTILIZATION (mirrors Odyssey sources/host_watcher.c).
 
-With `enable_host_watcher yes` a coroutine of the cron samples the machine once a second: the
+With `enable_host_watcher yes` the cron samples the machine at each of its ticks (a second): the
 CPU busy share over the last second from two readings of /proc/stat's `cpu` line (busy = all
 time but idle and iowait; guest time is already inside user and nice, so it is taken out of
 them once), and the memory in use from /proc/meminfo (MemTotal - MemAvailable over MemTotal).
 Both are percentages. Without the keyword nothing is sampled and the console shows 0.00 for
-both, as C Odyssey does.
+both, as C Odyssey does. RELOAD turns it on and off.
 """
 from __future__ import annotations
 
-import machinarium
-
 PROC_STAT = "/proc/stat"
 PROC_MEMINFO = "/proc/meminfo"
-INTERVAL_MS = 1000
 
 
 def read_cpu(path: str = PROC_STAT) -> tuple[int, int]:
@@ -67,17 +64,18 @@ class HostWatcher:
         return cpu, mem
 
 
-def watcher_main(instance) -> None:
-    """The cron's sampling coroutine (started only with enable_host_watcher)."""
-    watcher = instance.host_watcher = HostWatcher()
-    while True:
-        try:
-            watcher.sample()
-            instance.logger.debug("host-watcher", None, None, "update values to: %.2f%% cpu and %.2f%% mem",
-                                  *watcher.read())
-        except (OSError, ValueError) as e:       # no /proc (not Linux): the figures stay 0
-            instance.logger.error("host-watcher", None, None, "can't read the host's figures: %s", e)
-        machinarium.sleep(INTERVAL_MS)
+def tick(instance) -> None:
+    """One sample, from the cron's loop (with enable_host_watcher)."""
+    watcher = getattr(instance, "host_watcher", None)
+    if watcher is None:
+        watcher = instance.host_watcher = HostWatcher()
+    try:
+        watcher.sample()
+    except (OSError, ValueError) as e:       # no /proc (not Linux): the figures stay 0
+        instance.logger.error("host-watcher", None, None, "can't read the host's figures: %s", e)
+        return
+    instance.logger.debug("host-watcher", None, None, "update values to: %.2f%% cpu and %.2f%% mem",
+                          *watcher.read())
 
 
 def utilization(instance) -> tuple[float, float]:

@@ -48,3 +48,41 @@ def test_the_real_proc_files_give_shares_between_0_and_100():
     w.sample()
     cpu, mem = w.read()
     assert 0.0 <= cpu <= 100.0 and 0.0 < mem < 100.0
+
+
+class _Logger:
+    def __init__(self):
+        self.errors = []
+
+    def debug(self, *args):
+        pass
+
+    def error(self, *args):
+        self.errors.append(args)
+
+
+def test_tick_and_utilization_follow_the_keyword(monkeypatch):
+    """The cron ticks while enable_host_watcher is on; off (from the start or by RELOAD), the
+    console shows 0.00 as C."""
+    from types import SimpleNamespace
+    readings = iter([(1000, 800), (1100, 875)])
+    monkeypatch.setattr(host_watcher, "read_cpu", lambda: next(readings))
+    monkeypatch.setattr(host_watcher, "read_memory", lambda: (2000, 500))
+    inst = SimpleNamespace(config=SimpleNamespace(enable_host_watcher=True), logger=_Logger())
+    assert host_watcher.utilization(inst) == (0.0, 0.0)
+    host_watcher.tick(inst)
+    host_watcher.tick(inst)
+    assert host_watcher.utilization(inst) == pytest.approx((25.0, 75.0))
+    inst.config.enable_host_watcher = False
+    assert host_watcher.utilization(inst) == (0.0, 0.0)
+
+
+def test_tick_without_proc_logs_and_keeps_zeros(monkeypatch):
+    from types import SimpleNamespace
+
+    def missing():
+        raise FileNotFoundError("/proc/stat")
+    monkeypatch.setattr(host_watcher, "read_cpu", missing)
+    inst = SimpleNamespace(config=SimpleNamespace(enable_host_watcher=True), logger=_Logger())
+    host_watcher.tick(inst)
+    assert inst.logger.errors and host_watcher.utilization(inst) == (0.0, 0.0)
