@@ -389,7 +389,7 @@ def execute(instance, client, query: str) -> bytes:
     if role != "admin" and not (verb == "show" and role == "stat"):
         raise FrontendError(error_codes.INSUFFICIENT_PRIVILEGE, "Unsuitable user role to emit console command")
     if verb in ("drop", "create"):
-        reply = drop_create(instance, client, _words(query))
+        reply = drop_create(instance, client, _words(query), query)
         if reply is not None:
             return reply
     if verb == "show" and len(tokens) >= 2 and tokens[1].lower() in ("help", "commands"):
@@ -449,10 +449,13 @@ def _words(query: str) -> list[tuple[str, str]]:
             out.append(("symbol", sym))
 
 
-def drop_create(instance, client, words: list) -> bytes | None:
+def drop_create(instance, client, words: list, query: str) -> bytes | None:
     """DROP SERVERS, CREATE MODULE "path", DROP MODULE "path" (admin); None for a command error.
-    DROP SERVERS must end the input (C: `drop servers;` is an error) and, as C, its reply is
-    ReadyForQuery alone. The module commands answer INFO or ERROR 58000 and no CommandComplete."""
+    DROP SERVERS must end the input (`drop servers;` is an error) and its reply is ReadyForQuery
+    alone, as C means it (C 1.5.1 answers every DROP SERVERS with 42601: its parser takes the
+    query's terminating NUL for a token). The module commands answer INFO and no CommandComplete;
+    a failure is C's pair of errors, 58000 and then 42601 `console command error` (what libpq
+    clients report), ours with the reason in the first one's DETAIL."""
     verb = words[0][1]
     what = words[1] if len(words) > 1 else None
     if verb == "drop" and what == ("word", "servers") and len(words) == 2:
@@ -475,7 +478,9 @@ def drop_create(instance, client, words: list) -> bytes | None:
         instance.logger.error("console", client, None, "module %s was not %s: %s", path, action, e)
         err = FrontendError(error_codes.SYSTEM_ERROR, f"module was NOT successfully {action}! Check logs for details",
                             detail=str(e))
-        return error_message(err, client.id, client.rule.client_show_id)
+        then = FrontendError(error_codes.SYNTAX_ERROR, f"console command error: {query}")
+        show_id = client.rule.client_show_id
+        return error_message(err, client.id, show_id) + error_message(then, client.id, show_id)
     prefix = error_prefix(client.id, client.rule.client_show_id)
     return be_write.notice_response("INFO", "00000", f"{prefix}module was successfully {action}!")
 

@@ -142,7 +142,8 @@ def _console_command(p, sql: str) -> list[tuple[bytes, dict]]:
 @pytest.mark.timeout(30)
 def test_console_create_and_drop_module(mod_pooler):
     """CREATE MODULE "python:<module>" loads an auth module at runtime, DROP MODULE unloads it:
-    C's INFO replies (no CommandComplete) and ERROR 58000 for what cannot be done."""
+    C's INFO replies (no CommandComplete) and, for what cannot be done, C's ERROR 58000 followed
+    by 42601 console command error."""
     err = login_error(mod_pooler.port, LATE, "db1", "late")
     assert err["C"] == "28000", err                      # not loaded yet
     [(n, info), (z, _)] = _console_command(mod_pooler, f'CREATE MODULE "python:{LATE_MOD}"')
@@ -154,18 +155,19 @@ def test_console_create_and_drop_module(mod_pooler):
     finally:
         w.close()
     assert login_error(mod_pooler.port, LATE, "db1", "wrong")["C"] == "28P01"
-    [(e, err), _] = _console_command(mod_pooler, f'CREATE MODULE "python:{LATE_MOD}"')
-    assert (e, err["C"]) == (b"E", "58000"), err                                # loaded already
+    [(e, err), then, _] = _console_command(mod_pooler, f'CREATE MODULE "python:{LATE_MOD}"')
+    # loaded already
+    assert (e, err["C"], then[0], then[1]["C"]) == (b"E", "58000", b"E", "42601"), (err, then)
     odyssey_text(err["M"], "module was NOT successfully loaded! Check logs for details")
     [(n, info), _] = _console_command(mod_pooler, f'DROP MODULE "python:{LATE_MOD}"')
     assert n == b"N", info
     odyssey_text(info["M"], "module was successfully unloaded!")
     assert login_error(mod_pooler.port, LATE, "db1", "late")["C"] == "28000"
     # a C module cannot be loaded: ERROR 58000 that says why
-    [(e, err), _] = _console_command(mod_pooler, 'CREATE MODULE "/usr/lib/odyssey/ldap_module.so"')
-    assert (e, err["C"]) == (b"E", "58000"), err
+    [(e, err), then, _] = _console_command(mod_pooler, 'CREATE MODULE "/usr/lib/odyssey/ldap_module.so"')
+    assert (e, err["C"], then[0], then[1]["C"]) == (b"E", "58000", b"E", "42601"), (err, then)
     assert "C modules (.so) can't be loaded" in err["D"], err
-    [(e, err), _] = _console_command(mod_pooler, 'DROP MODULE "python:never_loaded_module"')
-    assert (e, err["C"]) == (b"E", "58000"), err
+    [(e, err), then, _] = _console_command(mod_pooler, 'DROP MODULE "python:never_loaded_module"')
+    assert (e, err["C"], then[0], then[1]["C"]) == (b"E", "58000", b"E", "42601"), (err, then)
     odyssey_text(err["M"], "module was NOT successfully unloaded! Check logs for details")
     assert_alive(mod_pooler)

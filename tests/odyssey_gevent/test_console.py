@@ -509,8 +509,14 @@ def test_console_words():
 
 
 def _notice_or_error(data: bytes):
-    """(type, payload) of the one message a module command answers (no CommandComplete, as C)."""
-    [(t, payload)] = _messages(data)
+    """(type, payload) of what a module command answers, no CommandComplete as C: an INFO
+    notice, or C's pair of errors (58000, then 42601 console command error) joined."""
+    msgs = _messages(data)
+    if msgs[0][0] == BE.ERROR_RESPONSE:
+        assert [t for t, _ in msgs] == [BE.ERROR_RESPONSE, BE.ERROR_RESPONSE]
+        assert b"42601" in bytes(msgs[1][1]) and b"console command error: " in bytes(msgs[1][1])
+        return BE.ERROR_RESPONSE, bytes(msgs[0][1])
+    [(t, payload)] = msgs
     return t, bytes(payload)
 
 
