@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 
 import psycopg2
 import pytest
@@ -494,3 +495,35 @@ def test_show_stats_counts_parses_sent_and_reused(ops):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.timeout(60)
+def test_drop_servers_under_pgbench_fails_no_transaction(ops, pg, tmp_path):
+    """Servers dropped while pgbench runs finish what they serve; every transaction succeeds."""
+    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(ops.port), PGUSER=DROP, PGSSLMODE="disable")
+    script = tmp_path / "q.sql"
+    script.write_text("select 1;\n")
+    bench = subprocess.Popen(["pgbench", "-n", "-c", "4", "-T", "2", "-f", str(script), "db1"], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pids_seen = set()
+    drops = 0
+    try:
+        while bench.poll() is None:
+            con = _console(ops)
+            try:
+                con.send(query("DROP SERVERS"))
+                assert [t for t, _ in _messages_until_ready(con)] == [b"Z"]
+                drops += 1
+            finally:
+                con.close()
+            pids_seen |= {pid for pid, *_ in backends(pg, DROP)}
+            time.sleep(0.1)
+        out, err = bench.communicate(timeout=30)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate()
+    assert bench.returncode == 0, out + err
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    assert failed is None or failed.group(1) == "0", out
+    assert drops >= 1 and len(pids_seen) > 2, (drops, pids_seen)        # servers were replaced

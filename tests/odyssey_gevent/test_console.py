@@ -458,6 +458,9 @@ def test_show_help_is_a_notice_and_no_rows():
     msgs = _messages(console.execute(inst, _console(inst), "show help"))
     assert [m[0] for m in msgs] == [BE.NOTICE_RESPONSE, BE.COMMAND_COMPLETE]
     assert b"Console usage" in msgs[0][1] and b"RELOAD" in msgs[0][1]
+    for command in (b"DROP SERVERS", b"CREATE MODULE", b"DROP MODULE", b"HOST_UTILIZATION", b"FDS",
+                    b"VERSION_EXTENDED"):
+        assert command in msgs[0][1], command
 
 
 def test_set_is_a_no_op_and_reload_reads_the_config(monkeypatch):
