@@ -274,7 +274,7 @@ class Frontend:
                 deploy.deploy(instance, client, server)
             except (OSError, machinarium.TimedOut, KiwiError) as e:
                 raise ServerError(Status.ESERVER_WRITE, e) from None
-        if deploy_params:
+        if deploy_params and rule.storage is not None and rule.storage.balancing.show_notice_messages:
             storage.notice_host(instance, client, server)
         return server
 
@@ -314,7 +314,7 @@ class Frontend:
         instance = self.instance
         clean = client.relay is None or client.relay.server_clean
         ok = reset.reset(instance, server, clean) if reset_first else clean
-        if ok and park(server, instance.workers):
+        if ok and (instance.workers <= 1 or park(server, instance.workers)):     # one worker: nothing to park
             instance.router.detach(client)
         else:
             self._drop_server(server)

@@ -252,7 +252,8 @@ class Router:
             if client.route is not None and client in route.clients:
                 client.state = ClientState.PENDING
             server.idle_since = time.monotonic()
-            if server.offline or route.obsolete and not route.waiters or shared_pool.wanted(self, route):
+            if (server.offline or route.obsolete and not route.waiters
+                    or route.rule.shared_pool and shared_pool.wanted(self, route)):
                 route.set_server_state(server, ServerState.UNDEF)
                 self._give(route, None)          # the freed slot goes to the first waiter
                 server_to_close = server
