@@ -195,10 +195,22 @@ def query(instance, server, sql: str, timeout_ms: int, context: str = "query"):
     return wait_ready(instance, server, timeout_ms)
 
 
-def wait_ready(instance, server, timeout_ms: int | None):
-    """Read (and drop) server output until it is synchronized; return the last error, if any.
-    `timeout_ms` bounds the whole drain. A server that asks for COPY data is broken here: nobody
-    will feed it (BackendError)."""
+def query_rows(instance, server, sql: str, timeout_ms: int) -> list[tuple]:
+    """Run one simple query on a synchronized server; its rows (bytes or None per column).
+    A PostgreSQL error raises BackendError (with its ErrorFields)."""
+    rows: list[tuple] = []
+    server.proto.send(int(FE.QUERY))
+    server.io.write(fe_write.query(sql))
+    error = wait_ready(instance, server, timeout_ms, rows)
+    if error is not None:
+        raise BackendError(f"{error.sqlstate}: {error.message}", error)
+    return rows
+
+
+def wait_ready(instance, server, timeout_ms: int | None, rows: list | None = None):
+    """Read server output until it is synchronized; return the last error, if any. DataRows go
+    into `rows` when given, else are dropped. `timeout_ms` bounds the whole drain. A server that
+    asks for COPY data is broken here: nobody will feed it (BackendError)."""
     error = None
     io = server.io
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
@@ -207,7 +219,10 @@ def wait_ready(instance, server, timeout_ms: int | None):
         mtype, payload = read_message(io, left)
         status = fe_read.read_ready_for_query(payload) if mtype == BE.READY_FOR_QUERY else None
         server.proto.receive(int(mtype), status)
-        if mtype == BE.ERROR_RESPONSE:
+        if mtype == BE.DATA_ROW:
+            if rows is not None:
+                rows.append(fe_read.read_data_row(payload))
+        elif mtype == BE.ERROR_RESPONSE:
             error = fe_read.read_error(payload)
         elif mtype == BE.PARAMETER_STATUS:
             name, value = fe_read.read_parameter_status(payload)

@@ -15,37 +15,10 @@ from __future__ import annotations
 import time
 
 import machinarium
-from kiwi import fe_read, fe_write
-from kiwi.header import BE, FE
-from odyssey_gevent.io import read_message
 from odyssey_gevent.route import Route
 from odyssey_gevent.rules import route_key
 from odyssey_gevent.server import Server
 from odyssey_gevent.status import BackendError
-
-
-def simple_rows(server, sql: str, timeout_ms: int) -> list[tuple]:
-    """Run one simple Query on a logged-in server; its rows (bytes or None per column).
-    Raises BackendError on a PostgreSQL error."""
-    server.proto.send(int(FE.QUERY))
-    server.io.write(fe_write.query(sql))
-    rows: list[tuple] = []
-    error = None
-    deadline = time.monotonic() + timeout_ms / 1000.0
-    while not server.synchronized:
-        left = max(0, int((deadline - time.monotonic()) * 1000))
-        mtype, payload = read_message(server.io, left)
-        status = fe_read.read_ready_for_query(payload) if mtype == BE.READY_FOR_QUERY else None
-        server.proto.receive(int(mtype), status)
-        if mtype == BE.DATA_ROW:
-            rows.append(fe_read.read_data_row(payload))
-        elif mtype == BE.ERROR_RESPONSE:
-            error = fe_read.read_error(payload)
-        elif mtype in (BE.COPY_IN_RESPONSE, BE.COPY_OUT_RESPONSE, BE.COPY_BOTH_RESPONSE):
-            raise BackendError("the query started COPY")
-    if error is not None:
-        raise BackendError(f"{error.sqlstate}: {error.message}", error)
-    return rows
 
 
 def internal_query(instance, db: str, user: str, sql: str) -> list[tuple]:
@@ -60,7 +33,7 @@ def internal_query(instance, db: str, user: str, sql: str) -> list[tuple]:
     timeout = instance.config.backend_connect_timeout_ms or 30000
     try:
         backend.connect(instance, server, None)
-        return simple_rows(server, sql, timeout)
+        return backend.query_rows(instance, server, sql, timeout)
     except BaseException:
         server.broken = True
         raise

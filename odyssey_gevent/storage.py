@@ -16,9 +16,6 @@ from __future__ import annotations
 import threading
 import time
 
-from kiwi import fe_read, fe_write
-from kiwi.header import BE, FE
-from odyssey_gevent.io import read_message
 from odyssey_gevent.status import BackendError
 
 # the check libpq makes on servers before 14 (which do not report in_hot_standby)
@@ -103,25 +100,14 @@ def role_from_login(server) -> tuple[bool, bool] | None:
 
 def query_role(instance, server, timeout_ms: int) -> tuple[bool, bool]:
     """(in_recovery, read_only) by asking the server (a synchronized, idle one)."""
-    server.proto.send(int(FE.QUERY))
-    server.io.write(fe_write.query(RW_QUERY))
-    row = None
-    error = None
-    deadline = time.monotonic() + timeout_ms / 1000.0
-    while not server.synchronized:
-        left = max(0, int((deadline - time.monotonic()) * 1000))
-        mtype, payload = read_message(server.io, left)
-        status = fe_read.read_ready_for_query(payload) if mtype == BE.READY_FOR_QUERY else None
-        server.proto.receive(int(mtype), status)
-        if mtype == BE.DATA_ROW:
-            row = fe_read.read_data_row(payload)
-        elif mtype == BE.ERROR_RESPONSE:
-            error = fe_read.read_error(payload)
-        elif mtype in (BE.COPY_IN_RESPONSE, BE.COPY_OUT_RESPONSE, BE.COPY_BOTH_RESPONSE):
-            raise BackendError("the server asks for COPY during the read-write check")
-    if error is not None or row is None or len(row) != 2:
-        raise BackendError(f"read-write check failed: {error.message if error else 'no row'}")
-    return row[0] == b"t", row[1] == b"on"
+    from odyssey_gevent import backend      # backend imports this module
+    try:
+        rows = backend.query_rows(instance, server, RW_QUERY, timeout_ms)
+    except BackendError as e:
+        raise BackendError(f"read-write check failed: {e}", e.fields) from None
+    if len(rows) != 1 or len(rows[0]) != 2:
+        raise BackendError("read-write check failed: no row")
+    return rows[0][0] == b"t", rows[0][1] == b"on"
 
 
 def refresh(instance, server, timeout_ms: int) -> HostStatus:

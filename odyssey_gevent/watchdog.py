@@ -26,7 +26,6 @@ import time
 import machinarium
 from kiwi import error_codes
 from odyssey_gevent import backend, storage
-from odyssey_gevent.group import simple_rows
 from odyssey_gevent.route import Route
 from odyssey_gevent.rules import route_key
 from odyssey_gevent.server import Server
@@ -56,7 +55,7 @@ def poll_host(instance, st, endpoint) -> None:
         if role is not None:
             storage.note_role(endpoint, *role)
         if wd.watchdog_lag_query:
-            lag = parse_lag(simple_rows(server, wd.watchdog_lag_query, timeout), time.time())
+            lag = parse_lag(backend.query_rows(instance, server, wd.watchdog_lag_query, timeout), time.time())
             storage.note_lag(endpoint, lag)
             instance.logger.debug("watchdog", None, server, "replica lag time of %s is updated to %s",
                                   endpoint, lag)
