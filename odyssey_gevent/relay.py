@@ -345,6 +345,7 @@ class Relay:
             return False
         _dormant().add(self)
         self.timers = None          # its timer is made again on resume
+        self.glet = None            # nor keep the ending greenlet alive
         self.client.io.sock._read_event.start(_resume, self)
         _count_dormant(self.loop)
         return True
