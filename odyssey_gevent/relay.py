@@ -82,7 +82,10 @@ _local = threading.local()
 
 # A client idle this long without a server gives its coroutine up: a parked greenlet (its stack
 # and Python frames) is about 7 KiB, most of what an idle client costs. The client's socket read
-# watcher then starts a new coroutine (Frontend.resume) when it speaks, closes or is woken.
+# watcher then starts a new coroutine (Frontend.resume) when it speaks, closes or is woken. A
+# per-thread sweep runs at this interval and sends to sleep the relays it finds in the same
+# idle wait twice (so after one to two intervals): a timer per wait cost about 2 % of a
+# transaction.
 DORMANT_AFTER_MS = 1000
 # The freed greenlets leave holes in the C heap that glibc keeps: once this many relays of a
 # thread have gone dormant, malloc_trim() runs a second later (about 3 ms for a 100 MB heap)
@@ -158,6 +161,27 @@ def _wake(relay) -> None:
         relay.glet.switch(0)
 
 
+def _start_sweep(loop) -> None:
+    """This thread's sweep timer (once per thread; it does not keep the loop alive)."""
+    if _local.__dict__.get("sweep") is None:
+        interval = DORMANT_AFTER_MS / 1000.0
+        timer = _local.sweep = loop.timer(interval, interval)
+        timer.ref = False
+        timer.start(_sweep)
+
+
+def _sweep() -> None:
+    """Run by the hub: mark the relays parked in an idle wait that may sleep; those already
+    marked (the same wait, a whole interval ago) go dormant."""
+    for relay in list(_relays()):
+        if relay.waiting and relay.may_sleep and relay.glet is not None:
+            if relay.marked:
+                relay.sleepy = True
+                relay.glet.switch(0)
+            else:
+                relay.marked = True
+
+
 def _resume(relay) -> None:
     """Run by the hub: a dormant relay's client socket became readable (a request, or EOF), or
     it was woken: a new coroutine carries its session on."""
@@ -214,7 +238,7 @@ class Relay:
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_drop", "s_buf", "s_len", "s_skip", "s_drop",
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
-                 "timers", "free")
+                 "timers", "free", "may_sleep", "marked", "sleepy")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -236,6 +260,9 @@ class Relay:
         self.instance = getattr(frontend, "instance", _NEVER_STOPPING)
         self.waiting = False    # parked in the wait for either side: wake_relays() may wake it
         self.woken = False      # ... and was woken (not a timeout)
+        self.may_sleep = False  # parked in an idle wait the sweep may end (_sweep) ...
+        self.marked = False     # ... seen there by the last sweep ...
+        self.sleepy = False     # ... and woken by it to go dormant
         self.glet = None
         self.loop = get_hub().loop      # the hub and thread the relay runs in (wake())
         self.ident = threading.get_ident()
@@ -263,6 +290,7 @@ class Relay:
         self.glet = getcurrent()
         relays = _relays()
         relays.add(self)
+        _start_sweep(self.loop)
         try:
             while True:
                 server = client.server
@@ -274,23 +302,20 @@ class Relay:
                 if server is None:
                     timeout = self.fe.idle_timeout(None)
                     # no timeout of its own and nothing half-read: it may go dormant when idle
-                    may_sleep = timeout is None and not self.c_len and not self.c_skip
-                    if may_sleep:
-                        timeout = DORMANT_AFTER_MS
-                        if self.timers is None:
-                            self.timers = {}
+                    self.may_sleep = timeout is None and not self.c_len and not self.c_skip
                     self.waiting = True
                     try:
-                        ready = wait_any(client_only, timeout, self.timers)
+                        ready = wait_any(client_only, timeout)
                     finally:
-                        self.waiting = False
+                        self.waiting = self.may_sleep = self.marked = False
                     if not ready:
-                        if self.woken:
-                            self.woken = False
-                            continue
-                        if may_sleep:
+                        if self.sleepy:
+                            self.sleepy = False
                             if self._go_dormant():
                                 return None
+                            continue
+                        if self.woken:
+                            self.woken = False
                             continue
                         status = self.fe.idle_expired(None)
                         if status is not None:
@@ -344,7 +369,7 @@ class Relay:
         if getattr(self.fe, "resume", None) is None:
             return False
         _dormant().add(self)
-        self.timers = None          # its timer is made again on resume
+        self.timers = None          # its timers are made again on resume
         self.glet = None            # nor keep the ending greenlet alive
         self.client.io.sock._read_event.start(_resume, self)
         _count_dormant(self.loop)

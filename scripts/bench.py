@@ -40,7 +40,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from scripts.pgcluster import PgCluster, free_port, wait_port  # noqa: E402
-from scripts.pooler import PoolerProcess  # noqa: E402
+from scripts.pooler import PoolerProcess, rss_kib  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # target -> how the tables and the chart name it
@@ -204,14 +204,6 @@ def cpu_seconds(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total / CLK_TCK
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def median(xs):
@@ -529,7 +521,7 @@ class Bench:
         t0 = time.monotonic()
         socks = open_idle_clients("127.0.0.1", port, n, self.a.pg_user, self.a.db, batch=100)
         took = time.monotonic() - t0
-        time.sleep(3.0)         # our idle clients give their coroutine up after 1 s (relay.DORMANT_AFTER_MS)
+        time.sleep(4.0)         # our idle clients give their coroutine up after 1-2 s (relay.DORMANT_AFTER_MS)
         after = rss_kib(pid)
         print(f"{TARGET_NAMES[target]}: {n} idle clients logged in in {took:.1f}s; "
               f"VmRSS before: {before / 1024:.1f} MiB, after: {after / 1024:.1f} MiB, "
