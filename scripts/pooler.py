@@ -18,6 +18,20 @@ import time
 
 from scripts.pgcluster import free_port, wait_port
 
+
+def rss_kib(pid: int) -> int:
+    """A process's resident set size in KiB (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ValueError(f"process {pid} has no VmRSS (a zombie?)")
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a process has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

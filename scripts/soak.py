@@ -28,7 +28,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from scripts.pgcluster import PgCluster  # noqa: E402
-from scripts.pooler import PoolerProcess  # noqa: E402
+from scripts.pooler import PoolerProcess, open_fds, rss_kib  # noqa: E402
 
 CONFIG = """\
 workers 1
@@ -84,12 +84,7 @@ def config_text(pool_size: int) -> str:
 
 def sample(pid: int) -> tuple[int, int]:
     """(RSS in KiB, open file descriptors) of a process."""
-    rss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    return rss_kib(pid), open_fds(pid)
 
 
 def growth(values: list[int]) -> tuple[float, float]:

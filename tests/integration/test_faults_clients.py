@@ -6,12 +6,12 @@ file descriptors return to their baseline. (Stalled logins and slowloris startup
 by client_login_timeout: tests/integration/test_auth_hostile.py.)"""
 from __future__ import annotations
 
-import os
 import ssl
 import struct
 
 import pytest
 
+from scripts.pooler import open_fds
 from tests.integration.conftest import (assert_alive, backends, ensure_roles, module_pooler, odyssey_config, rule,
                                         scalar, wait_for)
 from tests.integration.test_faults_backend import BIND, EXECUTE, SYNC, parse
@@ -33,9 +33,6 @@ def vp(pg, roles, tls_certs):
                 "tls_key_file": tls_certs["server_key"], "client_login_timeout": 3000})
     yield from module_pooler(pg, text)
 
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from scripts.pooler import rss_kib
 from tests.integration.conftest import assert_alive, ensure_roles, module_pooler, odyssey_config, rule
 from tests.integration.wire import Wire, message, query
 
@@ -22,13 +23,6 @@ def hp(pg, roles):
     yield from module_pooler(pg, odyssey_config(
         rule(USER, pool="transaction", pool_size=1, pool_reserve_prepared_statement=True)))
 
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def _drain(w: Wire) -> tuple[list[bytes], int]:

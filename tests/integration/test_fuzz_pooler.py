@@ -11,7 +11,6 @@ read for a fraction of a second only.
 """
 from __future__ import annotations
 
-import os
 import socket
 import struct
 
@@ -20,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scripts.pooler import open_fds, rss_kib
 from tests.integration.conftest import (assert_alive, backends, ensure_roles, module_pooler, odyssey_config, rule,
                                         wait_for)
 from tests.integration.wire import (CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST, message, password, query, startup,
@@ -47,16 +47,6 @@ def zp(pg, roles):
     yield from module_pooler(pg, text)
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 # -- what the fuzzer sends ------------------------------------------------------------------------

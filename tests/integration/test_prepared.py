@@ -23,6 +23,7 @@ import pytest
 
 from kiwi import fe_write as fw
 from kiwi.fe_read import read_row_description
+from scripts.pooler import rss_kib
 from tests.integration.conftest import (backends, direct, ensure_roles, module_pooler, odyssey_config,
                                         rule, wait_for)
 from tests.integration.wire import Wire, decode_row, parse_fields
@@ -721,14 +722,6 @@ def test_discard_all_forgets_the_clients_statements(pp, pg):
 
 
 # -- 6. many statements: bounded server state and pooler memory ------------------------------------------
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.timeout(120)
 def test_100000_distinct_statements_prepared_and_closed(pp):
     """100 batches of 1000 Parse + Close with one Sync each, plus one statement per batch left
@@ -754,7 +747,7 @@ def test_100000_distinct_statements_prepared_and_closed(pp):
             assert tags == b"13" * 1000 + b"1Z", (b, shape([r for r in replies if r[0] in b"EZ"]))
 
         run_batch(0)
-        before = _rss_kib(pp.proc.pid)
+        before = rss_kib(pp.proc.pid)
         for b in range(1, 100):
             run_batch(b)
         kept = [m for b in range(100) for m in (B(f"keep_{b}"), E())]
@@ -765,7 +758,7 @@ def test_100000_distinct_statements_prepared_and_closed(pp):
         assert c.run(*(CS(f"keep_{b}") for b in range(100)), SYNC) == [("3",)] * 100 + [("Z", "I")]
         (count,), = c.rows("select count(*) from pg_prepared_statements")
         assert int(count) < 2000
-        after = _rss_kib(pp.proc.pid)
+        after = rss_kib(pp.proc.pid)
         assert after - before < 64 * 1024, f"pooler RSS grew from {before} KiB to {after} KiB"
         assert c.run(B("S_5"), E(), SYNC) == [("E", "ERROR", "26000", 'prepared statement "S_5" does not exist'),
                                               ("Z", "I")]
