@@ -30,6 +30,8 @@ from .errors import ConnectionClosed, MachineError
 _INET = (_std.AF_INET, _std.AF_INET6)
 _POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLRDHUP | select.POLLERR | select.POLLHUP
 _IOV_MAX = 1024
+_LINGER_0 = struct.pack("ii", 1, 0)
+_LINGER_OFF = struct.pack("ii", 0, 0)
 
 
 class Io:
@@ -94,7 +96,7 @@ class Io:
     @property
     def local(self):
         """The local address (getsockname)."""
-        return self.sock.getsockname()
+        return self._opt_sock().getsockname()
 
     # how long close() may spend sending a TLS close_notify
     TLS_CLOSE_TIMEOUT_MS = 100
@@ -343,13 +345,20 @@ class Io:
                         n = 0
 
     # -- socket options ------------------------------------------------------------------
+    # set on the native socket when there is one: gevent's wrappers convert every option and
+    # the family to enums (about a tenth of the Python calls of a login)
+    def _opt_sock(self):
+        raw = self._raw
+        return raw if raw is not None else self.sock
+
     def _is_inet(self):
-        return self.sock.family in _INET
+        return self._opt_sock().family in _INET
 
     def set_nodelay(self, on: bool = True) -> None:
         """TCP_NODELAY (no-op on unix sockets)."""
-        if self._is_inet():
-            self.sock.setsockopt(_std.IPPROTO_TCP, _std.TCP_NODELAY, int(on))
+        s = self._opt_sock()
+        if s.family in _INET:
+            s.setsockopt(_std.IPPROTO_TCP, _std.TCP_NODELAY, int(on))
 
     def set_keepalive(self, idle=None, interval=None, probes=None, user_timeout=None,
                       on: bool = True) -> None:
@@ -357,9 +366,9 @@ class Io:
         TCP_KEEPCNT=``probes`` and TCP_USER_TIMEOUT=``user_timeout`` **ms** (Odyssey's
         keepalive, keepalive_keep_interval, keepalive_probes, keepalive_usr_timeout). None keeps
         the system default. No-op on unix sockets."""
-        if not self._is_inet():
+        s = self._opt_sock()
+        if s.family not in _INET:
             return
-        s = self.sock
         s.setsockopt(_std.SOL_SOCKET, _std.SO_KEEPALIVE, int(on))
         if not on:
             return
@@ -370,11 +379,11 @@ class Io:
 
     def set_linger0(self) -> None:
         """SO_LINGER on with 0 s: close() sends RST and frees the port at once."""
-        self.sock.setsockopt(_std.SOL_SOCKET, _std.SO_LINGER, struct.pack("ii", 1, 0))
+        self._opt_sock().setsockopt(_std.SOL_SOCKET, _std.SO_LINGER, _LINGER_0)
 
     def set_linger_off(self) -> None:
         """SO_LINGER off (the default): close() ends the connection with an orderly FIN."""
-        self.sock.setsockopt(_std.SOL_SOCKET, _std.SO_LINGER, struct.pack("ii", 0, 0))
+        self._opt_sock().setsockopt(_std.SOL_SOCKET, _std.SO_LINGER, _LINGER_OFF)
 
     # -- TLS -----------------------------------------------------------------------------
     def tls_server(self, context, timeout_ms=None) -> None:
