@@ -193,8 +193,7 @@ class Io:
                         break
                     except BlockingIOError:
                         continue
-        s = self.sock
-        io = Io(gsocket.socket(s.family, s.type, s.proto, fileno=fd))
+        io = Io(gsocket.socket(raw.family, raw.type, raw.proto, fileno=fd))    # the native socket's ints
         io._peer = addr or None
         return io
 
