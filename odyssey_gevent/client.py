@@ -9,7 +9,6 @@ import os
 import struct
 import time
 
-from odyssey_gevent.id import new_id
 from odyssey_gevent.supervisor import KEY_TAG
 
 
@@ -31,7 +30,8 @@ class Client:
                  "deploy_list", "prepared", "auth_secret", "scram_keys", "killed", "tsa_checks")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
-        self.id = new_id("c")
+        rnd = os.urandom(14)                # the id and the cancel key from one getrandom call
+        self.id = "c" + rnd[:6].hex()       # as id.new_id("c")
         self.io = io
         self.listen = listen
         self.conn_type = conn_type          # "host" (TCP) or "local" (unix socket)
@@ -47,7 +47,7 @@ class Client:
         self.server = None
         self.state = ClientState.UNDEF
         # BackendKeyData we hand out: random, matched by the router on CancelRequest
-        self.key_pid, self.key_secret = _KEY.unpack(os.urandom(8))
+        self.key_pid, self.key_secret = _KEY.unpack_from(rnd, 6)
         self.key_pid &= 0x7FFFFFFF
         if KEY_TAG is not None:             # processes N: the top byte names this process
             self.key_secret = (self.key_secret & 0xFFFFFF) | KEY_TAG
