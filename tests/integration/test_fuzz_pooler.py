@@ -143,14 +143,18 @@ class Neighbour:
     """A client beside the fuzzer that must keep getting its own correct answers."""
 
     def __init__(self, p):
+        self.p = p
         self.con = psycopg2.connect(p.dsn("fuzz_tx_user", "db1"))
         self.con.autocommit = True
         self.n = 0
 
     def check(self) -> None:
         self.n += 1
-        cur = self.con.cursor()
-        cur.execute("select %s::int * 2", (self.n,))
+        try:
+            cur = self.con.cursor()
+            cur.execute("select %s::int * 2", (self.n,))
+        except psycopg2.Error as e:     # say why, from the pooler's side (psycopg2 may hide the FATAL)
+            raise AssertionError(f"the neighbour failed: {e}\n{self.p.log()[-6000:]}") from e
         assert cur.fetchone() == (self.n * 2,)
 
 
