@@ -48,7 +48,8 @@ TARGET_NAMES = {"odyssey-gevent": "odyssey-gevent", "odyssey": "C Odyssey", "pgb
                 "direct": "direct PostgreSQL"}
 POOLERS = ("odyssey-gevent", "odyssey", "pgbouncer")
 
-POOLER_TEMPLATE = """\
+# the global, listen and storage part of a pooler config (scripts/soak.py adds its own routes)
+POOLER_HEADER = """\
 workers 1
 log_format "%p %t %l [%i %s] (%c) %m\\n"
 log_session no
@@ -63,6 +64,8 @@ storage "postgres_server" {
     host "${pg_host}"
     port ${pg_port}
 }
+"""
+POOLER_TEMPLATE = POOLER_HEADER + """\
 database default {
     user default {
         authentication "none"

@@ -27,25 +27,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from scripts.bench import POOLER_HEADER  # noqa: E402
 from scripts.pgcluster import PgCluster  # noqa: E402
 from scripts.pooler import PoolerProcess, open_fds, rss_kib  # noqa: E402
 
-CONFIG = """\
-workers 1
-log_format "%p %t %l [%i %s] (%c) %m\\n"
-log_session no
-log_config no
-log_stats no
-listen {
-    host "127.0.0.1"
-    port ${port}
-}
-storage "postgres_server" {
-    type "remote"
-    host "${pg_host}"
-    port ${pg_port}
-}
-"""
+CONFIG = POOLER_HEADER       # bench.py's globals, listen and storage; the routes follow
 ROUTE = """\
 database "{db}" {{
     user default {{
