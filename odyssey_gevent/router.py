@@ -155,10 +155,7 @@ class Router:
                     server = self._take(route, route.rule.pool_size, offline)
                     if server is None:
                         break
-                    waiter = route.waiters.popleft()
-                    self._link(waiter.client, server)
-                    waiter.server = server
-                    waiter.event.signal()
+                    self.hand_to_waiter(route, server)
         for dead in offline:
             self.instance.close_server_later(dead)
 
@@ -225,17 +222,22 @@ class Router:
             return server
         return None
 
+    def hand_to_waiter(self, route: Route, server: Server | None) -> None:
+        """Give `server` (None: a new, not yet connected one for a free slot) to the first client
+        queued on `route`, and wake it. Under the lock; the caller checked route.waiters."""
+        waiter = route.waiters.popleft()
+        if server is None:
+            server = Server(route)
+            route.set_server_state(server, ServerState.ACTIVE)
+        self._link(waiter.client, server)
+        waiter.server = server
+        waiter.event.signal()
+
     def _give(self, route: Route, server: Server | None) -> None:
         """A server (or, when None, a pool slot) became free: hand it to the first waiter."""
         # under the lock
-        while route.waiters and not self.is_paused(route):
-            waiter = route.waiters.popleft()
-            if server is None:
-                server = Server(route)
-                route.set_server_state(server, ServerState.ACTIVE)
-            self._link(waiter.client, server)
-            waiter.server = server
-            waiter.event.signal()
+        if route.waiters and not self.is_paused(route):
+            self.hand_to_waiter(route, server)
             return
         if server is not None:
             route.set_server_state(server, ServerState.IDLE)

@@ -14,7 +14,7 @@ The router calls these under its lock (route.py's lock rule). Each route keeps i
 """
 from __future__ import annotations
 
-from odyssey_gevent.server import Server, ServerState
+from odyssey_gevent.server import ServerState
 
 
 def _siblings(router, route) -> list:
@@ -54,13 +54,7 @@ def give(router, route) -> None:
     client of another route of the pool gets a new server."""
     if not route.rule.shared_pool:
         return
-    paused = getattr(router, "is_paused", None)      # console PAUSE: paused routes get nothing
     for other in _siblings(router, route):
-        if other.waiters and not (paused and paused(other)):
-            waiter = other.waiters.popleft()
-            server = Server(other)
-            other.set_server_state(server, ServerState.ACTIVE)
-            router._link(waiter.client, server)
-            waiter.server = server
-            waiter.event.signal()
+        if other.waiters and not router.is_paused(other):     # console PAUSE: paused routes get nothing
+            router.hand_to_waiter(other, None)
             return
