@@ -123,6 +123,13 @@ def scalar(dsn: str, sql: str = "select 1"):
         con.close()
 
 
+def one(con, sql: str = "select 1", args=None):
+    """The first value `sql` returns on an open connection (None for a statement without rows)."""
+    with con.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()[0] if cur.description else None
+
+
 def current_user(dsn: str) -> str:
     return scalar(dsn, "select current_user")
 
@@ -212,6 +219,14 @@ def ensure_roles(pg, *names: str, db: str = "db1") -> None:
             pg.psql(f"CREATE ROLE {role} LOGIN;")
     pg.psql("".join(f"GRANT ALL ON DATABASE {db} TO {r}; GRANT ALL ON DATABASE postgres TO {r};" for r in names))
     pg.psql("".join(f"GRANT ALL ON SCHEMA public TO {r};" for r in names), db=db)
+
+
+def role_with_table(pg, user: str, table: str) -> str:
+    """ensure_roles(user) and a fresh `table (v text)` in db1 that the role may write; returns user."""
+    ensure_roles(pg, user)
+    pg.psql(f"drop table if exists {table}; create table {table} (v text); grant all on {table} to {user};",
+            db="db1")
+    return user
 
 
 def make_certs(directory: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 from scripts.pooler import PoolerProcess
-from tests.integration.conftest import Raw, assert_alive, ensure_roles, odyssey_config, rule, wait_for
+from tests.integration.conftest import Raw, assert_alive, odyssey_config, one, role_with_table, rule, wait_for
 
 USER = "restart_user"
 TABLE = "restart_t"
@@ -26,10 +26,7 @@ SHUTDOWN_TEXT = "Odyssey is shutting down"
 
 @pytest.fixture
 def rs_role(pg, roles):
-    ensure_roles(pg, USER)
-    pg.psql(f"drop table if exists {TABLE}; create table {TABLE} (v text); grant all on {TABLE} to {USER};",
-            db="db1")
-    return USER
+    return role_with_table(pg, USER, TABLE)
 
 
 def _config(listen: dict | None = None, **globals_) -> str:
@@ -72,11 +69,6 @@ def _connect(p, autocommit: bool = True):
     con.autocommit = autocommit
     return con
 
-
-def _one(con, sql: str = "select 1"):
-    with con.cursor() as cur:
-        cur.execute(sql)
-        return cur.fetchone()[0] if cur.description else None
 
 
 class ClientLoop:
@@ -123,7 +115,7 @@ def test_sigusr2_restart_under_a_client_loop(pg, rs_role):
         assert _pid_file_pid(p) == old_pid
         for i in range(2):                 # long-lived clients, inside a transaction at the restart
             con = _connect(p, autocommit=False)
-            _one(con, f"insert into {TABLE} values ('before-{i}')")
+            one(con, f"insert into {TABLE} values ('before-{i}')")
             busy.append(con)
         loop = ClientLoop(p)
         wait_for(lambda: loop.ok >= 20, timeout=20, what="the client loop running")
@@ -133,14 +125,14 @@ def test_sigusr2_restart_under_a_client_loop(pg, rs_role):
                            timeout=10, what="the new pid in pid_file")
         # the transactions opened before the restart finish on the old process
         for i, con in enumerate(busy):
-            _one(con, f"insert into {TABLE} values ('after-{i}')")
+            one(con, f"insert into {TABLE} values ('after-{i}')")
             con.commit()
             con.autocommit = True          # no new transaction: the client is idle between queries
         # then each is closed at its next idle point, with the restart's words
         for con in busy:
             with pytest.raises(psycopg2.Error) as e:
                 for _ in range(100):
-                    _one(con)
+                    one(con)
                     time.sleep(0.05)
             text = str(e.value)
             assert SHUTDOWN_TEXT in text or e.value.pgcode in (None, "57P01"), text
@@ -155,7 +147,7 @@ def test_sigusr2_restart_under_a_client_loop(pg, rs_role):
         assert f"the old process {old_pid} has exited: online restart complete" in p.wait_log("restart complete")
         assert _alive(new_pid) and _pid_file_pid(p) == new_pid
         con = _connect(p)
-        assert _one(con, "select count(*) from restart_t") == 4
+        assert one(con, "select count(*) from restart_t") == 4
         con.close()
         # the new process is a full pooler: it stops on SIGTERM and removes the pid file
         _stop_pid(new_pid)
@@ -179,7 +171,7 @@ def test_sigusr2_ignored_when_online_restart_is_off(pg, rs_role):
         p.wait_log("online restart signal ignored: enable_online_restart is no")
         assert "new process started" not in p.log()
         con = _connect(p)
-        assert _one(con) == 1
+        assert one(con) == 1
         con.close()
         assert _pid_file_pid(p) == p.pid
         assert_alive(p)
@@ -196,9 +188,9 @@ def test_a_new_process_that_fails_leaves_the_old_one_serving(pg, rs_role):
             f.write("\nthis is { not a config\n")
         p.signal(signal.SIGUSR2)
         p.wait_log("before taking over: this one keeps serving", timeout=30)
-        assert _one(con, "select 2") == 2
+        assert one(con, "select 2") == 2
         other = _connect(p)
-        assert _one(other) == 1
+        assert one(other) == 1
         other.close()
         con.close()
         assert _pid_file_pid(p) == p.pid

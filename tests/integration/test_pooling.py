@@ -4,7 +4,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from tests.integration.conftest import backends, direct, ensure_roles, module_pooler, odyssey_config, rule
+from tests.integration.conftest import backends, direct, ensure_roles, module_pooler, odyssey_config, one, rule
 from tests.integration.wire import Wire, errors_in, query
 
 
@@ -27,11 +27,6 @@ def connect(p, user, db="db1", **kw):
     con.autocommit = True
     return con
 
-
-def one(con, sql, args=None):
-    cur = con.cursor()
-    cur.execute(sql, args)
-    return cur.fetchone()[0]
 
 
 # -- transaction pooling ------------------------------------------------------------------------------

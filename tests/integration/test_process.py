@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 
 from scripts.pooler import REPO, PoolerProcess
-from tests.integration.conftest import (Raw, assert_alive, ensure_roles, odyssey_config, odyssey_text, rule,
+from tests.integration.conftest import (Raw, assert_alive, ensure_roles, odyssey_config, odyssey_text, one, rule,
                                         wait_for)
 from tests.integration.wire import login_error
 
@@ -70,11 +70,6 @@ def _connect(p, db: str = "db1"):
     return con
 
 
-def _one(con, sql: str = "select 1"):
-    with con.cursor() as cur:
-        cur.execute(sql)
-        return cur.fetchone()[0]
-
 
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("pool", ["session", "transaction"])
@@ -82,14 +77,14 @@ def test_sighup_reload(pg, proc_role, pooler, pool):
     p = pooler(odyssey_config(rule(USER, "db1", pool=pool)))
     old = _connect(p)
     try:
-        assert _one(old) == 1
+        assert one(old) == 1
         # 1. a broken file: the old config stays, new clients still get in
         with open(p.config_path, "w") as f:
             f.write(p.config_text + "\nthis is { not a config\n")
         p.signal(signal.SIGHUP)
         p.wait_log("the old config stays in use")
         new = _connect(p)
-        assert _one(new) == 1
+        assert one(new) == 1
         new.close()
         # 2. a fixed file that blocks the user: new clients are refused, the old one keeps working
         with open(p.config_path, "w") as f:
@@ -100,7 +95,7 @@ def test_sighup_reload(pg, proc_role, pooler, pool):
         assert err is not None and err["C"] == "28000", err
         odyssey_text(err["M"], f"user blocked: db1 {USER}")
         for i in range(3):
-            assert _one(old, f"select {i}") == i
+            assert one(old, f"select {i}") == i
         assert_alive(p)
     finally:
         old.close()
@@ -135,14 +130,14 @@ def test_sigterm_exits_0_and_removes_the_unix_socket(pg, proc_role, with_client)
         wait_for(lambda: os.path.exists(sock), what="the unix socket")
         con = _connect(p) if with_client else None
         if con is not None:
-            assert _one(con) == 1
+            assert one(con) == 1
         p.signal(signal.SIGTERM)
         rc = p.proc.wait(15)
         assert rc == 0, p.log()
         assert not os.path.exists(sock)
         if con is not None:
             with pytest.raises(psycopg2.Error):
-                _one(con)
+                one(con)
             con.close()
     finally:
         p.stop()
@@ -152,7 +147,7 @@ def test_sigterm_exits_0_and_removes_the_unix_socket(pg, proc_role, with_client)
 def test_json_log_format(pg, proc_role, pooler):
     p = pooler(odyssey_config(rule(USER, "db1"), log_format="json"))
     con = _connect(p)
-    assert _one(con) == 1
+    assert one(con) == 1
     con.close()
     p.wait_log("client disconnected")
     records = [json.loads(line) for line in p.log().splitlines() if line.strip()]
@@ -171,12 +166,12 @@ def test_sighup_with_unchanged_rules_keeps_the_server_pool(pg, proc_role, pooler
     p = pooler(odyssey_config(rule(USER, "db1", pool="transaction", pool_size=1)))
     con = _connect(p)
     try:
-        pid = _one(con, "select pg_backend_pid()")
+        pid = one(con, "select pg_backend_pid()")
         p.signal(signal.SIGHUP)
         p.wait_log("reconfigure rules: 0 routes")
-        assert [_one(con, "select pg_backend_pid()") for _ in range(3)] == [pid] * 3
+        assert [one(con, "select pg_backend_pid()") for _ in range(3)] == [pid] * 3
         other = _connect(p)
-        assert _one(other, "select pg_backend_pid()") == pid
+        assert one(other, "select pg_backend_pid()") == pid
         other.close()
     finally:
         con.close()

@@ -16,7 +16,7 @@ import pytest
 
 from scripts.pgcluster import free_port
 from scripts.pooler import PoolerProcess
-from tests.integration.conftest import Raw, ensure_roles, odyssey_config, rule, wait_for
+from tests.integration.conftest import Raw, ensure_roles, odyssey_config, one, rule, wait_for
 
 USER = "procs_user"
 
@@ -61,11 +61,6 @@ def _connect(p):
     return con
 
 
-def _one(con, sql: str = "select 1"):
-    with con.cursor() as cur:
-        cur.execute(sql)
-        return cur.fetchone()[0]
-
 
 @pytest.mark.timeout(60)
 def test_connections_spread_over_the_processes(procs):
@@ -73,7 +68,7 @@ def test_connections_spread_over_the_processes(procs):
     assert procs.pid not in children
     for i in range(40):
         con = _connect(procs)
-        assert _one(con, f"select {i}") == i
+        assert one(con, f"select {i}") == i
         con.close()
     # 40 connections from random source ports: both processes served some (the kernel's hash)
     assert _pids_logging(procs, "new client connection") == children
@@ -89,9 +84,9 @@ def test_cancel_reaches_the_owner_process(procs):
         timer = threading.Timer(0.3, con.cancel)
         timer.start()
         with pytest.raises(psycopg2.errors.QueryCanceled):
-            _one(con, "select pg_sleep(10)")
+            one(con, "select pg_sleep(10)")
         timer.join()
-        assert _one(con, "select 7") == 7
+        assert one(con, "select 7") == 7
         con.close()
         done += 1
         if done >= 4 and "cancel passed to pooler process" in procs.log():
@@ -114,7 +109,7 @@ def test_signals_reach_every_process_and_a_dead_one_comes_back(procs):
              timeout=20, what="the new process 1 listening")
     for i in range(5):
         con = _connect(procs)
-        assert _one(con) == 1
+        assert one(con) == 1
         con.close()
     procs.signal(signal.SIGTERM)
     assert procs.proc.wait(20) == 0, procs.log()[-3000:]
@@ -168,7 +163,7 @@ def test_each_process_exports_its_own_metrics(pg, roles):
         wait_for(lambda: p.log().count("listening on") == 2, timeout=20, what="both processes listening")
         for i in range(20):
             con = _connect(p)
-            assert _one(con, f"select {i}") == i
+            assert one(con, f"select {i}") == i
             con.close()
 
         def queries(text: str) -> float:

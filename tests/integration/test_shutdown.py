@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from scripts.pooler import PoolerProcess
-from tests.integration.conftest import ensure_roles, odyssey_config, rule, wait_for
+from tests.integration.conftest import odyssey_config, one, role_with_table, rule, wait_for
 
 USER = "shutdown_user"
 TABLE = "shutdown_t"
@@ -20,10 +20,7 @@ SHUTDOWN_TEXT = "Odyssey is shutting down"
 
 @pytest.fixture
 def sd_role(pg, roles):
-    ensure_roles(pg, USER)
-    pg.psql(f"drop table if exists {TABLE}; create table {TABLE} (v text); grant all on {TABLE} to {USER};",
-            db="db1")
-    return USER
+    return role_with_table(pg, USER, TABLE)
 
 
 def _connect(p, autocommit: bool = True):
@@ -32,18 +29,13 @@ def _connect(p, autocommit: bool = True):
     return con
 
 
-def _one(con, sql: str = "select 1"):
-    with con.cursor() as cur:
-        cur.execute(sql)
-        return cur.fetchone()[0] if cur.description else None
-
 
 def _closed_with_shutdown_error(con) -> None:
     """The connection is closed: libpq reports the FATAL 57P01 sent before the close when it
     reads it, or only the closed socket when its write hit the closed connection first (the
     error text is then in the pooler log, which the callers check)."""
     with pytest.raises(psycopg2.Error) as e:
-        _one(con)
+        one(con)
     assert SHUTDOWN_TEXT in str(e.value) or e.value.pgcode in (None, "57P01"), str(e.value)
     con.close()
 
@@ -56,9 +48,9 @@ def test_transaction_finishes_then_client_is_closed(pg, sd_role, pool, workers):
                                      workers=workers), pg=pg)
     try:
         busy = _connect(p, autocommit=False)
-        _one(busy, f"insert into {TABLE} values ('before-{pool}')")
+        one(busy, f"insert into {TABLE} values ('before-{pool}')")
         idle = _connect(p)
-        assert _one(idle) == 1
+        assert one(idle) == 1
         p.signal(signal.SIGTERM)
         p.wait_log("graceful shutdown")
         # the idle client is closed without waiting for the busy one
@@ -69,7 +61,7 @@ def test_transaction_finishes_then_client_is_closed(pg, sd_role, pool, workers):
             _connect(p).close()
         assert p.proc.poll() is None, p.log()
         # the client inside its transaction is still served and can commit
-        _one(busy, f"insert into {TABLE} values ('after-{pool}')")
+        one(busy, f"insert into {TABLE} values ('after-{pool}')")
         busy.commit()
         _closed_with_shutdown_error(busy)
         assert p.proc.wait(15) == 0, p.log()
@@ -85,12 +77,12 @@ def test_graceful_shutdown_timeout_bounds_an_unfinished_transaction(pg, sd_role)
     p = PoolerProcess(odyssey_config(rule(USER, "db1"), graceful_shutdown_timeout_ms=1000), pg=pg)
     try:
         busy = _connect(p, autocommit=False)
-        _one(busy, f"insert into {TABLE} values ('never-committed')")
+        one(busy, f"insert into {TABLE} values ('never-committed')")
         p.signal(signal.SIGTERM)
         assert p.proc.wait(20) == 0, p.log()
         assert "timeout reached, dropping 1 client" in p.log()
         with pytest.raises(psycopg2.Error):
-            _one(busy)
+            one(busy)
         busy.close()
         assert pg.psql(f"select count(*) from {TABLE} where v = 'never-committed'", db="db1") == "0"
     finally:
@@ -103,7 +95,7 @@ def test_second_sigterm_exits_at_once_with_max_sigterms_to_die_2(pg, sd_role):
                                      max_sigterms_to_die=2), pg=pg)
     try:
         busy = _connect(p, autocommit=False)
-        _one(busy, "select 1")
+        one(busy, "select 1")
         p.signal(signal.SIGTERM)
         p.wait_log("graceful shutdown")
         assert p.proc.poll() is None, p.log()
