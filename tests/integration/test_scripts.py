@@ -140,6 +140,18 @@ def test_bench_relay_runs_every_mode_cleanly():
         assert bench_relay.run(mode, 200) > 0      # raises if a transaction did not end cleanly
 
 
+def test_count_instructions_reads_totals_when_summary_is_zero(tmp_path):
+    from scripts.count_instructions import parse_args, total_instructions
+    out = tmp_path / "callgrind.out.1"
+    out.write_text("events: Ir\nsummary: 0\n\nfn=(1) f\n0 5\ntotals: 118018242\n")
+    assert total_instructions(str(out)) == 118018242
+    (tmp_path / "empty").write_text("events: Ir\n")
+    with pytest.raises(ValueError):
+        total_instructions(str(tmp_path / "empty"))
+    a = parse_args(["--connect", "--auth", "scram", "--clients", "4"])
+    assert a.connect and a.auth == "scram" and a.clients == 4
+
+
 def test_soak_arguments_config_and_growth():
     from odyssey_gevent.config.reader import loads
     from scripts import soak
