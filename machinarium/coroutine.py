@@ -6,6 +6,7 @@ Cancel works from any machine; join works inside the owning machine only.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 
 import gevent
@@ -17,6 +18,13 @@ from ._state import current_machine, report_error
 from .errors import Cancelled, MachineError, TimedOut
 
 _get_ident = threading.get_ident
+
+# gevent's Greenlet records by default who spawned it and the spawning Python stack (ten frames,
+# each one's line number looked up): about 20,000 instructions per coroutine, a twentieth of a
+# whole pgbench -C connection, for debugging data nothing here reads. Off unless the
+# environment asks for it (GEVENT_TRACK_GREENLET_TREE).
+if "GEVENT_TRACK_GREENLET_TREE" not in os.environ:
+    gevent.config.track_greenlet_tree = False
 
 
 class Coroutine:
