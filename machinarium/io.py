@@ -445,12 +445,14 @@ def _resolve(host, port, passive):
 
 # -- listen ----------------------------------------------------------------------------------
 def listen(host, port: int, backlog: int = 128, reuseport: bool = False,
-           reuseaddr: bool = True) -> list:
+           reuseaddr: bool = True, setup=None) -> list:
     """Bind and listen on every address ``host`` resolves to (machine_bind); return [Io].
 
     ``host`` None/""/"*" means all interfaces (IPv4 and IPv6). SO_REUSEADDR by default,
     SO_REUSEPORT on request; IPv6 sockets are IPV6_V6ONLY so both families can share a port.
-    Create listeners in the machine that accepts on them.
+    ``setup(io)``, when given, runs on each socket before it listens (options that accepted
+    sockets are to inherit from their first). Create listeners in the machine that accepts on
+    them.
     """
     ios = []
     try:
@@ -464,6 +466,8 @@ def listen(host, port: int, backlog: int = 128, reuseport: bool = False,
             if family == _std.AF_INET6:
                 s.setsockopt(_std.IPPROTO_IPV6, _std.IPV6_V6ONLY, 1)
             s.bind(addr)
+            if setup is not None:
+                setup(ios[-1])
             s.listen(backlog)
     except BaseException:
         for io in ios:

@@ -12,6 +12,7 @@ import errno
 import os
 import signal
 import socket
+import sys
 
 import machinarium
 from kiwi import error_codes
@@ -28,6 +29,7 @@ class ListenServer:
         self.name = name
         self.unix_path = unix_path
         self.coroutine = None
+        self.options_for = None     # the config whose client socket options the listener carries
         # the socket file as bound (st_dev, st_ino): after an online restart the path holds the
         # new process's socket, which the old one must not unlink
         self.file_id = _file_id(unix_path) if unix_path else None
@@ -61,7 +63,9 @@ def start_listeners(instance) -> list[ListenServer]:
                 continue
             host = listen.host
             ios = machinarium.listen(None if host == "*" else host, listen.port, listen.backlog,
-                                     reuseport=config.bindwith_reuseport)
+                                     reuseport=config.bindwith_reuseport,
+                                     setup=(lambda io: _socket_options(io, config, log, explicit=True))
+                                     if _INHERITED else None)
             if host != "*":
                 for extra in ios[1:]:      # a name binds only its first address, as Odyssey does
                     extra.close()
@@ -70,6 +74,7 @@ def start_listeners(instance) -> list[ListenServer]:
                 addr = io.local
                 name = f"[{addr[0]}]:{addr[1]}" if io.sock.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
                 servers.append(ListenServer(listen, io, name))
+                servers[-1].options_for = config if _INHERITED else None
                 log.info("server", None, None, "listening on %s", name)
         except OSError as e:
             where = listen.host or "unix socket"
@@ -145,7 +150,11 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
             continue
         peer = local = None
         if conn_type == "host":
-            _socket_options(io, config, log)
+            if server.options_for is not config:
+                _socket_options(io, config, log, explicit=_INHERITED)     # it has the old ones
+                if _INHERITED:      # reloaded: the listener's for the next ones (see _INHERITED)
+                    server.options_for = config
+                    _socket_options(server.io, config, log, explicit=True)
             try:
                 p = io.peer
                 peer = (p[0], p[1]) if p else None
@@ -161,20 +170,35 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
 
 _option_errors_logged: set = set()
 
+# Linux gives an accepted TCP socket a copy of its listener's options (TCP_NODELAY, SO_KEEPALIVE
+# and the TCP_KEEP*/TCP_USER_TIMEOUT values, SO_LINGER): set once on the listener, they cost a
+# login nothing, where six setsockopt calls per client cost about 15,000 instructions and six
+# system calls (SO_LINGER's bytes value alone fails two argument parsings first). Elsewhere
+# they are set on every accepted socket. They are set before the listener listens; after a
+# reload, on the listener again (and on the client accepted then: clients that were already
+# waiting in the listen queue keep the options of the config they arrived under).
+_INHERITED = sys.platform.startswith("linux")
 
-def _socket_options(io, config, log) -> None:
+
+def _socket_options(io, config, log, explicit: bool = False) -> None:
     """TCP_NODELAY, keepalive (a negative keepalive_usr_timeout is computed from the other three,
-    as C does) and nolinger on an accepted client. An option the kernel refuses costs nothing but
-    itself: the client is served without it, and each kind of failure is logged once."""
+    as C does) and nolinger on an accepted client or on its listener; `explicit` sets every
+    option also when off (a socket may carry options inherited from an older config). An option
+    the kernel refuses costs nothing but itself: the client is served without it, and each kind
+    of failure is logged once."""
     steps = []
-    if config.nodelay:
-        steps.append(("TCP_NODELAY", io.set_nodelay, ()))
+    if config.nodelay or explicit:
+        steps.append(("TCP_NODELAY", io.set_nodelay, (config.nodelay,)))
     if config.keepalive > 0:
         steps.append(("keepalive", io.set_keepalive,
                       (config.keepalive, config.keepalive_keep_interval, config.keepalive_probes,
-                       config.effective_keepalive_usr_timeout or None)))
+                       config.effective_keepalive_usr_timeout or (0 if explicit else None))))
+    elif explicit:
+        steps.append(("keepalive", _keepalive_off, (io,)))
     if not config.disable_nolinger:
         steps.append(("SO_LINGER", io.set_linger0, ()))
+    elif explicit:
+        steps.append(("SO_LINGER", io.set_linger_off, ()))
     for name, fn, args in steps:
         try:
             fn(*args)
@@ -184,6 +208,14 @@ def _socket_options(io, config, log) -> None:
                 _option_errors_logged.add(key)
                 log.error("server", None, None, "cannot set %s on client sockets (%s); serving them "
                           "without it (logged once)", name, e)
+
+
+def _keepalive_off(io) -> None:
+    """A listener's keepalive off again after a reload, with TCP_USER_TIMEOUT back at 0 (the
+    kernel's default: a client accepted with keepalive 0 never had it set)."""
+    io.set_keepalive(on=False)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        io.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 0)
 
 
 REJECT_DRAIN_MS = 1000

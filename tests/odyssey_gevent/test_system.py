@@ -248,6 +248,41 @@ def test_accept_honours_nodelay_and_nolinger_settings(in_machine):
     assert in_machine(body) == (0, 0, 0)
 
 
+def _client_options(io):
+    linger = struct.unpack("ii", _sockopt(io, socket.SOL_SOCKET, socket.SO_LINGER, 8))
+    return (_sockopt(io, socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, linger[0],
+            _sockopt(io, socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+            _sockopt(io, socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            _sockopt(io, socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+
+
+def test_accept_follows_a_reload_of_the_socket_options(in_machine):
+    """The options live on the listener (accepted sockets inherit them on Linux): a reload that
+    changes them reaches the client accepted next and every one after it, off included."""
+    def body():
+        inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], keepalive=9, keepalive_usr_timeout=4000)
+        srv, pool, co = _serve(inst)
+        try:
+            port = srv.io.local[1]
+            seen = []
+            for i, config in enumerate([None, Config(listen=inst.config.listen, nodelay=False, keepalive=0,
+                                                     disable_nolinger=True),
+                                        None, Config(listen=inst.config.listen, keepalive=11), None]):
+                if config is not None:
+                    inst.config = config
+                c = mm.connect("127.0.0.1", port, 2000)
+                io = pool.wait(i + 1)[i][0]
+                seen.append(_client_options(io))
+                io.close(), c.close()
+            return seen
+        finally:
+            srv.io.close()
+            co.join(2000)
+
+    on, off, again = (True, 1, True, 9, 4000), (False, 0, False, 9, 0), (True, 1, True, 11, 0)
+    assert in_machine(body) == [on, off, off, again, again]
+
+
 def test_accept_unix_clients_are_local_without_addresses(in_machine):
     def body():
         with tempfile.TemporaryDirectory(dir="/tmp") as d:
