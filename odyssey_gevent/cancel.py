@@ -30,18 +30,25 @@ def send(instance, endpoint, pid: int, key: int) -> bool:
         io.close()
 
 
-def forward(instance, pid: int, key: int, local_only: bool = False) -> None:
+def forward(instance, pid: int, key: int, local_only: bool = False, from_partner: bool = False) -> None:
     if supervisor.KEY_TAG is not None and not local_only:
         owner = supervisor.owner(key)     # processes N: the key may be another process's
         if owner != supervisor.INDEX:
-            if owner >= supervisor.COUNT or not supervisor.forward_cancel(owner, pid, key):
-                instance.logger.error("cancel", None, None, "cannot pass the cancel to pooler process %d", owner)
-            else:
+            if owner < supervisor.COUNT and supervisor.forward_cancel(owner, pid, key):
                 instance.logger.debug("cancel", None, None, "cancel passed to pooler process %d", owner)
+            elif supervisor.pass_to_partner(instance, pid, key):      # online restart: the other group
+                instance.logger.debug("cancel", None, None, "cancel passed to the other group's pooler process %d",
+                                      owner)
+            else:
+                instance.logger.error("cancel", None, None, "cannot pass the cancel to pooler process %d", owner)
             return
     target = instance.router.cancel_target(pid, key)
     if target is None:
-        instance.logger.debug("cancel", None, None, "no client matches the cancel key")
+        if not from_partner and supervisor.pass_to_partner(instance, pid, key):
+            instance.logger.debug("cancel", None, None, "cancel passed to the other group's pooler process %d",
+                                  supervisor.owner(key))
+        else:
+            instance.logger.debug("cancel", None, None, "no client matches the cancel key")
         return
     endpoint, server_pid, server_key, _rule, server = target
     try:

@@ -36,6 +36,11 @@ class Instance:
         # and the new process this one started on SIGUSR2
         self.restart_ppid = restart.inherited_ppid()
         self.successor: int | None = None
+        # processes N: the other group's supervisor during an online restart (the old one in a
+        # new group's process, the new one in an old process handing over), for cancel keys
+        self.partner: int | None = supervisor.takeover_pid()
+        # our listeners joined a port group whose old members steer to us: remove that at the end
+        self.steered = restart.taking_over(self)
         self._ejected = collections.deque()   # eject times of the restart drain (conn_drop_options)
         self.clients = 0          # accepted client sockets: the one count global client_max limits
         self._tls = {}
@@ -159,7 +164,7 @@ def daemonize() -> None:
         os.dup2(devnull, fd)
 
 
-def _supervise(config, logger) -> int:
+def _supervise(config, logger, config_path: str) -> int:
     """processes N > 1: this process writes pid_file and runs the N pooler processes."""
     if config.pid_file:
         with open(config.pid_file, "w") as f:
@@ -167,9 +172,13 @@ def _supervise(config, logger) -> int:
     logger.info("init", None, None, "odyssey-gevent %s (odyssey %s compatible), supervisor pid %d, processes %d",
                 __version__, ODYSSEY_COMPAT_VERSION, os.getpid(), config.processes)
     try:
-        return supervisor.supervise(config.processes, logger)
+        return supervisor.supervise(config.processes, logger, config, config_path)
     finally:
-        if config.pid_file:
+        # after an online restart the pid file is the new supervisor's (it wrote its pid there)
+        if config.pid_file and supervisor.GAVE_UP_FOR is not None and restart.parent_alive(supervisor.GAVE_UP_FOR):
+            with open(config.pid_file, "w") as f:     # the old process keeps serving
+                f.write(f"{supervisor.GAVE_UP_FOR}\n")
+        elif config.pid_file and not supervisor.HANDED_OVER:
             try:
                 os.unlink(config.pid_file)
             except OSError:
@@ -196,7 +205,7 @@ def main(config_path: str, console: bool = False, log_to_stdout: bool = False, s
     logger = Logger(config.log_format, to_stdout=log_to_stdout or config.log_to_stdout,
                     log_file=config.log_file, debug=config.log_debug or verbose, silent=silent)
     if config.processes > 1 and not child:
-        return _supervise(config, logger)
+        return _supervise(config, logger, config_path)
     if config.pid_file and not child:
         with open(config.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")

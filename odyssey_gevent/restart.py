@@ -13,9 +13,17 @@ old listening socket are reset when that socket closes. So before closing, the o
 attaches a classic BPF program to each port's SO_REUSEPORT group that sends every new
 connection to the socket that joined after its own (the new process's), keeps accepting for
 `HANDOVER_GRACE_MS` so that handshakes already in flight land and are served, and only then
-closes. The new process removes the program once the old one has exited. A unix socket cannot
+closes. The new process removes the program once its own listeners are the only ones left on
+its ports (or the old process has exited). A unix socket cannot
 be shared that way: the new process binds its own beside the old one's file and renames it over
 that file (listen_unix_over), and the old one serves what was queued on its socket.
+
+With `processes N` the same happens group to group (supervisor.py): the program steers to index
+N, the first socket the new group added after the N old ones. The kernel fills a closed
+socket's slot with the group's last socket, so while old listeners close one after the other
+index N keeps naming a new socket, as long as the new group has at least N processes; once the
+last old one has closed, N is past the end (the kernel's hash: all are new) or a new socket
+until the new processes remove the program.
 """
 from __future__ import annotations
 
@@ -63,8 +71,11 @@ def spawn() -> int:
     Our own sockets are close-on-exec, so it inherits only stdin/stdout/stderr."""
     env = dict(os.environ)
     env[ENV] = str(os.getpid())
+    env.pop(supervisor.ENV, None)
+    env.pop(supervisor.TAKEOVER_ENV, None)
     args = argv()
-    return os.posix_spawn(args[0], args, env)
+    # no blocked signals (a supervisor blocks the ones it waits for)
+    return os.posix_spawn(args[0], args, env, setsigmask=())
 
 
 def reap(pid: int) -> str | None:
@@ -97,11 +108,11 @@ def _reuseport_program(sock: socket.socket, index: int | None) -> None:
 
 
 def steer_to_successor(sock: socket.socket) -> None:
-    """New connections on this port go to the second socket of its SO_REUSEPORT group: ours is
-    the first, the new process's joined after it. Once ours is closed the index is out of range
-    and the kernel falls back to its hash (the only socket left). Raises OSError when the kernel
-    refuses (no SO_REUSEPORT BPF support)."""
-    _reuseport_program(sock, 1)
+    """New connections on this port go to socket N of its SO_REUSEPORT group (N: our group's
+    process count, 1 for a single process): ours are 0 to N-1, the new group's joined after
+    them (the module's docstring says why that holds while ours close). Raises OSError when the
+    kernel refuses (no SO_REUSEPORT BPF support)."""
+    _reuseport_program(sock, supervisor.COUNT)
 
 
 def unsteer(sock: socket.socket) -> None:
@@ -120,6 +131,49 @@ def _tcp(servers):
     return [s for s in servers if not s.unix_path and not s.io.closed]
 
 
+def taking_over(instance) -> bool:
+    """Does this process (or its group) take over from an old one that still runs?"""
+    if supervisor.is_child():
+        return supervisor.running(instance.partner) and supervisor.takeover_pid() == instance.partner
+    return parent_alive(instance.restart_ppid)
+
+
+def _listeners() -> dict[int, str]:
+    """Every listening TCP socket of this network namespace: inode -> local address (as the
+    kernel prints it). The kernel lists listening sockets first: reading stops at the first
+    other one."""
+    out = {}
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) < 10 or fields[3] != "0A":
+                        break
+                    out[int(fields[9])] = fields[1]
+        except OSError:
+            pass
+    return out
+
+
+def only_ours_listen(servers, count: int) -> bool:
+    """Are the listeners on each of our TCP addresses no more than our group's `count`? (The
+    old process's or group's have closed.)"""
+    listeners = _listeners()
+    per_address: dict[str, int] = {}
+    for address in listeners.values():
+        per_address[address] = per_address.get(address, 0) + 1
+    for s in _tcp(servers):
+        try:
+            address = listeners.get(os.fstat(s.io.sock.fileno()).st_ino)
+        except OSError:
+            continue
+        if address is not None and per_address[address] > count:
+            return False
+    return True
+
+
 def request(instance) -> None:
     """SIGUSR2: start the new process, unless that is off or one restart is already under way."""
     log = instance.logger
@@ -132,8 +186,8 @@ def request(instance) -> None:
                   "as the odyssey command")
         return
     if supervisor.is_child():
-        log.error("restart", None, None, "online restart signal ignored: not supported with processes %d yet",
-                  supervisor.COUNT)
+        log.error("restart", None, None, "online restart signal ignored: send it to the supervisor (pid %d), "
+                  "which restarts the whole group", supervisor.SUPERVISOR)
         return
     if instance.successor is not None:
         log.error("restart", None, None, "online restart signal ignored: already starting the new process %d",
@@ -171,19 +225,30 @@ def poll(instance, servers) -> int | None:
     """Called by the signal loop while a restart is under way; returns the next wait (ms), or
     None when there is nothing left to watch."""
     log = instance.logger
-    if instance.successor is not None:
+    child = supervisor.is_child()
+    if instance.successor is not None and not child:   # a group's new supervisor is not our child
         ended = reap(instance.successor)
         if ended is not None:
             log.error("restart", None, None, "the new process %d %s before taking over: this one keeps serving",
                       instance.successor, ended)
             instance.successor = None
+    if instance.steered and (not taking_over(instance) or only_ours_listen(servers, supervisor.COUNT)):
+        # the old listeners are closed: the kernel's hash spreads new connections again
+        for s in _tcp(servers):
+            unsteer(s.io.sock)
+        instance.steered = False
+        log.info("restart", None, None, "the old listeners are closed: steering removed")
     if instance.restart_ppid is not None and not parent_alive(instance.restart_ppid):
         log.info("restart", None, None, "the old process %d has exited: online restart complete",
                  instance.restart_ppid)
-        for s in _tcp(servers):
-            unsteer(s.io.sock)
         instance.restart_ppid = None
-    return POLL_MS if instance.successor is not None or instance.restart_ppid is not None else None
+    if child and instance.partner is not None and instance.successor is None and not supervisor.running(
+            instance.partner):
+        instance.partner = None              # the old group has exited: no one to pass cancels to
+    if (instance.successor is not None and not child) or instance.restart_ppid is not None or instance.steered \
+            or (child and instance.partner is not None and instance.successor is None):
+        return POLL_MS
+    return None
 
 
 def listen_unix_over(path: str, mode: int, backlog: int):

@@ -10,7 +10,18 @@ and console; they share the TCP ports through SO_REUSEPORT (the kernel spreads t
 A client's cancel key names its process: the top byte of the BackendKeyData secret is the
 process index (`KEY_TAG`). A CancelRequest that reaches another process is passed on, as it is,
 to the owner's peer socket: a unix socket in the abstract namespace,
-`odyssey-gevent.<supervisor pid>.<index>`, that takes nothing but CancelRequests.
+`odyssey-gevent.<supervisor pid>.<index>`, that takes nothing but CancelRequests (and, from the
+supervisor alone, the order to hand the ports over).
+
+Online restart (SIGUSR2 to the supervisor; restart.py has the one-process case): the supervisor
+starts the program again (the new supervisor, `ODY_INHERIT_PPID=<its pid>`), which starts its
+own N processes with `ODY_TAKEOVER=<old supervisor pid>`. Each tells its supervisor it listens
+(READY_SIGNAL); once all do, the new supervisor sends SIGTERM to the old one, which passes the
+hand-over order to each of its processes over their peer sockets: each steers new connections
+to the new group (restart.hand_over), closes its listeners and drains. The new processes remove
+the steering program once only their own listeners are left on their ports. During the overlap
+a cancel key unknown to the process that owns its index in one group is passed to the process
+of the same index in the other group (the "partner" group).
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ import struct
 import time
 
 ENV = "ODY_PROCESS"
+TAKEOVER_ENV = "ODY_TAKEOVER"   # a process of a new group: the old group's supervisor pid
 _PR_SET_PDEATHSIG = 1
 RESTART_MIN_INTERVAL_S = 1.0     # a process that keeps dying is started again at most this often
 STOP_TIMEOUT_S = 3600            # the supervisor waits for its processes (each has its own timeout)
@@ -56,19 +68,47 @@ def owner(secret: int) -> int:
     return (secret >> 24) & 0xFF
 
 
-def peer_address(index: int) -> str:
-    return f"\0odyssey-gevent.{SUPERVISOR}.{index}"
+def peer_address(index: int, group: int | None = None) -> str:
+    """The peer socket of process `index` of the group run by supervisor `group` (ours)."""
+    return f"\0odyssey-gevent.{SUPERVISOR if group is None else group}.{index}"
+
+
+def takeover_pid() -> int | None:
+    """In a process of a group started by an online restart: the old group's supervisor."""
+    if _ID is None:
+        return None
+    try:
+        pid = int(os.environ.get(TAKEOVER_ENV, ""))
+    except ValueError:
+        return None
+    return pid if pid > 1 else None
+
+
+def running(pid: int | None) -> bool:
+    """Is `pid` a running process (not a zombie)?"""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 # -- the supervisor --------------------------------------------------------------------------
 _FORWARDED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 _WATCHED = set(_FORWARDED) | {signal.SIGUSR2, signal.SIGCHLD}
+# a pooler process tells its supervisor that it listens (a real-time signal: no one else sends it)
+READY_SIGNAL = signal.SIGRTMIN + 1
 
 
-def _spawn(argv: list[str], index: int, count: int) -> int:
+def _spawn(argv: list[str], index: int, count: int, takeover: int | None = None) -> int:
     env = dict(os.environ)
     env[ENV] = f"{index}/{count}/{os.getpid()}"
     env.pop("ODY_INHERIT_PPID", None)
+    env.pop(TAKEOVER_ENV, None)
+    if takeover is not None:
+        env[TAKEOVER_ENV] = str(takeover)
     # the process starts with the supervisor's signals blocked (a SIGHUP sent before it watches
     # signals would kill it): they stay pending until it unblocks them (signals_ready). In a
     # process group of its own: a terminal's Ctrl-C reaches it once, through the supervisor.
@@ -89,49 +129,130 @@ def signals_ready() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def supervise(count: int, logger) -> int:
+def tell_listening() -> None:
+    """A pooler process listens: its supervisor counts it (an online restart waits for all)."""
+    if _ID is not None:
+        try:
+            os.kill(SUPERVISOR, READY_SIGNAL)
+        except OSError:
+            pass
+
+
+HANDED_OVER = False      # set by supervise: an online restart gave the ports (and pid_file) away
+GAVE_UP_FOR: int | None = None   # set by supervise: a new group that could not take over from this pid
+
+
+def supervise(count: int, logger, config=None, config_path: str | None = None) -> int:
     """Run the pooler as `count` processes until they have all exited; the exit code is 0 when
-    every one exited 0 once asked to stop."""
+    every one exited 0 once asked to stop. With `config` (its enable_online_restart, re-read
+    from `config_path` on SIGHUP), SIGUSR2 replaces the whole group (the module's docstring)."""
+    global HANDED_OVER, GAVE_UP_FOR
     from odyssey_gevent import restart
     argv = restart.argv()
-    signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+    watched = _WATCHED | {READY_SIGNAL}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     children: dict[int, int] = {}         # pid -> index
     started: dict[int, float] = {}        # index -> last start (monotonic)
     stopping = False
     rc = 0
+    # started by an online restart: the old process (a supervisor or a single pooler) is our parent
+    old = restart.inherited_ppid()
+    takeover = old if old is not None and os.getppid() == old else None
+    announced = False                     # the old one was told to hand over
+    listening: set[int] = set()           # pids that told us they listen
+    successor = None                      # the new supervisor started on SIGUSR2
+    handing_over = False
+
+    def log_info(fmt, *args, context="supervisor"):
+        logger.info(context, None, None, fmt, *args)
+
+    def log_error(fmt, *args, context="supervisor"):
+        logger.error(context, None, None, fmt, *args)
 
     def start(index: int) -> None:
-        pid = _spawn(argv, index, count)
+        pid = _spawn(argv, index, count, takeover)
         children[pid] = index
         started[index] = time.monotonic()
-        logger.info("supervisor", None, None, "pooler process %d started, pid %d", index, pid)
+        log_info("pooler process %d started, pid %d", index, pid)
+
+    def stop_all(sig: int = signal.SIGTERM) -> None:
+        for pid in list(children):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     for i in range(count):
         start(i)
     pending: list[int] = []               # indexes to start again (after a crash)
     deadline = None
     while children or (pending and not stopping):
-        info = signal.sigtimedwait(_WATCHED, 0.5)
+        info = signal.sigtimedwait(watched, 0.5)
         sig = info.si_signo if info else None
-        if sig in _FORWARDED:
+        if sig == READY_SIGNAL:
+            if info.si_pid in children:
+                listening.add(info.si_pid)
+            if (takeover is not None and not announced and not stopping and len(children) == count
+                    and listening >= set(children)):
+                announced = True
+                if os.getppid() == takeover:
+                    log_info("all %d pooler processes listen; sending SIGTERM to the old process %d", count,
+                             takeover, context="restart")
+                    try:
+                        os.kill(takeover, signal.SIGTERM)
+                    except OSError:
+                        pass
+        elif sig == signal.SIGHUP and successor is not None:
+            log_info("SIGHUP received: performing an online restart now, SIGHUP is ignored")
+        elif sig in (signal.SIGTERM, signal.SIGINT) and successor is not None and not stopping:
+            # the new supervisor listens (or the operator stops us during the restart): each
+            # process steers new connections to the new group, closes its listeners and drains
+            handing_over = True
+            log_info("%s received: handing the listen ports over to the new supervisor %d",
+                     signal.Signals(sig).name, successor, context="restart")
+            for pid, index in list(children.items()):
+                if not order_hand_over(index, successor):
+                    log_error("cannot reach pooler process %d (pid %d) to hand over: sending it SIGTERM",
+                              index, pid, context="restart")
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            stopping = True
+            pending.clear()
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+        elif sig in _FORWARDED:
             name = signal.Signals(sig).name
-            logger.info("supervisor", None, None, "%s received, passing it to %d pooler process(es)",
-                        name, len(children))
-            for pid in list(children):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+            log_info("%s received, passing it to %d pooler process(es)", name, len(children))
+            stop_all(sig)
             if sig == signal.SIGUSR1:
                 logger.reopen()           # the supervisor's own lines go to log_file too
+            if sig == signal.SIGHUP and config_path:
+                config = _reload(config, config_path)
             if sig in (signal.SIGTERM, signal.SIGINT) and not stopping:
                 stopping = True
                 pending.clear()
                 deadline = time.monotonic() + STOP_TIMEOUT_S
         elif sig == signal.SIGUSR2:
-            logger.error("supervisor", None, None, "online restart signal ignored: not supported with "
-                         "processes %d yet", count)
-        while children:                   # reap whatever has exited
+            log_info("online restart signal received", context="restart")
+            if config is None or not config.enable_online_restart:
+                log_error("online restart signal ignored: enable_online_restart is no", context="restart")
+            elif stopping:
+                log_error("online restart signal ignored: stopping", context="restart")
+            elif successor is not None:
+                log_error("online restart signal ignored: already starting the new supervisor %d", successor,
+                          context="restart")
+            elif takeover is not None and os.getppid() == takeover:
+                log_error("online restart signal ignored: the old process %d is still draining", takeover,
+                          context="restart")
+            else:
+                try:
+                    successor = restart.spawn()
+                    log_info("new supervisor started, pid %d: %s", successor, " ".join(argv), context="restart")
+                except OSError as e:
+                    log_error("cannot start the new supervisor (%s): this group keeps serving", e,
+                              context="restart")
+        while children or successor is not None:       # reap whatever has exited
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -139,19 +260,40 @@ def supervise(count: int, logger) -> int:
                 break
             if pid == 0:
                 break
+            code = os.waitstatus_to_exitcode(status)
+            if pid == successor:
+                if handing_over:
+                    log_error("the new supervisor %d exited with %d while this group hands over", pid, code,
+                              context="restart")
+                else:
+                    log_error("the new supervisor %d exited with %d before taking over: this group keeps "
+                              "serving", pid, code, context="restart")
+                successor = None
+                continue
             index = children.pop(pid, None)
+            listening.discard(pid)
             if index is None:
                 continue
-            code = os.waitstatus_to_exitcode(status)
             if code != 0 and stopping:    # a crash before is logged and the process started again
                 rc = 1
             if stopping:
-                logger.info("supervisor", None, None, "pooler process %d (pid %d) exited with %d",
-                            index, pid, code)
+                log_info("pooler process %d (pid %d) exited with %d", index, pid, code)
+            elif takeover is not None and not announced:
+                # the new group cannot take over: stop it, the old one keeps serving
+                log_error("pooler process %d (pid %d) exited with %d before the group took over from the old "
+                          "process %d: giving up the online restart", index, pid, code, takeover, context="restart")
+                stop_all()
+                stopping = True
+                pending.clear()
+                rc = 1
+                GAVE_UP_FOR = takeover
+                deadline = time.monotonic() + STOP_TIMEOUT_S
             else:
-                logger.error("supervisor", None, None, "pooler process %d (pid %d) exited with %d: "
-                             "starting it again", index, pid, code)
+                log_error("pooler process %d (pid %d) exited with %d: starting it again", index, pid, code)
                 pending.append(index)
+        if takeover is not None and announced and os.getppid() != takeover:
+            log_info("the old process %d has exited: online restart complete", takeover, context="restart")
+            takeover = None
         if not stopping:
             now = time.monotonic()
             for index in list(pending):
@@ -159,31 +301,71 @@ def supervise(count: int, logger) -> int:
                     pending.remove(index)
                     start(index)
         elif deadline is not None and time.monotonic() > deadline:
-            for pid in list(children):
-                os.kill(pid, signal.SIGKILL)
-    logger.info("supervisor", None, None, "all pooler processes have exited")
+            stop_all(signal.SIGKILL)
+    HANDED_OVER = handing_over and successor is not None
+    log_info("all pooler processes have exited")
     return rc
 
 
-# -- cancel requests between pooler processes -------------------------------------------------
-_CANCEL = struct.Struct("!IIII")
-CANCEL_CODE = 80877102
+def _reload(config, path: str):
+    """The supervisor's own copy of the config (for enable_online_restart): the new one, or the
+    running one when the file has errors (each pooler process logs them)."""
+    from odyssey_gevent.config import reader
+    from odyssey_gevent.config.model import ConfigError
+    try:
+        return reader.load(path)
+    except (ConfigError, OSError):
+        return config
 
 
-def forward_cancel(index: int, pid: int, key: int, timeout_s: float = 1.0) -> bool:
-    """Pass a CancelRequest to the pooler process that owns its key (a gevent socket: it only
-    blocks this coroutine)."""
-    from gevent import socket as gsocket
-    s = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def order_hand_over(index: int, successor: int, timeout_s: float = 1.0) -> bool:
+    """Tell our pooler process `index`, over its peer socket, to hand the ports over to the group
+    of supervisor `successor` and drain."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout_s)
     try:
-        s.connect(peer_address(index))
-        s.sendall(_CANCEL.pack(16, CANCEL_CODE, pid, key))
+        s.connect(peer_address(index, os.getpid()))
+        s.sendall(_CANCEL.pack(_CANCEL.size, HANDOVER_CODE, successor, 0))
         return True
     except OSError:
         return False
     finally:
         s.close()
+
+
+# -- cancel requests between pooler processes -------------------------------------------------
+_CANCEL = struct.Struct("!IIII")
+CANCEL_CODE = 80877102
+PARTNER_CODE = 80877103      # a CancelRequest from the other group (online restart): not passed on
+HANDOVER_CODE = 80877110     # from our supervisor alone: hand the ports over to group <pid>, drain
+_PEERCRED = struct.Struct("3i")
+
+
+def forward_cancel(index: int, pid: int, key: int, timeout_s: float = 1.0, group: int | None = None,
+                   code: int = CANCEL_CODE) -> bool:
+    """Pass a CancelRequest to the pooler process that owns its key (a gevent socket: it only
+    blocks this coroutine); `group`: that of another supervisor (an online restart's partner)."""
+    from gevent import socket as gsocket
+    s = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout_s)
+    try:
+        s.connect(peer_address(index, group))
+        s.sendall(_CANCEL.pack(16, code, pid, key))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def pass_to_partner(instance, pid: int, key: int) -> bool:
+    """During an online restart, a cancel key that no process of our group knows may be one of
+    the other group's: pass it to the process with the owner's index there (which does not pass
+    it on again)."""
+    partner = getattr(instance, "partner", None)
+    if partner is None or KEY_TAG is None:
+        return False
+    return forward_cancel(owner(key), pid, key, group=partner, code=PARTNER_CODE)
 
 
 def peer_listener():
@@ -212,8 +394,21 @@ def peer_main(instance, sock) -> None:
                     return
                 data += chunk
             length, code, pid, key = _CANCEL.unpack(data)
-            if length == _CANCEL.size and code == CANCEL_CODE:
+            if length != _CANCEL.size:
+                return
+            if code == CANCEL_CODE:
                 cancel.forward(instance, pid, key, local_only=True)
+            elif code == PARTNER_CODE:
+                cancel.forward(instance, pid, key, local_only=True, from_partner=True)
+            elif code == HANDOVER_CODE and pid > 1:
+                sender = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[0]
+                if sender != SUPERVISOR:
+                    return
+                instance.logger.info("restart", None, None, "the supervisor hands this process's ports over to "
+                                     "the new supervisor %d", pid)
+                instance.successor = pid          # the drain ejects at the conn_drop_options pace
+                instance.partner = pid            # cancel keys of the new group's clients go there
+                os.kill(os.getpid(), signal.SIGTERM)
         except OSError:
             pass
         finally:

@@ -54,7 +54,7 @@ def start_listeners(instance) -> list[ListenServer]:
                     continue
                 path = os.path.join(config.unix_socket_dir, f".s.PGSQL.{listen.port}")
                 mode = int(config.unix_socket_mode, 8) if config.unix_socket_mode else 0o777
-                if restart.parent_alive(instance.restart_ppid):   # online restart: take the file over
+                if restart.taking_over(instance):   # online restart: take the file over
                     io = restart.listen_unix_over(path, mode, listen.backlog)
                 else:
                     io = machinarium.listen_unix(path, mode, listen.backlog)
@@ -323,6 +323,7 @@ def system_main(instance) -> int:
     peer_coro = machinarium.coroutine_create(supervisor.peer_main, instance, peer, name="peer") if peer else None
     watcher = machinarium.SignalWatcher()
     supervisor.signals_ready()
+    supervisor.tell_listening()         # processes N: the supervisor counts the processes that listen
     restart.announce(instance)          # started by an online restart: the old process may go
     rc = 0
     try:

@@ -9,6 +9,7 @@ and stops it itself.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -234,4 +235,103 @@ def test_sigusr2_carries_the_unix_socket_over(pg, rs_role):
         if loop is not None:
             loop.finish()
         _stop_pid(new_pid or (_pid_file_pid(p) if _pid_file_pid(p) != old_pid else None))
+        p.stop()
+
+
+def _group(p, supervisor: int) -> dict[int, int]:
+    """index -> pid of the pooler processes `supervisor` started (the last start of each)."""
+    text = "\n".join(line for line in p.log().splitlines() if line.startswith(f"{supervisor} "))
+    return {int(i): int(pid) for i, pid in re.findall(r"\(supervisor\) pooler process (\d+) started, pid (\d+)", text)}
+
+
+def _pids_logging(p, needle: str) -> set[int]:
+    return {int(line.split()[0]) for line in p.log().splitlines() if needle in line}
+
+
+@pytest.mark.timeout(120)
+def test_sigusr2_restarts_a_group_of_processes(pg, rs_role):
+    """processes 2: SIGUSR2 to the supervisor starts a new supervisor with its own two processes;
+    they take the port over, the old ones finish their transactions and exit, a cancel for an
+    old process's client sent during the overlap reaches it through the new group, and a
+    connect/query loop across it all sees no failure."""
+    p = PoolerProcess(_config(processes=2, log_debug=True), pg=pg)
+    old_sup = p.pid
+    new_sup = None
+    loop = None
+    busy = []
+    try:
+        old = wait_for(lambda: len(_group(p, old_sup)) == 2
+                       and _pids_logging(p, "listening on") >= set(_group(p, old_sup).values()) and _group(p, old_sup),
+                       timeout=20, what="two pooler processes listening")
+        assert _pid_file_pid(p) == old_sup
+        for i in range(2):                 # long-lived clients, inside a transaction at the restart
+            con = _connect(p, autocommit=False)
+            one(con, f"insert into {TABLE} values ('before-{i}')")
+            busy.append(con)
+        canceled = _connect(p, autocommit=False)   # to be cancelled during the overlap
+        one(canceled, "select 1")
+        busy.append(canceled)
+        loop = ClientLoop(p)
+        wait_for(lambda: loop.ok >= 20, timeout=20, what="the client loop running")
+        p.signal(signal.SIGUSR2)
+        started = p.wait_log("new supervisor started, pid", timeout=10)
+        new_sup = int(re.search(r"new supervisor started, pid (\d+)", started).group(1))
+        p.wait_log("all 2 pooler processes listen; sending SIGTERM to the old process %d" % old_sup, timeout=30)
+        p.wait_log("handing the listen ports over to the new supervisor %d" % new_sup, timeout=10)
+        new = wait_for(lambda: len(_group(p, new_sup)) == 2 and _group(p, new_sup), timeout=10,
+                       what="the new group's processes")
+        assert not set(new.values()) & set(old.values())
+        assert _pid_file_pid(p) == new_sup
+        # the old listeners close: the new processes remove the steering program
+        wait_for(lambda: _pids_logging(p, "the old listeners are closed: steering removed") >= set(new.values()),
+                 timeout=20, what="steering removed in the new processes")
+        # a cancel for a client of the old group arrives at the new group and is passed over
+        timer = threading.Timer(0.5, canceled.cancel)
+        timer.start()
+        with pytest.raises(psycopg2.errors.QueryCanceled):
+            one(canceled, "select pg_sleep(20)")
+        timer.join()
+        canceled.rollback()
+        assert _pids_logging(p, "cancel passed to the other group's pooler process") & set(new.values())
+        canceled.autocommit = True
+        # the transactions opened before the restart finish on the old processes
+        for i, con in enumerate(busy[:2]):
+            one(con, f"insert into {TABLE} values ('after-{i}')")
+            con.commit()
+            con.autocommit = True
+        # then each old client is closed at its next idle point
+        for con in busy:
+            with pytest.raises(psycopg2.Error):
+                for _ in range(200):
+                    one(con)
+                    time.sleep(0.05)
+            con.close()
+        assert p.proc.wait(30) == 0, p.log()[-4000:]
+        for pid in old.values():
+            assert not _alive(pid)
+        assert "pooler process 0 (pid %d) exited with 0" % old[0] in p.log()
+        before = loop.ok
+        wait_for(lambda: loop.ok >= before + 40, timeout=20, what="the loop served by the new group")
+        loop.finish()
+        assert loop.failures == [], loop.failures[:5]
+        p.wait_log(f"the old process {old_sup} has exited: online restart complete", timeout=10)
+        assert _alive(new_sup) and _pid_file_pid(p) == new_sup
+        assert all(_alive(pid) for pid in new.values())
+        # the new processes serve (the kernel's hash spreads the loop's connections over both)
+        after_old = p.log().split(f"pooler process 1 (pid {old[1]}) exited")[-1]
+        serving = {int(line.split()[0]) for line in after_old.splitlines() if "new client connection" in line}
+        assert serving == set(new.values())
+        con = _connect(p)
+        assert one(con, "select count(*) from restart_t") == 4
+        con.close()
+        # the new supervisor is a full one: SIGTERM stops its group and removes the pid file
+        _stop_pid(new_sup)
+        assert not any(_alive(pid) for pid in new.values())
+        wait_for(lambda: _pid_file_pid(p) is None, timeout=10, what="the pid file removed")
+    finally:
+        if loop is not None:
+            loop.finish()
+        for con in busy:
+            con.close()
+        _stop_pid(new_sup)
         p.stop()

@@ -118,3 +118,59 @@ def test_the_cancel_key_names_its_process():
         secret = (0x00ABCDEF & 0xFFFFFF) | (index << 24)
         assert supervisor.owner(secret) == index
     assert supervisor.KEY_TAG is None and supervisor.COUNT == 1     # this test process is no pooler child
+
+
+@pytest.mark.parametrize("old_count,new_count,close_order", [
+    (2, 2, (0, 1)), (2, 2, (1, 0)), (3, 3, (1, 0, 2)), (3, 3, (2, 1, 0)), (2, 3, (0, 1)), (1, 2, (0,))])
+def test_group_steering_holds_while_the_old_listeners_close(monkeypatch, old_count, new_count, close_order):
+    """processes N: the old group's program names socket N (the first of the new group's). The
+    kernel moves the group's last socket into a closed socket's slot, so while the old sockets
+    close one after the other, in any order, no new connection lands on an old one."""
+    monkeypatch.setattr(supervisor, "COUNT", old_count)
+    old = [_listener()]
+    port = old[0].getsockname()[1]
+    old += [_listener(port) for _ in range(old_count - 1)]
+    new = [_listener(port) for _ in range(new_count)]
+    clients = []
+    try:
+        for s in old:                     # each old process attaches the same program
+            restart.steer_to_successor(s)
+        open_old = list(old)
+        for index in (None, *close_order):
+            if index is not None:
+                old[index].close()
+                open_old.remove(old[index])
+            clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+            assert [_accepted(s) for s in open_old] == [0] * len(open_old)
+            assert sum(_accepted(s) for s in new) == 10
+        restart.unsteer(new[0])
+        clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        counts = [_accepted(s) for s in new]
+        assert sum(counts) == 40 and all(counts)      # the kernel's hash spreads them again
+    finally:
+        for c in clients:
+            c.close()
+        for s in old + new:
+            s.close()
+
+
+class _Server:
+    def __init__(self, sock):
+        self.unix_path = None
+        self.io = type("Io", (), {"sock": sock, "closed": False})()
+
+
+def test_only_ours_listen_counts_the_listeners_on_our_address():
+    ours = [_listener()]
+    port = ours[0].getsockname()[1]
+    ours.append(_listener(port))
+    theirs = _listener(port)
+    try:
+        servers = [_Server(s) for s in ours]
+        assert not restart.only_ours_listen(servers, 2)       # three listen on the port
+        assert restart.only_ours_listen(servers, 3)
+        theirs.close()
+        assert restart.only_ours_listen(servers, 2)
+    finally:
+        for s in ours + [theirs]:
+            s.close()
