@@ -50,7 +50,9 @@ Coroutines and synchronisation
 via run_callback_threadsafe). ``.dead``, ``.cancelled``, ``.exception``, ``.name``.
 ``sleep(ms)``. ``Event()``: manual reset; ``Cond()``: auto-reset (a wait consumes the signal; a
 signal with no waiter is remembered). Both: ``.signal()`` from any thread, never blocks;
-``.wait(timeout_ms) -> bool``.
+``.wait(timeout_ms) -> bool``. ``Wakeup()``: one coroutine's reusable wait for one wake-up,
+no allocation per wait (the router's queue): ``.arm()`` in the waiter before publishing it,
+``.wake()`` from any thread, ``.park(timeout_ms) -> bool``, ``.woken``.
 
 IO
 --
@@ -90,7 +92,7 @@ Clock: ``time_ms()``, ``time_us()`` (monotonic).
 from ._clock import time_ms, time_us
 from ._state import current_machine, error_hooks, watch_hub_errors
 from .channel import Channel, Msg
-from .coroutine import Cond, Coroutine, Event, coroutine_create, sleep
+from .coroutine import Cond, Coroutine, Event, Wakeup, coroutine_create, sleep
 from .errors import Cancelled, ConnectionClosed, MachineError, TimedOut
 from .io import Io, connect, connect_unix, listen, listen_unix, reverse_dns
 from .poll import wait_any
@@ -108,7 +110,7 @@ __all__ = [
     # channels
     "Msg", "Channel",
     # coroutines
-    "Coroutine", "coroutine_create", "sleep", "Event", "Cond",
+    "Coroutine", "coroutine_create", "sleep", "Event", "Cond", "Wakeup",
     # io
     "Io", "listen", "listen_unix", "connect", "connect_unix", "reverse_dns", "wait_any",
     # tls

@@ -151,6 +151,87 @@ class _Wake:
             self.glet.switch(value)
 
 
+class Wakeup:
+    """A reusable wait of one coroutine for one wake-up (the router's queue for a server).
+
+    Cheaper than an Event when exactly one coroutine waits and the waking side knows which:
+    nothing is allocated per wait, ``wake()`` schedules one prebuilt bound method in the
+    waiter's loop. ``arm()`` in the coroutine that will wait, before the object is published
+    to the wakers (e.g. under the lock that guards the queue it is put in); ``wake()`` from
+    any thread, never blocks (``run_callback`` in the same thread, ``run_callback_threadsafe``,
+    which wakes that loop, from another); ``park(timeout_ms) -> bool``: True once woken (at
+    once if the wake-up came before), False on timeout. ``woken`` says whether a wake-up came
+    since ``arm()``. A wake-up that arrives after its wait ended (a timeout raced it, or a
+    second ``wake()``) switches to nobody: the resume only switches while ``park`` is parked,
+    and ``park`` re-checks ``woken``, so a stale one left in the loop from an earlier wait of
+    the same object is harmless too. Cancellation propagates as ``Cancelled``.
+    """
+
+    __slots__ = ("woken", "_glet", "_hub", "_loop", "_ident", "_parked", "_resume_cb", "_timeout_cb")
+
+    def __init__(self):
+        self.woken = False
+        self._glet = self._hub = self._loop = self._ident = None
+        self._parked = False
+        self._resume_cb = self._resume          # bound once: what wake() schedules
+        self._timeout_cb = self._timeout
+
+    def arm(self) -> None:
+        """Make the current coroutine the one to wake, and forget any earlier wake-up."""
+        self.woken = False
+        self._glet = gevent.getcurrent()
+        hub = get_hub()
+        if hub is not self._hub:             # first wait, or this coroutine's thread changed
+            self._hub = hub
+            self._loop = hub.loop
+            self._ident = _get_ident()
+
+    def wake(self) -> None:
+        """Wake the armed coroutine (kept if it has not parked yet). Any thread; never blocks."""
+        self.woken = True
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            if self._ident == _get_ident():
+                loop.run_callback(self._resume_cb)
+            else:
+                loop.run_callback_threadsafe(self._resume_cb)
+        except ValueError:  # the waiter's loop is destroyed
+            pass
+
+    def _resume(self):
+        if self._parked:
+            self._parked = False
+            self._glet.switch(True)
+
+    def _timeout(self):
+        if self._parked:
+            self._parked = False
+            self._glet.switch(False)
+
+    def park(self, timeout_ms=None) -> bool:
+        """Wait (in the armed coroutine) for wake(): True, or False after timeout_ms."""
+        if self.woken:
+            return True
+        timer = None
+        s = seconds(timeout_ms)
+        if s is not None:
+            timer = self._loop.timer(s)
+            timer.start(self._timeout_cb)
+        try:
+            switch = self._hub.switch
+            while not self.woken:
+                self._parked = True
+                if switch() is False:       # our timer fired
+                    break
+            return self.woken
+        finally:
+            self._parked = False
+            if timer is not None:
+                timer.close()
+
+
 class Event:
     """A flag that coroutines of any machine may wait on and any thread may ``signal()``.
 

@@ -27,7 +27,7 @@ class Client:
     __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "local_host",
                  "local_port", "startup", "user", "database", "vars", "rule", "route", "server",
                  "state", "key_pid", "key_secret", "time_accept", "password", "is_console", "relay",
-                 "deploy_list", "prepared", "auth_secret", "scram_keys", "killed", "tsa_checks")
+                 "deploy_list", "prepared", "auth_secret", "scram_keys", "killed", "tsa_checks", "waiter")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
         rnd = os.urandom(14)                # the id and the cancel key from one getrandom call
@@ -61,6 +61,7 @@ class Client:
         self.prepared = None                # statement name -> prepared.Statement (pooled statements)
         self.killed = False                 # KILL_CLIENT: end the session at the next chance (router.kill)
         self.tsa_checks = None              # (catchup_timeout, target_session_attrs): tsa.idle_server_fits
+        self.waiter = None                  # route.Waiter: its place in the queue for a server (router.attach)
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.user}@{self.database}>"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 
+from machinarium import Wakeup
 from odyssey_gevent.client import ClientState
 from odyssey_gevent.err_logger import ErrorLog
 from odyssey_gevent.prepared import Registry
@@ -120,15 +121,17 @@ def new_sketch():
     return DDSketch(relative_accuracy=0.01)
 
 
-class Waiter:
-    """A client queued for a server; the router fills `.server` and signals `.event`."""
-    __slots__ = ("client", "event", "server", "since")
+class Waiter(Wakeup):
+    """A client's place in its route's queue for a server, one per client, reused by each of its
+    waits (client.waiter): the router arms it and queues it, whoever frees a server fills
+    `.server` (linked) and wakes it (machinarium.Wakeup)."""
+    __slots__ = ("client", "server", "since")
 
-    def __init__(self, client, event, since: float):
+    def __init__(self, client):
+        super().__init__()
         self.client = client
-        self.event = event
         self.server = None
-        self.since = since           # time.monotonic() when it started waiting (SHOW POOLS maxwait)
+        self.since = 0.0             # time.monotonic() when it started waiting (SHOW POOLS maxwait)
 
 
 class Route:

@@ -8,15 +8,15 @@ server, and a request/reply round trip through a channel costs a hub wake-up eac
 one machine, 100-250 µs across threads, see scripts/bench_machinarium.py), where taking an
 uncontended lock costs well under a microsecond. The lock is a plain threading.Lock held only
 for list operations, never across IO; what it guards is written once, in route.py. Waiting for
-a server is a machinarium Event owned by the waiting client's machine and signalled
-(thread-safely) by whoever frees a server, so waiting is FIFO and nobody polls.
+a server is the client's own reusable Waiter (a machinarium Wakeup: nothing allocated per
+wait), queued FIFO under the lock; whoever frees a server links it to the first waiter under the
+lock and wakes that client's coroutine (thread-safely), so waiting is FIFO and nobody polls.
 """
 from __future__ import annotations
 
 import threading
 import time
 
-import machinarium
 from kiwi import error_codes
 from odyssey_gevent.client import ClientState
 from odyssey_gevent.err_logger import Errors
@@ -81,10 +81,9 @@ class Router:
         with self.lock:
             route.clients.discard(client)
             self.keys.pop((client.key_pid, client.key_secret), None)
-            for w in route.waiters:
-                if w.client is client:
-                    route.waiters.remove(w)
-                    break
+            waiter = client.waiter
+            if waiter is not None and waiter in route.waiters:
+                route.waiters.remove(waiter)
             client.state = ClientState.UNDEF
 
     # -- attach / detach ---------------------------------------------------------------------
@@ -95,36 +94,43 @@ class Router:
         when the client was killed meanwhile: client.killed). While its route is paused the
         client waits without a deadline; pool_timeout starts again once it is resumed."""
         route = client.route
-        pool_size = client.rule.pool_size
         offline: list[Server] = []
         with self.lock:
-            server = self._take(route, pool_size, offline)
+            server = self._take(route, client.rule.pool_size, offline)
             if server is None:
-                waiter = Waiter(client, machinarium.Event(), time.monotonic())
+                waiter = client.waiter
+                if waiter is None:
+                    waiter = client.waiter = Waiter(client)
+                waiter.arm()
+                waiter.server = None
+                waiter.since = time.monotonic()
                 route.waiters.append(waiter)
                 client.state = ClientState.QUEUE
             else:
                 self._link(client, server)
-        for dead in offline:                 # closed outside the lock: closing may block
-            self.instance.close_server_later(dead)
-        if server is None:
-            while True:
-                waiting.wait(waiter, client, timeout_ms)
-                with self.lock:
-                    server = waiter.server       # linked by _give
-                    if server is not None:
-                        route.stats.wait_time += time.monotonic() - waiter.since
-                        break
-                    if self.is_paused(route) and not client.killed:
-                        waiter.event.clear()
-                        continue
-                    try:
-                        route.waiters.remove(waiter)
-                    except ValueError:
-                        pass
-                    client.state = ClientState.PENDING
-                    raise AttachTimeout()
-        return server
+        if offline:
+            for dead in offline:             # closed outside the lock: closing may block
+                self.instance.close_server_later(dead)
+        if server is not None:
+            return server
+        while True:
+            waiting.wait(waiter, client, timeout_ms)
+            server = waiter.server           # linked (and counted) by hand_to_waiter, then woken
+            if server is not None:
+                return server
+            with self.lock:
+                server = waiter.server       # handed over while the timeout woke us
+                if server is not None:
+                    return server
+                if self.is_paused(route) and not client.killed:
+                    waiter.arm()
+                    continue
+                try:
+                    route.waiters.remove(waiter)
+                except ValueError:
+                    pass
+                client.state = ClientState.PENDING
+                raise AttachTimeout()
 
     # -- PAUSE / RESUME / KILL_CLIENT (console) ------------------------------------------------
     def is_paused(self, route: Route) -> bool:
@@ -191,9 +197,9 @@ class Router:
                 for client in route.clients:
                     if client.id == client_id:
                         client.killed = True
-                        for w in route.waiters:
-                            if w.client is client:
-                                w.event.signal()
+                        waiter = client.waiter
+                        if waiter is not None and waiter in route.waiters:
+                            waiter.wake()
                         return client
         return None
 
@@ -230,8 +236,9 @@ class Router:
             server = Server(route)
             route.set_server_state(server, ServerState.ACTIVE)
         self._link(waiter.client, server)
+        route.stats.wait_time += time.monotonic() - waiter.since
         waiter.server = server
-        waiter.event.signal()
+        waiter.wake()
 
     def _give(self, route: Route, server: Server | None) -> None:
         """A server (or, when None, a pool slot) became free: hand it to the first waiter."""

@@ -21,20 +21,20 @@ def _notice(client, text: str) -> None:
 
 
 def wait(waiter, client, timeout_ms: int | None) -> bool:
-    """Wait for the router to hand `waiter` a server (waiter.event), up to timeout_ms (None:
-    forever), sending the notices above. True when the event came."""
+    """Park until the router hands `waiter` (a route.Waiter, armed) a server or wakes it, up to
+    timeout_ms (None: forever), sending the notices above. True when it was woken."""
     rule = client.rule
     after = getattr(rule, "pool_notice_after_waiting_ms", -1)
     if after is None or after < 0 or rule.pool_routing == "internal" or client.io is None:
-        return waiter.event.wait(timeout_ms)
+        return waiter.park(timeout_ms)
     start = time.monotonic()
     if timeout_ms is not None and timeout_ms <= after:
-        return waiter.event.wait(timeout_ms)
-    if waiter.event.wait(after):
+        return waiter.park(timeout_ms)
+    if waiter.park(after):
         return True
     _notice(client, "waiting for free backend connection")
     left = None if timeout_ms is None else max(0, timeout_ms - after)
-    got = waiter.event.wait(left)
+    got = waiter.park(left)
     took = int((time.monotonic() - start) * 1000)
     _notice(client, f"waiting took {took} ms{'' if got else ', timeout'}")
     return got

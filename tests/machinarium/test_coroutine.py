@@ -1,4 +1,4 @@
-"""Coroutines, sleep, Event and Cond."""
+"""Coroutines, sleep, Event, Cond and Wakeup."""
 from __future__ import annotations
 
 import threading
@@ -136,3 +136,76 @@ def test_cond_one_signal_wakes_one_of_two_waiters():
         return sorted(res)
 
     assert run_in_machine(body) == [False, True]
+
+
+# ----------------------------------------------------------------------------------------------
+# Wakeup: one coroutine's reusable wait (the router's queue for a server)
+
+def test_wakeup_before_park_is_kept_and_arm_forgets_it():
+    def body():
+        w = mm.Wakeup()
+        w.arm()
+        w.wake()                     # before park: remembered
+        first = w.park(1000)
+        w.arm()                      # a new wait: the old wake-up no longer counts
+        second = w.park(10)
+        return first, second
+
+    assert run_in_machine(body) == (True, False)
+
+
+def test_wakeup_from_another_coroutine_and_another_thread():
+    def body():
+        w = mm.Wakeup()
+        w.arm()
+        mm.Coroutine(w.wake, name="waker")
+        same = w.park(5000)
+        w.arm()
+        threading.Timer(0.02, w.wake).start()
+        other = w.park(5000)
+        return same, other, w.woken
+
+    assert run_in_machine(body) == (True, True, True)
+
+
+def test_a_stale_wakeup_resumes_nobody():
+    """A wake-up that lands after its wait timed out must not resume the coroutine where it
+    waits next (a sleep, or the next park of the same Wakeup)."""
+    def body():
+        w = mm.Wakeup()
+        w.arm()
+        timed_out = w.park(5)
+        w.wake()                     # too late: its resume is queued in this loop
+        t = time.monotonic()
+        mm.sleep(30)                 # the stale resume runs meanwhile and must not end the sleep
+        slept = time.monotonic() - t
+        w.arm()
+        w.wake()
+        w.arm()                      # stale again, now queued while we park below
+        again = w.park(20)
+        return timed_out, slept >= 0.025, again
+
+    assert run_in_machine(body) == (False, True, False)
+
+
+def test_wakeup_park_is_cancellable():
+    def body():
+        w = mm.Wakeup()
+        out = []
+
+        def waiter():
+            w.arm()
+            try:
+                w.park(None)
+            except mm.Cancelled:
+                out.append("cancelled")
+                raise
+        c = mm.Coroutine(waiter, name="parked")
+        mm.sleep(5)
+        c.cancel()
+        c.join(1000)
+        w.wake()                     # after the wait ended: nobody is resumed
+        mm.sleep(5)
+        return out, c.cancelled
+
+    assert run_in_machine(body) == (["cancelled"], True)

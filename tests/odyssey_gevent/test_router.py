@@ -521,3 +521,33 @@ def test_kill_wakes_a_queued_client(in_machine):
         return True
 
     assert in_machine(body)
+
+
+def test_a_client_reuses_its_waiter_and_a_second_wake_up_resumes_nobody(in_machine):
+    """Each wait of a client uses its one Waiter; a KILL_CLIENT wake-up and a hand-over that
+    both reach a queued client give it the server (the relay then ends the killed session and
+    returns it), and the wake-up left over does not resume it anywhere later."""
+    def body():
+        router = make_router(pool_size=1)
+        holder, victim = routed(router), routed(router)
+        s = router.attach(holder, 0)
+        out = {}
+
+        def wait():
+            out["first"] = router.attach(victim, None)
+            waiter = victim.waiter
+            router.detach(victim)
+            out["slept"] = mm.time_ms()
+            mm.sleep(30)                          # the leftover wake-up runs meanwhile
+            out["slept"] = mm.time_ms() - out["slept"]
+            out["second"] = router.attach(victim, None)
+            out["same_waiter"] = victim.waiter is waiter
+        co = mm.Coroutine(wait, name="victim")
+        _wait_for(lambda: victim.state is ClientState.QUEUE)
+        router.kill(victim.id)                    # wakes it ...
+        router.detach(holder)                     # ... and hands it the server, before it runs
+        co.join(2000)
+        return (out["first"] is s, out["slept"] >= 25, out["second"] is s, out["same_waiter"],
+                victim.route.stats.count_server_assignment)
+
+    assert in_machine(body) == (True, True, True, True, 3)
