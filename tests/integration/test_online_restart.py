@@ -204,10 +204,13 @@ def test_a_new_process_that_fails_leaves_the_old_one_serving(pg, rs_role):
 
 
 @pytest.mark.timeout(90)
-def test_sigusr2_carries_the_unix_socket_over(pg, rs_role):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigusr2_carries_the_unix_socket_over(pg, rs_role, processes):
     """The new process binds its unix socket beside the old one's file and renames it over it:
-    clients connecting by path never find no socket, and the old process leaves the file alone."""
-    text = _config(listen={"host": None}, unix_socket_dir=Raw('"${tmp}"'), unix_socket_mode="0700")
+    clients connecting by path never find no socket, and the old process leaves the file alone.
+    With processes 2 the socket is process 0's, in the old group and in the new."""
+    text = _config(listen={"host": None}, unix_socket_dir=Raw('"${tmp}"'), unix_socket_mode="0700",
+                   processes=processes)
     text += 'listen {\n    host "127.0.0.1"\n    port ${port}\n}\n'      # for the start-up check
     p = PoolerProcess(text, pg=pg)
     old_pid = p.pid
@@ -228,7 +231,11 @@ def test_sigusr2_carries_the_unix_socket_over(pg, rs_role):
         loop.finish()
         assert loop.failures == [], loop.failures[:5]
         assert os.path.exists(sock) and os.stat(sock).st_ino != first     # the new process's socket
-        assert f"listening on {sock}" in p.log().split(f"pid {new_pid}")[-1]
+        owners = _pids_logging(p, f"listening on {sock}")
+        if processes == 1:
+            assert new_pid in owners
+        else:
+            assert _group(p, new_pid)[0] in owners
         _stop_pid(new_pid)
         wait_for(lambda: not os.path.exists(sock), timeout=10, what="the new process removing its socket")
     finally:
@@ -282,6 +289,9 @@ def test_sigusr2_restarts_a_group_of_processes(pg, rs_role):
                        what="the new group's processes")
         assert not set(new.values()) & set(old.values())
         assert _pid_file_pid(p) == new_sup
+        # while the old group drains, a SIGUSR2 to the new supervisor is refused
+        os.kill(new_sup, signal.SIGUSR2)
+        p.wait_log("online restart signal ignored: the old process %d is still draining" % old_sup, timeout=10)
         # the old listeners close: the new processes remove the steering program
         wait_for(lambda: _pids_logging(p, "the old listeners are closed: steering removed") >= set(new.values()),
                  timeout=20, what="steering removed in the new processes")
@@ -334,4 +344,76 @@ def test_sigusr2_restarts_a_group_of_processes(pg, rs_role):
         for con in busy:
             con.close()
         _stop_pid(new_sup)
+        p.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_new_group_that_cannot_take_over_leaves_the_old_one_serving(pg, rs_role):
+    """The new config is valid but its processes cannot bind (an address not on this host): the
+    new supervisor gives up, the old group keeps serving and pid_file names it again."""
+    p = PoolerProcess(_config(processes=2), pg=pg)
+    try:
+        old = wait_for(lambda: len(_group(p, p.pid)) == 2 and p.log().count("listening on") == 2 and _group(p, p.pid),
+                       timeout=20, what="two pooler processes listening")
+        con = _connect(p)
+        with open(p.config_path) as f:
+            text = f.read()
+        with open(p.config_path, "w") as f:
+            f.write(text.replace('host "127.0.0.1"', 'host "192.0.2.1"', 1))     # TEST-NET-1: not ours
+        p.signal(signal.SIGUSR2)
+        p.wait_log("giving up the online restart", timeout=30)
+        p.wait_log("before taking over: this group keeps serving", timeout=30)
+        assert "handing the listen ports over" not in p.log()
+        assert _pid_file_pid(p) == p.pid
+        assert _group(p, p.pid) == old and all(_alive(pid) for pid in old.values())
+        assert one(con, "select 2") == 2
+        other = _connect(p)
+        assert one(other) == 1
+        other.close()
+        con.close()
+        # a second SIGUSR2 is not refused as 'already starting'
+        p.signal(signal.SIGUSR2)
+        wait_for(lambda: p.log().count("this group keeps serving") >= 2, timeout=30, what="the second attempt")
+        assert_alive(p)
+    finally:
+        p.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("before,after", [(1, 2), (2, 1)])
+def test_sigusr2_between_one_process_and_a_group(pg, rs_role, before, after):
+    """The new config may change `processes`: a single process hands over to a new group, or a
+    group to a single process, with no failure in a client loop across it."""
+    p = PoolerProcess(_config(processes=before), pg=pg)
+    new_pid = None
+    loop = None
+    try:
+        wait_for(lambda: p.log().count("listening on") == before, timeout=20, what="the old side listening")
+        with open(p.config_path) as f:
+            text = f.read()
+        with open(p.config_path, "w") as f:
+            f.write(text.replace(f"processes {before}", f"processes {after}"))
+        loop = ClientLoop(p)
+        wait_for(lambda: loop.ok >= 20, timeout=20, what="the client loop running")
+        p.signal(signal.SIGUSR2)
+        assert p.proc.wait(30) == 0, p.log()[-4000:]
+        new_pid = _pid_file_pid(p)
+        assert new_pid not in (None, p.pid) and _alive(new_pid)
+        wait_for(lambda: f"the old process {p.pid} has exited: online restart complete" in p.log(), timeout=10,
+                 what="the new side seeing the old one gone")
+        before_ok = loop.ok
+        wait_for(lambda: loop.ok >= before_ok + 20, timeout=20, what="the loop served by the new side")
+        loop.finish()
+        assert loop.failures == [], loop.failures[:5]
+        if after > 1:
+            assert len(_group(p, new_pid)) == after
+            assert "pooler process" in p.log().split(f"supervisor pid {new_pid}")[-1]
+        else:
+            assert f"pid {new_pid}" in p.log() and "supervisor pid %d" % new_pid not in p.log()
+        _stop_pid(new_pid)
+        wait_for(lambda: _pid_file_pid(p) is None, timeout=10, what="the pid file removed")
+    finally:
+        if loop is not None:
+            loop.finish()
+        _stop_pid(new_pid or (_pid_file_pid(p) if _pid_file_pid(p) != p.pid else None))
         p.stop()
