@@ -218,7 +218,7 @@ def test_sigusr2_carries_the_unix_socket_over(pg, rs_role, processes):
     loop = None
     try:
         sock = os.path.join(p.tmp, f".s.PGSQL.{p.port}")
-        wait_for(lambda: os.path.exists(sock), what="the unix socket")
+        wait_for(lambda: os.path.exists(sock), timeout=20, what="the unix socket")     # process 0 may be later
         loop = ClientLoop(p, dsn=f"host={p.tmp} port={p.port} user={USER} dbname=db1")
         wait_for(lambda: loop.ok >= 20, timeout=20, what="the client loop running")
         first = os.stat(sock).st_ino
