@@ -1,0 +1,592 @@
+"""The floor of a Python relay: what the least a Python relay can do costs per transaction.
+
+    python scripts/relay_floor.py --measure [--seconds 10] [--rounds 3] [--odyssey-bin PATH]
+        [--variants gevent-greenlet,gevent-callback,epoll,epoll-framing] [--no-callgrind]
+    python scripts/relay_floor.py --serve VARIANT --listen-port P --pg-host H --pg-port Q
+
+`--serve` runs one minimal 1:1 TCP relay in front of PostgreSQL: every client connection gets
+its own server connection (no pooling) and the bytes go through untouched. The variants, each
+as lean as Python allows:
+
+- `gevent-greenlet`: a greenlet per direction, recv_into a preallocated buffer and a send loop
+  (no sendall), waiting on a libev read watcher of the socket through the hub before each read
+  (gevent's own socket tries the read first and waits on EAGAIN, with timeout bookkeeping);
+- `gevent-callback`: persistent libev io watchers (gevent's loop.io) whose callbacks do
+  recv_into + send in the hub itself, no greenlet switch at all;
+- `epoll`: no gevent, a plain select.epoll loop over non-blocking sockets: the floor of
+  Python-level event handling;
+- `epoll-framing`: the epoll loop plus the v3 header walk of the server's bytes that a pooler
+  needs at the least (find each ReadyForQuery 'Z' and its status byte: `ReadyWalker`).
+
+`--measure` starts a throwaway PostgreSQL (pgbench -i -s 1), each variant, C Odyssey on
+bench.py's config (--odyssey-bin or ODYSSEY_BIN; it pools, the floors do not, so with -c 10 both
+have 10 backends) and direct PostgreSQL as targets, runs `pgbench -n -S -c 10 -j 2 -M simple -T S`
+per target per round with the order alternating every round, and reports the median TPS and the
+median of each process's /proc user and system CPU µs per transaction. Then each relay runs
+once more under `valgrind --tool=callgrind --instr-atstart=no` (the method and helpers of
+scripts/count_instructions.py) for the user-space instructions per transaction.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from types import SimpleNamespace
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+VARIANTS = ("gevent-greenlet", "gevent-callback", "epoll", "epoll-framing")
+BUFSIZE = 65536
+_LENGTH = struct.Struct("!I").unpack_from
+
+
+# -- pure parts ------------------------------------------------------------------------------------
+class ReadyWalker:
+    """Walks a backend (server -> client) v3 message stream chunk by chunk, however the chunks
+    split it, and finds every ReadyForQuery ('Z', length 5, one status byte: I, T or E).
+
+    `feed(buf, n)` takes the first n bytes of a buffer and returns the status byte (an int) of
+    the last ReadyForQuery whose status byte is in this chunk, or None. `ready` counts them."""
+
+    __slots__ = ("skip", "carry", "status_next", "ready")
+
+    def __init__(self):
+        self.skip = 0             # bytes of the current message body still to come
+        self.carry = b""          # the start of a header split by the chunk end (1-4 bytes)
+        self.status_next = False  # a 'Z' header ended the last chunk: byte 0 is its status
+        self.ready = 0
+
+    def feed(self, buf, n: int, _length=_LENGTH):
+        status = None
+        pos = self.skip
+        if self.status_next or self.carry:
+            pos, status = self._resume(buf, n)
+            if pos is None:
+                return None
+        last = n - 5                     # a whole header and the byte after it are in the chunk
+        while pos < last:
+            if buf[pos] == 90:           # 'Z'
+                status = buf[pos + 5]
+                self.ready += 1
+            pos += 1 + _length(buf, pos + 1)[0]
+        if pos < n:
+            self.carry = bytes(buf[pos:n])
+            self.skip = 0
+        else:
+            self.skip = pos - n
+        return status
+
+    def _resume(self, buf, n: int):
+        """The slow path: a ReadyForQuery status byte or a header cut by the last chunk's end.
+        Returns (where the walk goes on, status) or (None, None) when the chunk is used up."""
+        if self.status_next:
+            self.status_next = False
+            self.ready += 1
+            return self.skip, buf[0]
+        need = 5 - len(self.carry)
+        if n < need:
+            self.carry += bytes(buf[:n])
+            return None, None
+        head = self.carry + bytes(buf[:need])
+        self.carry = b""
+        status = None
+        if head[0] == 90:
+            if need < n:
+                status = buf[need]
+                self.ready += 1
+            else:
+                self.status_next = True
+        return need + _LENGTH(head, 1)[0] - 4, status
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--serve", choices=VARIANTS, help="run this relay variant")
+    ap.add_argument("--listen-port", type=int)
+    ap.add_argument("--pg-host", default="127.0.0.1")
+    ap.add_argument("--pg-port", type=int)
+    ap.add_argument("--measure", action="store_true", help="measure every variant, C Odyssey and direct PG")
+    ap.add_argument("--variants", default=list(VARIANTS), type=lambda s: [x for x in s.split(",") if x],
+                    help="comma list of relay variants to measure (default: all)")
+    ap.add_argument("--odyssey-bin", default=None, help="C Odyssey binary (default: $ODYSSEY_BIN)")
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--seconds", type=int, default=10, help="pgbench -T per run (default 10)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--transactions", type=int, default=3000, help="counted transactions under callgrind")
+    ap.add_argument("--no-callgrind", action="store_true", help="skip the instruction counts")
+    a = ap.parse_args(argv)
+    if a.serve and a.measure:
+        ap.error("--serve and --measure are two different modes")
+    if not a.serve and not a.measure:
+        ap.error("give --serve VARIANT or --measure")
+    if a.serve and (a.listen_port is None or a.pg_port is None):
+        ap.error("--serve needs --listen-port and --pg-port")
+    bad = set(a.variants) - set(VARIANTS)
+    if bad or not a.variants:
+        ap.error(f"--variants takes {', '.join(VARIANTS)}")
+    if a.odyssey_bin is None:
+        a.odyssey_bin = os.environ.get("ODYSSEY_BIN") or None
+    if a.clients < 1 or a.seconds < 1 or a.rounds < 1 or a.transactions < 1:
+        ap.error("--clients, --seconds, --rounds and --transactions must be positive")
+    return a
+
+
+def targets_of(a) -> list[str]:
+    return list(a.variants) + (["odyssey"] if a.odyssey_bin else []) + ["direct"]
+
+
+def format_floor_table(targets: list[str], results: dict, instructions: dict) -> str:
+    """results[target] = list of dicts {tps, user_us, sys_us}; instructions[target] = int or None."""
+    from scripts.bench import median
+    names = {"odyssey": "C Odyssey (pools)", "direct": "direct PostgreSQL"}
+    head = ["target", "TPS", "user µs/tx", "system µs/tx", "CPU µs/tx", "instructions/tx"]
+    rows = []
+    for t in targets:
+        runs = results.get(t, [])
+        tps = median([r["tps"] for r in runs])
+        user = median([r.get("user_us") for r in runs])
+        sys_ = median([r.get("sys_us") for r in runs])
+        both = median([r["user_us"] + r["sys_us"] for r in runs if r.get("user_us") is not None])
+        ins = instructions.get(t)
+        rows.append([names.get(t, t), "-" if tps is None else f"{tps:,.0f}",
+                     "-" if user is None else f"{user:.1f}", "-" if sys_ is None else f"{sys_:.1f}",
+                     "-" if both is None else f"{both:.1f}", "-" if ins is None else f"{ins:,.0f}"])
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    fmt = lambda r: "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows])
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (all its threads) from /proc/PID/stat."""
+    from scripts.bench import CLK_TCK
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+# -- the relays ------------------------------------------------------------------------------------
+def _listener(port: int) -> socket.socket:
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(1024)
+    ls.setblocking(False)
+    return ls
+
+
+def _pair(ls: socket.socket, upstream: tuple[str, int]):
+    """Accept one client and connect its server; both non-blocking with TCP_NODELAY. None when
+    the accept would block or the server cannot be reached (the client is then closed)."""
+    try:
+        client, _ = ls.accept()
+    except BlockingIOError:
+        return None
+    try:
+        server = socket.create_connection(upstream)
+    except OSError:
+        client.close()
+        return None
+    for s in (client, server):
+        s.setblocking(False)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client, server
+
+
+def _send_blocking(sock: socket.socket, data) -> None:
+    sock.setblocking(True)
+    try:
+        sock.sendall(data)
+    finally:
+        sock.setblocking(False)
+
+
+def serve_epoll(listen_port: int, upstream: tuple[str, int], framing: bool = False) -> None:
+    ls = _listener(listen_port)
+    ep = select.epoll()
+    lfd = ls.fileno()
+    ep.register(lfd, select.EPOLLIN)
+    buf = bytearray(BUFSIZE)
+    view = memoryview(buf)
+    routes = {}             # fd -> (recv_into, send, walker or None, source socket, destination socket)
+    poll, register, unregister = ep.poll, ep.register, ep.unregister
+
+    def close(src, dst):
+        for s in (src, dst):
+            fd = s.fileno()
+            if fd in routes:
+                del routes[fd]
+                unregister(fd)
+            s.close()
+
+    while True:
+        for fd, _ in poll():
+            if fd == lfd:
+                pair = _pair(ls, upstream)
+                if pair is not None:
+                    client, server = pair
+                    routes[client.fileno()] = (client.recv_into, server.send, None, client, server)
+                    routes[server.fileno()] = (server.recv_into, client.send,
+                                               ReadyWalker() if framing else None, server, client)
+                    register(client.fileno(), select.EPOLLIN)
+                    register(server.fileno(), select.EPOLLIN)
+                continue
+            route = routes.get(fd)
+            if route is None:
+                continue
+            recv_into, send, walker, src, dst = route
+            try:
+                n = recv_into(buf)
+            except BlockingIOError:
+                continue
+            except OSError:
+                n = 0
+            if not n:
+                close(src, dst)
+                continue
+            if walker is not None:
+                walker.feed(buf, n)
+            try:
+                sent = send(view[:n])
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                close(src, dst)
+                continue
+            if sent < n:                     # rare on loopback: finish it blocking this loop
+                try:
+                    _send_blocking(dst, view[sent:n])
+                except OSError:
+                    close(src, dst)
+
+
+def serve_gevent_greenlet(listen_port: int, upstream: tuple[str, int]) -> None:
+    import gevent
+    from gevent import get_hub
+    hub = get_hub()
+    loop = hub.loop
+    wait = hub.wait
+
+    def pump(src, dst, done):
+        buf = bytearray(BUFSIZE)
+        view = memoryview(buf)
+        recv_into, send = src.recv_into, dst.send
+        readable, writable = loop.io(src.fileno(), 1), loop.io(dst.fileno(), 2)
+        try:
+            while True:
+                # wait first: a relay's next read almost always would block, and trying it
+                # first costs a BlockingIOError raised and caught per message
+                wait(readable)
+                try:
+                    n = recv_into(buf)
+                except BlockingIOError:
+                    continue
+                if not n:
+                    break
+                sent = 0
+                while sent < n:
+                    try:
+                        sent += send(view[sent:n])
+                    except BlockingIOError:
+                        wait(writable)
+        except OSError:
+            pass
+        finally:
+            readable.close()
+            writable.close()
+            if done:                          # the second pump to end closes both sockets
+                src.close()
+                dst.close()
+            else:
+                done.append(1)
+                for s in (src, dst):         # wakes the other pump with EOF or an error
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    ls = _listener(listen_port)
+    accepting = loop.io(ls.fileno(), 1)
+    while True:
+        pair = _pair(ls, upstream)
+        if pair is None:
+            wait(accepting)
+            continue
+        client, server = pair
+        done: list = []
+        gevent.spawn_raw(pump, client, server, done)
+        gevent.spawn_raw(pump, server, client, done)
+
+
+def serve_gevent_callback(listen_port: int, upstream: tuple[str, int]) -> None:
+    import gevent
+    loop = gevent.get_hub().loop
+    buf = bytearray(BUFSIZE)          # shared: each callback sends what it read before returning
+    view = memoryview(buf)
+
+    def connect(client, server):
+        watchers = []
+
+        def close():
+            for w in watchers:
+                w.close()
+            client.close()
+            server.close()
+
+        def direction(src, dst):
+            reading = loop.io(src.fileno(), 1)
+            writing = loop.io(dst.fileno(), 2)
+            watchers.extend((reading, writing))
+            recv_into, send = src.recv_into, dst.send
+            pending = []
+
+            def on_readable():
+                try:
+                    n = recv_into(buf)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    n = 0
+                if not n:
+                    close()
+                    return
+                try:
+                    sent = send(view[:n])
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    close()
+                    return
+                if sent < n:                   # rare: stop reading until the rest is out
+                    pending.append(bytes(view[sent:n]))
+                    reading.stop()
+                    writing.start(on_writable)
+
+            def on_writable():
+                try:
+                    sent = send(pending[0])
+                except BlockingIOError:
+                    return
+                except OSError:
+                    close()
+                    return
+                if sent < len(pending[0]):
+                    pending[0] = pending[0][sent:]
+                    return
+                pending.clear()
+                writing.stop()
+                reading.start(on_readable)
+
+            reading.start(on_readable)
+
+        direction(client, server)
+        direction(server, client)
+
+    ls = _listener(listen_port)
+
+    def on_accept():
+        pair = _pair(ls, upstream)
+        if pair is not None:
+            connect(*pair)
+
+    accepting = loop.io(ls.fileno(), 1)
+    accepting.start(on_accept)
+    gevent.wait()
+
+
+def serve(variant: str, listen_port: int, upstream: tuple[str, int]) -> None:
+    if variant == "gevent-greenlet":
+        serve_gevent_greenlet(listen_port, upstream)
+    elif variant == "gevent-callback":
+        serve_gevent_callback(listen_port, upstream)
+    else:
+        serve_epoll(listen_port, upstream, framing=variant == "epoll-framing")
+
+
+class RelayProcess:
+    """One relay variant as a subprocess (optionally under a command prefix such as valgrind)."""
+
+    def __init__(self, variant: str, pg_host: str, pg_port: int, prefix: list[str] | None = None):
+        from scripts.pgcluster import free_port, wait_port
+        self.port = free_port()
+        argv = [*(prefix or []), sys.executable, os.path.abspath(__file__), "--serve", variant,
+                "--listen-port", str(self.port), "--pg-host", pg_host, "--pg-port", str(pg_port)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        try:
+            wait_port("127.0.0.1", self.port, timeout=120 if prefix else 15, proc=self.proc)
+        except Exception:
+            err = self.stop()
+            raise RuntimeError(f"relay {variant} did not start:\n{err}") from None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> str:
+        """Stop it; returns what it wrote to stderr."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err.decode("utf-8", "replace")
+
+
+# -- the driver ------------------------------------------------------------------------------------
+class Measure:
+    def __init__(self, a):
+        self.a = a
+        self.cluster = None
+        self.procs: dict = {}         # target -> RelayProcess or PoolerProcess
+        self.pg_host = self.pg_port = None
+
+    def log(self, msg: str) -> None:
+        print(msg, flush=True)
+
+    def setup_pg(self) -> None:
+        from scripts.pgcluster import PgCluster
+        self.cluster = PgCluster()
+        self.cluster.init()
+        self.cluster.start()
+        self.cluster.psql("CREATE DATABASE bench;")
+        self.pg_host, self.pg_port = self.cluster.host, self.cluster.port
+        subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", self.pg_host, "-p", str(self.pg_port),
+                        "-U", "postgres", "bench"], check=True, capture_output=True)
+        self.log(f"throwaway PostgreSQL on {self.pg_host}:{self.pg_port}, pgbench -i -s 1")
+
+    def start(self, target: str, prefix: list[str] | None = None):
+        if target == "odyssey":
+            from scripts.bench import POOLER_TEMPLATE
+            from scripts.pooler import PoolerProcess
+            binary = self.a.odyssey_bin if not prefix else " ".join([*prefix, self.a.odyssey_bin])
+            proc = PoolerProcess(POOLER_TEMPLATE, pg_host=self.pg_host, pg_port=self.pg_port, binary=binary,
+                                 wait=not prefix, pool_size=20, reserve_prepared="no")
+            if prefix:
+                from scripts.pgcluster import wait_port
+                wait_port("127.0.0.1", proc.port, timeout=120, proc=proc.proc)
+        else:
+            proc = RelayProcess(target, self.pg_host, self.pg_port, prefix)
+        self.procs[target] = proc
+        return proc
+
+    def stop(self, target: str) -> None:
+        proc = self.procs.pop(target, None)
+        if proc is not None:
+            proc.stop()
+            if hasattr(proc, "tmp"):
+                shutil.rmtree(proc.tmp, ignore_errors=True)
+
+    def port_of(self, target: str) -> int:
+        return self.pg_port if target == "direct" else self.procs[target].port
+
+    def pgbench_run(self, target: str) -> dict:
+        from scripts.bench import parse_pgbench
+        cmd = ["pgbench", "-n", "-S", "-j", "2", "-c", str(self.a.clients), "-T", str(self.a.seconds),
+               "-M", "simple", "-h", "127.0.0.1", "-p", str(self.port_of(target)), "-U", "postgres", "bench"]
+        pid = self.procs[target].pid if target != "direct" else None
+        before = cpu_split(pid) if pid else None
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.a.seconds + 60,
+                             env=dict(os.environ, PGSSLMODE="disable"))
+        after = cpu_split(pid) if pid else None
+        if out.returncode != 0:
+            raise RuntimeError(f"pgbench through {target} failed:\n{out.stdout}\n{out.stderr}")
+        tps, n = parse_pgbench(out.stdout)
+        r = dict(tps=tps, n=n, user_us=None, sys_us=None)
+        if pid:
+            r["user_us"] = (after[0] - before[0]) * 1e6 / n
+            r["sys_us"] = (after[1] - before[1]) * 1e6 / n
+        return r
+
+    def tps_rounds(self, targets: list[str]) -> dict:
+        from scripts.bench import round_order
+        for t in targets:
+            if t != "direct":
+                self.start(t)
+        results: dict = {}
+        for rnd in range(self.a.rounds):
+            order = round_order(targets, rnd)
+            self.log(f"round {rnd + 1}/{self.a.rounds}: {' '.join(order)}")
+            for t in order:
+                r = self.pgbench_run(t)
+                results.setdefault(t, []).append(r)
+                cpu = "" if r["user_us"] is None else f", {r['user_us']:.1f} user + {r['sys_us']:.1f} system µs/tx"
+                self.log(f"  {t:<16} {r['tps']:>9,.0f} tps{cpu}")
+        for t in targets:
+            self.stop(t)
+        return results
+
+    def callgrind(self, target: str) -> int:
+        from scripts.count_instructions import pgbench, total_instructions
+        outdir = tempfile.mkdtemp(prefix="relay-floor-callgrind-")
+        try:
+            prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                      f"--callgrind-out-file={os.path.join(outdir, 'callgrind.out.%p')}"]
+            proc = self.start(target, prefix)
+            args = SimpleNamespace(clients=self.a.clients, mode="simple", connect=False, db="bench")
+            pgbench(args, proc.port, 500, "postgres")
+            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+            n = pgbench(args, proc.port, self.a.transactions, "postgres")
+            subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
+            self.stop(target)
+            total = sum(total_instructions(f) for f in glob.glob(os.path.join(outdir, "callgrind.out.*")))
+            self.log(f"  {target:<16} {total / n:>9,.0f} instructions/tx ({total:,} over {n:,})")
+            return round(total / n)
+        finally:
+            self.stop(target)
+            shutil.rmtree(outdir, ignore_errors=True)
+
+    def main(self) -> None:
+        self.setup_pg()
+        targets = targets_of(self.a)
+        results = self.tps_rounds(targets)
+        instructions: dict = {}
+        if not self.a.no_callgrind:
+            if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+                self.log("no valgrind: instruction counts skipped (apt-get install valgrind)")
+            else:
+                self.log("callgrind, instrumentation on for the counted transactions only")
+                for t in targets:
+                    if t != "direct":
+                        instructions[t] = self.callgrind(t)
+        print()
+        print(f"pgbench -n -S -c {self.a.clients} -j 2 -M simple -T {self.a.seconds}, {self.a.rounds} rounds, "
+              f"order alternating, medians; instructions: callgrind over {self.a.transactions} transactions")
+        print(format_floor_table(targets, results, instructions))
+
+    def cleanup(self) -> None:
+        for t in list(self.procs):
+            self.stop(t)
+        if self.cluster is not None:
+            self.cluster.destroy()
+            self.cluster = None
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if a.serve:
+        serve(a.serve, a.listen_port, (a.pg_host, a.pg_port))
+        return 0
+    m = Measure(a)
+    try:
+        m.main()
+        return 0
+    except RuntimeError as e:
+        print(f"relay_floor: {e}", file=sys.stderr)
+        return 1
+    finally:
+        m.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
