@@ -144,22 +144,43 @@ def targets_of(a) -> list[str]:
     return list(a.variants) + (["odyssey"] if a.odyssey_bin else []) + ["direct"]
 
 
+def _round_ratio(runs: list, ref: list, key) -> float | None:
+    """Median over the rounds of key(run) / key(ref's run of the same round)."""
+    from scripts.bench import median
+    return median([key(r) / key(c) for r, c in zip(runs, ref)
+                   if key(r) is not None and key(c)])
+
+
+def _cpu(r):
+    return None if r.get("user_us") is None else r["user_us"] + r["sys_us"]
+
+
 def format_floor_table(targets: list[str], results: dict, instructions: dict) -> str:
-    """results[target] = list of dicts {tps, user_us, sys_us}; instructions[target] = int or None."""
+    """results[target] = list of dicts {tps, user_us, sys_us}, one per round in round order;
+    instructions[target] = int or None. With C Odyssey ("odyssey") among the targets, two more
+    columns: the medians of the per-round TPS and CPU ratios to it."""
     from scripts.bench import median
     names = {"odyssey": "C Odyssey (pools)", "direct": "direct PostgreSQL"}
+    ref = results.get("odyssey")
     head = ["target", "TPS", "user µs/tx", "system µs/tx", "CPU µs/tx", "instructions/tx"]
+    if ref:
+        head += ["TPS / C Odyssey", "CPU / C Odyssey"]
     rows = []
     for t in targets:
         runs = results.get(t, [])
         tps = median([r["tps"] for r in runs])
         user = median([r.get("user_us") for r in runs])
         sys_ = median([r.get("sys_us") for r in runs])
-        both = median([r["user_us"] + r["sys_us"] for r in runs if r.get("user_us") is not None])
+        both = median([_cpu(r) for r in runs])
         ins = instructions.get(t)
-        rows.append([names.get(t, t), "-" if tps is None else f"{tps:,.0f}",
-                     "-" if user is None else f"{user:.1f}", "-" if sys_ is None else f"{sys_:.1f}",
-                     "-" if both is None else f"{both:.1f}", "-" if ins is None else f"{ins:,.0f}"])
+        row = [names.get(t, t), "-" if tps is None else f"{tps:,.0f}",
+               "-" if user is None else f"{user:.1f}", "-" if sys_ is None else f"{sys_:.1f}",
+               "-" if both is None else f"{both:.1f}", "-" if ins is None else f"{ins:,.0f}"]
+        if ref:
+            for key in (lambda r: r["tps"], _cpu):
+                ratio = _round_ratio(runs, ref, key)
+                row.append("-" if ratio is None else f"{ratio:.2f}")
+        rows.append(row)
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     fmt = lambda r: "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows])

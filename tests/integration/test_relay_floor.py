@@ -73,13 +73,22 @@ def test_parse_args_and_targets(monkeypatch):
             relay_floor.parse_args(bad)
 
 
-def test_floor_table_medians():
+def test_floor_table_medians_and_per_round_ratios():
     results = {"epoll": [dict(tps=100, user_us=4.0, sys_us=6.0), dict(tps=300, user_us=6.0, sys_us=8.0),
                          dict(tps=200, user_us=5.0, sys_us=7.0)],
                "direct": [dict(tps=400, user_us=None, sys_us=None)]}
     table = relay_floor.format_floor_table(["epoll", "direct"], results, {"epoll": 12345})
     assert "| epoll             | 200 | 5.0        | 7.0          | 12.0      | 12,345          |" in table
     assert "| direct PostgreSQL | 400 | -          | -            | -         | -               |" in table
+    assert "C Odyssey" not in table
+    # per round: TPS 100/50, 300/300, 200/400 -> 2.0, 1.0, 0.5; CPU 10/20, 14/7, 12/12 -> 0.5, 2.0, 1.0
+    results["odyssey"] = [dict(tps=50, user_us=5.0, sys_us=15.0), dict(tps=300, user_us=2.0, sys_us=5.0),
+                          dict(tps=400, user_us=4.0, sys_us=8.0)]
+    table = relay_floor.format_floor_table(["epoll", "odyssey", "direct"], results, {})
+    lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in table.splitlines()[2:]}
+    assert lines["epoll"][-2:] == ["1.00", "1.00"]
+    assert lines["C Odyssey (pools)"][-2:] == ["1.00", "1.00"] and lines["C Odyssey (pools)"][3] == "12.0"
+    assert lines["direct PostgreSQL"][-2:] == ["8.00", "-"]          # its one round: 400 / 50
 
 
 def test_cpu_split_of_this_process():
