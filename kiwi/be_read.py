@@ -111,7 +111,30 @@ def read_startup(buf, offset: int = 0):
     return StartupMessage(major, minor, _read_params(cur)), declared
 
 
+def _params_fast(body: bytes) -> dict[str, str] | None:
+    """The common well-formed parameter list (``name\0value\0...\0``, UTF-8) in one decode
+    and one split; None for anything else, which ``_read_params`` then reads or rejects with its
+    precise error. (A NUL byte never occurs inside a UTF-8 sequence, so splitting the decoded
+    text is splitting the bytes.)"""
+    try:
+        parts = body.decode("utf-8").split("\0")
+    except UnicodeDecodeError:
+        return None
+    # name, value, ..., "" (the terminator), "" (after it): an even count, ending in two
+    # empty strings, and no empty name before them
+    n = len(parts)
+    if n & 1 or parts[-2] or parts[-1] or not all(parts[0:n - 2:2]):
+        return None
+    it = iter(parts[:n - 2])
+    return dict(zip(it, it))
+
+
 def _read_params(cur: Cursor) -> dict[str, str]:
+    fast = _params_fast(cur.data[cur.pos:])
+    return fast if fast is not None else _read_params_cursor(cur)
+
+
+def _read_params_cursor(cur: Cursor) -> dict[str, str]:
     data = cur.data
     if not data.endswith(b"\0"):
         raise ProtocolError("invalid startup packet layout: expected terminator as last byte",

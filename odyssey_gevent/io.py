@@ -26,10 +26,5 @@ def read_message(io, timeout_ms: int | None, limits: Limits = BE_LIMITS) -> tupl
 def read_startup(io, timeout_ms: int | None):
     """Read the untyped first packet: StartupMessage, SSLRequest, GSSENCRequest or CancelRequest."""
     head = io.read(4, timeout_ms)
-    buf = bytearray(head)
-    while True:
-        msg, consumed = be_read.read_startup(buf)
-        if msg is not None:
-            return msg
-        need = be_read.startup_need(buf)
-        buf += io.read(need, timeout_ms)
+    need = be_read.startup_need(head)       # the length word checked before the body is read
+    return be_read.read_startup(head + io.read(need, timeout_ms))[0]

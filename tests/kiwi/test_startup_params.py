@@ -1,0 +1,55 @@
+"""The startup packet's parameter list has a fast reader (one decode, one split) for the common
+well-formed packet; whatever it declines goes to the cursor reader. Both must agree on every
+packet: the same dict, or the same ProtocolError."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kiwi.be_read import _params_fast, _read_params, _read_params_cursor
+from kiwi._cursor import Cursor
+from kiwi.errors import ProtocolError
+
+
+def _outcome(reader, body: bytes):
+    try:
+        return "ok", reader(Cursor(body, "startup packet"))
+    except ProtocolError as e:
+        return "error", str(e)
+
+
+BODIES = [
+    b"user\0u\0database\0d\0\0",
+    b"\0",                                  # no parameters at all
+    b"user\0\0\0",                          # an empty value
+    b"a\0b\0a\0c\0\0",                      # a duplicated name: the last value wins
+    "user\0\u00e9t\u00e9\0\0".encode(),     # UTF-8 beyond ASCII
+    b"user\0u\0\0x",                        # bytes after the terminator
+    b"user\0u\0\0\0",
+    b"\0\0",
+    b"user\0u\0",                           # no terminator
+    b"user\0u",                             # no NUL at the end at all
+    b"user\0",                              # a name without a value
+    b"\xff\0a\0\0",                         # invalid UTF-8 in a name
+    b"user\0\xc3\0\0",                      # a truncated UTF-8 sequence in a value
+    b"",
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_fast_and_cursor_readers_agree(body):
+    assert _outcome(_read_params, body) == _outcome(_read_params_cursor, body)
+
+
+def test_fast_reader_takes_the_common_packet():
+    assert _params_fast(b"user\0u\0database\0d\0application_name\0pgbench\0\0") == \
+        {"user": "u", "database": "d", "application_name": "pgbench"}
+
+
+def test_fast_and_cursor_readers_agree_on_random_packets():
+    rnd = random.Random(10)
+    alphabet = [b"\0", b"a", b"b", b"\xc3\xa9", b"\xff", b"\xc3"]
+    for _ in range(5000):
+        body = b"".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 10)))
+        assert _outcome(_read_params, body) == _outcome(_read_params_cursor, body), body
