@@ -214,10 +214,10 @@ class Wakeup:
         """Wait (in the armed coroutine) for wake(): True, or False after timeout_ms."""
         if self.woken:
             return True
-        timer = None
-        s = seconds(timeout_ms)
-        if s is not None:
-            timer = self._loop.timer(s)
+        if timeout_ms is None:
+            timer = None
+        else:
+            timer = self._loop.timer(seconds(timeout_ms))
             timer.start(self._timeout_cb)
         try:
             switch = self._hub.switch

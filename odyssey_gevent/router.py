@@ -94,9 +94,10 @@ class Router:
         when the client was killed meanwhile: client.killed). While its route is paused the
         client waits without a deadline; pool_timeout starts again once it is resumed."""
         route = client.route
+        rule = client.rule
         offline: list[Server] = []
         with self.lock:
-            server = self._take(route, client.rule.pool_size, offline)
+            server = self._take(route, rule.pool_size, offline)
             if server is None:
                 waiter = client.waiter
                 if waiter is None:
@@ -113,8 +114,12 @@ class Router:
                 self.instance.close_server_later(dead)
         if server is not None:
             return server
+        after = rule.pool_notice_after_waiting_ms
         while True:
-            waiting.wait(waiter, client, timeout_ms)
+            if after is None or after < 0:
+                waiter.park(timeout_ms)
+            else:                            # NOTICEs while it waits (waiting.py)
+                waiting.wait(waiter, client, timeout_ms)
             server = waiter.server           # linked (and counted) by hand_to_waiter, then woken
             if server is not None:
                 return server
@@ -215,18 +220,22 @@ class Router:
         # under the lock; offline idle servers are taken out of the pool into `offline`
         if self.paused_all or self.paused_dbs and route.db in self.paused_dbs:
             return None
-        while route.idle:
+        idle = route.idle
+        while idle:
             server = route.take_idle()
             if server.offline:
                 route.set_server_state(server, ServerState.UNDEF)
                 offline.append(server)
                 continue
             return server
-        if shared_pool.has_room(self, route, pool_size, offline):
-            server = Server(route)
-            route.set_server_state(server, ServerState.ACTIVE)
-            return server
-        return None
+        if route.rule.shared_pool:
+            if not shared_pool.has_room(self, route, pool_size, offline):
+                return None
+        elif pool_size and len(idle) + len(route.active) >= pool_size:     # the pool is full
+            return None
+        server = Server(route)
+        route.set_server_state(server, ServerState.ACTIVE)
+        return server
 
     def hand_to_waiter(self, route: Route, server: Server | None) -> None:
         """Give `server` (None: a new, not yet connected one for a free slot) to the first client
@@ -243,7 +252,7 @@ class Router:
     def _give(self, route: Route, server: Server | None) -> None:
         """A server (or, when None, a pool slot) became free: hand it to the first waiter."""
         # under the lock
-        if route.waiters and not self.is_paused(route):
+        if route.waiters and not (self.paused_all or self.paused_dbs and route.db in self.paused_dbs):
             self.hand_to_waiter(route, server)
             return
         if server is not None:
