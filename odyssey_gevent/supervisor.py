@@ -403,6 +403,8 @@ def peer_main(instance, sock) -> None:
             elif code == HANDOVER_CODE and pid > 1:
                 sender = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[0]
                 if sender != SUPERVISOR:
+                    instance.logger.error("restart", None, None, "hand-over order from pid %d ignored: only the "
+                                          "supervisor %d may send it", sender, SUPERVISOR)
                     return
                 instance.logger.info("restart", None, None, "the supervisor hands this process's ports over to "
                                      "the new supervisor %d", pid)

@@ -200,3 +200,25 @@ def test_pooler_processes_stop_when_the_supervisor_dies(procs):
     wait_for(lambda: not any(_running(pid) for pid in children), timeout=20,
              what="the orphaned pooler processes gone")
     assert _pids_logging(procs, "SIGTERM received, shutting down") >= children
+
+
+@pytest.mark.timeout(60)
+def test_a_hand_over_order_from_another_process_is_ignored(procs):
+    """The peer socket is in the abstract namespace (anyone local may connect): the order to hand
+    the ports over and drain is taken from the supervisor alone (its SO_PEERCRED pid)."""
+    import socket
+    import struct
+    from odyssey_gevent import supervisor
+    children = _children(procs)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(f"\0odyssey-gevent.{procs.pid}.0")
+        s.sendall(struct.pack("!IIII", 16, supervisor.HANDOVER_CODE, os.getpid(), 0))
+    finally:
+        s.close()
+    procs.wait_log(f"hand-over order from pid {os.getpid()} ignored", timeout=10)
+    assert "hands this process's ports over" not in procs.log()
+    assert _running(children[0])
+    con = _connect(procs)
+    assert one(con) == 1
+    con.close()
