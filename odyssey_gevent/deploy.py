@@ -48,6 +48,19 @@ def plan(client_vars, server_params: dict) -> list[tuple[str, str]]:
     return [(name, value) for key, name, value in client_vars if get(key) != value]
 
 
+def needed(client, server) -> bool:
+    """Might deploy() have to SET something on this server (or work out the client's list
+    first)? The relay's fast path attaches without a round trip only when it need not."""
+    todo = client.deploy_list
+    if todo is None:
+        return True
+    params = server.params
+    for key, _, value in todo:
+        if params.get(key) != value:
+            return True
+    return False
+
+
 def deploy(instance, client, server) -> None:
     todo = client.deploy_list
     if todo is None:

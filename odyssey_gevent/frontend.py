@@ -232,7 +232,9 @@ class Frontend:
         client.io.write(b"".join(out))
 
     # -- attach / detach (called by the relay) ----------------------------------------------
-    def attach(self, deploy_params: bool = True):
+    def attach(self, deploy_params: bool = True, taken=None):
+        """Attach a server to the client (waiting in the route's queue, connecting a new one);
+        `taken`: a server the relay's fast path took already (attach_now), to check first."""
         instance = self.instance
         client = self.client
         rule = client.rule
@@ -240,7 +242,10 @@ class Frontend:
         retry_until = None        # failed logins tried again within pool_timeout (login_retry.py)
         while True:
             try:
-                server = instance.router.attach(client, timeout if retry_until is None else retry_until.left_ms())
+                if taken is not None:
+                    server, taken = taken, None
+                else:
+                    server = instance.router.attach(client, timeout if retry_until is None else retry_until.left_ms())
             except AttachTimeout:
                 if client.killed:
                     raise ClientGone(Status.ECLIENT_KILLED, "killed while waiting for a server") from None
@@ -277,6 +282,50 @@ class Frontend:
         if deploy_params and rule.storage is not None and rule.storage.balancing.show_notice_messages:
             storage.notice_host(instance, client, server)
         return server
+
+    def attach_now(self):
+        """The attach of the relay's fast path, run in the hub where nothing may wait: an idle,
+        connected server of the route when there is one now, checked as attach() checks it
+        when that needs no IO. None: nothing was taken (the relay's coroutine attaches as
+        usual); False: a server was taken (client.server) but a check or a deploy needs a
+        round trip, which the coroutine does with attach(taken=client.server)."""
+        client = self.client
+        server = self.instance.router.attach_idle(client)
+        if server is None:
+            return None
+        io = server.io
+        if io is None:
+            if server.fd is None:
+                return False
+            io = server.io = machinarium.Io.attach(server.fd)
+            server.fd = None
+        rule = client.rule
+        if io._tls or rule.pool_attach_check and io.readable_now():
+            return False
+        if not tsa.idle_server_fits_now(client, server):
+            return False
+        if rule.maintain_params and deploy.needed(client, server):
+            return False
+        if rule.storage is not None and rule.storage.balancing.show_notice_messages:
+            return False
+        return server
+
+    def detach_now(self) -> bool:
+        """The detach of the relay's fast path (in the hub): done when reset.quick() decides
+        the server and pooling it closes nothing; False: the coroutine must detach()."""
+        client = self.client
+        server = client.server
+        relay = client.relay
+        if not reset.quick(server, relay is None or relay.server_clean):
+            return False
+        route = server.route
+        if server.offline or route.obsolete or route.rule.shared_pool:
+            return False
+        instance = self.instance
+        if instance.workers > 1 and not park(server, instance.workers):
+            return False
+        instance.router.detach(client)
+        return True
 
     def _connect(self, server) -> None:
         """Log a new server in for this client's route; on failure free its slot and raise the

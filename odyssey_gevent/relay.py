@@ -97,6 +97,35 @@ except (OSError, AttributeError):      # not glibc
     _malloc_trim = None
 
 
+# The fast path (Relay._park) ends waits by the per-thread sweep, so a timeout fires up to one
+# sweep interval late; a relay whose rule has a shorter timeout than this (10 % of it at most)
+# keeps the coroutine's exact wait timers.
+FAST_MIN_TIMEOUT_MS = 10 * DORMANT_AFTER_MS
+
+# the fast path's reasons to switch into the relay's coroutine (besides a Status to end with,
+# an exception to raise, or (end, taken server) for client bytes it leaves to the coroutine)
+_WAKE = 0       # woken (KILL_CLIENT, shutdown) or by the sweep (timeout, dormancy): see the flags
+_AGAIN = 1      # look again (pending writes flushed, shutdown or kill to check)
+_DETACH = 2     # the server is due for a detach that may wait
+
+# first client message types the fast path leaves to the coroutine when no server is attached:
+# Terminate, the stray COPY messages and whatever is not allowed at all
+_C_NOT_FIRST = bytearray(256)
+for _t in range(256):
+    if _t == _C_TERMINATE or _t in _C_STRAY or _C_LIMITS[_t] < 0:
+        _C_NOT_FIRST[_t] = 1
+_C_NOT_FIRST = bytes(_C_NOT_FIRST)
+
+
+def _timeouts_sweepable(rule) -> bool:
+    for ms in (getattr(rule, "pool_idle_in_request_timeout_ms", 0) or 0,
+               (getattr(rule, "pool_idle_in_transaction_timeout", 0) or 0) * 1000,
+               (getattr(rule, "pool_client_idle_timeout", 0) or 0) * 1000):
+        if 0 < ms < FAST_MIN_TIMEOUT_MS:
+            return False
+    return True
+
+
 class _NeverStopping:
     """The instance of a relay whose frontend has none (unit tests)."""
     shutting_down = False
@@ -173,8 +202,15 @@ def _start_sweep(loop) -> None:
 def _sweep() -> None:
     """Run by the hub: mark the relays parked in an idle wait that may sleep; those already
     marked (the same wait, a whole interval ago) go dormant."""
+    now = None
     for relay in list(_relays()):
-        if relay.waiting and relay.may_sleep and relay.glet is not None:
+        if not relay.waiting or relay.glet is None:
+            continue
+        if relay.fast:
+            if now is None:
+                now = relay.loop.now()
+            relay._sweep_fast(now)
+        elif relay.may_sleep:
             if relay.marked:
                 relay.sleepy = True
                 relay.glet.switch(0)
@@ -238,7 +274,8 @@ class Relay:
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_drop", "s_buf", "s_len", "s_skip", "s_drop",
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
-                 "timers", "free", "may_sleep", "marked", "sleepy")
+                 "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
+                 "wait_start", "expired", "s_watch", "on_client", "on_server", "hub")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -277,6 +314,18 @@ class Relay:
         self.request_timeout = getattr(client.rule, "pool_idle_in_request_timeout_ms", 0) or None
         self.timers = None      # wait_any's reusable timeout timers, made at the first timed wait
         self.free = _free_buffers()     # borrowed from and given back to inline on the hot path
+        # the callback-driven fast path (_park): for plain sockets, a frontend that can attach
+        # and detach without waiting, and timeouts the 1 s sweep can keep (FAST_MIN_TIMEOUT_MS)
+        self.fast_ok = (getattr(frontend, "attach_now", None) is not None and not client.io.is_tls
+                        and _timeouts_sweepable(client.rule))
+        self.fast = False       # parked in the fast path: the callbacks relay
+        self.pending = None     # [(io, bytes, to_server)] the fast path could not write at once
+        self.wait_start = 0.0   # the loop time the present wait started (the sweep's timeouts)
+        self.expired = False    # the sweep found the fast path's wait over its timeout
+        self.s_watch = None     # the attached server's read watcher, started by the fast path
+        self.on_client = self._on_client
+        self.on_server = self._on_server
+        self.hub = get_hub()
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
@@ -299,6 +348,41 @@ class Relay:
                     return Status.EGRACEFUL_SHUTDOWN
                 if client.killed:           # KILL_CLIENT (router.kill); cleanup resets its server
                     return Status.ECLIENT_KILLED
+                if self.fast_ok and (server is None or (server.io is not None and not server.io._tls)):
+                    reason = self._park(server)
+                    if self.pending is not None:
+                        self._flush()
+                    if reason == _WAKE:
+                        if self.sleepy:
+                            self.sleepy = False
+                            if self._go_dormant():
+                                return None
+                        elif self.woken:
+                            self.woken = False
+                        elif self.expired:
+                            self.expired = False
+                            status = self._timed_out(client.server)
+                            if status is not None:
+                                return status
+                        continue
+                    if reason == _AGAIN:
+                        continue
+                    if reason == _DETACH:
+                        self.fe.detach()
+                        continue
+                    if isinstance(reason, tuple):   # client bytes read, for this coroutine to relay
+                        end, taken = reason
+                        if taken is not None:
+                            taken = self.fe.attach(taken=taken)
+                            if self.prepared is not None:
+                                taken.proto.exact = True
+                        status = self._client_data(self.c_buf, end)
+                        if status is not None:
+                            return status
+                        continue
+                    if isinstance(reason, Status):
+                        return reason
+                    raise reason                # caught by a callback: the error model as usual
                 if server is None:
                     timeout = self.fe.idle_timeout(None)
                     # no timeout of its own and nothing half-read: it may go dormant when idle
@@ -343,12 +427,7 @@ class Relay:
                     if self.woken:
                         self.woken = False
                         continue
-                    if self.request_timeout and (not server.synchronized or server.proto.unsynced):
-                        # the request timeout: only a server that waits for the client counts
-                        if self._waits_for_client(server):
-                            return self.fe.request_expired(server)
-                        continue
-                    status = self.fe.idle_expired(server)
+                    status = self._timed_out(server)
                     if status is not None:
                         return status
                     continue
@@ -361,6 +440,190 @@ class Relay:
         finally:
             relays.discard(self)
             self._release_buffers()
+
+    def _timed_out(self, server) -> Status | None:
+        """A wait's timeout passed (see _wait_timeout): the Status that ends the session, or
+        None to wait again."""
+        if server is None:
+            return self.fe.idle_expired(None)
+        if self.request_timeout and (not server.synchronized or server.proto.unsynced):
+            # the request timeout: only a server that waits for the client counts
+            if self._waits_for_client(server):
+                return self.fe.request_expired(server)
+            return None
+        return self.fe.idle_expired(server)
+
+    def _wait_timeout(self, server) -> int | None:
+        """The timeout (ms, None: none) of a wait for either side in the relay's present state."""
+        if server is None:
+            return self.fe.idle_timeout(None)
+        if server.proto.syncs == 0:           # synchronized
+            if server.proto.unsynced and self.request_timeout:
+                return self.request_timeout   # an extended batch awaits its Sync
+            return self.fe.idle_timeout(server)
+        return self.request_timeout           # PostgreSQL is working
+
+    # -- the callback-driven fast path -------------------------------------------------------
+    # While the relay waits for either side, its coroutine is parked (a bare hub.switch()) with
+    # the client socket's read watcher, and the attached server's, started with callbacks that
+    # relay the bytes right in the hub: no greenlet switch, no watcher start/stop and no timer
+    # per message. What could wait (a queued attach, a connect, a deploy or reset round trip,
+    # a write the socket does not take at once) is left to the coroutine, switched into with a
+    # reason; so are exceptions (re-raised there, status.py's error model), Terminate, a
+    # shutdown or kill, and timeouts, which the per-thread sweep finds (_sweep_fast).
+    def _park(self, server):
+        """Wait for either side in the fast path; returns why the coroutine is needed."""
+        self.fast = True
+        self.waiting = True
+        self.wait_start = self.now()
+        cw = self.client.io.sock._read_event
+        cw.start(self.on_client)
+        if server is not None:
+            sw = self.s_watch = server.io.sock._read_event
+            sw.start(self.on_server)
+        try:
+            return self.hub.switch()
+        finally:
+            self.fast = self.waiting = False
+            cw.stop()
+            sw = self.s_watch
+            if sw is not None:
+                self.s_watch = None
+                sw.stop()
+
+    def throw(self, *args) -> None:
+        """gevent takes a read watcher's callback to be a greenlet's switch: a socket closed under
+        a started watcher throws (cancel_wait_ex, an EBADF OSError) into the callback's __self__.
+        That is the parked coroutine's concern, as it was when wait_any waited."""
+        glet = self.glet
+        if self.fast and glet is not None:
+            glet.throw(*args)
+
+    def _on_client(self) -> None:
+        try:
+            reason = self._client_step()
+        except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
+            reason = e
+        if reason is not None:
+            self.glet.switch(reason)
+
+    def _on_server(self) -> None:
+        try:
+            reason = self._server_step()
+        except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
+            reason = e
+        if reason is not None:
+            self.glet.switch(reason)
+
+    def _client_step(self):
+        client = self.client
+        buf = self.c_buf
+        if buf is None:
+            free = self.free
+            buf = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
+        start = self.c_len
+        try:
+            n = client.io._raw.recv_into(memoryview(buf)[start:])
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise ClientGone(Status.ECLIENT_READ, e) from None
+        if n == 0:
+            raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
+        end = start + n
+        if client.server is None:
+            # attach at once only for a whole header of a message that needs a server, with
+            # nothing of an earlier message pending; the coroutine decides everything else
+            if self.c_skip or self.c_drop or end < 5 or _C_NOT_FIRST[buf[0]]:
+                return (end, None)
+            server = self.fe.attach_now()
+            if not server:
+                return (end, None if server is None else client.server)
+            if self.prepared is not None:
+                server.proto.exact = True
+            sw = self.s_watch = server.io.sock._read_event
+            sw.start(self.on_server)
+        status = self._client_data(buf, end)
+        if status is not None:
+            return status
+        if self.pending is not None or self.instance.shutting_down or client.killed:
+            return _AGAIN
+        self.wait_start = self.now()
+        return None
+
+    def _server_step(self):
+        client = self.client
+        server = client.server
+        buf = self.s_buf
+        if buf is None:
+            free = self.free
+            buf = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
+        start = self.s_len
+        try:
+            n = server.io._raw.recv_into(memoryview(buf)[start:])
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise ServerError(Status.ESERVER_READ, e) from None
+        if n == 0:
+            raise ServerError(Status.ESERVER_READ, "server closed the connection")
+        reason = self._server_data(server, buf, start + n)
+        if reason is not None:
+            return reason
+        if self.pending is not None or self.instance.shutting_down or client.killed:
+            return _AGAIN
+        self.wait_start = self.now()
+        return None
+
+    def _detach_now(self, server):
+        """The fast path's detach: None when done, else _DETACH (the coroutine detaches)."""
+        sw = self.s_watch
+        if sw is not None:
+            self.s_watch = None
+            sw.stop()
+        if self.pending is None and self.fe.detach_now():
+            return None
+        return _DETACH
+
+    def _send_now(self, io, data, to_server: int) -> None:
+        """The fast path's write: what the socket does not take at once (and all that follows
+        it) is kept in order in `pending` for the coroutine to write (_flush)."""
+        pending = self.pending
+        if pending is not None:
+            pending.append((io, bytes(data), to_server))
+            return
+        try:
+            n = io._raw.send(data)
+        except BlockingIOError:
+            n = 0
+        if n < len(data):
+            self.pending = [(io, bytes(memoryview(data)[n:]), to_server)]
+
+    def _flush(self) -> None:
+        pending = self.pending
+        self.pending = None
+        for io, data, to_server in pending:
+            try:
+                io.write(data)
+            except OSError as e:
+                if to_server:
+                    raise ServerError(Status.ESERVER_WRITE, e) from None
+                raise ClientGone(Status.ECLIENT_WRITE, e) from None
+
+    def _sweep_fast(self, now: float) -> None:
+        """Run by the sweep for a relay parked in the fast path: end a wait that is over its
+        timeout, or send an idle client without a server to sleep (see DORMANT_AFTER_MS)."""
+        idle = now - self.wait_start
+        server = self.client.server
+        timeout = self._wait_timeout(server)
+        if timeout is not None:
+            if idle * 1000.0 >= timeout:
+                self.expired = True
+                self.glet.switch(_WAKE)
+        elif (server is None and not self.c_len and not self.c_skip and idle * 1000.0 >= DORMANT_AFTER_MS
+              and getattr(self.fe, "resume", None) is not None):
+            self.sleepy = True
+            self.glet.switch(_WAKE)
 
     def _go_dormant(self) -> bool:
         """Give up this coroutine (run() returns None; the frontend keeps the session): the
@@ -419,7 +682,10 @@ class Relay:
             raise ClientGone(Status.ECLIENT_READ, e) from None
         if n == 0:
             raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
-        end = start + n
+        return self._client_data(buf, start + n)
+
+    def _client_data(self, buf, end: int) -> Status | None:
+        """Relay the client bytes buf[:end] (the first c_len of them held back before)."""
         # scan the headers
         pos = self.c_skip
         terminate = -1
@@ -508,7 +774,10 @@ class Relay:
                 if not self.tx_start:
                     self.tx_start = now
             try:
-                server.io.write(data)
+                if self.fast:
+                    self._send_now(server.io, data, 1)
+                else:
+                    server.io.write(data)
             except OSError as e:
                 raise ServerError(Status.ESERVER_WRITE, e) from None
         if server is not None and server.proto.output:
@@ -539,7 +808,10 @@ class Relay:
     def _to_client(self, data) -> None:
         self.stats.bytes_sent += len(data)
         try:
-            self.client.io.write(data)
+            if self.fast:
+                self._send_now(self.client.io, data, 0)
+            else:
+                self.client.io.write(data)
         except OSError as e:
             raise ClientGone(Status.ECLIENT_WRITE, e) from None
 
@@ -558,7 +830,11 @@ class Relay:
             raise ServerError(Status.ESERVER_READ, e) from None
         if n == 0:
             raise ServerError(Status.ESERVER_READ, "server closed the connection")
-        end = start + n
+        self._server_data(server, buf, start + n)
+
+    def _server_data(self, server, buf, end: int):
+        """Relay the server bytes buf[:end] (the first s_len of them held back before). Returns
+        _DETACH when the fast path found the server due for a detach it cannot do at once."""
         proto = server.proto
         out = None              # set when a message is dropped or replaced, or answers are added
         seg = 0                 # start of the bytes not yet put in `out`
@@ -656,7 +932,10 @@ class Relay:
             if pos > 0:
                 self.stats.bytes_sent += pos
                 try:
-                    self.client.io.write(memoryview(buf)[:pos])
+                    if self.fast:
+                        self._send_now(self.client.io, memoryview(buf)[:pos], 0)
+                    else:
+                        self.client.io.write(memoryview(buf)[:pos])
                 except OSError as e:
                     raise ClientGone(Status.ECLIENT_WRITE, e) from None
         else:
@@ -676,12 +955,16 @@ class Relay:
         if self.s_ready and rest == 0 and self.s_skip == 0:
             self.s_ready = False
             if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
-                return
+                return None
             if self.mode_transaction:
-                if proto.tx_status == b"I":
-                    self.fe.detach()
-            elif self.mode_statement:
-                self.fe.detach()
+                if proto.tx_status != b"I":
+                    return None
+            elif not self.mode_statement:
+                return None
+            if self.fast:
+                return self._detach_now(server)
+            self.fe.detach()
+        return None
 
     def _server_error(self, server, buf, start: int, end: int) -> None:
         """server_drop_on_cached_plan_error: a server whose cached plan broke (0A000 `cached

@@ -58,18 +58,23 @@ def _drops_statements(query: str) -> bool:
     return "DISCARD ALL" in q or "DEALLOCATE" in q
 
 
-def reset(instance, server, clean: bool) -> bool:
-    """True when the server may return to the pool; False when it must be closed."""
+def quick(server, clean: bool) -> bool:
+    """Every detach of a transaction pool: a healthy server that answered everything, outside a
+    transaction and COPY, and a rule with no reset query is decided with a few reads (reset()'s
+    steps would reach the same answer, True). False: reset() must decide, and may wait."""
     rule = server.route.rule
     proto = server.proto
-    # every detach of a transaction pool: a healthy server that answered everything, outside a
-    # transaction and COPY, and a rule with no reset query is decided with a few reads (the
-    # steps below would reach the same answer)
-    if (clean and proto.syncs == 0 and proto.tx_status == b"I" and not proto.output and not server.cancels
+    return (clean and proto.syncs == 0 and proto.tx_status == b"I" and not proto.output and not server.cancels
             and not server.drop and not server.broken and server.io is not None and not proto.copy_mode
             and rule.pool != "session" and not rule.pool_discard and not rule.pool_smart_discard
-            and not rule.pool_discard_query):
+            and not rule.pool_discard_query)
+
+
+def reset(instance, server, clean: bool) -> bool:
+    """True when the server may return to the pool; False when it must be closed."""
+    if quick(server, clean):
         return True
+    rule = server.route.rule
     log = instance.logger
     if server.broken or server.io is None:
         return False

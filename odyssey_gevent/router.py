@@ -137,6 +137,19 @@ class Router:
                 client.state = ClientState.PENDING
                 raise AttachTimeout()
 
+    def attach_idle(self, client) -> Server | None:
+        """The non-waiting attach of the relay's fast path (run in the hub): the route's most
+        recently used idle server, linked to the client, when one is there now and not marked
+        offline, the route not paused; else None (the client then attaches as usual)."""
+        route = client.route
+        with self.lock:
+            idle = route.idle
+            if not idle or idle[-1].offline or self.paused_all or self.paused_dbs and route.db in self.paused_dbs:
+                return None
+            server = route.take_idle()
+            self._link(client, server)
+        return server
+
     # -- PAUSE / RESUME / KILL_CLIENT (console) ------------------------------------------------
     def is_paused(self, route: Route) -> bool:
         # under the lock, or a racy read for display

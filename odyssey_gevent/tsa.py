@@ -65,6 +65,16 @@ def matches(value: str, status) -> bool:
     return True      # any, prefer-standby
 
 
+def idle_server_fits_now(client, server) -> bool:
+    """True when idle_server_fits() is sure to say yes without asking anything: no host status
+    to check (no catchup_timeout, target_session_attrs any, worked out at an earlier attach).
+    False: ask idle_server_fits() (it may run a query)."""
+    if server.endpoint is None:
+        return True
+    checks = getattr(client, "tsa_checks", None)
+    return checks is not None and not checks[0] and checks[1] == "any"
+
+
 def idle_server_fits(instance, client, server) -> bool:
     """Before a pooled server is handed to a client: does its host still fit the client's
     target_session_attrs? The host's cached status is used while it is recent, else asked

@@ -1,0 +1,216 @@
+"""The relay's callback-driven fast path (Relay._park): every test of test_relay.py again with a
+frontend that can attach and detach without waiting (so the hub's callbacks relay, and hand over
+to the relay's coroutine only for what may wait), then the hand-overs one by one: a queued
+attach, a taken server that needs the coroutine's checks, a write the client does not take, a
+detach that may wait, a timeout and a dormancy found by the sweep, a wake-up (KILL_CLIENT)."""
+from __future__ import annotations
+
+import pytest
+from gevent import get_hub
+
+import machinarium as mm
+import tests.odyssey_gevent.test_relay as base
+from kiwi import be_write
+from odyssey_gevent import relay as relay_mod
+from odyssey_gevent.status import Status
+from tests.odyssey_gevent.test_relay import *  # noqa: F401,F403 - every relay test, run on the fast path
+from tests.odyssey_gevent.test_relay import Harness, _exchange, _q, _reply, nothing_more
+
+
+class FastFakeFrontend(base.FakeFrontend):
+    """FakeFrontend with the fast path's attach_now/detach_now. `queue`: attach_now finds no
+    idle server (the coroutine's attach() queues); `check`: it takes one but leaves the checks
+    to the coroutine (False); `slow_detach`: detach_now leaves the detach to the coroutine."""
+
+    def __init__(self, client, server_io):
+        super().__init__(client, server_io)
+        self.now_attaches = 0
+        self.now_detaches = 0
+        self.taken = []             # what attach(taken=...) was given
+        self.queue = self.check = self.slow_detach = False
+
+    def attach(self, taken=None):
+        self.taken.append(taken)
+        return super().attach()
+
+    def attach_now(self):
+        if self.queue:
+            return None
+        self.now_attaches += 1
+        self.attaches += 1
+        self.client.server = self.server
+        return False if self.check else self.server
+
+    def detach_now(self):
+        if self.slow_detach:
+            return False
+        self.now_detaches += 1
+        super().detach()
+        return True
+
+
+@pytest.fixture(autouse=True)
+def fast_frontend(monkeypatch):
+    monkeypatch.setattr(base, "FakeFrontend", FastFakeFrontend)
+
+
+def _harness(pool="transaction", **flags) -> Harness:
+    h = Harness(pool)
+    for k, v in flags.items():
+        setattr(h.fe, k, v)
+    return h
+
+
+def test_the_fast_path_attaches_and_detaches_in_the_callbacks(in_machine):
+    def body():
+        h = _harness()
+        try:
+            assert h.relay.fast_ok
+            for _ in range(3):
+                _exchange(h, _q("select 1"), _reply(b"I"))
+            assert h.fe.now_attaches == 3 and h.fe.now_detaches == 3 and h.fe.taken == []
+            assert h.relay.fast and h.relay.waiting        # still parked in the fast path
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_queued_attach_is_left_to_the_coroutine(in_machine):
+    def body():
+        h = _harness(queue=True)
+        try:
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            assert h.fe.taken == [None] and h.fe.now_attaches == 0
+            assert h.fe.now_detaches == 1                 # the reply came back on the fast path
+            h.fe.queue = False
+            _exchange(h, _q("select 2"), _reply(b"I"))
+            assert h.fe.taken == [None] and h.fe.now_attaches == 1
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_taken_server_is_checked_by_the_coroutine(in_machine):
+    def body():
+        h = _harness(check=True)
+        try:
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            assert h.fe.taken == [h.server] and h.fe.now_detaches == 1
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_detach_that_may_wait_is_left_to_the_coroutine(in_machine):
+    def body():
+        h = _harness(slow_detach=True)
+        try:
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            assert h.fe.now_detaches == 0 and len(h.fe.detaches) == 1 and h.client.server is None
+            h.fe.slow_detach = False
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            assert h.fe.now_detaches == 1 and len(h.fe.detaches) == 2
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_reply_the_client_does_not_read_is_flushed_by_the_coroutine(in_machine):
+    """The client's socket takes part of a large reply: the rest is kept in order and written by
+    the coroutine (which waits for the client), then the server is detached."""
+    big = be_write.data_row([b"r" * 60000]) * 80          # ~4.8 MB, more than the socket buffers
+    reply = big + _reply(b"I")
+
+    def body():
+        h = _harness()
+        try:
+            got = base.Collector(h.app, len(reply))
+            h.app.write(_q("select big"))
+            assert h.pg.read(len(_q("select big")), 2000) == _q("select big")
+            h.pg.write(reply, 5000)
+            assert got.get() == reply
+            mm.sleep(1)
+            assert h.relay.pending is None and len(h.fe.detaches) == 1 and h.client.server is None
+            _exchange(h, _q("select 1"), _reply(b"I"))     # and the fast path goes on
+            assert h.fe.now_detaches == 2
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_the_sweep_ends_a_fast_path_wait_over_its_timeout(in_machine):
+    def body():
+        h = _harness()
+        h.fe.idle_timeout = lambda server: 20000 if server is not None else None
+        h.fe.idle_expired = lambda server: Status.EIDLE_IN_TRANSACTION_TIMEOUT
+        try:
+            _exchange(h, _q("begin"), _reply(b"T", "BEGIN"))
+            get_hub().loop.run_callback(relay_mod._sweep)
+            mm.sleep(5)
+            assert h.relay.fast                        # not over its timeout yet
+            h.relay.wait_start -= 21.0                 # as if 21 s passed in the wait
+            get_hub().loop.run_callback(relay_mod._sweep)
+            assert h.result() is Status.EIDLE_IN_TRANSACTION_TIMEOUT
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_the_sweep_sends_an_idle_fast_path_client_to_sleep(in_machine):
+    def body():
+        h = _harness()
+        h.fe.resume = lambda: None
+        try:
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            h.relay.wait_start -= 2.0
+            get_hub().loop.run_callback(relay_mod._sweep)
+            assert h.result() is None                  # went dormant: run() returns None
+            assert h.relay in relay_mod._dormant()
+            relay_mod._dormant().discard(h.relay)
+            h.cio.sock._read_event.stop()
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_wake_up_reaches_a_fast_path_relay(in_machine):
+    """KILL_CLIENT: relay.wake() switches the parked coroutine in, which sees client.killed."""
+    def body():
+        h = _harness()
+        try:
+            _exchange(h, _q("begin"), _reply(b"T", "BEGIN"))
+            h.client.killed = True
+            relay_mod.wake(h.relay)
+            assert h.result() is Status.ECLIENT_KILLED
+            assert h.client.server is h.server         # cleanup resets its server
+            nothing_more(h.pg)
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_short_timeouts_keep_the_coroutine_path():
+    from types import SimpleNamespace
+    rule = SimpleNamespace(pool="transaction", pool_idle_in_request_timeout_ms=60000,
+                           pool_idle_in_transaction_timeout=5, pool_client_idle_timeout=0)
+    assert not relay_mod._timeouts_sweepable(rule)          # 5 s: the sweep's 1 s is too coarse
+    rule.pool_idle_in_transaction_timeout = 10
+    assert relay_mod._timeouts_sweepable(rule)
+    rule.pool_idle_in_request_timeout_ms = 500
+    assert not relay_mod._timeouts_sweepable(rule)
