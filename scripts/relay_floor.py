@@ -16,11 +16,15 @@ as lean as Python allows:
 - `epoll`: no gevent, a plain select.epoll loop over non-blocking sockets: the floor of
   Python-level event handling;
 - `epoll-framing`: the epoll loop plus the v3 header walk of the server's bytes that a pooler
-  needs at the least (find each ReadyForQuery 'Z' and its status byte: `ReadyWalker`).
+  needs at the least (find each ReadyForQuery 'Z' and its status byte: `ReadyWalker`);
+- `epoll-pool`: epoll-framing plus the least transaction pool: the relay logs clients in itself
+  (trust), takes an idle server (or logs a new one in, up to --pool-size, or queues the client)
+  when a client speaks between transactions and gives it back when the reply ends with
+  ReadyForQuery(I). No cancel, no pipelining across transactions, no parameter tracking.
 
 `--measure` starts a throwaway PostgreSQL (pgbench -i -s 1), each variant, C Odyssey on
-bench.py's config (--odyssey-bin or ODYSSEY_BIN; it pools, the floors do not, so with -c 10 both
-have 10 backends) and direct PostgreSQL as targets, runs `pgbench -n -S -c 10 -j 2 -M simple -T S`
+bench.py's config (--odyssey-bin or ODYSSEY_BIN; it pools, the relays but epoll-pool do not, so
+with -c 10 all have 10 backends) and direct PostgreSQL as targets, runs `pgbench -n -S -c 10 -j 2 -M simple -T S`
 per target per round with the order alternating every round, and reports the median TPS and the
 median of each process's /proc user and system CPU µs per transaction. Then each relay runs
 once more under `valgrind --tool=callgrind --instr-atstart=no` (the method and helpers of
@@ -29,8 +33,10 @@ scripts/count_instructions.py) for the user-space instructions per transaction.
 from __future__ import annotations
 
 import argparse
+import collections
 import glob
 import os
+import random
 import select
 import shutil
 import socket
@@ -44,7 +50,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-VARIANTS = ("gevent-greenlet", "gevent-callback", "epoll", "epoll-framing")
+VARIANTS = ("gevent-greenlet", "gevent-callback", "epoll", "epoll-framing", "epoll-pool")
 BUFSIZE = 65536
 _LENGTH = struct.Struct("!I").unpack_from
 
@@ -55,57 +61,92 @@ class ReadyWalker:
     split it, and finds every ReadyForQuery ('Z', length 5, one status byte: I, T or E).
 
     `feed(buf, n)` takes the first n bytes of a buffer and returns the status byte (an int) of
-    the last ReadyForQuery whose status byte is in this chunk, or None. `ready` counts them."""
+    the last ReadyForQuery whose status byte is in this chunk, or None; `at_ready` then says
+    whether the chunk ended with that ReadyForQuery (the server is between transactions when
+    its status is 'I'). `ready` counts them."""
 
-    __slots__ = ("skip", "carry", "status_next", "ready")
+    __slots__ = ("skip", "carry", "status_next", "ready", "at_ready")
 
     def __init__(self):
         self.skip = 0             # bytes of the current message body still to come
         self.carry = b""          # the start of a header split by the chunk end (1-4 bytes)
         self.status_next = False  # a 'Z' header ended the last chunk: byte 0 is its status
         self.ready = 0
+        self.at_ready = False
 
     def feed(self, buf, n: int, _length=_LENGTH):
         status = None
         pos = self.skip
+        end = -1                         # where the last ReadyForQuery walked ends
         if self.status_next or self.carry:
-            pos, status = self._resume(buf, n)
+            pos, status, end = self._resume(buf, n)
             if pos is None:
+                self.at_ready = False
                 return None
         last = n - 5                     # a whole header and the byte after it are in the chunk
         while pos < last:
             if buf[pos] == 90:           # 'Z'
                 status = buf[pos + 5]
                 self.ready += 1
+                end = pos + 6
             pos += 1 + _length(buf, pos + 1)[0]
         if pos < n:
             self.carry = bytes(buf[pos:n])
             self.skip = 0
         else:
             self.skip = pos - n
+        self.at_ready = end == n == pos
         return status
 
     def _resume(self, buf, n: int):
         """The slow path: a ReadyForQuery status byte or a header cut by the last chunk's end.
-        Returns (where the walk goes on, status) or (None, None) when the chunk is used up."""
+        Returns (where the walk goes on, status, where that ReadyForQuery ends) or
+        (None, None, -1) when the chunk is used up."""
         if self.status_next:
             self.status_next = False
             self.ready += 1
-            return self.skip, buf[0]
+            return self.skip, buf[0], 1
         need = 5 - len(self.carry)
         if n < need:
             self.carry += bytes(buf[:n])
-            return None, None
+            return None, None, -1
         head = self.carry + bytes(buf[:need])
         self.carry = b""
-        status = None
+        status, end = None, -1
         if head[0] == 90:
             if need < n:
                 status = buf[need]
                 self.ready += 1
+                end = need + 1
             else:
                 self.status_next = True
-        return need + _LENGTH(head, 1)[0] - 4, status
+        return need + _LENGTH(head, 1)[0] - 4, status, end
+
+
+PROTOCOL_3 = 196608
+SSL_REQUEST, GSSENC_REQUEST = 80877103, 80877104
+
+
+def parse_startup(body: bytes) -> dict | None:
+    """The parameters of a v3 StartupMessage body (after its length word), None for another
+    request code (a cancel request)."""
+    if len(body) < 4 or _LENGTH(body, 0)[0] != PROTOCOL_3:
+        return None
+    parts = body[4:].split(b"\0")
+    return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts) - 1, 2) if parts[i]}
+
+
+def startup_packet(params: dict) -> bytes:
+    body = struct.pack("!I", PROTOCOL_3) + b"".join(
+        k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+def login_reply(parameter_status: bytes, pid: int, key: int) -> bytes:
+    """What a pooler answers a trusted client's startup with: AuthenticationOk, the server's
+    ParameterStatus messages, BackendKeyData and ReadyForQuery(I)."""
+    return (b"R" + struct.pack("!II", 8, 0) + parameter_status + b"K" + struct.pack("!III", 12, pid, key)
+            + b"Z" + struct.pack("!I", 5) + b"I")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -114,6 +155,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--listen-port", type=int)
     ap.add_argument("--pg-host", default="127.0.0.1")
     ap.add_argument("--pg-port", type=int)
+    ap.add_argument("--pool-size", type=int, default=20, help="epoll-pool's servers per user and database "
+                    "(default 20, C Odyssey's in bench.py's config)")
     ap.add_argument("--measure", action="store_true", help="measure every variant, C Odyssey and direct PG")
     ap.add_argument("--variants", default=list(VARIANTS), type=lambda s: [x for x in s.split(",") if x],
                     help="comma list of relay variants to measure (default: all)")
@@ -135,8 +178,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--variants takes {', '.join(VARIANTS)}")
     if a.odyssey_bin is None:
         a.odyssey_bin = os.environ.get("ODYSSEY_BIN") or None
-    if a.clients < 1 or a.seconds < 1 or a.rounds < 1 or a.transactions < 1:
-        ap.error("--clients, --seconds, --rounds and --transactions must be positive")
+    if min(a.clients, a.seconds, a.rounds, a.transactions, a.pool_size) < 1:
+        ap.error("--clients, --seconds, --rounds, --transactions and --pool-size must be positive")
     return a
 
 
@@ -289,6 +332,246 @@ def serve_epoll(listen_port: int, upstream: tuple[str, int], framing: bool = Fal
                     close(src, dst)
 
 
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed during the login")
+        data += chunk
+    return data
+
+
+def _read_startup(sock: socket.socket) -> dict | None:
+    """A client's startup packet, read blocking (SSL and GSS requests answered with 'N')."""
+    while True:
+        length = _LENGTH(_recv_exact(sock, 4), 0)[0]
+        if not 8 <= length <= 10000:
+            raise ConnectionError(f"startup packet of {length} bytes")
+        body = _recv_exact(sock, length - 4)
+        if _LENGTH(body, 0)[0] in (SSL_REQUEST, GSSENC_REQUEST):
+            sock.sendall(b"N")
+            continue
+        return parse_startup(body)
+
+
+def _server_login(upstream: tuple[str, int], user: str, database: str) -> tuple[socket.socket, bytes]:
+    """A new server connection logged in (trust authentication only), non-blocking; and its
+    ParameterStatus messages."""
+    sock = socket.create_connection(upstream)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(startup_packet({"user": user, "database": database}))
+        status = []
+        while True:
+            head = _recv_exact(sock, 5)
+            body = _recv_exact(sock, _LENGTH(head, 1)[0] - 4)
+            if head[:1] == b"R" and _LENGTH(body, 0)[0] != 0:
+                raise ConnectionError("the floor pool logs in to PostgreSQL with trust authentication only")
+            if head[:1] == b"E":
+                raise ConnectionError(f"PostgreSQL refused the login: {body!r}")
+            if head[:1] == b"S":
+                status.append(head + body)
+            if head[:1] == b"Z":
+                break
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock, b"".join(status)
+
+
+class _Pool:
+    __slots__ = ("user", "database", "idle", "size", "waiting", "parameter_status")
+
+    def __init__(self, user: str, database: str):
+        self.user, self.database = user, database
+        self.idle: list = []
+        self.size = 0
+        self.waiting: collections.deque = collections.deque()
+        self.parameter_status = None
+
+
+class _End:
+    """A client or a server of the pool: its socket, and the other end while attached."""
+    __slots__ = ("sock", "fd", "pool", "peer", "walker", "handed")
+
+    def __init__(self, sock: socket.socket, pool: _Pool, walker=None):
+        self.sock, self.fd, self.pool, self.peer, self.walker = sock, sock.fileno(), pool, None, walker
+        self.handed = False       # a server given to a waiting client that has not spoken yet
+
+
+def serve_epoll_pool(listen_port: int, upstream: tuple[str, int], pool_size: int) -> None:
+    """The least transaction pool: the epoll loop and the header walk, plus a server taken from
+    the idle list when a client speaks and given back when the server's reply ends with
+    ReadyForQuery(I). Trust authentication, one pool per user and database, no pipelining
+    across transactions, no cancel requests, no parameter tracking: a floor, not a pooler."""
+    ls = _listener(listen_port)
+    ep = select.epoll()
+    lfd = ls.fileno()
+    ep.register(lfd, select.EPOLLIN)
+    buf = bytearray(BUFSIZE)
+    view = memoryview(buf)
+    clients: dict = {}
+    servers: dict = {}
+    pools: dict = {}
+    poll, register, unregister, modify = ep.poll, ep.register, ep.unregister, ep.modify
+
+    def new_server(pool: _Pool) -> _End:
+        pool.size += 1
+        try:
+            sock, status = _server_login(upstream, pool.user, pool.database)
+        except BaseException:
+            pool.size -= 1
+            raise
+        if pool.parameter_status is None:
+            pool.parameter_status = status
+        server = _End(sock, pool, ReadyWalker())
+        servers[server.fd] = server
+        register(server.fd, select.EPOLLIN)
+        return server
+
+    def accept() -> None:
+        try:
+            sock, _ = ls.accept()
+        except BlockingIOError:
+            return
+        try:
+            params = _read_startup(sock)
+            if params is None or "user" not in params:
+                sock.close()
+                return
+            key = (params["user"], params.get("database") or params["user"])
+            pool = pools.get(key)
+            if pool is None:
+                pool = pools[key] = _Pool(*key)
+            if pool.parameter_status is None:
+                pool.idle.append(new_server(pool))
+            sock.sendall(login_reply(pool.parameter_status, sock.fileno(), random.getrandbits(31)))
+        except (OSError, ValueError):
+            sock.close()
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = _End(sock, pool)
+        clients[client.fd] = client
+        register(client.fd, select.EPOLLIN)
+
+    def give(server: _End) -> None:
+        """A server between transactions goes to the first waiting client, or to the idle list."""
+        pool = server.pool
+        if pool.waiting:
+            client = pool.waiting.popleft()
+            client.peer, server.peer = server, client
+            server.handed = True
+            modify(client.fd, select.EPOLLIN)
+        else:
+            server.peer = None
+            pool.idle.append(server)
+
+    def close_server(server: _End) -> None:
+        del servers[server.fd]
+        unregister(server.fd)
+        server.sock.close()
+        pool = server.pool
+        pool.size -= 1
+        if server in pool.idle:
+            pool.idle.remove(server)
+        server.handed = False
+        client = server.peer
+        if client is not None:
+            client.peer = None
+            close_client(client)
+
+    def close_client(client: _End, server_idle: bool = False) -> None:
+        """Close a client; its server goes back to the pool if it is between transactions
+        (`server_idle`), else it is closed too (a transaction left open)."""
+        del clients[client.fd]
+        unregister(client.fd)
+        client.sock.close()
+        pool = client.pool
+        if client in pool.waiting:
+            pool.waiting.remove(client)
+        server = client.peer
+        if server is not None:
+            client.peer = server.peer = None
+            if server_idle:
+                give(server)
+            else:
+                close_server(server)
+
+    while True:
+        for fd, _ in poll():
+            client = clients.get(fd)
+            if client is not None:
+                server = client.peer
+                if server is not None:
+                    fresh = server.handed           # given while it waited: between transactions
+                    server.handed = False
+                else:                               # between transactions: take a server
+                    fresh = True
+                    pool = client.pool
+                    if pool.idle:
+                        server = pool.idle.pop()
+                    elif pool.size < pool_size:
+                        try:
+                            server = new_server(pool)
+                        except (OSError, ValueError):
+                            close_client(client)
+                            continue
+                    else:
+                        modify(fd, 0)               # until give() hands it a server
+                        pool.waiting.append(client)
+                        continue
+                    client.peer, server.peer = server, client
+                try:
+                    n = client.sock.recv_into(buf)
+                except BlockingIOError:
+                    if fresh:
+                        client.peer = None
+                        give(server)
+                    continue
+                except OSError:
+                    n = 0
+                if not n or (fresh and buf[0] == 88):         # closed, or Terminate between transactions
+                    close_client(client, server_idle=fresh)
+                    continue
+                to = server
+            elif fd == lfd:
+                accept()
+                continue
+            else:
+                server = servers.get(fd)
+                if server is None:
+                    continue
+                try:
+                    n = server.sock.recv_into(buf)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    n = 0
+                client = server.peer
+                if not n or client is None:                   # closed, or talking while idle
+                    close_server(server)
+                    continue
+                walker = server.walker
+                if walker.feed(buf, n) == 73 and walker.at_ready:   # ReadyForQuery(I) ends it
+                    client.peer = None
+                    give(server)
+                to = client
+            try:
+                sent = to.sock.send(view[:n])
+                if sent < n:
+                    _send_blocking(to.sock, view[sent:n])
+            except BlockingIOError:
+                try:
+                    _send_blocking(to.sock, view[:n])
+                except OSError:
+                    (close_client if to is client else close_server)(to)
+            except OSError:
+                (close_client if to is client else close_server)(to)
+
+
 def serve_gevent_greenlet(listen_port: int, upstream: tuple[str, int]) -> None:
     import gevent
     from gevent import get_hub
@@ -423,11 +706,13 @@ def serve_gevent_callback(listen_port: int, upstream: tuple[str, int]) -> None:
     gevent.wait()
 
 
-def serve(variant: str, listen_port: int, upstream: tuple[str, int]) -> None:
+def serve(variant: str, listen_port: int, upstream: tuple[str, int], pool_size: int = 20) -> None:
     if variant == "gevent-greenlet":
         serve_gevent_greenlet(listen_port, upstream)
     elif variant == "gevent-callback":
         serve_gevent_callback(listen_port, upstream)
+    elif variant == "epoll-pool":
+        serve_epoll_pool(listen_port, upstream, pool_size)
     else:
         serve_epoll(listen_port, upstream, framing=variant == "epoll-framing")
 
@@ -435,11 +720,13 @@ def serve(variant: str, listen_port: int, upstream: tuple[str, int]) -> None:
 class RelayProcess:
     """One relay variant as a subprocess (optionally under a command prefix such as valgrind)."""
 
-    def __init__(self, variant: str, pg_host: str, pg_port: int, prefix: list[str] | None = None):
+    def __init__(self, variant: str, pg_host: str, pg_port: int, prefix: list[str] | None = None,
+                 pool_size: int = 20):
         from scripts.pgcluster import free_port, wait_port
         self.port = free_port()
         argv = [*(prefix or []), sys.executable, os.path.abspath(__file__), "--serve", variant,
-                "--listen-port", str(self.port), "--pg-host", pg_host, "--pg-port", str(pg_port)]
+                "--listen-port", str(self.port), "--pg-host", pg_host, "--pg-port", str(pg_port),
+                "--pool-size", str(pool_size)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         try:
@@ -492,12 +779,12 @@ class Measure:
             from scripts.pooler import PoolerProcess
             binary = self.a.odyssey_bin if not prefix else " ".join([*prefix, self.a.odyssey_bin])
             proc = PoolerProcess(POOLER_TEMPLATE, pg_host=self.pg_host, pg_port=self.pg_port, binary=binary,
-                                 wait=not prefix, pool_size=20, reserve_prepared="no")
+                                 wait=not prefix, pool_size=self.a.pool_size, reserve_prepared="no")
             if prefix:
                 from scripts.pgcluster import wait_port
                 wait_port("127.0.0.1", proc.port, timeout=120, proc=proc.proc)
         else:
-            proc = RelayProcess(target, self.pg_host, self.pg_port, prefix)
+            proc = RelayProcess(target, self.pg_host, self.pg_port, prefix, self.a.pool_size)
         self.procs[target] = proc
         return proc
 
@@ -596,7 +883,7 @@ class Measure:
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.serve:
-        serve(a.serve, a.listen_port, (a.pg_host, a.pg_port))
+        serve(a.serve, a.listen_port, (a.pg_host, a.pg_port), a.pool_size)
         return 0
     m = Measure(a)
     try:

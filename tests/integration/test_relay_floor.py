@@ -32,7 +32,37 @@ def walk(chunks) -> list:
 
 def test_ready_walker_whole_stream_reports_the_last_status():
     found, walker = walk([STREAM])
-    assert found == [ord("E")] and walker.ready == 3
+    assert found == [ord("E")] and walker.ready == 3 and walker.at_ready
+
+
+def test_ready_walker_at_ready_only_when_the_chunk_ends_with_ready_for_query():
+    first = len(ROWS) + 6                                   # T, D, C and Z(I)
+    for cut in range(1, len(STREAM)):
+        walker = ReadyWalker()
+        status = walker.feed(bytearray(STREAM[:cut]), cut)
+        ends = cut in (first, first + len(be_write.data_row([b"x" * 300])) + 6, len(STREAM))
+        assert walker.at_ready == ends, cut
+        if cut == first:
+            assert status == ord("I")
+        status = walker.feed(bytearray(STREAM[cut:]), len(STREAM) - cut)
+        assert status == ord("E") and walker.at_ready and walker.ready == 3
+    walker = ReadyWalker()
+    walker.feed(bytearray(STREAM[:first - 1]), first - 1)     # Z's status byte not yet here
+    assert not walker.at_ready
+    assert walker.feed(bytearray(STREAM[first - 1:first]), 1) == ord("I") and walker.at_ready
+
+
+def test_startup_packet_round_trip_and_login_reply():
+    packet = relay_floor.startup_packet({"user": "u", "database": "d", "application_name": "x y"})
+    assert int.from_bytes(packet[:4], "big") == len(packet)
+    assert relay_floor.parse_startup(packet[4:]) == {"user": "u", "database": "d", "application_name": "x y"}
+    assert relay_floor.parse_startup((80877102).to_bytes(4, "big") + bytes(8)) is None     # cancel request
+    assert relay_floor.parse_startup(b"\0\0") is None
+    status = b"S" + (4 + 18).to_bytes(4, "big") + b"server_version\0" + b"16\0"
+    reply = relay_floor.login_reply(status, 7, 9)
+    walker = ReadyWalker()
+    assert walker.feed(bytearray(reply), len(reply)) == ord("I") and walker.at_ready
+    assert reply.startswith(b"R\0\0\0\x08\0\0\0\0" + status + b"K\0\0\0\x0c\0\0\0\x07\0\0\0\x09")
 
 
 @pytest.mark.parametrize("cut", range(1, len(STREAM)))
@@ -127,6 +157,44 @@ def test_each_variant_relays_sessions(pg, variant):
         while pg.psql(f"select count(*) from pg_stat_activity where pid in ({','.join(map(str, pids))})") != "0":
             assert time.monotonic() < deadline, "a relay kept a server connection after its client left"
             time.sleep(0.05)
+        assert relay.proc.poll() is None
+    finally:
+        err = relay.stop()
+    assert "Traceback" not in err, err
+
+
+def test_epoll_pool_shares_few_servers_and_keeps_transactions(pg):
+    import threading
+    relay = RelayProcess("epoll-pool", pg.host, pg.port, pool_size=2)
+    dsn = f"host=127.0.0.1 port={relay.port} user=trust_user dbname=postgres sslmode=disable"
+    errors, seen = [], set()
+
+    def client(i):
+        try:
+            con = psycopg2.connect(dsn)
+            with con.cursor() as cur:
+                for j in range(20):
+                    cur.execute("select pg_backend_pid(), %s", (j,))    # a transaction each
+                    pid, echo = cur.fetchone()
+                    assert echo == j
+                    cur.execute("select pg_backend_pid()")
+                    assert cur.fetchone()[0] == pid                   # the same server until commit
+                    seen.add(pid)
+                    con.commit()
+            con.close()
+        except Exception as e:              # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert 1 <= len(seen) <= 2                  # five clients, two servers at most
+        backends = pg.psql("select count(*) from pg_stat_activity where usename = 'trust_user'")
+        assert backends == str(len(seen))           # the pool keeps its servers, nothing more
         assert relay.proc.poll() is None
     finally:
         err = relay.stop()
