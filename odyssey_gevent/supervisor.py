@@ -249,6 +249,12 @@ def supervise(count: int, logger, config=None, config_path: str | None = None) -
                 try:
                     successor = restart.spawn()
                     log_info("new supervisor started, pid %d: %s", successor, " ".join(argv), context="restart")
+                    fresh = _reload(None, config_path) if config_path else None
+                    if fresh is not None and fresh.processes < count:
+                        logger.warning("restart", None, None, "the new config has processes %d, fewer than %d: "
+                                       "once %d old listeners have closed new connections are no longer steered "
+                                       "away from the old ones, and a few may be reset", fresh.processes, count,
+                                       fresh.processes)
                 except OSError as e:
                     log_error("cannot start the new supervisor (%s): this group keeps serving", e,
                               context="restart")

@@ -403,6 +403,7 @@ def test_sigusr2_changing_the_process_count(pg, rs_role, before, after):
         p.signal(signal.SIGUSR2)
         assert p.proc.wait(30) == 0, p.log()[-4000:]
         if after < before:
+            assert f"the new config has processes {after}, fewer than {before}" in p.log()
             loop = ClientLoop(p)
         new_pid = _pid_file_pid(p)
         assert new_pid not in (None, p.pid) and _alive(new_pid)
