@@ -261,8 +261,9 @@ def supervise(count: int, logger, config=None, config_path: str | None = None) -
         while children or successor is not None:       # reap whatever has exited
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+            except ChildProcessError:      # no child left at all (the new supervisor neither)
                 children.clear()
+                successor = None
                 break
             if pid == 0:
                 break
