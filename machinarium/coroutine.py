@@ -155,50 +155,73 @@ class Wakeup:
     """A reusable wait of one coroutine for one wake-up (the router's queue for a server).
 
     Cheaper than an Event when exactly one coroutine waits and the waking side knows which:
-    nothing is allocated per wait, ``wake()`` schedules one prebuilt bound method in the
-    waiter's loop. ``arm()`` in the coroutine that will wait, before the object is published
-    to the wakers (e.g. under the lock that guards the queue it is put in); ``wake()`` from
-    any thread, never blocks (``run_callback`` in the same thread, ``run_callback_threadsafe``,
-    which wakes that loop, from another); ``park(timeout_ms) -> bool``: True once woken (at
-    once if the wake-up came before), False on timeout. ``woken`` says whether a wake-up came
-    since ``arm()``. A wake-up that arrives after its wait ended (a timeout raced it, or a
-    second ``wake()``) switches to nobody: the resume only switches while ``park`` is parked,
-    and ``park`` re-checks ``woken``, so a stale one left in the loop from an earlier wait of
-    the same object is harmless too. Cancellation propagates as ``Cancelled``.
+    nothing is allocated per wait but the loop's callback. ``arm()`` in the coroutine that will
+    wait, before the object is published to the wakers (e.g. under the lock that guards the
+    queue it is put in); ``wake()`` from any thread, never blocks (``run_callback`` in the same
+    thread, ``run_callback_threadsafe``, which wakes that loop, from another);
+    ``park(timeout_ms) -> bool``: True when a wake-up resumed it, False on timeout. ``woken``
+    says whether ``wake()`` was called since ``arm()``. Cancellation propagates as ``Cancelled``.
+
+    Guarded (``arm()``): any number of ``wake()`` calls; the resume only switches while ``park``
+    is parked and ``park`` re-checks ``woken``, so a wake-up that lands after its wait ended (a
+    timeout raced it, a second one, one before ``park``) resumes nobody.
+
+    Direct (``arm(direct=True)``), for a waker that takes the armed object out of where it was
+    published: the wake-up switches straight into the coroutine (no Python frame in between),
+    which is safe only under this contract: (1) at most one ``wake()`` per ``arm()``, made by
+    whoever takes the object out, under the lock that guards it; (2) nothing but ``park`` may
+    switch the coroutine out between ``arm()`` and the end of ``park``; (3) when ``park`` ends
+    otherwise than by the wake-up (False, or an exception such as ``Cancelled``), the waiter
+    takes that lock and either takes the object out itself (no wake-up will come) or, if a
+    waker took it out, calls ``cancel()``, which drops the resume that waker queued.
     """
 
-    __slots__ = ("woken", "_glet", "_hub", "_loop", "_ident", "_parked", "_resume_cb", "_timeout_cb")
+    __slots__ = ("woken", "_glet", "_switch", "_hub", "_loop", "_ident", "_parked", "_direct",
+                 "_cb", "_resume_cb", "_timeout_cb")
 
     def __init__(self):
         self.woken = False
-        self._glet = self._hub = self._loop = self._ident = None
-        self._parked = False
-        self._resume_cb = self._resume          # bound once: what wake() schedules
+        self._glet = self._switch = self._hub = self._loop = self._ident = self._cb = None
+        self._parked = self._direct = False
+        self._resume_cb = self._resume          # bound once: what a guarded wake() schedules
         self._timeout_cb = self._timeout
 
-    def arm(self) -> None:
+    def arm(self, direct: bool = False) -> None:
         """Make the current coroutine the one to wake, and forget any earlier wake-up."""
         self.woken = False
-        self._glet = gevent.getcurrent()
-        hub = get_hub()
-        if hub is not self._hub:             # first wait, or this coroutine's thread changed
-            self._hub = hub
-            self._loop = hub.loop
-            self._ident = _get_ident()
+        self._direct = direct
+        self._cb = None
+        glet = gevent.getcurrent()
+        if glet is not self._glet:           # first wait, or another coroutine (a resumed relay)
+            self._glet = glet
+            self._switch = glet.switch
+            hub = get_hub()
+            if hub is not self._hub:
+                self._hub = hub
+                self._loop = hub.loop
+                self._ident = _get_ident()
 
     def wake(self) -> None:
-        """Wake the armed coroutine (kept if it has not parked yet). Any thread; never blocks."""
+        """Wake the armed coroutine. Any thread; never blocks."""
         self.woken = True
         loop = self._loop
         if loop is None:
             return
+        cb = self._switch if self._direct else self._resume_cb
         try:
             if self._ident == _get_ident():
-                loop.run_callback(self._resume_cb)
+                self._cb = loop.run_callback(cb)
             else:
-                loop.run_callback_threadsafe(self._resume_cb)
+                self._cb = loop.run_callback_threadsafe(cb)
         except ValueError:  # the waiter's loop is destroyed
             pass
+
+    def cancel(self) -> None:
+        """Drop the resume a wake() queued, if it has not run (direct mode, rule 3)."""
+        cb = self._cb
+        if cb is not None:
+            self._cb = None
+            cb.stop()
 
     def _resume(self):
         if self._parked:
@@ -212,6 +235,17 @@ class Wakeup:
 
     def park(self, timeout_ms=None) -> bool:
         """Wait (in the armed coroutine) for wake(): True, or False after timeout_ms."""
+        if self._direct:
+            # exactly one switch back is on its way (the wake-up, even one that came before
+            # this call, or the timer): wait for it
+            if timeout_ms is None:
+                return self._hub.switch() is not False
+            timer = self._loop.timer(seconds(timeout_ms))
+            timer.start(self._switch, False)
+            try:
+                return self._hub.switch() is not False
+            finally:
+                timer.close()
         if self.woken:
             return True
         if timeout_ms is None:

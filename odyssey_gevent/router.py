@@ -9,8 +9,11 @@ one machine, 100-250 µs across threads, see scripts/bench_machinarium.py), wher
 uncontended lock costs well under a microsecond. The lock is a plain threading.Lock held only
 for list operations, never across IO; what it guards is written once, in route.py. Waiting for
 a server is the client's own reusable Waiter (a machinarium Wakeup: nothing allocated per
-wait), queued FIFO under the lock; whoever frees a server links it to the first waiter under the
-lock and wakes that client's coroutine (thread-safely), so waiting is FIFO and nobody polls.
+wait), queued FIFO under the lock; whoever frees a server takes the first waiter out of the
+queue, links the server to it under the lock and wakes that client's coroutine (thread-safely),
+so waiting is FIFO and nobody polls. Only who takes a waiter out of the queue wakes it (the
+hand-over, KILL_CLIENT), once, which lets the wake-up switch straight into it (Wakeup's direct
+mode); a wait that ends otherwise leaves the queue, or drops that wake-up, under the lock.
 """
 from __future__ import annotations
 
@@ -96,13 +99,17 @@ class Router:
         route = client.route
         rule = client.rule
         offline: list[Server] = []
+        after = rule.pool_notice_after_waiting_ms
         with self.lock:
             server = self._take(route, rule.pool_size, offline)
             if server is None:
                 waiter = client.waiter
                 if waiter is None:
                     waiter = client.waiter = Waiter(client)
-                waiter.arm()
+                # direct wake-up (machinarium.Wakeup's contract) unless something may switch
+                # this coroutine out before it parks: closing servers, NOTICEs
+                direct = not offline and (after is None or after < 0)
+                waiter.arm(direct)
                 waiter.server = None
                 waiter.since = time.monotonic()
                 route.waiters.append(waiter)
@@ -114,28 +121,48 @@ class Router:
                 self.instance.close_server_later(dead)
         if server is not None:
             return server
-        after = rule.pool_notice_after_waiting_ms
         while True:
-            if after is None or after < 0:
-                waiter.park(timeout_ms)
-            else:                            # NOTICEs while it waits (waiting.py)
-                waiting.wait(waiter, client, timeout_ms)
-            server = waiter.server           # linked (and counted) by hand_to_waiter, then woken
-            if server is not None:
-                return server
-            with self.lock:
-                server = waiter.server       # handed over while the timeout woke us
+            try:
+                if after is None or after < 0:
+                    woken = waiter.park(timeout_ms)
+                else:                        # NOTICEs while it waits (waiting.py)
+                    woken = waiting.wait(waiter, client, timeout_ms)
+            except BaseException:            # cancelled while queued
+                self._leave(route, client, waiter)
+                raise
+            if woken:
+                server = waiter.server       # linked (and counted) by hand_to_waiter, then woken
                 if server is not None:
                     return server
-                if self.is_paused(route) and not client.killed:
-                    waiter.arm()
-                    continue
-                try:
+            with self.lock:
+                if waiter in route.waiters:  # the timeout: nobody took it out of the queue
+                    if self.is_paused(route) and not client.killed:
+                        waiter.arm(direct)
+                        continue
                     route.waiters.remove(waiter)
-                except ValueError:
-                    pass
-                client.state = ClientState.PENDING
+                    client.state = ClientState.PENDING
+                    raise AttachTimeout()
+                # taken out by hand_to_waiter or kill: unless that wake-up resumed us, its
+                # resume is still queued in our loop and must not run
+                if not woken:
+                    waiter.cancel()
+                server = waiter.server
+                if server is not None:
+                    return server
+                client.state = ClientState.PENDING      # killed (KILL_CLIENT)
                 raise AttachTimeout()
+
+    def _leave(self, route: Route, client, waiter: Waiter) -> None:
+        """A queued client's wait ended by an exception (its coroutine cancelled): out of the
+        queue, or, if a server was handed over meanwhile (it stays linked: the client's cleanup
+        returns it), drop the wake-up queued for it."""
+        with self.lock:
+            if waiter in route.waiters:
+                route.waiters.remove(waiter)
+                if client.state is ClientState.QUEUE:
+                    client.state = ClientState.PENDING
+            else:
+                waiter.cancel()
 
     def attach_idle(self, client) -> Server | None:
         """The non-waiting attach of the relay's fast path (run in the hub): the route's most
@@ -208,8 +235,9 @@ class Router:
         return None
 
     def kill(self, client_id: str):
-        """KILL_CLIENT: mark the client killed and wake it where it waits for a server; the
-        caller wakes its relay (relay.wake). Returns the client, or None if there is none."""
+        """KILL_CLIENT: mark the client killed; if it is queued for a server, take it out of the
+        queue and wake it (attach raises AttachTimeout); the caller wakes its relay
+        (relay.wake). Returns the client, or None if there is none."""
         with self.lock:
             for route in self.routes.values():
                 for client in route.clients:
@@ -217,6 +245,8 @@ class Router:
                         client.killed = True
                         waiter = client.waiter
                         if waiter is not None and waiter in route.waiters:
+                            route.waiters.remove(waiter)     # the one wake-up it gets
+                            client.state = ClientState.PENDING
                             waiter.wake()
                         return client
         return None

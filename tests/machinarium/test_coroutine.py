@@ -209,3 +209,25 @@ def test_wakeup_park_is_cancellable():
         return out, c.cancelled
 
     assert run_in_machine(body) == (["cancelled"], True)
+
+
+def test_direct_wakeup_and_cancel_of_a_queued_resume():
+    """Direct mode: the wake-up switches straight in; after a timeout, cancel() drops a wake-up
+    queued meanwhile (it would otherwise resume the coroutine in its next sleep)."""
+    def body():
+        w = mm.Wakeup()
+        w.arm(direct=True)
+        mm.Coroutine(w.wake, name="waker")
+        woken = w.park(5000)
+        w.arm(direct=True)
+        w.wake()                     # before park: park still takes exactly that one resume
+        early = w.park(5000)
+        w.arm(direct=True)
+        timed_out = w.park(5)
+        w.wake()                     # a waker that took it out before seeing the timeout ...
+        w.cancel()                   # ... and the waiter, under the same lock, drops it
+        t = time.monotonic()
+        mm.sleep(30)
+        return woken, early, timed_out, time.monotonic() - t >= 0.025
+
+    assert run_in_machine(body) == (True, True, False, True)

@@ -2,6 +2,9 @@
 waiting (also across machines), pool_timeout, close, cancel-key lookup (reference 3.1 and 6)."""
 from __future__ import annotations
 
+import collections
+import time
+
 from types import SimpleNamespace
 
 import pytest
@@ -523,10 +526,10 @@ def test_kill_wakes_a_queued_client(in_machine):
     assert in_machine(body)
 
 
-def test_a_client_reuses_its_waiter_and_a_second_wake_up_resumes_nobody(in_machine):
-    """Each wait of a client uses its one Waiter; a KILL_CLIENT wake-up and a hand-over that
-    both reach a queued client give it the server (the relay then ends the killed session and
-    returns it), and the wake-up left over does not resume it anywhere later."""
+def test_kill_takes_a_queued_client_out_of_the_queue_and_its_waiter_is_reused(in_machine):
+    """KILL_CLIENT takes a queued client out of the queue (the one wake-up it gets): a server
+    freed next goes to the pool, not to the killed client. Each wait of a client uses its one
+    Waiter."""
     def body():
         router = make_router(pool_size=1)
         holder, victim = routed(router), routed(router)
@@ -534,20 +537,97 @@ def test_a_client_reuses_its_waiter_and_a_second_wake_up_resumes_nobody(in_machi
         out = {}
 
         def wait():
-            out["first"] = router.attach(victim, None)
-            waiter = victim.waiter
-            router.detach(victim)
-            out["slept"] = mm.time_ms()
-            mm.sleep(30)                          # the leftover wake-up runs meanwhile
-            out["slept"] = mm.time_ms() - out["slept"]
-            out["second"] = router.attach(victim, None)
-            out["same_waiter"] = victim.waiter is waiter
+            try:
+                router.attach(victim, None)
+            except AttachTimeout:
+                out["killed"] = victim.killed
         co = mm.Coroutine(wait, name="victim")
         _wait_for(lambda: victim.state is ClientState.QUEUE)
-        router.kill(victim.id)                    # wakes it ...
-        router.detach(holder)                     # ... and hands it the server, before it runs
+        waiter = victim.waiter
+        router.kill(victim.id)
+        queued_after_kill = list(victim.route.waiters)
+        router.detach(holder)                     # before the victim runs: nobody to hand it to
+        idle = list(victim.route.idle)
         co.join(2000)
-        return (out["first"] is s, out["slept"] >= 25, out["second"] is s, out["same_waiter"],
-                victim.route.stats.count_server_assignment)
+        victim.killed = False
+        router.attach(holder, 0)
+        co = mm.Coroutine(lambda: out.setdefault("second", router.attach(victim, None)), name="again")
+        _wait_for(lambda: victim.state is ClientState.QUEUE)
+        router.detach(holder)
+        co.join(2000)
+        return (out["killed"], queued_after_kill, idle == [s], out["second"] is s,
+                victim.waiter is waiter, victim.route.stats.count_server_assignment)
 
-    assert in_machine(body) == (True, True, True, True, 3)
+    assert in_machine(body) == (True, [], True, True, True, 3)
+
+
+def test_a_timeout_racing_a_hand_over_takes_the_server_and_nothing_resumes_it_later(in_machine):
+    """The waiter's timer and a hand-over both due in the same loop iteration (the machine's
+    thread was busy): whichever resumes it, it gets the server, and the other wake-up does not
+    resume it later (it sleeps its full 30 ms afterwards)."""
+    def body():
+        router = make_router(pool_size=1)
+        holder, late = routed(router), routed(router)
+        s = router.attach(holder, 0)
+        out = {}
+
+        def wait():
+            out["server"] = router.attach(late, 20)
+            t = mm.time_ms()
+            mm.sleep(30)
+            out["slept"] = mm.time_ms() - t
+        co = mm.Coroutine(wait, name="late")
+        _wait_for(lambda: late.state is ClientState.QUEUE)
+        time.sleep(0.05)                          # the thread blocks: the 20 ms timer is due
+        router.detach(holder)                     # ... and so is the hand-over's wake-up
+        co.join(2000)
+        return out["server"] is s, out["slept"] >= 25, late.route.waiters
+
+    assert in_machine(body) == (True, True, collections.deque())
+
+
+def test_a_client_cancelled_after_a_hand_over_is_not_resumed_by_it(in_machine):
+    """A queued client's coroutine cancelled while a server is being handed to it: the
+    wake-up queued for it is dropped (it would switch into a finished coroutine) and the
+    server stays linked to the client, whose cleanup returns it."""
+    def body():
+        router = make_router(pool_size=1)
+        holder, victim, other = routed(router), routed(router), routed(router)
+        s = router.attach(holder, 0)
+        out = {}
+
+        def wait():
+            try:
+                router.attach(victim, None)
+            except mm.Cancelled:
+                t = mm.time_ms()
+                mm.sleep(30)                      # a stale wake-up would end this sleep early
+                out["slept"] = mm.time_ms() - t >= 25
+                raise
+        co = mm.Coroutine(wait, name="victim")
+        _wait_for(lambda: victim.state is ClientState.QUEUE)
+        co.cancel()                               # runs in the next loop iteration ...
+        router.detach(holder)                     # ... after this hand-over queued its wake-up
+        co.join(2000)
+        linked = victim.server is s and s.client is victim
+        router.detach(victim)                     # the killed client's cleanup
+        got = router.attach(other, 0)
+        return out, co.cancelled, linked, got is s
+
+    assert in_machine(body) == ({"slept": True}, True, True, True)
+
+
+def test_a_client_cancelled_while_queued_leaves_the_queue(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        holder, victim = routed(router), routed(router)
+        s = router.attach(holder, 0)
+        co = mm.Coroutine(lambda: router.attach(victim, None), name="victim")
+        _wait_for(lambda: victim.state is ClientState.QUEUE)
+        co.cancel()
+        co.join(2000)
+        queued, state = list(victim.route.waiters), victim.state
+        router.detach(holder)
+        return queued, state, victim.route.idle == [s], victim.server
+
+    assert in_machine(body) == ([], ClientState.PENDING, True, None)
