@@ -37,8 +37,13 @@ def _read_password_message(client, timeout_ms) -> bytes:
     return payload
 
 
-def authenticate_client(instance, client, timeout_ms: int | None) -> None:
-    """Run the rule's authentication with the client; raises FrontendError on refusal."""
+# AuthenticationOk, for a caller that sends it together with what follows it (send_ok=False)
+AUTH_OK_MESSAGE = be_write.auth_ok()
+
+
+def authenticate_client(instance, client, timeout_ms: int | None, send_ok: bool = True) -> None:
+    """Run the rule's authentication with the client; raises FrontendError on refusal. With
+    `send_ok` False the caller owes the client AUTH_OK_MESSAGE."""
     rule = client.rule
     mode = rule.authentication
     secret = rule.password
@@ -63,7 +68,8 @@ def authenticate_client(instance, client, timeout_ms: int | None) -> None:
         raise
     if rule.auth_query and mode in ("clear_text", "md5", "scram-sha-256"):
         client.auth_secret = secret
-    client.io.write(be_write.auth_ok())
+    if send_ok:
+        client.io.write(AUTH_OK_MESSAGE)
 
 
 def _authenticate(instance, client, timeout_ms, mode: str, secret: str | None) -> None:

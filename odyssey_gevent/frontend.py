@@ -101,6 +101,9 @@ class Frontend:
         self.deadline = None
         self.replication = None          # "true"/"database": a replication connection (replication.py)
         self.replication_server = None
+        # AuthenticationOk not yet sent: it goes out with the login's next bytes (ParameterStatus
+        # ... ReadyForQuery, or an error), one send instead of two; before the close at the latest
+        self.owed = None
 
     # -- stage 1: startup ----------------------------------------------------------------------
     def _login_timeout(self) -> int | None:
@@ -194,18 +197,28 @@ class Frontend:
 
     # -- stage 4: authentication ------------------------------------------------------------
     def authenticate(self) -> None:
-        auth.authenticate_client(self.instance, self.client, self._login_timeout())
+        auth.authenticate_client(self.instance, self.client, self._login_timeout(), send_ok=False)
+        self.owed = auth.AUTH_OK_MESSAGE
+
+    def _pay_owed(self) -> None:
+        owed = self.owed
+        if owed is not None:
+            self.owed = None
+            self.client.io.write(owed)
 
     # -- login completion: ParameterStatus, BackendKeyData, ReadyForQuery ------------------
     def setup(self) -> None:
         client = self.client
         if self.replication is not None and not client.is_console:
+            self._pay_owed()
             replication.setup(self)
             return
         if client.is_console:
             from odyssey_gevent import console
             params = console.login_parameters(self.instance)
-            out = [be_write.parameter_status(k, v) for k, v in params]
+            out = [self.owed or b""]
+            self.owed = None
+            out += [be_write.parameter_status(k, v) for k, v in params]
             out.append(be_write.ready_for_query(b"I"))
             client.io.write(b"".join(out))
             return
@@ -213,6 +226,7 @@ class Frontend:
         if client.rule.pool == "session" and client.rule.reserve_session_server_connection:
             # the client keeps one server for life: attach it now, so that BackendKeyData carries
             # that server's real pid (pg_backend_pid(), NOTIFY pids and the driver agree)
+            self._pay_owed()            # before a NOTICE the attach may send (show_notice_messages)
             server = self.attach()
             if route.params is None:
                 route.params = list(server.login_params)
@@ -222,7 +236,8 @@ class Frontend:
             self.attach(deploy_params=False)
             route.params = list(client.server.login_params)
             self.detach(reset_first=False)
-        out = []
+        out = [self.owed or b""]
+        self.owed = None
         client_vars = client.vars
         for name, key, value, wire in param_wire(route):
             mine = client_vars.get(key)
@@ -509,8 +524,10 @@ class Frontend:
         client = self.client
         show_id = client.rule.client_show_id if client.rule is not None else True
         self.logger.error("frontend", client, client.server, "%s", err.message)
+        owed, self.owed = self.owed, None
         try:
-            client.io.write(error_message(err, client.id, show_id))
+            msg = error_message(err, client.id, show_id)
+            client.io.write(owed + msg if owed is not None else msg)
             # the connection ends after this: close it with a FIN, not the usual reset, or the
             # kernel may drop the error before the client has read it
             client.io.set_linger_off()
@@ -564,6 +581,11 @@ class Frontend:
                 self.logger.info("main", client, None, "client disconnected (route %s.%s, working time: %dus%s)",
                                  client.rule.db_name, client.rule.user_name,
                                  int((time.monotonic() - client.time_accept) * 1e6), detail)
+            if self.owed is not None:       # a login that ended without another word
+                try:
+                    self._pay_owed()
+                except Exception:
+                    pass
             client.io.close()
             instance.client_closed()
             # the relay refers to its frontend, which refers to the client: without this edge
