@@ -111,28 +111,34 @@ def parse_secret(text) -> ScramSecret:
     """Parse a stored secret; ``ScramError`` (28000) when it is not one."""
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8", "replace")
-    bad = _malformed("invalid SCRAM secret")
     try:
         scheme, iter_salt, keys = text.split("$")
         iterations_s, salt_s = iter_salt.split(":")
         stored_s, server_s = keys.split(":")
     except ValueError:
-        raise bad from None
+        raise _bad_secret() from None
     if scheme != SCRAM_SHA_256 or not iterations_s.isdigit() or not iterations_s.isascii():
-        raise bad
+        raise _bad_secret()
     iterations = int(iterations_s)
     try:
         salt = base64.b64decode(salt_s.encode("ascii"), validate=True)
         stored = base64.b64decode(stored_s.encode("ascii"), validate=True)
         server = base64.b64decode(server_s.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise bad from None
+        raise _bad_secret() from None
     if iterations < 1 or not salt or len(stored) != KEY_LEN or len(server) != KEY_LEN:
-        raise bad
+        raise _bad_secret()
     return ScramSecret(iterations, salt, stored, server)
 
 
+def _bad_secret() -> ScramError:
+    return _malformed("invalid SCRAM secret")
+
+
 def is_secret(text) -> bool:
+    # a plain password or md5 hash (every md5 login asks): no parse and no ScramError made
+    if isinstance(text, str) and not text.startswith(SCRAM_SHA_256 + "$"):
+        return False
     try:
         parse_secret(text)
     except ScramError:

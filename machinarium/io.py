@@ -308,21 +308,22 @@ class Io:
         if timeout_ms is None:
             return self._read_exact(n)
         data = b""
+        blocked = False
         if not self._tls and n > 0:
             # usually all there already (a login's packets): no deadline to set up for it
             try:
                 data = self._raw.recv(n)
             except BlockingIOError:
-                pass
+                blocked = True          # the read below waits first: no second failing recv
             else:
                 if len(data) == n:
                     return data
                 if not data:
                     raise ConnectionClosed(f"connection closed by peer (0 of {n} bytes)")
         with deadline(timeout_ms, "read"):
-            return data + self._read_exact(n - len(data)) if data else self._read_exact(n)
+            return data + self._read_exact(n - len(data)) if data else self._read_exact(n, blocked)
 
-    def _read_exact(self, n):
+    def _read_exact(self, n, wait_first: bool = False):
         if n <= 0:
             return b""
         if self._tls:
@@ -330,6 +331,8 @@ class Io:
         else:
             raw = self._raw
             recv, recv_into, wait = raw.recv, raw.recv_into, self._wait_read
+            if wait_first:
+                wait()
         try:
             data = recv(n)
         except BlockingIOError:
