@@ -317,7 +317,7 @@ class Frontend:
         rule = client.rule
         if io._tls or rule.pool_attach_check and io.readable_now():
             return False
-        if not tsa.idle_server_fits_now(client, server):
+        if server.endpoint is not None and not tsa.idle_server_fits_now(client, server):
             return False
         if rule.maintain_params and deploy.needed(client, server):
             return False
@@ -325,13 +325,16 @@ class Frontend:
             return False
         return server
 
-    def detach_now(self) -> bool:
+    def detach_now(self, clean: bool | None = None) -> bool:
         """The detach of the relay's fast path (in the hub): done when reset.quick() decides
-        the server and pooling it closes nothing; False: the coroutine must detach()."""
+        the server and pooling it closes nothing; False: the coroutine must detach().
+        `clean`: the relay's server_clean when the caller knows it (the relay does)."""
         client = self.client
         server = client.server
-        relay = client.relay
-        if not reset.quick(server, relay is None or relay.server_clean):
+        if clean is None:
+            relay = client.relay
+            clean = relay is None or relay.server_clean
+        if not reset.quick(server, clean):
             return False
         route = server.route
         if server.offline or route.obsolete or route.rule.shared_pool:

@@ -581,7 +581,9 @@ class Relay:
         if sw is not None:
             self.s_watch = None
             sw.stop()
-        if self.pending is None and self.fe.detach_now():
+        # server_clean holds: _server_data calls this only with nothing half-relayed and no
+        # batch open (s_len, s_skip, c_skip 0, proto.unsynced false)
+        if self.pending is None and self.fe.detach_now(True):
             return None
         return _DETACH
 

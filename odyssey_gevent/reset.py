@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import machinarium
 from kiwi.errors import KiwiError
+from kiwi.protocol import Phase
 from odyssey_gevent import backend, cancel
 from odyssey_gevent.config import DISCARD_ALL_QUERY, SMART_DISCARD_QUERY
 from odyssey_gevent.status import BackendError
@@ -58,6 +59,9 @@ def _drops_statements(query: str) -> bool:
     return "DISCARD ALL" in q or "DEALLOCATE" in q
 
 
+_COPY_PHASES = frozenset((Phase.COPY_IN, Phase.COPY_OUT, Phase.COPY_BOTH))   # Conversation.copy_mode
+
+
 def quick(server, clean: bool) -> bool:
     """Every detach of a transaction pool: a healthy server that answered everything, outside a
     transaction and COPY, and a rule with no reset query is decided with a few reads (reset()'s
@@ -65,7 +69,7 @@ def quick(server, clean: bool) -> bool:
     rule = server.route.rule
     proto = server.proto
     return (clean and proto.syncs == 0 and proto.tx_status == b"I" and not proto.output and not server.cancels
-            and not server.drop and not server.broken and server.io is not None and not proto.copy_mode
+            and not server.drop and not server.broken and server.io is not None and proto.phase not in _COPY_PHASES
             and rule.pool != "session" and not rule.pool_discard and not rule.pool_smart_discard
             and not rule.pool_discard_query)
 

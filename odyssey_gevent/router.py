@@ -29,6 +29,10 @@ from odyssey_gevent.rules import route_key
 from odyssey_gevent.server import Server, ServerState
 from odyssey_gevent.status import FrontendError
 
+# Enum members read on every attach and detach, bound here (see route.py's _IDLE)
+_C_ACTIVE, _C_PENDING = ClientState.ACTIVE, ClientState.PENDING
+_S_IDLE, _S_ACTIVE = ServerState.IDLE, ServerState.ACTIVE
+
 
 class AttachTimeout(Exception):
     """pool_timeout expired while waiting for a server."""
@@ -173,8 +177,14 @@ class Router:
             idle = route.idle
             if not idle or idle[-1].offline or self.paused_all or self.paused_dbs and route.db in self.paused_dbs:
                 return None
-            server = route.take_idle()
-            self._link(client, server)
+            # route.take_idle() and _link() inline (once per transaction)
+            server = idle.pop()
+            server.state = _S_ACTIVE
+            route.active.add(server)
+            server.client = client
+            client.server = server
+            client.state = _C_ACTIVE
+            route.stats.count_server_assignment += 1
         return server
 
     # -- PAUSE / RESUME / KILL_CLIENT (console) ------------------------------------------------
@@ -256,7 +266,7 @@ class Router:
         # under the lock
         server.client = client
         client.server = server
-        client.state = ClientState.ACTIVE
+        client.state = _C_ACTIVE
         server.route.stats.count_server_assignment += 1
 
     def _take(self, route: Route, pool_size: int, offline: list) -> Server | None:
@@ -299,7 +309,7 @@ class Router:
             self.hand_to_waiter(route, server)
             return
         if server is not None:
-            route.set_server_state(server, ServerState.IDLE)
+            route.set_server_state(server, _S_IDLE)
         else:
             shared_pool.give(self, route)      # the slot may go to another route of a shared pool
 
@@ -311,7 +321,7 @@ class Router:
             client.server = None
             server.client = None
             if client.route is not None and client in route.clients:
-                client.state = ClientState.PENDING
+                client.state = _C_PENDING
             server.idle_since = time.monotonic()
             if (server.offline or route.obsolete and not route.waiters
                     or route.rule.shared_pool and shared_pool.wanted(self, route)):

@@ -28,6 +28,8 @@ class FastFakeFrontend(base.FakeFrontend):
         self.now_detaches = 0
         self.taken = []             # what attach(taken=...) was given
         self.queue = self.check = self.slow_detach = False
+        self.cleans = []            # (clean passed to detach_now, the relay's server_clean)
+        self.relay = None
 
     def attach(self, taken=None):
         self.taken.append(taken)
@@ -41,7 +43,9 @@ class FastFakeFrontend(base.FakeFrontend):
         self.client.server = self.server
         return False if self.check else self.server
 
-    def detach_now(self):
+    def detach_now(self, clean=None):
+        # the relay passes what it knows of server_clean: it must be what the property says
+        self.cleans.append((clean, self.relay.server_clean if self.relay is not None else None))
         if self.slow_detach:
             return False
         self.now_detaches += 1
@@ -56,6 +60,7 @@ def fast_frontend(monkeypatch):
 
 def _harness(pool="transaction", **flags) -> Harness:
     h = Harness(pool)
+    h.fe.relay = h.relay
     for k, v in flags.items():
         setattr(h.fe, k, v)
     return h
@@ -69,6 +74,7 @@ def test_the_fast_path_attaches_and_detaches_in_the_callbacks(in_machine):
             for _ in range(3):
                 _exchange(h, _q("select 1"), _reply(b"I"))
             assert h.fe.now_attaches == 3 and h.fe.now_detaches == 3 and h.fe.taken == []
+            assert h.fe.cleans == [(True, True)] * 3
             assert h.relay.fast and h.relay.waiting        # still parked in the fast path
         finally:
             h.close()
