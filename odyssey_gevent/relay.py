@@ -82,6 +82,8 @@ for _t in b"CTns":                 # the ends of Describe and Execute (Conversat
 _S_INTEREST_PREPARED = bytes(_S_INTEREST_PREPARED)
 
 
+_BYTE = tuple(bytes((i,)) for i in range(256))     # a byte as bytes, without slicing
+
 _local = threading.local()
 
 # A client idle this long without a server gives its coroutine up: a parked greenlet (its stack
@@ -503,81 +505,77 @@ class Relay:
         if self.fast and glet is not None:
             glet.throw(*args)
 
+    # The two read watchers' callbacks run once per request and once per reply: each is one
+    # Python frame (the steps inline), and switches into the coroutine only with a reason.
     def _on_client(self) -> None:
         try:
-            reason = self._client_step()
+            client = self.client
+            buf = self.c_buf
+            if buf is None:
+                free = self.free
+                buf = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
+            start = self.c_len
+            try:
+                n = client.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                raise ClientGone(Status.ECLIENT_READ, e) from None
+            if n == 0:
+                raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
+            end = start + n
+            reason = None
+            if client.server is None:
+                # attach at once only for a whole header of a message that needs a server, with
+                # nothing of an earlier message pending; the coroutine decides everything else
+                if self.c_skip or self.c_drop or end < 5 or _C_NOT_FIRST[buf[0]]:
+                    reason = (end, None)
+                else:
+                    server = self.fe.attach_now()
+                    if not server:
+                        reason = (end, None if server is None else client.server)
+                    else:
+                        if self.prepared is not None:
+                            server.proto.exact = True
+                        sw = self.s_watch = server.io.sock._read_event
+                        sw.start(self.on_server)
+            if reason is None:
+                reason = self._client_data(buf, end)
+                if reason is None:
+                    if self.pending is None and not self.instance.shutting_down and not client.killed:
+                        self.wait_start = self.now()
+                        return
+                    reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
-        if reason is not None:
-            self.glet.switch(reason)
+        self.glet.switch(reason)
 
     def _on_server(self) -> None:
         try:
-            reason = self._server_step()
+            client = self.client
+            server = client.server
+            buf = self.s_buf
+            if buf is None:
+                free = self.free
+                buf = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
+            start = self.s_len
+            try:
+                n = server.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                raise ServerError(Status.ESERVER_READ, e) from None
+            if n == 0:
+                raise ServerError(Status.ESERVER_READ, "server closed the connection")
+            reason = self._server_data(server, buf, start + n)
+            if reason is None:
+                if self.pending is None and not self.instance.shutting_down and not client.killed:
+                    self.wait_start = self.now()
+                    return
+                reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
-        if reason is not None:
-            self.glet.switch(reason)
-
-    def _client_step(self):
-        client = self.client
-        buf = self.c_buf
-        if buf is None:
-            free = self.free
-            buf = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
-        start = self.c_len
-        try:
-            n = client.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            raise ClientGone(Status.ECLIENT_READ, e) from None
-        if n == 0:
-            raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
-        end = start + n
-        if client.server is None:
-            # attach at once only for a whole header of a message that needs a server, with
-            # nothing of an earlier message pending; the coroutine decides everything else
-            if self.c_skip or self.c_drop or end < 5 or _C_NOT_FIRST[buf[0]]:
-                return (end, None)
-            server = self.fe.attach_now()
-            if not server:
-                return (end, None if server is None else client.server)
-            if self.prepared is not None:
-                server.proto.exact = True
-            sw = self.s_watch = server.io.sock._read_event
-            sw.start(self.on_server)
-        status = self._client_data(buf, end)
-        if status is not None:
-            return status
-        if self.pending is not None or self.instance.shutting_down or client.killed:
-            return _AGAIN
-        self.wait_start = self.now()
-        return None
-
-    def _server_step(self):
-        client = self.client
-        server = client.server
-        buf = self.s_buf
-        if buf is None:
-            free = self.free
-            buf = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
-        start = self.s_len
-        try:
-            n = server.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            raise ServerError(Status.ESERVER_READ, e) from None
-        if n == 0:
-            raise ServerError(Status.ESERVER_READ, "server closed the connection")
-        reason = self._server_data(server, buf, start + n)
-        if reason is not None:
-            return reason
-        if self.pending is not None or self.instance.shutting_down or client.killed:
-            return _AGAIN
-        self.wait_start = self.now()
-        return None
+        self.glet.switch(reason)
 
     def _detach_now(self, server):
         """The fast path's detach: None when done, else _DETACH (the coroutine detaches)."""
@@ -876,7 +874,7 @@ class Relay:
                         if t == _S_READY or t == _S_PARAM:
                             raise ServerError(Status.ESERVER_READ, "server message too long")
                     if t == _S_READY:
-                        action = proto.receive(t, bytes(buf[msg_end - 1:msg_end]))
+                        action = proto.receive(t, _BYTE[buf[msg_end - 1]])
                         stats = self.stats
                         stats.count_query += 1
                         q0 = self.q_start
