@@ -780,7 +780,16 @@ class Relay:
                     self.tx_start = now
             try:
                 if self.fast:
-                    self._send_now(server.io, data, 1)
+                    if self.pending is None:        # _send_now's common case, inline
+                        sio = server.io
+                        try:
+                            n = sio._raw.send(data)
+                        except BlockingIOError:
+                            n = 0
+                        if n < size:
+                            self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
+                    else:
+                        self._send_now(server.io, data, 1)
                 else:
                     server.io.write(data)
             except OSError as e:
@@ -939,7 +948,16 @@ class Relay:
                 data = buf[:pos] if pos <= _SLICE_MAX else memoryview(buf)[:pos]
                 try:
                     if self.fast:
-                        self._send_now(self.client.io, data, 0)
+                        if self.pending is None:    # _send_now's common case, inline
+                            cio = self.client.io
+                            try:
+                                n = cio._raw.send(data)
+                            except BlockingIOError:
+                                n = 0
+                            if n < pos:
+                                self.pending = [(cio, bytes(memoryview(data)[n:]), 0)]
+                        else:
+                            self._send_now(self.client.io, data, 0)
                     else:
                         self.client.io.write(data)
                 except OSError as e:
