@@ -54,6 +54,7 @@ _C_STRAY = frozenset(b"dcf")       # COPY messages: ignored by PostgreSQL outsid
 # what a logged-in client may send, and how long each message may be: kiwi's table (PostgreSQL's
 # limits), -1 for a forbidden type, so one chained comparison checks type and length
 _C_LIMITS = tuple(FE_RELAY_LIMITS)
+_Q_LIMIT = _C_LIMITS[_C_QUERY]
 _C_INTEREST = bytearray(256)       # 1: the Conversation must know; 3: prepared statements too
 for _t in b"SFcfEH":
     _C_INTEREST[_t] = 1
@@ -539,7 +540,43 @@ class Relay:
                             server.proto.exact = True
                         sw = self.s_watch = server.io.sock._read_event
                         sw.start(self.on_server)
-            if reason is None:
+            if reason is None and not start and buf[0] == _C_QUERY and self.prepared is None and not self.c_skip \
+                    and not self.c_drop and end >= 5 and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
+                # the common request inline: one whole simple Query alone in the buffer, a server
+                # attached, no prepared-statement layer (what _client_data would do with it)
+                server = client.server
+                proto = server.proto
+                proto.send(_C_QUERY)
+                self.stats.bytes_recv += end
+                if not self.q_start:
+                    self.q_start = now = self.now()
+                    if not self.tx_start:
+                        self.tx_start = now
+                data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
+                try:
+                    if self.pending is None:
+                        sio = server.io
+                        try:
+                            n = sio._raw.send(data)
+                        except BlockingIOError:
+                            n = 0
+                        if n < end:
+                            self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
+                    else:
+                        self._send_now(server.io, data, 1)
+                except OSError as e:
+                    raise ServerError(Status.ESERVER_WRITE, e) from None
+                if proto.output:
+                    self._to_client(proto.take_output())
+                free = self.free
+                if len(buf) == BUF_SIZE and len(free) < 256:
+                    free.append(buf)
+                self.c_buf = None
+                if self.pending is None and not self.instance.shutting_down and not client.killed:
+                    self.wait_start = self.now()
+                    return
+                reason = _AGAIN
+            elif reason is None:
                 reason = self._client_data(buf, end)
                 if reason is None:
                     if self.pending is None and not self.instance.shutting_down and not client.killed:

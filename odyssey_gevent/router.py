@@ -328,6 +328,12 @@ class Router:
                 route.set_server_state(server, ServerState.UNDEF)
                 self._give(route, None)          # the freed slot goes to the first waiter
                 server_to_close = server
+            elif not route.waiters and server.state is _S_ACTIVE:
+                # _give's common case inline (no waiter): the server goes back to the idle list
+                route.active.discard(server)
+                server.state = _S_IDLE
+                route.idle.append(server)
+                server_to_close = None
             else:
                 self._give(route, server)
                 server_to_close = None

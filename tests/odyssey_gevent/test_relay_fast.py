@@ -220,3 +220,31 @@ def test_short_timeouts_keep_the_coroutine_path():
     assert relay_mod._timeouts_sweepable(rule)
     rule.pool_idle_in_request_timeout_ms = 500
     assert not relay_mod._timeouts_sweepable(rule)
+
+
+def test_a_lone_simple_query_is_forwarded_inline_whatever_its_size(in_machine):
+    """The inline case of a whole Query alone in the buffer: short ones go out as a copy, longer
+    ones (past relay._SLICE_MAX) as a view; either way byte-identical, counted in the route's
+    stats and answered on the fast path."""
+    from odyssey_gevent import relay as relay_mod
+
+    def body():
+        h = _harness()
+        try:
+            sqls = ["select 1", "select '" + "x" * (relay_mod._SLICE_MAX + 100) + "'", "select 2"]
+            sent = 0
+            for sql in sqls:
+                request = _q(sql)
+                sent += len(request)
+                _exchange(h, request, _reply(b"I"))
+            stats = h.client.route.stats
+            assert stats.bytes_recv == sent
+            assert stats.count_query == 3 and stats.count_tx == 3
+            assert h.fe.now_attaches == 3 and h.fe.now_detaches == 3 and h.fe.taken == []
+            assert h.relay.c_buf is None and h.relay.c_len == 0
+            assert h.relay.fast and h.relay.waiting
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
