@@ -614,18 +614,6 @@ class Relay:
             reason = e
         self.glet.switch(reason)
 
-    def _detach_now(self, server):
-        """The fast path's detach: None when done, else _DETACH (the coroutine detaches)."""
-        sw = self.s_watch
-        if sw is not None:
-            self.s_watch = None
-            sw.stop()
-        # server_clean holds: _server_data calls this only with nothing half-relayed and no
-        # batch open (s_len, s_skip, c_skip 0, proto.unsynced false)
-        if self.pending is None and self.fe.detach_now(True):
-            return None
-        return _DETACH
-
     def _send_now(self, io, data, to_server: int) -> None:
         """The fast path's write: what the socket does not take at once (and all that follows
         it) is kept in order in `pending` for the coroutine to write (_flush)."""
@@ -927,7 +915,7 @@ class Relay:
                         if q0:              # seconds; a pipelined next request runs from now
                             now = self.now()
                             elapsed = now - q0
-                            if elapsed > 0:
+                            if elapsed > 0.0:
                                 stats.query_time += elapsed
                                 if stats.query_sketch is not None:
                                     stats.query_sketch.add(elapsed * 1e6)
@@ -938,7 +926,7 @@ class Relay:
                             if t0:
                                 if q0:
                                     elapsed = now - t0
-                                    if elapsed > 0:
+                                    if elapsed > 0.0:
                                         stats.tx_time += elapsed
                                         if stats.tx_sketch is not None:
                                             stats.tx_sketch.add(elapsed * 1e6)
@@ -1023,7 +1011,15 @@ class Relay:
             elif not self.mode_statement:
                 return None
             if self.fast:
-                return self._detach_now(server)
+                # the fast path's detach, here in the hub (None: done), or _DETACH: the
+                # coroutine detaches. server_clean holds here: nothing half-relayed, no batch open
+                sw = self.s_watch
+                if sw is not None:
+                    self.s_watch = None
+                    sw.stop()
+                if self.pending is None and self.fe.detach_now(True):
+                    return None
+                return _DETACH
             self.fe.detach()
         return None
 
