@@ -1,16 +1,16 @@
 """Coroutines, sleep, Event and Cond (mirrors machinarium coroutine.c, sleep, cond.c).
 
-A coroutine is a gevent greenlet owned by the machine (OS thread + hub) that created it.
+A coroutine is a greenlet (a raw one, parent the hub) owned by the machine (OS thread + hub) that created it.
 Cancel works from any machine; join works inside the owning machine only.
 """
 from __future__ import annotations
 
-import functools
 import os
 import threading
 
 import gevent
 from gevent import GreenletExit
+from greenlet import greenlet as _RawGreenlet
 from gevent.hub import get_hub
 
 from ._clock import seconds
@@ -30,30 +30,40 @@ if "GEVENT_TRACK_GREENLET_TREE" not in os.environ:
 class Coroutine:
     """A named coroutine, started at once in the current machine (machine_coroutine_create_named).
 
-    ``fn(*args, **kwargs)`` runs in a new greenlet of the current thread's hub. An exception
-    escaping ``fn`` is logged on the ``machinarium`` logger (with the coroutine name) and passed
-    to ``error_hooks``; ``join()`` re-raises it. Cancellation is not an error.
+    ``fn(*args, **kwargs)`` runs in a new greenlet of the current thread's hub, from the hub's
+    next turn. An exception escaping ``fn`` is logged on the ``machinarium`` logger (with the
+    coroutine name) and passed to ``error_hooks``; ``join()`` re-raises it. Cancellation is not
+    an error.
+
+    The greenlet is a raw ``greenlet.greenlet`` whose parent is the hub (what gevent's
+    ``spawn_raw`` makes), not a ``gevent.Greenlet``: the latter's start, links, result and
+    exception bookkeeping cost about 20,000 instructions per coroutine (a twentieth of a pgbench
+    -C login), and this class keeps its own: ``dead``, ``join``, ``cancel`` and the machine's
+    set of live coroutines. Code inside it may still use any gevent call (``getcurrent()`` is
+    the raw greenlet, which gevent's waits, timeouts and sockets accept).
     """
 
     __slots__ = ("name", "greenlet", "_loop", "_thread", "_machine", "_value", "_exc",
-                 "_cancelled", "__weakref__")
+                 "_cancelled", "_done", "_start", "_links", "__weakref__")
 
     def __init__(self, fn, *args, name: str | None = None, **kwargs):
         self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
-        self._loop = get_hub().loop
+        hub = get_hub()
+        loop = self._loop = hub.loop
         self._thread = _get_ident()
-        self._machine = current_machine()
+        machine = self._machine = current_machine()
         self._value = None
         self._exc = None
         self._cancelled = False
-        g = gevent.Greenlet(self._run, fn, args, kwargs)
-        g.name = self.name
-        self.greenlet = g
-        if self._machine is not None:
-            self._machine._coroutines.add(self)
-        g.start()
+        self._done = False
+        self._links = None
+        g = self.greenlet = _RawGreenlet(self._run, hub)
+        if machine is not None:
+            machine._coroutines.add(self)
+        self._start = loop.run_callback(g.switch, fn, args, kwargs)
 
     def _run(self, fn, args, kwargs):
+        self._start = None
         try:
             self._value = fn(*args, **kwargs)
         except GreenletExit:
@@ -62,14 +72,39 @@ class Coroutine:
             self._exc = e
             report_error(f"coroutine {self.name!r}", e)
         finally:
-            if self._machine is not None:
-                self._machine._coroutines.discard(self)
+            self._finish()
+
+    def _finish(self):
+        self._done = True
+        if self._machine is not None:
+            self._machine._coroutines.discard(self)
+        links = self._links
+        if links is not None:
+            self._links = None
+            run_callback = self._loop.run_callback
+            for cb in links:
+                run_callback(cb)
+
+    def link(self, cb) -> None:
+        """Call ``cb()`` from the hub once the coroutine has ended (at once if it has).
+        Owning machine (thread) only."""
+        if self._done:
+            self._loop.run_callback(cb)
+        elif self._links is None:
+            self._links = [cb]
+        else:
+            self._links.append(cb)
+
+    def unlink(self, cb) -> None:
+        links = self._links
+        if links is not None and cb in links:
+            links.remove(cb)
 
     # -- state ---------------------------------------------------------------------------
     @property
     def dead(self) -> bool:
         """True once the coroutine has finished (returned, failed or was cancelled)."""
-        return self.greenlet.dead
+        return self._done
 
     @property
     def cancelled(self) -> bool:
@@ -90,10 +125,11 @@ class Coroutine:
         """
         if _get_ident() != self._thread:
             raise MachineError("Coroutine.join() from another machine; use a Channel instead")
-        g = self.greenlet
-        if not g.dead:
-            g.join(seconds(timeout_ms))
-            if not g.dead:
+        if not self._done:
+            if gevent.getcurrent() is self.greenlet:
+                raise MachineError("a coroutine cannot join itself")
+            _wait_done([self], seconds(timeout_ms))
+            if not self._done:
                 raise TimedOut(f"join {self.name!r} timed out")
         if self._exc is not None:
             raise self._exc
@@ -104,22 +140,67 @@ class Coroutine:
 
         Safe from any machine: from another thread the kill is posted into the owner's loop with
         ``run_callback_threadsafe``, which also wakes that loop. Does not wait; ``join()`` to wait.
-        A no-op once the coroutine is dead or its machine has exited.
+        A coroutine cancelled before it started ends without running. A no-op once the
+        coroutine is dead or its machine has exited.
         """
-        g = self.greenlet
-        if g.dead:
+        if self._done:
             return
         if _get_ident() == self._thread:
-            g.kill(Cancelled, block=False)
+            if self._start is not None:     # not started: it ends now, without running
+                self._kill()
+            else:
+                self._loop.run_callback(self._kill)
             return
         try:
-            self._loop.run_callback_threadsafe(functools.partial(g.kill, Cancelled, block=False))
+            self._loop.run_callback_threadsafe(self._kill)
         except ValueError:  # owner's loop already destroyed: the coroutine is gone anyway
             pass
+
+    def _kill(self):
+        """In the owner's hub: end the coroutine with Cancelled (before it starts: at once)."""
+        if self._done:
+            return
+        start = self._start
+        if start is not None:       # not started yet: never run fn
+            self._start = None
+            start.stop()
+            self._cancelled = True
+            self._finish()
+            return
+        self.greenlet.throw(Cancelled)
 
     def __repr__(self):
         state = "dead" if self.dead else "running"
         return f"<Coroutine {self.name!r} {state}>"
+
+
+def _wait_done(coroutines, timeout) -> None:
+    """Park the calling greenlet until every coroutine (all of this thread) is dead or
+    ``timeout`` seconds (None: no limit) passed."""
+    hub = get_hub()
+    pending = [c for c in coroutines if not c._done]
+    if not pending:
+        return
+    wake = _Wake(gevent.getcurrent())
+    for c in pending:
+        c.link(wake)
+    timer = None
+    if timeout is not None:
+        timer = hub.loop.timer(timeout)
+        timer.start(wake, False)
+    try:
+        while True:
+            wake.active = True
+            if hub.switch() is False:
+                return
+            if all(c._done for c in pending):
+                return
+    finally:
+        wake.active = False
+        for c in pending:
+            c.unlink(wake)
+        if timer is not None:
+            timer.close()
 
 
 def coroutine_create(fn, *args, name: str | None = None, **kwargs) -> Coroutine:

@@ -11,13 +11,12 @@ import itertools
 import signal
 import threading
 
-import gevent
 from gevent.event import Event as _HubEvent
 from gevent.hub import get_hub
 
 from ._clock import seconds
 from ._state import _local, current_machine, log, watch_hub_errors
-from .coroutine import Coroutine, Event
+from .coroutine import Coroutine, Event, _wait_done
 from .errors import MachineError, TimedOut
 
 # Signals the system machine handles; machine threads block them so the kernel delivers them to
@@ -120,7 +119,7 @@ class Machine:
             if not self._stop_requested:
                 main = Coroutine(self._main, *self._args, name=f"{self.name}.main", **self._kwargs)
                 self.main_coroutine = main
-                main.greenlet.rawlink(lambda _g: stop_ev.set())
+                main.link(stop_ev.set)
                 while not main.dead:
                     stop_ev.wait()
                     stop_ev.clear()
@@ -147,7 +146,7 @@ class Machine:
         for c in pending:
             c.cancel()
         if pending:
-            gevent.joinall([c.greenlet for c in pending], timeout=seconds(self.shutdown_timeout_ms))
+            _wait_done(pending, seconds(self.shutdown_timeout_ms))
             stuck = [c.name for c in pending if not c.dead]
             if stuck:
                 log.warning("machine %r: coroutines ignored cancellation: %s", self.name, stuck)

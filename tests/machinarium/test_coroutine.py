@@ -231,3 +231,46 @@ def test_direct_wakeup_and_cancel_of_a_queued_resume():
         return woken, early, timed_out, time.monotonic() - t >= 0.025
 
     assert run_in_machine(body) == (True, True, False, True)
+
+
+def test_cancel_before_start_never_runs_and_join_sees_it():
+    def body():
+        ran = []
+        c = mm.Coroutine(lambda: ran.append(1), name="never")
+        c.cancel()          # in the same hub turn: the coroutine has not started yet
+        assert c.join(1000) is None
+        return ran, c.cancelled, c.dead
+
+    assert run_in_machine(body) == ([], True, True)
+
+
+def test_coroutine_is_a_raw_greenlet_with_gevent_waits_inside():
+    import gevent
+
+    def body():
+        def inner():
+            assert gevent.getcurrent() is c.greenlet
+            assert not isinstance(c.greenlet, gevent.Greenlet)
+            gevent.sleep(0.001)             # gevent's own waits work on the raw greenlet
+            with gevent.Timeout(0.001, False):
+                mm.sleep(1000)
+            return "done"
+
+        c = mm.Coroutine(inner, name="raw")
+        return c.join(2000)
+
+    assert run_in_machine(body) == "done"
+
+
+def test_join_many_from_machine_shutdown():
+    finished = []
+
+    def main():
+        for i in range(3):
+            mm.Coroutine(lambda i=i: (mm.sleep(10_000), finished.append(i)), name=f"s{i}")
+        mm.sleep(5)
+
+    m = mm.Machine("many", main, shutdown_timeout_ms=2000)
+    m.start()
+    m.join(5000)
+    assert finished == [] and not m.running
