@@ -255,16 +255,22 @@ class Wakeup:
     otherwise than by the wake-up (False, or an exception such as ``Cancelled``), the waiter
     takes that lock and either takes the object out itself (no wake-up will come) or, if a
     waker took it out, calls ``cancel()``, which drops the resume that waker queued.
+
+    Callback (``arm_callback(cb, loop, ident)``, for a waiter with no coroutine parked, e.g. the
+    relay's fast path queued in the hub): ``wake()`` runs ``cb()`` in that loop (that thread's
+    hub) instead of resuming a coroutine; the same contract as direct mode applies (one wake-up
+    per arm, by whoever takes the object out under the lock; ``cancel()`` drops a queued one).
+    A later ``arm()`` makes it a coroutine's wait again.
     """
 
     __slots__ = ("woken", "_glet", "_switch", "_hub", "_loop", "_ident", "_parked", "_direct",
-                 "_cb", "_resume_cb", "_timeout_cb")
+                 "_cb", "_resume_cb", "_own_cb", "_timeout_cb")
 
     def __init__(self):
         self.woken = False
         self._glet = self._switch = self._hub = self._loop = self._ident = self._cb = None
         self._parked = self._direct = False
-        self._resume_cb = self._resume          # bound once: what a guarded wake() schedules
+        self._resume_cb = self._own_cb = self._resume   # bound once: what a guarded wake() schedules
         self._timeout_cb = self._timeout
 
     def arm(self, direct: bool = False) -> None:
@@ -272,6 +278,7 @@ class Wakeup:
         self.woken = False
         self._direct = direct
         self._cb = None
+        self._resume_cb = self._own_cb
         glet = gevent.getcurrent()
         if glet is not self._glet:           # first wait, or another coroutine (a resumed relay)
             self._glet = glet
@@ -281,6 +288,15 @@ class Wakeup:
                 self._hub = hub
                 self._loop = hub.loop
                 self._ident = _get_ident()
+
+    def arm_callback(self, cb, loop, ident) -> None:
+        """Make ``cb()``, run by `loop` (whose thread is `ident`), the wake-up (see above)."""
+        self.woken = False
+        self._direct = False
+        self._cb = None
+        self._resume_cb = cb
+        self._loop = loop
+        self._ident = ident
 
     def wake(self) -> None:
         """Wake the armed coroutine. Any thread; never blocks."""

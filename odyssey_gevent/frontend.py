@@ -247,9 +247,10 @@ class Frontend:
         client.io.write(b"".join(out))
 
     # -- attach / detach (called by the relay) ----------------------------------------------
-    def attach(self, deploy_params: bool = True, taken=None):
+    def attach(self, deploy_params: bool = True, taken=None, queued: bool = False):
         """Attach a server to the client (waiting in the route's queue, connecting a new one);
-        `taken`: a server the relay's fast path took already (attach_now), to check first."""
+        `taken`: a server the relay's fast path took already (attach_now), to check first;
+        `queued`: the fast path queued the client already (queue_now), the wait goes on."""
         instance = self.instance
         client = self.client
         rule = client.rule
@@ -259,6 +260,9 @@ class Frontend:
             try:
                 if taken is not None:
                     server, taken = taken, None
+                elif queued:
+                    queued = False
+                    server = instance.router.attach_queued(client, timeout)
                 else:
                     server = instance.router.attach(client, timeout if retry_until is None else retry_until.left_ms())
             except AttachTimeout:
@@ -308,6 +312,39 @@ class Frontend:
         server = self.instance.router.attach_idle(client)
         if server is None:
             return None
+        io = server.io
+        if io is None:
+            if server.fd is None:
+                return False
+            io = server.io = machinarium.Io.attach(server.fd)
+            server.fd = None
+        rule = client.rule
+        if io._tls or rule.pool_attach_check and io.readable_now():
+            return False
+        if server.endpoint is not None and not tsa.idle_server_fits_now(client, server):
+            return False
+        if rule.maintain_params and deploy.needed(client, server):
+            return False
+        if rule.storage is not None and rule.storage.balancing.show_notice_messages:
+            return False
+        return server
+
+    def queue_now(self, cont, loop, ident):
+        """The fast path's attach when attach_now found no idle server (router.queue_now): a
+        new server to connect (the coroutine does), False (the coroutine attaches as usual), or
+        None: queued, `cont` runs in the hub when a server is handed over (see ready_now)."""
+        return self.instance.router.queue_now(self.client, cont, loop, ident)
+
+    def leave_queue(self) -> None:
+        """The relay's coroutine ended while queued by queue_now (router.leave_queue)."""
+        self.instance.router.leave_queue(self.client)
+
+    def ready_now(self, server):
+        """The linked `server` when it can serve the client without any IO first (connected,
+        no attach check, deploy or notice due), else False (attach(taken=server) does that):
+        attach_now's checks (inline there, once per transaction) for a server handed over to a
+        client queued by queue_now."""
+        client = self.client
         io = server.io
         if io is None:
             if server.fd is None:

@@ -282,7 +282,8 @@ class Relay:
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
-                 "wait_start", "expired", "s_watch", "on_client", "on_server", "hub")
+                 "wait_start", "expired", "s_watch", "on_client", "on_server", "hub", "queued", "q_timeout",
+                 "q_timer", "on_handed")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -333,6 +334,12 @@ class Relay:
         self.on_client = self._on_client
         self.on_server = self._on_server
         self.hub = get_hub()
+        # the fast path's queued attach (_queue): queued in the route's queue with a callback
+        # wake-up (on_handed); pool_timeout (seconds, 0: none) by a timer made at the first one
+        self.queued = False
+        self.q_timeout = max(0, getattr(client.rule, "pool_timeout", 0) or 0) / 1000.0
+        self.q_timer = None
+        self.on_handed = self._on_handed
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
@@ -357,6 +364,19 @@ class Relay:
                     return Status.ECLIENT_KILLED
                 if self.fast_ok and (server is None or (server.io is not None and not server.io._tls)):
                     reason = self._park(server)
+                    if self.queued:
+                        # woken while queued by something else than the hand-over (pool_timeout,
+                        # KILL_CLIENT, shutdown): the wait goes on here, from its place in the queue
+                        self._unqueued()
+                        self.woken = False
+                        end = self.c_len
+                        taken = self.fe.attach(queued=True)
+                        if self.prepared is not None:
+                            taken.proto.exact = True
+                        status = self._client_data(self.c_buf, end)
+                        if status is not None:
+                            return status
+                        continue
                     if self.pending is not None:
                         self._flush()
                     if reason == _WAKE:
@@ -447,6 +467,9 @@ class Relay:
         finally:
             relays.discard(self)
             self._release_buffers()
+            if self.q_timer is not None:
+                self.q_timer.close()
+                self.q_timer = None
 
     def _timed_out(self, server) -> Status | None:
         """A wait's timeout passed (see _wait_timeout): the Status that ends the session, or
@@ -490,6 +513,11 @@ class Relay:
             sw.start(self.on_server)
         try:
             return self.hub.switch()
+        except BaseException:
+            if self.queued:             # cancelled while queued: out of the queue now
+                self._unqueued()
+                self.fe.leave_queue()
+            raise
         finally:
             self.fast = self.waiting = False
             cw.stop()
@@ -533,8 +561,12 @@ class Relay:
                     reason = (end, None)
                 else:
                     server = self.fe.attach_now()
-                    if not server:
-                        reason = (end, None if server is None else client.server)
+                    if server is None:      # no idle server: queued in the hub, or the coroutine
+                        reason = self._queue(end)
+                        if reason is None:
+                            return
+                    elif server is False:
+                        reason = (end, client.server)
                     else:
                         if self.prepared is not None:
                             server.proto.exact = True
@@ -613,6 +645,73 @@ class Relay:
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
         self.glet.switch(reason)
+
+    # -- the fast path's queued attach ----------------------------------------------------------
+    # No idle server: the client is queued (router.queue_now) with a callback wake-up, its
+    # request held in c_buf[:c_len] and its socket's read watcher stopped (as a coroutine queued
+    # in router.attach does not read either), and the coroutine stays parked. The hand-over
+    # runs _on_handed in this hub, which sends the request and starts the server's watcher as
+    # _on_client would have; what needs IO first (a new server to connect, checks, deploys)
+    # goes to the coroutine. pool_timeout is a timer (exact, as docs/config.md promises; it
+    # costs a start and a stop per queued wait, only with a pool_timeout); its expiry, like a
+    # kill or a shutdown wake-up, switches into the coroutine, which takes the wait over from
+    # the same place in the queue (Frontend.attach(queued=True), router.attach_queued).
+    def _queue(self, end: int):
+        server = self.fe.queue_now(self.on_handed, self.loop, self.ident)
+        if server is not None:          # False: the usual attach; else a new server to connect
+            return (end, None if server is False else server)
+        self.c_len = end
+        self.queued = True
+        self.client.io.sock._read_event.stop()
+        if self.q_timeout:
+            timer = self.q_timer
+            if timer is None:
+                timer = self.q_timer = self.loop.timer(self.q_timeout)
+            timer.start(self._on_queue_timeout)
+        return None
+
+    def _unqueued(self) -> None:
+        self.queued = False
+        timer = self.q_timer
+        if timer is not None:
+            timer.stop()
+
+    def _on_queue_timeout(self) -> None:
+        if self.queued and self.fast:
+            self.glet.switch(_WAKE)
+
+    def _on_handed(self) -> None:
+        """Run in the hub by whoever took the queued client out of the queue (router)."""
+        if not self.queued:
+            return                      # the coroutine took the wait over meanwhile
+        self._unqueued()
+        try:
+            reason = self._handed()
+        except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
+            reason = e
+        if reason is not None:
+            self.glet.switch(reason)
+
+    def _handed(self):
+        client = self.client
+        server = client.server
+        end = self.c_len
+        if server is None:              # KILL_CLIENT took it out of the queue
+            return _AGAIN
+        if not self.fe.ready_now(server):
+            return (end, server)        # a new server to connect, or checks: the coroutine
+        if self.prepared is not None:
+            server.proto.exact = True
+        client.io.sock._read_event.start(self.on_client)
+        sw = self.s_watch = server.io.sock._read_event
+        sw.start(self.on_server)
+        status = self._client_data(self.c_buf, end)
+        if status is not None:
+            return status
+        if self.pending is not None or self.instance.shutting_down or client.killed:
+            return _AGAIN
+        self.wait_start = self.now()
+        return None
 
     def _send_now(self, io, data, to_server: int) -> None:
         """The fast path's write: what the socket does not take at once (and all that follows

@@ -30,7 +30,7 @@ from odyssey_gevent.server import Server, ServerState
 from odyssey_gevent.status import FrontendError
 
 # Enum members read on every attach and detach, bound here (see route.py's _IDLE)
-_C_ACTIVE, _C_PENDING = ClientState.ACTIVE, ClientState.PENDING
+_C_ACTIVE, _C_PENDING, _C_QUEUE = ClientState.ACTIVE, ClientState.PENDING, ClientState.QUEUE
 _S_IDLE, _S_ACTIVE = ServerState.IDLE, ServerState.ACTIVE
 
 
@@ -125,12 +125,40 @@ class Router:
                 self.instance.close_server_later(dead)
         if server is not None:
             return server
+        return self._wait(client, route, waiter, timeout_ms, timeout_ms, direct, after)
+
+    def attach_queued(self, client, timeout_ms: int | None) -> Server:
+        """The client's coroutine takes over a wait queued by queue_now (the relay's fast path
+        woke it for something else than the hand-over: pool_timeout's timer, a shutdown, a
+        kill): the server handed over meanwhile, else it goes on waiting from its place in the
+        queue, up to timeout_ms from when it was queued. Raises AttachTimeout as attach()."""
+        route = client.route
+        waiter = client.waiter
+        with self.lock:
+            if waiter not in route.waiters:
+                waiter.cancel()              # the continuation the hand-over queued must not run
+                server = waiter.server
+                if server is not None:
+                    return server
+                if client.state is ClientState.QUEUE:
+                    client.state = ClientState.PENDING
+                raise AttachTimeout()        # killed (KILL_CLIENT)
+            waiter.arm(False)                # the coroutine's wait from now on (guarded)
+        wait_ms = timeout_ms
+        if timeout_ms is not None:
+            wait_ms = max(0, timeout_ms - int((time.monotonic() - waiter.since) * 1000.0))
+        return self._wait(client, route, waiter, timeout_ms, wait_ms, False, None)
+
+    def _wait(self, client, route: Route, waiter: Waiter, timeout_ms, wait_ms, direct: bool, after) -> Server:
+        """attach()'s wait in the queue: wait_ms the first time, timeout_ms after a pause."""
         while True:
             try:
-                if after is None or after < 0:
-                    woken = waiter.park(timeout_ms)
+                if wait_ms == 0:
+                    woken = False            # attach_queued: its time was up already
+                elif after is None or after < 0:
+                    woken = waiter.park(wait_ms)
                 else:                        # NOTICEs while it waits (waiting.py)
-                    woken = waiting.wait(waiter, client, timeout_ms)
+                    woken = waiting.wait(waiter, client, wait_ms)
             except BaseException:            # cancelled while queued
                 self._leave(route, client, waiter)
                 raise
@@ -142,6 +170,7 @@ class Router:
                 if waiter in route.waiters:  # the timeout: nobody took it out of the queue
                     if self.is_paused(route) and not client.killed:
                         waiter.arm(direct)
+                        wait_ms = timeout_ms
                         continue
                     route.waiters.remove(waiter)
                     client.state = ClientState.PENDING
@@ -168,6 +197,13 @@ class Router:
             else:
                 waiter.cancel()
 
+    def leave_queue(self, client) -> None:
+        """A wait queued by queue_now ended by an exception in the client's coroutine: as
+        _leave (a server handed over meanwhile stays linked; its continuation is dropped)."""
+        waiter = client.waiter
+        if waiter is not None:
+            self._leave(client.route, client, waiter)
+
     def attach_idle(self, client) -> Server | None:
         """The non-waiting attach of the relay's fast path (run in the hub): the route's most
         recently used idle server, linked to the client, when one is there now and not marked
@@ -186,6 +222,37 @@ class Router:
             client.state = _C_ACTIVE
             route.stats.count_server_assignment += 1
         return server
+
+    def queue_now(self, client, cont, loop, ident):
+        """The relay fast path's attach when attach_idle found no idle server (run in the hub,
+        where nothing may wait): a new, unconnected server linked to the client while its pool
+        has room (the coroutine connects it); False when the coroutine must attach as usual
+        (idle servers to look at, a paused route, a shared pool); or None: the client is queued
+        FIFO among all waiters with a callback wake-up, and whoever takes it out of the queue
+        (hand_to_waiter, KILL_CLIENT) runs `cont` in the client's own hub (`loop`, thread
+        `ident`), with waiter.server linked, or None when killed."""
+        route = client.route
+        rule = client.rule
+        with self.lock:
+            after = rule.pool_notice_after_waiting_ms
+            if (route.idle or rule.shared_pool or after is not None and after >= 0
+                    or self.paused_all or self.paused_dbs and route.db in self.paused_dbs):
+                return False
+            pool_size = rule.pool_size
+            if not pool_size or len(route.active) < pool_size:
+                server = Server(route)
+                route.set_server_state(server, _S_ACTIVE)
+                self._link(client, server)
+                return server
+            waiter = client.waiter
+            if waiter is None:
+                waiter = client.waiter = Waiter(client)
+            waiter.arm_callback(cont, loop, ident)
+            waiter.server = None
+            waiter.since = time.monotonic()
+            route.waiters.append(waiter)
+            client.state = _C_QUEUE
+        return None
 
     # -- PAUSE / RESUME / KILL_CLIENT (console) ------------------------------------------------
     def is_paused(self, route: Route) -> bool:

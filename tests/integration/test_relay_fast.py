@@ -12,15 +12,19 @@ from tests.integration.wire import Wire, parse_fields, query
 
 USER = "fastpath_user"          # transaction pooling, pool_size 1
 TX_USER = "fastpath_tx_user"    # pool_idle_in_transaction_timeout 10 s (the fast path's sweep ends it)
+Q_USER = "fastpath_q_user"      # pool_size 1 for the queue tests (their own route)
+TO_USER = "fastpath_to_user"    # pool_size 1, pool_timeout 300 ms
 CONSOLE = 'storage "local" {\n    type "local"\n}\n'
 
 
 @pytest.fixture(scope="module")
 def fp(pg, roles):
-    ensure_roles(pg, USER, TX_USER)
+    ensure_roles(pg, USER, TX_USER, Q_USER, TO_USER)
     text = odyssey_config(
         rule(USER, "db1", pool="transaction", pool_size=1),
         rule(TX_USER, "db1", pool="transaction", pool_idle_in_transaction_timeout=10),
+        rule(Q_USER, "postgres", pool="transaction", pool_size=1, pool_timeout=0),
+        rule(TO_USER, "db1", pool="transaction", pool_size=1, pool_timeout=300),
         rule("default", "console", pool="session", storage="local", role="admin"),
     ) + CONSOLE
     yield from module_pooler(pg, text)
@@ -28,7 +32,7 @@ def fp(pg, roles):
 
 def _login(p, user=USER) -> Wire:
     w = Wire(p.port, timeout=10)
-    assert w.login(user, "db1") is None
+    assert w.login(user, "postgres" if user == Q_USER else "db1") is None
     return w
 
 
@@ -169,3 +173,134 @@ def test_a_protocol_violation_is_fatal_and_the_pooler_goes_on(fp):
         assert _pid(other) == pid
     finally:
         other.close()
+
+
+# -- the queued attach continued in the hub (router.queue_now, relay._on_handed) ---------------
+
+def _console_rows(p, what: str) -> list[dict]:
+    con = psycopg2.connect(p.dsn("admin", "console"))
+    con.autocommit = True
+    try:
+        with con.cursor() as cur:
+            cur.execute(what)
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def _waiting(p, user=Q_USER) -> int:
+    """The user's clients queued for a server (SHOW CLIENTS state `queue`)."""
+    return sum(1 for r in _console_rows(p, "SHOW CLIENTS") if r["user"] == user and r["state"] == "queue")
+
+
+def _maxwait_us(p, user=Q_USER) -> int:
+    return sum(int(r["maxwait"]) * 1000000 + int(r["maxwait_us"])
+               for r in _console_rows(p, "SHOW POOLS") if r["user"] == user)
+
+
+def _until(cond, what: str):
+    import time
+    for _ in range(500):
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(what)
+
+
+def _reply_rows(w: Wire) -> tuple[list[bytes], str]:
+    rows = []
+    while True:
+        tag, body = w.read_message()
+        if tag == b"D":
+            rows.append(body)
+        elif tag == b"Z":
+            return rows, body.decode()
+
+
+@pytest.mark.timeout(60)
+def test_queued_clients_are_served_in_order_and_a_killed_one_leaves_the_queue(fp, pg):
+    """pool_size 1: three clients queue behind a transaction (SHOW CLIENTS shows them), the
+    second is killed while queued; the others get the server in the order they queued."""
+    holder = _login(fp, Q_USER)
+    clients = [_login(fp, Q_USER) for _ in range(3)]
+    try:
+        pid = _pid(holder)
+        assert holder.simple_query("begin")[2] == "T"
+        for i, w in enumerate(clients):
+            w.send(query(f"begin; select {i}") if i == 0 else query(f"select {i}"))
+            _until(lambda: _waiting(fp) == i + 1, f"client {i} queued")
+        assert _maxwait_us(fp) > 0                 # SHOW POOLS: the first one's wait so far
+        victim = clients[1]
+        port = victim.sock.getsockname()[1]
+        [vid] = [r["id"] for r in _console_rows(fp, "SHOW CLIENTS") if r["user"] == Q_USER and r["port"] == port]
+        con = _login_console(fp)
+        assert con.simple_query(f"KILL_CLIENT {vid}") == ([], None, "I")
+        con.close()
+        err = _fatal(victim)
+        assert err["C"] == "08006"
+        _until(lambda: _waiting(fp) == 2, "the killed client left the queue")
+        assert holder.simple_query("commit")[2] == "I"
+        rows, status = _reply_rows(clients[0])      # the first queued gets the server ...
+        assert rows[-1].endswith(b"0") and status == "T"
+        assert clients[2].is_open(0.3) and _waiting(fp) == 1    # ... and keeps it: the third waits
+        assert clients[0].simple_query("commit")[2] == "I"
+        rows, status = _reply_rows(clients[2])
+        assert rows[-1].endswith(b"2") and status == "I"
+        assert _pid(clients[2]) == pid             # one server all along, reset and reused
+        assert [r[0] for r in backends(pg, Q_USER)] == [int(pid)]
+    finally:
+        holder.close()
+        for w in clients:
+            w.close()
+
+
+@pytest.mark.timeout(60)
+def test_pool_timeout_expires_for_a_queued_client(fp, pg):
+    holder, waiter = _login(fp, TO_USER), _login(fp, TO_USER)
+    try:
+        pid = _pid(holder)
+        assert holder.simple_query("begin")[2] == "T"
+        waiter.send(query("select 1"))
+        err = _fatal(waiter)                       # after pool_timeout's 300 ms
+        assert err["C"] == "53300"
+        odyssey_text(err["M"], f"too many active clients for user (pool_size for user db1.{TO_USER} reached 1)")
+        assert _waiting(fp, TO_USER) == 0
+        assert holder.simple_query("commit")[2] == "I"
+        other = _login(fp, TO_USER)
+        try:
+            assert _pid(other) == pid              # nothing leaked, the server pooled again
+        finally:
+            other.close()
+    finally:
+        holder.close()
+        waiter.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_paused_route_serves_queued_clients_on_resume(fp, pg):
+    """One client queued before PAUSE (the hub's callback queue), one after (the coroutine's
+    queue): the server freed while paused goes idle; RESUME serves both, in queue order."""
+    holder, early, late = _login(fp, Q_USER), _login(fp, Q_USER), _login(fp, Q_USER)
+    con = _login_console(fp)
+    try:
+        assert holder.simple_query("begin")[2] == "T"
+        early.send(query("begin; select 'early'"))
+        _until(lambda: _waiting(fp) == 1, "early queued")
+        assert con.simple_query("PAUSE postgres") == ([], None, "I")
+        late.send(query("select 'late'"))
+        _until(lambda: _waiting(fp) == 2, "late queued")
+        assert holder.simple_query("commit")[2] == "I"
+        assert early.is_open(0.3) and _waiting(fp) == 2           # paused: nobody served
+        assert con.simple_query("RESUME postgres") == ([], None, "I")
+        rows, status = _reply_rows(early)
+        assert rows[-1].endswith(b"early") and status == "T"
+        assert late.is_open(0.3) and _waiting(fp) == 1
+        assert early.simple_query("commit")[2] == "I"
+        rows, status = _reply_rows(late)
+        assert rows[-1].endswith(b"late") and status == "I"
+    finally:
+        con.simple_query("RESUME")
+        con.close()
+        for w in (holder, early, late):
+            w.close()

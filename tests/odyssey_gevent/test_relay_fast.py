@@ -12,9 +12,9 @@ import machinarium as mm
 import tests.odyssey_gevent.test_relay as base
 from kiwi import be_write
 from odyssey_gevent import relay as relay_mod
-from odyssey_gevent.status import Status
+from odyssey_gevent.status import ClientGone, Status
 from tests.odyssey_gevent.test_relay import *  # noqa: F401,F403 - every relay test, run on the fast path
-from tests.odyssey_gevent.test_relay import Harness, _exchange, _q, _reply, nothing_more
+from tests.odyssey_gevent.test_relay import Harness, _exchange, _ext, _ext_reply, _q, _reply, nothing_more
 
 
 class FastFakeFrontend(base.FakeFrontend):
@@ -30,10 +30,37 @@ class FastFakeFrontend(base.FakeFrontend):
         self.queue = self.check = self.slow_detach = False
         self.cleans = []            # (clean passed to detach_now, the relay's server_clean)
         self.relay = None
+        self.cb_queue = False       # queue_now queues with a callback (hand() is the hand-over)
+        self.cont = None            # ... the continuation it was given
+        self.queued_attaches = 0    # attach(queued=True): the coroutine took a queued wait over
+        self.left = 0               # leave_queue() calls
 
-    def attach(self, taken=None):
+    def attach(self, taken=None, queued=False):
         self.taken.append(taken)
+        if queued:
+            self.queued_attaches += 1
+            if self.client.killed:
+                raise ClientGone(Status.ECLIENT_KILLED, "killed while waiting for a server")
         return super().attach()
+
+    def queue_now(self, cont, loop, ident):
+        if not self.cb_queue:
+            return False
+        self.cont = cont
+        return None
+
+    def ready_now(self, server):
+        return False if self.check else server
+
+    def leave_queue(self):
+        self.left += 1
+
+    def hand(self):
+        """The hand-over: link the server and run the continuation in the hub."""
+        self.attaches += 1
+        self.client.server = self.server
+        cont, self.cont = self.cont, None
+        get_hub().loop.run_callback(cont)
 
     def attach_now(self):
         if self.queue:
@@ -243,6 +270,136 @@ def test_a_lone_simple_query_is_forwarded_inline_whatever_its_size(in_machine):
             assert h.fe.now_attaches == 3 and h.fe.now_detaches == 3 and h.fe.taken == []
             assert h.relay.c_buf is None and h.relay.c_len == 0
             assert h.relay.fast and h.relay.waiting
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+# -- the queued attach continued in the hub (router.queue_now) ---------------------------------
+
+def _queued(h, request):
+    """The app sends `request` while no server is free: the relay queues it with a callback."""
+    h.app.write(request)
+    for _ in range(2000):
+        if h.fe.cont is not None:
+            break
+        mm.sleep(1)
+    assert h.fe.cont is not None and h.relay.queued and h.relay.fast
+    nothing_more(h.pg)                            # held back until a server is handed over
+
+
+def test_a_queued_attach_continues_in_the_hub_when_a_server_is_handed_over(in_machine):
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            _queued(h, _q("select 1"))
+            h.fe.hand()
+            assert h.pg.read(len(_q("select 1")), 2000) == _q("select 1")
+            h.pg.write(_reply(b"I"))
+            assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
+            mm.sleep(0)
+            # the coroutine never attached: the hub sent the request and detached
+            assert h.fe.taken == [] and h.fe.now_detaches == 1 and h.client.server is None
+            assert h.relay.fast and not h.relay.queued
+            h.fe.queue = False
+            _exchange(h, _q("select 2"), _reply(b"I"))      # and the fast path goes on
+            assert h.fe.now_attaches == 1 and h.fe.now_detaches == 2
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_handed_server_that_needs_checks_goes_to_the_coroutine(in_machine):
+    def body():
+        h = _harness(queue=True, cb_queue=True, check=True)
+        try:
+            _queued(h, _ext())
+            h.fe.hand()
+            assert h.pg.read(len(_ext()), 2000) == _ext()
+            h.pg.write(_ext_reply(b"I"))
+            assert h.app.read(len(_ext_reply(b"I")), 2000) == _ext_reply(b"I")
+            mm.sleep(0)
+            assert h.fe.taken == [h.server] and h.fe.now_detaches == 1
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_pool_timeout_while_queued_lets_the_coroutine_take_the_wait_over(in_machine):
+    """The timer switches into the coroutine, which goes on with attach(queued=True) (the real
+    one raises the 53300 FATAL when the time is up; this fake gives the server)."""
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        h.relay.q_timeout = 0.2
+        try:
+            _queued(h, _q("select 1"))
+            assert h.pg.read(len(_q("select 1")), 2000) == _q("select 1")
+            assert h.fe.queued_attaches == 1 and h.fe.cont is not None and not h.relay.queued
+            h.pg.write(_reply(b"I"))
+            assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
+            h.fe.cont()                           # a late continuation finds nothing to do
+            h.fe.queue = False
+            _exchange(h, _q("select 2"), _reply(b"I"))
+            assert h.fe.now_attaches == 1
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_kill_while_queued_ends_the_session(in_machine):
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            _queued(h, _q("select 1"))
+            h.client.killed = True
+            relay_mod.wake(h.relay)               # KILL_CLIENT's wake-up
+            result = h.result()
+            assert isinstance(result, ClientGone) and result.status is Status.ECLIENT_KILLED
+            assert h.fe.queued_attaches == 1
+            nothing_more(h.pg)
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_kill_that_takes_the_client_out_of_the_queue_runs_the_continuation(in_machine):
+    """router.kill wakes the waiter itself: the continuation finds no server and the
+    coroutine sees client.killed."""
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            _queued(h, _q("select 1"))
+            h.client.killed = True
+            cont, h.fe.cont = h.fe.cont, None
+            get_hub().loop.run_callback(cont)
+            assert h.result() is Status.ECLIENT_KILLED
+            assert h.fe.queued_attaches == 0 and h.fe.attaches == 0
+            nothing_more(h.pg)
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_relay_cancelled_while_queued_leaves_the_queue(in_machine):
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            _queued(h, _q("select 1"))
+            h.co.cancel()
+            assert isinstance(h.result(), mm.Cancelled)
+            assert h.fe.left == 1 and not h.relay.queued
         finally:
             h.close()
         return True

@@ -631,3 +631,189 @@ def test_a_client_cancelled_while_queued_leaves_the_queue(in_machine):
         return queued, state, victim.route.idle == [s], victim.server
 
     assert in_machine(body) == ([], ClientState.PENDING, True, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# the relay fast path's queued attach (queue_now): a callback wake-up instead of a coroutine's
+
+def _queue_now(router, c, ran):
+    """queue_now as the relay calls it in the hub; `ran` records (client, its server, thread)."""
+    import threading
+    from gevent import get_hub
+    loop = get_hub().loop
+    return router.queue_now(c, lambda: ran.append((c, c.server, threading.get_ident())), loop,
+                            threading.get_ident())
+
+
+def test_queue_now_takes_a_free_slot_or_leaves_idle_servers_and_pauses_to_attach():
+    router = make_router(pool_size=2)
+    a, b = routed(router), routed(router)
+    s = _queue_now(router, a, [])
+    assert s is not None and s is not False and a.server is s and s.client is a and not s.connected
+    router.detach(a)                              # idle now: the coroutine's attach looks at it
+    assert _queue_now(router, b, []) is False and b.server is None and not b.route.waiters
+    router.pause(None)
+    assert _queue_now(router, b, []) is False and not b.route.waiters
+    router.resume(None)
+    rule = make_rule(2, pool_notice_after_waiting_ms=0)
+    r2 = make_router(rules=FakeRules(rule))
+    c = routed(r2)
+    assert r2.attach(c, 0) is not None and r2.attach(routed(r2), 0) is not None
+    assert _queue_now(r2, routed(r2), []) is False           # NOTICEs while waiting: the coroutine
+
+
+def test_callback_and_coroutine_waiters_are_served_fifo_together(in_machine):
+    """Queued clients of both kinds are served in the order they queued; the hand-over runs a
+    callback waiter's continuation in the hub, with the server linked and counted."""
+    import threading
+
+    def body():
+        router = make_router(pool_size=1)
+        holder = routed(router)
+        s = router.attach(holder, 0)
+        route = holder.route
+        a, b, c = routed(router), routed(router), routed(router)
+        ran, order = [], []
+        assert _queue_now(router, a, ran) is None and a.state is ClientState.QUEUE
+
+        def wait_b():
+            assert router.attach(b, 5000) is s
+            order.append(b)
+            router.detach(b)
+        co = mm.Coroutine(wait_b, name="b")
+        _wait_for(lambda: len(route.waiters) == 2)
+        assert _queue_now(router, c, ran) is None
+        assert route.client_counts()["queue"] == 3
+        router.detach(holder)
+        _wait_for(lambda: len(ran) == 1)
+        assert ran[0] == (a, s, threading.get_ident()) and a.state is ClientState.ACTIVE
+        assert route.stats.wait_time > 0
+        order.append(a)
+        router.detach(a)                          # a's transaction ends: b's turn
+        co.join(2000)
+        _wait_for(lambda: len(ran) == 2)
+        order.append(ran[1][0])
+        assert ran[1][1] is s and order == [a, b, c] and not route.waiters
+        assert route.stats.count_server_assignment == 4
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_callback_waiter_in_another_machine_runs_in_its_own_thread(in_machine):
+    """workers N: a hand-over from another thread runs the continuation in the waiter's hub."""
+    import threading
+
+    def body():
+        router = make_router(pool_size=1)
+        a, b = routed(router), routed(router)
+        s = router.attach(a, 0)
+        ran, box = [], {}
+
+        def other():
+            box["ident"] = threading.get_ident()
+            assert _queue_now(router, b, ran) is None
+            _wait_for(lambda: len(ran) == 1)
+
+        m = mm.Machine("other", other).start()
+        _wait_for(lambda: len(a.route.waiters) == 1)
+        router.detach(a)
+        m.join(5000)
+        return ran == [(b, s, box["ident"])] and box["ident"] != threading.get_ident()
+
+    assert in_machine(body)
+
+
+def test_attach_queued_takes_over_the_wait_from_its_place(in_machine):
+    """pool_timeout counts from when the client queued; a takeover keeps its place (FIFO)."""
+    def body():
+        router = make_router(pool_size=1)
+        holder, a, b = routed(router), routed(router), routed(router)
+        s = router.attach(holder, 0)
+        ran = []
+        assert _queue_now(router, a, ran) is None
+        assert _queue_now(router, b, ran) is None
+        box = {}
+
+        def take_over_a():
+            box["a"] = router.attach_queued(a, None)     # no pool_timeout: waits on
+        co = mm.Coroutine(take_over_a, name="a")
+        mm.sleep(5)
+        assert list(a.route.waiters) == [a.waiter, b.waiter]   # same place
+        router.detach(holder)
+        co.join(2000)
+        assert box["a"] is s and ran == []            # the coroutine got it, not a callback
+        mm.sleep(20)
+        t0 = mm.time_ms()
+        with pytest.raises(AttachTimeout):            # b queued > 20 ms ago: 20 ms is up
+            router.attach_queued(b, 20)
+        assert mm.time_ms() - t0 < 1000
+        assert not b.route.waiters and b.state is ClientState.PENDING and b.server is None
+        router.detach(a)
+        mm.sleep(5)
+        assert ran == [] and a.route.idle == [s]
+        return True
+
+    assert in_machine(body)
+
+
+def test_attach_queued_after_a_hand_over_drops_the_continuation(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        holder, a = routed(router), routed(router)
+        s = router.attach(holder, 0)
+        ran = []
+        assert _queue_now(router, a, ran) is None
+        router.detach(holder)                     # the continuation is queued, not run yet
+        got = router.attach_queued(a, 1000)
+        mm.sleep(5)
+        return got is s, ran
+
+    assert in_machine(body) == (True, [])
+
+
+def test_kill_of_a_callback_waiter_and_its_takeover(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        holder, victim, other = routed(router), routed(router), routed(router)
+        s = router.attach(holder, 0)
+        ran = []
+        assert _queue_now(router, victim, ran) is None
+        assert router.kill(victim.id) is victim
+        assert not victim.route.waiters and victim.state is ClientState.PENDING
+        with pytest.raises(AttachTimeout):
+            router.attach_queued(victim, None)    # killed: nothing handed over
+        mm.sleep(5)
+        router.detach(holder)
+        assert ran == [] and router.attach(other, 0) is s
+        # a kill whose continuation runs: it finds no server
+        ran2 = []
+        assert _queue_now(router, victim, ran2) is None
+        router.kill(victim.id)
+        _wait_for(lambda: len(ran2) == 1)
+        assert ran2[0][1] is None
+        return True
+
+    assert in_machine(body)
+
+
+def test_leave_queue_and_the_paused_takeover(in_machine):
+    def body():
+        router = make_router(pool_size=1)
+        holder, a = routed(router), routed(router)
+        s = router.attach(holder, 0)
+        assert _queue_now(router, a, []) is None
+        router.leave_queue(a)
+        assert not a.route.waiters and a.state is ClientState.PENDING
+        assert _queue_now(router, a, []) is None
+        router.pause(None)
+        box = {}
+        co = mm.Coroutine(lambda: box.setdefault("got", router.attach_queued(a, 10)), name="a")
+        mm.sleep(40)                              # paused: no pool_timeout
+        assert "got" not in box and list(a.route.waiters) == [a.waiter]
+        router.detach(holder)                     # paused: the server goes idle
+        router.resume(None)
+        co.join(2000)
+        return box["got"] is s
+
+    assert in_machine(body)
