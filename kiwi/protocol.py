@@ -205,6 +205,26 @@ class Conversation:
             self.phase = _BUSY_PHASE
             self.queue.append(t)
             return
+        if phase == _BUSY_PHASE and not self.exact:
+            # the common cases of an extended batch without `exact` counting, inline (what the
+            # general branches below do with them)
+            if t == _E:
+                self.unsynced = True
+                self.flushed = False
+                self._exec_syncs = 0
+                self._copy_ended = False
+                return
+            if t == _S:
+                self.unsynced = False
+                if self._exec_syncs >= 0 and not self._copy_ended:
+                    self._exec_syncs += 1
+                self.queue.append(_S)
+                self.syncs += 1
+                return
+            if t == _D:
+                self.unsynced = True
+                self.flushed = False
+                return
         if phase == Phase.SKIP:
             if t == _S:                      # the Sync that ends the skip
                 self._go("sync")

@@ -232,3 +232,19 @@ def test_flushed_follows_the_last_extended_message():
     assert c.flushed and c.unsynced
     c.send(ord('D'))
     assert not c.flushed
+
+
+def test_inline_extended_batch_leaves_the_state_of_the_general_branches():
+    """Describe, Execute and Sync of a batch without exact counting take send()'s inline case
+    (phase BUSY after Parse): the state must be what the general branches leave, with and
+    without a CopyDone sent before the server asked for COPY data."""
+    c, _ = run(["P", "B", "D", "E"])
+    assert (c.unsynced, c.flushed, c._exec_syncs, c._copy_ended) == (True, False, 0, False)
+    c.send(ord("S"))
+    assert (c.unsynced, c._exec_syncs, c.syncs, list(c.queue)) == (False, 1, 1, [ord("P"), ord("B"), ord("S")])
+    c.send(ord("S"))               # a second Sync with no Execute between counts as one more
+    assert (c._exec_syncs, c.syncs) == (2, 2)
+    c, _ = run(["P", "B", "E", "c", "S"])
+    assert c._copy_ended and c._exec_syncs == 0 and c.syncs == 1   # not after an Execute's COPY
+    c, _ = run(["E", "S"])         # Execute first, phase READY: the general branches
+    assert (c.unsynced, c._exec_syncs, c.syncs, c.phase) == (False, 1, 1, Phase.BUSY)
