@@ -836,7 +836,7 @@ class Relay:
             while pos + 5 <= end:
                 t = buf[pos]
                 length = _unpack_len(buf, pos + 1)[0]
-                if not 0 <= length - 4 <= limits[t]:
+                if length < 4 or length - 4 > limits[t]:     # not a chained comparison: see reset.quick
                     raise FrontendError(error_codes.PROTOCOL_VIOLATION,
                                         "unexpected message type from client or other protocol violation",
                                         severity="FATAL")

@@ -68,10 +68,14 @@ def quick(server, clean: bool) -> bool:
     steps would reach the same answer, True). False: reset() must decide, and may wait."""
     rule = server.route.rule
     proto = server.proto
-    return (clean and proto.syncs == 0 and proto.tx_status == b"I" and not proto.output and not server.cancels
+    # an `if`, not `return a and b ...`: 3.11 specializes a comparison only when a conditional
+    # jump follows it (in a returned `and` chain each one takes the generic path)
+    if (clean and proto.syncs == 0 and proto.tx_status == b"I" and not proto.output and not server.cancels
             and not server.drop and not server.broken and server.io is not None and proto.phase not in _COPY_PHASES
             and rule.pool != "session" and not rule.pool_discard and not rule.pool_smart_discard
-            and not rule.pool_discard_query)
+            and not rule.pool_discard_query):
+        return True
+    return False
 
 
 def reset(instance, server, clean: bool) -> bool:

@@ -72,7 +72,9 @@ def idle_server_fits_now(client, server) -> bool:
     if server.endpoint is None:
         return True
     checks = getattr(client, "tsa_checks", None)
-    return checks is not None and not checks[0] and checks[1] == "any"
+    if checks is not None and not checks[0] and checks[1] == "any":     # an `if`: see reset.quick
+        return True
+    return False
 
 
 def idle_server_fits(instance, client, server) -> bool:
