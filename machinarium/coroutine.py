@@ -62,6 +62,33 @@ class Coroutine:
             machine._coroutines.add(self)
         self._start = loop.run_callback(g.switch, fn, args, kwargs)
 
+    @classmethod
+    def run_now(cls, fn, *args, name: str | None = None, **kwargs) -> "Coroutine":
+        """Create the coroutine and switch into it at once; return when it first waits or ends.
+
+        Only from the hub itself (a watcher's or a loop callback): it saves the hub turn the
+        usual start waits for. Elsewhere it is ``Coroutine(...)``."""
+        self = cls.__new__(cls)
+        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        hub = get_hub()
+        if gevent.getcurrent() is not hub:
+            self.__init__(fn, *args, name=self.name, **kwargs)
+            return self
+        self._loop = hub.loop
+        self._thread = _get_ident()
+        machine = self._machine = current_machine()
+        self._value = None
+        self._exc = None
+        self._cancelled = False
+        self._done = False
+        self._links = None
+        self._start = None
+        g = self.greenlet = _RawGreenlet(self._run, hub)
+        if machine is not None:
+            machine._coroutines.add(self)
+        g.switch(fn, args, kwargs)
+        return self
+
     def _run(self, fn, args, kwargs):
         self._start = None
         try:

@@ -303,6 +303,14 @@ class Io:
         return True
 
     # -- read ----------------------------------------------------------------------------
+    def recv_now(self, n: int):
+        """One recv of up to ``n`` bytes that never waits: the bytes (b"" at EOF), or None when
+        nothing is there yet. Plain (not TLS) connections only."""
+        try:
+            return self._raw.recv(n)
+        except BlockingIOError:
+            return None
+
     def read(self, n: int, timeout_ms=None) -> bytes:
         """Read exactly ``n`` bytes (machine_read). EOF first raises ``ConnectionClosed``."""
         if timeout_ms is None:

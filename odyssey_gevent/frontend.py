@@ -104,6 +104,7 @@ class Frontend:
         # AuthenticationOk not yet sent: it goes out with the login's next bytes (ParameterStatus
         # ... ReadyForQuery, or an error), one send instead of two; before the close at the latest
         self.owed = None
+        self.head = None                 # the startup packet's first bytes if the accept read them
 
     # -- stage 1: startup ----------------------------------------------------------------------
     def _login_timeout(self) -> int | None:
@@ -116,7 +117,8 @@ class Frontend:
         client = self.client
         listen = client.listen
         while True:
-            msg = read_startup(client.io, self._login_timeout())
+            msg = read_startup(client.io, self._login_timeout(), self.head)
+            self.head = None
             if isinstance(msg, SSLRequest):
                 if client.tls:
                     raise FrontendError(error_codes.PROTOCOL_VIOLATION,
@@ -481,13 +483,16 @@ class Frontend:
         return instance.may_eject()
 
     # -- the whole lifecycle ----------------------------------------------------------------
-    def run(self, resumed: bool = False) -> None:
+    def run(self, resumed: bool = False, deadline=None) -> None:
+        """The session; `deadline` (time.monotonic) ends the login, None: client_login_timeout
+        from now (0 = none)."""
         client = self.client
         instance = self.instance
         status = Status.OK
         if not resumed:
-            login_ms = client.listen.client_login_timeout if client.listen is not None else 15000
-            self.deadline = time.monotonic() + login_ms / 1000.0 if login_ms > 0 else None
+            if deadline is None:
+                deadline = login_deadline(client.listen)
+            self.deadline = deadline or None
         try:
             if resumed:                 # a dormant relay's client spoke (see resume)
                 status = client.relay.run()
@@ -634,7 +639,17 @@ class Frontend:
             client.relay = None
 
 
-def frontend(instance, io, listen, conn_type: str, peer=None, local=None) -> None:
-    """Coroutine entry point: one client from accept to close."""
+def login_deadline(listen):
+    """When a login accepted now must be over (time.monotonic), from the listener's
+    client_login_timeout (15 s without a listener); 0 when it has none."""
+    login_ms = listen.client_login_timeout if listen is not None else 15000
+    return time.monotonic() + login_ms / 1000.0 if login_ms > 0 else 0
+
+
+def frontend(instance, io, listen, conn_type: str, peer=None, local=None, deadline=None, head=None) -> None:
+    """Coroutine entry point: one client from accept to close (`deadline`: Frontend.run's;
+    `head`: the first bytes of its startup packet when already read)."""
     client = Client(io, listen, conn_type, peer, local)
-    Frontend(instance, client).run()
+    fe = Frontend(instance, client)
+    fe.head = head
+    fe.run(deadline=deadline)

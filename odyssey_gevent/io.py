@@ -23,8 +23,12 @@ def read_message(io, timeout_ms: int | None, limits: Limits = BE_LIMITS) -> tupl
     return mtype, payload
 
 
-def read_startup(io, timeout_ms: int | None):
-    """Read the untyped first packet: StartupMessage, SSLRequest, GSSENCRequest or CancelRequest."""
-    head = io.read(4, timeout_ms)
+def read_startup(io, timeout_ms: int | None, head: bytes | None = None):
+    """Read the untyped first packet: StartupMessage, SSLRequest, GSSENCRequest or CancelRequest.
+    `head`: its first bytes when the caller already read some (b"": the read found EOF)."""
+    if head is None:
+        head = io.read(4, timeout_ms)
+    elif len(head) < 4:
+        head += io.read(4 - len(head), timeout_ms)
     need = be_read.startup_need(head)       # the length word checked before the body is read
     return be_read.read_startup(head + io.read(need, timeout_ms))[0]

@@ -1,0 +1,98 @@
+"""worker._spawn: an accepted client's coroutine starts with the startup packet's first bytes
+when they are there at accept, else only once the socket is readable or its login times out.
+
+The coroutine body (frontend) is replaced by a recorder: what is checked here is when and with
+what it is started, on real sockets."""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import machinarium as mm
+from odyssey_gevent import worker
+
+STARTUP = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"     # an SSLRequest: 8 bytes
+
+
+def _pair():
+    [srv] = mm.listen("127.0.0.1", 0)
+    c = mm.connect("127.0.0.1", srv.local[1], 2000)
+    return srv, c, srv.accept(2000)
+
+
+def _recorder(calls):
+    def fake_frontend(instance, io, listen, conn_type, peer, local, deadline, head=None):
+        calls.append({"head": head, "deadline": deadline, "at": time.monotonic(),
+                      "readable": io.readable_now()})
+        io.close()
+    return fake_frontend
+
+
+def test_packet_there_at_accept_is_handed_to_the_coroutine(in_machine, monkeypatch):
+    calls = []
+    monkeypatch.setattr(worker, "frontend", _recorder(calls))
+
+    def body():
+        srv, c, io = _pair()
+        c.write(STARTUP)
+        mm.sleep(20)                                # the bytes reach the accepted socket
+        worker._spawn(None, io, SimpleNamespace(client_login_timeout=5000), "host", ("127.0.0.1", 1), None)
+        mm.sleep(20)
+        c.close()
+        srv.close()
+
+    in_machine(body)
+    assert len(calls) == 1
+    assert calls[0]["head"] == STARTUP[:4] and calls[0]["deadline"] > time.monotonic()
+
+
+def test_silent_client_has_no_coroutine_until_it_speaks(in_machine, monkeypatch):
+    calls = []
+    monkeypatch.setattr(worker, "frontend", _recorder(calls))
+
+    def body():
+        srv, c, io = _pair()
+        m = mm.current_machine()
+        before = len(m._coroutines)
+        worker._spawn(None, io, SimpleNamespace(client_login_timeout=5000), "host", ("127.0.0.1", 1), None)
+        mm.sleep(50)
+        silent = (list(calls), len(m._coroutines) - before)
+        c.write(STARTUP)
+        for _ in range(100):
+            if calls:
+                break
+            mm.sleep(10)
+        c.close()
+        srv.close()
+        return silent
+
+    silent = in_machine(body)
+    assert silent == ([], 0)
+    assert len(calls) == 1
+    # started by the read watcher: nothing read yet, the packet is waiting in the socket
+    assert calls[0]["head"] is None and calls[0]["readable"]
+
+
+def test_silent_client_starts_at_its_login_timeout(in_machine, monkeypatch):
+    calls = []
+    monkeypatch.setattr(worker, "frontend", _recorder(calls))
+
+    def body():
+        srv, c, io = _pair()
+        t = time.monotonic()
+        worker._spawn(None, io, SimpleNamespace(client_login_timeout=100), "host", ("127.0.0.1", 1), None)
+        for _ in range(300):
+            if calls:
+                break
+            mm.sleep(10)
+        c.close()
+        srv.close()
+        return t
+
+    t = in_machine(body)
+    assert len(calls) == 1
+    call = calls[0]
+    # the timer started it (nothing to read; frontend's read then times out), with the
+    # deadline client_login_timeout put on the login from the accept
+    assert call["head"] is None and not call["readable"]
+    assert call["deadline"] > t
