@@ -635,8 +635,11 @@ class Frontend:
             instance.client_closed()
             # the relay refers to its frontend, which refers to the client: without this edge
             # the ended session is a reference cycle left to the garbage collector, whose
-            # collections then ran every few logins (about 25,000 instructions a login)
-            client.relay = None
+            # collections then ran every few logins (about 25,000 instructions a login); the
+            # relay's own bound callbacks are another such cycle (Relay.close)
+            if client.relay is not None:
+                client.relay.close()
+                client.relay = None
 
 
 def login_deadline(listen):

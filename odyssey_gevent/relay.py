@@ -471,6 +471,11 @@ class Relay:
                 self.q_timer.close()
                 self.q_timer = None
 
+    def close(self) -> None:
+        """The session is over (frontend.cleanup): drop the bound methods kept for the watchers
+        (relay -> bound method -> relay is a cycle only the garbage collector would free)."""
+        self.on_client = self.on_server = self.on_handed = None
+
     def _timed_out(self, server) -> Status | None:
         """A wait's timeout passed (see _wait_timeout): the Status that ends the session, or
         None to wait again."""

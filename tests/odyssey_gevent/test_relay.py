@@ -650,3 +650,27 @@ def test_more_ready_for_query_than_requests_marks_the_server_broken(in_machine):
         return True
     assert in_machine(body)
 
+
+
+def test_a_closed_relay_is_freed_without_the_garbage_collector():
+    """Relay.close() (frontend.cleanup) breaks the relay -> bound callback -> relay cycle: an
+    ended session left to the garbage collector made it run every few logins."""
+    import gc
+    a, c = gsocket.socketpair()
+    client = SimpleNamespace(io=mm.Io(c), rule=SimpleNamespace(pool="transaction"),
+                             route=SimpleNamespace(stats=RouteStats()), server=None, vars={}, killed=False)
+    fe = FakeFrontend(client, None)
+    gc.collect()
+    gc.disable()
+    try:
+        relay = Relay(fe, client)
+        relay.close()
+        del relay
+        assert gc.collect() == 0
+        relay = Relay(fe, client)           # not closed: only the collector frees it
+        del relay
+        assert gc.collect() > 0
+    finally:
+        gc.enable()
+        a.close()
+        c.close()
