@@ -20,15 +20,17 @@ from _socket import socket as _native_socket
 import ssl
 import stat
 import struct
+from time import monotonic as _monotonic
 
 import gevent.ssl
+from gevent import getcurrent
 from gevent import socket as gsocket
 from gevent._hub_primitives import wait_on_socket as _wait_on_socket
 from gevent._socketcommon import cancel_wait_ex as _cancel_wait_ex
 
-from ._clock import deadline
+from ._clock import deadline, seconds
 from .coroutine import sleep
-from .errors import ConnectionClosed, MachineError
+from .errors import ConnectionClosed, MachineError, TimedOut
 
 _INET = (_std.AF_INET, _std.AF_INET6)
 _POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLRDHUP | select.POLLERR | select.POLLHUP
@@ -213,6 +215,27 @@ class Io:
         sock = self.sock
         sock._wait(sock._read_event)  # raises if closed or already waited on by another coroutine
 
+    def _wait_read_timed(self, timeout_ms):
+        """Wait for readability at most ``timeout_ms``: True when readable (or woken), False at
+        the timeout, None when this socket cannot be waited on so (no plain watcher to use: the
+        caller takes the general path). A close from another coroutine raises EBADF here, as
+        gevent's wait does (its cancel_wait throws into the greenlet whose switch the watcher
+        holds)."""
+        sock = self.sock
+        watcher = sock._read_event
+        if watcher is None or watcher.callback is not None:
+            return None
+        loop = watcher.loop
+        switch = getcurrent().switch
+        timer = loop.timer(seconds(timeout_ms))
+        watcher.start(switch, True)
+        timer.start(switch, False)
+        try:
+            return sock.hub.switch() is not False
+        finally:
+            watcher.stop()
+            timer.close()
+
     def _wait_write(self):
         sock = self.sock
         sock._wait(sock._write_event)
@@ -328,6 +351,25 @@ class Io:
                     return data
                 if not data:
                     raise ConnectionClosed(f"connection closed by peer (0 of {n} bytes)")
+            if blocked:
+                # nothing there yet (a login's next packet after our message): one bare wait
+                # with a loop timer, then the read; the deadline below only if bytes still lack
+                end = _monotonic() + timeout_ms / 1000.0
+                waited = self._wait_read_timed(timeout_ms)
+                if waited is False:
+                    raise TimedOut("read timed out")
+                if waited:
+                    try:
+                        data = self._raw.recv(n)
+                    except BlockingIOError:
+                        data = b""              # (a wake-up with nothing to read: wait again)
+                    else:
+                        if len(data) == n:
+                            return data
+                        if not data:
+                            raise ConnectionClosed(f"connection closed by peer (0 of {n} bytes)")
+                        blocked = False
+                    timeout_ms = max(0, int((end - _monotonic()) * 1000))
         with deadline(timeout_ms, "read"):
             return data + self._read_exact(n - len(data)) if data else self._read_exact(n, blocked)
 

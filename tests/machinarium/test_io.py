@@ -343,3 +343,54 @@ def test_wait_any_with_kept_timers_times_out_each_wait_in_full():
 
     spans = run_in_machine(body)
     assert all(s >= 0.08 for s in spans), spans
+
+
+def test_timed_read_waits_for_late_bytes_in_pieces_and_times_out():
+    """read(n, timeout_ms) that finds nothing waits on a bare timer and the read watcher: the
+    late bytes (here in two pieces), the timeout as TimedOut, and the watcher free afterwards."""
+    def body():
+        server, client = _pair()
+        client.set_nodelay()
+
+        def later():
+            mm.sleep(20)
+            client.write(b"ab")
+            mm.sleep(20)
+            client.write(b"cdef")
+
+        mm.Coroutine(later, name="writer")
+        got = server.read(6, 2000)
+        with pytest.raises(mm.TimedOut):
+            server.read(1, 30)
+        client.write(b"z")
+        after = server.read(1, 2000)        # the watcher is usable again after a timeout
+        server.close(), client.close()
+        return got, after
+
+    assert run_in_machine(body) == (b"abcdef", b"z")
+
+
+def test_timed_read_ends_with_ebadf_when_closed_and_with_cancel():
+    def body():
+        server, client = _pair()
+        errors = []
+
+        def waiting():
+            try:
+                server.read(4, 5000)
+            except OSError as e:
+                errors.append(e.errno)
+
+        c = mm.Coroutine(waiting, name="waiting")
+        mm.sleep(10)
+        server.close()
+        c.join(2000)
+        server2, client2 = _pair()
+        c2 = mm.Coroutine(lambda: server2.read(4, 5000), name="cancelled")
+        mm.sleep(10)
+        c2.cancel()
+        c2.join(2000)
+        client.close(), server2.close(), client2.close()
+        return errors, c2.cancelled
+
+    assert run_in_machine(body) == ([errno.EBADF], True)
