@@ -649,10 +649,14 @@ def login_deadline(listen):
     return time.monotonic() + login_ms / 1000.0 if login_ms > 0 else 0
 
 
-def frontend(instance, io, listen, conn_type: str, peer=None, local=None, deadline=None, head=None) -> None:
+def frontend(instance, io, listen, conn_type: str, peer=None, local=None, deadline=None, head=None,
+             accepted=None) -> None:
     """Coroutine entry point: one client from accept to close (`deadline`: Frontend.run's;
-    `head`: the first bytes of its startup packet when already read)."""
+    `head`: the first bytes of its startup packet when already read; `accepted`: when it was
+    accepted (time.monotonic) if that was not just now)."""
     client = Client(io, listen, conn_type, peer, local)
+    if accepted is not None:
+        client.time_accept = accepted
     fe = Frontend(instance, client)
     fe.head = head
     fe.run(deadline=deadline)

@@ -29,7 +29,8 @@ class _Pending:
     and then waits. At the timeout the coroutine starts all the same and its read times out at
     once (the usual "client login timed out")."""
 
-    __slots__ = ("instance", "io", "listen", "conn_type", "peer", "local", "deadline", "watcher", "timer")
+    __slots__ = ("instance", "io", "listen", "conn_type", "peer", "local", "deadline", "watcher", "timer",
+                 "accepted")
 
     def __call__(self) -> None:
         watcher = self.watcher
@@ -43,7 +44,7 @@ class _Pending:
             timer.close()
         peer = self.peer
         machinarium.Coroutine.run_now(frontend, self.instance, self.io, self.listen, self.conn_type, peer,
-                                      self.local, self.deadline,
+                                      self.local, self.deadline, None, self.accepted,
                                       name=f"client {peer[0]}:{peer[1]}" if peer else "client unix")
 
 
@@ -69,6 +70,7 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> None:
     p.peer = peer
     p.local = local
     p.deadline = deadline
+    p.accepted = time.monotonic()       # the client's time_accept (log_session's login and working time)
     p.timer = None
     watcher = p.watcher = io.sock._read_event
     watcher.start(p)

@@ -21,9 +21,9 @@ def _pair():
 
 
 def _recorder(calls):
-    def fake_frontend(instance, io, listen, conn_type, peer, local, deadline, head=None):
+    def fake_frontend(instance, io, listen, conn_type, peer, local, deadline, head=None, accepted=None):
         calls.append({"head": head, "deadline": deadline, "at": time.monotonic(),
-                      "readable": io.readable_now()})
+                      "readable": io.readable_now(), "accepted": accepted})
         io.close()
     return fake_frontend
 
@@ -71,6 +71,8 @@ def test_silent_client_has_no_coroutine_until_it_speaks(in_machine, monkeypatch)
     assert len(calls) == 1
     # started by the read watcher: nothing read yet, the packet is waiting in the socket
     assert calls[0]["head"] is None and calls[0]["readable"]
+    # the client keeps its accept time (log_session's login time), not its coroutine's start
+    assert calls[0]["accepted"] is not None and calls[0]["accepted"] < calls[0]["at"]
 
 
 def test_silent_client_starts_at_its_login_timeout(in_machine, monkeypatch):
