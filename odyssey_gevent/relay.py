@@ -577,8 +577,13 @@ class Relay:
                             server.proto.exact = True
                         sw = self.s_watch = server.io.sock._read_event
                         sw.start(self.on_server)
+            # the test sets a flag: 3.11 specializes a comparison only when a conditional jump
+            # follows it at once, and the jump over the long body below has an EXTENDED_ARG first
+            alone = False
             if reason is None and not start and buf[0] == _C_QUERY and self.prepared is None and not self.c_skip \
                     and not self.c_drop and end >= 5 and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
+                alone = True
+            if alone:
                 # the common request inline: one whole simple Query alone in the buffer, a server
                 # attached, no prepared-statement layer (what _client_data would do with it)
                 server = client.server
@@ -838,7 +843,9 @@ class Relay:
             limits = _C_LIMITS
             interest = _C_INTEREST
             prepared = self.prepared
-            while pos + 5 <= end:
+            while True:             # not `while pos + 5 <= end`: its jump is long (see _on_client)
+                if pos + 5 > end:
+                    break
                 t = buf[pos]
                 length = _unpack_len(buf, pos + 1)[0]
                 if length < 4 or length - 4 > limits[t]:     # not a chained comparison: see reset.quick
@@ -996,7 +1003,9 @@ class Relay:
                 interest, whole = _S_INTEREST, _S_WHOLE
             else:
                 interest, whole = _S_INTEREST_PREPARED, _S_WHOLE_PREPARED
-            while pos + 5 <= end:
+            while True:             # not `while pos + 5 <= end`: its jump is long (see _on_client)
+                if pos + 5 > end:
+                    break
                 t = buf[pos]
                 length = _unpack_len(buf, pos + 1)[0]
                 if length < 4:
@@ -1011,7 +1020,10 @@ class Relay:
                             break          # hold it back until whole
                         if t == _S_READY or t == _S_PARAM:
                             raise ServerError(Status.ESERVER_READ, "server message too long")
+                    ready = False
                     if t == _S_READY:
+                        ready = True
+                    if ready:
                         action = proto.receive(t, _BYTE[buf[msg_end - 1]])
                         stats = self.stats
                         stats.count_query += 1
@@ -1072,7 +1084,10 @@ class Relay:
             out = _splice(out, buf, seg, pos, proto.take_output())
             seg = pos
         if out is None:
+            some = False
             if pos > 0:
+                some = True
+            if some:
                 self.stats.bytes_sent += pos
                 data = buf[:pos] if pos <= _SLICE_MAX else memoryview(buf)[:pos]
                 try:
