@@ -83,7 +83,11 @@ for _t in b"CTns":                 # the ends of Describe and Execute (Conversat
 _S_INTEREST_PREPARED = bytes(_S_INTEREST_PREPARED)
 
 
-_BYTE = tuple(bytes((i,)) for i in range(256))     # a byte as bytes, without slicing
+# a byte as bytes, without slicing; slices of one byte are the interpreter's cached one-byte
+# objects, so a transaction status taken from here `is` the literal b"I" (_TX_IDLE): the identity
+# test goes first, as 3.11 does not specialize a comparison of bytes (== stays the fallback)
+_BYTE = tuple(bytes(range(256))[i:i + 1] for i in range(256))
+_TX_IDLE = b"I"
 
 _local = threading.local()
 
@@ -1036,7 +1040,8 @@ class Relay:
                                 if stats.query_sketch is not None:
                                     stats.query_sketch.add(elapsed * 1e6)
                             self.q_start = now if proto.syncs else 0.0
-                        if proto.tx_status == b"I":
+                        txs = proto.tx_status
+                        if txs is _TX_IDLE or txs == _TX_IDLE:
                             stats.count_tx += 1
                             t0 = self.tx_start
                             if t0:
@@ -1125,7 +1130,8 @@ class Relay:
             if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
                 return None
             if self.mode_transaction:
-                if proto.tx_status != b"I":
+                txs = proto.tx_status
+                if txs is not _TX_IDLE and txs != _TX_IDLE:
                     return None
             elif not self.mode_statement:
                 return None

@@ -59,6 +59,9 @@ def _drops_statements(query: str) -> bool:
     return "DISCARD ALL" in q or "DEALLOCATE" in q
 
 
+# the status kiwi and the relay set is the cached one-byte object b"I": `is` first, as 3.11 does
+# not specialize a comparison of bytes (== stays the fallback)
+_TX_IDLE = b"I"
 _COPY_PHASES = frozenset((Phase.COPY_IN, Phase.COPY_OUT, Phase.COPY_BOTH))   # Conversation.copy_mode
 
 
@@ -70,7 +73,8 @@ def quick(server, clean: bool) -> bool:
     proto = server.proto
     # an `if`, not `return a and b ...`: 3.11 specializes a comparison only when a conditional
     # jump follows it (in a returned `and` chain each one takes the generic path)
-    if (clean and proto.syncs == 0 and proto.tx_status == b"I" and not proto.output and not server.cancels
+    txs = proto.tx_status
+    if (clean and proto.syncs == 0 and (txs is _TX_IDLE or txs == _TX_IDLE) and not proto.output and not server.cancels
             and not server.drop and not server.broken and server.io is not None and proto.phase not in _COPY_PHASES
             and rule.pool != "session" and not rule.pool_discard and not rule.pool_smart_discard
             and not rule.pool_discard_query):
