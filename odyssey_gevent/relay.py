@@ -60,7 +60,7 @@ for _t in b"SFcfEH":
     _C_INTEREST[_t] = 1
 for _t in b"QPBDC":
     _C_INTEREST[_t] = 3
-_C_INTEREST = bytes(_C_INTEREST)
+_C_INTEREST = tuple(_C_INTEREST)  # tuples: 3.11 specializes indexing a tuple, not bytes
 
 # server -> client message types
 _S_READY, _S_PARAM = b"ZS"
@@ -68,19 +68,19 @@ _S_COMPLETE, _S_ERROR = b"CE"
 _S_INTEREST = bytearray(256)       # what the Conversation must see (kiwi.protocol)
 for _t in b"ZSGHWc123EI":
     _S_INTEREST[_t] = 1
-_S_INTEREST = bytes(_S_INTEREST)
+_S_INTEREST = tuple(map(bool, _S_INTEREST))
 _S_WHOLE = bytearray(256)          # messages the relay must see whole
 _S_WHOLE[_S_READY] = 1
 _S_WHOLE[_S_PARAM] = 1
 _S_WHOLE_PREPARED = bytearray(_S_WHOLE)   # ... and with prepared statements (tags, error codes)
 _S_WHOLE_PREPARED[_S_COMPLETE] = 1
 _S_WHOLE_PREPARED[_S_ERROR] = 1
-_S_WHOLE = bytes(_S_WHOLE)
-_S_WHOLE_PREPARED = bytes(_S_WHOLE_PREPARED)
+_S_WHOLE = tuple(map(bool, _S_WHOLE))
+_S_WHOLE_PREPARED = tuple(map(bool, _S_WHOLE_PREPARED))
 _S_INTEREST_PREPARED = bytearray(_S_INTEREST)
 for _t in b"CTns":                 # the ends of Describe and Execute (Conversation.exact)
     _S_INTEREST_PREPARED[_t] = 1
-_S_INTEREST_PREPARED = bytes(_S_INTEREST_PREPARED)
+_S_INTEREST_PREPARED = tuple(map(bool, _S_INTEREST_PREPARED))
 
 
 # a byte as bytes, without slicing; slices of one byte are the interpreter's cached one-byte
@@ -125,7 +125,7 @@ _C_NOT_FIRST = bytearray(256)
 for _t in range(256):
     if _t == _C_TERMINATE or _t in _C_STRAY or _C_LIMITS[_t] < 0:
         _C_NOT_FIRST[_t] = 1
-_C_NOT_FIRST = bytes(_C_NOT_FIRST)
+_C_NOT_FIRST = tuple(map(bool, _C_NOT_FIRST))
 
 
 def _timeouts_sweepable(rule) -> bool:
