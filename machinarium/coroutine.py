@@ -47,33 +47,12 @@ class Coroutine:
                  "_cancelled", "_done", "_start", "_links", "__weakref__")
 
     def __init__(self, fn, *args, name: str | None = None, **kwargs):
-        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
-        hub = get_hub()
-        loop = self._loop = hub.loop
-        self._thread = _get_ident()
-        machine = self._machine = current_machine()
-        self._value = None
-        self._exc = None
-        self._cancelled = False
-        self._done = False
-        self._links = None
-        g = self.greenlet = _RawGreenlet(self._run, hub)
-        if machine is not None:
-            machine._coroutines.add(self)
-        self._start = loop.run_callback(g.switch, fn, args, kwargs)
+        g = self._setup(fn, name, get_hub())
+        self._start = self._loop.run_callback(g.switch, fn, args, kwargs)
 
-    @classmethod
-    def run_now(cls, fn, *args, name: str | None = None, **kwargs) -> "Coroutine":
-        """Create the coroutine and switch into it at once; return when it first waits or ends.
-
-        Only from the hub itself (a watcher's or a loop callback): it saves the hub turn the
-        usual start waits for. Elsewhere it is ``Coroutine(...)``."""
-        self = cls.__new__(cls)
+    def _setup(self, fn, name, hub):
+        """The state both ways of starting share; returns the (not yet started) greenlet."""
         self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
-        hub = get_hub()
-        if gevent.getcurrent() is not hub:
-            self.__init__(fn, *args, name=self.name, **kwargs)
-            return self
         self._loop = hub.loop
         self._thread = _get_ident()
         machine = self._machine = current_machine()
@@ -86,7 +65,19 @@ class Coroutine:
         g = self.greenlet = _RawGreenlet(self._run, hub)
         if machine is not None:
             machine._coroutines.add(self)
-        g.switch(fn, args, kwargs)
+        return g
+
+    @classmethod
+    def run_now(cls, fn, *args, name: str | None = None, **kwargs) -> "Coroutine":
+        """Create the coroutine and switch into it at once; return when it first waits or ends.
+
+        Only from the hub itself (a watcher's or a loop callback): it saves the hub turn the
+        usual start waits for. Elsewhere it is ``Coroutine(...)``."""
+        hub = get_hub()
+        if gevent.getcurrent() is not hub:
+            return cls(fn, *args, name=name, **kwargs)
+        self = cls.__new__(cls)
+        self._setup(fn, name, hub).switch(fn, args, kwargs)
         return self
 
     def _run(self, fn, args, kwargs):

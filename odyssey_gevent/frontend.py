@@ -310,26 +310,10 @@ class Frontend:
         when that needs no IO. None: nothing was taken (the relay's coroutine attaches as
         usual); False: a server was taken (client.server) but a check or a deploy needs a
         round trip, which the coroutine does with attach(taken=client.server)."""
-        client = self.client
-        server = self.instance.router.attach_idle(client)
+        server = self.instance.router.attach_idle(self.client)
         if server is None:
             return None
-        io = server.io
-        if io is None:
-            if server.fd is None:
-                return False
-            io = server.io = machinarium.Io.attach(server.fd)
-            server.fd = None
-        rule = client.rule
-        if io._tls or rule.pool_attach_check and io.readable_now():
-            return False
-        if server.endpoint is not None and not tsa.idle_server_fits_now(client, server):
-            return False
-        if rule.maintain_params and deploy.needed(client, server):
-            return False
-        if rule.storage is not None and rule.storage.balancing.show_notice_messages:
-            return False
-        return server
+        return self.ready_now(server)
 
     def queue_now(self, cont, loop, ident):
         """The fast path's attach when attach_now found no idle server (router.queue_now): a
@@ -344,8 +328,8 @@ class Frontend:
     def ready_now(self, server):
         """The linked `server` when it can serve the client without any IO first (connected,
         no attach check, deploy or notice due), else False (attach(taken=server) does that):
-        attach_now's checks (inline there, once per transaction) for a server handed over to a
-        client queued by queue_now."""
+        attach_now's checks for an idle server, also run for a server handed over to a client
+        queued by queue_now."""
         client = self.client
         io = server.io
         if io is None:
