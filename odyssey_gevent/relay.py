@@ -47,6 +47,7 @@ BUF_SIZE = 32 * 1024
 _SLICE_MAX = 2048
 _LEN = struct.Struct("!I")
 _unpack_len = _LEN.unpack_from
+_unpack_head = struct.Struct("!BI").unpack_from     # a message's type and length
 
 # client -> server message types
 _C_QUERY, _C_TERMINATE = b"QX"
@@ -850,8 +851,7 @@ class Relay:
             while True:             # not `while pos + 5 <= end`: its jump is long (see _on_client)
                 if pos + 5 > end:
                     break
-                t = buf[pos]
-                length = _unpack_len(buf, pos + 1)[0]
+                t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
                 if length < 4 or length - 4 > limits[t]:     # not a chained comparison: see reset.quick
                     raise FrontendError(error_codes.PROTOCOL_VIOLATION,
                                         "unexpected message type from client or other protocol violation",
@@ -1010,8 +1010,7 @@ class Relay:
             while True:             # not `while pos + 5 <= end`: its jump is long (see _on_client)
                 if pos + 5 > end:
                     break
-                t = buf[pos]
-                length = _unpack_len(buf, pos + 1)[0]
+                t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
                 if length < 4:
                     raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
                 msg_end = pos + 1 + length
