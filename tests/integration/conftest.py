@@ -142,6 +142,19 @@ def backends(pg, user: str) -> list[tuple]:
         return cur.fetchall()
 
 
+def console_client_ids(p: PoolerProcess, user: str) -> list[str]:
+    """The ids SHOW CLIENTS lists for `user` (through the console as admin/console)."""
+    con = psycopg2.connect(p.dsn("admin", "console"))
+    con.autocommit = True
+    try:
+        with con.cursor() as cur:
+            cur.execute("SHOW CLIENTS")
+            names = [d.name for d in cur.description]
+            return [r["id"] for r in (dict(zip(names, row)) for row in cur.fetchall()) if r["user"] == user]
+    finally:
+        con.close()
+
+
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05, what: str = "condition"):
     """Poll until predicate() is truthy; returns its value or fails the test."""
     deadline = time.monotonic() + timeout

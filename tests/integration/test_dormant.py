@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from odyssey_gevent.relay import DORMANT_AFTER_MS
-from tests.integration.conftest import (ensure_roles, module_pooler, odyssey_config, odyssey_text, rule, start_pooler,
+from tests.integration.conftest import (console_client_ids, ensure_roles, module_pooler, odyssey_config, odyssey_text, rule, start_pooler,
                                         wait_for)
 from tests.integration.wire import Wire, parse_fields
 
@@ -31,15 +31,7 @@ def dp(pg, roles):
 
 
 def _client_ids(p) -> list[str]:
-    con = psycopg2.connect(p.dsn("admin", "console"))
-    con.autocommit = True
-    try:
-        with con.cursor() as cur:
-            cur.execute("SHOW CLIENTS")
-            names = [d.name for d in cur.description]
-            return [r["id"] for r in (dict(zip(names, row)) for row in cur.fetchall()) if r["user"] == USER]
-    finally:
-        con.close()
+    return console_client_ids(p, USER)
 
 
 @pytest.mark.timeout(30)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from tests.integration.conftest import backends, ensure_roles, module_pooler, odyssey_config, odyssey_text, rule
+from tests.integration.conftest import (backends, console_client_ids, ensure_roles, module_pooler, odyssey_config,
+                                        odyssey_text, rule)
 from tests.integration.wire import Wire, parse_fields, query
 
 USER = "fastpath_user"          # transaction pooling, pool_size 1
@@ -57,13 +58,7 @@ def test_a_reply_the_client_reads_late_arrives_whole(fp):
     try:
         pid = _pid(w)
         w.send(query("select repeat('x', 1000000) from generate_series(1, 8)"))
-        rows = []
-        while True:
-            tag, body = w.read_message()
-            if tag == b"D":
-                rows.append(body)
-            elif tag == b"Z":
-                break
+        rows, _ = _reply_rows(w)
         assert len(rows) == 8 and all(r.endswith(b"x" * 1000) and len(r) == 2 + 4 + 1000000 for r in rows)
         assert _pid(w) == pid                      # pool_size 1: the same server, reset and reused
     finally:
@@ -103,15 +98,7 @@ def test_idle_in_transaction_timeout_ends_a_fast_path_wait(fp, pg):
 
 
 def _client_ids(p) -> set[str]:
-    con = psycopg2.connect(p.dsn("admin", "console"))
-    con.autocommit = True
-    try:
-        with con.cursor() as cur:
-            cur.execute("SHOW CLIENTS")
-            names = [d.name for d in cur.description]
-            return {r["id"] for r in (dict(zip(names, row)) for row in cur.fetchall()) if r["user"] == USER}
-    finally:
-        con.close()
+    return set(console_client_ids(p, USER))
 
 
 @pytest.mark.timeout(60)
