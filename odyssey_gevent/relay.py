@@ -564,10 +564,11 @@ class Relay:
                 raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
             end = start + n
             reason = None
+            first = buf[0]              # once: indexing a bytearray is not specialized
             if client.server is None:
                 # attach at once only for a whole header of a message that needs a server, with
                 # nothing of an earlier message pending; the coroutine decides everything else
-                if self.c_skip or self.c_drop or end < 5 or _C_NOT_FIRST[buf[0]]:
+                if self.c_skip or self.c_drop or end < 5 or _C_NOT_FIRST[first]:
                     reason = (end, None)
                 else:
                     server = self.fe.attach_now()
@@ -585,7 +586,7 @@ class Relay:
             # the test sets a flag: 3.11 specializes a comparison only when a conditional jump
             # follows it at once, and the jump over the long body below has an EXTENDED_ARG first
             alone = False
-            if reason is None and not start and buf[0] == _C_QUERY and self.prepared is None and not self.c_skip \
+            if reason is None and not start and first == _C_QUERY and self.prepared is None and not self.c_skip \
                     and not self.c_drop and end >= 5 and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
                 alone = True
             if alone:
