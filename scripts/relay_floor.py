@@ -247,6 +247,17 @@ def _listener(port: int) -> socket.socket:
     return ls
 
 
+def _epoll_setup(listen_port: int):
+    """The epoll variants' start: the listener registered with a new epoll object, and the
+    one read buffer (with its memoryview) the loop reuses."""
+    ls = _listener(listen_port)
+    ep = select.epoll()
+    lfd = ls.fileno()
+    ep.register(lfd, select.EPOLLIN)
+    buf = bytearray(BUFSIZE)
+    return ls, ep, lfd, buf, memoryview(buf)
+
+
 def _pair(ls: socket.socket, upstream: tuple[str, int]):
     """Accept one client and connect its server; both non-blocking with TCP_NODELAY. None when
     the accept would block or the server cannot be reached (the client is then closed)."""
@@ -274,12 +285,7 @@ def _send_blocking(sock: socket.socket, data) -> None:
 
 
 def serve_epoll(listen_port: int, upstream: tuple[str, int], framing: bool = False) -> None:
-    ls = _listener(listen_port)
-    ep = select.epoll()
-    lfd = ls.fileno()
-    ep.register(lfd, select.EPOLLIN)
-    buf = bytearray(BUFSIZE)
-    view = memoryview(buf)
+    ls, ep, lfd, buf, view = _epoll_setup(listen_port)
     routes = {}             # fd -> (recv_into, send, walker or None, source socket, destination socket)
     poll, register, unregister = ep.poll, ep.register, ep.unregister
 
@@ -406,12 +412,7 @@ def serve_epoll_pool(listen_port: int, upstream: tuple[str, int], pool_size: int
     the idle list when a client speaks and given back when the server's reply ends with
     ReadyForQuery(I). Trust authentication, one pool per user and database, no pipelining
     across transactions, no cancel requests, no parameter tracking: a floor, not a pooler."""
-    ls = _listener(listen_port)
-    ep = select.epoll()
-    lfd = ls.fileno()
-    ep.register(lfd, select.EPOLLIN)
-    buf = bytearray(BUFSIZE)
-    view = memoryview(buf)
+    ls, ep, lfd, buf, view = _epoll_setup(listen_port)
     clients: dict = {}
     servers: dict = {}
     pools: dict = {}
