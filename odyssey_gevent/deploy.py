@@ -65,14 +65,9 @@ def deploy(instance, client, server) -> None:
     todo = client.deploy_list
     if todo is None:
         todo = client.deploy_list = tracked(client.vars)
-    if not todo:
+    if not needed(client, server):      # on every attach: usually the server has them all
         return
     params = server.params
-    for key, _, value in todo:          # on every attach: usually the server has them all
-        if params.get(key) != value:
-            break
-    else:
-        return
     changes = plan(todo, params)
     if not changes:
         return

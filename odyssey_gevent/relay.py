@@ -620,17 +620,13 @@ class Relay:
                 if len(buf) == BUF_SIZE and len(free) < 256:
                     free.append(buf)
                 self.c_buf = None
+            elif reason is None:
+                reason = self._client_data(buf, end)
+            if reason is None:
                 if self.pending is None and not self.instance.shutting_down and not client.killed:
                     self.wait_start = self.now()
                     return
                 reason = _AGAIN
-            elif reason is None:
-                reason = self._client_data(buf, end)
-                if reason is None:
-                    if self.pending is None and not self.instance.shutting_down and not client.killed:
-                        self.wait_start = self.now()
-                        return
-                    reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
         self.glet.switch(reason)
