@@ -1,6 +1,8 @@
 """The pure parts of scripts/bench.py and scripts/demo.py, and the config builder of conftest.py."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from scripts import bench, demo
@@ -211,3 +213,31 @@ def test_bench_chart_is_a_png_or_skipped(tmp_path):
         assert not drawn and not path.exists()
     else:
         assert drawn and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_count_opcodes_counts_only_while_the_flag_exists(tmp_path):
+    import collections
+    from scripts.count_opcodes import make_tracer
+    flag = tmp_path / "on"
+    counts, calls = collections.Counter(), collections.Counter()
+
+    def work(n):
+        total = 0
+        for i in range(n):
+            total += i
+        return total
+
+    tracer = make_tracer(str(flag), counts, calls)
+    sys.settrace(tracer)
+    try:
+        work(3)                 # flag absent: not counted
+        flag.touch()
+        work(3)
+        work(30)
+    finally:
+        sys.settrace(None)
+    code = work.__code__
+    assert calls[code] == 2
+    # the 30-step loop runs more bytecodes than the 3-step one: both were counted, nothing before
+    assert counts[code] > 2 * 30
+    assert set(calls) == {code}

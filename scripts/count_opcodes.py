@@ -1,0 +1,132 @@
+"""Python bytecodes the pooler runs per pgbench transaction, per function.
+
+    python scripts/count_opcodes.py [--clients 10] [--mode simple] [--connect]
+        [--transactions 2000] [--auth none|md5|scram] [--top 40]
+
+count_instructions.py says how many machine instructions a transaction costs; this says where
+in our Python code they start: it runs the pooler with a trace function that counts every
+bytecode each code object executes (sys.settrace with f_trace_opcodes), switched on only while
+pgbench runs the counted transactions, and prints per transaction: bytecodes and calls of
+each function, most bytecodes first. Tracing makes the pooler slow, and 3.11 does not
+specialize while tracing, so the counts say what runs, not what it costs: decide with
+count_instructions.py. Same config and options as count_instructions.py.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+def make_tracer(flag: str, counts: collections.Counter, calls: collections.Counter):
+    """A sys.settrace function that, while the file `flag` exists, counts the bytecodes
+    (counts) and calls (calls) of each code object it sees called."""
+    exists = os.path.exists
+
+    def local(frame, event, arg):
+        if event == "opcode":
+            counts[frame.f_code] += 1
+        return local
+
+    def on_call(frame, event, arg):
+        if not exists(flag):
+            return None
+        frame.f_trace_opcodes = True
+        calls[frame.f_code] += 1
+        return local
+
+    return on_call
+
+
+def traced_pooler(flag: str, out: str, argv: list) -> None:
+    """Run the pooler (argv: its command line) counting bytecodes while `flag` exists; write
+    `count<TAB>calls<TAB>file:line:name` lines to `out` at exit."""
+    import atexit
+    import runpy
+    import threading
+
+    counts, calls = collections.Counter(), collections.Counter()
+    on_call = make_tracer(flag, counts, calls)
+
+    def dump():
+        with open(out, "w") as f:
+            for code, n in counts.most_common():
+                f.write(f"{n}\t{calls[code]}\t{code.co_filename}:{code.co_firstlineno}:{code.co_name}\n")
+
+    atexit.register(dump)
+    threading.settrace(on_call)
+    sys.settrace(on_call)
+    sys.argv = ["odyssey_gevent", *argv]
+    runpy.run_module("odyssey_gevent", run_name="__main__")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--traced"]:
+        traced_pooler(argv[1], argv[2], argv[3:])
+        return 0
+    from scripts.count_instructions import AUTH, TEMPLATE, parse_args, pgbench
+    from scripts.pgcluster import PgCluster, wait_port
+    from scripts.pooler import PoolerProcess
+
+    import argparse
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--top", type=int, default=40, help="functions to print (default 40)")
+    mine, rest = own.parse_known_args(argv)
+    a = parse_args(rest)
+    work = tempfile.mkdtemp(prefix="odyssey-gevent-opcodes-")
+    flag, out = os.path.join(work, "on"), os.path.join(work, "counts")
+    cluster = pooler = None
+    try:
+        if a.pg_port is None:
+            cluster = PgCluster()
+            cluster.init()
+            cluster.start()
+            cluster.psql(f"CREATE DATABASE {a.db};")
+            pg_host, pg_port = cluster.host, cluster.port
+            subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", pg_host, "-p", str(pg_port), "-U",
+                            a.pg_user, a.db], check=True, capture_output=True)
+        else:
+            pg_host, pg_port = a.pg_host, a.pg_port
+        user = a.pg_user if a.auth == "none" else "bench_client"
+        pooler = PoolerProcess(TEMPLATE, pg_host=pg_host, pg_port=pg_port,
+                               binary=f"{sys.executable} {os.path.abspath(__file__)} --traced {flag} {out}",
+                               wait=False, pool_size=a.pool_size, auth=AUTH[a.auth], pg_user=a.pg_user,
+                               reserve_prepared="yes" if a.mode == "prepared" else "no")
+        wait_port("127.0.0.1", pooler.port, timeout=60, proc=pooler.proc)
+        pgbench(a, pooler.port, a.warmup, user)
+        open(flag, "w").close()
+        n = pgbench(a, pooler.port, a.transactions, user)
+        os.unlink(flag)
+        pooler.stop()           # the pooler writes its counts at exit
+        rows = []
+        with open(out) as f:
+            for line in f:
+                count, ncalls, name = line.rstrip("\n").split("\t")
+                rows.append((int(count), int(ncalls), name.replace(REPO + os.sep, "")))
+        total = sum(r[0] for r in rows)
+        cell = f"-c {a.clients} -M {a.mode}{' -C' if a.connect else ''}, auth {a.auth}"
+        print(f"odyssey-gevent, pgbench -S {cell}: {total / n:,.0f} bytecodes per transaction "
+              f"({n:,} transactions)")
+        print(f"{'bytecodes':>10} {'calls':>7}  function (per transaction)")
+        for count, ncalls, name in rows[:mine.top]:
+            print(f"{count / n:10.1f} {ncalls / n:7.2f}  {name}")
+        return 0
+    finally:
+        if pooler is not None:
+            pooler.stop()
+            shutil.rmtree(pooler.tmp, ignore_errors=True)
+        if cluster is not None:
+            cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
