@@ -60,7 +60,7 @@ class Client:
         self.deploy_list = None             # deploy.py's cache of the tracked vars; None = stale
         self.prepared = None                # statement name -> prepared.Statement (pooled statements)
         self.killed = False                 # KILL_CLIENT: end the session at the next chance (router.kill)
-        self.tsa_checks = None              # (catchup_timeout, target_session_attrs): tsa.idle_server_fits
+        self.tsa_checks = None              # (catchup_timeout, target_session_attrs): tsa.work_out
         self.waiter = None                  # route.Waiter: its place in the queue for a server (router.attach)
 
     def __repr__(self) -> str:

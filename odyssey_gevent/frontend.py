@@ -105,6 +105,9 @@ class Frontend:
         # ... ReadyForQuery, or an error), one send instead of two; before the close at the latest
         self.owed = None
         self.head = None                 # the startup packet's first bytes if the accept read them
+        # the fast attach (attach_now) needs no host check (tsa) and no NOTICE: worked out in
+        # route(), as both are fixed for the session
+        self.attach_plain = False
 
     # -- stage 1: startup ----------------------------------------------------------------------
     def _login_timeout(self) -> int | None:
@@ -181,6 +184,9 @@ class Frontend:
         if rule.application_name_add_host and client.peer_host:
             app = client.vars.get("application_name", "")
             client.vars["application_name"] = (f"{app} - {client.peer_host}")[:63]
+        storage_ = rule.storage
+        self.attach_plain = (not tsa.checks_hosts(client)
+                             and not (storage_ is not None and storage_.balancing.show_notice_messages))
 
     # -- stage 3b: host based authentication (hba_file) --------------------------------------
     def check_hba(self) -> None:
@@ -310,9 +316,26 @@ class Frontend:
         when that needs no IO. None: nothing was taken (the relay's coroutine attaches as
         usual); False: a server was taken (client.server) but a check or a deploy needs a
         round trip, which the coroutine does with attach(taken=client.server)."""
-        server = self.instance.router.attach_idle(self.client)
+        client = self.client
+        server = self.instance.router.attach_idle(client)
         if server is None:
             return None
+        # ready_now's common case inline, as it runs once per transaction and a Python frame
+        # (with readable_now's, tsa's) costs more than this copy: a connected plain-socket server
+        # for a client with no host check or NOTICE due (attach_plain); pool_attach_check's poll
+        # asked of the Io's poll object directly once readable_now has made it
+        io = server.io
+        if self.attach_plain and io is not None and not io._tls:
+            rule = client.rule
+            if rule.pool_attach_check:
+                poller = io._poller
+                if poller is None:
+                    return self.ready_now(server)
+                if poller.poll(0):
+                    return False
+            if rule.maintain_params and deploy.needed(client, server):
+                return False
+            return server
         return self.ready_now(server)
 
     def queue_now(self, cont, loop, ident):
@@ -340,11 +363,12 @@ class Frontend:
         rule = client.rule
         if io._tls or rule.pool_attach_check and io.readable_now():
             return False
-        if server.endpoint is not None and not tsa.idle_server_fits_now(client, server):
-            return False
+        if not self.attach_plain:
+            if server.endpoint is not None and not tsa.idle_server_fits_now(client, server):
+                return False
+            if rule.storage is not None and rule.storage.balancing.show_notice_messages:
+                return False
         if rule.maintain_params and deploy.needed(client, server):
-            return False
-        if rule.storage is not None and rule.storage.balancing.show_notice_messages:
             return False
         return server
 

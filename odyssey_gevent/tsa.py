@@ -65,6 +65,21 @@ def matches(value: str, status) -> bool:
     return True      # any, prefer-standby
 
 
+def work_out(client) -> tuple:
+    """(catchup_timeout, target_session_attrs) the client's pooled servers are checked against
+    (from its rule, listen block and startup parameters, all fixed for its session), kept in
+    client.tsa_checks."""
+    checks = client.tsa_checks = (storage.effective_catchup(client, client.rule), effective(client))
+    return checks
+
+
+def checks_hosts(client) -> bool:
+    """Must an idle server's host be checked before the client gets it (a catchup_timeout or a
+    target_session_attrs other than any)? False: idle_server_fits() says yes without asking."""
+    checks = client.tsa_checks or work_out(client)
+    return bool(checks[0]) or checks[1] != "any"
+
+
 def idle_server_fits_now(client, server) -> bool:
     """True when idle_server_fits() is sure to say yes without asking anything: no host status
     to check (no catchup_timeout, target_session_attrs any, worked out at an earlier attach).
@@ -83,12 +98,13 @@ def idle_server_fits(instance, client, server) -> bool:
     again on this server. False also when asking failed (the server is then marked broken), and
     when the host lags more than the client's catchup_timeout while another host does not.
     Runs on every attach of a pooled server: what the client asks for (from its rule, listen
-    block and startup parameters, all fixed for its session) is worked out at its first attach."""
+    block and startup parameters, all fixed for its session) is worked out once (work_out: at
+    routing, Frontend.route)."""
     if server.endpoint is None:
         return True
     checks = getattr(client, "tsa_checks", None)
     if checks is None:
-        checks = client.tsa_checks = (storage.effective_catchup(client, client.rule), effective(client))
+        checks = work_out(client)
     catchup, want = checks
     if catchup and storage.lags(server.endpoint, catchup) and storage.some_host_within(
             client.rule.storage, instance.config, catchup):
