@@ -76,6 +76,16 @@ class Phase:
 _READY_PHASE, _BUSY_PHASE = Phase.READY, Phase.BUSY
 _FAST_QUEUED = frozenset((_P, _B, _C))
 
+# send_many's inline cases by type (a tuple: 3.11 specializes indexing it with an int); 0: send()
+_K_QUEUED, _K_DESCRIBE, _K_EXECUTE, _K_SYNC, _K_QUERY, _K_FLUSH, _K_FUNCTION, _K_COPY_END = range(1, 9)
+_SEND_KIND = [0] * 256
+for _t, _k in ((_P, _K_QUEUED), (_B, _K_QUEUED), (_C, _K_QUEUED), (_D, _K_DESCRIBE), (_E, _K_EXECUTE),
+               (_S, _K_SYNC), (_Q, _K_QUERY), (_H, _K_FLUSH), (_F, _K_FUNCTION), (_COPY_DONE, _K_COPY_END),
+               (_COPY_FAIL, _K_COPY_END)):
+    _SEND_KIND[_t] = _k
+_SEND_KIND = tuple(_SEND_KIND)
+del _t, _k
+
 # (phase, event) -> next phase; an event missing for a phase leaves it unchanged.
 # Events: the server's CopyIn/CopyOut/CopyBoth responses and CopyDone, the client's
 # CopyDone/CopyFail, an extended-protocol error with no Sync queued yet ("error_unsynced"),
@@ -269,6 +279,62 @@ class Conversation:
                         if entry.__class__ is int and entry & 0xFF == _E:
                             queue[i] = entry | _COPY_SENT
                             break
+
+    def send_many(self, types: list) -> None:
+        """`send` for each frontend message type in `types` (ints), in order: the relay tells one
+        read's messages in one call. Without `exact` counting, outside COPY and SKIP (where
+        sending never changes the phase but to BUSY), the state is kept in locals and written
+        back once: a Python call and attribute stores per message cost more than the work."""
+        phase = self.phase
+        if self.exact or not (phase == _BUSY_PHASE or phase == _READY_PHASE):
+            for t in types:
+                self.send(t)
+            return
+        queue = self.queue
+        unsynced = self.unsynced
+        flushed = self.flushed
+        ex = self._exec_syncs
+        ended = self._copy_ended
+        syncs = self.syncs
+        for t in types:
+            kind = _SEND_KIND[t]
+            if kind == _K_QUEUED:               # Parse, Bind, Close
+                unsynced = True
+                flushed = False
+                queue.append(t)
+            elif kind == _K_SYNC:
+                unsynced = False
+                if ex >= 0 and not ended:
+                    ex += 1
+                queue.append(_S)
+                syncs += 1
+            elif kind == _K_DESCRIBE:
+                unsynced = True
+                flushed = False
+            elif kind == _K_EXECUTE:
+                unsynced = True
+                flushed = False
+                ex = 0
+                ended = False
+            elif kind == _K_QUERY:
+                ex = -1
+                ended = False
+                queue.append(_Q)
+                syncs += 1
+            elif kind == _K_FLUSH:
+                flushed = True
+            elif kind == _K_FUNCTION:
+                queue.append(_F)
+                syncs += 1
+            elif kind == _K_COPY_END:           # ends a COPY the server has not started yet
+                ended = True
+        self.unsynced = unsynced
+        self.flushed = flushed
+        self._exec_syncs = ex
+        self._copy_ended = ended
+        self.syncs = syncs
+        if queue:
+            self.phase = _BUSY_PHASE
 
     def _queue(self, t: int) -> None:
         if self.phase == Phase.READY:

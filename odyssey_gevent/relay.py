@@ -56,12 +56,19 @@ _C_STRAY = frozenset(b"dcf")       # COPY messages: ignored by PostgreSQL outsid
 # limits), -1 for a forbidden type, so one chained comparison checks type and length
 _C_LIMITS = tuple(FE_RELAY_LIMITS)
 _Q_LIMIT = _C_LIMITS[_C_QUERY]
-_C_INTEREST = bytearray(256)       # 1: the Conversation must know; 3: prepared statements too
+# what the Conversation must know: without prepared statements (_C_INTEREST) 1, told in one
+# Conversation.send_many call after the walk; with them (_C_INTEREST_PREPARED) 2, told at once
+# (the prepared-statement layer tells its own messages in between), 3: the layer may rewrite it
+_C_INTEREST = bytearray(256)
+_C_INTEREST_PREPARED = bytearray(256)
 for _t in b"SFcfEH":
     _C_INTEREST[_t] = 1
+    _C_INTEREST_PREPARED[_t] = 2
 for _t in b"QPBDC":
-    _C_INTEREST[_t] = 3
+    _C_INTEREST[_t] = 1
+    _C_INTEREST_PREPARED[_t] = 3
 _C_INTEREST = tuple(_C_INTEREST)  # tuples: 3.11 specializes indexing a tuple, not bytes
+_C_INTEREST_PREPARED = tuple(_C_INTEREST_PREPARED)
 
 # server -> client message types
 _S_READY, _S_PARAM = b"ZS"
@@ -843,8 +850,9 @@ class Relay:
         else:
             self.c_skip = 0
             limits = _C_LIMITS
-            interest = _C_INTEREST
             prepared = self.prepared
+            interest = _C_INTEREST if prepared is None else _C_INTEREST_PREPARED
+            sent = []           # types the Conversation is told after the walk, in one call
             while True:             # not `while pos + 5 <= end`: its jump is long (see _on_client)
                 if pos + 5 > end:
                     break
@@ -873,32 +881,36 @@ class Relay:
                         server.proto.exact = True
                 msg_end = pos + 1 + length
                 kind = interest[t]
-                if kind == 3 and prepared is not None:
-                    # a message the prepared-statement layer may rewrite: it needs it whole
-                    if msg_end > end and (t != _C_QUERY or _maybe_sql(buf, pos, end)):
-                        if msg_end - pos > len(buf):
-                            grow = msg_end - pos
-                        break
-                    if msg_end <= end:
-                        pieces = prepared.client_message(server, t, buf, pos, msg_end)
-                        if pieces is not None:
-                            if out is None:
-                                out = []
-                            if pos > seg:
-                                out.append(memoryview(buf)[seg:pos])
-                            out.extend(pieces)
-                            seg = msg_end
-                            pos = msg_end
-                            if pos >= end:
-                                break
-                            continue
-                if kind:
+                if kind == 1:
+                    sent.append(t)
+                elif kind:
+                    if kind == 3:
+                        # a message the prepared-statement layer may rewrite: it needs it whole
+                        if msg_end > end and (t != _C_QUERY or _maybe_sql(buf, pos, end)):
+                            if msg_end - pos > len(buf):
+                                grow = msg_end - pos
+                            break
+                        if msg_end <= end:
+                            pieces = prepared.client_message(server, t, buf, pos, msg_end)
+                            if pieces is not None:
+                                if out is None:
+                                    out = []
+                                if pos > seg:
+                                    out.append(memoryview(buf)[seg:pos])
+                                out.extend(pieces)
+                                seg = msg_end
+                                pos = msg_end
+                                if pos >= end:
+                                    break
+                                continue
                     server.proto.send(t)
                 pos = msg_end
                 if pos >= end:
                     self.c_skip = pos - end
                     pos = end
                     break
+            if sent:
+                server.proto.send_many(sent)
         forward_end = terminate if terminate >= 0 else pos
         if forward_end > seg or out:
             if out is None:

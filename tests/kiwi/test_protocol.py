@@ -248,3 +248,33 @@ def test_inline_extended_batch_leaves_the_state_of_the_general_branches():
     assert c._copy_ended and c._exec_syncs == 0 and c.syncs == 1   # not after an Execute's COPY
     c, _ = run(["E", "S"])         # Execute first, phase READY: the general branches
     assert (c.unsynced, c._exec_syncs, c.syncs, c.phase) == (False, 1, 1, Phase.BUSY)
+
+
+def _state(c):
+    return {name: list(v) if name == "queue" else v for name in Conversation.__slots__
+            for v in (getattr(c, name),)}
+
+
+def test_send_many_leaves_the_state_of_one_send_per_message():
+    """send_many (the relay's one call per read) must leave exactly what a send() per message
+    leaves, from every phase (its inline path covers READY and BUSY without exact counting;
+    COPY, SKIP and exact mode go through send()): random client batches after random
+    conversations, the same seed every run."""
+    import random
+    rnd = random.Random(10)
+    client = "PBDESQFHCcfdX"
+    server = [">1", ">2", ">3", ">T", ">n", ">D", ">C", ">I", ">s", ">E", ">G", ">H", ">W", ">c", ">Z:I", ">Z:T"]
+    phases = set()
+    for _ in range(3000):
+        prefix = [rnd.choice(client) if rnd.random() < 0.5 else rnd.choice(server)
+                  for _ in range(rnd.randrange(12))]
+        batch = [ord(rnd.choice(client)) for _ in range(rnd.randrange(1, 8))]
+        exact = rnd.random() < 0.3
+        one, _ = run(prefix, exact)
+        many, _ = run(prefix, exact)
+        phases.add(one.phase)
+        for t in batch:
+            one.send(t)
+        many.send_many(batch)
+        assert _state(many) == _state(one), (prefix, [chr(t) for t in batch], exact)
+    assert phases == {v for k, v in vars(Phase).items() if not k.startswith("_")}
