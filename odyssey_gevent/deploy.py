@@ -49,11 +49,13 @@ def plan(client_vars, server_params: dict) -> list[tuple[str, str]]:
 
 
 def needed(client, server) -> bool:
-    """Might deploy() have to SET something on this server (or work out the client's list
-    first)? The relay's fast path attaches without a round trip only when it need not."""
+    """Might deploy() have to SET something on this server? The relay's fast path attaches
+    without a round trip only when it need not. The client's list is worked out here when it
+    is stale (it is pure): answering True for that sent every client's first request the slow
+    way (a switch into its coroutine and Frontend.attach), a pgbench -C login's only one."""
     todo = client.deploy_list
     if todo is None:
-        return True
+        todo = client.deploy_list = tracked(client.vars)
     params = server.params
     for key, _, value in todo:
         if params.get(key) != value:

@@ -25,7 +25,7 @@ import time
 
 import machinarium
 from kiwi import error_codes
-from odyssey_gevent import backend, storage
+from odyssey_gevent import backend, storage, tsa
 from odyssey_gevent.route import Route
 from odyssey_gevent.rules import route_key
 from odyssey_gevent.server import Server
@@ -99,7 +99,7 @@ def check_catchup(instance, client) -> None:
     st = rule.storage
     if st is None or not st.is_remote:
         return
-    timeout = storage.effective_catchup(client, rule)
+    timeout = (client.tsa_checks or tsa.work_out(client))[0]     # worked out at routing (Frontend.route)
     if timeout <= 0:
         return
     lag = 0

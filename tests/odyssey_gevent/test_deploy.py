@@ -171,3 +171,17 @@ def test_deploy_failure_refuses_the_client_and_forgets_the_values(in_machine):
         return True
 
     assert in_machine(body)
+
+
+def test_needed_works_out_a_stale_list_itself():
+    """The relay's fast path asks needed() at a client's first attach, before any deploy(): a
+    stale (None) list is worked out there, so a server that already has the client's values
+    needs no round trip, and one that lacks them does."""
+    client = Client(None)
+    client.vars = {"application_name": "pgbench", "foo": "x"}
+    assert client.deploy_list is None
+    assert not deploy.needed(client, _server(None, {"application_name": "pgbench"}))
+    assert client.deploy_list == [("application_name", "application_name", "pgbench")]
+    client.deploy_list = None
+    assert deploy.needed(client, _server(None, {"application_name": "psql"}))
+    assert deploy.needed(client, _server(None, {}))
