@@ -115,6 +115,7 @@ def _abandon(server) -> None:
         io.close()
     server.endpoint = None
     server.params = {}
+    server.deployed = None
     server.login_params = []
     server.proto = Conversation()
 
@@ -127,6 +128,7 @@ def login(instance, server, client, endpoint, timeout: int, replication: str | N
     if server.io is not None:
         _abandon(server)
     server.params = {}
+    server.deployed = None
     server.login_params = []
     server.proto = Conversation()
     server.io = open_connection(endpoint, config, timeout)
@@ -169,6 +171,7 @@ def startup(instance, server, client, timeout_ms: int) -> None:
         elif mtype == BE.PARAMETER_STATUS:
             name, value = fe_read.read_parameter_status(payload)
             server.params[name.lower()] = value
+            server.deployed = None
             server.login_params.append((name, value))
         elif mtype == BE.BACKEND_KEY_DATA:
             server.key_pid, server.key_secret = fe_read.read_backend_key_data(payload)
@@ -227,6 +230,7 @@ def wait_ready(instance, server, timeout_ms: int | None, rows: list | None = Non
         elif mtype == BE.PARAMETER_STATUS:
             name, value = fe_read.read_parameter_status(payload)
             server.params[name.lower()] = value
+            server.deployed = None
         elif mtype in (BE.COPY_IN_RESPONSE, BE.COPY_BOTH_RESPONSE):
             raise BackendError("the server asks for COPY data during a service query")
         if server.proto.broken:

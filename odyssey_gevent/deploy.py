@@ -5,7 +5,9 @@ Only the parameters Odyssey tracks are replayed, compared case-insensitively wit
 server is known to have (server.params is keyed by lower-case name); the differences go in one
 `SET k='v';...` query whose replies are consumed here, so the client never sees them. This runs
 on every attach, so the client's tracked vars are kept pre-digested in `client.deploy_list`
-(reset to None whenever client.vars changes).
+(reset to None whenever client.vars changes): a tuple, one object for every client with the
+same tracked vars (interned), so that a server which was found to hold them (`server.deployed`)
+is known to fit the next such client by one identity test.
 """
 from __future__ import annotations
 
@@ -38,6 +40,21 @@ def tracked(client_vars: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+# the interned deploy lists: a bounded cache (cleared when full; an identity test that misses
+# only costs the comparison it saves)
+_LISTS: dict[tuple, tuple] = {}
+_LISTS_MAX = 1024
+
+
+def deploy_list(client) -> tuple:
+    """client.deploy_list, worked out from client.vars (the interned tuple of `tracked()`)."""
+    todo = tuple(tracked(client.vars))
+    if len(_LISTS) >= _LISTS_MAX:
+        _LISTS.clear()
+    todo = client.deploy_list = _LISTS.setdefault(todo, todo)
+    return todo
+
+
 def plan(client_vars, server_params: dict) -> list[tuple[str, str]]:
     """The (name, value) pairs the server must SET to match the client. `client_vars` is a
     dict of client parameters or an already digested `tracked()` list; `server_params` is keyed
@@ -49,26 +66,29 @@ def plan(client_vars, server_params: dict) -> list[tuple[str, str]]:
 
 
 def needed(client, server) -> bool:
-    """Might deploy() have to SET something on this server? The relay's fast path attaches
-    without a round trip only when it need not. The client's list is worked out here when it
-    is stale (it is pure): answering True for that sent every client's first request the slow
-    way (a switch into its coroutine and Frontend.attach), a pgbench -C login's only one."""
+    """Must deploy() SET something on this server, attached to the client? The relay's fast
+    path attaches without a round trip only when not. The client's list is worked out here when
+    it is stale (it is pure): answering True for that sent every client's first request the
+    slow way (a switch into its coroutine and Frontend.attach), a pgbench -C login's only one.
+    A server found to hold the client's list is marked (server.deployed) until its params are
+    written."""
     todo = client.deploy_list
     if todo is None:
-        todo = client.deploy_list = tracked(client.vars)
+        todo = deploy_list(client)
+    elif server.deployed is todo:
+        return False
     params = server.params
     for key, _, value in todo:
         if params.get(key) != value:
             return True
+    server.deployed = todo
     return False
 
 
 def deploy(instance, client, server) -> None:
-    todo = client.deploy_list
-    if todo is None:
-        todo = client.deploy_list = tracked(client.vars)
     if not needed(client, server):      # on every attach: usually the server has them all
         return
+    todo = client.deploy_list
     params = server.params
     changes = plan(todo, params)
     if not changes:
@@ -78,6 +98,7 @@ def deploy(instance, client, server) -> None:
     error = backend.query(instance, server, sql, instance.config.backend_connect_timeout_ms, "deploy")
     if error is not None:
         # some SETs before the failing one may have applied: forget what we knew of them all
+        server.deployed = None
         for name, _ in changes:
             server.params.pop(name.lower(), None)
         instance.logger.error("deploy", client, server, "deploy failed: %s", error.message)
@@ -86,3 +107,4 @@ def deploy(instance, client, server) -> None:
                             hint=error.hint)
     for name, value in changes:
         server.params[name.lower()] = value
+    server.deployed = todo

@@ -333,8 +333,11 @@ class Frontend:
                     return self.ready_now(server)
                 if poller.poll(0):
                     return False
-            if rule.maintain_params and deploy.needed(client, server):
-                return False
+            if rule.maintain_params:
+                # deploy.needed's common case first: the server was found to hold this list
+                todo = client.deploy_list
+                if (todo is None or server.deployed is not todo) and deploy.needed(client, server):
+                    return False
             return server
         return self.ready_now(server)
 
@@ -389,6 +392,8 @@ class Frontend:
         instance = self.instance
         if instance.workers > 1 and not park(server, instance.workers):
             return False
+        if server.deployed is not client.deploy_list:
+            server.deployed = None      # the relay wrote params (ParameterStatus): see Server
         instance.router.detach(client)
         return True
 
@@ -429,6 +434,8 @@ class Frontend:
         clean = client.relay is None or client.relay.server_clean
         ok = reset.reset(instance, server, clean) if reset_first else clean
         if ok and (instance.workers <= 1 or park(server, instance.workers)):     # one worker: nothing to park
+            if server.deployed is not client.deploy_list:
+                server.deployed = None      # the relay wrote params (ParameterStatus): see Server
             instance.router.detach(client)
         else:
             self._drop_server(server)

@@ -131,6 +131,7 @@ def reset(instance, server, clean: bool) -> bool:
                 server.params = {}
             else:
                 server.params = dict(server.baseline)    # DISCARD ALL / the smart-discard script
+            server.deployed = None
             if server.prepared and _drops_statements(query):
                 server.prepared.clear()
             _service_query(instance, server, query, timeout)

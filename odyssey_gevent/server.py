@@ -23,7 +23,7 @@ class Server:
     __slots__ = ("id", "route", "io", "fd", "endpoint", "endpoint_host", "state", "client",
                  "key_pid", "key_secret", "params", "proto", "prepared",
                  "created_at", "idle_since", "offline", "broken", "drop", "cancels",
-                 "baseline", "login_params")
+                 "baseline", "login_params", "deployed")
 
     def __init__(self, route):
         self.id = new_id("s")
@@ -37,6 +37,10 @@ class Server:
         self.key_pid = 0
         self.key_secret = 0
         self.params: dict[str, str] = {}   # lower-case name -> value (ParameterStatus and what we SET)
+        # the deploy list (deploy.py) `params` was last found to hold, None: not known. Whoever
+        # writes `params` resets it, except the relay, which resets the client's deploy_list
+        # instead: the detach then drops it (Frontend.detach, detach_now)
+        self.deployed = None
         self.login_params: list[tuple[str, str]] = []   # ParameterStatus at login, names as sent
         self.proto = Conversation()     # what the server still owes us (kiwi.protocol)
         self.prepared = None        # prepared.ServerStatements once a pooled statement is made here

@@ -211,6 +211,33 @@ def test_maintain_params_follows_the_client_across_servers(modes_pooler):
 
 
 @pytest.mark.timeout(30)
+def test_a_set_reported_by_the_server_is_not_left_for_a_client_with_the_same_parameters(modes_pooler):
+    """pool_size 1, transaction mode: a and b log in with the same application_name, so a server
+    known to hold it fits both without a SET; a's own SET (reported by the server) changes that
+    server, and b's next transaction on it still sees b's value, then a's sees a's."""
+    a = connect(modes_pooler, "params_user", application_name="same_app")
+    b = connect(modes_pooler, "params_user", application_name="same_app")
+    q = "select current_setting('application_name'), pg_backend_pid()"
+    try:
+        ca, cb = a.cursor(), b.cursor()
+        ca.execute(q)
+        assert ca.fetchone()[0] == "same_app"
+        cb.execute(q)
+        assert cb.fetchone()[0] == "same_app"
+        ca.execute("set application_name = 'changed_by_a'")
+        cb.execute(q)
+        app, pid = cb.fetchone()
+        assert app == "same_app"
+        ca.execute(q)
+        assert ca.fetchone() == ("changed_by_a", pid)
+        cb.execute(q)
+        assert cb.fetchone() == ("same_app", pid)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(30)
 def test_client_set_in_transaction_mode_is_visible_in_its_transaction(modes_pooler):
     con = psycopg2.connect(modes_pooler.dsn("tx_user", "db1"))
     try:
@@ -238,6 +265,26 @@ def test_custom_discard_query_does_not_hide_the_previous_clients_settings(pg, od
     cur.execute("show timezone")
     assert cur.fetchone()[0] == "Etc/UTC"
     b.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("reset", [{"pool_discard": True}, {"pool_discard_query": "RESET ALL"}])
+def test_a_reset_in_transaction_mode_is_followed_by_the_clients_parameters_again(pg, odyssey, reset):
+    """DISCARD ALL (or a RESET ALL pool_discard_query) after every transaction puts
+    application_name back to the pooler's login value: each next transaction of the client, on
+    the same server, must get the client's value set again."""
+    ensure_roles(pg, "txreset_user")
+    p = odyssey(rule("txreset_user", pool="transaction", pool_size=1, **reset))
+    con = psycopg2.connect(p.dsn("txreset_user", "db1", application_name="my_app"))
+    con.autocommit = True
+    try:
+        pids = set()
+        for _ in range(3):
+            assert one(con, "select current_setting('application_name')") == "my_app"
+            pids.add(one(con, "select pg_backend_pid()"))
+        assert len(pids) == 1
+    finally:
+        con.close()
 
 
 @pytest.mark.timeout(30)

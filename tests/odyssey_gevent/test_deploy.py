@@ -181,7 +181,67 @@ def test_needed_works_out_a_stale_list_itself():
     client.vars = {"application_name": "pgbench", "foo": "x"}
     assert client.deploy_list is None
     assert not deploy.needed(client, _server(None, {"application_name": "pgbench"}))
-    assert client.deploy_list == [("application_name", "application_name", "pgbench")]
+    assert client.deploy_list == (("application_name", "application_name", "pgbench"),)
     client.deploy_list = None
     assert deploy.needed(client, _server(None, {"application_name": "psql"}))
     assert deploy.needed(client, _server(None, {}))
+
+
+# ----------------------------------------------------------------------------------------------
+# needed(): the fast path's question, and the server's mark (server.deployed)
+
+def test_clients_with_the_same_tracked_vars_share_one_deploy_list():
+    a, b, c = Client(None), Client(None), Client(None)
+    a.vars = {"application_name": "app", "timezone": "UTC", "foo": "1"}
+    b.vars = {"application_name": "app", "timezone": "UTC"}
+    c.vars = {"application_name": "other", "timezone": "UTC"}
+    assert deploy.deploy_list(a) is deploy.deploy_list(b) is a.deploy_list is b.deploy_list
+    assert deploy.deploy_list(c) is not a.deploy_list
+    assert a.deploy_list == (("application_name", "application_name", "app"), ("timezone", "TimeZone", "UTC"))
+
+
+def test_needed_marks_a_server_that_holds_the_list_and_trusts_the_mark():
+    server = _server(None, {"application_name": "app", "timezone": "UTC"})
+    a, b = Client(None), Client(None)
+    a.vars = b.vars = {"application_name": "app"}
+    assert server.deployed is None
+    assert deploy.needed(a, server) is False        # worked out a's stale list, then compared
+    assert server.deployed is a.deploy_list is not None
+    assert deploy.needed(b, server) is False and b.deploy_list is a.deploy_list
+    # the mark is trusted: whoever writes params must reset it (backend, reset, the detach)
+    server.params["application_name"] = "changed"
+    assert deploy.needed(b, server) is False
+    server.deployed = None
+    assert deploy.needed(b, server) is True
+    assert server.deployed is None
+
+
+def test_deploy_marks_the_server_and_a_failure_forgets_the_mark(in_machine):
+    def body():
+        a, b = gsocket.socketpair()
+        pooler, pg = mm.Io(a), mm.Io(b)
+        try:
+            server = _server(pooler, {"work_mem": "4MB"})
+            ok, bad = Client(None), Client(None)
+            ok.vars = {"work_mem": "8MB"}
+            bad.vars = {"work_mem": "lots"}
+
+            def backend():
+                read_message(pg, 2000)
+                pg.write(be_write.command_complete("SET") + be_write.ready_for_query(b"I"))
+                read_message(pg, 2000)
+                pg.write(be_write.error_response("ERROR", "22023", 'invalid value for parameter "work_mem"')
+                         + be_write.ready_for_query(b"I"))
+
+            co = mm.Coroutine(backend)
+            deploy.deploy(_instance(), ok, server)
+            assert server.deployed is ok.deploy_list and server.params["work_mem"] == "8MB"
+            with pytest.raises(FrontendError):
+                deploy.deploy(_instance(), bad, server)
+            co.join(2000)
+            assert server.deployed is None
+        finally:
+            pooler.close(), pg.close()
+        return True
+
+    assert in_machine(body)
