@@ -148,7 +148,7 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
             instance.router.errors.router_error("OD_ROUTER_ERROR_LIMIT")     # SHOW ERRORS, as C counts it
             machinarium.coroutine_create(reject, io, error_message(err, new_id("c")), name="reject")
             continue
-        peer = local = None
+        peer = None
         if conn_type == "host":
             if server.options_for is not config:
                 _socket_options(io, config, log, explicit=_INHERITED)     # it has the old ones
@@ -158,13 +158,12 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
             try:
                 p = io.peer
                 peer = (p[0], p[1]) if p else None
-                loc = io.local
-                local = (loc[0], loc[1])
             except OSError:               # the client is already gone
                 io.close()
                 instance.client_closed()
                 continue
-        pool.feed(io, server.listen, conn_type, peer, local)
+        # the local address: asked only if SHOW CLIENTS wants it (Client.local_host)
+        pool.feed(io, server.listen, conn_type, peer, None)
         machinarium.sleep(0)      # let the new client start before the next accept
 
 

@@ -5,6 +5,7 @@ console's error replies and roles.
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
 import psycopg
@@ -147,6 +148,30 @@ def test_show_pools_counts_an_active_client(console_pooler):
         _, servers = _show(con, "SERVERS")
         assert any(r[1] == USER and r[2] == "db1" for r in servers), servers
     finally:
+        con.close()
+        client.close()
+
+
+@pytest.mark.timeout(20)
+def test_show_clients_gives_both_ends_of_a_client_connection(console_pooler):
+    """addr/port: the client's end; local_addr/local_port: the pooler's (asked of the socket
+    when SHOW CLIENTS wants it, not at every accept)."""
+    client = psycopg2.connect(console_pooler.dsn(USER, "db1"))
+    con = _console(console_pooler)
+    sock = socket.socket(fileno=os.dup(client.fileno()))
+    try:
+        host, port = sock.getsockname()[:2]          # the client's end, as the pooler sees it
+        cols, rows = _show(con, "CLIENTS")
+        names = [c[0] for c in cols]
+        mine = [dict(zip(names, r)) for r in rows if r[1] == USER and r[6] == port]
+        assert len(mine) == 1, rows
+        assert mine[0]["addr"] == host == "127.0.0.1"
+        assert (mine[0]["local_addr"], mine[0]["local_port"]) == ("127.0.0.1", console_pooler.port)
+        # the console's own session is listed too, with its own ends
+        admin = [dict(zip(names, r)) for r in rows if r[1] == "admin"]
+        assert admin and admin[0]["local_port"] == console_pooler.port
+    finally:
+        sock.close()
         con.close()
         client.close()
 
