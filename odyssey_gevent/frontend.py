@@ -81,16 +81,20 @@ def parse_options(value: str) -> dict[str, str]:
     return out
 
 
-def param_wire(route) -> list:
+def param_wire(route) -> tuple:
     """The route's ParameterStatus messages, encoded once (each login sends them, with the
-    client's own value where it has one); kept on the route as (params, [(name, lower-case
-    name, value, ParameterStatus bytes)])."""
+    client's own value where it has one): (messages, {lower-case name: (index, name, value)},
+    the messages joined), kept on the route with the params they were made from."""
     cached = getattr(route, "params_wire", None)
     params = route.params
     if cached is None or cached[0] is not params:
-        cached = route.params_wire = (params, [(name, name.lower(), value, be_write.parameter_status(name, value))
-                                               for name, value in params])
-    return cached[1]
+        wires = [be_write.parameter_status(name, value) for name, value in params]
+        index = {name.lower(): (i, name, value) for i, (name, value) in enumerate(params)}
+        cached = route.params_wire = (params, wires, index, b"".join(wires))
+    return cached[1:]
+
+
+_READY_IDLE = be_write.ready_for_query(b"I")
 
 
 class Frontend:
@@ -244,15 +248,22 @@ class Frontend:
             self.attach(deploy_params=False)
             route.params = list(client.server.login_params)
             self.detach(reset_first=False)
-        out = [self.owed or b""]
+        owed = self.owed or b""
         self.owed = None
-        client_vars = client.vars
-        for name, key, value, wire in param_wire(route):
-            mine = client_vars.get(key)
-            out.append(wire if mine is None or mine == value else be_write.parameter_status(name, mine))
-        out.append(be_write.backend_key_data(client.key_pid, client.key_secret))
-        out.append(be_write.ready_for_query(b"I"))
-        client.io.write(b"".join(out))
+        # the route's messages joined once; a client value that differs (a few vars, where the
+        # route has about fifteen parameters) replaces its message in a copy
+        wires, index, block = param_wire(route)
+        mine = None
+        for key, value in client.vars.items():
+            known = index.get(key)
+            if known is not None and known[2] != value:
+                if mine is None:
+                    mine = list(wires)
+                mine[known[0]] = be_write.parameter_status(known[1], value)
+        if mine is not None:
+            block = b"".join(mine)
+        client.io.write(b"".join((owed, block, be_write.backend_key_data(client.key_pid, client.key_secret),
+                                  _READY_IDLE)))
 
     # -- attach / detach (called by the relay) ----------------------------------------------
     def attach(self, deploy_params: bool = True, taken=None, queued: bool = False):

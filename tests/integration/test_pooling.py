@@ -5,7 +5,7 @@ import psycopg2
 import pytest
 
 from tests.integration.conftest import backends, direct, ensure_roles, module_pooler, odyssey_config, one, rule
-from tests.integration.wire import Wire, errors_in, query
+from tests.integration.wire import Wire, errors_in, query, startup
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +183,38 @@ def test_raw_login_gets_parameters_and_backend_key(modes_pooler):
         w.send(b"X\x00\x00\x00\x04")
     finally:
         w.close()
+
+
+def _login_parameters(port: int, **params) -> list[tuple[str, str]]:
+    """The ParameterStatus messages of one login, in the order sent."""
+    w = Wire(port)
+    try:
+        w.send(startup("tx_user", "db1", **params))
+        got = []
+        while True:
+            tag, body = w.read_message()
+            if tag == b"S":
+                k, v, _ = body.split(b"\0", 2)
+                got.append((k.decode(), v.decode()))
+            elif tag in (b"E", b"Z"):
+                assert tag == b"Z", body
+                return got
+    finally:
+        w.close()
+
+
+@pytest.mark.timeout(30)
+def test_login_parameters_are_the_routes_with_the_clients_own_values(modes_pooler):
+    """Every login gets the route's parameters once each, in the same order; where the client
+    sent its own value of one (names compared case-insensitively) it gets that value instead."""
+    plain = _login_parameters(modes_pooler.port)
+    mine = _login_parameters(modes_pooler.port, application_name="own_app", datestyle="SQL, DMY")
+    names = [k for k, _ in plain]
+    assert len(set(names)) == len(names) and "DateStyle" in names and "application_name" in names
+    assert [k for k, _ in mine] == names
+    assert dict(mine)["application_name"] == "own_app" and dict(mine)["DateStyle"] == "SQL, DMY"
+    assert {k: v for k, v in mine if k not in ("application_name", "DateStyle")} == \
+        {k: v for k, v in plain if k not in ("application_name", "DateStyle")}
 
 
 @pytest.mark.timeout(30)
