@@ -23,7 +23,7 @@ def to_bytes(value, what: str = "value") -> bytes:
 
 def cstr(value, what: str = "string") -> bytes:
     raw = to_bytes(value, what)
-    if b"\0" in raw:
+    if 0 in raw:        # an int: `b"\0" in raw` first fails (and formats) a TypeError inside
         raise ValueError(f"{what} must not contain NUL bytes")
     return raw + b"\0"
 
