@@ -61,6 +61,8 @@ _COPY_BOTH, _SERVER_COPY_DONE = int(BE.COPY_BOTH_RESPONSE), int(BE.COPY_DONE)
 _ENDS_EXECUTE = frozenset((int(BE.COMMAND_COMPLETE), _EMPTY, int(BE.PORTAL_SUSPENDED)))
 _ENDS_DESCRIBE = frozenset((int(BE.ROW_DESCRIPTION), int(BE.NO_DATA)))
 COMPLETES = {int(BE.PARSE_COMPLETE): _P, int(BE.BIND_COMPLETE): _B, int(BE.CLOSE_COMPLETE): _C}
+# the same as a tuple by type, -1 (no queued entry) for the rest
+_COMPLETED = tuple(COMPLETES.get(_t, -1) for _t in range(256))
 
 
 class Phase:
@@ -389,21 +391,25 @@ class Conversation:
         afterwards `output` may hold LOCAL answers due right after this message."""
         queue = self.queue
         head = queue[0] if queue else None
-        if head.__class__ is int and COMPLETES.get(t) == head:
-            queue.popleft()                    # the common case: ParseComplete/BindComplete/...
+        # the common cases inline, each test one the interpreter specializes (an int compared
+        # with an int, a str with a str; no dict call, no & unless the head is a flagged Sync)
+        if t == _READY:
+            if head.__class__ is int and (head == _Q or head == _S or head & 0xFF == _S) \
+                    and self.phase == _BUSY_PHASE:
+                # the ReadyForQuery of a plain Query or Sync
+                queue.popleft()
+                self.syncs -= 1
+                self.replies += 1
+                self.tx_status = status or b"I"
+                if not queue:
+                    if not self.syncs and not self.unsynced:
+                        self.phase = _READY_PHASE
+                elif queue[0].__class__ is not int:
+                    self._flush_local()
+                return FORWARD
+        elif head.__class__ is int and head == _COMPLETED[t]:
+            queue.popleft()                    # ParseComplete/BindComplete/CloseComplete
             if queue and queue[0].__class__ is not int:
-                self._flush_local()
-            return FORWARD
-        if t == _READY and head.__class__ is int and (head == _Q or head & 0xFF == _S) and self.phase == _BUSY_PHASE:
-            # the common case, inline: the ReadyForQuery of a plain Query or Sync
-            queue.popleft()
-            self.syncs -= 1
-            self.replies += 1
-            self.tx_status = status or b"I"
-            if not queue:
-                if not self.syncs and not self.unsynced:
-                    self.phase = _READY_PHASE
-            elif queue[0].__class__ is not int:
                 self._flush_local()
             return FORWARD
         hiding = head is not None and head.__class__ is not int and head.hide and head.type == _Q

@@ -56,17 +56,22 @@ _C_STRAY = frozenset(b"dcf")       # COPY messages: ignored by PostgreSQL outsid
 # limits), -1 for a forbidden type, so one chained comparison checks type and length
 _C_LIMITS = tuple(FE_RELAY_LIMITS)
 _Q_LIMIT = _C_LIMITS[_C_QUERY]
-# what the Conversation must know: without prepared statements (_C_INTEREST) 1, told in one
-# Conversation.send_many call after the walk; with them (_C_INTEREST_PREPARED) 2, told at once
-# (the prepared-statement layer tells its own messages in between), 3: the layer may rewrite it
+# limits + 4 (the length field counts itself), -1 for a forbidden type: one comparison per message
+_C_LIMITS4 = tuple(limit + 4 if limit >= 0 else -1 for limit in _C_LIMITS)
+# what the client walk does with a message type: _CK_TELL, the Conversation is told after the
+# walk in one Conversation.send_many call (without prepared statements); with them _CK_NOW, told
+# at once (the prepared-statement layer tells its own messages in between), and _CK_PREPARED,
+# the layer may rewrite it; _CK_TERMINATE ends the walk. Module constants, not an Enum.
+_CK_TELL, _CK_NOW, _CK_PREPARED, _CK_TERMINATE = 1, 2, 3, 4
 _C_INTEREST = bytearray(256)
 _C_INTEREST_PREPARED = bytearray(256)
 for _t in b"SFcfEH":
-    _C_INTEREST[_t] = 1
-    _C_INTEREST_PREPARED[_t] = 2
+    _C_INTEREST[_t] = _CK_TELL
+    _C_INTEREST_PREPARED[_t] = _CK_NOW
 for _t in b"QPBDC":
-    _C_INTEREST[_t] = 1
-    _C_INTEREST_PREPARED[_t] = 3
+    _C_INTEREST[_t] = _CK_TELL
+    _C_INTEREST_PREPARED[_t] = _CK_PREPARED
+_C_INTEREST[_C_TERMINATE] = _C_INTEREST_PREPARED[_C_TERMINATE] = _CK_TERMINATE
 _C_INTEREST = tuple(_C_INTEREST)  # tuples: 3.11 specializes indexing a tuple, not bytes
 _C_INTEREST_PREPARED = tuple(_C_INTEREST_PREPARED)
 
@@ -76,18 +81,26 @@ _S_COMPLETE, _S_ERROR = b"CE"
 _S_INTEREST = bytearray(256)       # what the Conversation must see (kiwi.protocol)
 for _t in b"ZSGHWc123EI":
     _S_INTEREST[_t] = 1
-_S_INTEREST = tuple(map(bool, _S_INTEREST))
-_S_WHOLE = bytearray(256)          # messages the relay must see whole
-_S_WHOLE[_S_READY] = 1
-_S_WHOLE[_S_PARAM] = 1
-_S_WHOLE_PREPARED = bytearray(_S_WHOLE)   # ... and with prepared statements (tags, error codes)
-_S_WHOLE_PREPARED[_S_COMPLETE] = 1
-_S_WHOLE_PREPARED[_S_ERROR] = 1
-_S_WHOLE = tuple(map(bool, _S_WHOLE))
-_S_WHOLE_PREPARED = tuple(map(bool, _S_WHOLE_PREPARED))
 _S_INTEREST_PREPARED = bytearray(_S_INTEREST)
 for _t in b"CTns":                 # the ends of Describe and Execute (Conversation.exact)
     _S_INTEREST_PREPARED[_t] = 1
+# what the walk does with a message the Conversation must see (the kinds are module constants,
+# not an Enum: see docs/performance.md): ReadyForQuery and ParameterStatus are read whole, and
+# with prepared statements CommandComplete and ErrorResponse too (tags, error codes) where
+# they fit in the buffer; the rest are only told
+_SK_TELL, _SK_READY, _SK_PARAM, _SK_WHOLE = 1, 2, 3, 4
+_S_KIND = bytearray(_S_INTEREST)
+_S_KIND[_S_READY] = _SK_READY
+_S_KIND[_S_PARAM] = _SK_PARAM
+_S_KIND_PREPARED = bytearray(_S_INTEREST_PREPARED)
+_S_KIND_PREPARED[_S_READY] = _SK_READY
+_S_KIND_PREPARED[_S_PARAM] = _SK_PARAM
+_S_KIND_PREPARED[_S_COMPLETE] = _SK_WHOLE
+_S_KIND_PREPARED[_S_ERROR] = _SK_WHOLE
+# tuples: 3.11 specializes indexing a tuple with an int, not bytes; the interest tables hold
+# bools, so an `if` on them needs no PyObject_IsTrue
+_S_KIND, _S_KIND_PREPARED = tuple(_S_KIND), tuple(_S_KIND_PREPARED)
+_S_INTEREST = tuple(map(bool, _S_INTEREST))
 _S_INTEREST_PREPARED = tuple(map(bool, _S_INTEREST_PREPARED))
 
 
@@ -849,22 +862,26 @@ class Relay:
             pos = end
         else:
             self.c_skip = 0
-            limits = _C_LIMITS
+            limits = _C_LIMITS4
             prepared = self.prepared
             interest = _C_INTEREST if prepared is None else _C_INTEREST_PREPARED
             sent = []           # types the Conversation is told after the walk, in one call
-            while True:             # not `while pos + 5 <= end`: its jump is long (see _on_client)
-                if pos + 5 > end:
+            last = end - 5      # the last position a whole header starts at
+            # per message: the fewest tests the interpreter specializes; a message past the
+            # end is dealt with after the loop (not by a second test per message)
+            while True:             # not `while pos <= last`: its jump is long (see _on_client)
+                if pos > last:
                     break
                 t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
-                if length < 4 or length - 4 > limits[t]:     # not a chained comparison: see reset.quick
+                if length > limits[t] or length < 4:     # not a chained comparison: see reset.quick
                     raise FrontendError(error_codes.PROTOCOL_VIOLATION,
                                         "unexpected message type from client or other protocol violation",
                                         severity="FATAL")
-                if t == _C_TERMINATE:
-                    terminate = pos
-                    break
+                kind = interest[t]
                 if server is None:
+                    if kind == _CK_TERMINATE:
+                        terminate = pos
+                        break
                     if t in _C_STRAY:
                         # CopyData/CopyDone/CopyFail outside COPY: PostgreSQL ignores them, so
                         # they get no server (a few such bytes must not hold a pooled server)
@@ -880,11 +897,13 @@ class Relay:
                     if prepared is not None:
                         server.proto.exact = True
                 msg_end = pos + 1 + length
-                kind = interest[t]
-                if kind == 1:
+                if kind == _CK_TELL:
                     sent.append(t)
                 elif kind:
-                    if kind == 3:
+                    if kind == _CK_TERMINATE:
+                        terminate = pos
+                        break
+                    if kind == _CK_PREPARED:
                         # a message the prepared-statement layer may rewrite: it needs it whole
                         if msg_end > end and (t != _C_QUERY or _maybe_sql(buf, pos, end)):
                             if msg_end - pos > len(buf):
@@ -900,15 +919,12 @@ class Relay:
                                 out.extend(pieces)
                                 seg = msg_end
                                 pos = msg_end
-                                if pos >= end:
-                                    break
                                 continue
                     server.proto.send(t)
                 pos = msg_end
-                if pos >= end:
-                    self.c_skip = pos - end
-                    pos = end
-                    break
+            if pos > end:       # a message goes on past the bytes received
+                self.c_skip = pos - end
+                pos = end
             if sent:
                 server.proto.send_many(sent)
         forward_end = terminate if terminate >= 0 else pos
@@ -1012,29 +1028,45 @@ class Relay:
                 seg = pos
                 self.s_drop = False
             self.s_skip = 0
-            if self.prepared is None:
-                interest, whole = _S_INTEREST, _S_WHOLE
+            prepared = self.prepared
+            if prepared is None:
+                interest, kinds = _S_INTEREST, _S_KIND
             else:
-                interest, whole = _S_INTEREST_PREPARED, _S_WHOLE_PREPARED
-            while True:             # not `while pos + 5 <= end`: its jump is long (see _on_client)
-                if pos + 5 > end:
+                interest, kinds = _S_INTEREST_PREPARED, _S_KIND_PREPARED
+            if proto.output:    # answers the pooler gives itself, due before the next message
+                out = _splice(out, buf, seg, pos, proto.take_output())
+                seg = pos
+            last = end - 5      # the last position a whole header starts at
+            while True:             # not `while pos <= last`: its jump is long (see _on_client)
+                if pos > last:
                     break
                 t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
                 if length < 4:
                     raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
                 msg_end = pos + 1 + length
-                if proto.output:           # answers the pooler gives itself, due here
-                    out = _splice(out, buf, seg, pos, proto.take_output())
-                    seg = pos
                 if interest[t]:
-                    if whole[t] and msg_end > end:
-                        if 1 + length <= len(buf):
-                            break          # hold it back until whole
-                        if t == _S_READY or t == _S_PARAM:
-                            raise ServerError(Status.ESERVER_READ, "server message too long")
-                    ready = False
-                    if t == _S_READY:
-                        ready = True
+                    kind = kinds[t]
+                    ready = False       # a flag: the jump over the long branch is not specialized
+                    if kind == _SK_TELL:
+                        action = proto.receive(t)
+                    else:
+                        if msg_end > end:                       # wanted whole
+                            if 1 + length <= len(buf):
+                                break          # hold it back until whole
+                            if kind != _SK_WHOLE:
+                                raise ServerError(Status.ESERVER_READ, "server message too long")
+                        if kind == _SK_READY:
+                            ready = True
+                        else:
+                            action = proto.receive(t)
+                            if kind == _SK_PARAM:
+                                self._parameter_status(server, buf, pos + 5, msg_end)
+                            elif msg_end <= end:        # _SK_WHOLE: prepared statements
+                                if t == _S_COMPLETE:
+                                    if length in (16, 19):
+                                        prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
+                                else:
+                                    self._server_error(server, buf, pos + 5, msg_end)
                     if ready:
                         action = proto.receive(t, _BYTE[buf[msg_end - 1]])
                         stats = self.stats
@@ -1061,19 +1093,9 @@ class Relay:
                                             stats.tx_sketch.add(elapsed * 1e6)
                                 self.tx_start = now if q0 and proto.syncs else 0.0
                         self.s_ready = True
-                    else:
-                        action = proto.receive(t)
-                        if t == _S_PARAM:
-                            self._parameter_status(server, buf, pos + 5, msg_end)
-                        elif self.prepared is not None and msg_end <= end:
-                            if t == _S_COMPLETE:
-                                if length in (16, 19):
-                                    self.prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
-                            elif t == _S_ERROR:
-                                self._server_error(server, buf, pos + 5, msg_end)
                     if proto.broken is not None:
                         self._miscounted(server)
-                    if action:
+                    if action != 0:         # not FORWARD (an int compared: specialized)
                         if out is None:
                             out = []
                         if pos > seg:
@@ -1086,11 +1108,15 @@ class Relay:
                             seg = pos = end
                             break
                         seg = msg_end
+                    # answers the pooler gives itself become due only here, after a message
+                    # it was told (a partial one's at the next message's header, above)
+                    if proto.output and msg_end <= end:
+                        out = _splice(out, buf, seg, msg_end, proto.take_output())
+                        seg = msg_end
                 pos = msg_end
-                if pos >= end:
-                    self.s_skip = pos - end
-                    pos = end
-                    break
+            if pos > end:       # a message goes on past the bytes received (see _client_data)
+                self.s_skip = pos - end
+                pos = end
         rest = end - pos
         self.s_len = rest           # before writing: a failed write must leave the state honest
         if self.s_skip == 0 and proto.output and rest == 0:

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 import machinarium as mm
 from kiwi import be_write, fe_write
-from kiwi.protocol import Conversation
+from kiwi.protocol import LOCAL, Conversation, Request
 from odyssey_gevent.logger import Logger
+from odyssey_gevent.prepared import Prepared, Registry
 from odyssey_gevent.relay import BUF_SIZE, Relay
 from odyssey_gevent.route import RouteStats
 from odyssey_gevent.server import Server
@@ -63,18 +64,21 @@ def _unread(io) -> int:
 class Harness:
     """app <-> [client io | Relay | server io] <-> pg, all in the current machine."""
 
-    def __init__(self, pool="session", attached=False):
+    def __init__(self, pool="session", attached=False, prepared=False):
         a, c = gsocket.socketpair()
         s, p = gsocket.socketpair()
         self.app, self.cio, self.sio, self.pg = mm.Io(a), mm.Io(c), mm.Io(s), mm.Io(p)
-        self.client = SimpleNamespace(io=self.cio, rule=SimpleNamespace(pool=pool),
+        self.client = SimpleNamespace(io=self.cio, rule=SimpleNamespace(pool=pool), prepared=None,
                                       route=SimpleNamespace(stats=RouteStats()), server=None, vars={}, killed=False)
         self.fe = FakeFrontend(self.client, self.sio)
         if attached:
             self.fe.attach()
             self.fe.attaches = 0
         self.server = self.fe.server
-        self.relay = Relay(self.fe, self.client)
+        # prepared: the relay has the prepared-statement layer (its walk's tables, exact counting)
+        self.relay = Relay(self.fe, self.client, Prepared(self.client, Registry()) if prepared else None)
+        if prepared:
+            self.server.proto.exact = True
         self.co = mm.Coroutine(self._run, name="relay")
 
     def _run(self):
@@ -272,6 +276,55 @@ def test_split_parameter_status_and_ready_byte_by_byte(in_machine):
             assert h.server.sync_reply == 1 and h.server.tx_status == b"T"
         finally:
             h.close()
+        return True
+
+    assert in_machine(body)
+
+
+# (name, the requests as (type, hidden) or "local", the replies, the message the answer follows)
+_LOCAL_CASES = [
+    ("after a forwarded ParseComplete", [("P", False), "local", ("B", False), ("S", False)],
+     [be_write.parse_complete(), be_write.bind_complete(), be_write.ready_for_query(b"I")], 0),
+    ("after a dropped ParseComplete", [("P", True), "local", ("B", False), ("S", False)],
+     [be_write.parse_complete(), be_write.bind_complete(), be_write.ready_for_query(b"I")], 0),
+    # exact counting (the prepared-statement layer): a RowDescription ends the Describe before
+    # the answer; it arrives in pieces, so the answer waits for the next message's header
+    ("after a RowDescription", [("D", False), "local", ("S", False)],
+     [be_write.row_description([("column%d" % i, 25) for i in range(8)]), be_write.ready_for_query(b"I")], 0),
+]
+
+
+@pytest.mark.parametrize("name,requests,replies,after", _LOCAL_CASES, ids=[c[0] for c in _LOCAL_CASES])
+def test_answers_the_pooler_gives_itself_follow_their_message_whatever_the_chunking(in_machine, name, requests,
+                                                                                  replies, after):
+    """An answer the pooler gives itself (LOCAL) is due right after the reply to the request
+    queued before it: the walk splices it there whether that reply, or the header after it,
+    ends a read or not (every single cut of the replies, and byte by byte)."""
+    local = be_write.notice_response("NOTICE", "00000", "the pooler's own answer")
+    prepared = any(r != "local" and r[0] == "D" for r in requests)
+    data = b"".join(replies)
+    expected = b"".join(m for i, m in enumerate(replies[:after + 1])
+                        if not (i == after and ("P", True) in requests)) + local + b"".join(replies[after + 1:])
+
+    def body():
+        for cuts in [[]] + [[c] for c in range(1, len(data))] + [list(range(1, len(data)))]:
+            h = Harness("session", attached=True, prepared=prepared)
+            proto = h.server.proto
+            for r in requests:
+                if r == "local":
+                    proto.send_request(Request(LOCAL, local=local))
+                elif r[1]:
+                    proto.send_request(Request(ord(r[0]), hide=True))
+                else:
+                    proto.send(ord(r[0]))
+            try:
+                back = Collector(h.app, len(expected))
+                h.feed(h.pg, h.sio, data, cuts)
+                assert back.get() == expected, cuts
+                assert proto.idle and proto.broken is None and not proto.output
+                assert h.client.route.stats.count_query == 1
+            finally:
+                h.close()
         return True
 
     assert in_machine(body)
