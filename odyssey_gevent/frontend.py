@@ -23,6 +23,8 @@ from odyssey_gevent.router import AttachTimeout
 from odyssey_gevent.server import park
 from odyssey_gevent.status import BackendError, ClientGone, FrontendError, ServerError, Status, error_message
 
+_TX_IDLE = reset._TX_IDLE               # detach_now's copy of reset.settled
+_COPY_PHASES = reset._COPY_PHASES
 # startup parameters that are not session parameters to maintain
 _NOT_VARS = {"user", "database", "options", "replication"}
 
@@ -112,6 +114,9 @@ class Frontend:
         # the fast attach (attach_now) needs no host check (tsa) and no NOTICE: worked out in
         # route(), as both are fixed for the session
         self.attach_plain = False
+        # the fast detach (detach_now): a rule that resets no server (reset.rule_resets), no
+        # shared pool, one worker (nothing to park): worked out in route(), as all are fixed
+        self.detach_plain = False
 
     # -- stage 1: startup ----------------------------------------------------------------------
     def _login_timeout(self) -> int | None:
@@ -191,6 +196,7 @@ class Frontend:
         storage_ = rule.storage
         self.attach_plain = (not tsa.checks_hosts(client)
                              and not (storage_ is not None and storage_.balancing.show_notice_messages))
+        self.detach_plain = not reset.rule_resets(rule) and not rule.shared_pool and self.instance.workers <= 1
 
     # -- stage 3b: host based authentication (hba_file) --------------------------------------
     def check_hba(self) -> None:
@@ -395,17 +401,29 @@ class Frontend:
         if clean is None:
             relay = client.relay
             clean = relay is None or relay.server_clean
-        if not reset.quick(server, clean):
-            return False
-        route = server.route
-        if server.offline or route.obsolete or route.rule.shared_pool:
-            return False
-        instance = self.instance
-        if instance.workers > 1 and not park(server, instance.workers):
-            return False
+        if self.detach_plain:           # reset.quick's rule half, the shared pool and parking
+            # reset.settled inline: once per transaction, where its frame costs more than this
+            # copy (tests/odyssey_gevent/test_frontend_fast.py keeps the two in step)
+            proto = server.proto
+            txs = proto.tx_status
+            if not (clean and proto.syncs == 0 and (txs is _TX_IDLE or txs == _TX_IDLE) and not proto.output
+                    and not server.cancels and not server.drop and not server.broken and server.io is not None
+                    and proto.phase not in _COPY_PHASES):
+                return False
+            if server.offline or server.route.obsolete:
+                return False
+        else:
+            if not reset.quick(server, clean):
+                return False
+            route = server.route
+            if server.offline or route.obsolete or route.rule.shared_pool:
+                return False
+            instance = self.instance
+            if instance.workers > 1 and not park(server, instance.workers):
+                return False
         if server.deployed is not client.deploy_list:
             server.deployed = None      # the relay wrote params (ParameterStatus): see Server
-        instance.router.detach(client)
+        self.instance.router.detach(client)
         return True
 
     def _connect(self, server) -> None:

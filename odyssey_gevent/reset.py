@@ -65,19 +65,33 @@ _TX_IDLE = b"I"
 _COPY_PHASES = frozenset((Phase.COPY_IN, Phase.COPY_OUT, Phase.COPY_BOTH))   # Conversation.copy_mode
 
 
-def quick(server, clean: bool) -> bool:
-    """Every detach of a transaction pool: a healthy server that answered everything, outside a
-    transaction and COPY, and a rule with no reset query is decided with a few reads (reset()'s
-    steps would reach the same answer, True). False: reset() must decide, and may wait."""
-    rule = server.route.rule
+def rule_resets(rule) -> bool:
+    """Does the rule reset every server it gets back (session pooling, pool_discard,
+    pool_smart_discard, pool_discard_query)? Fixed for a rule: the fast detach
+    (Frontend.detach_now) works it out once per client."""
+    if rule.pool == "session" or rule.pool_discard or rule.pool_smart_discard or rule.pool_discard_query:
+        return True
+    return False
+
+
+def settled(server, clean: bool) -> bool:
+    """A healthy server that answered everything, outside a transaction and COPY: with a rule
+    that does not reset (rule_resets), reset() would return True at once."""
     proto = server.proto
     # an `if`, not `return a and b ...`: 3.11 specializes a comparison only when a conditional
     # jump follows it (in a returned `and` chain each one takes the generic path)
     txs = proto.tx_status
     if (clean and proto.syncs == 0 and (txs is _TX_IDLE or txs == _TX_IDLE) and not proto.output and not server.cancels
-            and not server.drop and not server.broken and server.io is not None and proto.phase not in _COPY_PHASES
-            and rule.pool != "session" and not rule.pool_discard and not rule.pool_smart_discard
-            and not rule.pool_discard_query):
+            and not server.drop and not server.broken and server.io is not None and proto.phase not in _COPY_PHASES):
+        return True
+    return False
+
+
+def quick(server, clean: bool) -> bool:
+    """Every detach of a transaction pool: a settled server and a rule with no reset query is
+    decided with a few reads (reset()'s steps would reach the same answer, True). False:
+    reset() must decide, and may wait."""
+    if settled(server, clean) and not rule_resets(server.route.rule):
         return True
     return False
 
