@@ -30,7 +30,7 @@ from odyssey_gevent.server import Server, ServerState
 from odyssey_gevent.status import FrontendError
 
 # Enum members read on every attach and detach, bound here (see route.py's _IDLE)
-_C_ACTIVE, _C_PENDING, _C_QUEUE = ClientState.ACTIVE, ClientState.PENDING, ClientState.QUEUE
+_C_ACTIVE, _C_PENDING, _C_QUEUE, _C_UNDEF = ClientState.ACTIVE, ClientState.PENDING, ClientState.QUEUE, ClientState.UNDEF
 _S_IDLE, _S_ACTIVE = ServerState.IDLE, ServerState.ACTIVE
 
 
@@ -64,7 +64,9 @@ class Router:
         route_db = rule.storage_db or db
         route_user = rule.storage_user or user
         key = route_key(rule, db, user)
-        with self.lock:
+        lock = self.lock
+        lock.acquire()              # not `with`: see attach_idle
+        try:
             route = self.routes.get(key)
             if route is None:
                 route = self.routes[key] = Route(key, rule, route_db, route_user)
@@ -78,20 +80,26 @@ class Router:
             self.keys[(client.key_pid, client.key_secret)] = client
             client.rule = rule
             client.route = route
-            client.state = ClientState.PENDING
+            client.state = _C_PENDING
+        finally:
+            lock.release()
         return route
 
     def unroute(self, client) -> None:
         route = client.route
         if route is None:
             return
-        with self.lock:
+        lock = self.lock
+        lock.acquire()              # not `with`: see attach_idle
+        try:
             route.clients.discard(client)
             self.keys.pop((client.key_pid, client.key_secret), None)
             waiter = client.waiter
             if waiter is not None and waiter in route.waiters:
                 route.waiters.remove(waiter)
-            client.state = ClientState.UNDEF
+            client.state = _C_UNDEF
+        finally:
+            lock.release()
 
     # -- attach / detach ---------------------------------------------------------------------
     def attach(self, client, timeout_ms: int | None) -> Server:
