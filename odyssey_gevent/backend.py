@@ -14,6 +14,7 @@ from kiwi.protocol import Conversation
 from kiwi.header import BE, FE
 from odyssey_gevent import auth, storage, tsa
 from odyssey_gevent.io import read_message
+from odyssey_gevent.server import unwatch
 from odyssey_gevent.status import BackendError
 
 
@@ -250,6 +251,7 @@ def close(instance, server, terminate: bool = True) -> None:
                 pass
             server.fd = None
         return
+    unwatch(io)             # an idle pooled server's started read watcher (server.idle_readable)
     if terminate and not server.broken:
         try:
             io.write(fe_write.terminate())

@@ -20,7 +20,7 @@ from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
 from odyssey_gevent.relay import Relay
 from odyssey_gevent.router import AttachTimeout
-from odyssey_gevent.server import park
+from odyssey_gevent.server import park, unwatch
 from odyssey_gevent.status import BackendError, ClientGone, FrontendError, ServerError, Status, error_message
 
 _TX_IDLE = reset._TX_IDLE               # detach_now's copy of reset.settled
@@ -312,6 +312,8 @@ class Frontend:
             if server.io is None:
                 server.io = machinarium.Io.attach(server.fd)
                 server.fd = None
+            else:
+                unwatch(server.io)      # pooled by the fast path with its watcher started
             if rule.pool_attach_check and server.io.readable_now():
                 # an idle server that has something to say was closed or terminated meanwhile
                 self.logger.info("attach", client, server, "idle server connection is broken, closing it")

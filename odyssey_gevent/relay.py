@@ -38,6 +38,7 @@ from kiwi import error_codes
 from kiwi.framer import FE_RELAY_LIMITS
 from kiwi.protocol import REPLACE, Phase
 from odyssey_gevent.prepared import _SQL_HEAD
+from odyssey_gevent.server import idle_readable
 from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
 
 BUF_SIZE = 32 * 1024
@@ -308,7 +309,7 @@ class Relay:
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
                  "wait_start", "expired", "s_watch", "on_client", "on_server", "hub", "queued", "q_timeout",
-                 "q_timer", "on_handed")
+                 "q_timer", "on_handed", "keep_watch")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -365,6 +366,9 @@ class Relay:
         self.q_timeout = max(0, getattr(client.rule, "pool_timeout", 0) or 0) / 1000.0
         self.q_timer = None
         self.on_handed = self._on_handed
+        # workers 1: a server the fast path detaches is pooled with its read watcher started
+        # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
+        self.keep_watch = getattr(self.instance, "workers", 2) <= 1
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
@@ -1175,6 +1179,21 @@ class Relay:
                 sw = self.s_watch
                 if sw is not None:
                     self.s_watch = None
+                    if self.keep_watch:
+                        # pooled with its watcher started, pointed at idle_readable before the
+                        # detach can hand it over. start() of a started watcher only sets its
+                        # callback and args (libev's start returns at once; cheaper than two
+                        # attribute stores), so the next attach's start() only re-points it:
+                        # no stop now (gevent stops a watcher stopped in its own callback a
+                        # second time), no start and no epoll_ctl at the next attach
+                        sw.start(idle_readable, self.instance, server)
+                        done = False
+                        try:
+                            done = self.pending is None and self.fe.detach_now(True)
+                        finally:
+                            if not done:
+                                sw.stop()       # the coroutine's detach reads the socket
+                        return None if done else _DETACH
                     sw.stop()
                 if self.pending is None and self.fe.detach_now(True):
                     return None

@@ -103,3 +103,39 @@ def park(server: Server, workers: int) -> bool:
     server.fd = server.io.detach()
     server.io = None
     return True
+
+
+# -- a pooled server's read watcher kept started while it is idle -----------------------------
+# With one worker (workers 1: every client and pooled server lives in the system machine's hub)
+# the relay's fast path does not stop an attached server's read watcher when it detaches it:
+# the watcher stays started while the server sits in the pool, pointed at `idle_readable`, and
+# the next fast-path attach re-points it (a start of a started watcher only sets its callback),
+# so no watcher stop or start, and no epoll_ctl, happens per transaction. Whoever else takes a
+# pooled server and uses its socket (the coroutine's attach, a close) stops it first with
+# `unwatch`. With workers > 1 a pooled server is a bare fd (`park`) and has no watcher at all.
+def idle_readable(instance, server: Server) -> None:
+    """Run by the hub when an idle pooled server's socket became readable: PostgreSQL closed or
+    terminated it, or sent something nobody asked for (a NOTICE, an ErrorResponse, a
+    notification). With pool_attach_check it is taken out of the pool and closed at once, as
+    the attach check would have found it; without, it stays pooled as before (its next client
+    finds out). Either way the watcher stops: the socket stays readable until read."""
+    io = server.io
+    if io is None:
+        return
+    unwatch(io)
+    route = server.route
+    if not route.rule.pool_attach_check:
+        return
+    if not instance.router.remove_idle_if(route, lambda s, obsolete: s is server):
+        return          # taken meanwhile: its new owner checks it as usual
+    instance.logger.info("pool", None, server, "idle server connection is broken, closing it")
+    server.broken = True
+    instance.close_server_later(server)
+
+
+def unwatch(io) -> None:
+    """Stop the read watcher of an idle pooled server's socket if it is still started (see
+    `idle_readable`); called in the thread that owns the socket before anyone else uses it."""
+    watcher = getattr(io.sock, "_read_event", None)
+    if watcher is not None and watcher.callback is idle_readable:
+        watcher.stop()

@@ -12,6 +12,7 @@ import machinarium as mm
 import tests.odyssey_gevent.test_relay as base
 from kiwi import be_write
 from odyssey_gevent import relay as relay_mod
+from odyssey_gevent.server import idle_readable
 from odyssey_gevent.status import ClientGone, Status
 from tests.odyssey_gevent.test_relay import *  # noqa: F401,F403 - every relay test, run on the fast path
 from tests.odyssey_gevent.test_relay import Harness, _exchange, _ext, _ext_reply, _q, _reply, nothing_more
@@ -149,6 +150,35 @@ def test_a_detach_that_may_wait_is_left_to_the_coroutine(in_machine):
             h.fe.slow_detach = False
             _exchange(h, _q("select 1"), _reply(b"I"))
             assert h.fe.now_detaches == 1 and len(h.fe.detaches) == 2
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_pooled_server_keeps_its_read_watcher_started(in_machine):
+    """workers 1 (keep_watch): the fast path's detach leaves the server's read watcher started,
+    pointed at server.idle_readable with the server, and the next attach points it back at the
+    relay (else the next reply would not be relayed); a detach left to the coroutine stops it
+    first (the coroutine's reset reads the socket)."""
+    def body():
+        h = _harness()
+        h.relay.keep_watch = True
+        watcher = h.sio.sock._read_event
+        try:
+            for n in (1, 2):
+                _exchange(h, _q("select 1"), _reply(b"I"))
+                assert h.fe.now_detaches == n and h.client.server is None
+                assert watcher.active and watcher.callback is idle_readable
+                assert watcher.args[1] is h.server
+            h.fe.slow_detach = True
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            assert len(h.fe.detaches) == 3 and h.fe.now_detaches == 2
+            assert not watcher.active and watcher.callback is None
+            h.fe.slow_detach = False
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            assert h.fe.now_detaches == 3 and watcher.active and watcher.callback is idle_readable
         finally:
             h.close()
         return True
