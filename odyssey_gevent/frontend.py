@@ -343,9 +343,10 @@ class Frontend:
         if server is None:
             return None
         # ready_now's common case inline, as it runs once per transaction and a Python frame
-        # (with readable_now's, tsa's) costs more than this copy: a connected plain-socket server
-        # for a client with no host check or NOTICE due (attach_plain); pool_attach_check's poll
-        # asked of the Io's poll object directly once readable_now has made it
+        # costs more than this copy (test_frontend_fast keeps the two in step): a connected
+        # plain-socket server for a client with no host check or NOTICE due (attach_plain);
+        # pool_attach_check's poll asked of the Io's poll object directly once readable_now
+        # has made it
         io = server.io
         if self.attach_plain and io is not None and not io._tls:
             rule = client.rule
@@ -386,15 +387,26 @@ class Frontend:
             io = server.io = machinarium.Io.attach(server.fd)
             server.fd = None
         rule = client.rule
-        if io._tls or rule.pool_attach_check and io.readable_now():
+        if io._tls:
             return False
+        if rule.pool_attach_check:
+            # readable_now's plain-socket case inline once it has made its poll object (once per
+            # queued transaction: the hand-over runs this)
+            poller = io._poller
+            if poller is None:
+                if io.readable_now():
+                    return False
+            elif poller.poll(0):
+                return False
         if not self.attach_plain:
             if server.endpoint is not None and not tsa.idle_server_fits_now(client, server):
                 return False
             if rule.storage is not None and rule.storage.balancing.show_notice_messages:
                 return False
-        if rule.maintain_params and deploy.needed(client, server):
-            return False
+        if rule.maintain_params:
+            todo = client.deploy_list       # deploy.needed's common case first (see attach_now)
+            if (todo is None or server.deployed is not todo) and deploy.needed(client, server):
+                return False
         return server
 
     def detach_now(self, clean: bool | None = None) -> bool:

@@ -382,7 +382,12 @@ class Router:
         if server is None:
             server = Server(route)
             route.set_server_state(server, ServerState.ACTIVE)
-        self._link(waiter.client, server)
+        # _link inline (once per queued transaction)
+        client = waiter.client
+        server.client = client
+        client.server = server
+        client.state = _C_ACTIVE
+        server.route.stats.count_server_assignment += 1
         route.stats.wait_time += time.monotonic() - waiter.since
         waiter.server = server
         waiter.wake()
@@ -420,6 +425,9 @@ class Router:
                 route.active.discard(server)
                 server.state = _S_IDLE
                 route.idle.append(server)
+                server_to_close = None
+            elif route.waiters and not (self.paused_all or self.paused_dbs and route.db in self.paused_dbs):
+                self.hand_to_waiter(route, server)      # _give's other common case inline
                 server_to_close = None
             else:
                 self._give(route, server)

@@ -1,18 +1,22 @@
 """The relay's fast detach (Frontend.detach_now) decides as the slow path's reset.quick does,
-whose test it copies inline: for every state a server can come back in, pure logic on a real
-Router, Route, Client and Server (no sockets: the router's idle list tells what happened)."""
+whose test it copies inline, for every state a server can come back in; the fast attach
+(Frontend.attach_now) as ready_now does, whose common case it copies. A real Router, Route,
+Client and Server (the router's idle list tells what happened; the attach's servers are socket
+pairs, one end written to when the server is to have something to say)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
+from gevent import socket as gsocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import machinarium as mm
 from kiwi.protocol import Phase
-from odyssey_gevent import reset
+from odyssey_gevent import deploy, reset
 from odyssey_gevent.client import Client
-from odyssey_gevent.config.model import Rule
+from odyssey_gevent.config.model import Endpoint, Rule
 from odyssey_gevent.frontend import Frontend
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.router import Router
@@ -118,3 +122,65 @@ def test_detach_now_decides_as_reset_quick_one_deviation_at_a_time(kind, deviati
 def test_detach_now_decides_as_reset_quick(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase,
                                            offline, obsolete):
     _check(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase, offline, obsolete)
+
+
+# ----------------------------------------------------------------------------------------------
+# the fast attach (attach_now) copies ready_now's common case: both decide alike
+
+def _attach_case(kind_plain: bool, check: bool, readable: bool, polled: bool, deploy_state: str, use):
+    """A client of a transaction rule whose route has one idle, connected server (a socket
+    pair's end), in the given state; `use(fe, router, client, server)` decides."""
+    a, b = gsocket.socketpair()
+    sio, peer = mm.Io(a), mm.Io(b)
+    try:
+        rule = Rule(db_name="default", user_name="default", authentication="none", pool="transaction",
+                    pool_discard=False, pool_attach_check=check, maintain_params=True,
+                    target_session_attrs=None if kind_plain else "read-write")
+        instance = _Instance(rule)
+        router = instance.router
+        client = Client(None, conn_type="host", peer=("127.0.0.1", 5555))
+        client.database, client.user = "db", "user"
+        client.vars = {"application_name": "me"}
+        fe = Frontend(instance, client)
+        fe.route()
+        server = router.attach(client, None)
+        server.io = sio
+        server.endpoint = Endpoint(host="127.0.0.1", port=5432)     # as a logged-in server's
+        server.params = {"application_name": "other" if deploy_state == "differs" else "me"}
+        if deploy_state == "marked":
+            assert not deploy.needed(client, server) and server.deployed is client.deploy_list
+        router.detach(client)
+        if polled:
+            assert sio.readable_now() is False      # its poll object made
+        if readable:
+            peer.write(b"N")
+        return use(fe, router, client, server)
+    finally:
+        sio.close(), peer.close()
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain", "tsa"])
+@pytest.mark.parametrize("check", [True, False], ids=["check", "nocheck"])
+@pytest.mark.parametrize("readable", [False, True], ids=["quiet", "readable"])
+@pytest.mark.parametrize("polled", [True, False], ids=["polled", "unpolled"])
+@pytest.mark.parametrize("deploy_state", ["marked", "holds", "differs"])
+def test_attach_now_decides_as_ready_now(in_machine, plain, check, readable, polled, deploy_state):
+    def fast(fe, router, client, server):
+        got = fe.attach_now()
+        assert client.server is server          # taken either way
+        return got
+
+    def slow(fe, router, client, server):
+        assert router.attach_idle(client) is server
+        return fe.ready_now(server)
+
+    def body():
+        got = _attach_case(plain, check, readable, polled, deploy_state, fast)
+        want = _attach_case(plain, check, readable, polled, deploy_state, slow)
+        assert got is not None and want is not None
+        assert (got is False) == (want is False)
+        # and what each says: a server for a quiet, fitting one with nothing to deploy
+        assert (got is not False) == (plain and not (check and readable) and deploy_state != "differs")
+        return True
+
+    assert in_machine(body)
