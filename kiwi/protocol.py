@@ -86,6 +86,12 @@ for _t, _k in ((_P, _K_QUEUED), (_B, _K_QUEUED), (_C, _K_QUEUED), (_D, _K_DESCRI
                (_COPY_FAIL, _K_COPY_END)):
     _SEND_KIND[_t] = _k
 _SEND_KIND = tuple(_SEND_KIND)
+# send_many's remembered batches: the types (bytes) -> (queue entries added, Syncs/Queries
+# added, unsynced, flushed, _exec_syncs, _copy_ended after it); bounded, process-wide (a batch's
+# effect depends on its types alone)
+_BATCHES: dict = {}
+_BATCHES_MAX = 256
+_BATCH_TYPES_MAX = 16
 del _t, _k
 
 # (phase, event) -> next phase; an event missing for a phase leaves it unchanged.
@@ -293,6 +299,19 @@ class Conversation:
                 self.send(t)
             return
         queue = self.queue
+        # a batch with an Execute leaves the same state whatever the state before it (the
+        # Execute sets every flag below), so its effect is remembered by its types: a client
+        # sends the same few batches again and again (pgbench -M extended: P B D E S)
+        key = bytes(types)
+        effect = _BATCHES.get(key)
+        if effect is not None:
+            queued, added, self.unsynced, self.flushed, self._exec_syncs, self._copy_ended = effect
+            if queued:
+                queue.extend(queued)
+                self.syncs += added
+                self.phase = _BUSY_PHASE
+            return
+        before = len(queue)
         unsynced = self.unsynced
         flushed = self.flushed
         ex = self._exec_syncs
@@ -330,6 +349,9 @@ class Conversation:
                 syncs += 1
             elif kind == _K_COPY_END:           # ends a COPY the server has not started yet
                 ended = True
+        if _E in types and len(_BATCHES) < _BATCHES_MAX and len(key) <= _BATCH_TYPES_MAX:
+            queued = tuple(queue)[before:]
+            _BATCHES[key] = (queued, syncs - self.syncs, unsynced, flushed, ex, ended)
         self.unsynced = unsynced
         self.flushed = flushed
         self._exec_syncs = ex

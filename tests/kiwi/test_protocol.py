@@ -278,3 +278,26 @@ def test_send_many_leaves_the_state_of_one_send_per_message():
         many.send_many(batch)
         assert _state(many) == _state(one), (prefix, [chr(t) for t in batch], exact)
     assert phases == {v for k, v in vars(Phase).items() if not k.startswith("_")}
+
+
+def test_send_many_remembers_a_batch_with_an_execute_whatever_the_state_before():
+    """A batch with an Execute is remembered by its types (kiwi.protocol._BATCHES) the first
+    time and applied from the memory afterwards: from every state before it (Syncs counted
+    since an Execute, a CopyDone sent early, a Flush, an open batch) it must leave what a
+    send() per message leaves."""
+    from kiwi import protocol
+    protocol._BATCHES.clear()
+    batch = [ord(c) for c in "PBDES"]
+    befores = [[], ["E", "S", "S"], ["P", "B", "E", "c"], ["P", "H"], ["Q"], ["P", "B", "E", "S", ">1", ">2"],
+               ["Q", ">C", ">Z:T"]]
+    for before in befores:
+        one, _ = run(before)
+        many, _ = run(before)
+        for t in batch:
+            one.send(t)
+        many.send_many(batch)
+        assert _state(many) == _state(one), before
+        assert bytes(batch) in protocol._BATCHES
+    without = [ord(c) for c in "PBS"]           # no Execute: never remembered
+    run([])[0].send_many(without)
+    assert bytes(without) not in protocol._BATCHES
