@@ -1023,10 +1023,15 @@ class Relay:
         seg = 0                 # start of the bytes not yet put in `out`
         pos = self.s_skip
         if pos >= end:
-            self.s_skip = pos - end
+            skip = self.s_skip = pos - end
             pos = end
             if self.s_drop:
                 seg = end
+            # answers due after a message that ends here (the walk below splices them itself
+            # after each message that ends in the bytes it has)
+            if skip == 0 and proto.output:
+                out = _splice(out, buf, seg, pos, proto.take_output())
+                seg = pos
         else:
             if self.s_drop:
                 seg = pos
@@ -1123,9 +1128,6 @@ class Relay:
                 pos = end
         rest = end - pos
         self.s_len = rest           # before writing: a failed write must leave the state honest
-        if self.s_skip == 0 and proto.output and rest == 0:
-            out = _splice(out, buf, seg, pos, proto.take_output())
-            seg = pos
         if out is None:
             some = False
             if pos > 0:
@@ -1159,7 +1161,7 @@ class Relay:
             buf[:rest] = buf[pos:end]
         if rest == 0:
             free = self.free
-            if len(buf) == BUF_SIZE and len(free) < 256:
+            if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
                 free.append(buf)
             self.s_buf = None
         # detach only at a message boundary (a message after the 'Z' may still be arriving)
