@@ -23,7 +23,7 @@ import struct
 from time import monotonic as _monotonic
 
 import gevent.ssl
-from gevent import getcurrent
+from gevent import get_hub, getcurrent
 from gevent import socket as gsocket
 from gevent._hub_primitives import wait_on_socket as _wait_on_socket
 from gevent._socketcommon import cancel_wait_ex as _cancel_wait_ex
@@ -146,8 +146,12 @@ class Io:
     # -- construction --------------------------------------------------------------------
     @classmethod
     def attach(cls, fd: int) -> "Io":
-        """Wrap a file descriptor detached in another machine (family/type detected)."""
-        return cls(gsocket.socket(fileno=fd))
+        """Wrap a file descriptor detached in another machine (family/type detected), as an
+        accepted socket is (``_Socket``: with workers > 1 a pooled server is attached again at
+        every transaction, where gevent's socket object cost about 20,000 instructions more)."""
+        raw = _native_socket(fileno=fd)
+        raw.setblocking(False)
+        return cls(_Socket(raw, get_hub()))
 
     def detach(self) -> int:
         """Give up the socket without closing it and return its fd for ``Io.attach`` elsewhere.

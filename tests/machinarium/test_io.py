@@ -272,6 +272,38 @@ def test_move_connection_between_machines():
     assert done.is_set() and box["worker_thread"] == "worker"
 
 
+def test_an_attached_fd_moves_again_and_closes_like_an_accepted_socket():
+    """Io.attach wraps the fd as accept does (a pooled server with workers > 1 is attached at
+    every transaction): reads and writes, detaches again for the next machine, and a close wakes
+    a reader waiting on it with EBADF."""
+    def body():
+        server, client = _pair()
+        io = mm.Io.attach(server.detach())
+        client.write(b"one")
+        assert io.read(3, 2000) == b"one"
+        io = mm.Io.attach(io.detach())          # moved a second time
+        assert io.peer is not None
+        io.write(b"two")
+        assert client.read(3, 2000) == b"two"
+        errors = []
+
+        def reader():
+            try:
+                io.read(1, 2000)
+            except OSError as e:
+                errors.append(e.errno)
+
+        r = mm.Coroutine(reader, name="reader")
+        mm.sleep(10)
+        io.close()
+        r.join(1000)
+        assert client.read_into(bytearray(4), 2000) == 0
+        client.close()
+        return errors
+
+    assert run_in_machine(body) == [errno.EBADF]
+
+
 def test_closing_io_wakes_a_waiting_reader_with_oserror():
     def body():
         server, client = _pair()
