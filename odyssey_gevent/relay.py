@@ -159,6 +159,18 @@ def _timeouts_sweepable(rule) -> bool:
     return True
 
 
+def _rule_facts(rule) -> tuple:
+    """What a relay takes from its client's rule: (transaction pooling, statement pooling, the
+    request timeout in ms or None, timeouts the sweep can keep (_timeouts_sweepable), the
+    pool_timeout in seconds or 0). The same for every client of a route, whose rule does not
+    change (a reload makes new rules and routes): worked out at its first relay and kept
+    (Route.relay_facts), where each login paid four getattr calls and a Python frame."""
+    pool = rule.pool
+    q_timeout = getattr(rule, "pool_timeout", 0) or 0
+    return (pool == "transaction", pool == "statement", getattr(rule, "pool_idle_in_request_timeout_ms", 0) or None,
+            _timeouts_sweepable(rule), q_timeout / 1000.0 if q_timeout > 0 else 0.0)
+
+
 class _NeverStopping:
     """The instance of a relay whose frontend has none (unit tests)."""
     shutting_down = False
@@ -323,35 +335,48 @@ class Relay:
         self.s_skip = 0         # bytes of the current server message still to come ...
         self.s_drop = False     # ... and whether they are swallowed rather than forwarded
         self.s_ready = False    # a ReadyForQuery was relayed since the last detach check
-        pool = client.rule.pool
-        self.mode_transaction = pool == "transaction"
-        self.mode_statement = pool == "statement"
-        self.stats = client.route.stats
+        route = client.route
+        try:
+            facts = route.relay_facts
+        except AttributeError:          # a stand-in route (unit tests): worked out each time
+            facts = None
+        if facts is None:
+            facts = _rule_facts(client.rule)
+            if hasattr(route, "relay_facts"):
+                route.relay_facts = facts
+        self.mode_transaction, self.mode_statement, request_timeout, sweepable, q_timeout = facts
+        self.stats = route.stats
         self.prepared = prepared
-        self.instance = getattr(frontend, "instance", _NEVER_STOPPING)
+        # attributes a stand-in frontend may lack (unit tests) are read with try, not getattr with
+        # a default: a try costs nothing unless it raises, getattr() is a call
+        try:
+            instance = frontend.instance
+        except AttributeError:
+            instance = _NEVER_STOPPING
+        self.instance = instance
         self.waiting = False    # parked in the wait for either side: wake_relays() may wake it
         self.woken = False      # ... and was woken (not a timeout)
         self.may_sleep = False  # parked in an idle wait the sweep may end (_sweep) ...
         self.marked = False     # ... seen there by the last sweep ...
         self.sleepy = False     # ... and woken by it to go dormant
         self.glet = None
-        self.loop = get_hub().loop      # the hub and thread the relay runs in (wake())
+        hub = self.hub = get_hub()
+        loop = self.loop = hub.loop     # the hub and thread the relay runs in (wake())
         self.ident = threading.get_ident()
         # SHOW STATS times: the loop's clock (libev's time of the current loop iteration, the
         # moment the bytes were found readable; as C's machine_time_us) costs less than a clock
         # call. q_start: when the request being answered reached the relay; tx_start: the first
         # request of the open transaction (0: none)
-        self.now = self.loop.now
+        self.now = loop.now
         self.q_start = 0.0
         self.tx_start = 0.0
         # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
-        self.request_timeout = getattr(client.rule, "pool_idle_in_request_timeout_ms", 0) or None
+        self.request_timeout = request_timeout
         self.timers = None      # wait_any's reusable timeout timers, made at the first timed wait
         self.free = _free_buffers()     # borrowed from and given back to inline on the hot path
         # the callback-driven fast path (_park): for plain sockets, a frontend that can attach
         # and detach without waiting, and timeouts the 1 s sweep can keep (FAST_MIN_TIMEOUT_MS)
-        self.fast_ok = (getattr(frontend, "attach_now", None) is not None and not client.io.is_tls
-                        and _timeouts_sweepable(client.rule))
+        self.fast_ok = sweepable and not client.io._tls and hasattr(frontend, "attach_now")
         self.fast = False       # parked in the fast path: the callbacks relay
         self.pending = None     # [(io, bytes, to_server)] the fast path could not write at once
         self.wait_start = 0.0   # the loop time the present wait started (the sweep's timeouts)
@@ -359,16 +384,18 @@ class Relay:
         self.s_watch = None     # the attached server's read watcher, started by the fast path
         self.on_client = self._on_client
         self.on_server = self._on_server
-        self.hub = get_hub()
         # the fast path's queued attach (_queue): queued in the route's queue with a callback
         # wake-up (on_handed); pool_timeout (seconds, 0: none) by a timer made at the first one
         self.queued = False
-        self.q_timeout = max(0, getattr(client.rule, "pool_timeout", 0) or 0) / 1000.0
+        self.q_timeout = q_timeout
         self.q_timer = None
         self.on_handed = self._on_handed
         # workers 1: a server the fast path detaches is pooled with its read watcher started
         # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
-        self.keep_watch = getattr(self.instance, "workers", 2) <= 1
+        try:
+            self.keep_watch = instance.workers <= 1
+        except AttributeError:
+            self.keep_watch = False
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:

@@ -154,6 +154,7 @@ class Route:
         self.tcp_connections = 0             # clients routed here, refused ones included (POOLS_EXTENDED)
         self.obsolete = False
         self.prepared = Registry()           # pool-wide prepared statements (its own lock)
+        self.relay_facts = None              # what every relay takes from the rule (relay._rule_facts)
 
     # -- state changes ---------------------------------------------------------------------
     def set_server_state(self, server: Server, state: ServerState) -> None:

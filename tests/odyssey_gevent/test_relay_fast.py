@@ -279,6 +279,37 @@ def test_short_timeouts_keep_the_coroutine_path():
     assert not relay_mod._timeouts_sweepable(rule)
 
 
+def test_a_routes_relays_share_the_facts_of_its_rule(in_machine):
+    """What a relay takes from the rule (pool mode, request timeout, whether the sweep can keep
+    the timeouts, pool_timeout) is worked out at a route's first relay and kept on the route."""
+    from types import SimpleNamespace
+
+    from gevent import socket as gsocket
+
+    from odyssey_gevent.config.model import Rule
+    from odyssey_gevent.route import Route
+
+    rule = Rule(pool="statement", pool_timeout=300, pool_idle_in_transaction_timeout=5)
+    route = Route(("db", "user", id(rule)), rule, "db", "user")
+
+    def body():
+        x, y = gsocket.socketpair()
+        a, b = mm.Io(x), mm.Io(y)
+        try:
+            client = SimpleNamespace(io=a, rule=rule, route=route, prepared=None, server=None)
+            first = relay_mod.Relay(SimpleNamespace(), client)
+            second = relay_mod.Relay(SimpleNamespace(), client)
+            return (route.relay_facts, first.mode_statement, first.mode_transaction, first.request_timeout,
+                    first.q_timeout, first.fast_ok, second.q_timeout)
+        finally:
+            a.close(), b.close()
+
+    facts, statement, transaction, request_timeout, q_timeout, fast_ok, again = in_machine(body)
+    assert facts == (False, True, 60000, False, 0.3)
+    assert statement and not transaction and request_timeout == 60000 and q_timeout == again == 0.3
+    assert not fast_ok              # a 5 s idle-in-transaction timeout: the coroutine's exact timers
+
+
 def test_a_lone_simple_query_is_forwarded_inline_whatever_its_size(in_machine):
     """The inline case of a whole Query alone in the buffer: short ones go out as a copy, longer
     ones (past relay._SLICE_MAX) as a view; either way byte-identical, counted in the route's
