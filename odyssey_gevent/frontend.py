@@ -7,6 +7,7 @@ its server is reset and reused or closed.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import machinarium
@@ -200,6 +201,9 @@ class Frontend:
         self.attach_plain = (not tsa.checks_hosts(client)
                              and not (storage_ is not None and storage_.balancing.show_notice_messages))
         self.detach_plain = not reset.rule_resets(rule) and not rule.shared_pool and self.instance.workers <= 1
+        # queue_now (below) is router.queue_now for this client: bound here, so the relay's call
+        # (once per queued transaction) runs no Python frame of its own
+        self.queue_now = functools.partial(self.instance.router.queue_now, client)
 
     # -- stage 3b: host based authentication (hba_file) --------------------------------------
     def check_hba(self) -> None:
@@ -339,6 +343,11 @@ class Frontend:
         usual); False: a server was taken (client.server) but a check or a deploy needs a
         round trip, which the coroutine does with attach(taken=client.server)."""
         client = self.client
+        if not client.route.idle:
+            # no idle server: no attach_idle frame and lock round (once per queued transaction).
+            # A read outside the router's lock: a server another worker pools meanwhile makes
+            # queue_now (under the lock) leave the attach to the coroutine, which finds it
+            return None
         server = self.instance.router.attach_idle(client)
         if server is None:
             return None
