@@ -412,28 +412,33 @@ class Conversation:
         transaction status byte). Returns FORWARD, DROP or REPLACE (then see `replacement`);
         afterwards `output` may hold LOCAL answers due right after this message."""
         queue = self.queue
-        head = queue[0] if queue else None
         # the common cases inline, each test one the interpreter specializes (an int compared
         # with an int, a str with a str; no dict call, no & unless the head is a flagged Sync)
         if t == _READY:
-            if head.__class__ is int and (head == _Q or head == _S or head & 0xFF == _S) \
-                    and self.phase == _BUSY_PHASE:
-                # the ReadyForQuery of a plain Query or Sync
-                queue.popleft()
-                self.syncs -= 1
-                self.replies += 1
-                self.tx_status = status or b"I"
-                if not queue:
-                    if not self.syncs and not self.unsynced:
-                        self.phase = _READY_PHASE
-                elif queue[0].__class__ is not int:
+            if queue:
+                # the ReadyForQuery of a plain Query or Sync: popped at once (a deque's [0] is
+                # not specialized: it costs about what the popleft does), put back if not
+                head = queue.popleft()
+                if head.__class__ is int and (head == _Q or head == _S or head & 0xFF == _S) \
+                        and self.phase == _BUSY_PHASE:
+                    self.syncs -= 1
+                    self.replies += 1
+                    self.tx_status = status or b"I"
+                    if not queue:
+                        if not self.syncs and not self.unsynced:
+                            self.phase = _READY_PHASE
+                    elif queue[0].__class__ is not int:
+                        self._flush_local()
+                    return FORWARD
+                queue.appendleft(head)
+            head = queue[0] if queue else None
+        else:
+            head = queue[0] if queue else None
+            if head.__class__ is int and head == _COMPLETED[t]:
+                queue.popleft()                    # ParseComplete/BindComplete/CloseComplete
+                if queue and queue[0].__class__ is not int:
                     self._flush_local()
                 return FORWARD
-        elif head.__class__ is int and head == _COMPLETED[t]:
-            queue.popleft()                    # ParseComplete/BindComplete/CloseComplete
-            if queue and queue[0].__class__ is not int:
-                self._flush_local()
-            return FORWARD
         hiding = head is not None and head.__class__ is not int and head.hide and head.type == _Q
         action = DROP if hiding else FORWARD
         if t == _READY:

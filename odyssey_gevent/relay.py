@@ -1082,7 +1082,6 @@ class Relay:
                 msg_end = pos + 1 + length
                 if interest[t]:
                     kind = kinds[t]
-                    ready = False       # a flag: the jump over the long branch is not specialized
                     if kind == _SK_TELL:
                         action = proto.receive(t)
                     else:
@@ -1091,8 +1090,35 @@ class Relay:
                                 break          # hold it back until whole
                             if kind != _SK_WHOLE:
                                 raise ServerError(Status.ESERVER_READ, "server message too long")
+                        ready = False   # a flag: the jump over the long branch is not specialized
                         if kind == _SK_READY:
                             ready = True
+                        if ready:
+                            action = proto.receive(t, _BYTE[buf[msg_end - 1]])
+                            stats = self.stats
+                            stats.count_query += 1
+                            q0 = self.q_start
+                            if q0:              # seconds; a pipelined next request runs from now
+                                now = self.now()
+                                elapsed = now - q0
+                                if elapsed > 0.0:
+                                    stats.query_time += elapsed
+                                    if stats.query_sketch is not None:
+                                        stats.query_sketch.add(elapsed * 1e6)
+                                self.q_start = now if proto.syncs else 0.0
+                            txs = proto.tx_status
+                            if txs is _TX_IDLE or txs == _TX_IDLE:
+                                stats.count_tx += 1
+                                t0 = self.tx_start
+                                if t0:
+                                    if q0:
+                                        elapsed = now - t0
+                                        if elapsed > 0.0:
+                                            stats.tx_time += elapsed
+                                            if stats.tx_sketch is not None:
+                                                stats.tx_sketch.add(elapsed * 1e6)
+                                    self.tx_start = now if q0 and proto.syncs else 0.0
+                            self.s_ready = True
                         else:
                             action = proto.receive(t)
                             if kind == _SK_PARAM:
@@ -1103,32 +1129,6 @@ class Relay:
                                         prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
                                 else:
                                     self._server_error(server, buf, pos + 5, msg_end)
-                    if ready:
-                        action = proto.receive(t, _BYTE[buf[msg_end - 1]])
-                        stats = self.stats
-                        stats.count_query += 1
-                        q0 = self.q_start
-                        if q0:              # seconds; a pipelined next request runs from now
-                            now = self.now()
-                            elapsed = now - q0
-                            if elapsed > 0.0:
-                                stats.query_time += elapsed
-                                if stats.query_sketch is not None:
-                                    stats.query_sketch.add(elapsed * 1e6)
-                            self.q_start = now if proto.syncs else 0.0
-                        txs = proto.tx_status
-                        if txs is _TX_IDLE or txs == _TX_IDLE:
-                            stats.count_tx += 1
-                            t0 = self.tx_start
-                            if t0:
-                                if q0:
-                                    elapsed = now - t0
-                                    if elapsed > 0.0:
-                                        stats.tx_time += elapsed
-                                        if stats.tx_sketch is not None:
-                                            stats.tx_sketch.add(elapsed * 1e6)
-                                self.tx_start = now if q0 and proto.syncs else 0.0
-                        self.s_ready = True
                     if proto.broken is not None:
                         self._miscounted(server)
                     if action != 0:         # not FORWARD (an int compared: specialized)
@@ -1191,8 +1191,12 @@ class Relay:
             if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
                 free.append(buf)
             self.s_buf = None
-        # detach only at a message boundary (a message after the 'Z' may still be arriving)
+        # detach only at a message boundary (a message after the 'Z' may still be arriving); a
+        # flag, as the jump over the detach is long (see _on_client)
+        due = False
         if self.s_ready and rest == 0 and self.s_skip == 0:
+            due = True
+        if due:
             self.s_ready = False
             if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
                 return None
