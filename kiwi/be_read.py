@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from kiwi._cursor import Cursor, decode_strict
 from kiwi.errors import CLIENT, ProtocolError
-from kiwi.header import (CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, LENGTH,
+from kiwi.header import (CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, LENGTH, PROTOCOL_3_0,
                          SSL_REQUEST_CODE)
 
 __all__ = [
@@ -84,7 +84,12 @@ def startup_need(buf, offset: int = 0) -> int:
     avail = len(buf) - offset
     if declared is None:
         return _MIN_STARTUP - avail
-    return max(0, declared - avail)
+    need = declared - avail
+    return need if need > 0 else 0      # not max(): a builtin that parses keywords, once a login
+
+
+# the protocol code of a 3.0 StartupMessage as it is sent
+_CODE_3_0 = LENGTH.pack(PROTOCOL_3_0)
 
 
 def read_startup(buf, offset: int = 0):
@@ -94,6 +99,12 @@ def read_startup(buf, offset: int = 0):
     declared = _startup_length(buf, offset)
     if declared is None or len(buf) - offset < declared:
         return None, 0
+    if type(buf) is bytes and buf[offset + 4:offset + 8] == _CODE_3_0:
+        # the common packet, a 3.0 StartupMessage with a well-formed parameter list, without
+        # the cursor (anything else, or an error, is found by the general reading below)
+        params = _params_fast(buf[offset + 8:offset + declared])
+        if params is not None:
+            return StartupMessage(3, 0, params), declared
     cur = Cursor(buf[offset + 4:offset + declared], "startup packet", CLIENT)
     code = cur.uint32()
     if code == SSL_REQUEST_CODE or code == GSSENC_REQUEST_CODE:

@@ -12,7 +12,7 @@ import time
 
 import machinarium
 from kiwi import be_write, error_codes
-from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest
+from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
 from kiwi.errors import KiwiError, ProtocolError
 from odyssey_gevent import (auth, backend, cancel, deploy, hba, login_retry, replication, reset, soft_oom, storage,
                             tsa, watchdog)
@@ -126,7 +126,8 @@ class Frontend:
     def _login_timeout(self) -> int | None:
         if self.deadline is None:
             return None
-        return max(0, int((self.deadline - time.monotonic()) * 1000))
+        left = int((self.deadline - time.monotonic()) * 1000)
+        return left if left > 0 else 0      # not max(): a builtin that parses keywords
 
     def startup(self) -> bool:
         """Read the first packet(s). False when the connection is done (cancel request)."""
@@ -135,6 +136,8 @@ class Frontend:
         while True:
             msg = read_startup(client.io, self._login_timeout(), self.head)
             self.head = None
+            if msg.__class__ is StartupMessage:      # the usual first packet: one test
+                break
             if isinstance(msg, SSLRequest):
                 if client.tls:
                     raise FrontendError(error_codes.PROTOCOL_VIOLATION,
@@ -165,7 +168,7 @@ class Frontend:
             raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
                                 f"unsupported frontend protocol {msg.major}.{msg.minor}: "
                                 f"server supports 3.0 to 3.0", severity="FATAL")
-        params = dict(msg.params)
+        params = msg.params
         client.startup = msg
         user = params.get("user")
         if not user:

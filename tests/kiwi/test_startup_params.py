@@ -4,10 +4,12 @@ packet: the same dict, or the same ProtocolError."""
 from __future__ import annotations
 
 import random
+import struct
 
 import pytest
 
-from kiwi.be_read import _params_fast, _read_params, _read_params_cursor
+from kiwi.be_read import _params_fast, _read_params, _read_params_cursor, read_startup
+from kiwi.header import PROTOCOL_3_0
 from kiwi._cursor import Cursor
 from kiwi.errors import ProtocolError
 
@@ -53,3 +55,21 @@ def test_fast_and_cursor_readers_agree_on_random_packets():
     for _ in range(5000):
         body = b"".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 10)))
         assert _outcome(_read_params, body) == _outcome(_read_params_cursor, body), body
+
+
+def _packet_outcome(buf):
+    try:
+        return "ok", read_startup(buf)
+    except ProtocolError as e:
+        return "error", str(e)
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_whole_3_0_packet_reads_the_same_both_ways(body):
+    """read_startup takes a 3.0 StartupMessage in bytes without the cursor; a bytearray goes the
+    general way: the same message (or error) and the same length consumed, also with bytes after
+    the packet."""
+    packet = struct.pack("!II", 8 + len(body), PROTOCOL_3_0) + body
+    for tail in (b"", b"Q\0\0\0\4"):
+        assert _packet_outcome(packet + tail) == _packet_outcome(bytearray(packet + tail))
+    assert _packet_outcome(packet)[0] == _outcome(_read_params_cursor, body)[0]
