@@ -218,7 +218,8 @@ def test_sigusr2_carries_the_unix_socket_over(pg, rs_role, processes):
     loop = None
     try:
         sock = os.path.join(p.tmp, f".s.PGSQL.{p.port}")
-        wait_for(lambda: os.path.exists(sock), timeout=20, what="the unix socket")     # process 0 may be later
+        # process 0 may be later; the file exists from bind(), it accepts from listen(): wait for the log
+        wait_for(lambda: f"listening on {sock}" in p.log(), timeout=20, what="the unix socket")
         loop = ClientLoop(p, dsn=f"host={p.tmp} port={p.port} user={USER} dbname=db1")
         wait_for(lambda: loop.ok >= 20, timeout=20, what="the client loop running")
         first = os.stat(sock).st_ino
