@@ -19,11 +19,15 @@ be shared that way: the new process binds its own beside the old one's file and 
 that file (listen_unix_over), and the old one serves what was queued on its socket.
 
 With `processes N` the same happens group to group (supervisor.py): the program steers to index
-N, the first socket the new group added after the N old ones. The kernel fills a closed
-socket's slot with the group's last socket, so while old listeners close one after the other
-index N keeps naming a new socket, as long as the new group has at least N processes; once the
-last old one has closed, N is past the end (the kernel's hash: all are new) or a new socket
-until the new processes remove the program.
+T, the old side's socket count on the address (our_listeners()), the first socket the new side
+added after the old ones. The kernel fills a closed socket's slot with the group's last socket
+and only old sockets close, so every slot from T up holds a new socket; slot T exists while the
+new side has more sockets than old ones have closed. So a new side with at least T sockets is
+steered exactly whatever the order the old listeners close in; a smaller new group (or a single
+process after a group) binds each address supervisor.listeners_for(T, M) times in each process
+and keeps those sockets (closing one once the kernel's hash uses it would reset its queue).
+Once the last old one has closed, T is past the end (the kernel's hash: all are new) or a new
+socket until the new processes remove the program.
 """
 from __future__ import annotations
 
@@ -66,12 +70,15 @@ def argv() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
-def spawn() -> int:
+def spawn(listeners: int) -> int:
     """Start the new process (posix_spawn: safe in a process with threads); returns its pid.
-    Our own sockets are close-on-exec, so it inherits only stdin/stdout/stderr."""
+    `listeners`: how many sockets our side has on each TCP address (the new side opens at least
+    as many). Our own sockets are close-on-exec, so it inherits only stdin/stdout/stderr."""
     env = dict(os.environ)
     env[ENV] = str(os.getpid())
+    env[supervisor.OLD_LISTENERS_ENV] = str(listeners)
     env.pop(supervisor.ENV, None)
+    env.pop(supervisor.LISTENERS_ENV, None)
     env.pop(supervisor.TAKEOVER_ENV, None)
     args = argv()
     # no blocked signals (a supervisor blocks the ones it waits for)
@@ -107,12 +114,17 @@ def _reuseport_program(sock: socket.socket, index: int | None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, prog)
 
 
+def our_listeners() -> int:
+    """How many sockets our side (this process, or its whole group) has on each TCP address."""
+    return supervisor.COUNT * supervisor.LISTENERS
+
+
 def steer_to_successor(sock: socket.socket) -> None:
-    """New connections on this port go to socket N of its SO_REUSEPORT group (N: our group's
-    process count, 1 for a single process): ours are 0 to N-1, the new group's joined after
+    """New connections on this port go to socket T of its SO_REUSEPORT group (T: our side's
+    sockets on the address, our_listeners()): ours are 0 to T-1, the new side's joined after
     them (the module's docstring says why that holds while ours close). Raises OSError when the
     kernel refuses (no SO_REUSEPORT BPF support)."""
-    _reuseport_program(sock, supervisor.COUNT)
+    _reuseport_program(sock, our_listeners())
 
 
 def unsteer(sock: socket.socket) -> None:
@@ -198,7 +210,7 @@ def request(instance) -> None:
                   instance.restart_ppid)
         return
     try:
-        pid = spawn()
+        pid = spawn(our_listeners())
     except OSError as e:
         log.error("restart", None, None, "cannot start the new process (%s): this one keeps serving", e)
         return
@@ -232,7 +244,7 @@ def poll(instance, servers) -> int | None:
             log.error("restart", None, None, "the new process %d %s before taking over: this one keeps serving",
                       instance.successor, ended)
             instance.successor = None
-    if instance.steered and (not taking_over(instance) or only_ours_listen(servers, supervisor.COUNT)):
+    if instance.steered and (not taking_over(instance) or only_ours_listen(servers, our_listeners())):
         # the old listeners are closed: the kernel's hash spreads new connections again
         for s in _tcp(servers):
             unsteer(s.io.sock)

@@ -19,9 +19,10 @@ own N processes with `ODY_TAKEOVER=<old supervisor pid>`. Each tells its supervi
 (READY_SIGNAL); once all do, the new supervisor sends SIGTERM to the old one, which passes the
 hand-over order to each of its processes over their peer sockets: each steers new connections
 to the new group (restart.hand_over), closes its listeners and drains. The new processes remove
-the steering program once only their own listeners are left on their ports. During the overlap
-a cancel key unknown to the process that owns its index in one group is passed to the process
-of the same index in the other group (the "partner" group).
+the steering program once only their own listeners are left on their ports (a new group smaller
+than the old side binds each address more than once in each process: LISTENERS). During the
+overlap a cancel key unknown to the process that owns its index in one group is passed to the
+process of the same index in the other group (the "partner" group).
 """
 from __future__ import annotations
 
@@ -57,6 +58,41 @@ INDEX = _ID[0] if _ID else 0             # this pooler process's index
 COUNT = _ID[1] if _ID else 1             # how many pooler processes share the ports
 SUPERVISOR = _ID[2] if _ID else None     # the supervisor's pid (None: a single process)
 KEY_TAG = (INDEX << 24) if _ID else None  # or'ed into the cancel secret's top byte
+
+
+# Online restart to a smaller group (restart.py's docstring): the steering stays exact only if
+# the new side opens at least as many sockets on each TCP address as the old side had, so each
+# of its processes may bind each address more than once (all accepted by that process).
+LISTENERS_ENV = "ODY_LISTENERS"         # set by the supervisor: sockets per TCP address, each process
+OLD_LISTENERS_ENV = "ODY_OLD_LISTENERS"  # set by restart.spawn: the old side's sockets per TCP address
+MAX_LISTENERS = 256 * 256
+
+
+def listeners_for(old_total: int, count: int) -> int:
+    """Sockets per TCP address for each of `count` processes taking over from a side that had
+    `old_total`: together at least as many (the fewest such), and the same for every process so
+    that the kernel's hash still gives each process an equal share."""
+    return max(1, -(-old_total // count))
+
+
+def _env_count(name: str) -> int:
+    try:
+        value = int(os.environ.get(name, ""))
+    except ValueError:
+        return 0
+    return value if 0 < value <= MAX_LISTENERS else 0
+
+
+def old_listeners() -> int:
+    """Started by an online restart: how many sockets the old side had per TCP address (0 when
+    not told)."""
+    return _env_count(OLD_LISTENERS_ENV)
+
+
+# this process's sockets per TCP address: its supervisor's word, or (a single process started by
+# an online restart, restart.ENV) as many as the old side had
+LISTENERS = (max(1, _env_count(LISTENERS_ENV)) if _ID
+             else listeners_for(old_listeners(), 1) if os.environ.get("ODY_INHERIT_PPID") else 1)
 
 
 def is_child() -> bool:
@@ -102,10 +138,12 @@ _WATCHED = set(_FORWARDED) | {signal.SIGUSR2, signal.SIGCHLD}
 READY_SIGNAL = signal.SIGRTMIN + 1
 
 
-def _spawn(argv: list[str], index: int, count: int, takeover: int | None = None) -> int:
+def _spawn(argv: list[str], index: int, count: int, takeover: int | None = None, listeners: int = 1) -> int:
     env = dict(os.environ)
     env[ENV] = f"{index}/{count}/{os.getpid()}"
+    env[LISTENERS_ENV] = str(listeners)
     env.pop("ODY_INHERIT_PPID", None)
+    env.pop(OLD_LISTENERS_ENV, None)
     env.pop(TAKEOVER_ENV, None)
     if takeover is not None:
         env[TAKEOVER_ENV] = str(takeover)
@@ -158,6 +196,10 @@ def supervise(count: int, logger, config=None, config_path: str | None = None) -
     # started by an online restart: the old process (a supervisor or a single pooler) is our parent
     old = restart.inherited_ppid()
     takeover = old if old is not None and os.getppid() == old else None
+    # each process binds each TCP address this many times: as many sockets as the old side had
+    # (steering stays exact, restart.py), kept for the group's life (closing one would reset the
+    # connections the kernel's hash queued on it)
+    listeners = listeners_for(old_listeners(), count) if takeover is not None else 1
     announced = False                     # the old one was told to hand over
     listening: set[int] = set()           # pids that told us they listen
     successor = None                      # the new supervisor started on SIGUSR2
@@ -170,7 +212,7 @@ def supervise(count: int, logger, config=None, config_path: str | None = None) -
         logger.error(context, None, None, fmt, *args)
 
     def start(index: int) -> None:
-        pid = _spawn(argv, index, count, takeover)
+        pid = _spawn(argv, index, count, takeover, listeners)
         children[pid] = index
         started[index] = time.monotonic()
         log_info("pooler process %d started, pid %d", index, pid)
@@ -182,6 +224,9 @@ def supervise(count: int, logger, config=None, config_path: str | None = None) -
             except ProcessLookupError:
                 pass
 
+    if listeners > 1:
+        log_info("the old side had %d listeners per address, more than %d processes: each process binds "
+                 "each address %d times", old_listeners(), count, listeners, context="restart")
     for i in range(count):
         start(i)
     pending: list[int] = []               # indexes to start again (after a crash)
@@ -247,14 +292,8 @@ def supervise(count: int, logger, config=None, config_path: str | None = None) -
                           context="restart")
             else:
                 try:
-                    successor = restart.spawn()
+                    successor = restart.spawn(count * listeners)
                     log_info("new supervisor started, pid %d: %s", successor, " ".join(argv), context="restart")
-                    fresh = _reload(None, config_path) if config_path else None
-                    if fresh is not None and fresh.processes < count:
-                        logger.warning("restart", None, None, "the new config has processes %d, fewer than %d: "
-                                       "once %d old listeners have closed new connections are no longer steered "
-                                       "away from the old ones, and a few may be reset", fresh.processes, count,
-                                       fresh.processes)
                 except OSError as e:
                     log_error("cannot start the new supervisor (%s): this group keeps serving", e,
                               context="restart")

@@ -62,20 +62,27 @@ def start_listeners(instance) -> list[ListenServer]:
                 log.info("server", None, None, "listening on %s", path)
                 continue
             host = listen.host
-            ios = machinarium.listen(None if host == "*" else host, listen.port, listen.backlog,
-                                     reuseport=config.bindwith_reuseport,
-                                     setup=(lambda io: _socket_options(io, config, log, explicit=True))
-                                     if _INHERITED else None)
-            if host != "*":
-                for extra in ios[1:]:      # a name binds only its first address, as Odyssey does
-                    extra.close()
-                ios = ios[:1]
-            for io in ios:
-                addr = io.local
-                name = f"[{addr[0]}]:{addr[1]}" if io.sock.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
-                servers.append(ListenServer(listen, io, name))
-                servers[-1].options_for = config if _INHERITED else None
-                log.info("server", None, None, "listening on %s", name)
+            # after an online restart from a side with more sockets than ours, each address is
+            # bound more than once (supervisor.LISTENERS): the steering needs as many (restart.py)
+            for copy in range(supervisor.LISTENERS):
+                ios = machinarium.listen(None if host == "*" else host, listen.port, listen.backlog,
+                                         reuseport=config.bindwith_reuseport,
+                                         setup=(lambda io: _socket_options(io, config, log, explicit=True))
+                                         if _INHERITED else None)
+                if host != "*":
+                    for extra in ios[1:]:      # a name binds only its first address, as Odyssey does
+                        extra.close()
+                    ios = ios[:1]
+                for io in ios:
+                    addr = io.local
+                    name = f"[{addr[0]}]:{addr[1]}" if io.sock.family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
+                    servers.append(ListenServer(listen, io, name))
+                    servers[-1].options_for = config if _INHERITED else None
+                    if copy == 0 and supervisor.LISTENERS > 1:
+                        log.info("server", None, None, "listening on %s (%d sockets: the side this one took "
+                                 "over from had more)", name, supervisor.LISTENERS)
+                    elif copy == 0:
+                        log.info("server", None, None, "listening on %s", name)
         except OSError as e:
             where = listen.host or "unix socket"
             log.error("server", None, None, "failed to listen on %s:%d: %s", where, listen.port, e)

@@ -120,18 +120,20 @@ def test_the_cancel_key_names_its_process():
     assert supervisor.KEY_TAG is None and supervisor.COUNT == 1     # this test process is no pooler child
 
 
-@pytest.mark.parametrize("old_count,new_count,close_order", [
-    (2, 2, (0, 1)), (2, 2, (1, 0)), (3, 3, (1, 0, 2)), (3, 3, (2, 1, 0)), (2, 3, (0, 1)), (1, 2, (0,))])
-def test_group_steering_holds_while_the_old_listeners_close(monkeypatch, old_count, new_count, close_order):
-    """processes N: the old group's program names socket N (the first of the new group's). The
-    kernel moves the group's last socket into a closed socket's slot, so while the old sockets
-    close one after the other, in any order, no new connection lands on an old one."""
+def _steering_across_a_restart(monkeypatch, old_count, old_per, new_socks, close_order):
+    """The old side's `old_count` processes with `old_per` sockets each attach the program; then
+    the new side's `new_socks` (one list of sockets per process) join, and the old sockets close
+    one by one in `close_order` (indexes in the order they joined). Returns, after each step,
+    how many of 10 new connections the old sockets still open accepted; then removes the program
+    and checks that the kernel's hash reaches every new process again."""
     monkeypatch.setattr(supervisor, "COUNT", old_count)
+    monkeypatch.setattr(supervisor, "LISTENERS", old_per)
     old = [_listener()]
     port = old[0].getsockname()[1]
-    old += [_listener(port) for _ in range(old_count - 1)]
-    new = [_listener(port) for _ in range(new_count)]
+    old += [_listener(port) for _ in range(old_count * old_per - 1)]
+    new = [[_listener(port) for _ in range(n)] for n in new_socks]
     clients = []
+    reached_old = []
     try:
         for s in old:                     # each old process attaches the same program
             restart.steer_to_successor(s)
@@ -141,17 +143,70 @@ def test_group_steering_holds_while_the_old_listeners_close(monkeypatch, old_cou
                 old[index].close()
                 open_old.remove(old[index])
             clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
-            assert [_accepted(s) for s in open_old] == [0] * len(open_old)
-            assert sum(_accepted(s) for s in new) == 10
-        restart.unsteer(new[0])
+            on_old = sum(_accepted(s) for s in open_old)
+            assert on_old + sum(_accepted(s) for socks in new for s in socks) == 10
+            reached_old.append(on_old)
+        restart.unsteer(new[0][0])
         clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
-        counts = [_accepted(s) for s in new]
+        counts = [sum(_accepted(s) for s in socks) for socks in new]
         assert sum(counts) == 40 and all(counts)      # the kernel's hash spreads them again
     finally:
         for c in clients:
             c.close()
-        for s in old + new:
+        for s in old + [s for socks in new for s in socks]:
             s.close()
+    return reached_old
+
+
+@pytest.mark.parametrize("old_count,old_per,new_count,close_order", [
+    (2, 1, 2, (0, 1)), (2, 1, 2, (1, 0)), (3, 1, 3, (1, 0, 2)), (3, 1, 3, (2, 1, 0)), (2, 1, 3, (0, 1)),
+    (1, 1, 2, (0,)),
+    # a smaller new side: each new process binds each address listeners_for(old, new) times
+    (2, 1, 1, (0, 1)), (2, 1, 1, (1, 0)), (3, 1, 2, (0, 1, 2)), (3, 1, 2, (2, 1, 0)), (3, 1, 2, (1, 2, 0)),
+    (4, 1, 3, (3, 0, 2, 1)), (3, 1, 1, (1, 2, 0)),
+    # ... and a side that has more sockets than processes hands over in turn
+    (1, 2, 1, (1, 0)), (1, 2, 2, (0, 1)), (2, 2, 3, (3, 0, 2, 1)), (2, 2, 3, (0, 1, 2, 3))])
+def test_group_steering_holds_while_the_old_listeners_close(monkeypatch, old_count, old_per, new_count,
+                                                             close_order):
+    """The old side's program names socket T (T: its socket count, the first of the new side's).
+    The kernel moves the group's last socket into a closed socket's slot, so while the old
+    sockets close one after the other, in any order, no new connection lands on an old one, as
+    long as the new side has at least T sockets."""
+    per = supervisor.listeners_for(old_count * old_per, new_count)
+    assert per * new_count >= old_count * old_per
+    reached_old = _steering_across_a_restart(monkeypatch, old_count, old_per, [per] * new_count, close_order)
+    assert reached_old == [0] * (len(close_order) + 1)
+
+
+def test_a_smaller_new_side_with_one_socket_each_is_not_steered_exactly(monkeypatch):
+    """Why the new side binds more sockets: with 2 old sockets and 1 new one, once one old socket
+    has closed the program's index 2 is past the end and the kernel's hash hands connections to
+    the old socket still open (40 connections: all on the new one has odds 2^-40)."""
+    monkeypatch.setattr(supervisor, "COUNT", 2)
+    monkeypatch.setattr(supervisor, "LISTENERS", 1)
+    old = [_listener()]
+    port = old[0].getsockname()[1]
+    old.append(_listener(port))
+    new = _listener(port)
+    clients = []
+    try:
+        for s in old:
+            restart.steer_to_successor(s)
+        old[0].close()
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        on_old = _accepted(old[1])
+        assert on_old > 0 and on_old + _accepted(new) == 40
+    finally:
+        for c in clients:
+            c.close()
+        for s in old + [new]:
+            s.close()
+
+
+@pytest.mark.parametrize("old_total,count,expected", [(1, 1, 1), (2, 1, 2), (3, 2, 2), (4, 3, 2), (2, 4, 1),
+                                                      (0, 3, 1), (5, 5, 1), (9, 4, 3)])
+def test_listeners_per_process(old_total, count, expected):
+    assert supervisor.listeners_for(old_total, count) == expected
 
 
 class _Server:
