@@ -43,7 +43,7 @@ class Coroutine:
     the raw greenlet, which gevent's waits, timeouts and sockets accept).
     """
 
-    __slots__ = ("name", "greenlet", "_loop", "_thread", "_machine", "_value", "_exc",
+    __slots__ = ("_name", "greenlet", "_loop", "_thread", "_machine", "_value", "_exc",
                  "_cancelled", "_done", "_start", "_links", "__weakref__")
 
     def __init__(self, fn, *args, name: str | None = None, **kwargs):
@@ -52,7 +52,7 @@ class Coroutine:
 
     def _setup(self, fn, name, hub):
         """The state both ways of starting share; returns the (not yet started) greenlet."""
-        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        self._name = name or getattr(fn, "__qualname__", None) or repr(fn)
         self._loop = hub.loop
         self._thread = _get_ident()
         machine = self._machine = current_machine()
@@ -119,6 +119,15 @@ class Coroutine:
             links.remove(cb)
 
     # -- state ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The name given (a ``(format, args)`` pair is formatted when first read: a client's
+        name is read only in an error report, and formatting it cost each login)."""
+        name = self._name
+        if name.__class__ is tuple:
+            name = self._name = name[0] % name[1]
+        return name
+
     @property
     def dead(self) -> bool:
         """True once the coroutine has finished (returned, failed or was cancelled)."""

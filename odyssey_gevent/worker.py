@@ -45,7 +45,7 @@ class _Pending:
         peer = self.peer
         machinarium.Coroutine.run_now(frontend, self.instance, self.io, self.listen, self.conn_type, peer,
                                       self.local, self.deadline, None, self.accepted,
-                                      name=f"client {peer[0]}:{peer[1]}" if peer else "client unix")
+                                      name=("client %s:%s", peer) if peer else "client unix")
 
 
 def _spawn(instance, io, listen, conn_type, peer, local) -> None:
@@ -60,7 +60,7 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> None:
     else:
         if head is not None:
             machinarium.coroutine_create(frontend, instance, io, listen, conn_type, peer, local, deadline, head,
-                                         name=f"client {peer[0]}:{peer[1]}" if peer else "client unix")
+                                         name=("client %s:%s", peer) if peer else "client unix")
             return
     p = _Pending()
     p.instance = instance

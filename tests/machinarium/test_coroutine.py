@@ -85,6 +85,19 @@ def test_escaped_exception_is_logged_and_reraised_by_join(caplog, fail_on_backgr
     fail_on_background_errors.clear()  # expected: do not fail this test
 
 
+def test_a_name_given_as_format_and_args_is_formatted_when_read(caplog, fail_on_background_errors):
+    def body():
+        c = mm.Coroutine(lambda: 1 / 0, name=("client %s:%s", ("10.0.0.1", 5432)))
+        with pytest.raises(ZeroDivisionError):
+            c.join(1000)
+        return c.name, repr(c)
+
+    name, text = run_in_machine(body)
+    assert name == "client 10.0.0.1:5432" and "client 10.0.0.1:5432" in text
+    assert any("client 10.0.0.1:5432" in r.getMessage() for r in caplog.records)
+    fail_on_background_errors.clear()  # expected: do not fail this test
+
+
 def test_sleep_waits_about_right():
     def body():
         t = time.monotonic()
