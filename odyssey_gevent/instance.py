@@ -36,9 +36,10 @@ class Instance:
         # and the new process this one started on SIGUSR2
         self.restart_ppid = restart.inherited_ppid()
         self.successor: int | None = None
-        # processes N: the other group's supervisor during an online restart (the old one in a
-        # new group's process, the new one in an old process handing over), for cancel keys
-        self.partner: int | None = supervisor.takeover_pid()
+        # the other side of an online restart, for cancel keys: the old one in a new process, the
+        # new one in an old process handing over (a group's supervisor or a single process)
+        self.partner: int | None = supervisor.takeover_pid() if supervisor.is_child() else self.restart_ppid
+        self.peer_coro = None     # serving our peer socket (supervisor.start_peer)
         # our listeners joined a port group whose old members steer to us: remove that at the end
         self.steered = restart.taking_over(self)
         self._ejected = collections.deque()   # eject times of the restart drain (conn_drop_options)

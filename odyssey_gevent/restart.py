@@ -28,6 +28,9 @@ process after a group) binds each address supervisor.listeners_for(T, M) times i
 and keeps those sockets (closing one once the kernel's hash uses it would reset its queue).
 Once the last old one has closed, T is past the end (the kernel's hash: all are new) or a new
 socket until the new processes remove the program.
+
+While both sides run, each passes cancel keys it does not know to the other (supervisor.py);
+a single process is a group of one, index 0, with a peer socket of its own during the restart.
 """
 from __future__ import annotations
 
@@ -215,6 +218,8 @@ def request(instance) -> None:
         log.error("restart", None, None, "cannot start the new process (%s): this one keeps serving", e)
         return
     instance.successor = pid
+    instance.partner = pid               # cancel keys of the new side's clients go there
+    supervisor.start_peer(instance)      # and the new side passes ours here
     log.info("restart", None, None, "new process started, pid %d: %s", pid, " ".join(argv()))
 
 
@@ -224,7 +229,7 @@ def announce(instance) -> None:
     if ppid is None:
         return
     if not parent_alive(ppid):
-        instance.restart_ppid = None
+        instance.restart_ppid = instance.partner = None
         return
     instance.logger.info("restart", None, None, "listening; sending SIGTERM to the old process %d", ppid)
     try:
@@ -244,6 +249,7 @@ def poll(instance, servers) -> int | None:
             log.error("restart", None, None, "the new process %d %s before taking over: this one keeps serving",
                       instance.successor, ended)
             instance.successor = None
+            instance.partner = None
     if instance.steered and (not taking_over(instance) or only_ours_listen(servers, our_listeners())):
         # the old listeners are closed: the kernel's hash spreads new connections again
         for s in _tcp(servers):
@@ -254,6 +260,8 @@ def poll(instance, servers) -> int | None:
         log.info("restart", None, None, "the old process %d has exited: online restart complete",
                  instance.restart_ppid)
         instance.restart_ppid = None
+        if not child:
+            instance.partner = None          # no one left to pass cancels to
     if child and instance.partner is not None and instance.successor is None and not supervisor.running(
             instance.partner):
         instance.partner = None              # the old group has exited: no one to pass cancels to

@@ -22,7 +22,8 @@ to the new group (restart.hand_over), closes its listeners and drains. The new p
 the steering program once only their own listeners are left on their ports (a new group smaller
 than the old side binds each address more than once in each process: LISTENERS). During the
 overlap a cancel key unknown to the process that owns its index in one group is passed to the
-process of the same index in the other group (the "partner" group).
+process of the same index in the other group (the "partner" group); a single process on either
+side is a group of one, index 0, whose keys carry no index (pass_to_partner).
 """
 from __future__ import annotations
 
@@ -99,14 +100,21 @@ def is_child() -> bool:
     return _ID is not None
 
 
+def group_id() -> int:
+    """The id in our peer sockets' names: the supervisor's pid, or a single process's own (a
+    group of one, index 0), read when asked (a daemon forks after this module is imported)."""
+    return SUPERVISOR if _ID else os.getpid()
+
+
 def owner(secret: int) -> int:
     """The index of the process that gave out this cancel secret."""
     return (secret >> 24) & 0xFF
 
 
 def peer_address(index: int, group: int | None = None) -> str:
-    """The peer socket of process `index` of the group run by supervisor `group` (ours)."""
-    return f"\0odyssey-gevent.{SUPERVISOR if group is None else group}.{index}"
+    """The peer socket of process `index` of the group run by supervisor `group` (ours), or of
+    the single process `group` (index 0)."""
+    return f"\0odyssey-gevent.{group_id() if group is None else group}.{index}"
 
 
 def takeover_pid() -> int | None:
@@ -405,24 +413,48 @@ def forward_cancel(index: int, pid: int, key: int, timeout_s: float = 1.0, group
 
 
 def pass_to_partner(instance, pid: int, key: int) -> bool:
-    """During an online restart, a cancel key that no process of our group knows may be one of
-    the other group's: pass it to the process with the owner's index there (which does not pass
-    it on again)."""
+    """During an online restart, a cancel key that no process of our side knows may be one of
+    the other side's: pass it to the process with the owner's index there (which does not pass
+    it on again). A single process is a group of one, index 0, whose keys carry no index (their
+    top byte is random): when the owner's index names no peer socket there, index 0 is tried."""
     partner = getattr(instance, "partner", None)
-    if partner is None or KEY_TAG is None:
+    if partner is None:
         return False
-    return forward_cancel(owner(key), pid, key, group=partner, code=PARTNER_CODE)
+    index = owner(key)
+    if forward_cancel(index, pid, key, group=partner, code=PARTNER_CODE):
+        return True
+    return index != 0 and forward_cancel(0, pid, key, group=partner, code=PARTNER_CODE)
 
 
-def peer_listener():
-    """This process's peer socket (a gevent socket), or None for a single process."""
-    if _ID is None:
-        return None
+def needs_peer(instance) -> bool:
+    """Does this process listen on a peer socket? Always in a group; a single process while an
+    online restart runs (started by one, or having started one), to pass cancels to the other
+    side."""
+    return _ID is not None or instance.restart_ppid is not None or instance.successor is not None
+
+
+def start_peer(instance) -> None:
+    """Open our peer socket and serve it (once), when needs_peer() says so."""
+    if getattr(instance, "peer_coro", None) is not None or not needs_peer(instance):
+        return
+    import machinarium
     from gevent import socket as gsocket
     s = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(peer_address(INDEX))
-    s.listen(128)
-    return s
+    try:
+        s.bind(peer_address(INDEX))
+        s.listen(128)
+    except OSError as e:
+        s.close()
+        instance.logger.error("restart", None, None, "cannot open the peer socket for cancel requests (%s)", e)
+        return
+    instance.peer_coro = machinarium.coroutine_create(peer_main, instance, s, name="peer")
+
+
+def stop_peer(instance) -> None:
+    coro = getattr(instance, "peer_coro", None)
+    if coro is not None:
+        coro.cancel()
+        instance.peer_coro = None
 
 
 def peer_main(instance, sock) -> None:

@@ -325,8 +325,7 @@ def system_main(instance) -> int:
     for s in servers:
         s.coroutine = machinarium.coroutine_create(accept_loop, instance, s, pool, name=f"listen {s.name}")
     cron_coro = machinarium.coroutine_create(cron.cron_main, instance, name="cron")
-    peer = supervisor.peer_listener()   # processes N: cancel requests from the other processes
-    peer_coro = machinarium.coroutine_create(supervisor.peer_main, instance, peer, name="peer") if peer else None
+    supervisor.start_peer(instance)     # cancel requests from the other processes (or side of a restart)
     watcher = machinarium.SignalWatcher()
     supervisor.signals_ready()
     supervisor.tell_listening()         # processes N: the supervisor counts the processes that listen
@@ -361,8 +360,7 @@ def system_main(instance) -> int:
         watcher.close()
         _close_listeners(servers)
         cron_coro.cancel()
-        if peer_coro is not None:
-            peer_coro.cancel()
+        supervisor.stop_peer(instance)
         pool.stop()
         cron.close_all_servers(instance)
     return rc

@@ -381,24 +381,29 @@ def test_a_new_group_that_cannot_take_over_leaves_the_old_one_serving(pg, rs_rol
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("before,after", [(1, 2), (2, 3), (2, 1), (3, 2)])
+@pytest.mark.parametrize("before,after", [(1, 2), (2, 3), (2, 1), (3, 2), (1, 1)])
 def test_sigusr2_changing_the_process_count(pg, rs_role, before, after):
     """The new config may change `processes`: a single process hands over to a new group, a
     group to a bigger or a smaller one or to a single process, with no failure in a client loop
     across it (a smaller new side binds each address as many times as it takes to have as many
     sockets as the old side, which keeps the steering exact: tests/odyssey_gevent/
     test_restart.py). With one old process stopped while it hands over, the others' listeners
-    closed, the loop goes on."""
-    p = PoolerProcess(_config(processes=before), pg=pg)
+    closed, new logins are not queued on it. A cancel for an old client sent once the old
+    listeners have closed reaches it through the new side, single processes included (1 -> 1
+    too: their keys carry no process index)."""
+    p = PoolerProcess(_config(processes=before, log_debug=True), pg=pg)
     new_pid = None
     loop = None
     stopped = None
+    canceled = None
     try:
         wait_for(lambda: p.log().count("listening on") == before, timeout=20, what="the old side listening")
         with open(p.config_path) as f:
             text = f.read()
         with open(p.config_path, "w") as f:
             f.write(text.replace(f"processes {before}", f"processes {after}"))
+        canceled = _connect(p, autocommit=False)   # in a transaction: its old process waits for it
+        one(canceled, "select 1")
         loop = ClientLoop(p)
         wait_for(lambda: loop.ok >= 20, timeout=20, what="the client loop running")
         p.signal(signal.SIGUSR2)
@@ -419,21 +424,38 @@ def test_sigusr2_changing_the_process_count(pg, rs_role, before, after):
                 con.close()
             os.kill(stopped, signal.SIGCONT)
             stopped = None
-        assert p.proc.wait(30) == 0, p.log()[-4000:]
-        new_pid = _pid_file_pid(p)
-        assert new_pid not in (None, p.pid) and _alive(new_pid)
+        new_pid = wait_for(lambda: (_pid_file_pid(p) or 0) not in (0, p.pid) and _pid_file_pid(p), timeout=30,
+                           what="the new pid in pid_file")
         if after > 1:
-            new = set(_group(p, new_pid).values())
-            assert len(new) == after
+            new = wait_for(lambda: len(_group(p, new_pid)) == after and set(_group(p, new_pid).values()),
+                           timeout=10, what="the new group's processes")
         else:
             new = {new_pid}
+        # the old listeners close: the new side removes the steering program; a cancel for the
+        # old client lands on the new side, which passes it over
+        wait_for(lambda: _pids_logging(p, "the old listeners are closed: steering removed") >= new, timeout=20,
+                 what="steering removed on the new side")
+        timer = threading.Timer(0.5, canceled.cancel)
+        timer.start()
+        with pytest.raises(psycopg2.errors.QueryCanceled):
+            one(canceled, "select pg_sleep(20)")
+        timer.join()
+        wait_for(lambda: _pids_logging(p, "cancel passed to the other group's pooler process") & new, timeout=10,
+                 what="the cancel passed on by the new side")
+        canceled.rollback()
+        canceled.autocommit = True
+        with pytest.raises(psycopg2.Error):      # then closed at its next idle point
+            for _ in range(200):
+                one(canceled)
+                time.sleep(0.05)
+        assert p.proc.wait(30) == 0, p.log()[-4000:]
+        assert _alive(new_pid)
         wait_for(lambda: f"the old process {p.pid} has exited: online restart complete" in p.log(), timeout=10,
                  what="the new side seeing the old one gone")
         before_ok = loop.ok
         wait_for(lambda: loop.ok >= before_ok + 20, timeout=20, what="the loop served by the new side")
         loop.finish()
         assert loop.failures == [], loop.failures[:5]
-        assert _pids_logging(p, "the old listeners are closed: steering removed") >= new
         if after < before:     # 2 -> 1 and 3 -> 2: two sockets each
             assert _pids_logging(p, "(2 sockets: the side this one took over from had more)") >= new
         if after > 1:
@@ -447,5 +469,7 @@ def test_sigusr2_changing_the_process_count(pg, rs_role, before, after):
             os.kill(stopped, signal.SIGCONT)
         if loop is not None:
             loop.finish()
+        if canceled is not None:
+            canceled.close()
         _stop_pid(new_pid or (_pid_file_pid(p) if _pid_file_pid(p) != p.pid else None))
         p.stop()

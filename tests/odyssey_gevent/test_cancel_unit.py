@@ -4,6 +4,7 @@ the real router and does nothing for a key nobody owns (Odyssey cancel.c)."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import tempfile
 
@@ -12,7 +13,7 @@ import pytest
 import machinarium as mm
 from kiwi import be_read
 from kiwi.be_read import CancelRequest
-from odyssey_gevent import cancel
+from odyssey_gevent import cancel, supervisor
 from odyssey_gevent.client import Client
 from odyssey_gevent.config import reader
 from odyssey_gevent.config.model import Endpoint
@@ -269,3 +270,50 @@ def test_forward_after_unroute_does_nothing(in_machine):
             pm.close()
 
     assert in_machine(body) is True
+
+
+# ----------------------------------------------------------------------------------------------
+# the other side of an online restart (supervisor.pass_to_partner)
+
+def _peer_socket(group: int, index: int) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(supervisor.peer_address(index, group))
+    s.listen(4)
+    s.settimeout(0)
+    return s
+
+
+def _received(s: socket.socket) -> list[tuple[int, int, int, int]]:
+    out = []
+    while True:
+        try:
+            conn, _ = s.accept()
+        except BlockingIOError:
+            return out
+        conn.settimeout(2)
+        out.append(struct.unpack("!IIII", conn.recv(16)))
+        conn.close()
+
+
+def test_an_unknown_key_goes_to_the_other_side_of_an_online_restart(in_machine):
+    """A key no client of this single process has goes, during an online restart, to the other
+    side's peer socket: the process of the key's index in a group, else index 0 (a single
+    process, whose keys carry no index). Marked as the partner's, so it is not passed on again;
+    with no restart under way nothing is sent."""
+    group = 1_000_000_000 + os.getpid()          # a supervisor pid no process has
+    first, fourth = _peer_socket(group, 0), _peer_socket(group, 3)
+    try:
+        def body():
+            inst = _instance()
+            inst.partner = group
+            cancel.forward(inst, 77, (3 << 24) | 5)
+            cancel.forward(inst, 78, (9 << 24) | 6)      # no process 9 there: index 0
+            inst.partner = None
+            cancel.forward(inst, 79, 7)
+
+        in_machine(body)
+        assert _received(fourth) == [(16, supervisor.PARTNER_CODE, 77, (3 << 24) | 5)]
+        assert _received(first) == [(16, supervisor.PARTNER_CODE, 78, (9 << 24) | 6)]
+    finally:
+        first.close()
+        fourth.close()
