@@ -169,9 +169,11 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
                 io.close()
                 instance.client_closed()
                 continue
-        # the local address: asked only if SHOW CLIENTS wants it (Client.local_host)
-        pool.feed(io, server.listen, conn_type, peer, None)
-        machinarium.sleep(0)      # let the new client start before the next accept
+        # the local address: asked only if SHOW CLIENTS wants it (Client.local_host). The new
+        # client runs before the next accept (up to its first wait): started at once with this
+        # loop's turn given up (Coroutine.start_yielding), or by a yield here
+        if not pool.feed(io, server.listen, conn_type, peer, None):
+            machinarium.sleep(0)
 
 
 _option_errors_logged: set = set()

@@ -48,10 +48,12 @@ class _Pending:
                                       name=("client %s:%s", peer) if peer else "client unix")
 
 
-def _spawn(instance, io, listen, conn_type, peer, local) -> None:
+def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
     """Start an accepted client's coroutine; when its startup packet is not there yet, only
     once it is (or its login times out): see _Pending. (Under load the packet is usually there
-    at accept; on an idle pooler a third of pgbench -C's were not.)"""
+    at accept; on an idle pooler a third of pgbench -C's were not.) True when the coroutine
+    started and ran up to its first wait before this returned, the caller's turn given up
+    meanwhile (Coroutine.start_yielding): the accept loop need not yield for it."""
     deadline = login_deadline(listen)
     try:
         head = io.recv_now(4)       # the startup packet's length word, if it is there
@@ -59,9 +61,9 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> None:
         head = None
     else:
         if head is not None:
-            machinarium.coroutine_create(frontend, instance, io, listen, conn_type, peer, local, deadline, head,
-                                         name=("client %s:%s", peer) if peer else "client unix")
-            return
+            machinarium.Coroutine.start_yielding(frontend, instance, io, listen, conn_type, peer, local, deadline,
+                                                 head, name=("client %s:%s", peer) if peer else "client unix")
+            return True
     p = _Pending()
     p.instance = instance
     p.io = io
@@ -77,6 +79,7 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> None:
     if deadline:
         timer = p.timer = watcher.loop.timer(max(0.0, deadline - time.monotonic()))
         timer.start(p)
+    return False
 
 
 def worker_main(instance, channel) -> None:
@@ -118,13 +121,15 @@ class WorkerPool:
             self.machines.append(m)
             m.start()
 
-    def feed(self, io, listen, conn_type, peer, local) -> None:
+    def feed(self, io, listen, conn_type, peer, local) -> bool:
+        """Hand an accepted client over; True when its coroutine ran already in this thread,
+        the caller's turn given up meanwhile (see _spawn)."""
         if self.count <= 1:
-            _spawn(self.instance, io, listen, conn_type, peer, local)
-            return
+            return _spawn(self.instance, io, listen, conn_type, peer, local)
         ch = self.channels[next(self._next) % self.count]
         fd = io.detach()
         ch.write(machinarium.Msg(MSG_CLIENT, (fd, listen, conn_type, peer, local)))
+        return False
 
     def wake(self) -> None:
         """Wake every parked relay (in the thread it runs in) to look at the shutdown flag."""

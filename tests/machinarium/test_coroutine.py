@@ -98,6 +98,39 @@ def test_a_name_given_as_format_and_args_is_formatted_when_read(caplog, fail_on_
     fail_on_background_errors.clear()  # expected: do not fail this test
 
 
+def test_start_yielding_runs_the_new_coroutine_first_and_the_caller_at_the_next_turn():
+    """Coroutine.start_yielding from a coroutine: the new one runs at once up to its first wait,
+    then other ready work of the hub, then the caller (as Coroutine(...) then sleep(0) would)."""
+    def body():
+        order = []
+
+        def child():
+            order.append("child starts")
+            mm.sleep(0)
+            order.append("child resumes")
+
+        def other():
+            order.append("other")
+
+        mm.Coroutine(other)         # ready at the hub's next turn
+        c = mm.Coroutine.start_yielding(child, name="child")
+        order.append("caller resumes")
+        c.join(1000)
+        return order, c.dead
+
+    order, dead = run_in_machine(body)
+    assert order[:3] == ["child starts", "other", "caller resumes"] and dead
+    assert order[3:] == ["child resumes"]
+
+
+def test_start_yielding_of_a_coroutine_that_ends_at_once():
+    def body():
+        c = mm.Coroutine.start_yielding(lambda: 7, name="short")
+        return c.dead, c.join(1000)
+
+    assert run_in_machine(body) == (True, 7)
+
+
 def test_sleep_waits_about_right():
     def body():
         t = time.monotonic()
