@@ -61,8 +61,15 @@ _COPY_BOTH, _SERVER_COPY_DONE = int(BE.COPY_BOTH_RESPONSE), int(BE.COPY_DONE)
 _ENDS_EXECUTE = frozenset((int(BE.COMMAND_COMPLETE), _EMPTY, int(BE.PORTAL_SUSPENDED)))
 _ENDS_DESCRIBE = frozenset((int(BE.ROW_DESCRIPTION), int(BE.NO_DATA)))
 COMPLETES = {int(BE.PARSE_COMPLETE): _P, int(BE.BIND_COMPLETE): _B, int(BE.CLOSE_COMPLETE): _C}
-# the same as a tuple by type, -1 (no queued entry) for the rest
-_COMPLETED = tuple(COMPLETES.get(_t, -1) for _t in range(256))
+# a backend message type -> the plain queued request it answers when that request is at the
+# head of the queue (the completions; in exact mode the ends of Describe and Execute, an
+# Execute's only when no CopyDone flag is set on it), -1 for the rest: one tuple index
+_POPS = [COMPLETES.get(_t, -1) for _t in range(256)]
+for _t in _ENDS_DESCRIBE:
+    _POPS[_t] = _D
+for _t in _ENDS_EXECUTE:
+    _POPS[_t] = _E
+_POPS = tuple(_POPS)
 
 
 class Phase:
@@ -223,7 +230,31 @@ class Conversation:
             self.phase = _BUSY_PHASE
             self.queue.append(t)
             return
-        if phase == _BUSY_PHASE and not self.exact:
+        if phase == _BUSY_PHASE and self.exact:
+            # the same with `exact` counting (the prepared-statement layer): Describe and
+            # Execute are queued, a Sync after an Execute is flagged (what _queue does, BUSY)
+            if t == _E:
+                self.unsynced = True
+                self.flushed = False
+                self._exec_syncs = 0
+                self._copy_ended = False
+                self.queue.append(_E)
+                return
+            if t == _S:
+                self.unsynced = False
+                if self._exec_syncs >= 0 and not self._copy_ended:
+                    self._exec_syncs += 1
+                    self.queue.append(_S | _AFTER_EXECUTE)
+                else:
+                    self.queue.append(_S)
+                self.syncs += 1
+                return
+            if t == _D:
+                self.unsynced = True
+                self.flushed = False
+                self.queue.append(_D)
+                return
+        elif phase == _BUSY_PHASE:
             # the common cases of an extended batch without `exact` counting, inline (what the
             # general branches below do with them)
             if t == _E:
@@ -434,8 +465,10 @@ class Conversation:
             head = queue[0] if queue else None
         else:
             head = queue[0] if queue else None
-            if head.__class__ is int and head == _COMPLETED[t]:
-                queue.popleft()                    # ParseComplete/BindComplete/CloseComplete
+            if head.__class__ is int and head == _POPS[t]:
+                # ParseComplete/BindComplete/CloseComplete, and in exact mode the end of a
+                # Describe or an Execute: the plain request at the head is answered
+                queue.popleft()
                 if queue and queue[0].__class__ is not int:
                     self._flush_local()
                 return FORWARD

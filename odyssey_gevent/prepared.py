@@ -28,7 +28,7 @@ from collections import OrderedDict
 
 from kiwi import be_write, error_codes
 from kiwi.header import FE
-from kiwi.protocol import LOCAL, Request
+from kiwi.protocol import LOCAL, Phase, Request
 
 SERVER_STATEMENTS_MAX = 1000       # statements kept prepared on one server
 REGISTRY_MAX = 10000               # pool-wide statements no client uses that are still remembered
@@ -37,6 +37,7 @@ _names = itertools.count(1)
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _P, _B, _C, _D, _Q, _S = (int(x) for x in (FE.PARSE, FE.BIND, FE.CLOSE, FE.DESCRIBE, FE.QUERY, FE.SYNC))
+_SKIP = Phase.SKIP
 
 PARSE_COMPLETE = be_write.parse_complete()
 CLOSE_COMPLETE = be_write.close_complete()
@@ -236,7 +237,7 @@ class Prepared:
         forward it unchanged (the caller then reports it to the Conversation), or the list of
         bytes to send in its place (already reported here)."""
         proto = server.proto
-        if proto.skipping:
+        if proto.phase == _SKIP:         # Conversation.skipping without a property's frame
             return None                   # the server ignores it until Sync, as it would have
         if t == _B:
             return self._bind(server, buf, start, end)

@@ -301,3 +301,26 @@ def test_send_many_remembers_a_batch_with_an_execute_whatever_the_state_before()
     without = [ord(c) for c in "PBS"]           # no Execute: never remembered
     run([])[0].send_many(without)
     assert bytes(without) not in protocol._BATCHES
+
+
+def test_exact_mode_inline_describe_execute_sync_leave_the_state_of_the_general_branches():
+    """With exact counting (the prepared-statement layer), Describe, Execute and Sync in phase
+    BUSY take send()'s inline case, and RowDescription/CommandComplete at the head take
+    receive()'s: the queue, flags and counts must be what the general branches leave (a Sync
+    after an Execute flagged, a CopyDone sent early marks the Execute and unflags the Sync)."""
+    from kiwi.protocol import _AFTER_EXECUTE, _COPY_SENT
+    P, B, D, E, S = (ord(c) for c in "PBDES")
+    c, _ = run(["P", "D", "E", "S"], exact=True)
+    assert (list(c.queue), c.syncs, c.unsynced, c.flushed, c._exec_syncs, c._copy_ended) == \
+        ([P, D, E, S | _AFTER_EXECUTE], 1, False, False, 1, False)
+    c.send(S)
+    assert (list(c.queue)[-1], c.syncs, c._exec_syncs) == (S | _AFTER_EXECUTE, 2, 2)
+    for reply in ("1", "T", "C"):
+        assert c.receive(ord(reply)) == FORWARD
+    assert list(c.queue) == [S | _AFTER_EXECUTE, S | _AFTER_EXECUTE] and c.broken is None
+    c, _ = run(["P", "B", "E", "c", "S"], exact=True)
+    assert (list(c.queue), c._copy_ended, c.syncs) == ([P, B, E | _COPY_SENT, S], True, 1)
+    c, _ = run(["P", "B", "E", "c", "S", ">1", ">2", ">C", ">Z:I"], exact=True)
+    assert c.idle and c.broken is None
+    c, _ = run(["Q", ">T", ">C"], exact=True)          # a query's RowDescription pops no Describe
+    assert list(c.queue) == [ord("Q")]
