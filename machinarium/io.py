@@ -41,28 +41,27 @@ _LINGER_OFF = struct.pack("ii", 0, 0)
 
 class _Socket:
     """An accepted client's socket: the native non-blocking socket with gevent-style read and
-    write watchers made on first use, and the few methods of gevent's socket object an Io and
-    its users call (``_wait``, ``_read_event``/``_write_event``, ``close``, ``detach``,
-    ``closed``, ``fileno``; anything else goes to the native socket). gevent's own object made
-    both watchers up front and closes through several Python-level steps: about 40,000
-    instructions a connection more. Closing wakes a coroutine waiting on it with EBADF, as
-    gevent's does; a TLS upgrade swaps it for a gevent socket first (``Io._tls_upgrade``)."""
+    write watchers, and the few methods of gevent's socket object an Io and its users call
+    (``_wait``, ``_read_event``/``_write_event``, ``close``, ``detach``, ``closed``, ``fileno``,
+    and the native socket's own ones listed below). gevent's own object made both watchers up
+    front and closes through several Python-level steps: about 40,000 instructions a
+    connection more. Closing wakes a coroutine waiting on it with EBADF, as gevent's does; a
+    TLS upgrade swaps it for a gevent socket first (``Io._tls_upgrade``).
 
-    __slots__ = ("_sock", "hub", "_r", "_w", "_closed")
+    The read watcher is made at once (each client's reads, the relay's callbacks and a pooled
+    server's watch use it) and is a plain slot, None once closed; the write watcher is made on
+    first use. No ``__getattr__``: a class with one has every attribute of its instances looked
+    up through it (a Python-level hook, no specialization), about 600 instructions a login."""
+
+    __slots__ = ("_sock", "hub", "_read_event", "_w", "_closed")
     timeout = None                  # gevent's wait_on_socket reads it: no socket-level timeout
 
     def __init__(self, raw, hub):
         self._sock = raw
         self.hub = hub
-        self._r = self._w = None
+        self._read_event = hub.loop.io(raw.fileno(), 1)
+        self._w = None
         self._closed = False
-
-    @property
-    def _read_event(self):
-        w = self._r
-        if w is None and not self._closed:
-            w = self._r = self.hub.loop.io(self._sock.fileno(), 1)
-        return w
 
     @property
     def _write_event(self):
@@ -78,15 +77,12 @@ class _Socket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        watchers = (self._r, self._w)
-        self._r = self._w = None
+        watchers = (self._read_event, self._w)
+        self._read_event = self._w = None
         if watchers == (None, None):
             self._sock.close()
         else:
@@ -112,13 +108,24 @@ class _Socket:
 
     def detach(self) -> int:
         """Give the fd up without closing it (its watchers are closed)."""
-        for w in (self._r, self._w):
+        for w in (self._read_event, self._w):
             if w is not None:
                 w.close()
-        self._r = self._w = None
+        self._read_event = self._w = None
         self._closed = True
         return self._sock.detach()
 
+
+def _native(name: str):
+    return property(lambda self: getattr(self._sock, name), doc=f"The native socket's ``{name}``.")
+
+
+# the native socket's attributes callers use (an Io's own reads and writes use the native socket
+# directly): each delegated by name
+for _name in ("family", "type", "proto", "getpeername", "getsockname", "setsockopt", "getsockopt", "shutdown",
+              "settimeout", "gettimeout", "setblocking", "recv", "recv_into", "send", "sendall"):
+    setattr(_Socket, _name, _native(_name))
+del _name
 
 _Socket._wait = _wait_on_socket     # as gevent's socket: wait(watcher), EBADF once closed
 

@@ -304,6 +304,26 @@ def test_an_attached_fd_moves_again_and_closes_like_an_accepted_socket():
     assert run_in_machine(body) == [errno.EBADF]
 
 
+def test_an_accepted_socket_has_its_read_watcher_and_the_native_calls_until_closed():
+    """An accepted Io's socket object: its read watcher from the start (None once closed), the
+    native socket's calls by name, and no catch-all delegation (an unknown name is an error)."""
+    def body():
+        server, client = _pair()
+        sock = server.sock
+        watcher = sock._read_event
+        got = (watcher is not None and watcher.fd == server.fileno(), sock.family == socket.AF_INET,
+               sock.getpeername() == client.local, sock.getsockname() == client.peer,
+               sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM)
+        with pytest.raises(AttributeError):
+            sock.makefile
+        server.close(), client.close()
+        return got, sock._read_event, sock.closed
+
+    got, after, closed = run_in_machine(body)
+    assert got == (True, True, True, True, True)
+    assert after is None and closed
+
+
 def test_closing_io_wakes_a_waiting_reader_with_oserror():
     def body():
         server, client = _pair()
