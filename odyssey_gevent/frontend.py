@@ -572,10 +572,11 @@ class Frontend:
                 return
             if not self.startup():
                 return
-            if instance.config.log_session:
+            log_session = instance.config.log_session
+            if log_session:
                 self.logger.info("startup", client, None, "new client connection %s", self._peer())
             self.route()
-            if instance.config.log_session:
+            if log_session:
                 self.logger.info("routing", client, None, "route '%s.%s' to '%s.%s'", client.database,
                                  client.user, client.rule.db_name, client.rule.user_name)
             self.check_hba()
@@ -584,7 +585,7 @@ class Frontend:
             soft_oom.refuse_if_over(instance, client)
             self.deadline = None
             self.setup()
-            if instance.config.log_session:
+            if log_session:
                 rule = client.rule
                 self.logger.info("setup", client, None, "login time: %d microseconds",
                                  int((time.monotonic() - client.time_accept) * 1e6))

@@ -407,9 +407,15 @@ class Relay:
         client_only = (cio,)
         instance = self.instance
         self.glet = getcurrent()
-        relays = _relays()
+        # this thread's relays and sweep: one look at the thread-local state (each costs a
+        # threading.local lookup), the helpers only the first time
+        state = _local.__dict__
+        relays = state.get("relays")
+        if relays is None:
+            relays = _relays()
         relays.add(self)
-        _start_sweep(self.loop)
+        if state.get("sweep") is None:
+            _start_sweep(self.loop)
         try:
             while True:
                 server = client.server

@@ -63,12 +63,15 @@ class Router:
             raise FrontendError(error_codes.INVALID_CATALOG_NAME, f"route for '{db}.{user}' is not found")
         route_db = rule.storage_db or db
         route_user = rule.storage_user or user
-        key = route_key(rule, db, user)
+        # looked up with a plain tuple (equal to its RouteKey, which is made only for a new route:
+        # a named tuple's constructor is a Python-level call)
+        lookup = (route_db, route_user, id(rule))
         lock = self.lock
         lock.acquire()              # not `with`: see attach_idle
         try:
-            route = self.routes.get(key)
+            route = self.routes.get(lookup)
             if route is None:
+                key = route_key(rule, db, user)
                 route = self.routes[key] = Route(key, rule, route_db, route_user)
             route.tcp_connections += 1
             if rule.client_max and len(route.clients) >= rule.client_max:

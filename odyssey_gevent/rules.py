@@ -59,7 +59,11 @@ def conn_type_matches(rule_conn_type: str, client_conn_type: str, tls: bool) -> 
     """local = unix socket, host = TCP, hostssl/hostnossl by TLS state; default = any."""
     if rule_conn_type == "default":
         return True
-    client = _normalize_conn_type(client_conn_type)
+    return _conn_type_fits(rule_conn_type, _normalize_conn_type(client_conn_type), tls)
+
+
+def _conn_type_fits(rule_conn_type: str, client: str, tls: bool) -> bool:
+    """conn_type_matches for a rule type other than default and a normalized client type."""
     if rule_conn_type == "local":
         return client == "local"
     if rule_conn_type == "host":
@@ -130,17 +134,22 @@ class Rules:
         ``conn_type``: "host"/"tcp" or "local"/"unix".  ``internal`` clients (auth_query,
         group checker, watchdog) see only ``pool_routing "internal"`` rules; others never do.
         """
-        _normalize_conn_type(conn_type)
+        client_type = _normalize_conn_type(conn_type)
+        internal = bool(internal)
+        # the usual tests inline (a default selector, the same name, conn_type default), the
+        # rest by the helpers: run at every login, for each rule tried in turn
         for rule in self._ordered:
-            if rule.is_internal != bool(internal):
+            if (rule.pool_routing == "internal") is not internal:       # Rule.is_internal
                 continue
             if not rule.db_is_default and rule.db_name != db:
                 continue
-            if not self._user_matches(rule, user):
+            if not rule.user_is_default and rule.user_name != user and not self._user_matches(rule, user):
                 continue
-            if not rule.address_range.matches(client_addr, self.reverse_dns):
+            address = rule.address_range
+            if not address.is_default and not address.matches(client_addr, self.reverse_dns):
                 continue
-            if not conn_type_matches(rule.conn_type, conn_type, tls):
+            rule_type = rule.conn_type
+            if rule_type != "default" and not _conn_type_fits(rule_type, client_type, tls):
                 continue
             return rule
         return None
