@@ -97,8 +97,25 @@ _SEND_KIND = tuple(_SEND_KIND)
 # added, unsynced, flushed, _exec_syncs, _copy_ended after it); bounded, process-wide (a batch's
 # effect depends on its types alone)
 _BATCHES: dict = {}
+_BATCHES_EXACT: dict = {}           # ... with exact counting (see _exact_rememberable)
 _BATCHES_MAX = 256
 _BATCH_TYPES_MAX = 16
+
+
+def _exact_rememberable(types) -> bool:
+    """With exact counting a batch's effect depends on its types alone when it has an Execute,
+    no Sync before its first Execute or Query (a Sync is flagged by the Execute before it) and
+    no CopyDone/CopyFail (they flag an Execute already queued)."""
+    reset = False
+    for t in types:
+        if t == _E or t == _Q:
+            reset = True
+        elif t == _S:
+            if not reset:
+                return False
+        elif t == _COPY_DONE or t == _COPY_FAIL:
+            return False
+    return _E in types
 del _t, _k
 
 # (phase, event) -> next phase; an event missing for a phase leaves it unchanged.
@@ -321,11 +338,12 @@ class Conversation:
 
     def send_many(self, types: list) -> None:
         """`send` for each frontend message type in `types` (ints), in order: the relay tells one
-        read's messages in one call. Without `exact` counting, outside COPY and SKIP (where
-        sending never changes the phase but to BUSY), the state is kept in locals and written
-        back once: a Python call and attribute stores per message cost more than the work."""
+        read's messages in one call. Outside COPY and SKIP (where sending never changes the
+        phase but to BUSY), a batch with an Execute is applied from memory, and without `exact`
+        counting any other batch with the state kept in locals and written back once: a Python
+        call and attribute stores per message cost more than the work."""
         phase = self.phase
-        if self.exact or not (phase == _BUSY_PHASE or phase == _READY_PHASE):
+        if not (phase == _BUSY_PHASE or phase == _READY_PHASE):
             for t in types:
                 self.send(t)
             return
@@ -334,7 +352,8 @@ class Conversation:
         # Execute sets every flag below), so its effect is remembered by its types: a client
         # sends the same few batches again and again (pgbench -M extended: P B D E S)
         key = bytes(types)
-        effect = _BATCHES.get(key)
+        exact = self.exact
+        effect = _BATCHES_EXACT.get(key) if exact else _BATCHES.get(key)
         if effect is not None:
             queued, added, self.unsynced, self.flushed, self._exec_syncs, self._copy_ended = effect
             if queued:
@@ -343,6 +362,14 @@ class Conversation:
                 self.phase = _BUSY_PHASE
             return
         before = len(queue)
+        if exact:
+            syncs = self.syncs
+            for t in types:
+                self.send(t)
+            if len(_BATCHES_EXACT) < _BATCHES_MAX and len(key) <= _BATCH_TYPES_MAX and _exact_rememberable(types):
+                _BATCHES_EXACT[key] = (tuple(queue)[before:], self.syncs - syncs, self.unsynced, self.flushed,
+                                       self._exec_syncs, self._copy_ended)
+            return
         unsynced = self.unsynced
         flushed = self.flushed
         ex = self._exec_syncs

@@ -59,16 +59,16 @@ _C_LIMITS = tuple(FE_RELAY_LIMITS)
 _Q_LIMIT = _C_LIMITS[_C_QUERY]
 # limits + 4 (the length field counts itself), -1 for a forbidden type: one comparison per message
 _C_LIMITS4 = tuple(limit + 4 if limit >= 0 else -1 for limit in _C_LIMITS)
-# what the client walk does with a message type: _CK_TELL, the Conversation is told after the
-# walk in one Conversation.send_many call (without prepared statements); with them _CK_NOW, told
-# at once (the prepared-statement layer tells its own messages in between), and _CK_PREPARED,
-# the layer may rewrite it; _CK_TERMINATE ends the walk. Module constants, not an Enum.
-_CK_TELL, _CK_NOW, _CK_PREPARED, _CK_TERMINATE = 1, 2, 3, 4
+# what the client walk does with a message type: _CK_TELL, the Conversation is told in one
+# Conversation.send_many call after the walk, or before the prepared-statement layer sees a
+# message (it tells its own messages, in order); with prepared statements _CK_PREPARED, the
+# layer may rewrite it; _CK_TERMINATE ends the walk. Module constants, not an Enum.
+_CK_TELL, _CK_PREPARED, _CK_TERMINATE = 1, 3, 4
 _C_INTEREST = bytearray(256)
 _C_INTEREST_PREPARED = bytearray(256)
 for _t in b"SFcfEH":
     _C_INTEREST[_t] = _CK_TELL
-    _C_INTEREST_PREPARED[_t] = _CK_NOW
+    _C_INTEREST_PREPARED[_t] = _CK_TELL
 for _t in b"QPBDC":
     _C_INTEREST[_t] = _CK_TELL
     _C_INTEREST_PREPARED[_t] = _CK_PREPARED
@@ -947,6 +947,9 @@ class Relay:
                                 grow = msg_end - pos
                             break
                         if msg_end <= end:
+                            if sent:    # the layer must see the Conversation as it is here
+                                server.proto.send_many(sent)
+                                sent = []
                             pieces = prepared.client_message(server, t, buf, pos, msg_end)
                             if pieces is not None:
                                 if out is None:
@@ -957,7 +960,7 @@ class Relay:
                                 seg = msg_end
                                 pos = msg_end
                                 continue
-                    server.proto.send(t)
+                    sent.append(t)
                 pos = msg_end
             if pos > end:       # a message goes on past the bytes received
                 self.c_skip = pos - end

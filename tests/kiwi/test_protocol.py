@@ -324,3 +324,25 @@ def test_exact_mode_inline_describe_execute_sync_leave_the_state_of_the_general_
     assert c.idle and c.broken is None
     c, _ = run(["Q", ">T", ">C"], exact=True)          # a query's RowDescription pops no Describe
     assert list(c.queue) == [ord("Q")]
+
+
+def test_send_many_remembers_exact_batches_only_when_their_types_decide_the_state():
+    """With exact counting a Sync is flagged by the Execute before it and a CopyDone flags an
+    Execute already queued: a batch is remembered only with an Execute, no Sync before its first
+    Execute or Query and no CopyDone/CopyFail, and a remembered batch leaves from every state
+    what a send() per message leaves."""
+    from kiwi import protocol
+    protocol._BATCHES_EXACT.clear()
+    befores = [[], ["E", "S", "S"], ["P", "B", "E", "c"], ["P", "H"], ["Q"], ["B", "E", "S", ">2", ">C", ">Z:I"],
+               ["Q", ">C", ">Z:T"], ["B", "E"]]
+    for batch, remembered in (("BDES", True), ("DES", True), ("QES", True), ("SBES", False), ("BEcS", False),
+                              ("BDS", False)):
+        types = [ord(c) for c in batch]
+        for before in befores:
+            one, _ = run(before, exact=True)
+            many, _ = run(before, exact=True)
+            for t in types:
+                one.send(t)
+            many.send_many(types)
+            assert _state(many) == _state(one), (batch, before)
+        assert (bytes(types) in protocol._BATCHES_EXACT) is remembered, batch

@@ -334,6 +334,33 @@ def test_answers_the_pooler_gives_itself_follow_their_message_whatever_the_chunk
     assert in_machine(body)
 
 
+def test_the_prepared_layer_sees_a_sync_sent_before_its_message_in_the_same_read(in_machine):
+    """The client walk tells the Conversation its messages in one call, but before the
+    prepared-statement layer looks at a message: a Sync that ends a server's skip (after an
+    extended-protocol error) and a named Parse in one read must reach the layer with the skip
+    over, so the Parse is mapped to the pool-wide statement (in a skip it is forwarded as sent)."""
+    def body():
+        h = Harness("transaction", attached=True, prepared=True)
+        proto = h.server.proto
+        proto.send(ord("B"))
+        proto.receive(ord("E"))                  # an error with no Sync yet: the server skips
+        assert proto.skipping
+        try:
+            parse = fe_write.parse("s1", "select 1", [])
+            h.app.write(fe_write.sync() + parse + fe_write.sync())
+            got = h.pg.read(5, 2000)
+            assert got == fe_write.sync()
+            rest = h.pg.read(5, 2000)
+            rest += h.pg.read(struct.unpack("!I", rest[1:5])[0] - 4, 2000)
+            assert rest[:1] == b"P" and b"s1\0" not in rest and b"odyssey_pstmt_" in rest
+            assert h.client.prepared["s1"].name.encode() in rest
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
 # ----------------------------------------------------------------------------------------------
 # pool modes: the detach point
 
