@@ -93,6 +93,7 @@ for _t, _k in ((_P, _K_QUEUED), (_B, _K_QUEUED), (_C, _K_QUEUED), (_D, _K_DESCRI
                (_COPY_FAIL, _K_COPY_END)):
     _SEND_KIND[_t] = _k
 _SEND_KIND = tuple(_SEND_KIND)
+del _t, _k
 # send_many's remembered batches: the types (bytes) -> (queue entries added, Syncs/Queries
 # added, unsynced, flushed, _exec_syncs, _copy_ended after it); bounded, process-wide (a batch's
 # effect depends on its types alone)
@@ -116,7 +117,6 @@ def _exact_rememberable(types) -> bool:
         elif t == _COPY_DONE or t == _COPY_FAIL:
             return False
     return _E in types
-del _t, _k
 
 # (phase, event) -> next phase; an event missing for a phase leaves it unchanged.
 # Events: the server's CopyIn/CopyOut/CopyBoth responses and CopyDone, the client's

@@ -54,10 +54,11 @@ _unpack_head = struct.Struct("!BI").unpack_from     # a message's type and lengt
 _C_QUERY, _C_TERMINATE = b"QX"
 _C_STRAY = frozenset(b"dcf")       # COPY messages: ignored by PostgreSQL outside COPY
 # what a logged-in client may send, and how long each message may be: kiwi's table (PostgreSQL's
-# limits), -1 for a forbidden type, so one chained comparison checks type and length
+# limits), -1 for a forbidden type
 _C_LIMITS = tuple(FE_RELAY_LIMITS)
 _Q_LIMIT = _C_LIMITS[_C_QUERY]
-# limits + 4 (the length field counts itself), -1 for a forbidden type: one comparison per message
+# limits + 4 (the length field counts itself), -1 for a forbidden type: one comparison per
+# message checks its type and the upper bound of its length
 _C_LIMITS4 = tuple(limit + 4 if limit >= 0 else -1 for limit in _C_LIMITS)
 # what the client walk does with a message type: _CK_TELL, the Conversation is told in one
 # Conversation.send_many call after the walk, or before the prepared-statement layer sees a
