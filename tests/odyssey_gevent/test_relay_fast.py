@@ -374,6 +374,42 @@ def test_a_queued_attach_continues_in_the_hub_when_a_server_is_handed_over(in_ma
     assert in_machine(body)
 
 
+@pytest.mark.parametrize("request_, replies", [
+    (_q("select 1"), 1),                                  # a lone Query: the hand-over's inline send
+    (_q("select '" + "x" * 3000 + "'"), 1),               # ... longer than _SLICE_MAX
+    (_q("select 1") + _q("select 2"), 2),                 # anything else: the generic walk
+    (_ext(), 1),
+], ids=["lone-query", "long-query", "two-queries", "extended"])
+def test_a_handed_over_request_is_relayed_and_counted_whatever_it_is(in_machine, request_, replies):
+    """The hand-over sends a lone simple Query inline and anything else through the client
+    walk: the same bytes reach the server, the same stats and Conversation state result, and
+    nothing is held back for the next request."""
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            _queued(h, request_)
+            h.fe.hand()
+            assert h.pg.read(len(request_), 2000) == request_
+            reply = (_reply(b"I") if request_[:1] == b"Q" else _ext_reply(b"I")) * replies
+            h.pg.write(reply)
+            assert h.app.read(len(reply), 2000) == reply
+            mm.sleep(0)
+            assert h.fe.taken == [] and h.fe.now_detaches == 1 and h.client.server is None
+            stats = h.client.route.stats
+            assert (stats.bytes_recv, stats.bytes_sent) == (len(request_), len(reply))
+            assert stats.count_query == replies
+            assert (h.server.sync_request, h.server.sync_reply) == (replies, replies)
+            assert h.relay.c_buf is None and h.relay.c_len == 0 and not h.relay.queued
+            h.fe.queue = False
+            _exchange(h, _q("select 3"), _reply(b"I"))
+            assert stats.bytes_recv == len(request_) + len(_q("select 3"))
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
 def test_a_handed_server_that_needs_checks_goes_to_the_coroutine(in_machine):
     def body():
         h = _harness(queue=True, cb_queue=True, check=True)
