@@ -11,7 +11,7 @@ import hmac
 
 from kiwi._build import to_bytes
 
-__all__ = ["md5_password", "md5_salted", "md5_verify", "is_md5_hash"]
+__all__ = ["md5_password", "md5_salted", "md5_verify", "is_md5_hash", "md5_stored", "md5_salted_stored"]
 
 
 def is_md5_hash(password) -> bool:
@@ -26,6 +26,23 @@ def md5_password(user, password) -> str:
     return "md5" + hashlib.md5(to_bytes(password, "password") + to_bytes(user, "user")).hexdigest()
 
 
+def md5_stored(user, password) -> bytes:
+    """The stored form (b"md5" + hex) of a plain password, or of an already-stored hash as it
+    is: what ``md5_salted_stored`` salts. Depends on the user and password only, so a caller
+    may keep it between logins."""
+    stored = to_bytes(password, "password")
+    if not is_md5_hash(stored):
+        stored = md5_password(user, stored).encode("ascii")
+    return stored
+
+
+def md5_salted_stored(stored: bytes, salt: bytes) -> str:
+    """``md5_salted`` from the stored form (``md5_stored``)."""
+    if len(salt) != 4:
+        raise ValueError("the md5 salt is 4 bytes")
+    return "md5" + hashlib.md5(stored[3:] + bytes(salt)).hexdigest()
+
+
 def md5_salted(user, password, salt: bytes) -> str:
     """What a client sends in reply to AuthenticationMD5Password with ``salt``.
 
@@ -33,10 +50,7 @@ def md5_salted(user, password, salt: bytes) -> str:
     ``user`` is not used), as Odyssey accepts both in its config and auth_query results."""
     if len(salt) != 4:
         raise ValueError("the md5 salt is 4 bytes")
-    stored = to_bytes(password, "password")
-    if not is_md5_hash(stored):
-        stored = md5_password(user, stored).encode("ascii")
-    return "md5" + hashlib.md5(stored[3:] + bytes(salt)).hexdigest()
+    return md5_salted_stored(md5_stored(user, password), salt)
 
 
 def md5_verify(user, password, salt: bytes, response) -> bool:

@@ -16,7 +16,7 @@ import secrets
 from kiwi import be_read, be_write, error_codes, fe_read, fe_write
 from kiwi.errors import KiwiError, ProtocolError
 from kiwi.header import BE, FE
-from kiwi.md5 import md5_salted
+from kiwi.md5 import md5_salted, md5_salted_stored, md5_stored
 from kiwi.scram import ScramClient, ScramSecret, ScramServer, is_secret, parse_secret
 from odyssey_gevent import auth_query
 from odyssey_gevent.io import BE_LIMITS, FE_LIMITS, read_message
@@ -49,10 +49,12 @@ def authenticate_client(instance, client, timeout_ms: int | None, send_ok: bool 
     secret = rule.password
     cache_key = None
     if mode in ("clear_text", "md5", "scram-sha-256"):
-        for keyword in ("ldap_endpoint_name", "auth_pam_service", "auth_module",
-                        "enable_mdb_iamproxy_auth"):
-            if getattr(rule, keyword) and (mode != "clear_text" or _external_checker(keyword) is None):
-                raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED, f"{keyword} is not supported yet")
+        # (the usual rule names none of them: four attribute reads, not four getattr calls)
+        if rule.ldap_endpoint_name or rule.auth_pam_service or rule.auth_module or rule.enable_mdb_iamproxy_auth:
+            for keyword in ("ldap_endpoint_name", "auth_pam_service", "auth_module",
+                            "enable_mdb_iamproxy_auth"):
+                if getattr(rule, keyword) and (mode != "clear_text" or _external_checker(keyword) is None):
+                    raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED, f"{keyword} is not supported yet")
         if rule.auth_query:
             try:
                 secret = auth_query.fetch_secret(instance, client)
@@ -105,7 +107,10 @@ def _authenticate(instance, client, timeout_ms, mode: str, secret: str | None) -
         except ProtocolError:
             raise FrontendError(error_codes.PROTOCOL_VIOLATION, "bad password message") from None
         usable = secret is not None and not is_secret(secret)
-        expected = md5_salted(client.user, secret if usable else secrets.token_hex(16), salt).encode()
+        if usable:
+            expected = md5_salted_stored(_stored_md5(client.user, secret), salt).encode()
+        else:
+            expected = md5_salted(client.user, secrets.token_hex(16), salt).encode()
         if not hmac.compare_digest(given.rstrip(b"\0"), expected) or not usable:
             raise _password_failed(client)
     elif mode == "scram-sha-256":
@@ -116,6 +121,24 @@ def _authenticate(instance, client, timeout_ms, mode: str, secret: str | None) -
     else:
         raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
                             f"authentication method '{mode}' is not supported yet")
+
+
+# (user, password) -> its md5 stored form: the same for every login of a user, where hashing a
+# plain password cost each md5 login one more MD5 and its set-up. Emptied when it grows past
+# _MD5_KEEP (a password changed by a reload or auth_query leaves a stale entry, never a wrong one:
+# the key holds the password)
+_MD5_STORED: dict = {}
+_MD5_KEEP = 1024
+
+
+def _stored_md5(user: str, password: str) -> bytes:
+    key = (user, password)
+    stored = _MD5_STORED.get(key)
+    if stored is None:
+        if len(_MD5_STORED) >= _MD5_KEEP:
+            _MD5_STORED.clear()
+        stored = _MD5_STORED[key] = md5_stored(user, password)
+    return stored
 
 
 # clear_text rules that name one of these keywords have the password checked by that module's

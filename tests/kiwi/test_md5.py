@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from kiwi.md5 import is_md5_hash, md5_password, md5_salted, md5_verify
+from kiwi.md5 import is_md5_hash, md5_password, md5_salted, md5_salted_stored, md5_stored, md5_verify
 
 SALT = b"\x01\x02\x03\x04"
 
@@ -45,3 +45,14 @@ def test_is_md5_hash_and_salt_length():
     assert not is_md5_hash("x" * 35)
     with pytest.raises(ValueError):
         md5_salted("u", "p", b"abc")
+
+
+def test_md5_salted_from_the_stored_form():
+    """md5_stored (what a caller may keep between logins) then md5_salted_stored is md5_salted,
+    for a plain password and for an already-stored hash."""
+    stored = md5_password("alice", "secret")
+    for password in ("secret", stored):
+        assert md5_stored("alice", password) == stored.encode()
+        assert md5_salted_stored(md5_stored("alice", password), b"abcd") == md5_salted("alice", password, b"abcd")
+    with pytest.raises(ValueError):
+        md5_salted_stored(stored.encode(), b"abc")

@@ -549,3 +549,19 @@ def test_backend_md5_request_cannot_use_a_client_key(in_machine):
     _, client = _passthrough_client()
     err, _, _ = backend_auth(in_machine, fe_read.Authentication(auth.AUTH_MD5, b"abcd"), None, client=client)
     assert "no password is configured" in str(err)
+
+
+def test_md5_stored_forms_are_kept_per_user_and_password_and_bounded():
+    """An md5 login salts the user's stored form kept from an earlier login; the key holds the
+    password, so a changed one is hashed anew, and the cache is emptied when it is full."""
+    from odyssey_gevent import auth
+
+    auth._MD5_STORED.clear()
+    first = auth._stored_md5("alice", "secret")
+    assert first == md5_password("alice", "secret").encode()
+    assert auth._stored_md5("alice", "secret") is first
+    assert auth._stored_md5("alice", "changed") == md5_password("alice", "changed").encode()
+    for i in range(auth._MD5_KEEP + 1):
+        auth._stored_md5(f"u{i}", "p")
+    assert len(auth._MD5_STORED) <= auth._MD5_KEEP
+    auth._MD5_STORED.clear()
