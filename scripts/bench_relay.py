@@ -39,6 +39,8 @@ REQUESTS = {
 
 
 class _Io:
+    _tls = False                # plain sockets (machinarium.Io's attribute the relay reads)
+
     def __init__(self, data: bytes):
         self.data = data
 

@@ -18,6 +18,7 @@ client logs in with a password checked by the pooler (use with --connect for the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import re
@@ -31,7 +32,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from scripts.bench import POOLER_HEADER  # noqa: E402
-from scripts.pgcluster import PgCluster  # noqa: E402
+from scripts.pgcluster import PgCluster, wait_port  # noqa: E402
 from scripts.pooler import PoolerProcess  # noqa: E402
 
 AUTH = {
@@ -102,14 +103,17 @@ def pgbench(a, port: int, transactions: int, user: str) -> int:
     return int(m.group(1))
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
-    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
-        print("count_instructions: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
-        return 1
-    cluster = None
-    pooler = None
-    outdir = tempfile.mkdtemp(prefix="odyssey-gevent-callgrind-")
+def cell_name(a) -> str:
+    """The pgbench cell `a` describes, as the counting scripts print it."""
+    return f"-c {a.clients} -M {a.mode}{' -C' if a.connect else ''}, auth {a.auth}"
+
+
+@contextlib.contextmanager
+def warmed_pooler(a, binary: str, start_timeout: float = 120):
+    """A PostgreSQL (a throwaway one unless --pg-host/--pg-port) with pgbench's tables, and the
+    pooler run by `binary` (a command line) on TEMPLATE in front of it, warmed up with
+    --warmup transactions. Yields (pooler, pgbench user); stops and removes both after."""
+    cluster = pooler = None
     try:
         if a.pg_port is None:
             cluster = PgCluster()
@@ -122,24 +126,39 @@ def main(argv=None) -> int:
         else:
             pg_host, pg_port = a.pg_host, a.pg_port
         user = a.pg_user if a.auth == "none" else "bench_client"
+        pooler = PoolerProcess(TEMPLATE, pg_host=pg_host, pg_port=pg_port, binary=binary, wait=False,
+                               pool_size=a.pool_size, auth=AUTH[a.auth], pg_user=a.pg_user,
+                               reserve_prepared="yes" if a.mode == "prepared" else "no")
+        wait_port("127.0.0.1", pooler.port, timeout=start_timeout, proc=pooler.proc)
+        pgbench(a, pooler.port, a.warmup, user)
+        yield pooler, user
+    finally:
+        if pooler is not None:
+            pooler.stop()
+            shutil.rmtree(pooler.tmp, ignore_errors=True)
+        if cluster is not None:
+            cluster.destroy()
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        print("count_instructions: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 1
+    outdir = tempfile.mkdtemp(prefix="odyssey-gevent-callgrind-")
+    try:
         out_file = os.path.join(outdir, "callgrind.out.%p")
         valgrind = f"valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file={out_file}"
         target = a.odyssey_bin or f"{sys.executable} -m odyssey_gevent"
-        pooler = PoolerProcess(TEMPLATE, pg_host=pg_host, pg_port=pg_port, binary=f"{valgrind} {target}",
-                               wait=False, pool_size=a.pool_size, auth=AUTH[a.auth], pg_user=a.pg_user,
-                               reserve_prepared="yes" if a.mode == "prepared" else "no")
-        from scripts.pgcluster import wait_port
-        wait_port("127.0.0.1", pooler.port, timeout=120, proc=pooler.proc)
-        pgbench(a, pooler.port, a.warmup, user)
-        subprocess.run(["callgrind_control", "-i", "on", str(pooler.pid)], check=True, capture_output=True)
-        n = pgbench(a, pooler.port, a.transactions, user)
-        subprocess.run(["callgrind_control", "-i", "off", str(pooler.pid)], check=True, capture_output=True)
-        pooler.stop()
+        with warmed_pooler(a, f"{valgrind} {target}") as (pooler, user):
+            subprocess.run(["callgrind_control", "-i", "on", str(pooler.pid)], check=True, capture_output=True)
+            n = pgbench(a, pooler.port, a.transactions, user)
+            subprocess.run(["callgrind_control", "-i", "off", str(pooler.pid)], check=True, capture_output=True)
+            pooler.stop()
         files = glob.glob(os.path.join(outdir, "callgrind.out.*"))
         total = sum(total_instructions(f) for f in files)
         what = "C Odyssey" if a.odyssey_bin else "odyssey-gevent"
-        cell = f"-c {a.clients} -M {a.mode}{' -C' if a.connect else ''}, auth {a.auth}"
-        print(f"{what}, pgbench -S {cell}: {total:,} instructions over {n:,} transactions = "
+        print(f"{what}, pgbench -S {cell_name(a)}: {total:,} instructions over {n:,} transactions = "
               f"{total / n:,.0f} per transaction")
         if a.keep_out:
             os.makedirs(a.keep_out, exist_ok=True)
@@ -148,11 +167,6 @@ def main(argv=None) -> int:
             print(f"callgrind output kept in {a.keep_out}")
         return 0
     finally:
-        if pooler is not None:
-            pooler.stop()
-            shutil.rmtree(pooler.tmp, ignore_errors=True)
-        if cluster is not None:
-            cluster.destroy()
         shutil.rmtree(outdir, ignore_errors=True)
 
 

@@ -13,10 +13,10 @@ count_instructions.py. Same config and options as count_instructions.py.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -72,59 +72,34 @@ def main(argv=None) -> int:
     if argv[:1] == ["--traced"]:
         traced_pooler(argv[1], argv[2], argv[3:])
         return 0
-    from scripts.count_instructions import AUTH, TEMPLATE, parse_args, pgbench
-    from scripts.pgcluster import PgCluster, wait_port
-    from scripts.pooler import PoolerProcess
+    from scripts.count_instructions import cell_name, parse_args, pgbench, warmed_pooler
 
-    import argparse
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--top", type=int, default=40, help="functions to print (default 40)")
     mine, rest = own.parse_known_args(argv)
     a = parse_args(rest)
     work = tempfile.mkdtemp(prefix="odyssey-gevent-opcodes-")
     flag, out = os.path.join(work, "on"), os.path.join(work, "counts")
-    cluster = pooler = None
     try:
-        if a.pg_port is None:
-            cluster = PgCluster()
-            cluster.init()
-            cluster.start()
-            cluster.psql(f"CREATE DATABASE {a.db};")
-            pg_host, pg_port = cluster.host, cluster.port
-            subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", pg_host, "-p", str(pg_port), "-U",
-                            a.pg_user, a.db], check=True, capture_output=True)
-        else:
-            pg_host, pg_port = a.pg_host, a.pg_port
-        user = a.pg_user if a.auth == "none" else "bench_client"
-        pooler = PoolerProcess(TEMPLATE, pg_host=pg_host, pg_port=pg_port,
-                               binary=f"{sys.executable} {os.path.abspath(__file__)} --traced {flag} {out}",
-                               wait=False, pool_size=a.pool_size, auth=AUTH[a.auth], pg_user=a.pg_user,
-                               reserve_prepared="yes" if a.mode == "prepared" else "no")
-        wait_port("127.0.0.1", pooler.port, timeout=60, proc=pooler.proc)
-        pgbench(a, pooler.port, a.warmup, user)
-        open(flag, "w").close()
-        n = pgbench(a, pooler.port, a.transactions, user)
-        os.unlink(flag)
-        pooler.stop()           # the pooler writes its counts at exit
+        binary = f"{sys.executable} {os.path.abspath(__file__)} --traced {flag} {out}"
+        with warmed_pooler(a, binary, start_timeout=60) as (pooler, user):
+            open(flag, "w").close()
+            n = pgbench(a, pooler.port, a.transactions, user)
+            os.unlink(flag)
+            pooler.stop()           # the pooler writes its counts at exit
         rows = []
         with open(out) as f:
             for line in f:
                 count, ncalls, name = line.rstrip("\n").split("\t")
                 rows.append((int(count), int(ncalls), name.replace(REPO + os.sep, "")))
         total = sum(r[0] for r in rows)
-        cell = f"-c {a.clients} -M {a.mode}{' -C' if a.connect else ''}, auth {a.auth}"
-        print(f"odyssey-gevent, pgbench -S {cell}: {total / n:,.0f} bytecodes per transaction "
+        print(f"odyssey-gevent, pgbench -S {cell_name(a)}: {total / n:,.0f} bytecodes per transaction "
               f"({n:,} transactions)")
         print(f"{'bytecodes':>10} {'calls':>7}  function (per transaction)")
         for count, ncalls, name in rows[:mine.top]:
             print(f"{count / n:10.1f} {ncalls / n:7.2f}  {name}")
         return 0
     finally:
-        if pooler is not None:
-            pooler.stop()
-            shutil.rmtree(pooler.tmp, ignore_errors=True)
-        if cluster is not None:
-            cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)
 
 
