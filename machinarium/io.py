@@ -81,12 +81,21 @@ class _Socket:
         if self._closed:
             return
         self._closed = True
-        watchers = (self._read_event, self._w)
+        r, w = self._read_event, self._w
         self._read_event = self._w = None
-        if watchers == (None, None):
-            self._sock.close()
+        if (r is None or r.callback is None) and (w is None or w.callback is None):
+            # no wait to cancel (the usual close: the relay stopped its watcher): what gevent's
+            # cancel_waits_close_and_then does then, without its list and call
+            if r is None and w is None:
+                self._sock.close()
+                return
+            if r is not None:
+                r.close()
+            if w is not None:
+                w.close()
+            self._close_native(self._sock)
         else:
-            self.hub.cancel_waits_close_and_then(watchers, _cancel_wait_ex, self._close_native, self._sock)
+            self.hub.cancel_waits_close_and_then((r, w), _cancel_wait_ex, self._close_native, self._sock)
 
     def _close_native(self, raw) -> None:
         # as gevent's socket: libev is told first so that watchers it still has for the fd end

@@ -878,12 +878,18 @@ class Relay:
         return True
 
     def _release_buffers(self) -> None:
-        if self.c_buf is not None and self.c_len == 0:
-            _give_back(self.c_buf)
+        # _give_back's steps inline, with the free list the relay keeps (no thread-local lookup)
+        free = self.free
+        buf = self.c_buf
+        if buf is not None and self.c_len == 0:
             self.c_buf = None
-        if self.s_buf is not None and self.s_len == 0:
-            _give_back(self.s_buf)
+            if len(buf) == BUF_SIZE and len(free) < 256:
+                free.append(buf)
+        buf = self.s_buf
+        if buf is not None and self.s_len == 0:
             self.s_buf = None
+            if len(buf) == BUF_SIZE and len(free) < 256:
+                free.append(buf)
 
     def _waits_for_client(self, server) -> bool:
         """Asked only when a wait timed out: is the server held for bytes the client has not

@@ -155,6 +155,7 @@ class Route:
         self.obsolete = False
         self.prepared = Registry()           # pool-wide prepared statements (its own lock)
         self.relay_facts = None              # what every relay takes from the rule (relay._rule_facts)
+        self.tsa_memo = None                 # (listen, checks) for clients without hints (tsa.work_out)
 
     # -- state changes ---------------------------------------------------------------------
     def set_server_state(self, server: Server, state: ServerState) -> None:

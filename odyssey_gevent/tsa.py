@@ -25,6 +25,7 @@ from odyssey_gevent.status import BackendError
 VALUES = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 _ALIASES = {"prefer-replica": "prefer-standby", "replica": "standby"}
 HINT = "odyssey.target_session_attrs"
+CATCHUP_HINT = "odyssey_catchup_timeout"      # the startup parameter storage.effective_catchup reads
 
 
 def normalize(value: str | None) -> str | None:
@@ -68,8 +69,23 @@ def matches(value: str, status) -> bool:
 def work_out(client) -> tuple:
     """(catchup_timeout, target_session_attrs) the client's pooled servers are checked against
     (from its rule, listen block and startup parameters, all fixed for its session), kept in
-    client.tsa_checks."""
+    client.tsa_checks. A client that sends neither startup hint gets its rule's and listen
+    block's: the route keeps them for the last listen block it saw (Route.tsa_memo), as every
+    login asked them again."""
+    vars_ = client.vars
+    try:
+        route = client.route
+    except AttributeError:          # a stand-in client (unit tests)
+        route = None
+    plain = route is not None and not (vars_ and (HINT in vars_ or CATCHUP_HINT in vars_))
+    if plain:
+        memo = route.tsa_memo
+        if memo is not None and memo[0] is client.listen:
+            checks = client.tsa_checks = memo[1]
+            return checks
     checks = client.tsa_checks = (storage.effective_catchup(client, client.rule), effective(client))
+    if plain:
+        route.tsa_memo = (client.listen, checks)
     return checks
 
 

@@ -51,3 +51,23 @@ def test_worked_out_once():
     assert tsa.checks_hosts(client) is False
     client.rule.target_session_attrs = "read-write"      # fixed for a session: not asked again
     assert tsa.checks_hosts(client) is False
+
+
+def test_a_route_keeps_the_checks_of_clients_without_hints_per_listen_block():
+    """Clients of one route through one listen block, sending no hint, get the same checks,
+    worked out once (Route.tsa_memo); a client with a hint, or through another listen block,
+    gets its own."""
+    route = SimpleNamespace(tsa_memo=None)
+    first = _client(rule_tsa="read-write")
+    first.route = route
+    assert tsa.work_out(first) == (0, "read-write") and route.tsa_memo == (first.listen, first.tsa_checks)
+    second = _client(rule_tsa="read-write")
+    second.route, second.listen = route, first.listen
+    assert tsa.work_out(second) is first.tsa_checks
+    hinted = _client(rule_tsa="read-write", hint="standby", catchup_hint="7")
+    hinted.route, hinted.listen = route, first.listen
+    assert tsa.work_out(hinted) == (7, "standby")
+    assert route.tsa_memo == (first.listen, first.tsa_checks)       # not replaced by a hinted client
+    other = _client(rule_tsa="read-write", listen_tsa="read-only")
+    other.route = route
+    assert tsa.work_out(other) == (0, "read-only") and route.tsa_memo[0] is other.listen
