@@ -87,14 +87,19 @@ def parse_options(value: str) -> dict[str, str]:
 def param_wire(route) -> tuple:
     """The route's ParameterStatus messages, encoded once (each login sends them, with the
     client's own value where it has one): (messages, {lower-case name: (index, name, value)},
-    the messages joined), kept on the route with the params they were made from."""
+    the messages joined, {the client's own values: the messages joined with them}), kept on the
+    route with the params they were made from."""
     cached = getattr(route, "params_wire", None)
     params = route.params
     if cached is None or cached[0] is not params:
         wires = [be_write.parameter_status(name, value) for name, value in params]
         index = {name.lower(): (i, name, value) for i, (name, value) in enumerate(params)}
-        cached = route.params_wire = (params, wires, index, b"".join(wires))
+        cached = route.params_wire = (params, wires, index, b"".join(wires), {})
     return cached[1:]
+
+
+# how many sets of a client's own values a route keeps its ParameterStatus block for
+_OWN_BLOCKS = 64
 
 
 _READY_IDLE = be_write.ready_for_query(b"I")
@@ -266,18 +271,31 @@ class Frontend:
             self.detach(reset_first=False)
         owed = self.owed or b""
         self.owed = None
-        # the route's messages joined once; a client value that differs (a few vars, where the
-        # route has about fifteen parameters) replaces its message in a copy
-        wires, index, block = param_wire(route)
+        # the route's messages joined once; the client's values that differ (a few vars, where
+        # the route has about fifteen parameters; usually the same ones for every client of an
+        # application, such as its application_name) select a block made with them and kept
+        wires, index, block, own = param_wire(route)
         mine = None
         for key, value in client.vars.items():
             known = index.get(key)
             if known is not None and known[2] != value:
                 if mine is None:
-                    mine = list(wires)
-                mine[known[0]] = be_write.parameter_status(known[1], value)
+                    mine = [key, value]
+                else:
+                    mine += (key, value)
         if mine is not None:
-            block = b"".join(mine)
+            mine = tuple(mine)
+            found = own.get(mine)
+            if found is None:
+                copy = list(wires)
+                for i in range(0, len(mine), 2):
+                    n, name, _ = index[mine[i]]
+                    copy[n] = be_write.parameter_status(name, mine[i + 1])
+                found = b"".join(copy)
+                if len(own) >= _OWN_BLOCKS:
+                    own.clear()
+                own[mine] = found
+            block = found
         client.io.write(b"".join((owed, block, be_write.backend_key_data(client.key_pid, client.key_secret),
                                   _READY_IDLE)))
 

@@ -215,6 +215,12 @@ def test_login_parameters_are_the_routes_with_the_clients_own_values(modes_poole
     assert dict(mine)["application_name"] == "own_app" and dict(mine)["DateStyle"] == "SQL, DMY"
     assert {k: v for k, v in mine if k not in ("application_name", "DateStyle")} == \
         {k: v for k, v in plain if k not in ("application_name", "DateStyle")}
+    # the blocks made for clients' own values are kept by those values: each client its own
+    again = _login_parameters(modes_pooler.port, application_name="own_app", datestyle="SQL, DMY")
+    other = _login_parameters(modes_pooler.port, application_name="other_app")
+    assert again == mine
+    assert dict(other)["application_name"] == "other_app" and dict(other)["DateStyle"] == dict(plain)["DateStyle"]
+    assert _login_parameters(modes_pooler.port) == plain
 
 
 @pytest.mark.timeout(30)
