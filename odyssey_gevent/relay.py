@@ -322,7 +322,7 @@ class Relay:
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
                  "wait_start", "expired", "s_watch", "on_client", "on_server", "hub", "queued", "q_timeout",
-                 "q_timer", "on_handed", "keep_watch")
+                 "q_timer", "on_handed", "keep_watch", "c_watch", "on_queued")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -391,6 +391,8 @@ class Relay:
         self.q_timeout = q_timeout
         self.q_timer = None
         self.on_handed = self._on_handed
+        self.on_queued = self._on_queued_read
+        self.c_watch = None     # the client socket's read watcher, set by _park for the queued attach
         # workers 1: a server the fast path detaches is pooled with its read watcher started
         # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
         try:
@@ -537,7 +539,7 @@ class Relay:
     def close(self) -> None:
         """The session is over (frontend.cleanup): drop the bound methods kept for the watchers
         (relay -> bound method -> relay is a cycle only the garbage collector would free)."""
-        self.on_client = self.on_server = self.on_handed = None
+        self.on_client = self.on_server = self.on_handed = self.on_queued = None
 
     def _timed_out(self, server) -> Status | None:
         """A wait's timeout passed (see _wait_timeout): the Status that ends the session, or
@@ -574,7 +576,7 @@ class Relay:
         self.fast = True
         self.waiting = True
         self.wait_start = self.now()
-        cw = self.client.io.sock._read_event
+        cw = self.c_watch = self.client.io.sock._read_event
         cw.start(self.on_client)
         if server is not None:
             sw = self.s_watch = server.io.sock._read_event
@@ -718,11 +720,15 @@ class Relay:
 
     # -- the fast path's queued attach ----------------------------------------------------------
     # No idle server: the client is queued (router.queue_now) with a callback wake-up, its
-    # request held in c_buf[:c_len] and its socket's read watcher stopped (as a coroutine queued
-    # in router.attach does not read either), and the coroutine stays parked. The hand-over
-    # runs _on_handed in this hub, which sends the request and starts the server's watcher as
-    # _on_client would have; what needs IO first (a new server to connect, checks, deploys)
-    # goes to the coroutine. pool_timeout is a timer (exact, as docs/config.md promises; it
+    # request held in c_buf[:c_len] and its socket not read (as a coroutine queued in
+    # router.attach does not read either), and the coroutine stays parked. The socket's read
+    # watcher is not stopped but pointed at _on_queued_read (start() of a started watcher),
+    # which stops it only if the client sends more while queued: a watcher stopped in its own
+    # callback makes gevent call its stop() a second time through an attribute lookup (about
+    # 1,500 instructions per queued transaction), and the hand-over's start() re-points it.
+    # The hand-over runs _on_handed in this hub, which sends the request and starts the
+    # server's watcher as _on_client would have; what needs IO first (a new server to connect,
+    # checks, deploys) goes to the coroutine. pool_timeout is a timer (exact, as docs/config.md promises; it
     # costs a start and a stop per queued wait, only with a pool_timeout); its expiry, like a
     # kill or a shutdown wake-up, switches into the coroutine, which takes the wait over from
     # the same place in the queue (Frontend.attach(queued=True), router.attach_queued).
@@ -732,7 +738,7 @@ class Relay:
             return (end, None if server is False else server)
         self.c_len = end
         self.queued = True
-        self.client.io.sock._read_event.stop()
+        self.c_watch.start(self.on_queued)      # not stop(): see above
         if self.q_timeout:
             timer = self.q_timer
             if timer is None:
@@ -745,6 +751,10 @@ class Relay:
         timer = self.q_timer
         if timer is not None:
             timer.stop()
+
+    def _on_queued_read(self) -> None:
+        """The client sent more (or closed) while queued: left unread until the hand-over."""
+        self.c_watch.stop()
 
     def _on_queue_timeout(self) -> None:
         if self.queued and self.fast:
@@ -771,7 +781,7 @@ class Relay:
                 reason = None
                 if self.prepared is not None:
                     server.proto.exact = True
-                client.io.sock._read_event.start(self.on_client)
+                self.c_watch.start(self.on_client)
                 sw = self.s_watch = server.io.sock._read_event
                 sw.start(self.on_server)
                 buf = self.c_buf

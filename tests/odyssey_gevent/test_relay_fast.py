@@ -410,6 +410,39 @@ def test_a_handed_over_request_is_relayed_and_counted_whatever_it_is(in_machine,
     assert in_machine(body)
 
 
+def test_bytes_a_queued_client_sends_are_read_after_the_hand_over(in_machine):
+    """While queued the client is not read: its socket's watcher stays started (pointed at
+    _on_queued_read, not stopped in _on_client) until more bytes come, then it stops (no
+    callback per loop turn); the hand-over sends the held request and reads the rest."""
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            _queued(h, _q("select 1"))
+            watcher = h.relay.c_watch
+            assert watcher.active and watcher.callback == h.relay.on_queued
+            h.app.write(_q("select 2"))
+            for _ in range(2000):
+                if not watcher.active:
+                    break
+                mm.sleep(1)
+            assert not watcher.active and h.relay.queued and h.relay.c_len == len(_q("select 1"))
+            nothing_more(h.pg)
+            h.fe.hand()
+            both = _q("select 1") + _q("select 2")
+            assert h.pg.read(len(both), 2000) == both
+            assert watcher.active and watcher.callback == h.relay.on_client
+            h.pg.write(_reply(b"I") * 2)
+            assert h.app.read(len(_reply(b"I")) * 2, 2000) == _reply(b"I") * 2
+            mm.sleep(0)
+            assert h.client.route.stats.bytes_recv == len(both) and h.client.server is None
+            assert h.fe.taken == [] and h.fe.now_detaches == 1
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
 def test_a_handed_server_that_needs_checks_goes_to_the_coroutine(in_machine):
     def body():
         h = _harness(queue=True, cb_queue=True, check=True)
