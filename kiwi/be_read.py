@@ -21,7 +21,7 @@ from kiwi.header import (CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, LENGTH, PROTO
 
 __all__ = [
     "MAX_STARTUP_PACKET_LENGTH", "StartupMessage", "SSLRequest", "GSSENCRequest",
-    "CancelRequest", "read_startup", "startup_need", "read_password",
+    "CancelRequest", "read_startup", "startup_need", "startup_length", "read_password",
     "read_sasl_initial_response", "read_sasl_response", "read_query", "Parse", "Bind",
     "Describe", "Close", "Execute", "read_parse", "read_bind", "read_describe",
     "read_close", "read_execute", "read_copy_fail",
@@ -92,11 +92,19 @@ def startup_need(buf, offset: int = 0) -> int:
 _CODE_3_0 = LENGTH.pack(PROTOCOL_3_0)
 
 
-def read_startup(buf, offset: int = 0):
+def startup_length(buf, offset: int = 0) -> int | None:
+    """The first packet's declared length (its length word included) once its 4-byte length
+    word is there, else None. Raises ``ProtocolError`` for a bad one."""
+    return _startup_length(buf, offset)
+
+
+def read_startup(buf, offset: int = 0, declared: int | None = None):
     """``(msg, consumed)`` for the untyped first packet at ``buf[offset:]``, or
     ``(None, 0)`` when more bytes are needed. Bytes after the packet are left alone
-    (``consumed`` says where it ended)."""
-    declared = _startup_length(buf, offset)
+    (``consumed`` says where it ended). ``declared``: its length word as ``startup_length``
+    returned it, when the caller asked already."""
+    if declared is None:
+        declared = _startup_length(buf, offset)
     if declared is None or len(buf) - offset < declared:
         return None, 0
     if type(buf) is bytes and buf[offset + 4:offset + 8] == _CODE_3_0:

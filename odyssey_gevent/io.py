@@ -30,5 +30,5 @@ def read_startup(io, timeout_ms: int | None, head: bytes | None = None):
         head = io.read(4, timeout_ms)
     elif len(head) < 4:
         head += io.read(4 - len(head), timeout_ms)
-    need = be_read.startup_need(head)       # the length word checked before the body is read
-    return be_read.read_startup(head + io.read(need, timeout_ms))[0]
+    declared = be_read.startup_length(head)     # the length word checked before the body is read
+    return be_read.read_startup(head + io.read(declared - 4, timeout_ms), declared=declared)[0]

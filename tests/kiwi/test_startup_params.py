@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from kiwi.be_read import _params_fast, _read_params, _read_params_cursor, read_startup
+from kiwi.be_read import _params_fast, _read_params, _read_params_cursor, read_startup, startup_length
 from kiwi.header import PROTOCOL_3_0
 from kiwi._cursor import Cursor
 from kiwi.errors import ProtocolError
@@ -73,3 +73,29 @@ def test_a_whole_3_0_packet_reads_the_same_both_ways(body):
     for tail in (b"", b"Q\0\0\0\4"):
         assert _packet_outcome(packet + tail) == _packet_outcome(bytearray(packet + tail))
     assert _packet_outcome(packet)[0] == _outcome(_read_params_cursor, body)[0]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_length_word_checked_first_reads_the_same(body):
+    """startup_length then read_startup(declared=...) (the pooler checks the length word before
+    it reads the body) is read_startup alone."""
+    packet = struct.pack("!II", 8 + len(body), PROTOCOL_3_0) + body
+    assert startup_length(packet[:3]) is None
+    declared = startup_length(packet[:4])
+    assert declared == 8 + len(body)
+    try:
+        expected = ("ok", read_startup(packet))
+    except ProtocolError as e:
+        expected = ("error", str(e))
+    try:
+        got = ("ok", read_startup(packet, declared=declared))
+    except ProtocolError as e:
+        got = ("error", str(e))
+    assert got == expected
+
+
+def test_a_bad_length_word_is_refused_before_the_body():
+    with pytest.raises(ProtocolError):
+        startup_length(struct.pack("!I", 4))
+    with pytest.raises(ProtocolError):
+        startup_length(struct.pack("!I", 10005))
