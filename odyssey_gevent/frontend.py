@@ -103,6 +103,15 @@ _OWN_BLOCKS = 64
 
 
 _READY_IDLE = be_write.ready_for_query(b"I")
+
+
+def _login_facts(rule, instance) -> tuple:
+    """(a console client, a NOTICE of the host at each attach, the fast detach's plain case) for
+    every client of a rule's route (Route.login_facts): fixed for the rule and the instance."""
+    storage_ = rule.storage
+    return (storage_ is not None and storage_.is_local,
+            storage_ is not None and storage_.balancing.show_notice_messages,
+            not reset.rule_resets(rule) and not rule.shared_pool and instance.workers <= 1)
 # the usual ends of a session, as module constants (loading an Enum member costs about 800
 # instructions in 3.11)
 _OK, _TERMINATE = Status.OK, Status.TERMINATE
@@ -196,22 +205,20 @@ class Frontend:
     # -- stage 3: routing ----------------------------------------------------------------------
     def route(self) -> None:
         client = self.client
-        self.instance.router.route(client)
+        route = self.instance.router.route(client)
         rule = client.rule
-        client.is_console = rule.storage is not None and rule.storage.is_local
+        # what the rule and the instance decide for every client of the route, worked out once
+        facts = route.login_facts
+        if facts is None:
+            facts = route.login_facts = _login_facts(rule, self.instance)
+        client.is_console, notice, self.detach_plain = facts
         # the rule's options {} override the client's own values
         for k, v in (rule.options or {}).items():
             client.vars[k.lower()] = v
         if rule.application_name_add_host and client.peer_host:
             app = client.vars.get("application_name", "")
             client.vars["application_name"] = (f"{app} - {client.peer_host}")[:63]
-        storage_ = rule.storage
-        self.attach_plain = (not tsa.checks_hosts(client)
-                             and not (storage_ is not None and storage_.balancing.show_notice_messages))
-        self.detach_plain = not reset.rule_resets(rule) and not rule.shared_pool and self.instance.workers <= 1
-        # queue_now (below) is router.queue_now for this client: bound here, so the relay's call
-        # (once per queued transaction) runs no Python frame of its own
-        self.queue_now = functools.partial(self.instance.router.queue_now, client)
+        self.attach_plain = not tsa.checks_hosts(client) and not notice
 
     # -- stage 3b: host based authentication (hba_file) --------------------------------------
     def check_hba(self) -> None:
@@ -397,8 +404,12 @@ class Frontend:
     def queue_now(self, cont, loop, ident):
         """The fast path's attach when attach_now found no idle server (router.queue_now): a
         new server to connect (the coroutine does), False (the coroutine attaches as usual), or
-        None: queued, `cont` runs in the hub when a server is handed over (see ready_now)."""
-        return self.instance.router.queue_now(self.client, cont, loop, ident)
+        None: queued, `cont` runs in the hub when a server is handed over (see ready_now).
+        The first call binds router.queue_now to the client in an instance attribute that
+        shadows this method, so the relay's later calls (once per queued transaction) run no
+        Python frame of their own; a client never queued never pays for the binding."""
+        bound = self.queue_now = functools.partial(self.instance.router.queue_now, self.client)
+        return bound(cont, loop, ident)
 
     def leave_queue(self) -> None:
         """The relay's coroutine ended while queued by queue_now (router.leave_queue)."""

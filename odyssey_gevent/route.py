@@ -156,6 +156,7 @@ class Route:
         self.prepared = Registry()           # pool-wide prepared statements (its own lock)
         self.relay_facts = None              # what every relay takes from the rule (relay._rule_facts)
         self.tsa_memo = None                 # (listen, checks) for clients without hints (tsa.work_out)
+        self.login_facts = None              # what every login takes from the rule (frontend._login_facts)
 
     # -- state changes ---------------------------------------------------------------------
     def set_server_state(self, server: Server, state: ServerState) -> None:

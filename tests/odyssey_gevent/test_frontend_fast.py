@@ -72,6 +72,26 @@ def test_the_fast_detach_is_plain_only_for_a_rule_that_resets_nothing(kind):
     assert reset.rule_resets(client.rule) is (kind not in ("transaction", "statement"))
 
 
+def test_a_routes_logins_share_what_its_rule_decides_and_queue_now_binds_once():
+    """What the rule and the instance decide for every login (console, NOTICE, the plain fast
+    detach) is worked out by the route's first login and kept (Route.login_facts); queue_now
+    binds router.queue_now to the client at its first call only."""
+    fe, router, client = _frontend("transaction")
+    route = client.route
+    assert route.login_facts == (False, False, True)
+    assert fe.detach_plain and not client.is_console
+    other = Client(None, conn_type="host", peer=("127.0.0.1", 5556))
+    other.database, other.user = "db", "user"
+    fe2 = Frontend(router.instance, other)
+    fe2.route()
+    assert other.route is route and fe2.detach_plain
+    assert "queue_now" not in vars(fe2)              # not bound at login
+    # no idle server, room in the pool (pool_size 0: no limit): a new server linked to it
+    server = fe2.queue_now(lambda: None, None, 0)
+    assert server is not None and server is other.server
+    assert "queue_now" in vars(fe2)                  # bound at the first call, kept
+
+
 # a server that comes back settled, and each way it may not be (one at a time below; mixed
 # by hypothesis after)
 SETTLED = dict(clean=True, syncs=0, tx=b"I", output=False, cancels=0, drop=False, broken=False, io=True,
