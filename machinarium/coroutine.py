@@ -306,15 +306,21 @@ class Wakeup:
     relay's fast path queued in the hub): ``wake()`` runs ``cb()`` in that loop (that thread's
     hub) instead of resuming a coroutine; the same contract as direct mode applies (one wake-up
     per arm, by whoever takes the object out under the lock; ``cancel()`` drops a queued one).
-    A later ``arm()`` makes it a coroutine's wait again.
+    A later ``arm()`` makes it a coroutine's wait again. ``callback`` is the armed ``cb`` (None
+    in a coroutine's wait); a callback arm needs no renewal for the next wait with the same cb
+    (the same loop and thread): its ``woken`` is read by nobody, and ``cancel()`` of the
+    callback an earlier wake() queued, which has run, does nothing. So a waiter queued again
+    and again with one callback (the relay's, once per queued transaction) tests
+    ``callback is not cb`` and calls ``arm_callback`` only then.
     """
 
-    __slots__ = ("woken", "_glet", "_switch", "_hub", "_loop", "_ident", "_parked", "_direct",
+    __slots__ = ("woken", "callback", "_glet", "_switch", "_hub", "_loop", "_ident", "_parked", "_direct",
                  "_cb", "_resume_cb", "_own_cb", "_timeout_cb")
 
     def __init__(self):
         self.woken = False
         self._glet = self._switch = self._hub = self._loop = self._ident = self._cb = None
+        self.callback = None
         self._parked = self._direct = False
         self._resume_cb = self._own_cb = self._resume   # bound once: what a guarded wake() schedules
         self._timeout_cb = self._timeout
@@ -325,6 +331,7 @@ class Wakeup:
         self._direct = direct
         self._cb = None
         self._resume_cb = self._own_cb
+        self.callback = None
         glet = gevent.getcurrent()
         if glet is not self._glet:           # first wait, or another coroutine (a resumed relay)
             self._glet = glet
@@ -340,7 +347,7 @@ class Wakeup:
         self.woken = False
         self._direct = False
         self._cb = None
-        self._resume_cb = cb
+        self._resume_cb = self.callback = cb
         self._loop = loop
         self._ident = ident
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
+import gevent
 import pytest
 
 import machinarium as mm
@@ -277,6 +278,34 @@ def test_direct_wakeup_and_cancel_of_a_queued_resume():
         return woken, early, timed_out, time.monotonic() - t >= 0.025
 
     assert run_in_machine(body) == (True, True, False, True)
+
+
+def test_a_callback_arm_serves_wait_after_wait_until_a_coroutine_arms():
+    """arm_callback once: each wake() runs the callback (in the armed loop) with no new arm;
+    cancel() of a callback that has run does nothing; arm() makes it a coroutine's wait
+    (callback None), whose wake-up resumes the coroutine and runs no callback."""
+    def body():
+        w = mm.Wakeup()
+        ran = []
+        hub = gevent.get_hub()
+
+        def cb():
+            ran.append(1)
+        w.arm_callback(cb, hub.loop, threading.get_ident())
+        assert w.callback is cb
+        for n in (1, 2, 3):
+            w.wake()
+            mm.sleep(1)
+            assert ran == [1] * n
+        w.cancel()                   # the last wake's callback has run: nothing to drop
+        w.arm()
+        assert w.callback is None
+        mm.Coroutine(w.wake, name="waker")
+        woken = w.park(5000)
+        mm.sleep(1)
+        return woken, len(ran)
+
+    assert run_in_machine(body) == (True, 3)
 
 
 def test_cancel_before_start_never_runs_and_join_sees_it():

@@ -700,6 +700,49 @@ def test_callback_and_coroutine_waiters_are_served_fifo_together(in_machine):
     assert in_machine(body)
 
 
+def test_a_callback_waiter_queued_again_with_the_same_continuation(in_machine):
+    """The relay queues with the same continuation each time: its waiter is armed once and each
+    hand-over runs it again; a coroutine's wait in between (attach) makes queue_now arm it
+    anew, so the hand-over after that runs the continuation, not the coroutine's resume."""
+    import threading
+
+    from gevent import get_hub
+
+    def body():
+        router = make_router(pool_size=1)
+        holder, a = routed(router), routed(router)
+        s = router.attach(holder, 0)
+        ran = []
+
+        def cont():
+            ran.append((a.server, threading.get_ident()))
+        loop, ident = get_hub().loop, threading.get_ident()
+        for i in range(3):
+            assert router.queue_now(a, cont, loop, ident) is None
+            assert a.waiter.callback is cont
+            router.detach(holder)
+            _wait_for(lambda: len(ran) == i + 1)
+            assert ran[i] == (s, ident) and a.state is ClientState.ACTIVE
+            router.detach(a)                      # a's transaction ends; the holder takes s again
+            assert router.attach(holder, 0) is s
+        # a coroutine's wait with the same waiter, then the continuation again
+        box = {}
+        co = mm.Coroutine(lambda: box.setdefault("got", router.attach(a, 2000)), name="a")
+        _wait_for(lambda: len(a.route.waiters) == 1)
+        assert a.waiter.callback is None
+        router.detach(holder)
+        co.join(2000)
+        assert box["got"] is s and len(ran) == 3
+        router.detach(a)
+        assert router.attach(holder, 0) is s
+        assert router.queue_now(a, cont, loop, ident) is None and a.waiter.callback is cont
+        router.detach(holder)
+        _wait_for(lambda: len(ran) == 4)
+        return ran[3] == (s, ident)
+
+    assert in_machine(body)
+
+
 def test_a_callback_waiter_in_another_machine_runs_in_its_own_thread(in_machine):
     """workers N: a hand-over from another thread runs the continuation in the waiter's hub."""
     import threading
