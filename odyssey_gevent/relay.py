@@ -384,7 +384,7 @@ class Relay:
         self.expired = False    # the sweep found the fast path's wait over its timeout
         self.s_watch = None     # the attached server's read watcher, started by the fast path
         self.on_client = self._on_client
-        self.on_server = self._on_server
+        self.on_server = self._server_data
         # the fast path's queued attach (_queue): queued in the route's queue with a callback
         # wake-up (on_handed); pool_timeout (seconds, 0: none) by a timer made at the first one
         self.queued = False
@@ -605,7 +605,8 @@ class Relay:
             glet.throw(*args)
 
     # The two read watchers' callbacks run once per request and once per reply: each is one
-    # Python frame (the steps inline), and switches into the coroutine only with a reason.
+    # Python frame (the steps inline), and switches into the coroutine only with a reason. The
+    # server's is _server_data called without arguments (the walk the coroutine shares).
     def _on_client(self) -> None:
         try:
             client = self.client
@@ -682,33 +683,6 @@ class Relay:
                 self.c_buf = None
             elif reason is None:
                 reason = self._client_data(buf, end)
-            if reason is None:
-                if self.pending is None and not self.instance.shutting_down and not client.killed:
-                    self.wait_start = self.now()
-                    return
-                reason = _AGAIN
-        except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
-            reason = e
-        self.glet.switch(reason)
-
-    def _on_server(self) -> None:
-        try:
-            client = self.client
-            server = client.server
-            buf = self.s_buf
-            if buf is None:
-                free = self.free
-                buf = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
-            start = self.s_len
-            try:
-                n = server.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                raise ServerError(Status.ESERVER_READ, e) from None
-            if n == 0:
-                raise ServerError(Status.ESERVER_READ, "server closed the connection")
-            reason = self._server_data(server, buf, start + n)
             if reason is None:
                 if self.pending is None and not self.instance.shutting_down and not client.killed:
                     self.wait_start = self.now()
@@ -1109,196 +1083,231 @@ class Relay:
             raise ServerError(Status.ESERVER_READ, "server closed the connection")
         self._server_data(server, buf, start + n)
 
-    def _server_data(self, server, buf, end: int):
+    def _server_data(self, server=None, buf=None, end: int = 0):
         """Relay the server bytes buf[:end] (the first s_len of them held back before). Returns
-        _DETACH when the fast path found the server due for a detach it cannot do at once."""
-        proto = server.proto
-        out = None              # set when a message is dropped or replaced, or answers are added
-        seg = 0                 # start of the bytes not yet put in `out`
-        pos = self.s_skip
-        if pos >= end:
-            skip = self.s_skip = pos - end
-            pos = end
-            if self.s_drop:
-                seg = end
-            # answers due after a message that ends here (the walk below splices them itself
-            # after each message that ends in the bytes it has)
-            if skip == 0 and proto.output:
-                out = _splice(out, buf, seg, pos, proto.take_output())
-                seg = pos
-        else:
-            if self.s_drop:
-                seg = pos
-                self.s_drop = False
-            self.s_skip = 0
-            prepared = self.prepared
-            if prepared is None:
-                interest, kinds = _S_INTEREST, _S_KIND
-            else:
-                interest, kinds = _S_INTEREST_PREPARED, _S_KIND_PREPARED
-            if proto.output:    # answers the pooler gives itself, due before the next message
-                out = _splice(out, buf, seg, pos, proto.take_output())
-                seg = pos
-            last = end - 5      # the last position a whole header starts at
-            while True:             # not `while pos <= last`: its jump is long (see _on_client)
-                if pos > last:
-                    break
-                t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
-                if length < 4:
-                    raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
-                msg_end = pos + 1 + length
-                if interest[t]:
-                    kind = kinds[t]
-                    if kind == _SK_TELL:
-                        action = proto.receive(t)
-                    else:
-                        if msg_end > end:                       # wanted whole
-                            if 1 + length <= len(buf):
-                                break          # hold it back until whole
-                            if kind != _SK_WHOLE:
-                                raise ServerError(Status.ESERVER_READ, "server message too long")
-                        ready = False   # a flag: the jump over the long branch is not specialized
-                        if kind == _SK_READY:
-                            ready = True
-                        if ready:
-                            action = proto.receive(t, _BYTE[buf[msg_end - 1]])
-                            stats = self.stats
-                            stats.count_query += 1
-                            q0 = self.q_start
-                            if q0:              # seconds; a pipelined next request runs from now
-                                now = self.now()
-                                elapsed = now - q0
-                                if elapsed > 0.0:
-                                    stats.query_time += elapsed
-                                    if stats.query_sketch is not None:
-                                        stats.query_sketch.add(elapsed * 1e6)
-                                self.q_start = now if proto.syncs else 0.0
-                            txs = proto.tx_status
-                            if txs is _TX_IDLE or txs == _TX_IDLE:
-                                stats.count_tx += 1
-                                t0 = self.tx_start
-                                if t0:
-                                    if q0:
-                                        elapsed = now - t0
-                                        if elapsed > 0.0:
-                                            stats.tx_time += elapsed
-                                            if stats.tx_sketch is not None:
-                                                stats.tx_sketch.add(elapsed * 1e6)
-                                    self.tx_start = now if q0 and proto.syncs else 0.0
-                            self.s_ready = True
-                        else:
-                            action = proto.receive(t)
-                            if kind == _SK_PARAM:
-                                self._parameter_status(server, buf, pos + 5, msg_end)
-                            elif msg_end <= end:        # _SK_WHOLE: prepared statements
-                                if t == _S_COMPLETE:
-                                    if length in (16, 19):
-                                        prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
-                                else:
-                                    self._server_error(server, buf, pos + 5, msg_end)
-                    if proto.broken is not None:
-                        self._miscounted(server)
-                    if action != 0:         # not FORWARD (an int compared: specialized)
-                        if out is None:
-                            out = []
-                        if pos > seg:
-                            out.append(memoryview(buf)[seg:pos])
-                        if action == REPLACE:
-                            out.append(proto.replacement)
-                        if msg_end > end:
-                            self.s_skip = msg_end - end
-                            self.s_drop = True
-                            seg = pos = end
-                            break
-                        seg = msg_end
-                    # answers the pooler gives itself become due only here, after a message
-                    # it was told (a partial one's at the next message's header, above)
-                    if proto.output and msg_end <= end:
-                        out = _splice(out, buf, seg, msg_end, proto.take_output())
-                        seg = msg_end
-                pos = msg_end
-            if pos > end:       # a message goes on past the bytes received (see _client_data)
-                self.s_skip = pos - end
-                pos = end
-        rest = end - pos
-        self.s_len = rest           # before writing: a failed write must leave the state honest
-        if out is None:
-            some = False
-            if pos > 0:
-                some = True
-            if some:
-                self.stats.bytes_sent += pos
-                data = buf[:pos] if pos <= _SLICE_MAX else memoryview(buf)[:pos]
+        _DETACH when the fast path found the server due for a detach it cannot do at once.
+
+        Called without arguments it is the server read watcher's callback (the fast path): it
+        reads the socket itself and switches into the coroutine only with a reason, as
+        _on_client does. One function for both, so that a reply costs one Python frame."""
+        reason = None
+        try:
+            if server is None:
+                server = self.client.server
+                buf = self.s_buf
+                if buf is None:
+                    free = self.free
+                    buf = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
+                start = self.s_len
                 try:
-                    if self.fast:
-                        if self.pending is None:    # _send_now's common case, inline
-                            cio = self.client.io
-                            try:
-                                n = cio._raw.send(data)
-                            except BlockingIOError:
-                                n = 0
-                            if n < pos:
-                                self.pending = [(cio, bytes(memoryview(data)[n:]), 0)]
-                        else:
-                            self._send_now(self.client.io, data, 0)
-                    else:
-                        self.client.io.write(data)
-                except OSError as e:
-                    raise ClientGone(Status.ECLIENT_WRITE, e) from None
-        else:
-            if pos > seg:
-                out.append(memoryview(buf)[seg:pos])
-            data = b"".join(out)
-            if data:
-                self._to_client(data)
-        if rest:
-            buf[:rest] = buf[pos:end]
-        if rest == 0:
-            free = self.free
-            if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
-                free.append(buf)
-            self.s_buf = None
-        # detach only at a message boundary (a message after the 'Z' may still be arriving); a
-        # flag, as the jump over the detach is long (see _on_client)
-        due = False
-        if self.s_ready and rest == 0 and self.s_skip == 0:
-            due = True
-        if due:
-            self.s_ready = False
-            if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
-                return None
-            if self.mode_transaction:
-                txs = proto.tx_status
-                if txs is not _TX_IDLE and txs != _TX_IDLE:
+                    n = server.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
+                except BlockingIOError:
                     return None
-            elif not self.mode_statement:
-                return None
-            if self.fast:
-                # the fast path's detach, here in the hub (None: done), or _DETACH: the
-                # coroutine detaches. server_clean holds here: nothing half-relayed, no batch open
-                sw = self.s_watch
-                if sw is not None:
-                    self.s_watch = None
-                    if self.keep_watch:
+                except OSError as e:
+                    raise ServerError(Status.ESERVER_READ, e) from None
+                if n == 0:
+                    raise ServerError(Status.ESERVER_READ, "server closed the connection")
+                end = start + n
+            proto = server.proto
+            out = None              # set when a message is dropped or replaced, or answers are added
+            seg = 0                 # start of the bytes not yet put in `out`
+            pos = self.s_skip
+            if pos >= end:
+                skip = self.s_skip = pos - end
+                pos = end
+                if self.s_drop:
+                    seg = end
+                # answers due after a message that ends here (the walk below splices them itself
+                # after each message that ends in the bytes it has)
+                if skip == 0 and proto.output:
+                    out = _splice(out, buf, seg, pos, proto.take_output())
+                    seg = pos
+            else:
+                if self.s_drop:
+                    seg = pos
+                    self.s_drop = False
+                self.s_skip = 0
+                prepared = self.prepared
+                if prepared is None:
+                    interest, kinds = _S_INTEREST, _S_KIND
+                else:
+                    interest, kinds = _S_INTEREST_PREPARED, _S_KIND_PREPARED
+                if proto.output:    # answers the pooler gives itself, due before the next message
+                    out = _splice(out, buf, seg, pos, proto.take_output())
+                    seg = pos
+                last = end - 5      # the last position a whole header starts at
+                while True:             # not `while pos <= last`: its jump is long (see _on_client)
+                    if pos > last:
+                        break
+                    t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
+                    if length < 4:
+                        raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
+                    msg_end = pos + 1 + length
+                    if interest[t]:
+                        kind = kinds[t]
+                        if kind == _SK_TELL:
+                            action = proto.receive(t)
+                        else:
+                            if msg_end > end:                       # wanted whole
+                                if 1 + length <= len(buf):
+                                    break          # hold it back until whole
+                                if kind != _SK_WHOLE:
+                                    raise ServerError(Status.ESERVER_READ, "server message too long")
+                            ready = False   # a flag: the jump over the long branch is not specialized
+                            if kind == _SK_READY:
+                                ready = True
+                            if ready:
+                                action = proto.receive(t, _BYTE[buf[msg_end - 1]])
+                                stats = self.stats
+                                stats.count_query += 1
+                                q0 = self.q_start
+                                if q0:              # seconds; a pipelined next request runs from now
+                                    now = self.now()
+                                    elapsed = now - q0
+                                    if elapsed > 0.0:
+                                        stats.query_time += elapsed
+                                        if stats.query_sketch is not None:
+                                            stats.query_sketch.add(elapsed * 1e6)
+                                    self.q_start = now if proto.syncs else 0.0
+                                txs = proto.tx_status
+                                if txs is _TX_IDLE or txs == _TX_IDLE:
+                                    stats.count_tx += 1
+                                    t0 = self.tx_start
+                                    if t0:
+                                        if q0:
+                                            elapsed = now - t0
+                                            if elapsed > 0.0:
+                                                stats.tx_time += elapsed
+                                                if stats.tx_sketch is not None:
+                                                    stats.tx_sketch.add(elapsed * 1e6)
+                                        self.tx_start = now if q0 and proto.syncs else 0.0
+                                self.s_ready = True
+                            else:
+                                action = proto.receive(t)
+                                if kind == _SK_PARAM:
+                                    self._parameter_status(server, buf, pos + 5, msg_end)
+                                elif msg_end <= end:        # _SK_WHOLE: prepared statements
+                                    if t == _S_COMPLETE:
+                                        if length in (16, 19):
+                                            prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
+                                    else:
+                                        self._server_error(server, buf, pos + 5, msg_end)
+                        if proto.broken is not None:
+                            self._miscounted(server)
+                        if action != 0:         # not FORWARD (an int compared: specialized)
+                            if out is None:
+                                out = []
+                            if pos > seg:
+                                out.append(memoryview(buf)[seg:pos])
+                            if action == REPLACE:
+                                out.append(proto.replacement)
+                            if msg_end > end:
+                                self.s_skip = msg_end - end
+                                self.s_drop = True
+                                seg = pos = end
+                                break
+                            seg = msg_end
+                        # answers the pooler gives itself become due only here, after a message
+                        # it was told (a partial one's at the next message's header, above)
+                        if proto.output and msg_end <= end:
+                            out = _splice(out, buf, seg, msg_end, proto.take_output())
+                            seg = msg_end
+                    pos = msg_end
+                if pos > end:       # a message goes on past the bytes received (see _client_data)
+                    self.s_skip = pos - end
+                    pos = end
+            rest = end - pos
+            self.s_len = rest           # before writing: a failed write must leave the state honest
+            if out is None:
+                some = False
+                if pos > 0:
+                    some = True
+                if some:
+                    self.stats.bytes_sent += pos
+                    data = buf[:pos] if pos <= _SLICE_MAX else memoryview(buf)[:pos]
+                    try:
+                        if self.fast:
+                            if self.pending is None:    # _send_now's common case, inline
+                                cio = self.client.io
+                                try:
+                                    n = cio._raw.send(data)
+                                except BlockingIOError:
+                                    n = 0
+                                if n < pos:
+                                    self.pending = [(cio, bytes(memoryview(data)[n:]), 0)]
+                            else:
+                                self._send_now(self.client.io, data, 0)
+                        else:
+                            self.client.io.write(data)
+                    except OSError as e:
+                        raise ClientGone(Status.ECLIENT_WRITE, e) from None
+            else:
+                if pos > seg:
+                    out.append(memoryview(buf)[seg:pos])
+                data = b"".join(out)
+                if data:
+                    self._to_client(data)
+            if rest:
+                buf[:rest] = buf[pos:end]
+            if rest == 0:
+                free = self.free
+                if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
+                    free.append(buf)
+                self.s_buf = None
+            # detach only at a message boundary (a message after the 'Z' may still be arriving); a
+            # flag, as the jump over the detach is long (see _on_client)
+            due = False
+            if self.s_ready and rest == 0 and self.s_skip == 0:
+                due = True
+            if due:
+                self.s_ready = False
+                if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
+                    pass
+                elif self.mode_transaction and proto.tx_status is not _TX_IDLE and proto.tx_status != _TX_IDLE:
+                    pass
+                elif not self.mode_transaction and not self.mode_statement:
+                    pass
+                elif self.fast:
+                    # the fast path's detach, here in the hub (reason None: done), or _DETACH:
+                    # the coroutine detaches. server_clean holds here: nothing half-relayed, no
+                    # batch open
+                    reason = _DETACH
+                    sw = self.s_watch
+                    if sw is not None and self.keep_watch:
                         # pooled with its watcher started, pointed at idle_readable before the
                         # detach can hand it over. start() of a started watcher only sets its
                         # callback and args (libev's start returns at once; cheaper than two
                         # attribute stores), so the next attach's start() only re-points it:
                         # no stop now (gevent stops a watcher stopped in its own callback a
                         # second time), no start and no epoll_ctl at the next attach
+                        self.s_watch = None
                         sw.start(idle_readable, self.instance, server)
-                        done = False
                         try:
-                            done = self.pending is None and self.fe.detach_now(True)
+                            if self.pending is None and self.fe.detach_now(True):
+                                reason = None
                         finally:
-                            if not done:
+                            if reason is not None:
                                 sw.stop()       # the coroutine's detach reads the socket
-                        return None if done else _DETACH
-                    sw.stop()
-                if self.pending is None and self.fe.detach_now(True):
+                    else:
+                        if sw is not None:
+                            self.s_watch = None
+                            sw.stop()
+                        if self.pending is None and self.fe.detach_now(True):
+                            reason = None
+                else:
+                    self.fe.detach()
+            if not self.fast:       # the coroutine's call (_from_server)
+                return reason
+            if reason is None:
+                if self.pending is None and not self.instance.shutting_down and not self.client.killed:
+                    self.wait_start = self.now()
                     return None
-                return _DETACH
-            self.fe.detach()
+                reason = _AGAIN
+        except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
+            if not self.fast:
+                raise
+            reason = e
+        self.glet.switch(reason)
         return None
 
     def _server_error(self, server, buf, start: int, end: int) -> None:
