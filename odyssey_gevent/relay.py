@@ -52,6 +52,7 @@ _unpack_head = struct.Struct("!BI").unpack_from     # a message's type and lengt
 
 # client -> server message types
 _C_QUERY, _C_TERMINATE = b"QX"
+_S_TERMINATE = Status.TERMINATE     # a module constant: an Enum member load costs about 800 instructions
 _C_STRAY = frozenset(b"dcf")       # COPY messages: ignored by PostgreSQL outside COPY
 # what a logged-in client may send, and how long each message may be: kiwi's table (PostgreSQL's
 # limits), -1 for a forbidden type
@@ -630,7 +631,14 @@ class Relay:
                 # attach at once only for a whole header of a message that needs a server, with
                 # nothing of an earlier message pending; the coroutine decides everything else
                 if self.c_skip or self.c_drop or end < 5 or _C_NOT_FIRST[first]:
-                    reason = (end, None)
+                    if first == _C_TERMINATE and end == 5 and not self.c_skip and not self.c_drop \
+                            and _unpack_len(buf, 1)[0] == 4:
+                        # a lone Terminate without a server (how a session usually ends): its
+                        # end at once, without the coroutine's walk of it (_client_data)
+                        self.c_len = 0
+                        reason = _S_TERMINATE
+                    else:
+                        reason = (end, None)
                 else:
                     server = self.fe.attach_now()
                     if server is None:      # no idle server: queued in the hub, or the coroutine

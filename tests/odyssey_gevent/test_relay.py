@@ -502,6 +502,30 @@ def test_terminate_without_server_attaches_nothing(in_machine):
     assert in_machine(body)
 
 
+@pytest.mark.parametrize("data,ends", [(b"X\x00\x00\x00\x04", "terminate"), (b"X\x00\x00\x00\x05", "terminate"),
+                                       (b"X\x00\x00\x00\x05!", "terminate"), (b"X\x00\x00\x00\x03", "violation")],
+                         ids=["lone", "declares-a-body", "with-a-body", "len3"])
+def test_a_terminate_ends_the_session_whatever_its_declared_length(in_machine, data, ends):
+    """A Terminate without a server ends the session (the fast path takes a lone one of length
+    4 at once, the others as the coroutine's walk does); a length below 4 is a violation."""
+    def body():
+        h = Harness("transaction")
+        try:
+            h.app.write(data)
+            got = h.result()
+            assert h.fe.attaches == 0
+            nothing_more(h.pg)
+        finally:
+            h.close()
+        return got
+
+    got = in_machine(body)
+    if ends == "terminate":
+        assert got is Status.TERMINATE
+    else:
+        assert isinstance(got, FrontendError) and got.sqlstate == "08P01"
+
+
 def test_stray_copy_messages_attach_no_server_and_are_dropped(in_machine):
     """CopyData/CopyDone/CopyFail outside COPY (PostgreSQL ignores them) hold no pooled server,
     however they are cut; the next real request attaches and only it is forwarded."""
