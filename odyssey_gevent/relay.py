@@ -715,7 +715,7 @@ class Relay:
     # kill or a shutdown wake-up, switches into the coroutine, which takes the wait over from
     # the same place in the queue (Frontend.attach(queued=True), router.attach_queued).
     def _queue(self, end: int):
-        server = self.fe.queue_now(self.on_handed, self.loop, self.ident)
+        server = self.fe.queue_now(self.client, self.on_handed, self.loop, self.ident)
         if server is not None:          # False: the usual attach; else a new server to connect
             return (end, None if server is False else server)
         self.c_len = end

@@ -87,7 +87,7 @@ def test_a_routes_logins_share_what_its_rule_decides_and_queue_now_binds_once():
     assert other.route is route and fe2.detach_plain
     assert "queue_now" not in vars(fe2)              # not bound at login
     # no idle server, room in the pool (pool_size 0: no limit): a new server linked to it
-    server = fe2.queue_now(lambda: None, None, 0)
+    server = fe2.queue_now(other, lambda: None, None, 0)
     assert server is not None and server is other.server
     assert "queue_now" in vars(fe2)                  # bound at the first call, kept
 

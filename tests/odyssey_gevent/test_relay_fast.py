@@ -44,7 +44,8 @@ class FastFakeFrontend(base.FakeFrontend):
                 raise ClientGone(Status.ECLIENT_KILLED, "killed while waiting for a server")
         return super().attach()
 
-    def queue_now(self, cont, loop, ident):
+    def queue_now(self, client, cont, loop, ident):
+        assert client is self.client
         if not self.cb_queue:
             return False
         self.cont = cont
