@@ -376,13 +376,15 @@ class Prepared:
         return out
 
     def _bind(self, server, buf, start: int, end: int):
-        portal_end = _cstr(buf, start + 5, end)
+        # once per transaction with -M prepared: _cstr's find inline (a frame each), the name
+        # decoded from the bytearray's slice (no bytes copy first)
+        portal_end = buf.find(b"\0", start + 5, end)
         if portal_end < 0:
             return None
-        name_end = _cstr(buf, portal_end + 1, end)
+        name_end = buf.find(b"\0", portal_end + 1, end)
         if name_end <= portal_end + 1:
             return None                    # the unnamed statement, or malformed
-        name = bytes(buf[portal_end + 1:name_end]).decode("utf-8", "replace")
+        name = buf[portal_end + 1:name_end].decode("utf-8", "replace")
         stmt = self.client.prepared.get(name)
         if stmt is None:
             return self._fail(server, does_not_exist(name))
