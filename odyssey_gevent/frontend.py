@@ -280,7 +280,10 @@ class Frontend:
         # the route's messages joined once; the client's values that differ (a few vars, where
         # the route has about fifteen parameters; usually the same ones for every client of an
         # application, such as its application_name) select a block made with them and kept
-        wires, index, block, own = param_wire(route)
+        cached = route.params_wire
+        if cached is None or cached[0] is not route.params:
+            cached = (None, *param_wire(route))
+        _, wires, index, block, own = cached
         mine = None
         for key, value in client.vars.items():
             known = index.get(key)

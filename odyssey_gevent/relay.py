@@ -362,7 +362,9 @@ class Relay:
         self.marked = False     # ... seen there by the last sweep ...
         self.sleepy = False     # ... and woken by it to go dormant
         self.glet = None
-        hub = self.hub = get_hub()
+        # the hub of the client's socket is this thread's (an Io belongs to the machine that made
+        # or attached it): no get_hub() call
+        hub = self.hub = client.io.sock.hub
         loop = self.loop = hub.loop     # the hub and thread the relay runs in (wake())
         self.ident = threading.get_ident()
         # SHOW STATS times: the loop's clock (libev's time of the current loop iteration, the
@@ -375,7 +377,10 @@ class Relay:
         # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
         self.request_timeout = request_timeout
         self.timers = None      # wait_any's reusable timeout timers, made at the first timed wait
-        self.free = _free_buffers()     # borrowed from and given back to inline on the hot path
+        # borrowed from and given back to inline on the hot path (this thread's: one thread-local
+        # lookup, the helper only the first time)
+        free = _local.__dict__.get("free")
+        self.free = free if free is not None else _free_buffers()
         # the callback-driven fast path (_park): for plain sockets, a frontend that can attach
         # and detach without waiting, and timeouts the 1 s sweep can keep (FAST_MIN_TIMEOUT_MS)
         self.fast_ok = sweepable and not client.io._tls and hasattr(frontend, "attach_now")

@@ -157,6 +157,7 @@ class Route:
         self.relay_facts = None              # what every relay takes from the rule (relay._rule_facts)
         self.tsa_memo = None                 # (listen, checks) for clients without hints (tsa.work_out)
         self.login_facts = None              # what every login takes from the rule (frontend._login_facts)
+        self.params_wire = None              # the params' ParameterStatus messages (frontend.param_wire)
 
     # -- state changes ---------------------------------------------------------------------
     def set_server_state(self, server: Server, state: ServerState) -> None:
