@@ -236,7 +236,9 @@ class Frontend:
 
     # -- stage 4: authentication ------------------------------------------------------------
     def authenticate(self) -> None:
-        auth.authenticate_client(self.instance, self.client, self._login_timeout(), send_ok=False)
+        # authentication "none" asks nothing (authenticate_client's steps for it are all no-ops)
+        if self.client.rule.authentication != "none":
+            auth.authenticate_client(self.instance, self.client, self._login_timeout(), send_ok=False)
         self.owed = auth.AUTH_OK_MESSAGE
 
     def _pay_owed(self) -> None:
@@ -612,10 +614,13 @@ class Frontend:
             if log_session:
                 self.logger.info("routing", client, None, "route '%s.%s' to '%s.%s'", client.database,
                                  client.user, client.rule.db_name, client.rule.user_name)
-            self.check_hba()
+            config = instance.config
+            if config.hba_file is not None:     # (check_hba's own first test, without its call)
+                self.check_hba()
             watchdog.check_catchup(instance, client)
             self.authenticate()
-            soft_oom.refuse_if_over(instance, client)
+            if config.soft_oom.enabled:         # (refuse_if_over's first test)
+                soft_oom.refuse_if_over(instance, client)
             self.deadline = None
             self.setup()
             if log_session:
