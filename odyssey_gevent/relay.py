@@ -1166,10 +1166,10 @@ class Relay:
                                     break          # hold it back until whole
                                 if kind != _SK_WHOLE:
                                     raise ServerError(Status.ESERVER_READ, "server message too long")
-                            ready = False   # a flag: the jump over the long branch is not specialized
-                            if kind == _SK_READY:
-                                ready = True
-                            if ready:
+                            # `is`: the kinds are small ints (one object each), and an identity
+                            # test needs no specialization, which a comparison followed by the
+                            # long jump over this branch would not get
+                            if kind is _SK_READY:
                                 action = proto.receive(t, _BYTE[buf[msg_end - 1]])
                                 stats = self.stats
                                 stats.count_query += 1
@@ -1232,10 +1232,7 @@ class Relay:
             rest = end - pos
             self.s_len = rest           # before writing: a failed write must leave the state honest
             if out is None:
-                some = False
-                if pos > 0:
-                    some = True
-                if some:
+                if pos:             # a truth test: the jump is long (no specialized compare)
                     self.stats.bytes_sent += pos
                     data = buf[:pos] if pos <= _SLICE_MAX else memoryview(buf)[:pos]
                     try:
@@ -1262,17 +1259,14 @@ class Relay:
                     self._to_client(data)
             if rest:
                 buf[:rest] = buf[pos:end]
-            if rest == 0:
+            else:
                 free = self.free
                 if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
                     free.append(buf)
                 self.s_buf = None
-            # detach only at a message boundary (a message after the 'Z' may still be arriving); a
-            # flag, as the jump over the detach is long (see _on_client)
-            due = False
-            if self.s_ready and rest == 0 and self.s_skip == 0:
-                due = True
-            if due:
+            # detach only at a message boundary (a message after the 'Z' may still be arriving);
+            # truth tests, as the jump over the detach is long (no specialized compare)
+            if self.s_ready and not rest and not self.s_skip:
                 self.s_ready = False
                 if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
                     pass
