@@ -617,7 +617,9 @@ class Frontend:
             config = instance.config
             if config.hba_file is not None:     # (check_hba's own first test, without its call)
                 self.check_hba()
-            watchdog.check_catchup(instance, client)
+            checks = client.tsa_checks          # (worked out by route(): a catchup_timeout to check?)
+            if checks is None or checks[0] > 0:
+                watchdog.check_catchup(instance, client)
             self.authenticate()
             if config.soft_oom.enabled:         # (refuse_if_over's first test)
                 soft_oom.refuse_if_over(instance, client)
@@ -637,7 +639,8 @@ class Frontend:
             else:
                 rule = client.rule
                 prepared = None
-                if rule.pool != "session" and rule.effective_reserve_prepared_statement():
+                # (Rule.effective_reserve_prepared_statement, without its call)
+                if rule.pool != "session" and rule.pool_reserve_prepared_statement:
                     prepared = Prepared(client, client.route.prepared)
                 client.relay = Relay(self, client, prepared)
                 status = client.relay.run()
