@@ -762,10 +762,30 @@ class Relay:
             end = self.c_len
             if server is None:              # KILL_CLIENT took it out of the queue
                 reason = _AGAIN
-            elif not self.fe.ready_now(server):
-                reason = (end, server)      # a new server to connect, or checks: the coroutine
             else:
-                reason = None
+                # Frontend.ready_now's common case inline, as attach_now has it (once per queued
+                # transaction, where its frame costs more than this copy; test_frontend_fast keeps
+                # the copies in step): a plain-socket server holding the client's deploy list (the
+                # deploy mark), polled by pool_attach_check once its poll object is made, for a
+                # client with no host check or NOTICE due (attach_plain); else ready_now decides
+                fe = self.fe
+                io = server.io
+                ready = None
+                if fe.attach_plain and io is not None and not io._tls:
+                    rule = client.rule
+                    todo = client.deploy_list
+                    if not rule.maintain_params or todo is not None and server.deployed is todo:
+                        if not rule.pool_attach_check:
+                            ready = True
+                        else:
+                            poller = io._poller
+                            if poller is not None:
+                                ready = not poller.poll(0)
+                if ready is None:
+                    ready = fe.ready_now(server)
+                # not ready: a new server to connect, or checks: the coroutine
+                reason = None if ready else (end, server)
+            if reason is None:
                 if self.prepared is not None:
                     server.proto.exact = True
                 self.c_watch.start(self.on_client)

@@ -1,6 +1,7 @@
 """The relay's fast detach (Frontend.detach_now) decides as the slow path's reset.quick does,
 whose test it copies inline, for every state a server can come back in; the fast attach
-(Frontend.attach_now) as ready_now does, whose common case it copies. A real Router, Route,
+(Frontend.attach_now) and the queued client's hand-over (Relay._on_handed) as ready_now does,
+whose common case they copy. A real Router, Route,
 Client and Server (the router's idle list tells what happened; the attach's servers are socket
 pairs, one end written to when the server is to have something to say)."""
 from __future__ import annotations
@@ -13,12 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import machinarium as mm
+from kiwi import fe_write
 from kiwi.protocol import Phase
 from odyssey_gevent import deploy, reset
 from odyssey_gevent.client import Client
 from odyssey_gevent.config.model import Endpoint, Rule
 from odyssey_gevent.frontend import Frontend
 from odyssey_gevent.logger import Logger
+from odyssey_gevent.relay import BUF_SIZE, Relay
 from odyssey_gevent.router import Router
 from odyssey_gevent.server import ServerState
 
@@ -200,6 +203,59 @@ def test_attach_now_decides_as_ready_now(in_machine, plain, check, readable, pol
         assert got is not None and want is not None
         assert (got is False) == (want is False)
         # and what each says: a server for a quiet, fitting one with nothing to deploy
+        assert (got is not False) == (plain and not (check and readable) and deploy_state != "differs")
+        return True
+
+    assert in_machine(body)
+
+
+def _hand_over(fe, router, client, server):
+    """The server handed to the queued client (linked as the router links it), and the relay's
+    continuation run: the server when it relayed the held request at once, else False (what
+    it switched into the coroutine with said the server needs the coroutine's checks)."""
+    assert router.attach_idle(client) is server
+    a, b = gsocket.socketpair()
+    cio, app = mm.Io(a), mm.Io(b)
+    client.io = cio
+    fe.instance.shutting_down = False
+    relay = Relay(fe, client)
+    try:
+        q = fe_write.query("select 1")
+        buf = bytearray(BUF_SIZE)
+        buf[:len(q)] = q
+        relay.c_buf, relay.c_len = buf, len(q)
+        relay.c_watch = cio.sock._read_event
+        relay.c_watch.start(relay.on_queued)
+        relay.queued = relay.fast = True
+        switched = []
+        relay.glet = SimpleNamespace(switch=switched.append)
+        relay._on_handed()
+        if switched:
+            assert switched == [(len(q), server)]
+            return False
+        return server
+    finally:
+        relay.c_watch.stop()
+        if relay.s_watch is not None:
+            relay.s_watch.stop()
+        relay.close()
+        cio.close(), app.close()
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain", "tsa"])
+@pytest.mark.parametrize("check", [True, False], ids=["check", "nocheck"])
+@pytest.mark.parametrize("readable", [False, True], ids=["quiet", "readable"])
+@pytest.mark.parametrize("polled", [True, False], ids=["polled", "unpolled"])
+@pytest.mark.parametrize("deploy_state", ["marked", "holds", "differs"])
+def test_the_hand_over_decides_as_ready_now(in_machine, plain, check, readable, polled, deploy_state):
+    def slow(fe, router, client, server):
+        assert router.attach_idle(client) is server
+        return fe.ready_now(server)
+
+    def body():
+        got = _attach_case(plain, check, readable, polled, deploy_state, _hand_over)
+        want = _attach_case(plain, check, readable, polled, deploy_state, slow)
+        assert (got is False) == (want is False)
         assert (got is not False) == (plain and not (check and readable) and deploy_state != "differs")
         return True
 
