@@ -23,7 +23,7 @@ pooler gives itself are spliced into the reply stream where PostgreSQL would hav
 A body longer than the chunk is forwarded as it streams (`skip` counts what is still to come),
 so large results and COPY never buffer whole messages. Buffers are borrowed from a per-thread
 free list while a relay holds unfinished bytes and returned when it goes idle, so idle clients
-cost no buffer.
+cost no buffer; the hub's reply walk reads into the thread's scratch buffer (_FreeList).
 """
 from __future__ import annotations
 
@@ -290,11 +290,24 @@ def _trim() -> None:
     _malloc_trim(0)
 
 
+class _FreeList(list):
+    """A thread's free list of BUF_SIZE buffers, and its `scratch` buffer: the server read
+    watcher's callback (Relay._server_data in the hub) reads a reply into it when the relay
+    holds nothing back, and keeps a buffer of its own only for the bytes it leaves unfinished.
+    The walk sends or copies everything else before it returns, and callbacks in one hub do
+    not run inside each other, so one buffer a thread serves every relay."""
+    __slots__ = ("scratch",)
+
+    def __init__(self):
+        super().__init__()
+        self.scratch = bytearray(BUF_SIZE)
+
+
 def _free_buffers() -> list:
     """This thread's free list of BUF_SIZE buffers (each relay keeps a reference to it)."""
     free = getattr(_local, "free", None)
     if free is None:
-        free = _local.free = []
+        free = _local.free = _FreeList()
     return free
 
 
@@ -1128,9 +1141,8 @@ class Relay:
             if server is None:
                 server = self.client.server
                 buf = self.s_buf
-                if buf is None:
-                    free = self.free
-                    buf = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
+                if buf is None:     # nothing held back: the thread's scratch (see _FreeList)
+                    buf = self.free.scratch
                 start = self.s_len
                 try:
                     n = server.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
@@ -1278,8 +1290,13 @@ class Relay:
                 if data:
                     self._to_client(data)
             if rest:
-                buf[:rest] = buf[pos:end]
-            else:
+                if buf is self.s_buf:
+                    buf[:rest] = buf[pos:end]
+                else:               # the scratch: the unfinished bytes go to a buffer of its own
+                    free = self.free
+                    own = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
+                    own[:rest] = buf[pos:end]
+            elif buf is self.s_buf:
                 free = self.free
                 if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
                     free.append(buf)

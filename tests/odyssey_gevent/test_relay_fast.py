@@ -538,3 +538,36 @@ def test_a_relay_cancelled_while_queued_leaves_the_queue(in_machine):
         return True
 
     assert in_machine(body)
+
+
+def test_relays_of_a_thread_share_the_scratch_buffer_and_keep_unfinished_bytes_apart(in_machine):
+    """The hub's reply walk reads into the thread's scratch buffer (relay._FreeList.scratch)
+    when the relay holds nothing back: a reply cut inside a message keeps its unfinished bytes
+    in a buffer of the relay's own, so another relay's reply read into the scratch in between
+    leaves them whole, and a finished reply leaves the relay no buffer. (A message streamed as
+    it comes keeps nothing back: the cut is in a ReadyForQuery, which the walk wants whole.)"""
+    def body():
+        a, b = _harness(), _harness()
+        try:
+            assert a.relay.free is b.relay.free and a.relay.free.scratch is not None
+            request = _q("select 1")
+            reply_a = be_write.data_row([b"a" * 100]) + _reply(b"I")
+            reply_b = be_write.data_row([b"b" * 300]) + _reply(b"I")
+            got_a = base.Collector(a.app, len(reply_a))
+            a.app.write(request)
+            assert a.pg.read(len(request), 2000) == request
+            cut = len(reply_a) - 3
+            a.feed(a.pg, a.sio, reply_a[:cut], [])          # a cut in a's ReadyForQuery
+            assert a.relay.s_len == 3 and a.relay.s_buf is not a.relay.free.scratch
+            _exchange(b, request, reply_b)                   # b's reply through the scratch
+            assert b.relay.s_buf is None
+            a.pg.write(reply_a[cut:])
+            assert got_a.get() == reply_a
+            mm.sleep(0)
+            assert a.relay.s_buf is None and a.fe.now_detaches == 1 and b.fe.now_detaches == 1
+        finally:
+            a.close()
+            b.close()
+        return True
+
+    assert in_machine(body)
