@@ -23,7 +23,7 @@ pooler gives itself are spliced into the reply stream where PostgreSQL would hav
 A body longer than the chunk is forwarded as it streams (`skip` counts what is still to come),
 so large results and COPY never buffer whole messages. Buffers are borrowed from a per-thread
 free list while a relay holds unfinished bytes and returned when it goes idle, so idle clients
-cost no buffer; the hub's reply walk reads into the thread's scratch buffer (_FreeList).
+cost no buffer; the hub's read callbacks read into the thread's scratch buffer (_FreeList).
 """
 from __future__ import annotations
 
@@ -291,11 +291,12 @@ def _trim() -> None:
 
 
 class _FreeList(list):
-    """A thread's free list of BUF_SIZE buffers, and its `scratch` buffer: the server read
-    watcher's callback (Relay._server_data in the hub) reads a reply into it when the relay
-    holds nothing back, and keeps a buffer of its own only for the bytes it leaves unfinished.
-    The walk sends or copies everything else before it returns, and callbacks in one hub do
-    not run inside each other, so one buffer a thread serves every relay."""
+    """A thread's free list of BUF_SIZE buffers, and its `scratch` buffer: the read watchers'
+    callbacks (Relay._on_client, and Relay._server_data in the hub) read into it when the
+    relay holds nothing back, and take a buffer of their own only for the bytes that outlive
+    the callback (an unfinished message, a request for the coroutine or held while queued:
+    Relay._keep). They send or copy everything else before they return, and callbacks in one
+    hub do not run inside each other, so one buffer a thread serves every relay."""
     __slots__ = ("scratch",)
 
     def __init__(self):
@@ -630,9 +631,8 @@ class Relay:
         try:
             client = self.client
             buf = self.c_buf
-            if buf is None:
-                free = self.free
-                buf = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
+            if buf is None:     # nothing held back: the thread's scratch (see _FreeList); what
+                buf = self.free.scratch     # the coroutine or the queue relays later is kept
             start = self.c_len
             try:
                 n = client.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
@@ -656,14 +656,17 @@ class Relay:
                         self.c_len = 0
                         reason = _S_TERMINATE
                     else:
+                        self._keep(buf, end)
                         reason = (end, None)
                 else:
                     server = self.fe.attach_now()
                     if server is None:      # no idle server: queued in the hub, or the coroutine
+                        self._keep(buf, end)
                         reason = self._queue(end)
                         if reason is None:
                             return
                     elif server is False:
+                        self._keep(buf, end)
                         reason = (end, client.server)
                     else:
                         if self.prepared is not None:
@@ -703,10 +706,11 @@ class Relay:
                     raise ServerError(Status.ESERVER_WRITE, e) from None
                 if proto.output:
                     self._to_client(proto.take_output())
-                free = self.free
-                if len(buf) == BUF_SIZE and len(free) < 256:
-                    free.append(buf)
-                self.c_buf = None
+                if buf is self.c_buf:       # not the scratch
+                    free = self.free
+                    if len(buf) == BUF_SIZE and len(free) < 256:
+                        free.append(buf)
+                    self.c_buf = None
             elif reason is None:
                 reason = self._client_data(buf, end)
             if reason is None:
@@ -717,6 +721,14 @@ class Relay:
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
         self.glet.switch(reason)
+
+    def _keep(self, buf, end: int) -> None:
+        """Client bytes read into the scratch (_on_client) that outlive the callback (for the
+        coroutine, or held while queued) go to c_buf, a buffer of the relay's own."""
+        if buf is not self.c_buf:
+            free = self.free
+            own = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
+            own[:end] = buf[:end]
 
     # -- the fast path's queued attach ----------------------------------------------------------
     # No idle server: the client is queued (router.queue_now) with a callback wake-up, its
@@ -1088,14 +1100,20 @@ class Relay:
             # collect it in a bigger one (grown in steps, so a declared length costs nothing)
             bigger = bytearray(min(grow, max(len(buf) * 4, BUF_SIZE)))
             bigger[:rest] = buf[pos:end]
-            _give_back(buf)
+            if buf is self.c_buf:       # not the scratch (_on_client)
+                _give_back(buf)
             self.c_buf = bigger
             self.c_len = rest
             return None
-        if rest:
-            buf[:rest] = buf[pos:end]
         self.c_len = rest
-        if rest == 0:
+        if rest:
+            if buf is self.c_buf:
+                buf[:rest] = buf[pos:end]
+            else:               # the scratch (_on_client): the unfinished bytes get a buffer
+                free = self.free
+                own = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
+                own[:rest] = buf[pos:end]
+        elif buf is self.c_buf:
             free = self.free
             if len(buf) == BUF_SIZE and len(free) < 256:
                 free.append(buf)

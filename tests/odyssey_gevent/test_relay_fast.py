@@ -571,3 +571,38 @@ def test_relays_of_a_thread_share_the_scratch_buffer_and_keep_unfinished_bytes_a
         return True
 
     assert in_machine(body)
+
+
+def test_client_bytes_read_into_the_scratch_buffer_are_kept_when_they_outlive_the_callback(in_machine):
+    """The client watcher's callback reads into the thread's scratch buffer too: a request cut
+    inside a header keeps its unfinished bytes in the relay's own buffer, so another relay's
+    request read into the scratch in between leaves them whole; a request the coroutine relays
+    (a partial first header, no server yet) is kept for it the same way."""
+    def body():
+        a, b = _harness(), _harness()
+        try:
+            request = _ext()
+            cut = len(request) - 3                          # in the Sync (5 bytes)
+            a.feed(a.app, a.cio, request[:cut], [])
+            assert a.relay.c_len == 2 and a.relay.c_buf is not a.relay.free.scratch
+            _exchange(b, _q("select 1"), _reply(b"I"))    # b's request through the scratch
+            assert b.relay.c_buf is None
+            a.app.write(request[cut:])
+            assert a.pg.read(len(request), 2000) == request
+            a.pg.write(_ext_reply(b"I"))
+            assert a.app.read(len(_ext_reply(b"I")), 2000) == _ext_reply(b"I")
+            mm.sleep(0)
+            assert a.relay.c_buf is None and a.fe.now_detaches == 1
+            # no server and less than a header: the coroutine's walk gets the bytes
+            a.feed(a.app, a.cio, request[:2], [])
+            _exchange(b, _q("select 2"), _reply(b"I"))
+            a.app.write(request[2:])
+            assert a.pg.read(len(request), 2000) == request
+            a.pg.write(_ext_reply(b"I"))
+            assert a.app.read(len(_ext_reply(b"I")), 2000) == _ext_reply(b"I")
+        finally:
+            a.close()
+            b.close()
+        return True
+
+    assert in_machine(body)
