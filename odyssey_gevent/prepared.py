@@ -244,6 +244,10 @@ class Prepared:
         if t == _P:
             return self._parse(server, buf, start, end)
         if t == _D or t == _C:
+            # statements only ('S'): a portal's (pgbench -M prepared's Describe each
+            # transaction) is left as it is here, without _describe_close's frame
+            if end - start < 7 or buf[start + 5] != 0x53:
+                return None
             return self._describe_close(server, t, buf, start, end)
         if t == _Q:
             return self._query(server, buf, start, end)
@@ -402,8 +406,7 @@ class Prepared:
         return out
 
     def _describe_close(self, server, t: int, buf, start: int, end: int):
-        if end - start < 7 or buf[start + 5] != 0x53:          # 'S': statements only
-            return None
+        # a statement's ('S', client_message tests it)
         nul = _cstr(buf, start + 6, end)
         if nul <= start + 6:
             return None
