@@ -293,10 +293,11 @@ def _trim() -> None:
 class _FreeList(list):
     """A thread's free list of BUF_SIZE buffers, and its `scratch` buffer: the read watchers'
     callbacks (Relay._on_client, and Relay._server_data in the hub) read into it when the
-    relay holds nothing back, and take a buffer of their own only for the bytes that outlive
-    the callback (an unfinished message, a request for the coroutine or held while queued:
-    Relay._keep). They send or copy everything else before they return, and callbacks in one
-    hub do not run inside each other, so one buffer a thread serves every relay."""
+    relay holds nothing back. When bytes outlive the callback (an unfinished message, a
+    request for the coroutine or held while queued: Relay._keep) the scratch becomes that
+    relay's buffer and the thread takes another from the free list. Everything else is sent
+    or copied before they return, and callbacks in one hub do not run inside each other, so
+    one buffer a thread serves every relay."""
     __slots__ = ("scratch",)
 
     def __init__(self):
@@ -656,17 +657,20 @@ class Relay:
                         self.c_len = 0
                         reason = _S_TERMINATE
                     else:
-                        self._keep(buf, end)
+                        self._keep(buf)
                         reason = (end, None)
                 else:
                     server = self.fe.attach_now()
                     if server is None:      # no idle server: queued in the hub, or the coroutine
-                        self._keep(buf, end)
+                        if buf is not self.c_buf:   # _keep inline (each queued request at c50)
+                            free = self.free
+                            self.c_buf = buf
+                            free.scratch = free.pop() if free else bytearray(BUF_SIZE)
                         reason = self._queue(end)
                         if reason is None:
                             return
                     elif server is False:
-                        self._keep(buf, end)
+                        self._keep(buf)
                         reason = (end, client.server)
                     else:
                         if self.prepared is not None:
@@ -722,13 +726,14 @@ class Relay:
             reason = e
         self.glet.switch(reason)
 
-    def _keep(self, buf, end: int) -> None:
+    def _keep(self, buf) -> None:
         """Client bytes read into the scratch (_on_client) that outlive the callback (for the
-        coroutine, or held while queued) go to c_buf, a buffer of the relay's own."""
+        coroutine, or held while queued): the scratch becomes the relay's c_buf, and the thread
+        takes a buffer from the free list as its scratch (no copy)."""
         if buf is not self.c_buf:
             free = self.free
-            own = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
-            own[:end] = buf[:end]
+            self.c_buf = buf
+            free.scratch = free.pop() if free else bytearray(BUF_SIZE)
 
     # -- the fast path's queued attach ----------------------------------------------------------
     # No idle server: the client is queued (router.queue_now) with a callback wake-up, its
@@ -1107,12 +1112,9 @@ class Relay:
             return None
         self.c_len = rest
         if rest:
-            if buf is self.c_buf:
-                buf[:rest] = buf[pos:end]
-            else:               # the scratch (_on_client): the unfinished bytes get a buffer
-                free = self.free
-                own = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
-                own[:rest] = buf[pos:end]
+            buf[:rest] = buf[pos:end]
+            if buf is not self.c_buf:   # the scratch (_on_client): now the relay's (_keep)
+                self._keep(buf)
         elif buf is self.c_buf:
             free = self.free
             if len(buf) == BUF_SIZE and len(free) < 256:
@@ -1308,12 +1310,11 @@ class Relay:
                 if data:
                     self._to_client(data)
             if rest:
-                if buf is self.s_buf:
-                    buf[:rest] = buf[pos:end]
-                else:               # the scratch: the unfinished bytes go to a buffer of its own
-                    free = self.free
-                    own = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
-                    own[:rest] = buf[pos:end]
+                buf[:rest] = buf[pos:end]
+                if buf is not self.s_buf:   # the scratch: now the relay's, and the thread
+                    free = self.free        # takes another (see _FreeList)
+                    self.s_buf = buf
+                    free.scratch = free.pop() if free else bytearray(BUF_SIZE)
             elif buf is self.s_buf:
                 free = self.free
                 if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
