@@ -646,6 +646,13 @@ class Relay:
             end = start + n
             reason = None
             first = buf[0]              # once: indexing a bytearray is not specialized
+            # `alone`: the common request, one whole simple Query alone in the buffer with a
+            # server attached and no prepared-statement layer, is relayed inline below. A flag:
+            # 3.11 specializes a comparison only when a conditional jump follows it at once, and
+            # the jump over the long body below has an EXTENDED_ARG first. Where attach_now just
+            # took a server, the tests the attach made already (c_skip, c_drop, a whole header,
+            # the prepared layer) are not made again
+            alone = False
             if client.server is None:
                 # attach at once only for a whole header of a message that needs a server, with
                 # nothing of an earlier message pending; the coroutine decides everything else
@@ -675,17 +682,16 @@ class Relay:
                     else:
                         if self.prepared is not None:
                             server.proto.exact = True
+                        elif not start and first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end \
+                                and end - 5 <= _Q_LIMIT:
+                            alone = True
                         sw = self.s_watch = server.io.sock._read_event
                         sw.start(self.on_server)
-            # the test sets a flag: 3.11 specializes a comparison only when a conditional jump
-            # follows it at once, and the jump over the long body below has an EXTENDED_ARG first
-            alone = False
-            if reason is None and not start and first == _C_QUERY and self.prepared is None and not self.c_skip \
+            elif not start and first == _C_QUERY and self.prepared is None and not self.c_skip \
                     and not self.c_drop and end >= 5 and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
                 alone = True
             if alone:
-                # the common request inline: one whole simple Query alone in the buffer, a server
-                # attached, no prepared-statement layer (what _client_data would do with it)
+                # the common request inline (what _client_data would do with it)
                 server = client.server
                 proto = server.proto
                 proto.send(_C_QUERY)
