@@ -647,7 +647,7 @@ class Relay:
             reason = None
             first = buf[0]              # once: indexing a bytearray is not specialized
             # `alone`: the common request, one whole simple Query alone in the buffer with a
-            # server attached and no prepared-statement layer, is relayed inline below. A flag:
+            # server attached and no prepared-statement layer, is relayed by _send_query. A flag:
             # 3.11 specializes a comparison only when a conditional jump follows it at once, and
             # the jump over the long body below has an EXTENDED_ARG first. Where attach_now just
             # took a server, the tests the attach made already (c_skip, c_drop, a whole header,
@@ -691,36 +691,7 @@ class Relay:
                     and not self.c_drop and end >= 5 and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
                 alone = True
             if alone:
-                # the common request inline (what _client_data would do with it)
-                server = client.server
-                proto = server.proto
-                proto.send(_C_QUERY)
-                self.stats.bytes_recv += end
-                if not self.q_start:
-                    self.q_start = now = self.now()
-                    if not self.tx_start:
-                        self.tx_start = now
-                data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
-                try:
-                    if self.pending is None:
-                        sio = server.io
-                        try:
-                            n = sio._raw.send(data)
-                        except BlockingIOError:
-                            n = 0
-                        if n < end:
-                            self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
-                    else:
-                        self._send_now(server.io, data, 1)
-                except OSError as e:
-                    raise ServerError(Status.ESERVER_WRITE, e) from None
-                if proto.output:
-                    self._to_client(proto.take_output())
-                if buf is self.c_buf:       # not the scratch
-                    free = self.free
-                    if len(buf) == BUF_SIZE and len(free) < 256:
-                        free.append(buf)
-                    self.c_buf = None
+                self._send_query(client.server, buf, end)
             elif reason is None:
                 reason = self._client_data(buf, end)
             if reason is None:
@@ -829,7 +800,7 @@ class Relay:
                 sw.start(self.on_server)
                 buf = self.c_buf
                 # the common request, one whole simple Query alone in the buffer with no
-                # prepared-statement layer, is sent as _on_client's inline branch sends it: the
+                # prepared-statement layer, is sent by _send_query as _on_client sends it: the
                 # generic walk (_client_data and the Conversation's send_many) costs about three
                 # times as much. _queue held it with c_skip 0 and no c_drop, and nothing reads
                 # the client while it is queued. The test sets a flag (see _on_client)
@@ -838,34 +809,7 @@ class Relay:
                         and end - 5 <= _Q_LIMIT:
                     alone = True
                 if alone:
-                    proto = server.proto
-                    proto.send(_C_QUERY)
-                    self.stats.bytes_recv += end
-                    if not self.q_start:
-                        self.q_start = now = self.now()
-                        if not self.tx_start:
-                            self.tx_start = now
-                    data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
-                    try:
-                        if self.pending is None:
-                            sio = server.io
-                            try:
-                                n = sio._raw.send(data)
-                            except BlockingIOError:
-                                n = 0
-                            if n < end:
-                                self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
-                        else:
-                            self._send_now(server.io, data, 1)
-                    except OSError as e:
-                        raise ServerError(Status.ESERVER_WRITE, e) from None
-                    if proto.output:
-                        self._to_client(proto.take_output())
-                    self.c_len = 0
-                    free = self.free
-                    if len(buf) == BUF_SIZE and len(free) < 256:
-                        free.append(buf)
-                    self.c_buf = None
+                    self._send_query(server, buf, end)
                 else:
                     reason = self._client_data(buf, end)
                 if reason is None:
@@ -876,6 +820,41 @@ class Relay:
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
         self.glet.switch(reason)
+
+    def _send_query(self, server, buf, end: int) -> None:
+        """The common request, one whole simple Query alone in buf[:end] with no
+        prepared-statement layer, relayed to the attached `server` as _client_data would relay
+        it (for both callbacks that meet it: _on_client, _on_handed); buf is the thread's
+        scratch or the relay's c_buf, which goes back to the free list."""
+        proto = server.proto
+        proto.send(_C_QUERY)
+        self.stats.bytes_recv += end
+        if not self.q_start:
+            self.q_start = now = self.now()
+            if not self.tx_start:
+                self.tx_start = now
+        data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
+        try:
+            if self.pending is None:
+                sio = server.io
+                try:
+                    n = sio._raw.send(data)
+                except BlockingIOError:
+                    n = 0
+                if n < end:
+                    self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
+            else:
+                self._send_now(server.io, data, 1)
+        except OSError as e:
+            raise ServerError(Status.ESERVER_WRITE, e) from None
+        if proto.output:
+            self._to_client(proto.take_output())
+        if buf is self.c_buf:       # not the scratch
+            self.c_len = 0
+            free = self.free
+            if len(buf) == BUF_SIZE and len(free) < 256:
+                free.append(buf)
+            self.c_buf = None
 
     def _send_now(self, io, data, to_server: int) -> None:
         """The fast path's write: what the socket does not take at once (and all that follows

@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from gevent import get_hub  # noqa: E402
 from kiwi import be_write, fe_write  # noqa: E402
 from odyssey_gevent.prepared import Prepared, Registry  # noqa: E402
 from odyssey_gevent.relay import Relay  # noqa: E402
@@ -43,6 +44,7 @@ class _Io:
 
     def __init__(self, data: bytes):
         self.data = data
+        self.sock = SimpleNamespace(hub=get_hub())   # an Io's socket knows its machine's hub
 
     def read_into(self, view, timeout_ms) -> int:
         n = len(self.data)
