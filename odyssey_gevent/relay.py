@@ -143,6 +143,9 @@ _WAKE = 0       # woken (KILL_CLIENT, shutdown) or by the sweep (timeout, dorman
 _AGAIN = 1      # look again (pending writes flushed, shutdown or kill to check)
 _DETACH = 2     # the server is due for a detach that may wait
 
+# Relay.queued (truthy): queued, and the client socket's watcher stopped by _on_client meanwhile
+_Q_STOPPED = 2
+
 # first client message types the fast path leaves to the coroutine when no server is attached:
 # Terminate, the stray COPY messages and whatever is not allowed at all
 _C_NOT_FIRST = bytearray(256)
@@ -338,7 +341,7 @@ class Relay:
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
                  "wait_start", "expired", "s_watch", "on_client", "on_server", "hub", "queued", "q_timeout",
-                 "q_timer", "on_handed", "keep_watch", "c_watch", "on_queued")
+                 "q_timer", "on_handed", "keep_watch", "c_watch")
 
     def __init__(self, frontend, client, prepared=None):
         self.fe = frontend
@@ -412,7 +415,6 @@ class Relay:
         self.q_timeout = q_timeout
         self.q_timer = None
         self.on_handed = self._on_handed
-        self.on_queued = self._on_queued_read
         self.c_watch = None     # the client socket's read watcher, set by _park for the queued attach
         # workers 1: a server the fast path detaches is pooled with its read watcher started
         # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
@@ -560,7 +562,7 @@ class Relay:
     def close(self) -> None:
         """The session is over (frontend.cleanup): drop the bound methods kept for the watchers
         (relay -> bound method -> relay is a cycle only the garbage collector would free)."""
-        self.on_client = self.on_server = self.on_handed = self.on_queued = None
+        self.on_client = self.on_server = self.on_handed = None
 
     def _timed_out(self, server) -> Status | None:
         """A wait's timeout passed (see _wait_timeout): the Status that ends the session, or
@@ -629,6 +631,12 @@ class Relay:
     # Python frame (the steps inline), and switches into the coroutine only with a reason. The
     # server's is _server_data called without arguments (the walk the coroutine shares).
     def _on_client(self) -> None:
+        if self.queued:
+            # the client sent more (or closed) while queued: left unread until the hand-over,
+            # which starts the watcher again (see _queue)
+            self.queued = _Q_STOPPED
+            self.c_watch.stop()
+            return
         try:
             client = self.client
             buf = self.c_buf
@@ -716,10 +724,12 @@ class Relay:
     # No idle server: the client is queued (router.queue_now) with a callback wake-up, its
     # request held in c_buf[:c_len] and its socket not read (as a coroutine queued in
     # router.attach does not read either), and the coroutine stays parked. The socket's read
-    # watcher is not stopped but pointed at _on_queued_read (start() of a started watcher),
-    # which stops it only if the client sends more while queued: a watcher stopped in its own
-    # callback makes gevent call its stop() a second time through an attribute lookup (about
-    # 1,500 instructions per queued transaction), and the hand-over's start() re-points it.
+    # watcher is left started with _on_client, which tests `queued` first and stops it only if
+    # the client sends more while queued (queued becomes _Q_STOPPED, and the hand-over starts
+    # it again): no start() to point it away and none to point it back per queued wait (about
+    # 250 instructions each), and no stop in the common case (a watcher stopped in its own
+    # callback makes gevent call its stop() a second time through an attribute lookup, about
+    # 1,500 instructions).
     # The hand-over runs _on_handed in this hub, which sends the request and starts the
     # server's watcher as _on_client would have; what needs IO first (a new server to connect,
     # checks, deploys) goes to the coroutine. pool_timeout is a timer (exact, as docs/config.md promises; it
@@ -731,8 +741,7 @@ class Relay:
         if server is not None:          # False: the usual attach; else a new server to connect
             return (end, None if server is False else server)
         self.c_len = end
-        self.queued = True
-        self.c_watch.start(self.on_queued)      # not stop(): see above
+        self.queued = True              # the watcher stays started: see above
         if self.q_timeout:
             timer = self.q_timer
             if timer is None:
@@ -746,17 +755,14 @@ class Relay:
         if timer is not None:
             timer.stop()
 
-    def _on_queued_read(self) -> None:
-        """The client sent more (or closed) while queued: left unread until the hand-over."""
-        self.c_watch.stop()
-
     def _on_queue_timeout(self) -> None:
         if self.queued and self.fast:
             self.glet.switch(_WAKE)
 
     def _on_handed(self) -> None:
         """Run in the hub by whoever took the queued client out of the queue (router)."""
-        if not self.queued:
+        queued = self.queued
+        if not queued:
             return                      # the coroutine took the wait over meanwhile
         # _unqueued inline, and the continuation in this one frame (once per queued transaction)
         self.queued = False
@@ -795,7 +801,8 @@ class Relay:
             if reason is None:
                 if self.prepared is not None:
                     server.proto.exact = True
-                self.c_watch.start(self.on_client)
+                if queued is _Q_STOPPED:    # _on_client stopped it while queued
+                    self.c_watch.start(self.on_client)
                 sw = self.s_watch = server.io.sock._read_event
                 sw.start(self.on_server)
                 buf = self.c_buf

@@ -225,7 +225,7 @@ def _hand_over(fe, router, client, server):
         buf[:len(q)] = q
         relay.c_buf, relay.c_len = buf, len(q)
         relay.c_watch = cio.sock._read_event
-        relay.c_watch.start(relay.on_queued)
+        relay.c_watch.start(relay.on_client)
         relay.queued = relay.fast = True
         switched = []
         relay.glet = SimpleNamespace(switch=switched.append)

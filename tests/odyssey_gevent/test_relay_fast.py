@@ -414,15 +414,15 @@ def test_a_handed_over_request_is_relayed_and_counted_whatever_it_is(in_machine,
 
 
 def test_bytes_a_queued_client_sends_are_read_after_the_hand_over(in_machine):
-    """While queued the client is not read: its socket's watcher stays started (pointed at
-    _on_queued_read, not stopped in _on_client) until more bytes come, then it stops (no
-    callback per loop turn); the hand-over sends the held request and reads the rest."""
+    """While queued the client is not read: its socket's watcher stays started with
+    _on_client, which stops it when more bytes come (no callback per loop turn) and leaves
+    them unread; the hand-over starts it again, sends the held request and reads the rest."""
     def body():
         h = _harness(queue=True, cb_queue=True)
         try:
             _queued(h, _q("select 1"))
             watcher = h.relay.c_watch
-            assert watcher.active and watcher.callback == h.relay.on_queued
+            assert watcher.active and watcher.callback == h.relay.on_client
             h.app.write(_q("select 2"))
             for _ in range(2000):
                 if not watcher.active:
