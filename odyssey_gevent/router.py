@@ -416,7 +416,9 @@ class Router:
         try:
             client.server = None
             server.client = None
-            if client.route is not None and client in route.clients:
+            # still routed (in route.clients): its state says so (unroute sets UNDEF as it takes
+            # it out), an identity test where a set lookup hashes the client (once per detach)
+            if client.state is not _C_UNDEF:
                 client.state = _C_PENDING
             server.idle_since = now = time.monotonic()
             if (server.offline or route.obsolete and not route.waiters
