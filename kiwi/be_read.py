@@ -12,7 +12,8 @@ client_encoding is not UTF-8 is not rejected and the original bytes can be recov
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from operator import itemgetter
 
 from kiwi._cursor import Cursor, decode_strict
 from kiwi.errors import CLIENT, ProtocolError
@@ -33,23 +34,52 @@ MAX_STARTUP_PACKET_LENGTH = 10000
 _MIN_STARTUP = 8
 
 
-@dataclass(frozen=True)
-class StartupMessage:
+class StartupMessage(tuple):
     """Protocol ``major.minor`` and the parameters in the order sent (the last of a
     duplicated name wins). For a major version other than 3 the body is not parsed and
-    ``params`` is empty: the pooler answers 0A000 "unsupported frontend protocol"."""
-    major: int
-    minor: int
-    params: dict[str, str] = field(default_factory=dict, hash=False)
+    ``params`` is empty: the pooler answers 0A000 "unsupported frontend protocol".
+
+    Immutable, compared by all three and hashed by ``(major, minor)``, as the frozen dataclass
+    it was; a tuple subclass because a frozen dataclass's constructor stores each field with
+    ``object.__setattr__`` (three calls per login; ``read_startup``'s common case makes one
+    with ``tuple.__new__`` alone, no Python frame)."""
+    __slots__ = ()
+
+    def __new__(cls, major: int, minor: int, params: dict[str, str] | None = None):
+        return _tuple_new(cls, (major, minor, {} if params is None else params))
+
+    major = property(itemgetter(0), doc="protocol major version")
+    minor = property(itemgetter(1), doc="protocol minor version")
+    params = property(itemgetter(2), doc="the parameters, name -> value")
+
+    # (never equal to a plain tuple: returning NotImplemented would let tuple's own == answer)
+    def __eq__(self, other):
+        return other.__class__ is StartupMessage and _tuple_eq(self, other)
+
+    def __ne__(self, other):
+        return other.__class__ is not StartupMessage or not _tuple_eq(self, other)
+
+    def __hash__(self):
+        return hash((self[0], self[1]))
+
+    def __repr__(self):
+        return f"StartupMessage(major={self[0]!r}, minor={self[1]!r}, params={self[2]!r})"
+
+    def __reduce__(self):
+        return StartupMessage, tuple(self)
 
     @property
     def user(self) -> str | None:
-        return self.params.get("user")
+        return self[2].get("user")
 
     @property
     def database(self) -> str | None:
         """``database``, defaulting to ``user`` as PostgreSQL does."""
-        return self.params.get("database") or self.params.get("user")
+        return self[2].get("database") or self[2].get("user")
+
+
+_tuple_new = tuple.__new__
+_tuple_eq = tuple.__eq__
 
 
 @dataclass(frozen=True)
@@ -112,7 +142,7 @@ def read_startup(buf, offset: int = 0, declared: int | None = None):
         # the cursor (anything else, or an error, is found by the general reading below)
         params = _params_fast(buf[offset + 8:offset + declared])
         if params is not None:
-            return StartupMessage(3, 0, params), declared
+            return _tuple_new(StartupMessage, (3, 0, params)), declared
     cur = Cursor(buf[offset + 4:offset + declared], "startup packet", CLIENT)
     code = cur.uint32()
     if code == SSL_REQUEST_CODE or code == GSSENC_REQUEST_CODE:

@@ -99,3 +99,27 @@ def test_a_bad_length_word_is_refused_before_the_body():
         startup_length(struct.pack("!I", 4))
     with pytest.raises(ProtocolError):
         startup_length(struct.pack("!I", 10005))
+
+
+def test_a_startup_message_keeps_the_value_api():
+    """StartupMessage (a tuple subclass, cheaper to make than the frozen dataclass it was) keeps
+    that API: its fields by name, immutable, equal by all three, hashed by the version only,
+    never equal to a plain tuple, the user and database properties, a readable repr; the fast
+    3.0 reader and the general one make equal messages."""
+    from kiwi.be_read import StartupMessage
+
+    msg = StartupMessage(3, 0, {"user": "u"})
+    assert (msg.major, msg.minor, msg.params) == (3, 0, {"user": "u"})
+    assert msg.user == "u" and msg.database == "u"
+    assert StartupMessage(3, 0, {"user": "u", "database": "d"}).database == "d"
+    assert StartupMessage(2, 0).params == {}
+    with pytest.raises(AttributeError):
+        msg.major = 2
+    assert msg == StartupMessage(3, 0, {"user": "u"}) and not msg != StartupMessage(3, 0, {"user": "u"})
+    assert msg != StartupMessage(3, 0, {"user": "v"}) and msg != StartupMessage(3, 1, {"user": "u"})
+    assert msg != (3, 0, {"user": "u"})
+    assert hash(msg) == hash(StartupMessage(3, 0, {"user": "v"}))
+    assert repr(msg) == "StartupMessage(major=3, minor=0, params={'user': 'u'})"
+    packet = struct.pack("!II", 8 + 8, PROTOCOL_3_0) + b"user\0u\0\0"
+    fast, general = read_startup(packet)[0], read_startup(bytearray(packet))[0]
+    assert fast.__class__ is general.__class__ is StartupMessage and fast == general == msg
