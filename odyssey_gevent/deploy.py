@@ -47,11 +47,25 @@ _LISTS_MAX = 1024
 
 
 def deploy_list(client) -> tuple:
-    """client.deploy_list, worked out from client.vars (the interned tuple of `tracked()`)."""
-    todo = tuple(tracked(client.vars))
-    if len(_LISTS) >= _LISTS_MAX:
-        _LISTS.clear()
-    todo = client.deploy_list = _LISTS.setdefault(todo, todo)
+    """client.deploy_list, worked out from client.vars (the interned tuple of `tracked()`).
+    _LISTS also maps the vars' own items (a tuple of pairs, never equal to a list of triples
+    but for the empty one, which maps to itself either way) to their list: every login works it
+    out once (its first attach), and most logins of a pooler send the same few parameters, so
+    one tuple() and one lookup instead of tracked()'s loop and the interning."""
+    client_vars = client.vars
+    try:
+        key = tuple(client_vars.items())
+        todo = _LISTS.get(key)
+    except TypeError:                   # an unhashable value (not from a client): no shortcut
+        key = todo = None
+    if todo is None:
+        todo = tuple(tracked(client_vars))
+        if len(_LISTS) >= _LISTS_MAX:
+            _LISTS.clear()
+        todo = _LISTS.setdefault(todo, todo)
+        if key is not None:
+            _LISTS[key] = todo
+    client.deploy_list = todo
     return todo
 
 

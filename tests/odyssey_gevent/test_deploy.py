@@ -245,3 +245,23 @@ def test_deploy_marks_the_server_and_a_failure_forgets_the_mark(in_machine):
         return True
 
     assert in_machine(body)
+
+
+def test_a_deploy_list_is_found_again_by_the_client_vars():
+    """deploy_list keeps each vars' list by the vars' own items: a second client with the same
+    vars gets the same tuple without working it out again, one whose vars changed (a SET) or
+    differ gets its own, an empty list stays empty, and an unhashable value still works."""
+    a, b, c, d, e = (Client(None) for _ in range(5))
+    a.vars = {"application_name": "app", "foo": "1"}
+    b.vars = {"application_name": "app", "foo": "1"}
+    first = deploy.deploy_list(a)
+    assert deploy._LISTS[tuple(a.vars.items())] is first
+    assert deploy.deploy_list(b) is first
+    b.vars["application_name"] = "changed"
+    assert deploy.deploy_list(b) == (("application_name", "application_name", "changed"),)
+    c.vars = {"foo": "1"}
+    assert deploy.deploy_list(c) == ()
+    d.vars = {}
+    assert deploy.deploy_list(d) == ()
+    e.vars = {"application_name": "app", "odd": ["unhashable"]}
+    assert deploy.deploy_list(e) is first
