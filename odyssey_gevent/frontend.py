@@ -47,6 +47,29 @@ _SERVER_ERRORS = {
 }
 
 
+# session_vars' results by the startup parameters' items (bounded: cleared when full)
+_VARS: dict[tuple, dict] = {}
+_VARS_MAX = 1024
+
+
+def session_vars(params: dict) -> dict[str, str]:
+    """A new dict of the client's session parameters from its startup parameters, keyed by
+    lower-case name as PostgreSQL compares GUC names (the `options` -c pairs after the others).
+    Pure, and most logins of a pooler send the same few parameters: each distinct set is worked
+    out once and kept by its items (one tuple() and one lookup; the comprehension over the
+    names cost about 40 bytecodes a login), the client gets a copy to change."""
+    key = tuple(params.items())
+    vars_ = _VARS.get(key)
+    if vars_ is None:
+        vars_ = {k.lower(): v for k, v in params.items() if k not in _NOT_VARS and not k.startswith("_pq_.")}
+        if "options" in params:
+            vars_.update((k.lower(), v) for k, v in parse_options(params["options"]).items())
+        if len(_VARS) >= _VARS_MAX:
+            _VARS.clear()
+        _VARS[key] = vars_
+    return vars_.copy()
+
+
 def parse_options(value: str) -> dict[str, str]:
     """`-c k=v` and `--k=v` pairs of the startup `options` parameter (PGOPTIONS)."""
     out: dict[str, str] = {}
@@ -194,11 +217,7 @@ class Frontend:
         if msg.minor > 0:
             unknown = [k for k in params if k.startswith("_pq_.")]
             client.io.write(be_write.negotiate_protocol_version(0, unknown))
-        # session parameters are keyed by lower-case name, as PostgreSQL compares GUC names
-        vars_ = {k.lower(): v for k, v in params.items() if k not in _NOT_VARS and not k.startswith("_pq_.")}
-        if "options" in params:
-            vars_.update((k.lower(), v) for k, v in parse_options(params["options"]).items())
-        client.vars = vars_
+        client.vars = session_vars(params)
         return True
 
     # -- stage 3: routing ----------------------------------------------------------------------

@@ -294,3 +294,20 @@ def test_route_console_rule():
     client.user, client.database = "u", "console"
     Frontend(inst, client).route()
     assert client.is_console
+
+
+def test_session_vars_are_kept_by_the_startup_parameters():
+    """session_vars works a parameter set out once and gives each client a copy of its own: a
+    change to one client's vars (a SET, a rule's options) reaches neither the next client with
+    the same parameters nor the kept result; other parameters get their own result."""
+    from odyssey_gevent.frontend import _VARS, session_vars
+
+    params = {"user": "u", "database": "d", "Application_Name": "app", "options": "-c work_mem=8MB",
+              "_pq_.x": "1"}
+    first = session_vars(params)
+    assert first == {"application_name": "app", "work_mem": "8MB"}
+    assert _VARS[tuple(params.items())] == first
+    first["application_name"] = "changed"
+    second = session_vars(dict(params))
+    assert second == {"application_name": "app", "work_mem": "8MB"} and second is not first
+    assert session_vars({"user": "u", "TimeZone": "UTC"}) == {"timezone": "UTC"}
