@@ -19,7 +19,7 @@ from kiwi import error_codes
 from odyssey_gevent import cron, restart, supervisor
 from odyssey_gevent.id import new_id
 from odyssey_gevent.status import FrontendError, error_message
-from odyssey_gevent.worker import WorkerPool
+from odyssey_gevent.worker import WorkerPool, _spawn
 
 
 class ListenServer:
@@ -172,7 +172,11 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
         # the local address: asked only if SHOW CLIENTS wants it (Client.local_host). The new
         # client runs before the next accept (up to its first wait): started at once with this
         # loop's turn given up (Coroutine.start_yielding), or by a yield here
-        if not pool.feed(io, server.listen, conn_type, peer, None):
+        # (one worker: _spawn called here, feed's frame fewer per login)
+        if pool.count <= 1:
+            if not _spawn(instance, io, server.listen, conn_type, peer, None):
+                machinarium.sleep(0)
+        elif not pool.feed(io, server.listen, conn_type, peer, None):
             machinarium.sleep(0)
 
 

@@ -13,7 +13,7 @@ import os
 import time
 
 import machinarium
-from odyssey_gevent.frontend import frontend, login_deadline
+from odyssey_gevent.frontend import frontend
 from odyssey_gevent.relay import wake_relays
 
 MSG_CLIENT = "client"
@@ -54,7 +54,9 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
     at accept; on an idle pooler a third of pgbench -C's were not.) True when the coroutine
     started and ran up to its first wait before this returned, the caller's turn given up
     meanwhile (Coroutine.start_yielding): the accept loop need not yield for it."""
-    deadline = login_deadline(listen)
+    # frontend.login_deadline inline (a frame fewer per login)
+    login_ms = listen.client_login_timeout if listen is not None else 15000
+    deadline = time.monotonic() + login_ms / 1000.0 if login_ms > 0 else 0
     try:
         head = io.recv_now(4)       # the startup packet's length word, if it is there
     except OSError:                 # (reset already): the coroutine finds it out again
