@@ -123,3 +123,21 @@ def test_a_startup_message_keeps_the_value_api():
     packet = struct.pack("!II", 8 + 8, PROTOCOL_3_0) + b"user\0u\0\0"
     fast, general = read_startup(packet)[0], read_startup(bytearray(packet))[0]
     assert fast.__class__ is general.__class__ is StartupMessage and fast == general == msg
+
+
+def test_the_fast_reader_keeps_its_result_by_the_bytes():
+    """A 3.0 packet's parameter list read the fast way is kept by its bytes: the same packet
+    again gives an equal dict of its own (a change to one message's params reaches neither the
+    next message nor the kept dict); a list over the size bound is read but not kept."""
+    from kiwi import be_read
+
+    body = b"user\0kept\0database\0d\0\0"
+    packet = struct.pack("!II", 8 + len(body), PROTOCOL_3_0) + body
+    first = read_startup(packet)[0]
+    assert be_read._PARAMS[body] == {"user": "kept", "database": "d"}
+    first.params["user"] = "changed"
+    second = read_startup(packet)[0]
+    assert second.params == {"user": "kept", "database": "d"} and second.params is not first.params
+    big = b"user\0u\0application_name\0" + b"a" * be_read._PARAMS_BODY_MAX + b"\0\0"
+    msg = read_startup(struct.pack("!II", 8 + len(big), PROTOCOL_3_0) + big)[0]
+    assert msg.params["user"] == "u" and big not in be_read._PARAMS
