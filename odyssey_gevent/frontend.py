@@ -200,11 +200,11 @@ class Frontend:
             break
         if listen is not None and listen.tls in ("require", "verify_ca", "verify_full") and not client.tls:
             raise FrontendError(error_codes.PROTOCOL_VIOLATION, "SSL is required")
-        if msg.major != 3:
+        major, minor, params = msg      # (a tuple: one unpack, not three property reads)
+        if major != 3:
             raise FrontendError(error_codes.FEATURE_NOT_SUPPORTED,
-                                f"unsupported frontend protocol {msg.major}.{msg.minor}: "
+                                f"unsupported frontend protocol {major}.{minor}: "
                                 f"server supports 3.0 to 3.0", severity="FATAL")
-        params = msg.params
         client.startup = msg
         user = params.get("user")
         if not user:
@@ -214,7 +214,7 @@ class Frontend:
         client.database = params.get("database") or user
         if "replication" in params:
             self.replication = replication.mode(params["replication"])
-        if msg.minor > 0:
+        if minor > 0:
             unknown = [k for k in params if k.startswith("_pq_.")]
             client.io.write(be_write.negotiate_protocol_version(0, unknown))
         client.vars = session_vars(params)
@@ -305,27 +305,38 @@ class Frontend:
         if cached is None or cached[0] is not route.params:
             cached = (None, *param_wire(route))
         _, wires, index, block, own = cached
-        mine = None
-        for key, value in client.vars.items():
-            known = index.get(key)
-            if known is not None and known[2] != value:
-                if mine is None:
-                    mine = [key, value]
-                else:
-                    mine += (key, value)
-        if mine is not None:
-            mine = tuple(mine)
-            found = own.get(mine)
-            if found is None:
-                copy = list(wires)
-                for i in range(0, len(mine), 2):
-                    n, name, _ = index[mine[i]]
-                    copy[n] = be_write.parameter_status(name, mine[i + 1])
-                found = b"".join(copy)
-                if len(own) >= _OWN_BLOCKS:
-                    own.clear()
-                own[mine] = found
+        # `own` also keeps the block by the client's vars as they are (a tuple of pairs, never
+        # equal to a flat tuple of the differing values): a client with the same vars as an
+        # earlier one needs no walk over them
+        items = tuple(client.vars.items())
+        found = own.get(items)
+        if found is not None:
             block = found
+        else:
+            mine = None
+            for key, value in items:
+                known = index.get(key)
+                if known is not None and known[2] != value:
+                    if mine is None:
+                        mine = [key, value]
+                    else:
+                        mine += (key, value)
+            if mine is not None:
+                mine = tuple(mine)
+                found = own.get(mine)
+                if found is None:
+                    copy = list(wires)
+                    for i in range(0, len(mine), 2):
+                        n, name, _ = index[mine[i]]
+                        copy[n] = be_write.parameter_status(name, mine[i + 1])
+                    found = b"".join(copy)
+                    if len(own) >= _OWN_BLOCKS:
+                        own.clear()
+                    own[mine] = found
+                block = found
+            if len(own) >= _OWN_BLOCKS:
+                own.clear()
+            own[items] = block
         client.io.write(b"".join((owed, block, be_write.backend_key_data(client.key_pid, client.key_secret),
                                   _READY_IDLE)))
 
