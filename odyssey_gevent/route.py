@@ -158,6 +158,11 @@ class Route:
         self.tsa_memo = None                 # (listen, checks) for clients without hints (tsa.work_out)
         self.login_facts = None              # what every login takes from the rule (frontend._login_facts)
         self.params_wire = None              # the params' ParameterStatus messages (frontend.param_wire)
+        # Router.queue_now's rule half, once per route (a route's rule is fixed: routes are keyed
+        # by the rule's identity): the relay's callback queue is for a pool of its own without
+        # pool_notice_after_waiting_ms (one attribute test per queued transaction, not five)
+        after = getattr(rule, "pool_notice_after_waiting_ms", None)
+        self.queue_odd = bool(getattr(rule, "shared_pool", None) or after is not None and after >= 0)
 
     # -- state changes ---------------------------------------------------------------------
     def set_server_state(self, server: Server, state: ServerState) -> None:

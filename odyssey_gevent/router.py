@@ -253,8 +253,7 @@ class Router:
         lock = self.lock                # acquire/release, not `with`: see attach_idle
         lock.acquire()
         try:
-            after = rule.pool_notice_after_waiting_ms
-            if (route.idle or rule.shared_pool or after is not None and after >= 0
+            if (route.idle or route.queue_odd      # a shared pool or pool_notice: see Route
                     or self.paused_all or self.paused_dbs and route.db in self.paused_dbs):
                 return False
             pool_size = rule.pool_size

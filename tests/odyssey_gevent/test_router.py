@@ -660,6 +660,15 @@ def test_queue_now_takes_a_free_slot_or_leaves_idle_servers_and_pauses_to_attach
     c = routed(r2)
     assert r2.attach(c, 0) is not None and r2.attach(routed(r2), 0) is not None
     assert _queue_now(r2, routed(r2), []) is False           # NOTICEs while waiting: the coroutine
+    rule = make_rule(1, shared_pool="sp")
+    r3 = make_router(rules=FakeRules(rule))
+    assert _queue_now(r3, routed(r3), []) is False           # a shared pool: the coroutine, room or not
+    rule = make_rule(1, pool_notice_after_waiting_ms=-1)     # no NOTICE: queued in the hub
+    r4 = make_router(rules=FakeRules(rule))
+    assert r4.attach(routed(r4), 0) is not None
+    d = routed(r4)
+    assert _queue_now(r4, d, []) is None and d.route.waiters and d.state is ClientState.QUEUE
+    r4.unroute(d)
 
 
 def test_callback_and_coroutine_waiters_are_served_fifo_together(in_machine):
