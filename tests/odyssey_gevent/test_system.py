@@ -176,6 +176,8 @@ def test_system_main_without_any_listener_returns_1(in_machine, tmp_path):
 class HandOff:
     """Stands in for the worker pool at the hand-off: records what accept_loop feeds it."""
 
+    count = 2       # several workers: accept_loop hands each client to feed() (one: _spawn)
+
     def __init__(self):
         self.fed = []
         self.event = mm.Event()
