@@ -40,6 +40,10 @@ def own_pg():
     try:
         cluster.init().start().create_roles()
         cluster.psql(f"CREATE ROLE {SHORT} LOGIN; GRANT ALL ON DATABASE db1 TO {SHORT};")
+        # the test clusters commit asynchronously (synchronous_commit off): an immediate stop
+        # within the WAL writer's delay would lose the roles just made (a login after the
+        # restart then got 28000 'role does not exist'). A checkpoint writes them out
+        cluster.psql("CHECKPOINT;")
         yield cluster
     finally:
         cluster.destroy()
