@@ -198,12 +198,13 @@ def roles(pg):
 
 @pytest.fixture
 def odyssey(pg, roles, pooler):
-    """Function-scoped factory: odyssey(*rules, **config_kw) -> a started pooler on that config.
-    At teardown it checks the pooler is still alive (pass expect_alive=False to skip that)."""
+    """Function-scoped factory: odyssey(*rules, **config_kw) -> a started pooler on that config
+    (`extra`: config text appended, e.g. a storage block). At teardown it checks the pooler is
+    still alive (pass expect_alive=False to skip that)."""
     started = []
 
-    def start(*rules, expect_alive: bool = True, **config_kw):
-        p = pooler(odyssey_config(*rules, **config_kw))
+    def start(*rules, expect_alive: bool = True, extra: str = "", **config_kw):
+        p = pooler(odyssey_config(*rules, **config_kw) + extra)
         started.append((p, expect_alive))
         return p
 

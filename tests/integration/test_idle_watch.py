@@ -11,8 +11,7 @@ import threading
 import psycopg2
 import pytest
 
-from tests.integration.conftest import (assert_alive, backends, direct, ensure_roles, odyssey_config, one, rule,
-                                        wait_for)
+from tests.integration.conftest import backends, direct, ensure_roles, one, rule, wait_for
 from tests.integration.wire import Wire
 
 USER = "idlewatch_user"
@@ -22,21 +21,15 @@ CONSOLE = 'storage "local" {\n    type "local"\n}\n'
 
 
 @pytest.fixture
-def watched(pg, roles, pooler):
+def watched(pg, odyssey):
     """watched(*rules, **globals): a pooler with the console, for one test (alive at the end
     unless alive=False)."""
     ensure_roles(pg, USER, TTL_USER)
-    started = []
 
     def start(*rules, alive=True, **globals_):
-        p = pooler(odyssey_config(*rules, CONSOLE_RULE, **globals_) + CONSOLE)
-        started.append((p, alive))
-        return p
+        return odyssey(*rules, CONSOLE_RULE, expect_alive=alive, extra=CONSOLE, **globals_)
 
-    yield start
-    for p, alive in started:
-        if alive:
-            assert_alive(p)
+    return start
 
 
 def _connect(p, user=USER):
