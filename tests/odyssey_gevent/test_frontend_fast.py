@@ -182,11 +182,20 @@ def _attach_case(kind_plain: bool, check: bool, readable: bool, polled: bool, de
         sio.close(), peer.close()
 
 
-@pytest.mark.parametrize("plain", [True, False], ids=["plain", "tsa"])
-@pytest.mark.parametrize("check", [True, False], ids=["check", "nocheck"])
-@pytest.mark.parametrize("readable", [False, True], ids=["quiet", "readable"])
-@pytest.mark.parametrize("polled", [True, False], ids=["polled", "unpolled"])
-@pytest.mark.parametrize("deploy_state", ["marked", "holds", "differs"])
+def ready_now_cases(test):
+    """The cases in which a copy of ready_now's common case must decide as ready_now: a client
+    with or without host checks, pool_attach_check on or off, a quiet or readable server, its
+    poll object made or not, and its deploy mark set, holding the client's vars, or not."""
+    for name, values, ids in (("plain", [True, False], ["plain", "tsa"]),
+                              ("check", [True, False], ["check", "nocheck"]),
+                              ("readable", [False, True], ["quiet", "readable"]),
+                              ("polled", [True, False], ["polled", "unpolled"]),
+                              ("deploy_state", ["marked", "holds", "differs"], None)):
+        test = pytest.mark.parametrize(name, values, ids=ids)(test)
+    return test
+
+
+@ready_now_cases
 def test_attach_now_decides_as_ready_now(in_machine, plain, check, readable, polled, deploy_state):
     def fast(fe, router, client, server):
         got = fe.attach_now()
@@ -242,11 +251,7 @@ def _hand_over(fe, router, client, server):
         cio.close(), app.close()
 
 
-@pytest.mark.parametrize("plain", [True, False], ids=["plain", "tsa"])
-@pytest.mark.parametrize("check", [True, False], ids=["check", "nocheck"])
-@pytest.mark.parametrize("readable", [False, True], ids=["quiet", "readable"])
-@pytest.mark.parametrize("polled", [True, False], ids=["polled", "unpolled"])
-@pytest.mark.parametrize("deploy_state", ["marked", "holds", "differs"])
+@ready_now_cases
 def test_the_hand_over_decides_as_ready_now(in_machine, plain, check, readable, polled, deploy_state):
     def slow(fe, router, client, server):
         assert router.attach_idle(client) is server
