@@ -336,8 +336,8 @@ class Conversation:
                             queue[i] = entry | _COPY_SENT
                             break
 
-    def send_many(self, types: list) -> None:
-        """`send` for each frontend message type in `types` (ints), in order: the relay tells one
+    def send_many(self, types) -> None:
+        """`send` for each frontend message type in `types` (ints: a list or bytes), in order: the relay tells one
         read's messages in one call. Outside COPY and SKIP (where sending never changes the
         phase but to BUSY), a batch with an Execute is applied from memory, and without `exact`
         counting any other batch with the state kept in locals and written back once: a Python

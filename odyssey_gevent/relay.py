@@ -78,6 +78,24 @@ _C_INTEREST[_C_TERMINATE] = _C_INTEREST_PREPARED[_C_TERMINATE] = _CK_TERMINATE
 _C_INTEREST = tuple(_C_INTEREST)  # tuples: 3.11 specializes indexing a tuple, not bytes
 _C_INTEREST_PREPARED = tuple(_C_INTEREST_PREPARED)
 
+# The layouts of whole-message reads seen before, by their length: a client sends the same few
+# requests again and again (pgbench -M extended: Parse, Bind, Describe, Execute, Sync, where
+# only the Bind's length changes with its parameter), so a read laid out as one seen before
+# (the same types and lengths of the same messages) is checked with one unpack of all its
+# headers (struct, the bodies skipped) and a tuple compare instead of a header unpack and its
+# tests per message. The same headers say the same as the walk said: the limits passed, the
+# same types told to the Conversation. By the read's length: _SEEN once (a layout is made the
+# second time a length is seen, and replaced by _SEEN when a read of that length is laid out
+# otherwise), a (header unpack, the headers it gives, the types told) tuple, or _NEVER (more
+# than _SHAPE_MESSAGES messages); emptied past _SHAPES_MAX lengths. Process-wide: a layout
+# depends on the bytes alone.
+_C_SHAPES: dict = {}
+_S_SHAPES: dict = {}    # the same for the server's replies (see Relay._server_data)
+_SEEN = ()          # falsy both, told apart by identity
+_NEVER = False
+_SHAPES_MAX = 1024
+_SHAPE_MESSAGES = 16
+
 # server -> client message types
 _S_READY, _S_PARAM = b"ZS"
 _S_COMPLETE, _S_ERROR = b"CE"
@@ -991,6 +1009,17 @@ class Relay:
             interest = _C_INTEREST if prepared is None else _C_INTEREST_PREPARED
             sent = []           # types the Conversation is told after the walk, in one call
             last = end - 5      # the last position a whole header starts at
+            learn = False
+            if pos == 0 and prepared is None and server is not None:
+                # a read of whole messages laid out as one seen before (the same types and
+                # lengths, see _C_SHAPES): one unpack of all its headers and a tuple compare
+                # instead of the walk (a header unpack and its tests per message)
+                shape = _C_SHAPES.get(end)
+                if shape and shape[0](buf, 0) == shape[1]:
+                    sent = shape[2]
+                    pos = end
+                else:
+                    learn = True
             # per message: the fewest tests the interpreter specializes; a message past the
             # end is dealt with after the loop (not by a second test per message)
             while True:             # not `while pos <= last`: its jump is long (see _on_client)
@@ -1052,6 +1081,13 @@ class Relay:
             if pos > end:       # a message goes on past the bytes received
                 self.c_skip = pos - end
                 pos = end
+            elif learn and pos == end and len(sent) > 1:   # whole messages, none in the walk's
+                if shape is _SEEN:                           # other branches (see _C_SHAPES)
+                    _C_SHAPES[end] = _client_shape(buf, end, sent)
+                elif shape is not _NEVER:
+                    if len(_C_SHAPES) >= _SHAPES_MAX:
+                        _C_SHAPES.clear()
+                    _C_SHAPES[end] = _SEEN
             if sent:
                 server.proto.send_many(sent)
         forward_end = terminate if terminate >= 0 else pos
@@ -1192,6 +1228,33 @@ class Relay:
                 if proto.output:    # answers the pooler gives itself, due before the next message
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
+                learn = False
+                if pos == 0 and prepared is None:
+                    # whole messages up to the first the walk reads whole (ReadyForQuery,
+                    # ParameterStatus) laid out as a read seen before (_S_SHAPES): one unpack of
+                    # their headers and a tuple compare, and the Conversation told the same
+                    # types as the walk would tell it, with the same handling; the walk goes on
+                    # from there
+                    shape = _S_SHAPES.get(end)
+                    if shape and shape[0](buf, 0) == shape[1]:
+                        for t, pos, msg_end in shape[2]:
+                            action = proto.receive(t)
+                            if proto.broken is not None:
+                                self._miscounted(server)
+                            if action != 0:     # (only the prepared layer's requests do this)
+                                if out is None:
+                                    out = []
+                                if pos > seg:
+                                    out.append(memoryview(buf)[seg:pos])
+                                if action == REPLACE:
+                                    out.append(proto.replacement)
+                                seg = msg_end
+                            if proto.output:
+                                out = _splice(out, buf, seg, msg_end, proto.take_output())
+                                seg = msg_end
+                        pos = shape[3]
+                    else:
+                        learn = True
                 last = end - 5      # the last position a whole header starts at
                 while True:             # not `while pos <= last`: its jump is long (see _on_client)
                     if pos > last:
@@ -1273,6 +1336,13 @@ class Relay:
                 if pos > end:       # a message goes on past the bytes received (see _client_data)
                     self.s_skip = pos - end
                     pos = end
+                if learn:           # see _C_SHAPES
+                    if shape is _SEEN:
+                        _S_SHAPES[end] = _server_shape(buf, end)
+                    elif shape is not _NEVER:
+                        if len(_S_SHAPES) >= _SHAPES_MAX:
+                            _S_SHAPES.clear()
+                        _S_SHAPES[end] = _SEEN
             rest = end - pos
             self.s_len = rest           # before writing: a failed write must leave the state honest
             if out is None:
@@ -1392,6 +1462,47 @@ class Relay:
         client = self.client
         client.vars[key] = value
         client.deploy_list = None
+
+
+def _client_shape(buf, end: int, sent: list):
+    """The _C_SHAPES entry for the whole client messages buf[:end] (their told types `sent`):
+    an unpack of every header (type and length, the bodies skipped) and what it gives, or
+    _NEVER for a read of more than _SHAPE_MESSAGES messages."""
+    fmt = ["!"]
+    pos = n = 0
+    while pos < end:
+        length = _unpack_len(buf, pos + 1)[0]
+        fmt.append(f"BI{length - 4}x" if length > 4 else "BI")
+        pos += 1 + length
+        n += 1
+    if n > _SHAPE_MESSAGES:
+        return _NEVER
+    unpack = struct.Struct("".join(fmt)).unpack_from
+    return unpack, unpack(buf, 0), bytes(sent)
+
+
+def _server_shape(buf, end: int):
+    """The _S_SHAPES entry for the server bytes buf[:end]: the whole messages before the first
+    one the walk reads whole (_S_KIND other than _SK_TELL) or the first not whole, as an unpack
+    of their headers and what it gives, the told ones (type, start, end) and where the walk goes
+    on; _NEVER for fewer than two such messages or more than _SHAPE_MESSAGES."""
+    fmt = ["!"]
+    told = []
+    pos = n = 0
+    while pos <= end - 5:
+        t, length = _unpack_head(buf, pos)
+        msg_end = pos + 1 + length
+        if msg_end > end or _S_KIND[t] > _SK_TELL:
+            break
+        if _S_INTEREST[t]:
+            told.append((t, pos, msg_end))
+        fmt.append(f"BI{length - 4}x" if length > 4 else "BI")
+        pos = msg_end
+        n += 1
+    if n < 2 or n > _SHAPE_MESSAGES:
+        return _NEVER
+    unpack = struct.Struct("".join(fmt)).unpack_from
+    return unpack, unpack(buf, 0), tuple(told), pos
 
 
 def _splice(out: list | None, buf, seg: int, pos: int, data: bytes) -> list:

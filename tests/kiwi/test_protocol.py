@@ -272,11 +272,14 @@ def test_send_many_leaves_the_state_of_one_send_per_message():
         exact = rnd.random() < 0.3
         one, _ = run(prefix, exact)
         many, _ = run(prefix, exact)
+        as_bytes, _ = run(prefix, exact)    # the relay's remembered read layouts tell bytes
         phases.add(one.phase)
         for t in batch:
             one.send(t)
         many.send_many(batch)
+        as_bytes.send_many(bytes(batch))
         assert _state(many) == _state(one), (prefix, [chr(t) for t in batch], exact)
+        assert _state(as_bytes) == _state(one), (prefix, [chr(t) for t in batch], exact)
     assert phases == {v for k, v in vars(Phase).items() if not k.startswith("_")}
 
 

@@ -782,3 +782,111 @@ def test_a_closed_relay_is_freed_without_the_garbage_collector():
         gc.enable()
         a.close()
         c.close()
+
+
+# -- reads laid out as one seen before (relay._C_SHAPES, _S_SHAPES) ----------------------------
+
+def _shapes():
+    from odyssey_gevent import relay as relay_mod
+    relay_mod._C_SHAPES.clear()
+    relay_mod._S_SHAPES.clear()
+    return relay_mod
+
+
+def test_a_request_laid_out_as_one_seen_before_is_checked_as_the_walk_checks_it(in_machine):
+    """A client read laid out as a read seen before skips the header walk: the same types and
+    lengths say the same. A read of that length laid out otherwise is walked: a Flush where the
+    learned layout has its Sync (the same length) is no Sync, and a forbidden type there is
+    still a protocol violation."""
+    relay_mod = _shapes()
+    request = _ext()
+    unsynced = request[:-len(fe_write.sync())] + fe_write.flush()
+    assert len(unsynced) == len(request)
+
+    def body():
+        h = Harness("session")
+        try:
+            for i in range(4):
+                _exchange(h, request, _ext_reply(b"I"))
+            assert isinstance(relay_mod._C_SHAPES.get(len(request)), tuple)   # learned, then used
+            assert (h.server.sync_request, h.server.sync_reply) == (4, 4) and not h.server.broken
+            assert h.client.route.stats.bytes_recv == 4 * len(request)
+            h.app.write(unsynced)
+            assert h.pg.read(len(unsynced), 2000) == unsynced
+            assert h.server.sync_request == 4 and not h.relay.server_clean    # no Sync counted
+            head = (be_write.parse_complete() + be_write.bind_complete() + be_write.data_row([b"1"])
+                    + be_write.command_complete("SELECT 1"))
+            h.pg.write(head)
+            assert h.app.read(len(head), 2000) == head
+            _exchange(h, fe_write.sync(), be_write.ready_for_query(b"I"))
+            assert (h.server.sync_request, h.server.sync_reply) == (5, 5) and not h.server.broken
+            h.app.write(request[:-5] + b"\x01" + request[-4:])    # the Sync's type byte forbidden
+            err = h.result()
+            assert isinstance(err, FrontendError) and err.sqlstate == "08P01", err
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_read_that_ends_inside_a_message_is_never_taken_for_a_layout(in_machine):
+    """Reads of the same length that end inside a message (the rest comes in the next read) are
+    not remembered as a layout of whole messages: each is relayed and counted whole."""
+    _shapes()
+    request = _ext() + fe_write.query("select " + "1" * 40)
+    cut = len(_ext()) + 10              # inside the Query's body
+
+    def body():
+        h = Harness("session")
+        try:
+            for i in range(4):
+                h.app.write(request[:cut])
+                h.settle(h.cio)
+                h.app.write(request[cut:])
+                assert h.pg.read(len(request), 2000) == request
+                reply = _ext_reply(b"I") + _reply(b"I")
+                h.pg.write(reply)
+                assert h.app.read(len(reply), 2000) == reply
+                mm.sleep(0)
+            assert (h.server.sync_request, h.server.sync_reply) == (8, 8) and not h.server.broken
+            assert h.relay.server_clean
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_reply_laid_out_as_one_seen_before_is_told_as_the_walk_tells_it(in_machine):
+    """A server read laid out as one seen before skips the walk up to its ReadyForQuery (the
+    Conversation told the same messages). A reply of that length laid out otherwise is walked: a
+    ParameterStatus where the learned layout had a DataRow of the same length is recorded."""
+    relay_mod = _shapes()
+    reply = _ext_reply(b"I")
+    row = be_write.data_row([b"1"])
+    param = be_write.parameter_status("ab", "cde")
+    assert len(param) == len(row) and row in reply
+    other = reply.replace(row, param)
+
+    def body():
+        h = Harness("transaction")
+        try:
+            for i in range(4):
+                _exchange(h, _ext(), reply)
+            assert isinstance(relay_mod._S_SHAPES.get(len(reply)), tuple)     # learned, then used
+            assert (h.server.sync_request, h.server.sync_reply) == (4, 4) and not h.server.broken
+            stats = h.client.route.stats
+            assert stats.count_query == 4 and stats.count_tx == 4
+            assert h.fe.detaches[-1] == (4, 4, b"I")
+            _exchange(h, _ext(), other)
+            assert _param(h.server, "ab") == "cde" and h.client.vars["ab"] == "cde"
+            assert h.fe.detaches[-1] == (5, 5, b"I") and not h.server.broken
+            # a reply whose completions are not owed: the walk's out-of-step check, the same
+            _exchange(h, _q("select 1"), reply)
+            assert h.server.broken
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
