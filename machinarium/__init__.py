@@ -47,7 +47,8 @@ Coroutines and synchronisation
 ``Coroutine(fn, *args, name=None, **kwargs)`` / ``coroutine_create(...)`` starts at once.
 ``.join(timeout_ms)`` (same machine) returns fn's result, re-raises its exception, ``TimedOut``.
 ``.cancel()`` from any machine raises ``Cancelled`` inside it at its next switch (cross-thread
-via run_callback_threadsafe). ``.dead``, ``.cancelled``, ``.exception``, ``.name``.
+via run_callback_threadsafe). ``.dead``, ``.cancelled``, ``.exception``, ``.name``. A machine
+runs its coroutines in the parked greenlets of ended ones when it has some (``IDLE_MAX``).
 ``sleep(ms)``. ``Event()``: manual reset; ``Cond()``: auto-reset (a wait consumes the signal; a
 signal with no waiter is remembered). Both: ``.signal()`` from any thread, never blocks;
 ``.wait(timeout_ms) -> bool``. ``Wakeup()``: one coroutine's reusable wait for one wake-up,

@@ -11,6 +11,7 @@ import threading
 import gevent
 from gevent import GreenletExit
 from greenlet import greenlet as _RawGreenlet
+from greenlet import getcurrent as _getcurrent
 from gevent.hub import get_hub
 
 from ._clock import seconds
@@ -26,6 +27,13 @@ _get_ident = threading.get_ident
 if "GEVENT_TRACK_GREENLET_TREE" not in os.environ:
     gevent.config.track_greenlet_tree = False
 
+# A machine keeps the greenlets of up to IDLE_MAX ended coroutines parked (Machine._idle) and
+# runs its next coroutines in them (_serve): a new greenlet per coroutine cost its creation,
+# its first frame's 16 KiB data stack chunk (CPython 3.11 gives each greenlet its own: an mmap,
+# page faults and a munmap at its end) and its deallocation, once per client login.
+IDLE_MAX = 64
+_GO = object()      # the first item of a start switch: what a parked greenlet waits for
+
 
 class Coroutine:
     """A named coroutine, started at once in the current machine (machine_coroutine_create_named).
@@ -40,7 +48,9 @@ class Coroutine:
     exception bookkeeping cost about 20,000 instructions per coroutine (a twentieth of a pgbench
     -C login), and this class keeps its own: ``dead``, ``join``, ``cancel`` and the machine's
     set of live coroutines. Code inside it may still use any gevent call (``getcurrent()`` is
-    the raw greenlet, which gevent's waits, timeouts and sockets accept).
+    the raw greenlet, which gevent's waits, timeouts and sockets accept). In a machine the
+    greenlet may be one an ended coroutine left parked (IDLE_MAX, _serve): one greenlet runs
+    one coroutine at a time, so ``getcurrent()`` still names the running coroutine.
     """
 
     __slots__ = ("_name", "greenlet", "_loop", "_thread", "_machine", "_value", "_exc",
@@ -48,7 +58,7 @@ class Coroutine:
 
     def __init__(self, fn, *args, name: str | None = None, **kwargs):
         g = self._setup(fn, name, get_hub())
-        self._start = self._loop.run_callback(g.switch, fn, args, kwargs)
+        self._start = self._loop.run_callback(g.switch, _GO, self, fn, args, kwargs)
 
     def _setup(self, fn, name, hub):
         """The state both ways of starting share; returns the (not yet started) greenlet."""
@@ -62,9 +72,13 @@ class Coroutine:
         self._done = False
         self._links = None
         self._start = None
-        g = self.greenlet = _RawGreenlet(self._run, hub)
         if machine is not None:
             machine._coroutines.add(self)
+            idle = machine._idle
+            if idle:                        # a parked greenlet of the machine's (see IDLE_MAX)
+                g = self.greenlet = idle.pop()
+                return g
+        g = self.greenlet = _RawGreenlet(_serve, hub)
         return g
 
     @classmethod
@@ -77,7 +91,7 @@ class Coroutine:
         if gevent.getcurrent() is not hub:
             return cls(fn, *args, name=name, **kwargs)
         self = cls.__new__(cls)
-        self._setup(fn, name, hub).switch(fn, args, kwargs)
+        self._setup(fn, name, hub).switch(_GO, self, fn, args, kwargs)
         return self
 
     @classmethod
@@ -94,22 +108,10 @@ class Coroutine:
         g = self._setup(fn, name, hub)
         resume = self._loop.run_callback(current.switch)
         try:
-            g.switch(fn, args, kwargs)
+            g.switch(_GO, self, fn, args, kwargs)
         finally:
             resume.stop()           # resumed otherwise (a throw): it must not switch in later
         return self
-
-    def _run(self, fn, args, kwargs):
-        self._start = None
-        try:
-            self._value = fn(*args, **kwargs)
-        except GreenletExit:
-            self._cancelled = True
-        except BaseException as e:  # noqa: BLE001 - logged and kept for join()
-            self._exc = e
-            report_error(f"coroutine {self.name!r}", e)
-        finally:
-            self._finish()
 
     def _finish(self):
         self._done = True
@@ -212,12 +214,56 @@ class Coroutine:
             start.stop()
             self._cancelled = True
             self._finish()
+            machine = self._machine     # its greenlet never ran this coroutine: parked again
+            if machine is not None and machine._idle is not None and len(machine._idle) < IDLE_MAX:
+                machine._idle.append(self.greenlet)
             return
         self.greenlet.throw(Cancelled)
 
     def __repr__(self):
         state = "dead" if self.dead else "running"
         return f"<Coroutine {self.name!r} {state}>"
+
+
+def _serve(go, coro, fn, args, kwargs):
+    """A coroutine greenlet's run: ``fn(*args, **kwargs)`` for ``coro``, then, when its machine
+    has room for it (IDLE_MAX), the greenlet parks in the machine's idle list and runs the next
+    coroutine switched in with ``(_GO, coro, fn, args, kwargs)``. A cancelled coroutine's
+    greenlet ends. While parked, any other switch or throw (a wake-up meant for a coroutine
+    that has ended) is ignored, until the machine ends and kills it (Machine._end_idle)."""
+    me = None
+    while True:
+        coro._start = None
+        try:
+            coro._value = fn(*args, **kwargs)
+        except GreenletExit:
+            coro._cancelled = True
+        except BaseException as e:  # noqa: BLE001 - logged and kept for join()
+            coro._exc = e
+            report_error(f"coroutine {coro.name!r}", e)
+        finally:
+            coro._finish()
+        machine = coro._machine
+        if coro._cancelled or machine is None:
+            return
+        idle = machine._idle
+        if idle is None or len(idle) >= IDLE_MAX:
+            return
+        coro = fn = args = kwargs = msg = None    # keep nothing of the ended coroutine alive
+        if me is None:
+            me = _getcurrent()
+        idle.append(me)
+        hub = me.parent
+        while True:
+            try:
+                msg = hub.switch()
+            except BaseException:           # noqa: BLE001
+                if machine._idle is None:   # killed as its machine ends (Machine._end_idle)
+                    return
+                continue                    # a throw meant for an ended coroutine
+            if msg.__class__ is tuple and len(msg) == 5 and msg[0] is _GO:
+                break
+        go, coro, fn, args, kwargs = msg
 
 
 def _wait_done(coroutines, timeout) -> None:

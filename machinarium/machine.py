@@ -11,6 +11,7 @@ import itertools
 import signal
 import threading
 
+import greenlet
 from gevent.event import Event as _HubEvent
 from gevent.hub import get_hub
 
@@ -49,6 +50,7 @@ class Machine:
         self._args = args
         self._kwargs = kwargs
         self._coroutines: set = set()
+        self._idle: list | None = []    # parked greenlets of ended coroutines (coroutine.IDLE_MAX)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._done = Event()  # cross-thread, cooperative for joiners in other machines
@@ -134,10 +136,23 @@ class Machine:
                 self._loop = None
             w.stop()
             w.close()
+            self._end_idle()
             _local.machine = None
             if destroy_hub:
                 hub.destroy(destroy_loop=True)
             self._done.signal()
+
+    def _end_idle(self) -> None:
+        """End the parked greenlets of ended coroutines (coroutine.IDLE_MAX): each is killed
+        (GreenletExit) and returns here, whoever still refers to it."""
+        idle, self._idle = self._idle, None
+        here = greenlet.getcurrent()
+        for g in idle:
+            try:
+                g.parent = here
+                g.throw()
+            except Exception:   # noqa: BLE001 - one that cannot be switched to is left to the GC
+                pass
 
     def _shutdown(self):
         pending = [c for c in list(self._coroutines) if not c.dead]

@@ -349,3 +349,96 @@ def test_join_many_from_machine_shutdown():
     m.start()
     m.join(5000)
     assert finished == [] and not m.running
+
+
+def test_an_ended_coroutines_greenlet_runs_the_machines_next_one(fail_on_background_errors):
+    """A machine parks the greenlet of a coroutine that returned or raised (coroutine.IDLE_MAX)
+    and runs its next coroutine in it, each with its own result, exception and identity."""
+    def body():
+        seen = []
+
+        def who(tag):
+            seen.append((tag, gevent.getcurrent()))
+            mm.sleep(1)
+            return tag
+
+        a = mm.Coroutine(who, "a", name="a")
+        assert a.join(1000) == "a"
+        b = mm.Coroutine.start_yielding(who, "b", name="b")       # another way in
+        assert b.join(1000) == "b"
+        c = mm.Coroutine(lambda: 1 / 0, name="boom")
+        with pytest.raises(ZeroDivisionError):
+            c.join(1000)
+        d = mm.Coroutine(who, "d", name="d")
+        assert d.join(1000) == "d"
+        glets = {g for _, g in seen}
+        return ([t for t, _ in seen], len(glets), a.greenlet is b.greenlet is c.greenlet is d.greenlet,
+                seen[0][1] is a.greenlet, (a.dead, b.dead, c.dead, d.dead), c.exception.__class__)
+
+    tags, n, same, current, dead, exc = run_in_machine(body)
+    assert tags == ["a", "b", "d"] and n == 1 and same and current
+    assert dead == (True, True, True, True) and exc is ZeroDivisionError
+    assert len(fail_on_background_errors) == 1      # boom's, reported as before
+    fail_on_background_errors.clear()
+
+
+def test_a_cancelled_coroutines_greenlet_is_not_reused(fail_on_background_errors):
+    def body():
+        a = mm.Coroutine(mm.sleep, 10_000, name="a")
+        mm.sleep(1)
+        a.cancel()
+        a.join(1000)
+        b = mm.Coroutine(lambda: gevent.getcurrent(), name="b")
+        return a.cancelled, a.greenlet.dead, b.join(1000) is not a.greenlet
+
+    assert run_in_machine(body) == (True, True, True)
+
+
+def test_a_parked_greenlet_ignores_switches_and_throws_meant_for_its_ended_coroutine():
+    """A wake-up left over from an ended coroutine (a switch with a value, a throw) reaches the
+    parked greenlet, which stays parked and runs the next coroutine as usual."""
+    def body():
+        a = mm.Coroutine(lambda: 1, name="a")
+        a.join(1000)
+        g = a.greenlet
+        hub = gevent.get_hub()
+        hub.loop.run_callback(g.switch, 0)
+        hub.loop.run_callback(g.switch)
+        hub.loop.run_callback(g.throw, ValueError("late"))
+        hub.loop.run_callback(g.throw, mm.TimedOut("late"))
+        hub.loop.run_callback(g.throw, mm.Cancelled)
+        mm.sleep(5)
+        b = mm.Coroutine(lambda: gevent.getcurrent(), name="b")
+        return g.dead, b.join(1000) is g
+
+    assert run_in_machine(body) == (False, True)
+
+
+def test_a_coroutine_cancelled_before_its_start_gives_its_greenlet_back():
+    def body():
+        a = mm.Coroutine(lambda: 1, name="a")
+        a.join(1000)
+        b = mm.Coroutine(lambda: 2, name="b")
+        b.cancel()
+        c = mm.Coroutine(lambda: 3, name="c")
+        return b.greenlet is a.greenlet is c.greenlet, b.cancelled, c.join(1000)
+
+    assert run_in_machine(body) == (True, True, 3)
+
+
+def test_parked_greenlets_are_bounded_and_end_with_their_machine():
+    from machinarium.coroutine import IDLE_MAX
+    box = {}
+
+    def main():
+        cs = [mm.Coroutine(mm.sleep, 5, name=f"c{i}") for i in range(IDLE_MAX + 5)]
+        for c in cs:
+            c.join(2000)
+        box["idle"] = list(mm.current_machine()._idle)
+        box["all"] = {c.greenlet for c in cs}
+
+    m = mm.Machine("parks", main).start()
+    m.join(5000)
+    idle = box["idle"]
+    assert len(idle) == IDLE_MAX and len(box["all"]) == IDLE_MAX + 5
+    assert all(g.dead for g in box["all"])       # parked ones killed at the machine's end, the rest ended

@@ -98,3 +98,38 @@ def test_silent_client_starts_at_its_login_timeout(in_machine, monkeypatch):
     # deadline client_login_timeout put on the login from the accept
     assert call["head"] is None and not call["readable"]
     assert call["deadline"] > t
+
+
+def test_clients_after_each_other_run_in_one_greenlet(in_machine, monkeypatch):
+    """An ended client's greenlet runs the next client of the machine (machinarium's parked
+    greenlets), whichever way its coroutine starts: at accept or by the read watcher."""
+    import gevent
+    calls = []
+    rec = _recorder(calls)
+
+    def fake_frontend(*args, **kwargs):
+        rec(*args, **kwargs)
+        calls[-1]["glet"] = gevent.getcurrent()
+    monkeypatch.setattr(worker, "frontend", fake_frontend)
+
+    def body():
+        for i, speak_first in enumerate((True, False, True)):
+            srv, c, io = _pair()
+            if speak_first:
+                c.write(STARTUP)
+                mm.sleep(20)                    # the bytes reach the accepted socket
+            worker._spawn(None, io, SimpleNamespace(client_login_timeout=5000), "host", ("127.0.0.1", 1), None)
+            if not speak_first:
+                c.write(STARTUP)
+            for _ in range(100):
+                if len(calls) > i:
+                    break
+                mm.sleep(10)
+            mm.sleep(10)                        # the coroutine has ended
+            c.close()
+            srv.close()
+
+    in_machine(body)
+    assert len(calls) == 3
+    assert [x["head"] is not None for x in calls] == [True, False, True]
+    assert calls[0]["glet"] is calls[1]["glet"] is calls[2]["glet"]
