@@ -677,7 +677,8 @@ class Relay:
             # 3.11 specializes a comparison only when a conditional jump follows it at once, and
             # the jump over the long body below has an EXTENDED_ARG first. Where attach_now just
             # took a server, the tests the attach made already (c_skip, c_drop, a whole header,
-            # the prepared layer) are not made again
+            # the prepared layer) are not made again. The same for a request of whole messages
+            # laid out as one seen before (_C_SHAPES): then `alone` holds the types to tell
             alone = False
             if client.server is None:
                 # attach at once only for a whole header of a message that needs a server, with
@@ -708,16 +709,24 @@ class Relay:
                     else:
                         if self.prepared is not None:
                             server.proto.exact = True
-                        elif not start and first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end \
-                                and end - 5 <= _Q_LIMIT:
-                            alone = True
+                        elif not start:
+                            if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
+                                alone = True
+                            else:
+                                shape = _C_SHAPES.get(end)
+                                if shape and shape[0](buf, 0) == shape[1]:
+                                    alone = shape[2]
                         sw = self.s_watch = server.io.sock._read_event
                         sw.start(self.on_server)
-            elif not start and first == _C_QUERY and self.prepared is None and not self.c_skip \
-                    and not self.c_drop and end >= 5 and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
-                alone = True
+            elif not start and self.prepared is None and not self.c_skip and not self.c_drop and end >= 5:
+                if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
+                    alone = True
+                else:
+                    shape = _C_SHAPES.get(end)
+                    if shape and shape[0](buf, 0) == shape[1]:
+                        alone = shape[2]
             if alone:
-                self._send_query(client.server, buf, end)
+                self._send_query(client.server, buf, end, alone)
             elif reason is None:
                 reason = self._client_data(buf, end)
             if reason is None:
@@ -828,13 +837,18 @@ class Relay:
                 # prepared-statement layer, is sent by _send_query as _on_client sends it: the
                 # generic walk (_client_data and the Conversation's send_many) costs about three
                 # times as much. _queue held it with c_skip 0 and no c_drop, and nothing reads
-                # the client while it is queued. The test sets a flag (see _on_client)
+                # the client while it is queued. The test sets a flag (see _on_client); so does a
+                # request laid out as one seen before (_C_SHAPES: the types to tell)
                 alone = False
                 if buf[0] == _C_QUERY and self.prepared is None and _unpack_len(buf, 1)[0] + 1 == end \
                         and end - 5 <= _Q_LIMIT:
                     alone = True
+                elif self.prepared is None:
+                    shape = _C_SHAPES.get(end)
+                    if shape and shape[0](buf, 0) == shape[1]:
+                        alone = shape[2]
                 if alone:
-                    self._send_query(server, buf, end)
+                    self._send_query(server, buf, end, alone)
                 else:
                     reason = self._client_data(buf, end)
                 if reason is None:
@@ -846,13 +860,18 @@ class Relay:
             reason = e
         self.glet.switch(reason)
 
-    def _send_query(self, server, buf, end: int) -> None:
+    def _send_query(self, server, buf, end: int, tell=True) -> None:
         """The common request, one whole simple Query alone in buf[:end] with no
         prepared-statement layer, relayed to the attached `server` as _client_data would relay
         it (for both callbacks that meet it: _on_client, _on_handed); buf is the thread's
-        scratch or the relay's c_buf, which goes back to the free list."""
+        scratch or the relay's c_buf, which goes back to the free list. `tell`: True for the
+        Query, or the types of whole messages laid out as a request seen before (_C_SHAPES),
+        which _client_data would tell in one send_many call."""
         proto = server.proto
-        proto.send(_C_QUERY)
+        if tell is True:
+            proto.send(_C_QUERY)
+        else:
+            proto.send_many(tell)
         self.stats.bytes_recv += end
         if not self.q_start:
             self.q_start = now = self.now()

@@ -413,6 +413,39 @@ def test_a_handed_over_request_is_relayed_and_counted_whatever_it_is(in_machine,
     assert in_machine(body)
 
 
+def test_a_handed_over_request_laid_out_as_one_seen_before_skips_the_walk(in_machine, monkeypatch):
+    """A held request laid out as a request seen before (relay._C_SHAPES) is sent by the
+    hand-over as a lone Query is, without the client walk, and told to the Conversation the
+    same: its Sync counted, the server detached at the reply's ReadyForQuery."""
+    relay_mod._C_SHAPES.clear()
+    request_ = _ext()
+    types = [m for m in b"PBES"]
+    relay_mod._C_SHAPES[len(request_)] = relay_mod._client_shape(bytearray(request_), len(request_), types)
+
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            _queued(h, request_)
+            monkeypatch.setattr(relay_mod.Relay, "_client_data", None)     # not called
+            h.fe.hand()
+            assert h.pg.read(len(request_), 2000) == request_
+            monkeypatch.undo()
+            reply = _ext_reply(b"I")
+            h.pg.write(reply)
+            assert h.app.read(len(reply), 2000) == reply
+            mm.sleep(0)
+            assert h.fe.taken == [] and h.fe.now_detaches == 1 and h.client.server is None
+            stats = h.client.route.stats
+            assert (stats.bytes_recv, stats.bytes_sent, stats.count_query) == (len(request_), len(reply), 1)
+            assert (h.server.sync_request, h.server.sync_reply) == (1, 1) and not h.server.broken
+            assert h.relay.c_buf is None and h.relay.c_len == 0 and not h.relay.queued
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
 def test_bytes_a_queued_client_sends_are_read_after_the_hand_over(in_machine):
     """While queued the client is not read: its socket's watcher stays started with
     _on_client, which stops it when more bytes come (no callback per loop turn) and leaves
