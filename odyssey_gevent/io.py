@@ -25,10 +25,14 @@ def read_message(io, timeout_ms: int | None, limits: Limits = BE_LIMITS) -> tupl
 
 def read_startup(io, timeout_ms: int | None, head: bytes | None = None):
     """Read the untyped first packet: StartupMessage, SSLRequest, GSSENCRequest or CancelRequest.
-    `head`: its first bytes when the caller already read some (b"": the read found EOF)."""
+    `head`: its first bytes when the caller already read some (b"": the read found EOF), never
+    more than the packet."""
     if head is None:
         head = io.read(4, timeout_ms)
     elif len(head) < 4:
         head += io.read(4 - len(head), timeout_ms)
     declared = be_read.startup_length(head)     # the length word checked before the body is read
-    return be_read.read_startup(head + io.read(declared - 4, timeout_ms), declared=declared)[0]
+    rest = declared - len(head)
+    if rest > 0:
+        head += io.read(rest, timeout_ms)
+    return be_read.read_startup(head, declared=declared)[0]

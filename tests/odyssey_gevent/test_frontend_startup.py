@@ -16,6 +16,7 @@ from odyssey_gevent.config.model import Rule, Storage
 from odyssey_gevent.frontend import Frontend, parse_options
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.router import Router
+from kiwi.errors import ProtocolError
 from odyssey_gevent.status import FrontendError
 
 pytestmark = pytest.mark.timeout(10)
@@ -311,3 +312,95 @@ def test_session_vars_are_kept_by_the_startup_parameters():
     second = session_vars(dict(params))
     assert second == {"application_name": "app", "work_mem": "8MB"} and second is not first
     assert session_vars({"user": "u", "TimeZone": "UTC"}) == {"timezone": "UTC"}
+
+
+# ----------------------------------------------------------------------------------------------
+# the startup packet's length word read at accept (Frontend.head): the rest by one recv
+
+def _startup_after_accept(first: bytes, later: bytes = b"", trickle: bool = False):
+    """Frontend.startup() with the first 4 bytes of `first` read at accept (fe.head) and the rest
+    of it (and `later`, byte by byte when `trickle`) sent by the app; returns (result or
+    exception, client, what is left unread in the pooler's socket)."""
+    a, b = gsocket.socketpair()
+    app, pooler = mm.Io(a), mm.Io(b)
+    try:
+        client = Client(pooler, None, "host", ("127.0.0.1", 40000))
+        fe = Frontend(_instance(), client)
+        app.write(first)
+        fe.head = pooler.read(4, 1000)
+        co = None
+        if trickle:
+            def writer():
+                for i in range(len(later)):
+                    app.write(later[i:i + 1])
+                    mm.sleep(0)
+            co = mm.Coroutine(writer)
+        elif later:
+            app.write(later)
+        try:
+            result = fe.startup()
+        except (FrontendError, ProtocolError, OSError) as e:
+            result = e
+        if co is not None:
+            co.join(2000)
+        left = pooler.recv_now(4096) or b""
+        return result, client, left
+    finally:
+        app.close(), pooler.close()
+
+
+def test_packet_after_the_accepts_length_word_is_read_whole_and_nothing_more(in_machine):
+    def body():
+        query = b"Q\x00\x00\x00\x0dselect 1\x00"     # a client that sends on without waiting
+        res, client, left = _startup_after_accept(_sm({"user": "u", "database": "d"}) + query)
+        assert res is True and (client.user, client.database) == ("u", "d")
+        assert left == query
+        return True
+
+    assert in_machine(body)
+
+
+def test_packet_after_the_accepts_length_word_coming_in_pieces(in_machine):
+    def body():
+        sm = _sm({"user": "trickle", "options": "-c a=b"})
+        res, client, left = _startup_after_accept(sm[:6], sm[6:], trickle=True)
+        assert res is True and client.user == "trickle" and client.vars == {"a": "b"} and left == b""
+        return True
+
+    assert in_machine(body)
+
+
+def test_ssl_request_after_the_accepts_length_word_then_startup(in_machine):
+    def body():
+        res, client, left = _startup_after_accept(fe_write.ssl_request() + _sm({"user": "u"}))
+        assert res is True and client.user == "u" and left == b""
+        return True
+
+    assert in_machine(body)
+
+
+def test_bad_length_word_at_accept_is_refused_before_the_body(in_machine):
+    def body():
+        res, _, left = _startup_after_accept(b"\x00\x00\x00\x02" + b"x" * 10)
+        assert isinstance(res, ProtocolError) and left == b"x" * 10
+        return True
+
+    assert in_machine(body)
+
+
+def test_eof_after_the_accepts_length_word(in_machine):
+    def body():
+        a, b = gsocket.socketpair()
+        app, pooler = mm.Io(a), mm.Io(b)
+        try:
+            fe = Frontend(_instance(), Client(pooler, None, "host", ("127.0.0.1", 1)))
+            app.write(_sm({"user": "u"})[:10])
+            fe.head = pooler.read(4, 1000)
+            app.close()
+            with pytest.raises(mm.ConnectionClosed):
+                fe.startup()
+        finally:
+            app.close(), pooler.close()
+        return True
+
+    assert in_machine(body)
