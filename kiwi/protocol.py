@@ -539,6 +539,25 @@ class Conversation:
             self._flush_local()
         return action
 
+    def receive_completions(self, types) -> int:
+        """`receive` for the backend message types in `types` (ints), in order, for as long as
+        each is the completion of the plain request at the head of the queue with a plain
+        entry or nothing after it: receive's common case, where it pops the head, returns
+        FORWARD and nothing becomes due (`output`). Returns how many it took; the caller
+        tells the rest with `receive`, one by one (the relay's remembered reply layouts: one
+        call for a reply's ParseComplete and BindComplete)."""
+        queue = self.queue
+        n = 0
+        for t in types:
+            if not queue:
+                break
+            head = queue.popleft()
+            if head.__class__ is not int or head != _POPS[t] or queue and queue[0].__class__ is not int:
+                queue.appendleft(head)
+                break
+            n += 1
+        return n
+
     def _ready(self, status: bytes) -> None:
         queue = self.queue
         if not queue or _type(queue[0]) not in _SYNC_POINTS:

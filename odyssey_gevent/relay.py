@@ -1256,21 +1256,29 @@ class Relay:
                     # from there
                     shape = _S_SHAPES.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
-                        for t, pos, msg_end in shape[2]:
-                            action = proto.receive(t)
-                            if proto.broken is not None:
-                                self._miscounted(server)
-                            if action != 0:     # (only the prepared layer's requests do this)
-                                if out is None:
-                                    out = []
-                                if pos > seg:
-                                    out.append(memoryview(buf)[seg:pos])
-                                if action == REPLACE:
-                                    out.append(proto.replacement)
-                                seg = msg_end
-                            if proto.output:
-                                out = _splice(out, buf, seg, msg_end, proto.take_output())
-                                seg = msg_end
+                        told = shape[2]
+                        if told:
+                            # the plain completions of the plain requests at the head in one
+                            # call (receive's common case: FORWARD, nothing due), the rest one
+                            # by one as the walk tells them
+                            k = proto.receive_completions(shape[4])
+                            if k:
+                                told = told[k:]
+                            for t, pos, msg_end in told:
+                                action = proto.receive(t)
+                                if proto.broken is not None:
+                                    self._miscounted(server)
+                                if action != 0:     # (only the prepared layer's requests do this)
+                                    if out is None:
+                                        out = []
+                                    if pos > seg:
+                                        out.append(memoryview(buf)[seg:pos])
+                                    if action == REPLACE:
+                                        out.append(proto.replacement)
+                                    seg = msg_end
+                                if proto.output:
+                                    out = _splice(out, buf, seg, msg_end, proto.take_output())
+                                    seg = msg_end
                         pos = shape[3]
                     else:
                         learn = True
@@ -1503,8 +1511,9 @@ def _client_shape(buf, end: int, sent: list):
 def _server_shape(buf, end: int):
     """The _S_SHAPES entry for the server bytes buf[:end]: the whole messages before the first
     one the walk reads whole (_S_KIND other than _SK_TELL) or the first not whole, as an unpack
-    of their headers and what it gives, the told ones (type, start, end) and where the walk goes
-    on; _NEVER for fewer than two such messages or more than _SHAPE_MESSAGES."""
+    of their headers and what it gives, the told ones (type, start, end), where the walk goes
+    on and the told types (bytes); _NEVER for fewer than two such messages or more than
+    _SHAPE_MESSAGES."""
     fmt = ["!"]
     told = []
     pos = n = 0
@@ -1521,7 +1530,7 @@ def _server_shape(buf, end: int):
     if n < 2 or n > _SHAPE_MESSAGES:
         return _NEVER
     unpack = struct.Struct("".join(fmt)).unpack_from
-    return unpack, unpack(buf, 0), tuple(told), pos
+    return unpack, unpack(buf, 0), tuple(told), pos, bytes(t for t, _, _ in told)
 
 
 def _splice(out: list | None, buf, seg: int, pos: int, data: bytes) -> list:

@@ -349,3 +349,65 @@ def test_send_many_remembers_exact_batches_only_when_their_types_decide_the_stat
             many.send_many(types)
             assert _state(many) == _state(one), (batch, before)
         assert (bytes(types) in protocol._BATCHES_EXACT) is remembered, batch
+
+
+def _requests_apart(state):
+    """_state with each queued Request as what it says (two conversations have their own)."""
+    state["queue"] = [e if e.__class__ is int else (repr(e), e.failed) for e in state["queue"]]
+    return state
+
+
+def test_receive_completions_takes_only_what_receive_would_forward_with_nothing_due():
+    """receive_completions (the relay's one call for a remembered reply's ParseComplete and
+    BindComplete) must take a prefix of the types for which receive() would pop a plain head,
+    forward and make nothing due, and leave exactly the state receive() per message leaves once
+    the caller has told the rest: random replies after random conversations with the pooler's
+    own requests (LOCAL answers, hidden requests) among the client's, the same seed every run."""
+    import random
+    from kiwi.protocol import LOCAL, Request
+    rnd = random.Random(11)
+    client = "PBDESQFHC"
+    server = [">1", ">2", ">3", ">T", ">n", ">D", ">C", ">I", ">E", ">Z:I"]
+    own = ["R:L", "R:P", "R:S"]
+    replies = [ord(c) for c in "123ZEIc"]
+
+    def conversation(prefix, exact):
+        c = Conversation(exact=exact)
+        for ev in prefix:
+            if ev == "R:L":
+                c.send_request(Request(LOCAL, local=b"local"))
+            elif ev.startswith("R:"):
+                c.send_request(Request(ord(ev[2]), hide=True))
+            elif ev.startswith(">"):
+                t, _, status = ev[1:].partition(":")
+                c.receive(ord(t), status.encode() or None)
+            else:
+                c.send(ord(ev))
+        c.take_output()
+        return c
+
+    taken = stopped = 0
+    for _ in range(3000):
+        prefix = [rnd.choice(client) if rnd.random() < 0.6 else rnd.choice(own if rnd.random() < 0.3 else server)
+                  for _ in range(rnd.randrange(14))]
+        types = [rnd.choice(replies[:3]) if rnd.random() < 0.8 else rnd.choice(replies) for _ in range(rnd.randrange(1, 5))]
+        exact = rnd.random() < 0.3
+        one, many = conversation(prefix, exact), conversation(prefix, exact)
+        before = one.broken             # (a prefix may have broken it already)
+
+        def told(c, t):
+            """receive()'s action, what became due, whether it broke the count"""
+            return c.receive(t, b"I" if t == ord("Z") else None), c.take_output(), c.broken != before
+
+        each = [told(one, t) for t in types]
+        k = many.receive_completions(bytes(types))
+        assert all(e == (FORWARD, b"", False) for e in each[:k]), (prefix, types, k)
+        assert many.output == [] and many.broken == before
+        rest = [told(many, t) for t in types[k:]]
+        assert rest == each[k:], (prefix, types, k)
+        assert _requests_apart(_state(many)) == _requests_apart(_state(one)), (prefix, types, k)
+        taken += k
+        stopped += k < len(types) and each[k] == (FORWARD, b"", False) and types[k] in (ord("1"), ord("2"))
+    # both cases met: completions taken, and left to receive() where the entry after the head
+    # is the pooler's own request (receive would forward it, but may have made answers due)
+    assert taken > 200 and stopped > 100
