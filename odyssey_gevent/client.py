@@ -20,24 +20,37 @@ class ClientState(enum.Enum):
     ACTIVE = "active"       # a server is attached
 
 
-_KEY = struct.Struct("!II")   # unsigned, as kiwi reads CancelRequest
-
 # A client's id and cancel key are 14 bytes of the kernel's random generator (os.urandom),
 # drawn for _RANDOM_BATCH clients at a time: one getrandom system call per 64 logins instead of
 # one each. Every client takes bytes of its own that no one else gets, so its key is as
 # unpredictable as before (a client sees only its own; other slices of the same draw are
-# independent output of the generator). list.pop is one C call, atomic under the GIL: the
-# workers' threads share the list (two refills at once only draw more). A forked child empties
-# it, or it would hand out its parent's next keys.
+# independent output of the generator). The draw is worked out for the whole batch at once
+# (one hex() and one struct unpack of all the keys instead of a slice, a hex() and an unpack
+# per login): _RANDOM holds (id, key_pid, key_secret) per client to come. list.pop is one C
+# call, atomic under the GIL: the workers' threads share the list (two refills at once only
+# draw more). A forked child empties it, or it would hand out its parent's next keys.
 _RANDOM: list = []
 _RANDOM_BATCH = 64
+# per client: the id's 6 bytes, then the BackendKeyData pid and secret (unsigned, as kiwi
+# reads CancelRequest)
+_KEYS = struct.Struct("!" + "6xII" * _RANDOM_BATCH)
 
 
-def _draw() -> bytes:
-    """Refill _RANDOM; return the first client's 14 bytes of the new draw."""
+def _draw() -> tuple:
+    """Refill _RANDOM; return the first client's (id, key_pid, key_secret) of the new draw."""
     block = os.urandom(14 * _RANDOM_BATCH)
-    _RANDOM.extend([block[i:i + 14] for i in range(14, len(block), 14)])
-    return block[:14]
+    text = block.hex()
+    keys = _KEYS.unpack(block)
+    batch = []
+    for i in range(_RANDOM_BATCH):
+        secret = keys[2 * i + 1]
+        if KEY_TAG is not None:             # processes N: the top byte names this process
+            secret = (secret & 0xFFFFFF) | KEY_TAG
+        # the id as id.new_id("c"): "c" and the 6 bytes in hex
+        batch.append(("c" + text[28 * i:28 * i + 12], keys[2 * i] & 0x7FFFFFFF, secret))
+    first = batch.pop()
+    _RANDOM.extend(batch)
+    return first
 
 
 if hasattr(os, "register_at_fork"):
@@ -51,11 +64,12 @@ class Client:
                  "deploy_list", "prepared", "auth_secret", "scram_keys", "killed", "tsa_checks", "waiter")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
-        try:                                # the id and the cancel key: see _RANDOM
-            rnd = _RANDOM.pop()
+        # the id and the BackendKeyData we hand out (random, matched by the router on
+        # CancelRequest): see _RANDOM
+        try:
+            self.id, self.key_pid, self.key_secret = _RANDOM.pop()
         except IndexError:
-            rnd = _draw()
-        self.id = "c" + rnd[:6].hex()       # as id.new_id("c")
+            self.id, self.key_pid, self.key_secret = _draw()
         self.io = io
         self.listen = listen
         self.conn_type = conn_type          # "host" (TCP) or "local" (unix socket)
@@ -73,11 +87,6 @@ class Client:
         self.route = None
         self.server = None
         self.state = _UNDEF
-        # BackendKeyData we hand out: random, matched by the router on CancelRequest
-        self.key_pid, self.key_secret = _KEY.unpack_from(rnd, 6)
-        self.key_pid &= 0x7FFFFFFF
-        if KEY_TAG is not None:             # processes N: the top byte names this process
-            self.key_secret = (self.key_secret & 0xFFFFFF) | KEY_TAG
         self.time_accept = time.monotonic()
         self.password = None
         self.auth_secret = None              # the stored secret auth_query gave (auth_query.py)

@@ -39,3 +39,24 @@ def test_a_forked_child_does_not_hand_out_its_parents_next_keys():
     os.close(r)
     os.waitpid(pid, 0)
     assert child and child != repr(_ident(Client(None)))
+
+
+def test_id_and_key_are_the_clients_own_14_bytes(monkeypatch):
+    """Each client's id is "c" and its first 6 bytes in hex, its key the next 4 (the pid's top
+    bit cleared) and 4 (with processes N the top byte names the process), as one draw per
+    client gave them."""
+    import struct
+    block = (bytes(range(256)) * 8)[:14 * client_mod._RANDOM_BATCH]     # no two 14-byte slices alike
+    monkeypatch.setattr(os, "urandom", lambda n: block[:n])
+    for tag in (None, 0x05000000):
+        monkeypatch.setattr(client_mod, "KEY_TAG", tag)
+        client_mod._RANDOM.clear()
+        clients = [Client(None) for _ in range(client_mod._RANDOM_BATCH)]
+        want = set()
+        for i in range(client_mod._RANDOM_BATCH):
+            rnd = block[14 * i:14 * i + 14]
+            pid, secret = struct.unpack("!II", rnd[6:])
+            if tag is not None:
+                secret = (secret & 0xFFFFFF) | tag
+            want.add(("c" + rnd[:6].hex(), pid & 0x7FFFFFFF, secret))
+        assert {_ident(c) for c in clients} == want and len(want) == client_mod._RANDOM_BATCH
