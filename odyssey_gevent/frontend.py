@@ -269,13 +269,7 @@ class Frontend:
                           client.peer_host or "[unix socket]", client.database, client.user)
         raise FrontendError(error_codes.INVALID_PASSWORD, "host based authentication rejected")
 
-    # -- stage 4: authentication ------------------------------------------------------------
-    def authenticate(self) -> None:
-        # authentication "none" asks nothing (authenticate_client's steps for it are all no-ops)
-        if self.client.rule.authentication != "none":
-            auth.authenticate_client(self.instance, self.client, self._login_timeout(), send_ok=False)
-        self.owed = auth.AUTH_OK_MESSAGE
-
+    # -- stage 4: authentication (in run: auth.authenticate_client, AuthenticationOk owed) -----
     def _pay_owed(self) -> None:
         owed = self.owed
         if owed is not None:
@@ -666,7 +660,11 @@ class Frontend:
             checks = client.tsa_checks          # (worked out by route(): a catchup_timeout to check?)
             if checks is None or checks[0] > 0:
                 watchdog.check_catchup(instance, client)
-            self.authenticate()
+            # stage 4, authentication, here (its own method's frame cost each login): "none" asks
+            # nothing (authenticate_client's steps for it are all no-ops)
+            if client.rule.authentication != "none":
+                auth.authenticate_client(instance, client, self._login_timeout(), send_ok=False)
+            self.owed = auth.AUTH_OK_MESSAGE
             if config.soft_oom.enabled:         # (refuse_if_over's first test)
                 soft_oom.refuse_if_over(instance, client)
             self.deadline = None
