@@ -90,7 +90,8 @@ _C_INTEREST_PREPARED = tuple(_C_INTEREST_PREPARED)
 # than _SHAPE_MESSAGES messages); emptied past _SHAPES_MAX lengths. Process-wide: a layout
 # depends on the bytes alone.
 _C_SHAPES: dict = {}
-_S_SHAPES: dict = {}    # the same for the server's replies (see Relay._server_data)
+_S_SHAPES: dict = {}    # the same for the server's replies (see Relay._server_data) ...
+_S_SHAPES_PREPARED: dict = {}   # ... and with prepared statements (their walk tells more)
 _SEEN = ()          # falsy both, told apart by identity
 _NEVER = False
 _SHAPES_MAX = 1024
@@ -1241,20 +1242,20 @@ class Relay:
                 self.s_skip = 0
                 prepared = self.prepared
                 if prepared is None:
-                    interest, kinds = _S_INTEREST, _S_KIND
+                    interest, kinds, shapes = _S_INTEREST, _S_KIND, _S_SHAPES
                 else:
-                    interest, kinds = _S_INTEREST_PREPARED, _S_KIND_PREPARED
+                    interest, kinds, shapes = _S_INTEREST_PREPARED, _S_KIND_PREPARED, _S_SHAPES_PREPARED
                 if proto.output:    # answers the pooler gives itself, due before the next message
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
                 learn = False
-                if pos == 0 and prepared is None:
+                if pos == 0:
                     # whole messages up to the first the walk reads whole (ReadyForQuery,
-                    # ParameterStatus) laid out as a read seen before (_S_SHAPES): one unpack of
-                    # their headers and a tuple compare, and the Conversation told the same
-                    # types as the walk would tell it, with the same handling; the walk goes on
-                    # from there
-                    shape = _S_SHAPES.get(end)
+                    # ParameterStatus; with prepared statements CommandComplete, ErrorResponse)
+                    # laid out as a read seen before (_S_SHAPES): one unpack of their headers
+                    # and a tuple compare, and the Conversation told the same types as the walk
+                    # would tell it, with the same handling; the walk goes on from there
+                    shape = shapes.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
                         told = shape[2]
                         if told:
@@ -1365,11 +1366,11 @@ class Relay:
                     pos = end
                 if learn:           # see _C_SHAPES
                     if shape is _SEEN:
-                        _S_SHAPES[end] = _server_shape(buf, end)
+                        shapes[end] = _server_shape(buf, end, kinds)
                     elif shape is not _NEVER:
-                        if len(_S_SHAPES) >= _SHAPES_MAX:
-                            _S_SHAPES.clear()
-                        _S_SHAPES[end] = _SEEN
+                        if len(shapes) >= _SHAPES_MAX:
+                            shapes.clear()
+                        shapes[end] = _SEEN
             rest = end - pos
             self.s_len = rest           # before writing: a failed write must leave the state honest
             if out is None:
@@ -1508,9 +1509,10 @@ def _client_shape(buf, end: int, sent: list):
     return unpack, unpack(buf, 0), bytes(sent)
 
 
-def _server_shape(buf, end: int):
+def _server_shape(buf, end: int, kinds: tuple):
     """The _S_SHAPES entry for the server bytes buf[:end]: the whole messages before the first
-    one the walk reads whole (_S_KIND other than _SK_TELL) or the first not whole, as an unpack
+    one the walk reads whole (`kinds`, _S_KIND or _S_KIND_PREPARED, other than _SK_TELL) or the
+    first not whole, as an unpack
     of their headers and what it gives, the told ones (type, start, end), where the walk goes
     on and the told types (bytes); _NEVER for fewer than two such messages or more than
     _SHAPE_MESSAGES."""
@@ -1520,9 +1522,10 @@ def _server_shape(buf, end: int):
     while pos <= end - 5:
         t, length = _unpack_head(buf, pos)
         msg_end = pos + 1 + length
-        if msg_end > end or _S_KIND[t] > _SK_TELL:
+        kind = kinds[t]
+        if msg_end > end or kind > _SK_TELL:
             break
-        if _S_INTEREST[t]:
+        if kind:
             told.append((t, pos, msg_end))
         fmt.append(f"BI{length - 4}x" if length > 4 else "BI")
         pos = msg_end

@@ -861,11 +861,15 @@ def test_a_read_that_ends_inside_a_message_is_never_taken_for_a_layout(in_machin
     assert in_machine(body)
 
 
-def test_a_reply_laid_out_as_one_seen_before_is_told_as_the_walk_tells_it(in_machine):
-    """A server read laid out as one seen before skips the walk up to its ReadyForQuery (the
-    Conversation told the same messages). A reply of that length laid out otherwise is walked: a
+@pytest.mark.parametrize("prepared", [False, True], ids=["plain", "prepared"])
+def test_a_reply_laid_out_as_one_seen_before_is_told_as_the_walk_tells_it(in_machine, prepared):
+    """A server read laid out as one seen before skips the walk up to its ReadyForQuery (with
+    the prepared-statement layer: up to its CommandComplete, whose tag the layer reads), the
+    Conversation told the same messages. A reply of that length laid out otherwise is walked: a
     ParameterStatus where the learned layout had a DataRow of the same length is recorded."""
     relay_mod = _shapes()
+    relay_mod._S_SHAPES_PREPARED.clear()
+    shapes = relay_mod._S_SHAPES_PREPARED if prepared else relay_mod._S_SHAPES
     reply = _ext_reply(b"I")
     row = be_write.data_row([b"1"])
     param = be_write.parameter_status("ab", "cde")
@@ -873,11 +877,11 @@ def test_a_reply_laid_out_as_one_seen_before_is_told_as_the_walk_tells_it(in_mac
     other = reply.replace(row, param)
 
     def body():
-        h = Harness("transaction")
+        h = Harness("transaction", prepared=prepared)
         try:
             for i in range(4):
                 _exchange(h, _ext(), reply)
-            assert isinstance(relay_mod._S_SHAPES.get(len(reply)), tuple)     # learned, then used
+            assert isinstance(shapes.get(len(reply)), tuple)     # learned, then used
             assert (h.server.sync_request, h.server.sync_reply) == (4, 4) and not h.server.broken
             stats = h.client.route.stats
             assert stats.count_query == 4 and stats.count_tx == 4
