@@ -85,10 +85,11 @@ _C_INTEREST_PREPARED = tuple(_C_INTEREST_PREPARED)
 # headers (struct, the bodies skipped) and a tuple compare instead of a header unpack and its
 # tests per message. The same headers say the same as the walk said: the limits passed, the
 # same types told to the Conversation. By the read's length: _SEEN once (a layout is made the
-# second time a length is seen, and replaced by _SEEN when a read of that length is laid out
-# otherwise), a (header unpack, the headers it gives, the types told) tuple, or _NEVER (more
-# than _SHAPE_MESSAGES messages); emptied past _SHAPES_MAX lengths. Process-wide: a layout
-# depends on the bytes alone.
+# second time a length is seen), a (header unpack, the headers it gives, the types told) tuple,
+# or _NEVER: a read of that length was laid out otherwise (a stream of large rows, say, whose
+# full-buffer reads would otherwise be compared and made again and again), or had more than
+# _SHAPE_MESSAGES messages; emptied past _SHAPES_MAX lengths. Process-wide: a layout depends on
+# the bytes alone.
 _C_SHAPES: dict = {}
 _S_SHAPES: dict = {}    # the same for the server's replies (see Relay._server_data) ...
 _S_SHAPES_PREPARED: dict = {}   # ... and with prepared statements (their walk tells more)
@@ -1038,7 +1039,9 @@ class Relay:
                 if shape and shape[0](buf, 0) == shape[1]:
                     sent = shape[2]
                     pos = end
-                else:
+                elif shape:         # laid out otherwise: this length is walked from now on
+                    _C_SHAPES[end] = _NEVER
+                elif shape is not _NEVER:
                     learn = True
             # per message: the fewest tests the interpreter specializes; a message past the
             # end is dealt with after the loop (not by a second test per message)
@@ -1104,7 +1107,7 @@ class Relay:
             elif learn and pos == end and len(sent) > 1:   # whole messages, none in the walk's
                 if shape is _SEEN:                           # other branches (see _C_SHAPES)
                     _C_SHAPES[end] = _client_shape(buf, end, sent)
-                elif shape is not _NEVER:
+                else:
                     if len(_C_SHAPES) >= _SHAPES_MAX:
                         _C_SHAPES.clear()
                     _C_SHAPES[end] = _SEEN
@@ -1281,7 +1284,9 @@ class Relay:
                                     out = _splice(out, buf, seg, msg_end, proto.take_output())
                                     seg = msg_end
                         pos = shape[3]
-                    else:
+                    elif shape:     # laid out otherwise: this length is walked from now on
+                        shapes[end] = _NEVER
+                    elif shape is not _NEVER:
                         learn = True
                 last = end - 5      # the last position a whole header starts at
                 while True:             # not `while pos <= last`: its jump is long (see _on_client)
@@ -1367,7 +1372,7 @@ class Relay:
                 if learn:           # see _C_SHAPES
                     if shape is _SEEN:
                         shapes[end] = _server_shape(buf, end, kinds)
-                    elif shape is not _NEVER:
+                    else:
                         if len(shapes) >= _SHAPES_MAX:
                             shapes.clear()
                         shapes[end] = _SEEN

@@ -823,6 +823,13 @@ def test_a_request_laid_out_as_one_seen_before_is_checked_as_the_walk_checks_it(
             assert h.app.read(len(head), 2000) == head
             _exchange(h, fe_write.sync(), be_write.ready_for_query(b"I"))
             assert (h.server.sync_request, h.server.sync_reply) == (5, 5) and not h.server.broken
+            if pool == "session" or h.relay.fast_ok:
+                # a length laid out two ways is walked from now on, not learned again and again
+                assert relay_mod._C_SHAPES[len(request)] is relay_mod._NEVER
+            for i in range(3):
+                _exchange(h, request, _ext_reply(b"I"))
+            assert (h.server.sync_request, h.server.sync_reply) == (8, 8) and not h.server.broken
+            assert relay_mod._C_SHAPES.get(len(request), relay_mod._NEVER) is relay_mod._NEVER
             h.app.write(request[:-5] + b"\x01" + request[-4:])    # the Sync's type byte forbidden
             err = h.result()
             assert isinstance(err, FrontendError) and err.sqlstate == "08P01", err
@@ -889,6 +896,11 @@ def test_a_reply_laid_out_as_one_seen_before_is_told_as_the_walk_tells_it(in_mac
             _exchange(h, _ext(), other)
             assert _param(h.server, "ab") == "cde" and h.client.vars["ab"] == "cde"
             assert h.fe.detaches[-1] == (5, 5, b"I") and not h.server.broken
+            assert shapes[len(reply)] is relay_mod._NEVER   # laid out two ways: walked from now on
+            for i in range(2):
+                _exchange(h, _ext(), reply)
+            assert h.fe.detaches[-1] == (7, 7, b"I") and not h.server.broken
+            assert shapes[len(reply)] is relay_mod._NEVER
             # a reply whose completions are not owed: the walk's out-of-step check, the same
             _exchange(h, _q("select 1"), reply)
             assert h.server.broken
