@@ -173,17 +173,22 @@ class Frontend:
         head = self.head
         while True:
             msg = None
-            if head is not None and len(head) == 4:
-                # the length word the accept read: the rest is usually there too (a client sends
-                # its packet in one write), read by one recv that never waits, without the frames
-                # of read_startup, Io.read and the login timeout's (about 3,000 instructions)
+            if head is not None and len(head) >= 4:
+                # the packet's first bytes the accept read (up to 8: no first packet is shorter,
+                # an SSLRequest or GSSENCRequest is all of it); the rest is usually there too (a
+                # client sends its packet in one write), read by one recv that never waits,
+                # without the frames of read_startup, Io.read and the login timeout's (about
+                # 3,000 instructions)
                 declared = startup_length(head)     # a bad one is refused before the body
-                try:
-                    body = client.io._raw.recv(declared - 4)
-                except BlockingIOError:
-                    body = b""
-                head += body
-                if len(body) == declared - 4:
+                need = declared - len(head)         # (declared >= 8 >= len(head))
+                if need:
+                    try:
+                        body = client.io._raw.recv(need)
+                    except BlockingIOError:
+                        body = b""
+                    head += body
+                    need -= len(body)
+                if not need:
                     msg = read_startup_bytes(head, declared=declared)[0]
             if msg is None:         # not all there yet (or EOF): read with the login timeout
                 msg = read_startup(client.io, self._login_timeout(), head)

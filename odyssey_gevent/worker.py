@@ -58,7 +58,10 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
     login_ms = listen.client_login_timeout if listen is not None else 15000
     deadline = time.monotonic() + login_ms / 1000.0 if login_ms > 0 else 0
     try:
-        head = io.recv_now(4)       # the startup packet's length word, if it is there
+        # the startup packet's first bytes, if they are there: 8, as no first packet is shorter
+        # (more could take bytes a client sends on after it without waiting), and an SSLRequest
+        # (libpq's first packet unless sslmode is disable) or GSSENCRequest is then all read
+        head = io.recv_now(8)
     except OSError:                 # (reset already): the coroutine finds it out again
         head = None
     else:

@@ -315,10 +315,10 @@ def test_session_vars_are_kept_by_the_startup_parameters():
 
 
 # ----------------------------------------------------------------------------------------------
-# the startup packet's length word read at accept (Frontend.head): the rest by one recv
+# the startup packet's first bytes read at accept (Frontend.head, up to 8): the rest by one recv
 
-def _startup_after_accept(first: bytes, later: bytes = b"", trickle: bool = False):
-    """Frontend.startup() with the first 4 bytes of `first` read at accept (fe.head) and the rest
+def _startup_after_accept(first: bytes, later: bytes = b"", trickle: bool = False, head: int = 8):
+    """Frontend.startup() with the first `head` bytes of `first` read at accept (fe.head) and the rest
     of it (and `later`, byte by byte when `trickle`) sent by the app; returns (result or
     exception, client, what is left unread in the pooler's socket)."""
     a, b = gsocket.socketpair()
@@ -327,7 +327,7 @@ def _startup_after_accept(first: bytes, later: bytes = b"", trickle: bool = Fals
         client = Client(pooler, None, "host", ("127.0.0.1", 40000))
         fe = Frontend(_instance(), client)
         app.write(first)
-        fe.head = pooler.read(4, 1000)
+        fe.head = pooler.read(head, 1000)
         co = None
         if trickle:
             def writer():
@@ -349,10 +349,11 @@ def _startup_after_accept(first: bytes, later: bytes = b"", trickle: bool = Fals
         app.close(), pooler.close()
 
 
-def test_packet_after_the_accepts_length_word_is_read_whole_and_nothing_more(in_machine):
+@pytest.mark.parametrize("head", [4, 5, 8])
+def test_packet_after_the_accepts_first_bytes_is_read_whole_and_nothing_more(in_machine, head):
     def body():
         query = b"Q\x00\x00\x00\x0dselect 1\x00"     # a client that sends on without waiting
-        res, client, left = _startup_after_accept(_sm({"user": "u", "database": "d"}) + query)
+        res, client, left = _startup_after_accept(_sm({"user": "u", "database": "d"}) + query, head=head)
         assert res is True and (client.user, client.database) == ("u", "d")
         assert left == query
         return True
@@ -363,16 +364,17 @@ def test_packet_after_the_accepts_length_word_is_read_whole_and_nothing_more(in_
 def test_packet_after_the_accepts_length_word_coming_in_pieces(in_machine):
     def body():
         sm = _sm({"user": "trickle", "options": "-c a=b"})
-        res, client, left = _startup_after_accept(sm[:6], sm[6:], trickle=True)
+        res, client, left = _startup_after_accept(sm[:6], sm[6:], trickle=True, head=4)
         assert res is True and client.user == "trickle" and client.vars == {"a": "b"} and left == b""
         return True
 
     assert in_machine(body)
 
 
-def test_ssl_request_after_the_accepts_length_word_then_startup(in_machine):
+@pytest.mark.parametrize("head", [4, 8])
+def test_ssl_request_read_at_accept_then_startup(in_machine, head):
     def body():
-        res, client, left = _startup_after_accept(fe_write.ssl_request() + _sm({"user": "u"}))
+        res, client, left = _startup_after_accept(fe_write.ssl_request() + _sm({"user": "u"}), head=head)
         assert res is True and client.user == "u" and left == b""
         return True
 
@@ -382,20 +384,20 @@ def test_ssl_request_after_the_accepts_length_word_then_startup(in_machine):
 def test_bad_length_word_at_accept_is_refused_before_the_body(in_machine):
     def body():
         res, _, left = _startup_after_accept(b"\x00\x00\x00\x02" + b"x" * 10)
-        assert isinstance(res, ProtocolError) and left == b"x" * 10
+        assert isinstance(res, ProtocolError) and left == b"x" * 6
         return True
 
     assert in_machine(body)
 
 
-def test_eof_after_the_accepts_length_word(in_machine):
+def test_eof_after_the_accepts_first_bytes(in_machine):
     def body():
         a, b = gsocket.socketpair()
         app, pooler = mm.Io(a), mm.Io(b)
         try:
             fe = Frontend(_instance(), Client(pooler, None, "host", ("127.0.0.1", 1)))
             app.write(_sm({"user": "u"})[:10])
-            fe.head = pooler.read(4, 1000)
+            fe.head = pooler.read(8, 1000)
             app.close()
             with pytest.raises(mm.ConnectionClosed):
                 fe.startup()

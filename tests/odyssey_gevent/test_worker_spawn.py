@@ -43,7 +43,27 @@ def test_packet_there_at_accept_is_handed_to_the_coroutine(in_machine, monkeypat
 
     in_machine(body)
     assert len(calls) == 1
-    assert calls[0]["head"] == STARTUP[:4] and calls[0]["deadline"] > time.monotonic()
+    assert calls[0]["head"] == STARTUP and calls[0]["deadline"] > time.monotonic()   # all 8 bytes
+
+
+def test_accept_reads_at_most_the_8_bytes_no_first_packet_is_shorter(in_machine, monkeypatch):
+    """A longer packet, and bytes sent on after it: the accept takes its first 8 bytes only."""
+    calls = []
+    monkeypatch.setattr(worker, "frontend", _recorder(calls))
+    sm = b"\x00\x00\x00\x10\x00\x03\x00\x00user\x00u\x00\x00"
+    query = b"Q\x00\x00\x00\x0dselect 1\x00"
+
+    def body():
+        srv, c, io = _pair()
+        c.write(sm + query)
+        mm.sleep(20)                                # the bytes reach the accepted socket
+        worker._spawn(None, io, SimpleNamespace(client_login_timeout=5000), "host", ("127.0.0.1", 1), None)
+        mm.sleep(20)
+        c.close()
+        srv.close()
+
+    in_machine(body)
+    assert len(sm) == 16 and len(calls) == 1 and calls[0]["head"] == sm[:8]
 
 
 def test_silent_client_has_no_coroutine_until_it_speaks(in_machine, monkeypatch):
