@@ -909,3 +909,32 @@ def test_a_reply_laid_out_as_one_seen_before_is_told_as_the_walk_tells_it(in_mac
         return True
 
     assert in_machine(body)
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["plain", "prepared"])
+def test_an_error_in_a_pipeline_laid_out_as_before_is_counted_as_the_walk_counts_it(in_machine, prepared):
+    """Two extended batches in one write, the first failing: the remembered layouts of the
+    request and of the reply (its ErrorResponse told to the Conversation from the layout, or
+    read whole by the walk with the prepared-statement layer) count what the walk counts."""
+    relay_mod = _shapes()
+    relay_mod._S_SHAPES_PREPARED.clear()
+    request = _ext() + _ext()
+    reply = (be_write.parse_complete() + be_write.bind_complete()
+             + be_write.error_response("ERROR", "22012", "division by zero") + be_write.ready_for_query(b"I")
+             + _ext_reply(b"I"))
+
+    def body():
+        h = Harness("transaction", prepared=prepared)
+        try:
+            for i in range(1, 5):
+                _exchange(h, request, reply)
+                assert h.fe.detaches[-1] == (2 * i, 2 * i, b"I") and not h.server.broken
+            stats = h.client.route.stats
+            assert stats.count_query == 8 and stats.count_tx == 8
+            shapes = relay_mod._S_SHAPES_PREPARED if prepared else relay_mod._S_SHAPES
+            assert isinstance(shapes.get(len(reply)), tuple)
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
