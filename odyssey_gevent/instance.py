@@ -54,6 +54,14 @@ class Instance:
     def client_opened(self) -> bool:
         """Count a newly accepted client; False (not counted) when global client_max is reached."""
         client_max = self.config.client_max
+        if self.workers <= 1:
+            # one thread counts, the system machine's (the accept loop and every client's
+            # cleanup), and greenlets switch only where one waits: no lock (its acquire and
+            # release here and in client_closed cost about 1,000 instructions a login)
+            if client_max and self.clients >= client_max:
+                return False
+            self.clients += 1
+            return True
         lock = self._lock
         lock.acquire()          # not `with`: twice the cost, once per login each (see router.attach_idle)
         try:
@@ -65,6 +73,9 @@ class Instance:
             lock.release()
 
     def client_closed(self) -> None:
+        if self.workers <= 1:       # one thread counts: see client_opened
+            self.clients -= 1
+            return
         lock = self._lock
         lock.acquire()
         try:

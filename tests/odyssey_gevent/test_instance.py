@@ -2,6 +2,8 @@
 (checked at accept) and the worker count (resolved once, by the config reader)."""
 from __future__ import annotations
 
+import pytest
+
 from odyssey_gevent.config import reader
 from odyssey_gevent.config.model import Config
 from odyssey_gevent.instance import Instance
@@ -12,12 +14,34 @@ def _instance(**config):
     return Instance(Config(**config), Logger(to_stdout=False), "test.conf")
 
 
-def test_client_max_counts_accepted_clients_once():
-    inst = _instance(client_max=2)
+class _CountingLock:
+    def __init__(self):
+        self.acquires = 0
+
+    def acquire(self, *args):
+        self.acquires += 1
+        return True
+
+    def release(self):
+        pass
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.mark.parametrize("workers, locked", [(1, False), (2, True)])
+def test_client_max_counts_accepted_clients_once(workers, locked):
+    """The same count either way; with more workers than one (threads) under the lock, with one
+    (a single thread counts) without it."""
+    inst = _instance(client_max=2, workers=workers)
+    inst._lock = lock = _CountingLock()
     assert inst.client_opened() and inst.client_opened()
     assert not inst.client_opened() and inst.clients == 2       # refused: not counted
     inst.client_closed()
     assert inst.client_opened() and inst.clients == 2
+    assert lock.acquires == (5 if locked else 0)
 
 
 def test_no_client_max_means_no_limit():
