@@ -1251,7 +1251,7 @@ class Relay:
                 if proto.output:    # answers the pooler gives itself, due before the next message
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
-                learn = False
+                learn = head = False
                 if pos == 0:
                     # whole messages up to the first the walk reads whole (ReadyForQuery,
                     # ParameterStatus; with prepared statements CommandComplete, ErrorResponse)
@@ -1284,88 +1284,101 @@ class Relay:
                                     out = _splice(out, buf, seg, msg_end, proto.take_output())
                                     seg = msg_end
                         pos = shape[3]
+                        # the read's last message a ReadyForQuery whose header the layout
+                        # checked (its status byte varies, so only the header): not read again
+                        head = shape[5]
                     elif shape:     # laid out otherwise: this length is walked from now on
                         shapes[end] = _NEVER
                     elif shape is not _NEVER:
                         learn = True
                 last = end - 5      # the last position a whole header starts at
-                while True:             # not `while pos <= last`: its jump is long (see _on_client)
-                    if pos > last:
-                        break
-                    t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
-                    if length < 4:
-                        raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
-                    msg_end = pos + 1 + length
-                    if interest[t]:
-                        kind = kinds[t]
-                        if kind == _SK_TELL:
-                            action = proto.receive(t)
-                        else:
-                            if msg_end > end:                       # wanted whole
-                                if 1 + length <= len(buf):
-                                    break          # hold it back until whole
-                                if kind != _SK_WHOLE:
-                                    raise ServerError(Status.ESERVER_READ, "server message too long")
-                            # `is`: the kinds are small ints (one object each), and an identity
-                            # test needs no specialization, which a comparison followed by the
-                            # long jump over this branch would not get
-                            if kind is _SK_READY:
-                                action = proto.receive(t, _BYTE[buf[msg_end - 1]])
-                                stats = self.stats
-                                stats.count_query += 1
-                                q0 = self.q_start
-                                if q0:              # seconds; a pipelined next request runs from now
-                                    now = self.now()
-                                    elapsed = now - q0
-                                    if elapsed > 0.0:
-                                        stats.query_time += elapsed
-                                        if stats.query_sketch is not None:
-                                            stats.query_sketch.add(elapsed * 1e6)
-                                    self.q_start = now if proto.syncs else 0.0
-                                txs = proto.tx_status
-                                if txs is _TX_IDLE or txs == _TX_IDLE:
-                                    stats.count_tx += 1
-                                    t0 = self.tx_start
-                                    if t0:
-                                        if q0:
-                                            elapsed = now - t0
-                                            if elapsed > 0.0:
-                                                stats.tx_time += elapsed
-                                                if stats.tx_sketch is not None:
-                                                    stats.tx_sketch.add(elapsed * 1e6)
-                                        self.tx_start = now if q0 and proto.syncs else 0.0
-                                self.s_ready = True
-                            else:
+                # the walk, its loop turned so that a header read with the layout (see above) is not read
+                # again: each message's header is read at the end of the one before
+                if pos > last:      # nothing to walk (a truth test's jump is short: specialized compare)
+                    pass
+                else:
+                    if head:
+                        t = _S_READY
+                        length = 5
+                    else:
+                        t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
+                    while True:
+                        if length < 4:
+                            raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
+                        msg_end = pos + 1 + length
+                        if interest[t]:
+                            kind = kinds[t]
+                            if kind == _SK_TELL:
                                 action = proto.receive(t)
-                                if kind == _SK_PARAM:
-                                    self._parameter_status(server, buf, pos + 5, msg_end)
-                                elif msg_end <= end:        # _SK_WHOLE: prepared statements
-                                    if t == _S_COMPLETE:
-                                        if length in (16, 19):
-                                            prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
-                                    else:
-                                        self._server_error(server, buf, pos + 5, msg_end)
-                        if proto.broken is not None:
-                            self._miscounted(server)
-                        if action != 0:         # not FORWARD (an int compared: specialized)
-                            if out is None:
-                                out = []
-                            if pos > seg:
-                                out.append(memoryview(buf)[seg:pos])
-                            if action == REPLACE:
-                                out.append(proto.replacement)
-                            if msg_end > end:
-                                self.s_skip = msg_end - end
-                                self.s_drop = True
-                                seg = pos = end
-                                break
-                            seg = msg_end
-                        # answers the pooler gives itself become due only here, after a message
-                        # it was told (a partial one's at the next message's header, above)
-                        if proto.output and msg_end <= end:
-                            out = _splice(out, buf, seg, msg_end, proto.take_output())
-                            seg = msg_end
-                    pos = msg_end
+                            else:
+                                if msg_end > end:                       # wanted whole
+                                    if 1 + length <= len(buf):
+                                        break          # hold it back until whole
+                                    if kind != _SK_WHOLE:
+                                        raise ServerError(Status.ESERVER_READ, "server message too long")
+                                # `is`: the kinds are small ints (one object each), and an identity
+                                # test needs no specialization, which a comparison followed by the
+                                # long jump over this branch would not get
+                                if kind is _SK_READY:
+                                    action = proto.receive(t, _BYTE[buf[msg_end - 1]])
+                                    stats = self.stats
+                                    stats.count_query += 1
+                                    q0 = self.q_start
+                                    if q0:              # seconds; a pipelined next request runs from now
+                                        now = self.now()
+                                        elapsed = now - q0
+                                        if elapsed > 0.0:
+                                            stats.query_time += elapsed
+                                            if stats.query_sketch is not None:
+                                                stats.query_sketch.add(elapsed * 1e6)
+                                        self.q_start = now if proto.syncs else 0.0
+                                    txs = proto.tx_status
+                                    if txs is _TX_IDLE or txs == _TX_IDLE:
+                                        stats.count_tx += 1
+                                        t0 = self.tx_start
+                                        if t0:
+                                            if q0:
+                                                elapsed = now - t0
+                                                if elapsed > 0.0:
+                                                    stats.tx_time += elapsed
+                                                    if stats.tx_sketch is not None:
+                                                        stats.tx_sketch.add(elapsed * 1e6)
+                                            self.tx_start = now if q0 and proto.syncs else 0.0
+                                    self.s_ready = True
+                                else:
+                                    action = proto.receive(t)
+                                    if kind == _SK_PARAM:
+                                        self._parameter_status(server, buf, pos + 5, msg_end)
+                                    elif msg_end <= end:        # _SK_WHOLE: prepared statements
+                                        if t == _S_COMPLETE:
+                                            if length in (16, 19):
+                                                prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
+                                        else:
+                                            self._server_error(server, buf, pos + 5, msg_end)
+                            if proto.broken is not None:
+                                self._miscounted(server)
+                            if action != 0:         # not FORWARD (an int compared: specialized)
+                                if out is None:
+                                    out = []
+                                if pos > seg:
+                                    out.append(memoryview(buf)[seg:pos])
+                                if action == REPLACE:
+                                    out.append(proto.replacement)
+                                if msg_end > end:
+                                    self.s_skip = msg_end - end
+                                    self.s_drop = True
+                                    seg = pos = end
+                                    break
+                                seg = msg_end
+                            # answers the pooler gives itself become due only here, after a message
+                            # it was told (a partial one's at the next message's header, above)
+                            if proto.output and msg_end <= end:
+                                out = _splice(out, buf, seg, msg_end, proto.take_output())
+                                seg = msg_end
+                        pos = msg_end
+                        if pos > last:
+                            break
+                        t, length = _unpack_head(buf, pos)
                 if pos > end:       # a message goes on past the bytes received (see _client_data)
                     self.s_skip = pos - end
                     pos = end
@@ -1519,16 +1532,24 @@ def _server_shape(buf, end: int, kinds: tuple):
     one the walk reads whole (`kinds`, _S_KIND or _S_KIND_PREPARED, other than _SK_TELL) or the
     first not whole, as an unpack
     of their headers and what it gives, the told ones (type, start, end), where the walk goes
-    on and the told types (bytes); _NEVER for fewer than two such messages or more than
-    _SHAPE_MESSAGES."""
+    on, the told types (bytes) and whether the header there, a ReadyForQuery ending the read,
+    is checked too; _NEVER for fewer than two such messages (that ReadyForQuery counted) or
+    more than _SHAPE_MESSAGES."""
     fmt = ["!"]
     told = []
     pos = n = 0
+    head = False
     while pos <= end - 5:
         t, length = _unpack_head(buf, pos)
         msg_end = pos + 1 + length
         kind = kinds[t]
         if msg_end > end or kind > _SK_TELL:
+            if t == _S_READY and length == 5 and msg_end == end:
+                # the read ends with a ReadyForQuery: its header is checked with the rest and the
+                # walk takes it without reading it again (its status byte varies: not checked)
+                fmt.append("BI")
+                head = True
+                n += 1
             break
         if kind:
             told.append((t, pos, msg_end))
@@ -1538,7 +1559,7 @@ def _server_shape(buf, end: int, kinds: tuple):
     if n < 2 or n > _SHAPE_MESSAGES:
         return _NEVER
     unpack = struct.Struct("".join(fmt)).unpack_from
-    return unpack, unpack(buf, 0), tuple(told), pos, bytes(t for t, _, _ in told)
+    return unpack, unpack(buf, 0), tuple(told), pos, bytes(t for t, _, _ in told), head
 
 
 def _splice(out: list | None, buf, seg: int, pos: int, data: bytes) -> list:

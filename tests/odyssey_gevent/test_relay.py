@@ -912,6 +912,55 @@ def test_a_reply_laid_out_as_one_seen_before_is_told_as_the_walk_tells_it(in_mac
 
 
 @pytest.mark.parametrize("prepared", [False, True], ids=["plain", "prepared"])
+def test_a_remembered_reply_s_ready_for_query_is_read_with_its_status(in_machine, prepared):
+    """A reply laid out as one seen before up to the ReadyForQuery that ends it has that
+    ReadyForQuery's header checked with the layout (without the prepared-statement layer, whose
+    layout stops at the CommandComplete), not its status byte: each status is the walk's, a
+    transaction's T and E keep the server, I gives it back. A read of that length ending with
+    another message where the ReadyForQuery was is walked (the header is part of the layout)."""
+    relay_mod = _shapes()
+    relay_mod._S_SHAPES_PREPARED.clear()
+    shapes = relay_mod._S_SHAPES_PREPARED if prepared else relay_mod._S_SHAPES
+    reply = _ext_reply(b"I")
+    notice = b"N" + (5).to_bytes(4, "big") + b"\0"     # an empty NoticeResponse: a ReadyForQuery's length
+    assert len(notice) == len(be_write.ready_for_query(b"I"))
+
+    def body():
+        h = Harness("transaction", prepared=prepared)
+        try:
+            for i in range(3):
+                _exchange(h, _ext(), reply)
+            shape = shapes.get(len(reply))
+            assert isinstance(shape, tuple) and shape[5] is (not prepared)
+            assert h.fe.detaches[-1] == (3, 3, b"I")
+            for status in b"TTEI":
+                _exchange(h, _ext(), _ext_reply(bytes([status])))
+                assert h.server.tx_status == bytes([status])
+            # the T and E kept the server: one detach more, at the I
+            assert h.fe.detaches[3:] == [(7, 7, b"I")] and not h.server.broken
+            stats = h.client.route.stats
+            assert stats.count_query == 7 and stats.count_tx == 4
+            h.app.write(_ext())
+            assert h.pg.read(len(_ext()), 2000) == _ext()
+            head = reply[:-len(notice)] + notice
+            h.pg.write(head)
+            assert h.app.read(len(head), 2000) == head
+            mm.sleep(0)
+            assert len(h.fe.detaches) == 4 and not h.server.broken      # no ReadyForQuery yet
+            if not prepared:
+                assert shapes[len(reply)] is relay_mod._NEVER
+            h.pg.write(be_write.ready_for_query(b"I"))
+            assert h.app.read(6, 2000) == be_write.ready_for_query(b"I")
+            mm.sleep(0)
+            assert h.fe.detaches[-1] == (8, 8, b"I") and not h.server.broken
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["plain", "prepared"])
 def test_an_error_in_a_pipeline_laid_out_as_before_is_counted_as_the_walk_counts_it(in_machine, prepared):
     """Two extended batches in one write, the first failing: the remembered layouts of the
     request and of the reply (its ErrorResponse told to the Conversation from the layout, or
