@@ -98,7 +98,9 @@ class CancelRequest:
     key: int
 
 
-def _startup_length(buf, offset: int) -> int | None:
+def _startup_length(buf, offset: int = 0) -> int | None:
+    """The first packet's declared length (its length word included) once its 4-byte length
+    word is there, else None. Raises ``ProtocolError`` for a bad one."""
     if len(buf) - offset < 4:
         return None
     declared = LENGTH.unpack_from(buf, offset)[0]
@@ -122,10 +124,8 @@ def startup_need(buf, offset: int = 0) -> int:
 _CODE_3_0 = LENGTH.pack(PROTOCOL_3_0)
 
 
-def startup_length(buf, offset: int = 0) -> int | None:
-    """The first packet's declared length (its length word included) once its 4-byte length
-    word is there, else None. Raises ``ProtocolError`` for a bad one."""
-    return _startup_length(buf, offset)
+# (the same function, not a wrapper: a frame fewer at each login)
+startup_length = _startup_length
 
 
 def read_startup(buf, offset: int = 0, declared: int | None = None):

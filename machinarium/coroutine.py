@@ -132,6 +132,9 @@ class Coroutine:
         self._done = True
         if self._machine is not None:
             self._machine._coroutines.discard(self)
+        self._finish_links()
+
+    def _finish_links(self):
         links = self._links
         if links is not None:
             self._links = None
@@ -257,8 +260,13 @@ def _serve(go, coro, fn, args, kwargs):
             coro._exc = e
             report_error(f"coroutine {coro.name!r}", e)
         finally:
-            coro._finish()
-        machine = coro._machine
+            # coro._finish() inline (a frame fewer per coroutine: once per client login)
+            coro._done = True
+            machine = coro._machine
+            if machine is not None:
+                machine._coroutines.discard(coro)
+            if coro._links is not None:
+                coro._finish_links()
         if coro._cancelled or machine is None:
             return
         idle = machine._idle

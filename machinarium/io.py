@@ -93,7 +93,12 @@ class _Socket:
                 r.close()
             if w is not None:
                 w.close()
-            self._close_native(self._sock)
+            raw = self._sock
+            # _close_native inline (a frame fewer per connection)
+            if self.hub.loop.closing_fd(raw.fileno()):
+                self._close_later(raw)
+            else:
+                raw.close()
         else:
             self.hub.cancel_waits_close_and_then((r, w), _cancel_wait_ex, self._close_native, self._sock)
 
@@ -101,19 +106,23 @@ class _Socket:
         # as gevent's socket: libev is told first so that watchers it still has for the fd end
         # before the number can be reused
         if self.hub.loop.closing_fd(raw.fileno()):
-            check = self.hub.loop.check()
-
-            def later(s):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-                finally:
-                    check.stop()
-                    check.close()
-            check.start(later, raw)
+            self._close_later(raw)
         else:
             raw.close()
+
+    def _close_later(self, raw) -> None:
+        """libev has events queued for the fd's watchers: close it at the loop's next turn."""
+        check = self.hub.loop.check()
+
+        def later(s):
+            try:
+                s.close()
+            except OSError:
+                pass
+            finally:
+                check.stop()
+                check.close()
+        check.start(later, raw)
 
     def detach(self) -> int:
         """Give the fd up without closing it (its watchers are closed)."""

@@ -163,7 +163,9 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
                     server.options_for = config
                     _socket_options(server.io, config, log, explicit=True)
             try:
-                p = io.peer
+                p = io._peer            # as accept() found it (Io.peer's frame only without it)
+                if p is None:
+                    p = io.peer
                 peer = (p[0], p[1]) if p else None
             except OSError:               # the client is already gone
                 io.close()

@@ -61,14 +61,15 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
         # the startup packet's first bytes, if they are there: 8, as no first packet is shorter
         # (more could take bytes a client sends on after it without waiting), and an SSLRequest
         # (libpq's first packet unless sslmode is disable) or GSSENCRequest is then all read
-        head = io.recv_now(8)
+        head = io._raw.recv(8)     # (Io.recv_now inline: a frame fewer per login)
+    except BlockingIOError:
+        head = None
     except OSError:                 # (reset already): the coroutine finds it out again
         head = None
     else:
-        if head is not None:
-            machinarium.Coroutine.start_yielding(frontend, instance, io, listen, conn_type, peer, local, deadline,
-                                                 head, name=("client %s:%s", peer) if peer else "client unix")
-            return True
+        machinarium.Coroutine.start_yielding(frontend, instance, io, listen, conn_type, peer, local, deadline,
+                                             head, name=("client %s:%s", peer) if peer else "client unix")
+        return True
     p = _Pending()
     p.instance = instance
     p.io = io
