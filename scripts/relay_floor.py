@@ -2,6 +2,7 @@
 
     python scripts/relay_floor.py --measure [--seconds 10] [--rounds 3] [--odyssey-bin PATH]
         [--variants gevent-greenlet,gevent-callback,epoll,epoll-framing] [--no-callgrind]
+        [--connect --variants epoll-pool] [--ours]
     python scripts/relay_floor.py --serve VARIANT --listen-port P --pg-host H --pg-port Q
 
 `--serve` runs one minimal 1:1 TCP relay in front of PostgreSQL: every client connection gets
@@ -161,6 +162,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--variants", default=list(VARIANTS), type=lambda s: [x for x in s.split(",") if x],
                     help="comma list of relay variants to measure (default: all)")
     ap.add_argument("--odyssey-bin", default=None, help="C Odyssey binary (default: $ODYSSEY_BIN)")
+    ap.add_argument("--connect", action="store_true",
+                    help="pgbench -C, a new connection per transaction: the login's floor (use with "
+                         "--variants epoll-pool: the other variants connect a server per client)")
+    ap.add_argument("--ours", action="store_true", help="measure odyssey-gevent on bench.py's config too")
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--seconds", type=int, default=10, help="pgbench -T per run (default 10)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -184,7 +189,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def targets_of(a) -> list[str]:
-    return list(a.variants) + (["odyssey"] if a.odyssey_bin else []) + ["direct"]
+    return (list(a.variants) + (["odyssey-gevent"] if a.ours else []) + (["odyssey"] if a.odyssey_bin else [])
+            + ["direct"])
 
 
 def _round_ratio(runs: list, ref: list, key) -> float | None:
@@ -775,10 +781,12 @@ class Measure:
         self.log(f"throwaway PostgreSQL on {self.pg_host}:{self.pg_port}, pgbench -i -s 1")
 
     def start(self, target: str, prefix: list[str] | None = None):
-        if target == "odyssey":
+        if target in ("odyssey", "odyssey-gevent"):
             from scripts.bench import POOLER_TEMPLATE
             from scripts.pooler import PoolerProcess
-            binary = self.a.odyssey_bin if not prefix else " ".join([*prefix, self.a.odyssey_bin])
+            # ours as `python -m odyssey_gevent` (PoolerProcess would run $ODYSSEY_BIN otherwise)
+            command = self.a.odyssey_bin if target == "odyssey" else f"{sys.executable} -m odyssey_gevent"
+            binary = command if not prefix else " ".join([*prefix, command])
             proc = PoolerProcess(POOLER_TEMPLATE, pg_host=self.pg_host, pg_port=self.pg_port, binary=binary,
                                  wait=not prefix, pool_size=self.a.pool_size, reserve_prepared="no")
             if prefix:
@@ -802,7 +810,8 @@ class Measure:
     def pgbench_run(self, target: str) -> dict:
         from scripts.bench import parse_pgbench
         cmd = ["pgbench", "-n", "-S", "-j", "2", "-c", str(self.a.clients), "-T", str(self.a.seconds),
-               "-M", "simple", "-h", "127.0.0.1", "-p", str(self.port_of(target)), "-U", "postgres", "bench"]
+               "-M", "simple", *(["-C"] if self.a.connect else []), "-h", "127.0.0.1", "-p",
+               str(self.port_of(target)), "-U", "postgres", "bench"]
         pid = self.procs[target].pid if target != "direct" else None
         before = cpu_split(pid) if pid else None
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.a.seconds + 60,
@@ -842,7 +851,7 @@ class Measure:
             prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                       f"--callgrind-out-file={os.path.join(outdir, 'callgrind.out.%p')}"]
             proc = self.start(target, prefix)
-            args = SimpleNamespace(clients=self.a.clients, mode="simple", connect=False, db="bench")
+            args = SimpleNamespace(clients=self.a.clients, mode="simple", connect=self.a.connect, db="bench")
             pgbench(args, proc.port, 500, "postgres")
             subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
             n = pgbench(args, proc.port, self.a.transactions, "postgres")
@@ -869,7 +878,8 @@ class Measure:
                     if t != "direct":
                         instructions[t] = self.callgrind(t)
         print()
-        print(f"pgbench -n -S -c {self.a.clients} -j 2 -M simple -T {self.a.seconds}, {self.a.rounds} rounds, "
+        print(f"pgbench -n -S -c {self.a.clients} -j 2 -M simple{' -C' if self.a.connect else ''} "
+              f"-T {self.a.seconds}, {self.a.rounds} rounds, "
               f"order alternating, medians; instructions: callgrind over {self.a.transactions} transactions")
         print(format_floor_table(targets, results, instructions))
 

@@ -94,7 +94,9 @@ def test_parse_args_and_targets(monkeypatch):
     assert a.variants == list(relay_floor.VARIANTS) and (a.clients, a.seconds, a.rounds) == (10, 10, 3)
     assert relay_floor.targets_of(a) == list(relay_floor.VARIANTS) + ["direct"]
     a = relay_floor.parse_args(["--measure", "--variants", "epoll", "--odyssey-bin", "/opt/odyssey"])
-    assert relay_floor.targets_of(a) == ["epoll", "odyssey", "direct"]
+    assert relay_floor.targets_of(a) == ["epoll", "odyssey", "direct"] and not a.connect
+    a = relay_floor.parse_args(["--measure", "--variants", "epoll-pool", "--connect", "--ours"])
+    assert relay_floor.targets_of(a) == ["epoll-pool", "odyssey-gevent", "direct"] and a.connect
     a = relay_floor.parse_args(["--serve", "epoll", "--listen-port", "1", "--pg-port", "2"])
     assert (a.serve, a.listen_port, a.pg_host, a.pg_port) == ("epoll", 1, "127.0.0.1", 2)
     for bad in ([], ["--measure", "--serve", "epoll"], ["--serve", "epoll"], ["--measure", "--variants", "uv"],
