@@ -134,7 +134,8 @@ class Rules:
         ``conn_type``: "host"/"tcp" or "local"/"unix".  ``internal`` clients (auth_query,
         group checker, watchdog) see only ``pool_routing "internal"`` rules; others never do.
         """
-        client_type = _normalize_conn_type(conn_type)
+        # the two usual names without _normalize_conn_type's frame (once a login)
+        client_type = conn_type if conn_type == "host" or conn_type == "local" else _normalize_conn_type(conn_type)
         internal = bool(internal)
         # the usual tests inline (a default selector, the same name, conn_type default), the
         # rest by the helpers: run at every login, for each rule tried in turn
