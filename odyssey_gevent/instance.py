@@ -25,9 +25,10 @@ class Instance:
         self.config_path = config_path
         self.logger = logger
         self.rules = Rules(config, reverse_dns=machinarium.reverse_dns)
-        self.router = Router(self)
         # the config reader resolved "auto"; the worker pool keeps the count it started with
+        # (the router's lock depends on it)
         self.workers = config.workers
+        self.router = Router(self)
         self._endpoint_rr = itertools.count()
         self._lock = threading.Lock()
         self.shutting_down = False   # SIGTERM/SIGINT: clients are closed at their next idle point

@@ -1,8 +1,10 @@
 """A route: the pool of one (database, user, rule) key (mirrors Odyssey sources/route.c,
 route_pool.c, server_pool.c and client_pool.c).
 
-The lock rule (written here only). `Router.lock` is a plain threading.Lock, taken for list and
-field updates only, never across IO or anything that could switch coroutines. It guards:
+The lock rule (written here only). `Router.lock` is a plain threading.Lock (with workers 1,
+where one thread makes every router call, a stand-in that does nothing: router._OneThread),
+taken for list and field updates only, never across IO or anything that could switch
+coroutines. It guards:
 
 * the router's `routes` and `keys`;
 * a Route's `idle`, `active`, `clients`, `waiters` and `obsolete`;

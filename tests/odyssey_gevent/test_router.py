@@ -3,6 +3,7 @@ waiting (also across machines), pool_timeout, close, cancel-key lookup (referenc
 from __future__ import annotations
 
 import collections
+import threading
 import time
 
 from types import SimpleNamespace
@@ -173,6 +174,42 @@ def test_detach_parks_idle_and_reuse_is_lifo():
     assert router.attach(n1, 0) is s[2]          # the most recently used first
     assert router.attach(n2, 0) is s[0]
     assert route.idle == [] and route.server_count == 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_lock_is_a_real_one_only_with_more_than_one_worker(workers):
+    """workers 1: every router call runs in one thread and the lock excludes nothing there, so
+    it is a stand-in whose acquire does not block (a held threading.Lock would); with more
+    workers a threading.Lock. Either way the pool works the same, and an exception inside
+    `with router.lock` is not swallowed."""
+    inst = FakeInstance(FakeRules(make_rule(pool_size=2)))
+    inst.workers = workers
+    router = Router(inst)
+    lock = router.lock
+    assert isinstance(lock, type(threading.Lock())) is (workers > 1)
+    lock.acquire()
+    try:
+        if workers > 1:
+            assert lock.acquire(False) is False     # held
+        else:
+            lock.acquire()      # again, in the same thread: a held real lock would never give it
+            lock.release()
+    finally:
+        lock.release()
+    with pytest.raises(ZeroDivisionError):
+        with router.lock:
+            1 / 0
+    cs = [routed(router) for _ in range(3)]
+    s = [router.attach(c, 0) for c in cs[:2]]
+    route = cs[0].route
+    with pytest.raises(AttachTimeout):
+        router.attach(cs[2], 0)
+    router.detach(cs[0])
+    assert route.idle == [s[0]] and cs[0].server is None and cs[0].state is ClientState.PENDING
+    assert router.attach_idle(cs[2]) is s[0] and cs[2].server is s[0] and route.idle == []
+    router.detach(cs[1])
+    router.detach(cs[2])
+    assert route.idle == [s[1], s[0]] and route.active == set()
 
 
 def test_detach_of_unrouted_client_keeps_its_state():
