@@ -7,10 +7,12 @@ its server is reset and reused or closed.
 """
 from __future__ import annotations
 
+import struct
 import time
 
 import machinarium
 from kiwi import be_write, error_codes
+from kiwi.header import BE
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage, startup_length
 from kiwi.be_read import read_startup as read_startup_bytes
 from kiwi.errors import KiwiError, ProtocolError
@@ -126,6 +128,9 @@ _OWN_BLOCKS = 64
 
 
 _READY_IDLE = be_write.ready_for_query(b"I")
+# BackendKeyData as be_write.backend_key_data makes it (setup packs it inline)
+_BACKEND_KEY = struct.Struct("!BIII")
+_K_BACKEND_KEY = BE.BACKEND_KEY_DATA.value
 
 
 def _login_facts(rule, instance) -> tuple:
@@ -355,8 +360,20 @@ class Frontend:
             if len(own) >= _OWN_BLOCKS:
                 own.clear()
             own[items] = block
-        client.io.write(b"".join((owed, block, be_write.backend_key_data(client.key_pid, client.key_secret),
-                                  _READY_IDLE)))
+        # be_write.backend_key_data and Io.write's usual case (the socket takes it all) inline:
+        # two frames fewer per login
+        data = b"".join((owed, block, _BACKEND_KEY.pack(_K_BACKEND_KEY, 12, client.key_pid & 0xFFFFFFFF,
+                                                        client.key_secret & 0xFFFFFFFF), _READY_IDLE))
+        io = client.io
+        if io._tls:
+            io.write(data)
+        else:
+            try:
+                n = io._raw.send(data)
+            except BlockingIOError:
+                n = 0
+            if n != len(data):
+                io.write(memoryview(data)[n:])      # the rest, waiting as Io.write does
 
     # -- attach / detach (called by the relay) ----------------------------------------------
     def attach(self, deploy_params: bool = True, taken=None, queued: bool = False):

@@ -9,14 +9,14 @@ import pytest
 from gevent import socket as gsocket
 
 import machinarium as mm
-from kiwi import error_codes, fe_read, fe_write
+from kiwi import be_write, error_codes, fe_read, fe_write
+from kiwi.errors import ProtocolError
 from kiwi.header import BE
 from odyssey_gevent.client import Client
 from odyssey_gevent.config.model import Rule, Storage
 from odyssey_gevent.frontend import Frontend, parse_options
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.router import Router
-from kiwi.errors import ProtocolError
 from odyssey_gevent.status import FrontendError
 
 pytestmark = pytest.mark.timeout(10)
@@ -404,5 +404,49 @@ def test_eof_after_the_accepts_first_bytes(in_machine):
         finally:
             app.close(), pooler.close()
         return True
+
+    assert in_machine(body)
+
+
+# ----------------------------------------------------------------------------------------------
+# setup(): AuthenticationOk (owed), the route's ParameterStatus with the client's own values,
+# BackendKeyData, ReadyForQuery, in one write
+
+class _Partial:
+    """A native socket stand-in whose first send takes only `first` bytes."""
+    def __init__(self, raw, first):
+        self.raw, self.first = raw, first
+
+    def send(self, data):
+        if self.first is not None:
+            data, self.first = bytes(data)[:self.first], None
+        return self.raw.send(data)
+
+
+@pytest.mark.parametrize("partial", [None, 7])
+def test_setup_writes_the_login_messages_in_order(in_machine, partial):
+    from odyssey_gevent import auth
+    from odyssey_gevent.route import Route
+
+    def body():
+        a, b = gsocket.socketpair()
+        app, pooler = mm.Io(a), mm.Io(b)
+        try:
+            client = Client(pooler, None, "host", ("127.0.0.1", 1))
+            client.rule = Rule(db_name="d", user_name="u", pool="transaction")
+            client.route = Route(("d", "u", 1), client.rule, "d", "u")
+            client.route.params = [("server_version", "16.0"), ("application_name", "")]
+            client.vars = {"application_name": "mine"}
+            fe = Frontend(_instance(), client)
+            fe.owed = auth.AUTH_OK_MESSAGE
+            if partial is not None:
+                pooler._raw = _Partial(pooler._raw, partial)
+            fe.setup()
+            want = (auth.AUTH_OK_MESSAGE + be_write.parameter_status("server_version", "16.0")
+                    + be_write.parameter_status("application_name", "mine")
+                    + be_write.backend_key_data(client.key_pid, client.key_secret) + be_write.ready_for_query(b"I"))
+            return app.read(len(want), 1000) == want and fe.owed is None
+        finally:
+            app.close(), pooler.close()
 
     assert in_machine(body)
