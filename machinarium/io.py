@@ -33,6 +33,7 @@ from .coroutine import sleep
 from .errors import ConnectionClosed, MachineError, TimedOut
 
 _INET = (_std.AF_INET, _std.AF_INET6)
+_new = object.__new__
 _POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLRDHUP | select.POLLERR | select.POLLHUP
 _IOV_MAX = 1024
 _LINGER_0 = struct.pack("ii", 1, 0)
@@ -334,8 +335,20 @@ class Io:
                         continue
         client = _native_socket(raw.family, raw.type, raw.proto, fd)     # the native socket's ints
         client.setblocking(False)
-        io = Io(_Socket(client, self.sock.hub))
+        # Io(_Socket(client, hub)) with both __init__s inline (two frames fewer per client)
+        hub = self.sock.hub
+        sock = _new(_Socket)
+        sock._sock = client
+        sock.hub = hub
+        sock._read_event = hub.loop.io(fd, 1)
+        sock._w = None
+        sock._closed = False
+        io = _new(Io)
+        io.sock = sock
+        io._raw = client
+        io._tls = False
         io._peer = addr or None
+        io._poller = None
         return io
 
     def refuse_pending(self) -> bool:

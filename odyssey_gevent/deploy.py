@@ -88,7 +88,16 @@ def needed(client, server) -> bool:
     written."""
     todo = client.deploy_list
     if todo is None:
-        todo = deploy_list(client)
+        # deploy_list's usual case inline (a frame fewer at each login's first attach): these
+        # vars seen before
+        try:
+            todo = _LISTS.get(tuple(client.vars.items()))
+        except TypeError:               # an unhashable value (not from a client)
+            todo = None
+        if todo is None:
+            todo = deploy_list(client)
+        else:
+            client.deploy_list = todo
     elif server.deployed is todo:
         return False
     params = server.params

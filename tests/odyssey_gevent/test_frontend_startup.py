@@ -450,3 +450,14 @@ def test_setup_writes_the_login_messages_in_order(in_machine, partial):
             app.close(), pooler.close()
 
     assert in_machine(body)
+
+
+def test_startups_with_the_same_parameters_get_their_own_vars(in_machine):
+    def body():
+        sm = _sm({"user": "kept", "application_name": "app", "options": "-c a=b"})
+        _, first, _ = _startup(sm)
+        _, second, _ = _startup(sm)          # the kept result of the first
+        first.vars["a"] = "changed"
+        return second.vars, second.vars is first.vars
+
+    assert in_machine(body) == ({"application_name": "app", "a": "b"}, False)
