@@ -266,7 +266,17 @@ class Frontend:
             client.vars["application_name"] = (f"{app} - {client.peer_host}")[:63]
         # tsa.checks_hosts inline (a frame fewer per login): a catchup_timeout, or a
         # target_session_attrs other than any, has each idle server's host checked
-        checks = client.tsa_checks or tsa.work_out(client)
+        checks = client.tsa_checks
+        if checks is None:
+            # tsa.work_out's usual case inline (another frame): a client without startup hints
+            # gets the checks its route keeps for this listen block
+            memo = route.tsa_memo
+            vars_ = client.vars
+            if memo is not None and memo[0] is client.listen and tsa.HINT not in vars_ \
+                    and tsa.CATCHUP_HINT not in vars_:
+                checks = client.tsa_checks = memo[1]
+            else:
+                checks = tsa.work_out(client)
         self.attach_plain = not checks[0] and checks[1] == "any" and not notice
 
     # -- stage 3b: host based authentication (hba_file) --------------------------------------

@@ -461,3 +461,33 @@ def test_startups_with_the_same_parameters_get_their_own_vars(in_machine):
         return second.vars, second.vars is first.vars
 
     assert in_machine(body) == ({"application_name": "app", "a": "b"}, False)
+
+
+def test_route_keeps_the_tsa_checks_of_clients_without_hints():
+    """Frontend.route: a client without startup hints gets the checks its route keeps for its
+    listen block (attach_plain with none to make); one with a hint, or of another listen block,
+    gets its own."""
+    from odyssey_gevent import tsa
+    rule = Rule(authentication="none", pool="transaction")
+    inst = _instance()
+    inst.rules = _Rules(rule)
+    inst.close_server_later = lambda s: None
+    inst.router = Router(inst)
+    listen, other = (SimpleNamespace(target_session_attrs=None, catchup_timeout=0) for _ in range(2))
+
+    def login(vars_, lst=listen):
+        client = Client(None, lst, "host", ("10.1.2.3", 5000))
+        client.user, client.database = "u", "d"
+        client.vars = dict(vars_)
+        fe = Frontend(inst, client)
+        fe.route()
+        return client, fe
+
+    first, fe1 = login({})
+    second, fe2 = login({"application_name": "x"})
+    hinted, fe3 = login({tsa.HINT: "read-write"})
+    elsewhere, _ = login({}, other)
+    assert second.tsa_checks is first.tsa_checks and fe1.attach_plain and fe2.attach_plain
+    assert hinted.tsa_checks is not first.tsa_checks and hinted.tsa_checks[1] == "read-write"
+    assert not fe3.attach_plain
+    assert elsewhere.tsa_checks is not first.tsa_checks
