@@ -675,9 +675,9 @@ class Relay:
             reason = None
             first = buf[0]              # once: indexing a bytearray is not specialized
             # `alone`: the common request, one whole simple Query alone in the buffer with a
-            # server attached and no prepared-statement layer, is relayed by _send_query. A flag:
-            # 3.11 specializes a comparison only when a conditional jump follows it at once, and
-            # the jump over the long body below has an EXTENDED_ARG first. Where attach_now just
+            # server attached and no prepared-statement layer, is relayed as _send_query relays
+            # it. A flag: 3.11 specializes a comparison only when a conditional jump follows it at
+            # once, and the jump over the long body below has an EXTENDED_ARG first. Where attach_now just
             # took a server, the tests the attach made already (c_skip, c_drop, a whole header,
             # the prepared layer) are not made again. The same for a request of whole messages
             # laid out as one seen before (_C_SHAPES): then `alone` holds the types to tell
@@ -728,7 +728,41 @@ class Relay:
                     if shape and shape[0](buf, 0) == shape[1]:
                         alone = shape[2]
             if alone:
-                self._send_query(client.server, buf, end, alone)
+                # _send_query inline (once per transaction here, where its frame costs more than
+                # this copy; the queued hand-over calls it): test_relay_fast keeps the two in step
+                server = client.server
+                proto = server.proto
+                if alone is True:
+                    proto.send(_C_QUERY)
+                else:
+                    proto.send_many(alone)
+                self.stats.bytes_recv += end
+                if not self.q_start:
+                    self.q_start = now = self.now()
+                    if not self.tx_start:
+                        self.tx_start = now
+                data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
+                try:
+                    if self.pending is None:
+                        sio = server.io
+                        try:
+                            n = sio._raw.send(data)
+                        except BlockingIOError:
+                            n = 0
+                        if n < end:
+                            self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
+                    else:
+                        self._send_now(server.io, data, 1)
+                except OSError as e:
+                    raise ServerError(Status.ESERVER_WRITE, e) from None
+                if proto.output:
+                    self._to_client(proto.take_output())
+                if buf is self.c_buf:       # not the scratch
+                    self.c_len = 0
+                    free = self.free
+                    if len(buf) == BUF_SIZE and len(free) < 256:
+                        free.append(buf)
+                    self.c_buf = None
             elif reason is None:
                 reason = self._client_data(buf, end)
             if reason is None:
@@ -865,7 +899,8 @@ class Relay:
     def _send_query(self, server, buf, end: int, tell=True) -> None:
         """The common request, one whole simple Query alone in buf[:end] with no
         prepared-statement layer, relayed to the attached `server` as _client_data would relay
-        it (for both callbacks that meet it: _on_client, _on_handed); buf is the thread's
+        it (the queued hand-over's, _on_handed; _on_client has an inline copy, which
+        test_relay_fast keeps in step with this); buf is the thread's
         scratch or the relay's c_buf, which goes back to the free list. `tell`: True for the
         Query, or the types of whole messages laid out as a request seen before (_C_SHAPES),
         which _client_data would tell in one send_many call."""

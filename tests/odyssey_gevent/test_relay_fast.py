@@ -446,6 +446,51 @@ def test_a_handed_over_request_laid_out_as_one_seen_before_skips_the_walk(in_mac
     assert in_machine(body)
 
 
+@pytest.mark.parametrize("request_", [
+    _q("select 1"),
+    _q("select '" + "x" * 3000 + "'"),                   # longer than _SLICE_MAX: sent as a view
+    _ext(),                                               # laid out as one seen before
+], ids=["lone-query", "long-query", "remembered"])
+def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, request_):
+    """_on_client's inline copy of _send_query (the hand-over's) and _send_query itself leave the
+    same state behind them: the same bytes at the server, the Conversation told the same, the
+    same stats and timings started, the buffer given back, nothing held or pending."""
+    relay_mod._C_SHAPES.clear()
+    if request_[:1] != b"Q":
+        relay_mod._C_SHAPES[len(request_)] = relay_mod._client_shape(bytearray(request_), len(request_),
+                                                                    [m for m in b"PBES"])
+
+    def sent(queued):
+        h = _harness(queue=queued, cb_queue=queued)
+        try:
+            if queued:
+                _queued(h, request_)
+                h.fe.hand()
+            else:
+                h.app.write(request_)
+            assert h.pg.read(len(request_), 2000) == request_
+            relay, proto = h.relay, h.server.proto
+            state = (list(proto.queue), proto.syncs, proto.unsynced, proto.phase, h.client.route.stats.bytes_recv,
+                     relay.q_start > 0, relay.tx_start > 0, relay.c_buf, relay.c_len, relay.pending,
+                     h.fe.taken, h.server.sync_request)
+            reply = _reply(b"I") if request_[:1] == b"Q" else _ext_reply(b"I")
+            h.pg.write(reply)
+            assert h.app.read(len(reply), 2000) == reply
+            mm.sleep(0)
+            assert h.fe.now_detaches == 1 and h.client.server is None and not h.server.broken
+            return state
+        finally:
+            h.close()
+
+    def body():
+        direct, handed = sent(False), sent(True)
+        assert direct == handed, (direct, handed)
+        assert direct[5] and direct[6] and direct[7] is None and direct[-1] == 1
+        return True
+
+    assert in_machine(body)
+
+
 def test_bytes_a_queued_client_sends_are_read_after_the_hand_over(in_machine):
     """While queued the client is not read: its socket's watcher stays started with
     _on_client, which stops it when more bytes come (no callback per loop turn) and leaves
