@@ -472,6 +472,35 @@ def _parse_counts(p) -> tuple[int, int]:
     return row["total_parse_count"], row["total_parse_count_reuse"]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["extended", "simple"])
+def test_stats_count_repeated_requests_exactly(ops, tmp_path, mode):
+    """pgbench repeats one request, so the relay soon knows how the request and its reply are
+    laid out and no longer walks them message by message: SHOW STATS still counts every
+    transaction and query once, and a second run, which the remembered layouts serve from its
+    first transaction, moves the byte counters exactly as the first run did."""
+    script = tmp_path / "one.sql"
+    script.write_text("select 1;\n")
+    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(ops.port), PGUSER=USER, PGSSLMODE="disable")
+    columns = ("total_xact_count", "total_query_count", "total_received", "total_sent")
+
+    def totals():       # no row before the database's first traffic
+        row = {r["database"]: r for r in _show(ops, "STATS")}.get("db1", dict.fromkeys(columns, 0))
+        return [row[c] for c in columns]
+
+    moved = []
+    for _ in range(2):
+        before = totals()
+        out = subprocess.run(["pgbench", "-n", "-c", "2", "-t", "50", "-M", mode, "-f", str(script), "db1"],
+                             env=env, capture_output=True, text=True, timeout=40)
+        assert out.returncode == 0, out.stdout + out.stderr
+        moved.append([b - a for a, b in zip(before, totals())])
+    for xacts, queries, received, sent in moved:
+        assert (xacts, queries) == (100, 100)
+        assert received > 100 * len("select 1") and sent > 0
+    assert moved[0] == moved[1]
+
+
 @pytest.mark.timeout(30)
 def test_show_stats_counts_parses_sent_and_reused(ops):
     """pool_reserve_prepared_statement: total_parse_count counts the Parses sent to a server for a
