@@ -209,6 +209,26 @@ def test_md5_salt_is_fresh_each_time(in_machine):
     assert len(salts) == 3
 
 
+def test_md5_salts_are_drawn_in_batches_each_logins_own():
+    from odyssey_gevent import auth
+    auth._SALTS.clear()
+    salts = [auth._draw_salts()] + [auth._SALTS.pop() for _ in range(auth._SALT_BATCH - 1)]
+    assert not auth._SALTS and all(len(s) == 4 for s in salts)
+    assert len(set(salts)) > auth._SALT_BATCH - 4          # 4 random bytes: collisions are rare
+
+
+def test_a_forked_child_does_not_reuse_its_parents_next_salts():
+    import os
+    from odyssey_gevent import auth
+    auth._SALTS.clear()
+    auth._draw_salts()
+    parents_next = auth._SALTS[-1]
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if not auth._SALTS else 1)
+    assert os.waitpid(pid, 0)[1] == 0 and auth._SALTS[-1] == parents_next
+
+
 @pytest.mark.parametrize("password, user", [("wrong", "alice"), ("s3cret", "bob")])
 def test_md5_wrong_password_or_user(in_machine, password, user):
     err, _, _, ok, _ = client_auth(in_machine, _rule("md5", "s3cret"), _md5_answer(password, user))
