@@ -246,6 +246,103 @@ def test_md5_replayed_hash_of_another_salt_fails(in_machine):
     assert err.sqlstate == error_codes.INVALID_PASSWORD
 
 
+def _answer_in_pieces(cuts):
+    """The right md5 answer written in pieces ending at `cuts`, the pooler given a turn between."""
+    def app_side(app):
+        req = _auth_request(app)
+        answer = fe_write.password_message(md5_salted("alice", "s3cret", req.salt).encode() + b"\0")
+        assert len(answer) == auth._MD5_ANSWER_LEN
+        start = 0
+        for end in (*cuts, len(answer)):
+            app.write(answer[start:end])
+            start = end
+            mm.sleep(20)            # the pooler reads what is there before the rest comes
+    return app_side
+
+
+@pytest.mark.parametrize("cuts", [(1,), (4,), (5,), (6,), (40,), (2, 5, 30)])
+def test_md5_answer_in_pieces_is_read_whole(in_machine, cuts):
+    """The md5 login reads a right answer by one recv of its 41 bytes; one that comes in pieces
+    is finished by the general reads."""
+    err, _, _, ok, _ = client_auth(in_machine, _rule("md5", "s3cret"), _answer_in_pieces(cuts))
+    assert err is None and ok
+
+
+def test_md5_a_shorter_answer_is_refused_whatever_follows_it(in_machine):
+    """A PasswordMessage shorter than a right answer (41 bytes) is refused, even when the bytes
+    after it in the same read (the one recv of 41 bytes takes them too) are a right answer's."""
+    def app_side(app):
+        req = _auth_request(app)
+        right = fe_write.password_message(md5_salted("alice", "s3cret", req.salt).encode() + b"\0")
+        short = fe_write.password_message(b"md5\0")
+        # all 41 bytes taken by the pooler's read (bytes left unread would make its close a reset)
+        app.write(short + right[:auth._MD5_ANSWER_LEN - len(short)])
+
+    err, _, _, ok, _ = client_auth(in_machine, _rule("md5", "s3cret"), app_side)
+    assert (err.sqlstate, err.message) == (error_codes.INVALID_PASSWORD,
+                                           'password authentication failed for user "alice"')
+    assert not ok
+
+
+@pytest.mark.parametrize("message", [
+    b"Q" + (40).to_bytes(4, "big") + b"x" * 35 + b"\0",         # 41 bytes, another type
+    b"X" + (4).to_bytes(4, "big"),                              # Terminate
+    b"p" + (40).to_bytes(4, "big") + b"md5" + b"\0" + b"a" * 32,  # a NUL inside, 41 bytes
+    b"p" + (41).to_bytes(4, "big") + b"a" * 35 + b"\0\0",          # longer: a NUL inside
+    b"p" + (3).to_bytes(4, "big"),                              # a length below 4
+])
+def test_md5_a_malformed_answer_is_a_protocol_violation(in_machine, message):
+    def app_side(app):
+        _auth_request(app)
+        app.write(message)
+
+    err, _, _, ok, _ = client_auth(in_machine, _rule("md5", "s3cret"), app_side)
+    assert (err.sqlstate, err.message) == (error_codes.PROTOCOL_VIOLATION, "bad password message")
+    assert not ok
+
+
+def _raised(fn, *args):
+    """fn's exception, returned (a coroutine's own exception is a background error)."""
+    try:
+        fn(*args)
+    except Exception as e:
+        return e
+    return None
+
+
+@pytest.mark.parametrize("sent", [b"", b"p\x00\x00"])
+def test_md5_eof_instead_of_an_answer_closes(in_machine, sent):
+    def body():
+        pooler, app = _pair()
+        client = Client(pooler)
+        client.user, client.database, client.rule = "alice", "db", _rule("md5", "s3cret")
+        co = mm.Coroutine(_raised, auth.authenticate_client, INSTANCE, client, 2000)
+        try:
+            _auth_request(app)
+            app.write(sent)
+            app.close()
+            assert isinstance(co.join(3000), mm.ConnectionClosed)
+        finally:
+            pooler.close(), app.close()
+
+    in_machine(body)
+
+
+def test_md5_no_answer_times_out(in_machine):
+    def body():
+        pooler, app = _pair()
+        client = Client(pooler)
+        client.user, client.database, client.rule = "alice", "db", _rule("md5", "s3cret")
+        co = mm.Coroutine(_raised, auth.authenticate_client, INSTANCE, client, 50)
+        try:
+            _auth_request(app)
+            assert isinstance(co.join(3000), mm.TimedOut)
+        finally:
+            pooler.close(), app.close()
+
+    in_machine(body)
+
+
 # -- SCRAM-SHA-256
 
 def _scram(password, mechanism="SCRAM-SHA-256", tamper=None):
