@@ -22,11 +22,15 @@ from odyssey_gevent.client import Client
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
 from odyssey_gevent.relay import Relay
+from odyssey_gevent import router as router_mod
 from odyssey_gevent.router import AttachTimeout
 from odyssey_gevent.server import park, unwatch
 from odyssey_gevent.status import BackendError, ClientGone, FrontendError, ServerError, Status, error_message
 
 _TX_IDLE = reset._TX_IDLE               # detach_now's copy of reset.settled
+# detach_now's copy of router.detach's common case
+_C_UNDEF, _C_PENDING, _C_ACTIVE = router_mod._C_UNDEF, router_mod._C_PENDING, router_mod._C_ACTIVE
+_S_IDLE, _S_ACTIVE = router_mod._S_IDLE, router_mod._S_ACTIVE
 _COPY_PHASES = reset._COPY_PHASES
 # startup parameters that are not session parameters to maintain
 _NOT_VARS = {"user", "database", "options", "replication"}
@@ -551,8 +555,52 @@ class Frontend:
                     and not server.cancels and not server.drop and not server.broken and server.io is not None
                     and proto.phase not in _COPY_PHASES):
                 return False
-            if server.offline or server.route.obsolete:
+            route = server.route
+            if server.offline or route.obsolete:
                 return False
+            if server.deployed is not client.deploy_list:
+                server.deployed = None      # the relay wrote params (ParameterStatus): see Server
+            # router.detach's two common cases inline, as one runs once per transaction and a
+            # Python frame costs more than this copy (test_frontend_fast keeps the two in step):
+            # the server back on the idle list when no client waits, else handed to the first
+            # waiter (what the queued clients of a full pool meet). Under the router's lock, which
+            # with one worker (detach_plain's) is the stand-in that does nothing
+            # (router._OneThread); anything else is router.detach's
+            router = self.instance.router
+            lock = router.lock
+            lock.acquire()
+            try:
+                waiters = route.waiters
+                if server.state is not _S_ACTIVE or server.offline or route.obsolete or waiters and (
+                        router.paused_all or router.paused_dbs and route.db in router.paused_dbs):
+                    done = False
+                else:
+                    done = True
+                    client.server = None
+                    if client.state is not _C_UNDEF:
+                        client.state = _C_PENDING
+                    server.idle_since = now = time.monotonic()
+                    if not waiters:
+                        server.client = None
+                        route.active.discard(server)
+                        server.state = _S_IDLE
+                        route.idle.append(server)
+                    else:
+                        waiter = waiters.popleft()
+                        taker = waiter.client
+                        server.client = taker
+                        taker.server = server
+                        taker.state = _C_ACTIVE
+                        stats = route.stats
+                        stats.count_server_assignment += 1
+                        stats.wait_time += now - waiter.since
+                        waiter.server = server
+                        waiter.wake()
+            finally:
+                lock.release()
+            if not done:
+                router.detach(client)
+            return True
         else:
             if not reset.quick(server, clean):
                 return False

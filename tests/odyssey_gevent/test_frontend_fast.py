@@ -17,7 +17,7 @@ import machinarium as mm
 from kiwi import fe_write
 from kiwi.protocol import Phase
 from odyssey_gevent import deploy, reset
-from odyssey_gevent.client import Client
+from odyssey_gevent.client import Client, ClientState
 from odyssey_gevent.config.model import Endpoint, Rule
 from odyssey_gevent.frontend import Frontend
 from odyssey_gevent.logger import Logger
@@ -145,6 +145,66 @@ def test_detach_now_decides_as_reset_quick_one_deviation_at_a_time(kind, deviati
 def test_detach_now_decides_as_reset_quick(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase,
                                            offline, obsolete):
     _check(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase, offline, obsolete)
+
+
+def _pooled_state(case: str, fast: bool):
+    """A server detached by detach_now (its inline copy of router.detach's common case) or by
+    router.detach itself, in each case: what the router's lists and the objects say after."""
+    rule = Rule(db_name="default", user_name="default", authentication="none", pool_size=1,
+                **RULES["transaction"])
+    instance = _Instance(rule)
+    router = instance.router
+    clients = []
+    for port in (5555, 5556):
+        c = Client(None, conn_type="host", peer=("127.0.0.1", port))
+        c.database, c.user = "db", "user"
+        fe = Frontend(instance, c)
+        fe.route()
+        clients.append((fe, c))
+    (fe, client), (_, other) = clients
+    server = router.attach(client, None)
+    server.io = object()
+    route = client.route
+    ran = []
+    if case in ("waiter", "paused"):    # the pool is full: the other client queued (a callback)
+        assert router.queue_now(other, lambda: ran.append(other.server), None, 0) is None
+        router.paused_all = case == "paused"        # then the server goes idle, the waiter waits
+    elif case == "unrouted":    # the client left its route first (its state stays UNDEF)
+        router.unroute(client)
+    elif case == "deployed":    # the relay wrote params: the server no longer holds the list
+        server.deployed = object()
+    assert fe.detach_plain
+    server.idle_since = 0.0         # the detach stamps it
+    if fast:
+        assert fe.detach_now(True) is True
+    else:
+        if server.deployed is not client.deploy_list:
+            server.deployed = None
+        router.detach(client)
+    # the objects by their part here, so that two runs compare
+    name = {id(client): "client", id(other): "other", id(server): "server", id(None): None}.get
+    return (name(id(client.server)), name(id(server.client)), client.state, server.state,
+            [name(id(x)) for x in route.idle], sorted(name(id(x)) for x in route.active),
+            server.idle_since > 0, server.deployed, name(id(other.server)), other.state,
+            len(route.waiters), [name(id(x)) for x in ran], route.stats.count_server_assignment,
+            len(instance.closed))
+
+
+@pytest.mark.parametrize("case", ["idle", "waiter", "paused", "unrouted", "deployed"])
+def test_detach_now_pools_as_router_detach_does(case):
+    """detach_now's copy of router.detach's two common cases (no waiter: back on the idle list;
+    a waiter: handed to it) leaves what router.detach leaves, and leaves anything else (a
+    paused route's waiter) to it."""
+    fast, slow = _pooled_state(case, True), _pooled_state(case, False)
+    assert fast == slow
+    if case == "waiter":
+        assert fast[8] == "server" and fast[4] == [] and fast[10] == 0     # handed over
+    elif case == "paused":
+        assert fast[8] is None and fast[4] == ["server"] and fast[10] == 1
+    else:
+        assert fast[0] is None and fast[4] == ["server"] and fast[5] == [] and fast[3] is ServerState.IDLE
+        assert fast[2] is (ClientState.UNDEF if case == "unrouted" else ClientState.PENDING)
+    assert fast[7] is None if case == "deployed" else True
 
 
 # ----------------------------------------------------------------------------------------------
