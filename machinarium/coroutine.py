@@ -99,11 +99,10 @@ class Coroutine:
         """From a coroutine: create the coroutine and switch into it at once; the caller goes
         on at the hub's next turn, after the new one first waits or ends. The same order as
         ``Coroutine(...)`` then ``sleep(0)``, without the hub turn in between: one greenlet
-        switch, a loop callback and sleep's waiter fewer. From the hub it is ``run_now``."""
+        switch, a loop callback and sleep's waiter fewer. From the hub it is ``run_now`` (without
+        its frames)."""
         hub = get_hub()
         current = gevent.getcurrent()
-        if current is hub:
-            return cls.run_now(fn, *args, name=name, **kwargs)
         self = cls.__new__(cls)
         # _setup inline (a frame fewer per client: the accept loop starts each one here)
         self._name = name or getattr(fn, "__qualname__", None) or repr(fn)
@@ -121,6 +120,10 @@ class Coroutine:
         if g is None:
             g = _RawGreenlet(_serve, hub)
         self.greenlet = g
+        if current is hub:
+            # run_now's case (the accept loop's hub callback): nothing to resume afterwards
+            g.switch(_GO, self, fn, args, kwargs)
+            return self
         resume = loop.run_callback(current.switch)
         try:
             g.switch(_GO, self, fn, args, kwargs)

@@ -321,18 +321,24 @@ class Io:
         Raises ``TimedOut`` after ``timeout_ms``; accept errors (EMFILE, ECONNABORTED...) are
         raised as ``OSError`` for the caller's accept loop to back off on.
         """
+        io = self.accept_now()
+        if io is None:
+            with deadline(timeout_ms, "accept"):
+                while True:
+                    self._wait_read()
+                    io = self.accept_now()
+                    if io is not None:
+                        break
+        return io
+
+    def accept_now(self):
+        """One accept on a listening Io that never waits: the new connection's Io, or None when
+        none is waiting; errors as ``accept``'s."""
         raw = self._raw
         try:
             fd, addr = raw._accept()
         except BlockingIOError:
-            with deadline(timeout_ms, "accept"):
-                while True:
-                    self._wait_read()
-                    try:
-                        fd, addr = raw._accept()
-                        break
-                    except BlockingIOError:
-                        continue
+            return None
         client = _native_socket(raw.family, raw.type, raw.proto, fd)     # the native socket's ints
         client.setblocking(False)
         # Io(_Socket(client, hub)) with both __init__s inline (two frames fewer per client)

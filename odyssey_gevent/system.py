@@ -15,6 +15,7 @@ import socket
 import sys
 
 import machinarium
+from gevent import getcurrent
 from kiwi import error_codes
 from odyssey_gevent import cron, restart, supervisor
 from odyssey_gevent.id import new_id
@@ -118,6 +119,75 @@ def _refuse_queued(listen_io) -> int:
     return n
 
 
+class _HubAccept:
+    """With `workers 1`: the listener's read watcher accepts in the hub, and starts the usual
+    client (counted under client_max, the listener's socket options current) there at once
+    (Coroutine.start_yielding from the hub, as run_now), instead of waking the accept loop's
+    greenlet for each: per login two greenlet switches, a loop callback and the loop's wait
+    fewer. One accept per call: a listener with more clients waiting stays readable and is
+    called again at the loop's next turn, as the loop accepted one client per turn. Anything
+    else (an accept error, a client over client_max, socket options to set after a reload) is
+    handed to the accept loop's greenlet, parked in wait(), which deals with it as before.
+
+    The watcher's callback is a bound method of this object: a close of the listener throws
+    into the greenlet its callback's __self__ names (gevent's cancel_wait, as for its Waiter),
+    which throw() passes on to the accept loop."""
+
+    __slots__ = ("instance", "server", "listen_io", "conn_type", "watcher", "hub", "glet")
+
+    def __init__(self, instance, server, conn_type):
+        self.instance = instance
+        self.server = server
+        self.listen_io = server.io
+        self.conn_type = conn_type
+        self.watcher = server.io.sock._read_event
+        self.hub = server.io.sock.hub
+        self.glet = None
+
+    def wait(self):
+        """From the accept loop: park until the callback hands over an accepted client (its Io)
+        or an accept error (raised); a close of the listener raises EBADF (OSError)."""
+        watcher = self.watcher
+        self.glet = getcurrent()
+        watcher.start(self.ready)
+        try:
+            while True:
+                item = self.hub.switch()
+                if item.__class__ is tuple:     # (anything else: a stray wake-up)
+                    break
+        finally:
+            watcher.stop()
+        io, exc = item
+        if exc is not None:
+            raise exc
+        return io
+
+    def throw(self, *args) -> None:
+        self.glet.throw(*args)
+
+    def ready(self) -> None:
+        try:
+            io = self.listen_io.accept_now()
+        except OSError as e:
+            self.glet.switch((None, e))
+            return
+        if io is None:
+            return
+        instance = self.instance
+        server = self.server
+        peer = None
+        if self.conn_type == "host":
+            p = io._peer
+            if p is None or server.options_for is not instance.config:
+                self.glet.switch((io, None))
+                return
+            peer = (p[0], p[1])
+        if not instance.client_opened():        # (not counted: the loop asks again and refuses)
+            self.glet.switch((io, None))
+            return
+        _spawn(instance, io, server.listen, self.conn_type, peer, None)
+
+
 def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
     log = instance.logger
     backoff = 0
@@ -125,9 +195,12 @@ def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:
     _keep_reserve()
     refused = 0               # clients reset for want of descriptors since the last log line
     logged_at = None
+    hub_accept = None
+    if pool.count <= 1 and getattr(server.io.sock, "_read_event", None) is not None:
+        hub_accept = _HubAccept(instance, server, conn_type)
     while True:
         try:
-            io = server.io.accept()
+            io = server.io.accept() if hub_accept is None else hub_accept.wait()
         except OSError as e:
             if server.io.closed:
                 return

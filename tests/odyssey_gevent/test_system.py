@@ -12,6 +12,7 @@ import struct
 import tempfile
 
 import pytest
+from gevent import get_hub, getcurrent
 
 import machinarium as mm
 from kiwi import be_write, error_codes, fe_read, fe_write
@@ -174,13 +175,21 @@ def test_system_main_without_any_listener_returns_1(in_machine, tmp_path):
 # accept_loop
 
 class HandOff:
-    """Stands in for the worker pool at the hand-off: records what accept_loop feeds it."""
+    """Stands in for the worker pool at the hand-off: records what accept_loop feeds it. With
+    count 1 accept_loop starts each client with worker._spawn (the listener's hub callback
+    does, or the loop itself), which _serve then has record the same, and whether it ran in
+    the hub (in_hub)."""
 
-    count = 2       # several workers: accept_loop hands each client to feed() (one: _spawn)
-
-    def __init__(self):
+    def __init__(self, count=2):
+        self.count = count      # several workers: accept_loop hands each client to feed()
         self.fed = []
+        self.in_hub = []
         self.event = mm.Event()
+
+    def spawn(self, instance, io, listen, conn_type, peer, local):
+        self.in_hub.append(getcurrent() is get_hub())
+        self.feed(io, listen, conn_type, peer, local)
+        return True
 
     def feed(self, io, listen, conn_type, peer, local):
         self.fed.append((io, listen, conn_type, peer, local))
@@ -193,9 +202,16 @@ class HandOff:
         return self.fed
 
 
-def _serve(inst):
+@pytest.fixture(params=[2, 1], ids=["workers2", "workers1"])
+def workers(request):
+    return request.param
+
+
+def _serve(inst, workers=2, monkeypatch=None):
     [srv] = system.start_listeners(inst)
-    pool = HandOff()
+    pool = HandOff(workers)
+    if workers == 1:
+        monkeypatch.setattr(system, "_spawn", pool.spawn)
     co = mm.Coroutine(system.accept_loop, inst, srv, pool, name="accept")
     return srv, pool, co
 
@@ -204,11 +220,11 @@ def _sockopt(io, level, opt, size=None):
     return io.sock.getsockopt(level, opt, size) if size else io.sock.getsockopt(level, opt)
 
 
-def test_accept_feeds_tcp_clients_with_addresses_and_options(in_machine):
+def test_accept_feeds_tcp_clients_with_addresses_and_options(in_machine, workers, monkeypatch):
     def body():
         inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], keepalive=7, keepalive_keep_interval=3,
                          keepalive_probes=4)
-        srv, pool, co = _serve(inst)
+        srv, pool, co = _serve(inst, workers, monkeypatch)
         try:
             c = mm.connect("127.0.0.1", srv.io.local[1], 2000)
             [(io, listen, conn_type, peer, local)] = pool.wait(1)
@@ -262,12 +278,12 @@ def _client_options(io):
             _sockopt(io, socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
 
 
-def test_accept_follows_a_reload_of_the_socket_options(in_machine):
+def test_accept_follows_a_reload_of_the_socket_options(in_machine, workers, monkeypatch):
     """The options live on the listener (accepted sockets inherit them on Linux): a reload that
     changes them reaches the client accepted next and every one after it, off included."""
     def body():
         inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], keepalive=9, keepalive_usr_timeout=4000)
-        srv, pool, co = _serve(inst)
+        srv, pool, co = _serve(inst, workers, monkeypatch)
         try:
             port = srv.io.local[1]
             seen = []
@@ -289,11 +305,11 @@ def test_accept_follows_a_reload_of_the_socket_options(in_machine):
     assert in_machine(body) == [on, off, off, again, again]
 
 
-def test_accept_unix_clients_are_local_without_addresses(in_machine):
+def test_accept_unix_clients_are_local_without_addresses(in_machine, workers, monkeypatch):
     def body():
         with tempfile.TemporaryDirectory(dir="/tmp") as d:
             inst = _instance(unix_socket_dir=d, unix_socket_mode="0700", listen=[Listen(host=None, port=6114)])
-            srv, pool, co = _serve(inst)
+            srv, pool, co = _serve(inst, workers, monkeypatch)
             try:
                 c = mm.connect_unix(srv.unix_path, 2000)
                 [(io, _, conn_type, peer, local)] = pool.wait(1)
@@ -306,10 +322,10 @@ def test_accept_unix_clients_are_local_without_addresses(in_machine):
     assert in_machine(body) == ("local", None, None, 1)
 
 
-def test_accept_loop_ends_when_its_listener_closes(in_machine):
+def test_accept_loop_ends_when_its_listener_closes(in_machine, workers, monkeypatch):
     def body():
         inst = _instance(listen=[Listen(host="127.0.0.1", port=0)])
-        srv, pool, co = _serve(inst)
+        srv, pool, co = _serve(inst, workers, monkeypatch)
         mm.sleep(0)
         srv.io.close()
         return co.join(2000), co.dead, pool.fed
@@ -317,10 +333,42 @@ def test_accept_loop_ends_when_its_listener_closes(in_machine):
     assert in_machine(body) == (None, True, [])
 
 
-def test_global_client_max_rejects_at_accept(in_machine):
+def test_one_worker_starts_the_usual_client_in_the_hub(in_machine, monkeypatch):
+    """With workers 1 the listener's hub callback starts a client counted under client_max
+    on a listener with current options; a client after a reload (options to set) and one over
+    client_max are left to the accept loop, which sets the options and refuses as before."""
+    def body():
+        inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], client_max=2, keepalive=9)
+        srv, pool, co = _serve(inst, 1, monkeypatch)
+        try:
+            port = srv.io.local[1]
+            apps, seen = [], []
+            for i, config in enumerate([None, Config(listen=inst.config.listen, client_max=2, keepalive=11)]):
+                if config is not None:
+                    inst.config = config
+                apps.append(mm.connect("127.0.0.1", port, 2000))
+                seen.append(_client_options(pool.wait(i + 1)[i][0])[3])
+            over = mm.connect("127.0.0.1", port, 2000)
+            over.write(fe_write.startup_message({"user": "u", "database": "d"}))
+            [err] = _errors(_read_all(over))
+            for io, *_ in pool.fed:
+                io.close()
+            for app in apps + [over]:
+                app.close()
+            return pool.in_hub, seen, err.sqlstate, inst.clients
+        finally:
+            srv.io.close()
+            co.join(2000)
+
+    in_hub, seen, sqlstate, clients = in_machine(body)
+    assert in_hub == [True, False] and seen == [9, 11]
+    assert (sqlstate, clients) == (error_codes.TOO_MANY_CONNECTIONS, 2)
+
+
+def test_global_client_max_rejects_at_accept(in_machine, workers, monkeypatch):
     def body():
         inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], client_max=1)
-        srv, pool, co = _serve(inst)
+        srv, pool, co = _serve(inst, workers, monkeypatch)
         try:
             port = srv.io.local[1]
             first = mm.connect("127.0.0.1", port, 2000)
