@@ -28,7 +28,7 @@ from odyssey_gevent.server import park, unwatch
 from odyssey_gevent.status import BackendError, ClientGone, FrontendError, ServerError, Status, error_message
 
 _TX_IDLE = reset._TX_IDLE               # detach_now's copy of reset.settled
-# detach_now's copy of router.detach's common case
+# attach_now's and detach_now's copies of router.attach_idle and router.detach's common cases
 _C_UNDEF, _C_PENDING, _C_ACTIVE = router_mod._C_UNDEF, router_mod._C_PENDING, router_mod._C_ACTIVE
 _S_IDLE, _S_ACTIVE = router_mod._S_IDLE, router_mod._S_ACTIVE
 _COPY_PHASES = reset._COPY_PHASES
@@ -457,11 +457,32 @@ class Frontend:
         round trip, which the coroutine does with attach(taken=client.server)."""
         client = self.client
         if not client.route.idle:
-            # no idle server: no attach_idle frame and lock round (once per queued transaction).
+            # no idle server: no lock round (once per queued transaction; as short as it can be).
             # A read outside the router's lock: a server another worker pools meanwhile makes
             # queue_now (under the lock) leave the attach to the coroutine, which finds it
             return None
-        server = self.instance.router.attach_idle(client)
+        route = client.route
+        idle = route.idle
+        # router.attach_idle inline, as it runs once per transaction and a Python frame costs
+        # more than this copy (test_frontend_fast keeps the two in step): the most recently
+        # used idle server, not offline, the route not paused
+        router = self.instance.router
+        lock = router.lock
+        lock.acquire()
+        try:
+            if (not idle or idle[-1].offline or router.paused_all
+                    or router.paused_dbs and route.db in router.paused_dbs):
+                server = None
+            else:
+                server = idle.pop()
+                server.state = _S_ACTIVE
+                route.active.add(server)
+                server.client = client
+                client.server = server
+                client.state = _C_ACTIVE
+                route.stats.count_server_assignment += 1
+        finally:
+            lock.release()
         if server is None:
             return None
         # ready_now's common case inline, as it runs once per transaction and a Python frame

@@ -190,6 +190,42 @@ def _pooled_state(case: str, fast: bool):
             len(instance.closed))
 
 
+def _taken_state(case: str, fast: bool):
+    """An idle server taken by attach_now (its inline copy of router.attach_idle) or by
+    router.attach_idle itself: what the router's lists and the objects say after."""
+    fe, router, client = _frontend("transaction")
+    server = router.attach(client, None)
+    server.io = None            # attach_now's checks after the take: left to ready_now (False)
+    router.detach(client)
+    route = client.route
+    if case == "offline":
+        server.offline = True
+    elif case == "paused":
+        router.paused_all = True
+    elif case == "paused_db":
+        router.paused_dbs.add(route.db)
+    elif case == "other_db_paused":
+        router.paused_dbs.add(route.db + "_other")
+    before = route.stats.count_server_assignment
+    if fast:
+        fe.attach_now()
+    else:
+        router.attach_idle(client)
+    linked = client.server is server
+    return (linked, server.client is client, client.state, server.state, len(route.idle), len(route.active),
+            route.stats.count_server_assignment - before)
+
+
+@pytest.mark.parametrize("case", ["idle", "offline", "paused", "paused_db", "other_db_paused"])
+def test_attach_now_takes_as_router_attach_idle_does(case):
+    """attach_now's copy of router.attach_idle takes the same idle server, or leaves it, as
+    router.attach_idle does."""
+    fast, slow = _taken_state(case, True), _taken_state(case, False)
+    assert fast == slow
+    assert fast[0] is (case in ("idle", "other_db_paused"))
+    assert fast[4] == (0 if fast[0] else 1) and fast[6] == (1 if fast[0] else 0)
+
+
 @pytest.mark.parametrize("case", ["idle", "waiter", "paused", "unrouted", "deployed"])
 def test_detach_now_pools_as_router_detach_does(case):
     """detach_now's copy of router.detach's two common cases (no waiter: back on the idle list;
