@@ -178,14 +178,16 @@ def _md5_plain(client, timeout_ms, secret) -> None:
     except IndexError:
         salt = _draw_salts()
     request = _MD5_REQUEST + salt
+    # os.write and os.read on the socket's fd (see worker._spawn), its fileno() asked again
+    # after a wait (the socket may have been closed meanwhile, its number reused)
     try:
-        n = raw.send(request)
+        n = os.write(raw.fileno(), request)
     except BlockingIOError:
         n = 0
     if n != len(request):
         io.write(request[n:])
     try:
-        data = raw.recv(_MD5_ANSWER_LEN)
+        data = os.read(raw.fileno(), _MD5_ANSWER_LEN)
     except BlockingIOError:
         # not there yet (the client answers the request just sent): one timed wait, then the
         # same recv (as Io.read's first wait)
@@ -196,7 +198,7 @@ def _md5_plain(client, timeout_ms, secret) -> None:
                 raise TimedOut("read timed out")
             if waited:
                 try:
-                    data = raw.recv(_MD5_ANSWER_LEN)
+                    data = os.read(raw.fileno(), _MD5_ANSWER_LEN)
                 except BlockingIOError:
                     pass
     # 41 bytes, the header of a 36-byte PasswordMessage, its one NUL the last byte

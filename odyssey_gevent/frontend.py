@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import time
+from os import read as _read, write as _write
 
 import machinarium
 from kiwi import be_write, error_codes
@@ -192,7 +193,7 @@ class Frontend:
                 need = declared - len(head)         # (declared >= 8 >= len(head))
                 if need:
                     try:
-                        body = client.io._raw.recv(need)
+                        body = _read(client.io._raw.fileno(), need)      # (os.read: see worker._spawn)
                     except BlockingIOError:
                         body = b""
                     head += body
@@ -385,7 +386,7 @@ class Frontend:
             io.write(data)
         else:
             try:
-                n = io._raw.send(data)
+                n = _write(io._raw.fileno(), data)      # (os.write: see relay._on_client)
             except BlockingIOError:
                 n = 0
             if n != len(data):

@@ -61,7 +61,10 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
         # the startup packet's first bytes, if they are there: 8, as no first packet is shorter
         # (more could take bytes a client sends on after it without waiting), and an SSLRequest
         # (libpq's first packet unless sslmode is disable) or GSSENCRequest is then all read
-        head = io._raw.recv(8)     # (Io.recv_now inline: a frame fewer per login)
+        # (Io.recv_now inline: a frame fewer per login; os.read on the socket's fd, as the
+        # relay's os.write: socket.recv parses its arguments from a tuple, about 200
+        # instructions more; a closed socket's fileno() is -1, EBADF as before)
+        head = os.read(io._raw.fileno(), 8)
     except BlockingIOError:
         head = None
     except OSError:                 # (reset already): the coroutine finds it out again
