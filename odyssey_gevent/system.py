@@ -124,8 +124,8 @@ class _HubAccept:
     client (counted under client_max, the listener's socket options current) there at once
     (Coroutine.start_yielding from the hub, as run_now), instead of waking the accept loop's
     greenlet for each: per login two greenlet switches, a loop callback and the loop's wait
-    fewer. One accept per call: a listener with more clients waiting stays readable and is
-    called again at the loop's next turn, as the loop accepted one client per turn. Anything
+    fewer. One accept per call, then another at the loop's next turn (a loop callback), as the
+    loop accepted one client per turn until none was waiting. Anything
     else (an accept error, a client over client_max, socket options to set after a reload) is
     handed to the accept loop's greenlet, parked in wait(), which deals with it as before.
 
@@ -157,6 +157,7 @@ class _HubAccept:
                     break
         finally:
             watcher.stop()
+            self.glet = None            # (not parked: a queued ready() does nothing)
         io, exc = item
         if exc is not None:
             raise exc
@@ -166,6 +167,8 @@ class _HubAccept:
         self.glet.throw(*args)
 
     def ready(self) -> None:
+        if self.glet is None:
+            return
         try:
             io = self.listen_io.accept_now()
         except OSError as e:
@@ -186,6 +189,10 @@ class _HubAccept:
             self.glet.switch((io, None))
             return
         _spawn(instance, io, server.listen, self.conn_type, peer, None)
+        # the next client is often waiting already: accepted at the loop's next turn without a
+        # poll for it, as the accept loop did (one callback; each poll of the listener is an
+        # epoll_wait and a getpid more)
+        self.hub.loop.run_callback(self.ready)
 
 
 def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:

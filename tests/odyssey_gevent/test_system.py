@@ -365,6 +365,31 @@ def test_one_worker_starts_the_usual_client_in_the_hub(in_machine, monkeypatch):
     assert (sqlstate, clients) == (error_codes.TOO_MANY_CONNECTIONS, 2)
 
 
+def test_one_worker_accepts_clients_waiting_together_in_the_hub_in_order(in_machine, monkeypatch):
+    """Clients already waiting in the listen queue are each accepted and started in the hub
+    (one per loop turn), in the order they connected."""
+    def body():
+        inst = _instance(listen=[Listen(host="127.0.0.1", port=0)])
+        [srv] = system.start_listeners(inst)
+        apps = [mm.connect("127.0.0.1", srv.io.local[1], 2000) for _ in range(3)]
+        pool = HandOff(1)
+        monkeypatch.setattr(system, "_spawn", pool.spawn)
+        co = mm.Coroutine(system.accept_loop, inst, srv, pool, name="accept")
+        try:
+            fed = pool.wait(3)
+            order = [peer for _, _, _, peer, _ in fed] == [app.local for app in apps]
+            for io, *_ in fed:
+                io.close()
+            for app in apps:
+                app.close()
+            return pool.in_hub, order, inst.clients
+        finally:
+            srv.io.close()
+            co.join(2000)
+
+    assert in_machine(body) == ([True, True, True], True, 3)
+
+
 def test_global_client_max_rejects_at_accept(in_machine, workers, monkeypatch):
     def body():
         inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], client_max=1)
