@@ -680,6 +680,7 @@ class Relay:
                 raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
             end = start + n
             reason = None
+            now = 0.0                   # the loop time if read (see _server_data's end)
             first = buf[0]              # once: indexing a bytearray is not specialized
             # `alone`: the common request, one whole simple Query alone in the buffer with a
             # server attached and no prepared-statement layer, is relayed as _send_query relays
@@ -774,7 +775,7 @@ class Relay:
                 reason = self._client_data(buf, end)
             if reason is None:
                 if self.pending is None and not self.instance.shutting_down and not client.killed:
-                    self.wait_start = self.now()
+                    self.wait_start = now if now else self.now()    # the same loop time
                     return
                 reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
@@ -890,33 +891,36 @@ class Relay:
                     shape = _C_SHAPES.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
                         alone = shape[2]
+                now = 0.0
                 if alone:
-                    self._send_query(server, buf, end, alone)
+                    now = self._send_query(server, buf, end, alone)
                 else:
                     reason = self._client_data(buf, end)
                 if reason is None:
                     if self.pending is None and not self.instance.shutting_down and not client.killed:
-                        self.wait_start = self.now()
+                        self.wait_start = now if now else self.now()    # the same loop time
                         return
                     reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
         self.glet.switch(reason)
 
-    def _send_query(self, server, buf, end: int, tell=True) -> None:
+    def _send_query(self, server, buf, end: int, tell=True) -> float:
         """The common request, one whole simple Query alone in buf[:end] with no
         prepared-statement layer, relayed to the attached `server` as _client_data would relay
         it (the queued hand-over's, _on_handed; _on_client has an inline copy, which
         test_relay_fast keeps in step with this); buf is the thread's
         scratch or the relay's c_buf, which goes back to the free list. `tell`: True for the
         Query, or the types of whole messages laid out as a request seen before (_C_SHAPES),
-        which _client_data would tell in one send_many call."""
+        which _client_data would tell in one send_many call. Returns the loop time if it read
+        it, else 0.0 (the caller's wait starts then: see _server_data's end)."""
         proto = server.proto
         if tell is True:
             proto.send(_C_QUERY)
         else:
             proto.send_many(tell)
         self.stats.bytes_recv += end
+        now = 0.0
         if not self.q_start:
             self.q_start = now = self.now()
             if not self.tx_start:
@@ -943,6 +947,7 @@ class Relay:
             if len(buf) == BUF_SIZE and len(free) < 256:
                 free.append(buf)
             self.c_buf = None
+        return now
 
     def _send_now(self, io, data, to_server: int) -> None:
         """The fast path's write: what the socket does not take at once (and all that follows
@@ -1250,6 +1255,7 @@ class Relay:
         reads the socket itself and switches into the coroutine only with a reason, as
         _on_client does. One function for both, so that a reply costs one Python frame."""
         reason = None
+        now = 0.0       # the loop time if read: it is the same for the whole callback (see the end)
         try:
             if server is None:
                 server = self.client.server
@@ -1513,7 +1519,10 @@ class Relay:
                 return reason
             if reason is None:
                 if self.pending is None and not self.instance.shutting_down and not self.client.killed:
-                    self.wait_start = self.now()
+                    # the loop time read at the ReadyForQuery if it was: libev updates it only
+                    # between loop iterations, so a second read gives the same (about 100
+                    # instructions for the call and its float)
+                    self.wait_start = now if now else self.now()
                     return None
                 reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
