@@ -185,9 +185,14 @@ class _HubAccept:
                 self.glet.switch((io, None))
                 return
             peer = (p[0], p[1])
-        if not instance.client_opened():        # (not counted: the loop asks again and refuses)
+        # Instance.client_opened's one-thread case inline (the hub accept runs with workers 1;
+        # a frame fewer per login); a client over client_max is not counted: the loop asks again
+        # and refuses it
+        client_max = instance.config.client_max
+        if client_max and instance.clients >= client_max:
             self.glet.switch((io, None))
             return
+        instance.clients += 1
         _spawn(instance, io, server.listen, self.conn_type, peer, None)
         # the next client is often waiting already: accepted at the loop's next turn without a
         # poll for it, as the accept loop did (one callback; each poll of the listener is an

@@ -47,7 +47,7 @@ def _session(end, log_file, attached=True):
     s1, s2 = gsocket.socketpair()
     app, pg = mm.Io(a), mm.Io(s2)
     router = FakeRouter()
-    instance = SimpleNamespace(config=SimpleNamespace(log_session=False), router=router, workers=1,
+    instance = SimpleNamespace(config=SimpleNamespace(log_session=False), router=router, workers=1, clients=1,
                                logger=Logger("%l (%c) %m\n", to_stdout=False, log_file=log_file),
                                client_closed=lambda *args: None, successor=None)
     client = Client(mm.Io(b), None, "host", ("127.0.0.1", 40000))

@@ -495,3 +495,17 @@ def test_route_keeps_the_tsa_checks_of_clients_without_hints():
     assert hinted.tsa_checks is not first.tsa_checks and hinted.tsa_checks[1] == "read-write"
     assert not fe3.attach_plain
     assert elsewhere.tsa_checks is not first.tsa_checks
+
+
+def test_the_coroutine_entry_makes_its_frontend_as_frontend_init_does(monkeypatch):
+    """frontend() makes the Frontend with __init__'s body inline: the same attributes, in the
+    same order (the instances then share one key layout), the startup head given."""
+    seen = []
+    monkeypatch.setattr(Frontend, "run", lambda self, deadline=None: seen.append((self, deadline)))
+    inst = _instance()
+    frontend_mod.frontend(inst, None, None, "host", ("127.0.0.1", 1), None, 5.0, b"head")
+    [(made, deadline)] = seen
+    ref = Frontend(inst, made.client)
+    ref.head = b"head"
+    assert list(vars(made)) == list(vars(ref)) and vars(made) == vars(ref) and deadline == 5.0
+
