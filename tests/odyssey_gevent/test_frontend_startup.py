@@ -509,3 +509,23 @@ def test_the_coroutine_entry_makes_its_frontend_as_frontend_init_does(monkeypatc
     ref.head = b"head"
     assert list(vars(made)) == list(vars(ref)) and vars(made) == vars(ref) and deadline == 5.0
 
+
+@pytest.mark.parametrize("peer, accepted", [(("127.0.0.1", 1), None), (None, 12.5)])
+def test_the_coroutine_entry_makes_its_client_as_client_init_does(monkeypatch, peer, accepted):
+    """frontend() makes the Client with __init__'s body inline: every slot set as there (its
+    own id and cancel key, the accept time given or now)."""
+    import time
+    seen = []
+    monkeypatch.setattr(Frontend, "run", lambda self, deadline=None: seen.append(self.client))
+    io, listen, local = object(), object(), ("127.0.0.2", 6432)
+    before = time.monotonic()
+    frontend_mod.frontend(_instance(), io, listen, "local", peer, local, None, None, accepted)
+    [made] = seen
+    ref = Client(io, listen, "local", peer, local)
+    own = ("id", "key_pid", "key_secret", "time_accept")
+    for name in Client.__slots__:
+        if name not in own:
+            assert getattr(made, name) == getattr(ref, name), name
+    assert made.vars is not ref.vars and made.id != ref.id and made.key_secret != ref.key_secret
+    assert made.time_accept == accepted if accepted is not None else made.time_accept >= before
+
