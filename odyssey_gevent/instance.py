@@ -43,6 +43,9 @@ class Instance:
         self.peer_coro = None     # serving our peer socket (supervisor.start_peer)
         # our listeners joined a port group whose old members steer to us: remove that at the end
         self.steered = restart.taking_over(self)
+        # the old side's listening sockets, looked at before ours bind: the steering goes once
+        # none of them listens on our addresses
+        self.old_sockets = restart.old_sockets() if self.steered else frozenset()
         self._ejected = collections.deque()   # eject times of the restart drain (conn_drop_options)
         self.clients = 0          # accepted client sockets: the one count global client_max limits
         self._tls = {}

@@ -13,8 +13,9 @@ old listening socket are reset when that socket closes. So before closing, the o
 attaches a classic BPF program to each port's SO_REUSEPORT group that sends every new
 connection to the socket that joined after its own (the new process's), keeps accepting for
 `HANDOVER_GRACE_MS` so that handshakes already in flight land and are served, and only then
-closes. The new process removes the program once its own listeners are the only ones left on
-its ports (or the old process has exited). A unix socket cannot
+closes. The new process removes the program once none of the sockets that listened on its
+ports before it bound its own (old_sockets(): the old side's) is left, or the old process has
+exited. A unix socket cannot
 be shared that way: the new process binds its own beside the old one's file and renames it over
 that file (listen_unix_over), and the old one serves what was queued on its socket.
 
@@ -172,21 +173,35 @@ def _listeners() -> dict[int, str]:
     return out
 
 
-def only_ours_listen(servers, count: int) -> bool:
-    """Are the listeners on each of our TCP addresses no more than our group's `count`? (The
-    old process's or group's have closed.)"""
+OLD_SOCKETS_ENV = "ODY_OLD_SOCKETS"     # set by a new group's supervisor: old_sockets() for its processes
+
+
+def old_sockets() -> frozenset:
+    """The listening TCP sockets (inodes) there were before this side bound any: on our
+    addresses, the old side's. A process of a new group has them from its supervisor, which
+    looked before it started any of them; a single process looks itself (it binds later).
+    Counting the listeners on an address cannot tell them from ours: a process that looked
+    before all of its group listened counted the old side's socket as one of its group's, and
+    removed the steering the old side attached a moment later (a client loop then saw
+    connections reset as the old listener closed)."""
+    if supervisor.is_child():
+        value = os.environ.get(OLD_SOCKETS_ENV, "")
+        return frozenset(int(x) for x in value.split(",") if x.isdigit())
+    return frozenset(_listeners())
+
+
+def old_ones_listen(servers, old) -> bool:
+    """Does one of the `old` sockets (old_sockets()) still listen on one of our TCP addresses?"""
     listeners = _listeners()
-    per_address: dict[str, int] = {}
-    for address in listeners.values():
-        per_address[address] = per_address.get(address, 0) + 1
+    ours = set()
     for s in _tcp(servers):
         try:
             address = listeners.get(os.fstat(s.io.sock.fileno()).st_ino)
         except OSError:
             continue
-        if address is not None and per_address[address] > count:
-            return False
-    return True
+        if address is not None:
+            ours.add(address)
+    return any(address in ours for inode, address in listeners.items() if inode in old)
 
 
 def request(instance) -> None:
@@ -250,7 +265,7 @@ def poll(instance, servers) -> int | None:
                       instance.successor, ended)
             instance.successor = None
             instance.partner = None
-    if instance.steered and (not taking_over(instance) or only_ours_listen(servers, our_listeners())):
+    if instance.steered and (not taking_over(instance) or not old_ones_listen(servers, instance.old_sockets)):
         # the old listeners are closed: the kernel's hash spreads new connections again
         for s in _tcp(servers):
             unsteer(s.io.sock)

@@ -146,8 +146,13 @@ _WATCHED = set(_FORWARDED) | {signal.SIGUSR2, signal.SIGCHLD}
 READY_SIGNAL = signal.SIGRTMIN + 1
 
 
-def _spawn(argv: list[str], index: int, count: int, takeover: int | None = None, listeners: int = 1) -> int:
+def _spawn(argv: list[str], index: int, count: int, takeover: int | None = None, listeners: int = 1,
+           old_sockets: str = "") -> int:
+    from odyssey_gevent import restart
     env = dict(os.environ)
+    env.pop(restart.OLD_SOCKETS_ENV, None)
+    if old_sockets:
+        env[restart.OLD_SOCKETS_ENV] = old_sockets
     env[ENV] = f"{index}/{count}/{os.getpid()}"
     env[LISTENERS_ENV] = str(listeners)
     env.pop("ODY_INHERIT_PPID", None)
@@ -208,6 +213,8 @@ def supervise(count: int, logger, config=None, config_path: str | None = None) -
     # (steering stays exact, restart.py), kept for the group's life (closing one would reset the
     # connections the kernel's hash queued on it)
     listeners = listeners_for(old_listeners(), count) if takeover is not None else 1
+    # the old side's listening sockets, looked at before any of ours binds (restart.old_sockets)
+    old_sockets = ",".join(map(str, sorted(restart.old_sockets()))) if takeover is not None else ""
     announced = False                     # the old one was told to hand over
     listening: set[int] = set()           # pids that told us they listen
     successor = None                      # the new supervisor started on SIGUSR2
@@ -220,7 +227,7 @@ def supervise(count: int, logger, config=None, config_path: str | None = None) -
         logger.error(context, None, None, fmt, *args)
 
     def start(index: int) -> None:
-        pid = _spawn(argv, index, count, takeover, listeners)
+        pid = _spawn(argv, index, count, takeover, listeners, old_sockets)
         children[pid] = index
         started[index] = time.monotonic()
         log_info("pooler process %d started, pid %d", index, pid)

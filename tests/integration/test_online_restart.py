@@ -452,6 +452,13 @@ def test_sigusr2_changing_the_process_count(pg, rs_role, before, after):
         # old client lands on the new side, which passes it over
         wait_for(lambda: _pids_logging(p, "the old listeners are closed: steering removed") >= new, timeout=20,
                  what="steering removed on the new side")
+        # ... and not before the old side started handing over: a new process of a group that
+        # looked at the port before all of its group listened once took the old listener for
+        # one of its own and removed the steering the old side attached right after
+        lines = p.log().splitlines()
+        handing = min(i for i, line in enumerate(lines) if "handing the listen ports over" in line)
+        assert all(i > handing for i, line in enumerate(lines) if "steering removed" in line), \
+            [line for line in lines if "steering removed" in line or "handing the listen ports over" in line]
         timer = threading.Timer(0.5, canceled.cancel)
         timer.start()
         with pytest.raises(psycopg2.errors.QueryCanceled):

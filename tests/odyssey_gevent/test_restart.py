@@ -3,6 +3,7 @@
 against the kernel, and the cancel key's process tag."""
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -215,17 +216,30 @@ class _Server:
         self.io = type("Io", (), {"sock": sock, "closed": False})()
 
 
-def test_only_ours_listen_counts_the_listeners_on_our_address():
-    ours = [_listener()]
-    port = ours[0].getsockname()[1]
-    ours.append(_listener(port))
-    theirs = _listener(port)
+def test_the_old_sockets_are_those_that_listened_before_ours(monkeypatch):
+    """The steering goes once none of the sockets that listened on our address before we bound
+    ours (the old side's) is left: neither a sibling that binds after we looked nor a count of
+    listeners decides it (with a count, a process that looked before its whole group listened
+    took the old side's socket for a sibling's and removed the steering too early)."""
+    theirs = _listener()
+    port = theirs.getsockname()[1]
+    other = _listener()                 # another address: never ours to wait for
+    old = restart.old_sockets()         # a single process: it looks itself, before binding
+    ours = _listener(port)
+    sibling = _listener(port)           # a sibling of a group binds after the look
     try:
-        servers = [_Server(s) for s in ours]
-        assert not restart.only_ours_listen(servers, 2)       # three listen on the port
-        assert restart.only_ours_listen(servers, 3)
+        assert os.fstat(theirs.fileno()).st_ino in old and os.fstat(ours.fileno()).st_ino not in old
+        servers = [_Server(ours)]
+        assert restart.old_ones_listen(servers, old)
         theirs.close()
-        assert restart.only_ours_listen(servers, 2)
+        assert not restart.old_ones_listen(servers, old)    # the sibling and the other address do not count
+        # a process of a new group has the look from its supervisor, which took it before any bound
+        monkeypatch.setattr(supervisor, "_ID", (0, 2, os.getpid()))
+        monkeypatch.setenv(restart.OLD_SOCKETS_ENV, "%d,%d" % (os.fstat(sibling.fileno()).st_ino, 7))
+        assert restart.old_sockets() == {os.fstat(sibling.fileno()).st_ino, 7}
+        assert restart.old_ones_listen(servers, restart.old_sockets())
+        monkeypatch.setenv(restart.OLD_SOCKETS_ENV, "")
+        assert restart.old_sockets() == frozenset()
     finally:
-        for s in ours + [theirs]:
+        for s in (theirs, other, ours, sibling):
             s.close()
