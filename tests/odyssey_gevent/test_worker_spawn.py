@@ -28,13 +28,14 @@ def _recorder(calls):
     return fake_frontend
 
 
-def test_packet_there_at_accept_is_handed_to_the_coroutine(in_machine, monkeypatch):
+def _spawned_after(in_machine, monkeypatch, data: bytes) -> list:
+    """The frontend() calls _spawn makes for a client that sent `data` before its accept."""
     calls = []
     monkeypatch.setattr(worker, "frontend", _recorder(calls))
 
     def body():
         srv, c, io = _pair()
-        c.write(STARTUP)
+        c.write(data)
         mm.sleep(20)                                # the bytes reach the accepted socket
         worker._spawn(None, io, SimpleNamespace(client_login_timeout=5000), "host", ("127.0.0.1", 1), None)
         mm.sleep(20)
@@ -42,27 +43,20 @@ def test_packet_there_at_accept_is_handed_to_the_coroutine(in_machine, monkeypat
         srv.close()
 
     in_machine(body)
+    return calls
+
+
+def test_packet_there_at_accept_is_handed_to_the_coroutine(in_machine, monkeypatch):
+    calls = _spawned_after(in_machine, monkeypatch, STARTUP)
     assert len(calls) == 1
     assert calls[0]["head"] == STARTUP and calls[0]["deadline"] > time.monotonic()   # all 8 bytes
 
 
 def test_accept_reads_at_most_the_8_bytes_no_first_packet_is_shorter(in_machine, monkeypatch):
     """A longer packet, and bytes sent on after it: the accept takes its first 8 bytes only."""
-    calls = []
-    monkeypatch.setattr(worker, "frontend", _recorder(calls))
     sm = b"\x00\x00\x00\x10\x00\x03\x00\x00user\x00u\x00\x00"
     query = b"Q\x00\x00\x00\x0dselect 1\x00"
-
-    def body():
-        srv, c, io = _pair()
-        c.write(sm + query)
-        mm.sleep(20)                                # the bytes reach the accepted socket
-        worker._spawn(None, io, SimpleNamespace(client_login_timeout=5000), "host", ("127.0.0.1", 1), None)
-        mm.sleep(20)
-        c.close()
-        srv.close()
-
-    in_machine(body)
+    calls = _spawned_after(in_machine, monkeypatch, sm + query)
     assert len(sm) == 16 and len(calls) == 1 and calls[0]["head"] == sm[:8]
 
 
