@@ -540,9 +540,6 @@ class Io:
         raw = self._raw
         return raw if raw is not None else self.sock
 
-    def _is_inet(self):
-        return self._opt_sock().family in _INET
-
     def set_nodelay(self, on: bool = True) -> None:
         """TCP_NODELAY (no-op on unix sockets)."""
         s = self._opt_sock()

@@ -343,13 +343,6 @@ def _free_buffers() -> list:
     return free
 
 
-def _borrow() -> bytearray:
-    free = _free_buffers()
-    if free:
-        return free.pop()
-    return bytearray(BUF_SIZE)
-
-
 def _give_back(buf: bytearray) -> None:
     if len(buf) != BUF_SIZE:
         return                      # a bigger buffer grown for one long message
@@ -1630,9 +1623,3 @@ def _maybe_sql(buf, pos: int, end: int) -> bool:
     if len(head.lstrip()) < 11:
         return True
     return _SQL_HEAD.match(head) is not None
-
-
-# -- waiting for either side ------------------------------------------------------------------
-def wait_readable_any(cio, sio, timeout_ms) -> int:
-    """Wait until the client (bit 1) or the server (bit 2) is readable; 0 on timeout."""
-    return wait_any((cio, sio), timeout_ms)

@@ -340,15 +340,6 @@ class Router:
                     marked += 1
         return marked
 
-    def find_client(self, client_id: str):
-        """The routed client with this id (`c` + 12 hex), or None."""
-        with self.lock:
-            for route in self.routes.values():
-                for client in route.clients:
-                    if client.id == client_id:
-                        return client
-        return None
-
     def kill(self, client_id: str):
         """KILL_CLIENT: mark the client killed; if it is queued for a server, take it out of the
         queue and wake it (attach raises AttachTimeout); the caller wakes its relay
