@@ -484,11 +484,18 @@ def test_system_main_serves_reloads_and_stops_on_sigterm(tmp_path):
 
     def client_then_signals(system_machine):
         try:
-            for _ in range(1500):       # generous: a loaded 2-core CI machine is slow
+            # the file exists from bind() on, but connections are refused until listen(): try
+            # until one is taken (generous: a loaded 2-core CI machine is slow)
+            io = None
+            for _ in range(1500):
                 if os.path.exists(sock_path):
-                    break
+                    try:
+                        io = mm.connect_unix(sock_path, 2000)
+                        break
+                    except ConnectionRefusedError:
+                        pass
                 mm.sleep(10)
-            io = mm.connect_unix(sock_path, 2000)
+            assert io is not None, "the system machine never listened on " + sock_path
             io.write(fe_write.startup_message({"user": "nobody", "database": "nodb"}))
             box["reply"] = _read_all(io)
             io.close()
