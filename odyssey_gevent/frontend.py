@@ -470,8 +470,9 @@ class Frontend:
         # more than this copy (test_frontend_fast keeps the two in step): the most recently
         # used idle server, not offline, the route not paused
         router = self.instance.router
-        lock = router.lock
-        lock.acquire()
+        lock = router.mt_lock       # None with one thread: no calls (see Router.mt_lock)
+        if lock is not None:
+            lock.acquire()
         try:
             if (not idle or idle[-1].offline or router.paused_all
                     or router.paused_dbs and route.db in router.paused_dbs):
@@ -485,7 +486,8 @@ class Frontend:
                 client.state = _C_ACTIVE
                 route.stats.count_server_assignment += 1
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
         if server is None:
             return None
         # ready_now's common case inline, as it runs once per transaction and a Python frame
@@ -589,10 +591,12 @@ class Frontend:
             # the server back on the idle list when no client waits, else handed to the first
             # waiter (what the queued clients of a full pool meet). Under the router's lock, which
             # with one worker (detach_plain's) is the stand-in that does nothing
-            # (router._OneThread); anything else is router.detach's
+            # (router._OneThread), so its calls are skipped (Router.mt_lock is None); anything
+            # else is router.detach's
             router = self.instance.router
-            lock = router.lock
-            lock.acquire()
+            lock = router.mt_lock
+            if lock is not None:
+                lock.acquire()
             try:
                 waiters = route.waiters
                 if server.state is not _S_ACTIVE or server.offline or route.obsolete or waiters and (
@@ -621,7 +625,8 @@ class Frontend:
                         waiter.server = server
                         waiter.wake()
             finally:
-                lock.release()
+                if lock is not None:
+                    lock.release()
             if not done:
                 router.detach(client)
             return True

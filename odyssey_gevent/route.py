@@ -2,7 +2,8 @@
 route_pool.c, server_pool.c and client_pool.c).
 
 The lock rule (written here only). `Router.lock` is a plain threading.Lock (with workers 1,
-where one thread makes every router call, a stand-in that does nothing: router._OneThread),
+where one thread makes every router call, a stand-in that does nothing: router._OneThread,
+whose calls the per-transaction paths skip: Router.mt_lock),
 taken for list and field updates only, never across IO or anything that could switch
 coroutines. It guards:
 

@@ -59,6 +59,11 @@ class Router:
         # one thread (workers 1) needs no lock; an instance without a worker count (a test's
         # stand-in) gets the real one
         self.lock = _OneThread() if getattr(instance, "workers", 2) <= 1 else threading.Lock()
+        # the lock the per-transaction calls take (Frontend.attach_now and detach_now, queue_now,
+        # detach): None with one thread, where they skip the stand-in's calls altogether (a
+        # `tuple` class attribute: its method load is not specialized and the call goes through
+        # tuple(), about 200 instructions a pair where an `is not None` test costs a few)
+        self.mt_lock = None if isinstance(self.lock, _OneThread) else self.lock
         self.routes: dict[tuple, Route] = {}
         self.keys: dict[tuple[int, int], object] = {}     # (pid, secret) -> client, for CancelRequest
         self.errors = Errors()                # SHOW ERRORS / ERRORS_PER_ROUTE (err_logger)
@@ -267,8 +272,9 @@ class Router:
         `ident`), with waiter.server linked, or None when killed."""
         route = client.route
         rule = client.rule
-        lock = self.lock                # acquire/release, not `with`: see attach_idle
-        lock.acquire()
+        lock = self.mt_lock             # acquire/release, not `with`: see attach_idle; None:
+        if lock is not None:            # one thread (see mt_lock)
+            lock.acquire()
         try:
             if (route.idle or route.queue_odd      # a shared pool or pool_notice: see Route
                     or self.paused_all or self.paused_dbs and route.db in self.paused_dbs):
@@ -289,7 +295,8 @@ class Router:
             route.waiters.append(waiter)
             client.state = _C_QUEUE
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
         return None
 
     # -- PAUSE / RESUME / KILL_CLIENT (console) ------------------------------------------------
@@ -418,8 +425,9 @@ class Router:
         """Return the client's (reset, healthy) server to its route's pool."""
         server = client.server
         route = server.route
-        lock = self.lock                # acquire/release, not `with`: see attach_idle
-        lock.acquire()
+        lock = self.mt_lock             # acquire/release, not `with`: see attach_idle; None:
+        if lock is not None:            # one thread (see mt_lock)
+            lock.acquire()
         try:
             client.server = None
             server.client = None
@@ -457,7 +465,8 @@ class Router:
                 self._give(route, server)
                 server_to_close = None
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
         if server_to_close is not None:
             self.instance.close_server_later(server_to_close)
 

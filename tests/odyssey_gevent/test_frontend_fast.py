@@ -6,6 +6,7 @@ Client and Server (the router's idle list tells what happened; the attach's serv
 pairs, one end written to when the server is to have something to say)."""
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -93,6 +94,74 @@ def test_a_routes_logins_share_what_its_rule_decides_and_queue_now_binds_once():
     server = fe2.queue_now(other, lambda: None, None, 0)
     assert server is not None and server is other.server
     assert "queue_now" in vars(fe2)                  # bound at the first call, kept
+
+
+class _CountingLock:
+    """A threading.Lock that counts its acquires and releases."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.acquired = self.released = 0
+
+    def acquire(self, *args):
+        self.acquired += 1
+        return self.lock.acquire(*args)
+
+    def release(self):
+        self.released += 1
+        self.lock.release()
+
+    def __enter__(self):
+        self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_per_transaction_calls_take_the_lock_only_with_more_workers(workers):
+    """attach_now, queue_now and the detach (detach_now's inline copy with one worker; with more
+    it parks the server's socket and calls router.detach, here called directly), the last one
+    handing the server to the queued client: each takes the router's lock once and gives it
+    back where more than one thread calls the router; with one worker none of them calls it
+    (Router.mt_lock is None: the stand-in's calls do nothing). The pool ends the same."""
+    rule = Rule(db_name="default", user_name="default", authentication="none", pool_size=1,
+                **RULES["transaction"])
+    instance = _Instance(rule, workers=workers)
+    router = instance.router
+    counting = _CountingLock()
+    router.lock = counting
+    if router.mt_lock is not None:
+        router.mt_lock = counting
+    fes = []
+    for port in (5555, 5556):
+        c = Client(None, conn_type="host", peer=("127.0.0.1", port))
+        c.database, c.user = "db", "user"
+        fe = Frontend(instance, c)
+        fe.route()
+        fes.append(fe)
+    (fe, client), (fe2, other) = [(f, f.client) for f in fes]
+    server = router.attach(client, None)
+    server.io = SimpleNamespace(_tls=True)      # attach_now leaves its checks to ready_now (False)
+    route = client.route
+
+    def detach():
+        if workers > 1:
+            router.detach(client)
+        else:
+            assert fe.detach_now(True) is True
+
+    taken = counting.acquired
+    detach()
+    assert route.idle == [server] and client.server is None
+    assert fe.attach_now() is False and client.server is server and route.idle == []
+    ran = []
+    assert fe2.queue_now(other, lambda: ran.append(other.server), None, 0) is None     # queued
+    detach()
+    assert other.server is server and server.client is other and client.server is None
+    calls = counting.acquired - taken
+    assert calls == (4 if workers > 1 else 0)
+    assert counting.released == counting.acquired and not counting.lock.locked()
 
 
 # a server that comes back settled, and each way it may not be (one at a time below; mixed

@@ -187,6 +187,8 @@ def test_the_lock_is_a_real_one_only_with_more_than_one_worker(workers):
     router = Router(inst)
     lock = router.lock
     assert isinstance(lock, type(threading.Lock())) is (workers > 1)
+    # the per-transaction calls take it only where it is a real one
+    assert router.mt_lock is (lock if workers > 1 else None)
     lock.acquire()
     try:
         if workers > 1:
