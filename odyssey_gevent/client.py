@@ -61,7 +61,8 @@ _UNDEF = ClientState.UNDEF    # a module constant: an Enum member load costs abo
 class Client:
     __slots__ = ("id", "io", "listen", "conn_type", "tls", "peer_host", "peer_port", "_local", "startup", "user", "database", "vars", "rule", "route", "server",
                  "state", "key_pid", "key_secret", "time_accept", "password", "is_console", "relay",
-                 "deploy_list", "prepared", "auth_secret", "scram_keys", "killed", "tsa_checks", "waiter")
+                 "deploy_list", "prepared", "auth_secret", "scram_keys", "killed", "tsa_checks", "waiter",
+                 "vars_key")
 
     def __init__(self, io, listen=None, conn_type: str = "host", peer=None, local=None):
         # the id and the BackendKeyData we hand out (random, matched by the router on
@@ -98,6 +99,12 @@ class Client:
         self.killed = False                 # KILL_CLIENT: end the session at the next chance (router.kill)
         self.tsa_checks = None              # (catchup_timeout, target_session_attrs): tsa.work_out
         self.waiter = None                  # route.Waiter: its place in the queue for a server (router.attach)
+        # while `vars` are still exactly what the startup packet gave: that packet's kept bytes
+        # (frontend._STARTUPS), a key with a cached hash the vars' later memos (the ParameterStatus
+        # block, deploy's list) are found by instead of a tuple of their items; None once anything
+        # changes them (a rule's options, application_name_add_host, a ParameterStatus) or when
+        # the packet was not kept
+        self.vars_key = None
 
     def _local_address(self) -> tuple:
         local = self._local

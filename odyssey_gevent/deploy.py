@@ -49,12 +49,15 @@ _LISTS_MAX = 1024
 def deploy_list(client) -> tuple:
     """client.deploy_list, worked out from client.vars (the interned tuple of `tracked()`).
     _LISTS also maps the vars' own items (a tuple of pairs, never equal to a list of triples
-    but for the empty one, which maps to itself either way) to their list: every login works it
+    but for the empty one, which maps to itself either way), or the startup packet's bytes they
+    came from (client.vars_key), to their list: every login works it
     out once (its first attach), and most logins of a pooler send the same few parameters, so
     one tuple() and one lookup instead of tracked()'s loop and the interning."""
     client_vars = client.vars
     try:
-        key = tuple(client_vars.items())
+        key = client.vars_key       # (the startup packet's bytes while the vars are its own)
+        if key is None:
+            key = tuple(client_vars.items())
         todo = _LISTS.get(key)
     except TypeError:                   # an unhashable value (not from a client): no shortcut
         key = todo = None
@@ -89,11 +92,16 @@ def needed(client, server) -> bool:
     todo = client.deploy_list
     if todo is None:
         # deploy_list's usual case inline (a frame fewer at each login's first attach): these
-        # vars seen before
-        try:
-            todo = _LISTS.get(tuple(client.vars.items()))
-        except TypeError:               # an unhashable value (not from a client)
-            todo = None
+        # vars seen before, found by the startup packet's kept bytes while the vars are that
+        # packet's (client.vars_key: a cached hash, found by identity), else by their items
+        key = client.vars_key
+        if key is not None:
+            todo = _LISTS.get(key)
+        else:
+            try:
+                todo = _LISTS.get(tuple(client.vars.items()))
+            except TypeError:           # an unhashable value (not from a client)
+                todo = None
         if todo is None:
             todo = deploy_list(client)
         else:

@@ -61,6 +61,16 @@ _VARS: dict[tuple, dict] = {}
 _VARS_MAX = 1024
 
 
+# what Frontend.startup works out from a plain 3.0 StartupMessage alone, by the packet's bytes:
+# (the message, user, database, the session vars, the bytes the entry is kept by: the client's
+# vars_key). Bounded: at most _STARTUPS_MAX packets of at most _STARTUP_MAX_BYTES, cleared when
+# full; each client gets its own copy of the vars
+_STARTUPS: dict[bytes, tuple] = {}
+_STARTUPS_MAX = 1024
+_STARTUP_MAX_BYTES = 1032
+_TLS_REQUIRED = ("require", "verify_ca", "verify_full")
+
+
 def session_vars(params: dict) -> dict[str, str]:
     """A new dict of the client's session parameters from its startup parameters, keyed by
     lower-case name as PostgreSQL compares GUC names (the `options` -c pairs after the others).
@@ -184,7 +194,7 @@ class Frontend:
         listen = client.listen
         head = self.head
         while True:
-            msg = None
+            msg = packet = None
             if head is not None and len(head) >= 4:
                 # the packet's first bytes the accept read (up to 8: no first packet is shorter,
                 # an SSLRequest or GSSENCRequest is all of it); the rest is usually there too (a
@@ -201,9 +211,23 @@ class Frontend:
                     head += body
                     need -= len(body)
                 if not need:
+                    kept = _STARTUPS.get(head)
+                    if kept is not None:
+                        # a packet seen before (a pooler's clients mostly send the same few):
+                        # what startup works out from it alone is kept by its bytes, without
+                        # the reader's frame, the checks and the vars' lookup (below)
+                        self.head = None
+                        if listen is not None and listen.tls in _TLS_REQUIRED and not client.tls:
+                            raise FrontendError(error_codes.PROTOCOL_VIOLATION, "SSL is required")
+                        # (the message is shared: nothing changes a client's startup message)
+                        client.startup, client.user, client.database, vars_, client.vars_key = kept
+                        client.vars = vars_.copy()
+                        return True
+                    packet = head
                     msg = read_startup_bytes(head, declared=declared)[0]
             if msg is None:         # not all there yet (or EOF): read with the login timeout
                 msg = read_startup(client.io, self._login_timeout(), head)
+                packet = None
             head = self.head = None
             if msg.__class__ is StartupMessage:      # the usual first packet: one test
                 break
@@ -231,7 +255,7 @@ class Frontend:
                     pass
                 return False
             break
-        if listen is not None and listen.tls in ("require", "verify_ca", "verify_full") and not client.tls:
+        if listen is not None and listen.tls in _TLS_REQUIRED and not client.tls:
             raise FrontendError(error_codes.PROTOCOL_VIOLATION, "SSL is required")
         major, minor, params = msg      # (a tuple: one unpack, not three property reads)
         if major != 3:
@@ -253,6 +277,13 @@ class Frontend:
         # session_vars' usual case inline (a frame fewer per login): these parameters seen before
         vars_ = _VARS.get(tuple(params.items()))
         client.vars = vars_.copy() if vars_ is not None else session_vars(params)
+        if packet.__class__ is bytes and not minor and self.replication is None and len(packet) <= _STARTUP_MAX_BYTES:
+            # a plain StartupMessage read whole from its bytes: kept by them (the next client
+            # that sends the same gets the same without the work above)
+            if len(_STARTUPS) >= _STARTUPS_MAX:
+                _STARTUPS.clear()
+            _STARTUPS[packet] = (msg, user, client.database, dict(client.vars), packet)
+            client.vars_key = packet
         return True
 
     # -- stage 3: routing ----------------------------------------------------------------------
@@ -266,9 +297,12 @@ class Frontend:
             facts = route.login_facts = _login_facts(rule, self.instance)
         client.is_console, notice, self.detach_plain = facts
         # the rule's options {} override the client's own values
-        for k, v in (rule.options or {}).items():
-            client.vars[k.lower()] = v
+        if rule.options:
+            client.vars_key = None          # (the vars are no longer the startup packet's)
+            for k, v in rule.options.items():
+                client.vars[k.lower()] = v
         if rule.application_name_add_host and client.peer_host:
+            client.vars_key = None
             app = client.vars.get("application_name", "")
             client.vars["application_name"] = (f"{app} - {client.peer_host}")[:63]
         # tsa.checks_hosts inline (a frame fewer per login): a catchup_timeout, or a
@@ -347,16 +381,19 @@ class Frontend:
         if cached is None or cached[0] is not route.params:
             cached = (None, *param_wire(route))
         _, wires, index, block, own = cached
-        # `own` also keeps the block by the client's vars as they are (a tuple of pairs, never
-        # equal to a flat tuple of the differing values): a client with the same vars as an
-        # earlier one needs no walk over them
-        items = tuple(client.vars.items())
+        # `own` also keeps the block by the client's vars as they are: by the startup packet's
+        # kept bytes while the vars are that packet's (client.vars_key: its hash cached, found
+        # by identity), else by a tuple of their pairs (neither ever equal to a flat tuple of
+        # the differing values): a client with the same vars as an earlier one needs no walk
+        items = client.vars_key
+        if items is None:
+            items = tuple(client.vars.items())
         found = own.get(items)
         if found is not None:
             block = found
         else:
             mine = None
-            for key, value in items:
+            for key, value in client.vars.items():
                 known = index.get(key)
                 if known is not None and known[2] != value:
                     if mine is None:
@@ -972,6 +1009,7 @@ def frontend(instance, io, listen, conn_type: str, peer=None, local=None, deadli
     client.killed = False
     client.tsa_checks = None
     client.waiter = None
+    client.vars_key = None
     # Frontend(instance, client) with its __init__ inline, the same attributes in the same
     # order (a frame fewer per login; a test compares the two)
     fe = _new(Frontend)

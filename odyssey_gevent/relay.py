@@ -1551,7 +1551,7 @@ class Relay:
         server.params[key] = value
         client = self.client
         client.vars[key] = value
-        client.deploy_list = None
+        client.deploy_list = client.vars_key = None
 
 
 def _client_shape(buf, end: int, sent: list):

@@ -529,3 +529,160 @@ def test_the_coroutine_entry_makes_its_client_as_client_init_does(monkeypatch, p
     assert made.vars is not ref.vars and made.id != ref.id and made.key_secret != ref.key_secret
     assert made.time_accept == accepted if accepted is not None else made.time_accept >= before
 
+
+
+# ----------------------------------------------------------------------------------------------
+# the startup packets kept by their bytes (frontend._STARTUPS) and the vars' key (Client.vars_key)
+
+def _kept_startup(packet: bytes, listen=None, head: int = 8):
+    """Frontend.startup() with the packet's first `head` bytes read at accept and the rest there:
+    (result or exception, client)."""
+    a, b = gsocket.socketpair()
+    app, pooler = mm.Io(a), mm.Io(b)
+    try:
+        client = Client(pooler, listen, "host", ("127.0.0.1", 40000))
+        fe = Frontend(_instance(), client)
+        app.write(packet)
+        fe.head = pooler.read(head, 1000)
+        try:
+            result = fe.startup()
+        except FrontendError as e:
+            result = e
+        return result, client
+    finally:
+        app.close(), pooler.close()
+
+
+def test_a_kept_startup_packet_gives_what_reading_it_gives(in_machine):
+    """A plain 3.0 StartupMessage read whole is kept by its bytes: the next client that sends the
+    same bytes gets the same message, user, database and vars (its own copy) and the kept bytes as
+    its vars_key, and a listener that requires TLS still refuses it; a 3.1 packet and a
+    replication one are not kept, nor is a packet read in pieces (no vars_key: their vars are
+    looked up by their items)."""
+    def body():
+        frontend_mod._STARTUPS.clear()
+        sm = _sm({"user": "ku", "database": "kd", "application_name": "app", "options": "-c a=b"})
+        res1, first = _kept_startup(sm)
+        assert sm in frontend_mod._STARTUPS and first.vars_key == sm
+        res2, second = _kept_startup(sm)
+        assert res1 is res2 is True
+        assert (second.user, second.database, second.startup) == ("ku", "kd", first.startup)
+        assert second.vars == first.vars == {"application_name": "app", "a": "b"}
+        assert second.vars is not first.vars and second.vars_key is first.vars_key
+        second.vars["a"] = "changed"
+        _, third = _kept_startup(sm)
+        assert third.vars == {"application_name": "app", "a": "b"}
+        required = SimpleNamespace(tls="require", client_login_timeout=0)
+        refused, _ = _kept_startup(sm, required)
+        assert isinstance(refused, FrontendError) and "SSL is required" in refused.message
+        for other in (_sm({"user": "v31"}, minor=1), _sm({"user": "r", "replication": "true"})):
+            res, client = _kept_startup(other)
+            assert res is True and client.vars_key is None and other not in frontend_mod._STARTUPS
+        pieces = _sm({"user": "pieces"})
+        res, _, _ = _startup_after_accept(pieces[:6], pieces[6:], trickle=True, head=4)
+        assert res is True and pieces not in frontend_mod._STARTUPS
+        return True
+
+    assert in_machine(body)
+
+
+def _routed(rule, inst, vars_, key, peer=("10.1.2.3", 5000)):
+    client = Client(None, None, "host" if peer else "local", peer)
+    client.user, client.database = "u", "d"
+    client.vars, client.vars_key = dict(vars_), key
+    Frontend(inst, client).route()
+    return client
+
+
+def test_route_drops_the_vars_key_where_it_changes_the_vars():
+    """A rule's options and application_name_add_host change the vars the startup packet gave:
+    the client's vars_key is dropped then (deploy's list is worked out from the vars as they are,
+    not found by the packet), and kept where the vars stay the packet's."""
+    from odyssey_gevent import deploy
+    inst = _instance()
+    inst.close_server_later = lambda s: None
+    key, vars_ = b"a kept startup packet", {"application_name": "app"}
+    plain = Rule(authentication="none", pool="transaction")
+    inst.rules = _Rules(plain)
+    inst.router = Router(inst)
+    first = _routed(plain, inst, vars_, key)
+    assert first.vars_key is key
+    server = SimpleNamespace(params={"application_name": "app", "work_mem": "4MB"}, deployed=None)
+    assert not deploy.needed(first, server) and deploy._LISTS[key] is first.deploy_list
+    optioned = Rule(authentication="none", pool="transaction", options={"work_mem": "1MB"})
+    inst.rules = _Rules(optioned)
+    second = _routed(optioned, inst, vars_, key)
+    assert second.vars_key is None and second.vars["work_mem"] == "1MB"
+    server.deployed = None
+    assert deploy.needed(second, server)            # the option's value is not on the server
+    added = Rule(authentication="none", pool="transaction", application_name_add_host=True)
+    inst.rules = _Rules(added)
+    third = _routed(added, inst, vars_, key)
+    assert third.vars_key is None and third.vars["application_name"] == "app - 10.1.2.3"
+    unix = _routed(added, inst, vars_, key, peer=None)     # nothing to add: the packet's vars
+    assert unix.vars_key is key
+
+
+def test_setup_block_follows_the_vars_not_a_stale_key(in_machine):
+    """Two clients of one route sent the same startup packet; application_name_add_host changed
+    the second one's vars (a TCP client; the first came by a unix socket): setup gives each its
+    own application_name, not the block the first one's key keeps."""
+    from odyssey_gevent import auth
+    from odyssey_gevent.route import Route
+
+    rule = Rule(db_name="d", user_name="u", pool="transaction", application_name_add_host=True)
+    route = Route(("d", "u", 1), rule, "d", "u")
+    route.params = [("server_version", "16.0"), ("application_name", "")]
+    inst = _instance()
+    inst.close_server_later = lambda s: None
+    inst.rules = _Rules(rule)
+    inst.router = Router(inst)
+    key = b"the same packet"
+
+    def login(peer):
+        client = _routed(rule, inst, {"application_name": "app"}, key, peer)
+        a, b = gsocket.socketpair()
+        app, pooler = mm.Io(a), mm.Io(b)
+        try:
+            client.io, client.route = pooler, route
+            fe = Frontend(inst, client)
+            fe.owed = auth.AUTH_OK_MESSAGE
+            fe.setup()
+            pooler.close()
+            return _all(app)
+        finally:
+            app.close(), pooler.close()
+
+    def body():
+        first, second = login(None), login(("10.1.2.3", 5000))
+        assert be_write.parameter_status("application_name", "app") in first
+        assert be_write.parameter_status("application_name", "app - 10.1.2.3") in second
+        return True
+
+    assert in_machine(body)
+
+
+def _all(io) -> bytes:
+    out, buf = bytearray(), bytearray(4096)
+    while True:
+        n = io.read_into(buf, 1000)
+        if not n:
+            return bytes(out)
+        out += buf[:n]
+
+
+def test_a_parameter_status_drops_the_vars_key():
+    """A ParameterStatus the relay records (a SET's new value) changes the client's vars: the
+    vars_key is dropped with the deploy list, so the next server's check uses the new value."""
+    from odyssey_gevent import deploy
+    from odyssey_gevent.relay import Relay
+    client = Client(None)
+    key = b"another kept startup packet"
+    client.vars, client.vars_key = {"application_name": "app"}, key
+    server = SimpleNamespace(params={"application_name": "app"}, deployed=None)
+    assert not deploy.needed(client, server)
+    msg = b"application_name\0set later\0"
+    Relay._parameter_status(SimpleNamespace(client=client), server, msg, 0, len(msg))
+    assert client.vars_key is None and client.vars["application_name"] == "set later"
+    other = SimpleNamespace(params={"application_name": "app"}, deployed=None)
+    assert deploy.needed(client, other)
