@@ -23,7 +23,7 @@ from odyssey_gevent.client import Client
 from odyssey_gevent.client import _RANDOM as _CLIENT_RANDOM, _UNDEF as _CLIENT_UNDEF, _draw as _client_draw
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
-from odyssey_gevent.relay import Relay
+from odyssey_gevent.relay import new_relay
 from odyssey_gevent import router as router_mod
 from odyssey_gevent.router import AttachTimeout
 from odyssey_gevent.server import park, unwatch
@@ -837,8 +837,8 @@ class Frontend:
                 # (Rule.effective_reserve_prepared_statement, without its call)
                 if rule.pool != "session" and rule.pool_reserve_prepared_statement:
                     prepared = Prepared(client, client.route.prepared)
-                client.relay = Relay(self, client, prepared)
-                status = client.relay.run()
+                relay = client.relay = new_relay(self, client, prepared)     # (Relay(...) without the class call)
+                status = relay.run()
         except FrontendError as e:
             status = e.status or (Status.ECLIENT_PROTOCOL_ERROR if e.sqlstate == error_codes.PROTOCOL_VIOLATION
                                   else Status.OK)

@@ -343,6 +343,28 @@ def _free_buffers() -> list:
     return free
 
 
+# what every relay of a thread shares, by the thread's hub (the hub of a relay's client socket is
+# the thread's): (loop, thread ident, loop.now, the free list, the set of relays), the sweep
+# started with the entry. Relay.__init__ and run find it with one dict lookup by the hub's
+# identity instead of a Cython attribute load (hub.loop), a bound method made (loop.now), a
+# get_ident() call and two threading.local lookups per session (about 1,500 instructions).
+# The entry holds the hub, so no other hub can take its identity; bounded (cleared when full)
+# for processes that make many machines (tests).
+_HUBS: dict = {}
+_HUBS_MAX = 64
+
+
+def _hub_state(hub) -> tuple:
+    """This thread's _HUBS entry for its hub `hub` (made, and the sweep started, the first time)."""
+    loop = hub.loop
+    state = (loop, threading.get_ident(), loop.now, _free_buffers(), _relays())
+    _start_sweep(loop)
+    if len(_HUBS) >= _HUBS_MAX:
+        _HUBS.clear()
+    _HUBS[hub] = state
+    return state
+
+
 def _give_back(buf: bytearray) -> None:
     if len(buf) != BUF_SIZE:
         return                      # a bigger buffer grown for one long message
@@ -401,24 +423,24 @@ class Relay:
         self.sleepy = False     # ... and woken by it to go dormant
         self.glet = None
         # the hub of the client's socket is this thread's (an Io belongs to the machine that made
-        # or attached it): no get_hub() call
+        # or attached it): no get_hub() call; what the thread's relays share found by it (_HUBS)
         hub = self.hub = client.io.sock.hub
-        loop = self.loop = hub.loop     # the hub and thread the relay runs in (wake())
-        self.ident = threading.get_ident()
-        # SHOW STATS times: the loop's clock (libev's time of the current loop iteration, the
-        # moment the bytes were found readable; as C's machine_time_us) costs less than a clock
-        # call. q_start: when the request being answered reached the relay; tx_start: the first
+        try:
+            shared = _HUBS[hub]
+        except KeyError:
+            shared = _hub_state(hub)
+        # the loop and thread the relay runs in (wake()); SHOW STATS times: the loop's clock
+        # (libev's time of the current loop iteration, the moment the bytes were found readable;
+        # as C's machine_time_us) costs less than a clock call; the thread's free list, borrowed
+        # from and given back to inline on the hot path
+        self.loop, self.ident, self.now, self.free, _ = shared
+        # q_start: when the request being answered reached the relay; tx_start: the first
         # request of the open transaction (0: none)
-        self.now = loop.now
         self.q_start = 0.0
         self.tx_start = 0.0
         # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
         self.request_timeout = request_timeout
         self.timers = None      # wait_any's reusable timeout timers, made at the first timed wait
-        # borrowed from and given back to inline on the hot path (this thread's: one thread-local
-        # lookup, the helper only the first time)
-        free = _local.__dict__.get("free")
-        self.free = free if free is not None else _free_buffers()
         # the callback-driven fast path (_park): for plain sockets, a frontend that can attach
         # and detach without waiting, and timeouts the 1 s sweep can keep (FAST_MIN_TIMEOUT_MS)
         self.fast_ok = sweepable and not client.io._tls and hasattr(frontend, "attach_now")
@@ -434,7 +456,7 @@ class Relay:
         self.queued = False
         self.q_timeout = q_timeout
         self.q_timer = None
-        self.on_handed = self._on_handed
+        self.on_handed = None   # self._on_handed, made at the first queued wait (_queue): most never queue
         self.c_watch = None     # the client socket's read watcher, set by _park for the queued attach
         # workers 1: a server the fast path detaches is pooled with its read watcher started
         # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
@@ -453,15 +475,12 @@ class Relay:
         client_only = (cio,)
         instance = self.instance
         self.glet = getcurrent()
-        # this thread's relays and sweep: one look at the thread-local state (each costs a
-        # threading.local lookup), the helpers only the first time
-        state = _local.__dict__
-        relays = state.get("relays")
-        if relays is None:
-            relays = _relays()
+        # this thread's relays (its sweep started with the _HUBS entry __init__ found)
+        try:
+            relays = _HUBS[self.hub][4]
+        except KeyError:                # (cleared meanwhile)
+            relays = _hub_state(self.hub)[4]
         relays.add(self)
-        if state.get("sweep") is None:
-            _start_sweep(self.loop)
         try:
             while True:
                 server = client.server
@@ -618,7 +637,7 @@ class Relay:
         """Wait for either side in the fast path; returns why the coroutine is needed."""
         self.fast = True
         self.waiting = True
-        self.wait_start = self.now()
+        self.wait_start = self.loop.now()     # (see _on_client: a specialized method load)
         cw = self.c_watch = self.client.io.sock._read_event
         cw.start(self.on_client)
         if server is not None:
@@ -804,7 +823,10 @@ class Relay:
     # kill or a shutdown wake-up, switches into the coroutine, which takes the wait over from
     # the same place in the queue (Frontend.attach(queued=True), router.attach_queued).
     def _queue(self, end: int):
-        server = self.fe.queue_now(self.client, self.on_handed, self.loop, self.ident)
+        handed = self.on_handed
+        if handed is None:              # (a bound method a session that never queues does not make)
+            handed = self.on_handed = self._on_handed
+        server = self.fe.queue_now(self.client, handed, self.loop, self.ident)
         if server is not None:          # False: the usual attach; else a new server to connect
             return (end, None if server is False else server)
         self.c_len = end
@@ -1626,3 +1648,65 @@ def _maybe_sql(buf, pos: int, end: int) -> bool:
     if len(head.lstrip()) < 11:
         return True
     return _SQL_HEAD.match(head) is not None
+
+
+_new = object.__new__
+
+
+def new_relay(frontend, client, prepared):
+    """Relay(frontend, client, prepared) for Frontend.run's session, with __init__'s body here:
+    3.11 does not specialize calling a Python class (type_call, slot_tp_init and a frame run
+    apart, about 1,000 instructions a login), and a Frontend needs none of __init__'s stand-in
+    cases (it has attach_now and an instance; its route keeps relay_facts). Every slot set as
+    there (a test compares the two)."""
+    self = _new(Relay)
+    self.fe = frontend
+    self.client = client
+    self.c_buf = None
+    self.c_len = 0
+    self.c_skip = 0
+    self.c_drop = False
+    self.s_buf = None
+    self.s_len = 0
+    self.s_skip = 0
+    self.s_drop = False
+    self.s_ready = False
+    route = client.route
+    facts = route.relay_facts
+    if facts is None:
+        facts = route.relay_facts = _rule_facts(client.rule)
+    self.mode_transaction, self.mode_statement, request_timeout, sweepable, q_timeout = facts
+    self.stats = route.stats
+    self.prepared = prepared
+    instance = self.instance = frontend.instance
+    self.waiting = False
+    self.woken = False
+    self.may_sleep = False
+    self.marked = False
+    self.sleepy = False
+    self.glet = None
+    hub = self.hub = client.io.sock.hub
+    try:
+        shared = _HUBS[hub]
+    except KeyError:
+        shared = _hub_state(hub)
+    self.loop, self.ident, self.now, self.free, _ = shared
+    self.q_start = 0.0
+    self.tx_start = 0.0
+    self.request_timeout = request_timeout
+    self.timers = None
+    self.fast_ok = sweepable and not client.io._tls
+    self.fast = False
+    self.pending = None
+    self.wait_start = 0.0
+    self.expired = False
+    self.s_watch = None
+    self.on_client = self._on_client
+    self.on_server = self._server_data
+    self.queued = False
+    self.q_timeout = q_timeout
+    self.q_timer = None
+    self.on_handed = None
+    self.c_watch = None
+    self.keep_watch = instance.workers <= 1
+    return self

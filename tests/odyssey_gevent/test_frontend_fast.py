@@ -430,3 +430,34 @@ def test_the_hand_over_decides_as_ready_now(in_machine, plain, check, readable, 
         return True
 
     assert in_machine(body)
+
+
+@pytest.mark.parametrize("kind", ["transaction", "session"])
+def test_new_relay_makes_what_relay_init_makes(in_machine, kind):
+    """Frontend.run makes its relay with relay.new_relay (__init__'s body without the class call):
+    every slot as Relay(fe, client) sets it (the bound callbacks of its own), and the thread's
+    shared state (loop, ident, loop.now, free list: relay._HUBS) is the one __init__ finds;
+    the queued wait's callback is made at the first queue only."""
+    from odyssey_gevent import relay as relay_mod
+
+    def body():
+        fe, _, client = _frontend(kind)
+        a, b = gsocket.socketpair()
+        client.io = mm.Io(a)
+        try:
+            relay_mod._HUBS.clear()
+            made = relay_mod.new_relay(fe, client, None)
+            ref = Relay(fe, client)
+            for name in Relay.__slots__:
+                got, want = getattr(made, name), getattr(ref, name)
+                if name in ("on_client", "on_server"):
+                    assert got.__self__ is made and got.__func__ is want.__func__, name
+                else:
+                    assert got == want, name
+            assert made.loop is client.io.sock.hub.loop and made.ident == threading.get_ident()
+            assert made.free is relay_mod._free_buffers() and made.on_handed is None
+            return True
+        finally:
+            client.io.close(), b.close()
+
+    assert in_machine(body)
