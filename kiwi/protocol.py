@@ -474,6 +474,8 @@ class Conversation:
         # with an int, a str with a str; no dict call, no & unless the head is a flagged Sync)
         if t == _READY:
             if queue:
+                # (the relay's reply walk has a copy of this case for a lone Query or Sync:
+                # tests/odyssey_gevent/test_relay.py keeps the two in step)
                 # the ReadyForQuery of a plain Query or Sync: popped at once (a deque's [0] is
                 # not specialized: it costs about what the popleft does), put back if not
                 head = queue.popleft()

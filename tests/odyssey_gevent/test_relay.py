@@ -987,3 +987,64 @@ def test_an_error_in_a_pipeline_laid_out_as_before_is_counted_as_the_walk_counts
         return True
 
     assert in_machine(body)
+
+
+# ----------------------------------------------------------------------------------------------
+# the reply walk's inline copy of Conversation.receive's common case (a ReadyForQuery)
+
+def _owing(case: str) -> Conversation:
+    """A Conversation in one of the states a ReadyForQuery may meet, made by what the relay
+    tells it: a Query, an extended batch (plain and exact), pipelined Queries, a Query with a
+    Describe after it (unsynced), a COPY (and one with a Describe after it), a request the
+    pooler sent itself; and three it should not meet: a Parse alone, a Parse before the Sync
+    (its ParseComplete missed), nothing owed."""
+    conv = Conversation(exact=case == "exact")
+    if case in ("query", "pipelined", "unsynced", "copy", "copy-unsynced"):
+        conv.send(ord("Q"))
+    if case == "pipelined":
+        conv.send(ord("Q"))
+    elif case in ("unsynced", "copy-unsynced"):
+        conv.send(ord("D"))
+    if case in ("copy", "copy-unsynced"):
+        conv.receive(ord("G"))
+    elif case in ("parse", "parse-sync"):
+        conv.send(ord("P"))
+        if case == "parse-sync":
+            conv.send(ord("S"))
+    elif case in ("extended", "exact"):
+        for t in b"PBDES":
+            conv.send(t)
+        for t in (b"12TC" if case == "exact" else b"12"):
+            conv.receive(t)
+    elif case == "hidden":
+        conv.send_request(Request(ord("Q"), hide=True))
+    return conv
+
+
+@pytest.mark.parametrize("case", ["query", "extended", "exact", "pipelined", "unsynced", "copy", "copy-unsynced",
+                                  "hidden", "parse", "parse-sync", "nothing"])
+@pytest.mark.parametrize("status", [b"I", b"T", b"E"])
+def test_the_walk_tells_a_ready_for_query_as_receive_does(in_machine, case, status):
+    """The reply walk's inline copy of Conversation.receive's common case (the last request
+    owed, a plain Query or Sync, answered) leaves the Conversation as receive leaves it, and
+    forwards the message unless receive drops it, in every state a ReadyForQuery may meet
+    (the others are receive's own)."""
+    def state(conv):
+        return ([e if e.__class__ is int else (e.type, e.hide) for e in conv.queue], conv.syncs, conv.phase,
+                conv.unsynced, conv.tx_status, conv.replies, conv.broken, list(conv.output))
+
+    def body():
+        told = _owing(case)
+        action = told.receive(ord("Z"), status)
+        h = Harness("session", attached=True)
+        try:
+            walked = h.server.proto = _owing(case)
+            msg = be_write.ready_for_query(status)
+            h.relay._server_data(h.server, bytearray(msg), len(msg))
+            assert state(walked) == state(told)
+            assert _unread(h.app) == (0 if action else len(msg))
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
