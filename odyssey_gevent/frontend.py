@@ -16,6 +16,8 @@ from kiwi import be_write, error_codes
 from kiwi.header import BE
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage, startup_length
 from kiwi.be_read import read_startup as read_startup_bytes
+from kiwi.be_read import _MIN_STARTUP, MAX_STARTUP_PACKET_LENGTH as _MAX_STARTUP
+from kiwi.header import LENGTH as _LENGTH
 from kiwi.errors import KiwiError, ProtocolError
 from odyssey_gevent import (auth, backend, cancel, deploy, hba, login_retry, replication, reset, soft_oom, storage,
                             tsa, watchdog)
@@ -69,6 +71,7 @@ _STARTUPS: dict[bytes, tuple] = {}
 _STARTUPS_MAX = 1024
 _STARTUP_MAX_BYTES = 1032
 _TLS_REQUIRED = ("require", "verify_ca", "verify_full")
+_unpack_length = _LENGTH.unpack_from        # (bound once: a method load of a Struct is not specialized)
 
 
 def session_vars(params: dict) -> dict[str, str]:
@@ -201,7 +204,11 @@ class Frontend:
                 # client sends its packet in one write), read by one recv that never waits,
                 # without the frames of read_startup, Io.read and the login timeout's (about
                 # 3,000 instructions)
-                declared = startup_length(head)     # a bad one is refused before the body
+                # its length word (startup_length's steps without its frame; a bad one is
+                # refused before the body, with startup_length's error)
+                declared = _unpack_length(head)[0]
+                if declared < _MIN_STARTUP or declared - 4 > _MAX_STARTUP:
+                    startup_length(head)            # (raises)
                 need = declared - len(head)         # (declared >= 8 >= len(head))
                 if need:
                     try:
@@ -960,8 +967,9 @@ class Frontend:
             # the ended session is a reference cycle left to the garbage collector, whose
             # collections then ran every few logins (about 25,000 instructions a login); the
             # relay's own bound callbacks are another such cycle (Relay.close)
-            if client.relay is not None:
-                client.relay.close()
+            relay = client.relay
+            if relay is not None:
+                relay.on_client = relay.on_server = relay.on_handed = None     # (Relay.close's body)
                 client.relay = None
 
 

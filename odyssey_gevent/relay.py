@@ -510,24 +510,28 @@ class Relay:
                         continue
                     if self.pending is not None:
                         self._flush()
-                    if reason == _WAKE:
-                        if self.sleepy:
-                            self.sleepy = False
-                            if self._go_dormant():
-                                return None
-                        elif self.woken:
-                            self.woken = False
-                        elif self.expired:
-                            self.expired = False
-                            status = self._timed_out(client.server)
-                            if status is not None:
-                                return status
-                        continue
-                    if reason == _AGAIN:
-                        continue
-                    if reason == _DETACH:
-                        self.fe.detach()
-                        continue
+                    # the int reasons compared as ints only: 3.11 does not specialize comparing a
+                    # tuple or a Status with an int (about 150 instructions each, three of them
+                    # for a session's end)
+                    if reason.__class__ is int:
+                        if reason == _WAKE:
+                            if self.sleepy:
+                                self.sleepy = False
+                                if self._go_dormant():
+                                    return None
+                            elif self.woken:
+                                self.woken = False
+                            elif self.expired:
+                                self.expired = False
+                                status = self._timed_out(client.server)
+                                if status is not None:
+                                    return status
+                            continue
+                        if reason == _AGAIN:
+                            continue
+                        if reason == _DETACH:
+                            self.fe.detach()
+                            continue
                     if isinstance(reason, tuple):   # client bytes read, for this coroutine to relay
                         end, taken = reason
                         if taken is not None:
@@ -597,7 +601,8 @@ class Relay:
                         return status
         finally:
             relays.discard(self)
-            self._release_buffers()
+            if self.c_buf is not None or self.s_buf is not None:    # (the fast path's are the scratch)
+                self._release_buffers()
             if self.q_timer is not None:
                 self.q_timer.close()
                 self.q_timer = None

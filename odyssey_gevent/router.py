@@ -60,9 +60,10 @@ class Router:
         # stand-in) gets the real one
         self.lock = _OneThread() if getattr(instance, "workers", 2) <= 1 else threading.Lock()
         # the lock the per-transaction calls take (Frontend.attach_now and detach_now, queue_now,
-        # detach): None with one thread, where they skip the stand-in's calls altogether (a
-        # `tuple` class attribute: its method load is not specialized and the call goes through
-        # tuple(), about 200 instructions a pair where an `is not None` test costs a few)
+        # detach) and the login's (route, unroute): None with one thread, where they skip the
+        # stand-in's calls altogether (a `tuple` class attribute: its method load is not
+        # specialized and the call goes through tuple(), about 200 instructions a pair where an
+        # `is not None` test costs a few)
         self.mt_lock = None if isinstance(self.lock, _OneThread) else self.lock
         self.routes: dict[tuple, Route] = {}
         self.keys: dict[tuple[int, int], object] = {}     # (pid, secret) -> client, for CancelRequest
@@ -88,8 +89,9 @@ class Router:
         # looked up with a plain tuple (equal to its RouteKey, which is made only for a new route:
         # a named tuple's constructor is a Python-level call)
         lookup = (route_db, route_user, id(rule))
-        lock = self.lock
-        lock.acquire()              # not `with`: see attach_idle
+        lock = self.mt_lock         # None with one thread: see mt_lock
+        if lock is not None:
+            lock.acquire()          # not `with`: see attach_idle
         try:
             route = self.routes.get(lookup)
             if route is None:
@@ -107,15 +109,17 @@ class Router:
             client.route = route
             client.state = _C_PENDING
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
         return route
 
     def unroute(self, client) -> None:
         route = client.route
         if route is None:
             return
-        lock = self.lock
-        lock.acquire()              # not `with`: see attach_idle
+        lock = self.mt_lock         # None with one thread: see mt_lock
+        if lock is not None:
+            lock.acquire()          # not `with`: see attach_idle
         try:
             route.clients.discard(client)
             self.keys.pop((client.key_pid, client.key_secret), None)
@@ -124,7 +128,8 @@ class Router:
                 route.waiters.remove(waiter)
             client.state = _C_UNDEF
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     # -- attach / detach ---------------------------------------------------------------------
     def attach(self, client, timeout_ms: int | None) -> Server:

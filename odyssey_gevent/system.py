@@ -133,7 +133,8 @@ class _HubAccept:
     into the greenlet its callback's __self__ names (gevent's cancel_wait, as for its Waiter),
     which throw() passes on to the accept loop."""
 
-    __slots__ = ("instance", "server", "listen_io", "conn_type", "watcher", "hub", "glet")
+    __slots__ = ("instance", "server", "listen_io", "conn_type", "watcher", "hub", "glet", "run_callback",
+                 "again")
 
     def __init__(self, instance, server, conn_type):
         self.instance = instance
@@ -143,6 +144,12 @@ class _HubAccept:
         self.watcher = server.io.sock._read_event
         self.hub = server.io.sock.hub
         self.glet = None
+        # ready()'s look at the loop's next turn: the loop's run_callback and this object's
+        # ready, bound once (a hub attribute load, which 3.11 does not specialize on a greenlet,
+        # and a bound method made per login cost about 500 instructions). (The bound method is a
+        # reference cycle through this object: one per listener, freed by the collector.)
+        self.run_callback = self.hub.loop.run_callback
+        self.again = self.ready
 
     def wait(self):
         """From the accept loop: park until the callback hands over an accepted client (its Io)
@@ -197,7 +204,7 @@ class _HubAccept:
         # the next client is often waiting already: accepted at the loop's next turn without a
         # poll for it, as the accept loop did (one callback; each poll of the listener is an
         # epoll_wait and a getpid more)
-        self.hub.loop.run_callback(self.ready)
+        self.run_callback(self.again)
 
 
 def accept_loop(instance, server: ListenServer, pool: WorkerPool) -> None:

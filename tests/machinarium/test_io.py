@@ -446,3 +446,38 @@ def test_timed_read_ends_with_ebadf_when_closed_and_with_cancel():
         return errors, c2.cancelled
 
     assert run_in_machine(body) == ([errno.EBADF], True)
+
+
+def test_accept_now_makes_each_socket_with_its_listeners_kind(tmp_path):
+    """accept_now reads a listener's family, type and proto once (Io._kind) and makes every
+    accepted socket with them: a TCP listener's clients are TCP sockets, a unix listener's unix
+    ones, each with its own fd; nothing waiting gives None."""
+    path = str(tmp_path / "k.sock")
+
+    def body():
+        (tcp,) = mm.listen("127.0.0.1", 0)
+        unix = mm.listen_unix(path)
+        out = []
+        for lst, connect in ((tcp, lambda: mm.connect("127.0.0.1", tcp.local[1], timeout_ms=1000)),
+                             (unix, lambda: mm.connect_unix(path, 1000))):
+            peers = [connect(), connect()]
+            got = []
+            for _ in range(200):
+                io = lst.accept_now()
+                if io is not None:
+                    got.append(io)
+                    if len(got) == 2:
+                        break
+                else:
+                    mm.sleep(5)
+            raw = lst._raw
+            assert lst._kind == (raw.family, raw.type, raw.proto)
+            assert [(io._raw.family, io._raw.type) for io in got] == [(raw.family, socket.SOCK_STREAM)] * 2
+            assert got[0].fileno() != got[1].fileno() and lst.accept_now() is None
+            peers[0].write(b"x")
+            out.append(got[0].read(1, 1000))
+            for io in got + peers + [lst]:
+                io.close()
+        return out
+
+    assert run_in_machine(body) == [b"x", b"x"]

@@ -164,6 +164,29 @@ def test_the_per_transaction_calls_take_the_lock_only_with_more_workers(workers)
     assert counting.released == counting.acquired and not counting.lock.locked()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_login_routing_takes_the_lock_only_with_more_workers(workers):
+    """Router.route and unroute (each login's) take the router's lock once each and give it back
+    where more than one thread calls the router; with one worker neither calls it (mt_lock is
+    None). The route's clients and the cancel keys are the same either way."""
+    rule = Rule(db_name="default", user_name="default", authentication="none", **RULES["transaction"])
+    instance = _Instance(rule, workers=workers)
+    router = instance.router
+    counting = _CountingLock()
+    router.lock = counting
+    if router.mt_lock is not None:
+        router.mt_lock = counting
+    client = Client(None, conn_type="host", peer=("127.0.0.1", 5555))
+    client.database, client.user = "db", "user"
+    route = router.route(client)
+    assert client.route is route and route.clients == {client}
+    assert router.keys[(client.key_pid, client.key_secret)] is client
+    assert counting.acquired == (1 if workers > 1 else 0)
+    router.unroute(client)
+    assert not route.clients and not router.keys
+    assert counting.acquired == counting.released == (2 if workers > 1 else 0) and not counting.lock.locked()
+
+
 # a server that comes back settled, and each way it may not be (one at a time below; mixed
 # by hypothesis after)
 SETTLED = dict(clean=True, syncs=0, tx=b"I", output=False, cancels=0, drop=False, broken=False, io=True,
