@@ -233,7 +233,8 @@ class Conversation:
         """A frontend message of type `t` (an int) was (or is about to be) written to the server."""
         phase = self.phase
         if t == _Q and (phase == _READY_PHASE or phase == _BUSY_PHASE):
-            # the common case, inline: a simple query outside COPY and SKIP
+            # the common case, inline: a simple query outside COPY and SKIP (the relay has a
+            # copy of it: tests/odyssey_gevent/test_relay.py keeps the two in step)
             self._exec_syncs = -1
             self._copy_ended = False
             self.phase = _BUSY_PHASE

@@ -765,7 +765,18 @@ class Relay:
                 server = client.server
                 proto = server.proto
                 if alone is True:
-                    proto.send(_C_QUERY)
+                    # Conversation.send's common case inline (once per transaction, where its
+                    # frame costs more than this copy; test_relay keeps the two in step): a
+                    # Query outside COPY and SKIP; anything else is send's
+                    phase = proto.phase
+                    if phase == _READY_PHASE or phase == _BUSY_PHASE:
+                        proto._exec_syncs = -1
+                        proto._copy_ended = False
+                        proto.phase = _BUSY_PHASE
+                        proto.queue.append(_C_QUERY)
+                        proto.syncs += 1
+                    else:
+                        proto.send(_C_QUERY)
                 else:
                     proto.send_many(alone)
                 self.stats.bytes_recv += end
@@ -943,7 +954,17 @@ class Relay:
         it, else 0.0 (the caller's wait starts then: see _server_data's end)."""
         proto = server.proto
         if tell is True:
-            proto.send(_C_QUERY)
+            # Conversation.send's common case inline, as _on_client has it (once per queued
+            # transaction)
+            phase = proto.phase
+            if phase == _READY_PHASE or phase == _BUSY_PHASE:
+                proto._exec_syncs = -1
+                proto._copy_ended = False
+                proto.phase = _BUSY_PHASE
+                proto.queue.append(_C_QUERY)
+                proto.syncs += 1
+            else:
+                proto.send(_C_QUERY)
         else:
             proto.send_many(tell)
         self.stats.bytes_recv += end

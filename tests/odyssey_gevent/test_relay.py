@@ -1048,3 +1048,48 @@ def test_the_walk_tells_a_ready_for_query_as_receive_does(in_machine, case, stat
         return True
 
     assert in_machine(body)
+
+
+def _sending(case: str) -> Conversation:
+    """A Conversation in one of the states a client's lone Query may meet: nothing owed, a
+    Query owed, an extended batch open after its Execute, a CopyDone sent before the server's
+    CopyInResponse, a COPY, a skip after an extended-protocol error."""
+    conv = Conversation()
+    if case in ("busy", "copy"):
+        conv.send(ord("Q"))
+    elif case in ("executed", "skip", "copy-ended"):
+        for t in b"PBE":
+            conv.send(t)
+        if case == "copy-ended":
+            conv.send(ord("c"))
+        elif case == "skip":
+            conv.receive(ord("E"))
+    if case == "copy":
+        conv.receive(ord("G"))
+    return conv
+
+
+@pytest.mark.parametrize("case", ["ready", "busy", "executed", "copy-ended", "copy", "skip"])
+def test_a_lone_query_is_told_as_send_does(in_machine, case):
+    """The relay's inline copy of Conversation.send's common case (a Query outside COPY and
+    SKIP; _send_query's, and _on_client's, which test_relay_fast keeps in step with it) leaves
+    the Conversation as send leaves it, in each state a Query may meet, and sends the Query."""
+    def state(conv):
+        return (list(conv.queue), conv.syncs, conv.phase, conv.unsynced, conv.flushed, conv._exec_syncs,
+                conv._copy_ended, conv.broken)
+
+    def body():
+        told = _sending(case)
+        told.send(ord("Q"))
+        h = Harness("session", attached=True)
+        try:
+            walked = h.server.proto = _sending(case)
+            query = bytearray(_q("select 1"))
+            h.relay._send_query(h.server, query, len(query))
+            assert state(walked) == state(told)
+            assert h.pg.read(len(query), 2000) == query
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)

@@ -453,8 +453,10 @@ def test_a_handed_over_request_laid_out_as_one_seen_before_skips_the_walk(in_mac
 ], ids=["lone-query", "long-query", "remembered"])
 def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, request_):
     """_on_client's inline copy of _send_query (the hand-over's) and _send_query itself leave the
-    same state behind them: the same bytes at the server, the Conversation told the same, the
-    same stats and timings started, the buffer given back, nothing held or pending."""
+    same state behind them: the same bytes at the server, the Conversation told the same (as
+    send tells it: test_relay's test_a_lone_query_is_told_as_send_does; here after an earlier
+    Execute and CopyDone, whose marks a Query clears), the same stats and timings started, the
+    buffer given back, nothing held or pending."""
     relay_mod._C_SHAPES.clear()
     if request_[:1] != b"Q":
         relay_mod._C_SHAPES[len(request_)] = relay_mod._client_shape(bytearray(request_), len(request_),
@@ -463,6 +465,8 @@ def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, r
     def sent(queued):
         h = _harness(queue=queued, cb_queue=queued)
         try:
+            proto = h.server.proto
+            proto._exec_syncs, proto._copy_ended = 0, True      # an Execute and a CopyDone before
             if queued:
                 _queued(h, request_)
                 h.fe.hand()
@@ -472,7 +476,7 @@ def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, r
             relay, proto = h.relay, h.server.proto
             state = (list(proto.queue), proto.syncs, proto.unsynced, proto.phase, h.client.route.stats.bytes_recv,
                      relay.q_start > 0, relay.tx_start > 0, relay.c_buf, relay.c_len, relay.pending,
-                     h.fe.taken, h.server.sync_request)
+                     h.fe.taken, proto._exec_syncs, proto._copy_ended, h.server.sync_request)
             reply = _reply(b"I") if request_[:1] == b"Q" else _ext_reply(b"I")
             h.pg.write(reply)
             assert h.app.read(len(reply), 2000) == reply
@@ -486,6 +490,8 @@ def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, r
         direct, handed = sent(False), sent(True)
         assert direct == handed, (direct, handed)
         assert direct[5] and direct[6] and direct[7] is None and direct[-1] == 1
+        if request_[:1] == b"Q":
+            assert direct[11:13] == (-1, False)
         return True
 
     assert in_machine(body)
