@@ -19,6 +19,7 @@ from ._state import _local, report_error
 from .errors import Cancelled, MachineError, TimedOut
 
 _get_ident = threading.get_ident
+_new = object.__new__
 
 # gevent's Greenlet records by default who spawned it and the spawning Python stack (ten frames,
 # each one's line number looked up): about 20,000 instructions per coroutine, a twentieth of a
@@ -100,36 +101,8 @@ class Coroutine:
         on at the hub's next turn, after the new one first waits or ends. The same order as
         ``Coroutine(...)`` then ``sleep(0)``, without the hub turn in between: one greenlet
         switch, a loop callback and sleep's waiter fewer. From the hub it is ``run_now`` (without
-        its frames)."""
-        hub = get_hub()
-        current = gevent.getcurrent()
-        self = cls.__new__(cls)
-        # _setup inline (a frame fewer per client: the accept loop starts each one here)
-        self._name = name or getattr(fn, "__qualname__", None) or repr(fn)
-        loop = self._loop = hub.loop
-        self._thread = _get_ident()
-        machine = self._machine = getattr(_local, "machine", None)     # current_machine()
-        self._value = self._exc = self._links = self._start = None
-        self._cancelled = self._done = False
-        g = None
-        if machine is not None:
-            machine._coroutines.add(self)
-            idle = machine._idle
-            if idle:                        # a parked greenlet of the machine's (see IDLE_MAX)
-                g = idle.pop()
-        if g is None:
-            g = _RawGreenlet(_serve, hub)
-        self.greenlet = g
-        if current is hub:
-            # run_now's case (the accept loop's hub callback): nothing to resume afterwards
-            g.switch(_GO, self, fn, args, kwargs)
-            return self
-        resume = loop.run_callback(current.switch)
-        try:
-            g.switch(_GO, self, fn, args, kwargs)
-        finally:
-            resume.stop()           # resumed otherwise (a throw): it must not switch in later
-        return self
+        its frames). (``start_yielding_args`` with the arguments as they are.)"""
+        return start_yielding_args(fn, args, name, kwargs, cls)
 
     def _finish(self):
         self._done = True
@@ -244,6 +217,46 @@ class Coroutine:
     def __repr__(self):
         state = "dead" if self.dead else "running"
         return f"<Coroutine {self.name!r} {state}>"
+
+
+
+_no_kwargs: dict = {}       # (never changed: _serve unpacks it into the call's own dict)
+
+
+def start_yielding_args(fn, args: tuple, name=None, kwargs: dict = _no_kwargs, cls=None) -> Coroutine:
+    """``Coroutine.start_yielding(fn, *args, name=name, **kwargs)`` with the arguments as they
+    are: a plain function's call (the accept path starts every client here: the classmethod's
+    load, which 3.11 does not specialize, and its packing of the arguments cost about 500
+    instructions a login)."""
+    hub = get_hub()
+    current = _getcurrent()
+    self = _new(cls or Coroutine)
+    # _setup inline (a frame fewer per client: the accept loop starts each one here)
+    self._name = name or getattr(fn, "__qualname__", None) or repr(fn)
+    loop = self._loop = hub.loop
+    self._thread = _get_ident()
+    machine = self._machine = getattr(_local, "machine", None)     # current_machine()
+    self._value = self._exc = self._links = self._start = None
+    self._cancelled = self._done = False
+    g = None
+    if machine is not None:
+        machine._coroutines.add(self)
+        idle = machine._idle
+        if idle:                        # a parked greenlet of the machine's (see IDLE_MAX)
+            g = idle.pop()
+    if g is None:
+        g = _RawGreenlet(_serve, hub)
+    self.greenlet = g
+    if current is hub:
+        # run_now's case (the accept loop's hub callback): nothing to resume afterwards
+        g.switch(_GO, self, fn, args, kwargs)
+        return self
+    resume = loop.run_callback(current.switch)
+    try:
+        g.switch(_GO, self, fn, args, kwargs)
+    finally:
+        resume.stop()           # resumed otherwise (a throw): it must not switch in later
+    return self
 
 
 def _serve(go, coro, fn, args, kwargs):

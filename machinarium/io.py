@@ -54,13 +54,15 @@ class _Socket:
     first use. No ``__getattr__``: a class with one has every attribute of its instances looked
     up through it (a Python-level hook, no specialization), about 600 instructions a login."""
 
-    __slots__ = ("_sock", "hub", "_read_event", "_w", "_closed")
+    # loop: the hub's (hub.loop is an attribute load of a greenlet, which 3.11 does not specialize)
+    __slots__ = ("_sock", "hub", "loop", "_read_event", "_w", "_closed")
     timeout = None                  # gevent's wait_on_socket reads it: no socket-level timeout
 
     def __init__(self, raw, hub):
         self._sock = raw
         self.hub = hub
-        self._read_event = hub.loop.io(raw.fileno(), 1)
+        loop = self.loop = hub.loop
+        self._read_event = loop.io(raw.fileno(), 1)
         self._w = None
         self._closed = False
 
@@ -68,7 +70,7 @@ class _Socket:
     def _write_event(self):
         w = self._w
         if w is None and not self._closed:
-            w = self._w = self.hub.loop.io(self._sock.fileno(), 2)
+            w = self._w = self.loop.io(self._sock.fileno(), 2)
         return w
 
     @property
@@ -96,7 +98,7 @@ class _Socket:
                 w.close()
             raw = self._sock
             # _close_native inline (a frame fewer per connection)
-            if self.hub.loop.closing_fd(raw.fileno()):
+            if self.loop.closing_fd(raw.fileno()):
                 self._close_later(raw)
             else:
                 raw.close()
@@ -106,14 +108,14 @@ class _Socket:
     def _close_native(self, raw) -> None:
         # as gevent's socket: libev is told first so that watchers it still has for the fd end
         # before the number can be reused
-        if self.hub.loop.closing_fd(raw.fileno()):
+        if self.loop.closing_fd(raw.fileno()):
             self._close_later(raw)
         else:
             raw.close()
 
     def _close_later(self, raw) -> None:
         """libev has events queued for the fd's watchers: close it at the loop's next turn."""
-        check = self.hub.loop.check()
+        check = self.loop.check()
 
         def later(s):
             try:
@@ -160,7 +162,8 @@ class Io:
     treat the connection as broken.
     """
 
-    # _kind: a listener's (family, type, proto), set by its first accept_now (unset elsewhere)
+    # _kind: a listener's (family, type, proto, hub, loop), set by its first accept_now (unset
+    # elsewhere)
     __slots__ = ("sock", "_raw", "_tls", "_peer", "_poller", "_kind")
 
     def __init__(self, sock):
@@ -340,20 +343,22 @@ class Io:
             fd, addr = raw._accept()
         except BlockingIOError:
             return None
-        # the listener's ints, read once (a native socket's int members are attribute loads 3.11
-        # does not specialize: about 600 instructions a login for the three)
+        # the listener's ints, hub and loop, read once (a native socket's int members, a gevent
+        # socket's hub and a greenlet's loop are attribute loads 3.11 does not specialize: about
+        # 1,000 instructions a login)
         try:
-            family, type_, proto = self._kind
+            family, type_, proto, hub, loop = self._kind
         except AttributeError:
-            family, type_, proto = self._kind = (raw.family, raw.type, raw.proto)
+            hub = self.sock.hub
+            family, type_, proto, hub, loop = self._kind = (raw.family, raw.type, raw.proto, hub, hub.loop)
         client = _native_socket(family, type_, proto, fd)
         client.setblocking(False)
         # Io(_Socket(client, hub)) with both __init__s inline (two frames fewer per client)
-        hub = self.sock.hub
         sock = _new(_Socket)
         sock._sock = client
         sock.hub = hub
-        sock._read_event = hub.loop.io(fd, 1)
+        sock.loop = loop
+        sock._read_event = loop.io(fd, 1)
         sock._w = None
         sock._closed = False
         io = _new(Io)

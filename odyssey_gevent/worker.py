@@ -13,6 +13,7 @@ import os
 import time
 
 import machinarium
+from machinarium.coroutine import start_yielding_args as _start_yielding
 from odyssey_gevent.frontend import frontend
 from odyssey_gevent.relay import wake_relays
 
@@ -70,8 +71,9 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
     except OSError:                 # (reset already): the coroutine finds it out again
         head = None
     else:
-        machinarium.Coroutine.start_yielding(frontend, instance, io, listen, conn_type, peer, local, deadline,
-                                             head, name=("client %s:%s", peer) if peer else "client unix")
+        # (Coroutine.start_yielding with its arguments as they are: no classmethod load, no packing)
+        _start_yielding(frontend, (instance, io, listen, conn_type, peer, local, deadline, head),
+                        ("client %s:%s", peer) if peer else "client unix")
         return True
     p = _Pending()
     p.instance = instance

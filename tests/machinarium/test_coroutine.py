@@ -132,6 +132,33 @@ def test_start_yielding_of_a_coroutine_that_ends_at_once():
     assert run_in_machine(body) == (True, 7)
 
 
+def test_start_yielding_args_is_start_yielding_with_its_arguments_as_they_are():
+    """start_yielding_args(fn, args, name) (the accept path's call) runs fn(*args) at once as
+    Coroutine.start_yielding(fn, *args, name=name) does, kwargs when given, from a coroutine
+    and from the hub; the coroutine is a Coroutine of the machine with its name."""
+    from gevent import get_hub
+    from machinarium.coroutine import start_yielding_args
+
+    def body():
+        seen = []
+
+        def fn(*args, **kwargs):
+            seen.append((args, kwargs))
+            return len(seen)
+
+        a = start_yielding_args(fn, (1, 2), ("client %s", "a"))
+        b = start_yielding_args(fn, (3,), "b", {"k": 4})
+        assert seen == [((1, 2), {}), ((3,), {"k": 4})]     # both ran before returning here
+        from_hub = []
+        get_hub().loop.run_callback(lambda: from_hub.append(start_yielding_args(fn, (5,), "hub")))
+        mm.sleep(0)
+        (c,) = from_hub
+        return ([type(x) is mm.Coroutine and x.dead for x in (a, b, c)], [x.join(1000) for x in (a, b, c)],
+                b.name, seen[2])
+
+    assert run_in_machine(body) == ([True] * 3, [1, 2, 3], "b", ((5,), {}))
+
+
 def test_sleep_waits_about_right():
     def body():
         t = time.monotonic()

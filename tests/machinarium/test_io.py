@@ -449,9 +449,10 @@ def test_timed_read_ends_with_ebadf_when_closed_and_with_cancel():
 
 
 def test_accept_now_makes_each_socket_with_its_listeners_kind(tmp_path):
-    """accept_now reads a listener's family, type and proto once (Io._kind) and makes every
-    accepted socket with them: a TCP listener's clients are TCP sockets, a unix listener's unix
-    ones, each with its own fd; nothing waiting gives None."""
+    """accept_now reads a listener's family, type, proto, hub and loop once (Io._kind) and makes
+    every accepted socket with them: a TCP listener's clients are TCP sockets, a unix listener's
+    unix ones, each with its own fd and its read watcher on the listener's loop; nothing waiting
+    gives None."""
     path = str(tmp_path / "k.sock")
 
     def body():
@@ -471,7 +472,10 @@ def test_accept_now_makes_each_socket_with_its_listeners_kind(tmp_path):
                 else:
                     mm.sleep(5)
             raw = lst._raw
-            assert lst._kind == (raw.family, raw.type, raw.proto)
+            hub = lst.sock.hub
+            assert lst._kind == (raw.family, raw.type, raw.proto, hub, hub.loop)
+            assert all(io.sock.hub is hub and io.sock.loop is hub.loop for io in got)
+            assert all(io.sock._read_event.loop is hub.loop for io in got)
             assert [(io._raw.family, io._raw.type) for io in got] == [(raw.family, socket.SOCK_STREAM)] * 2
             assert got[0].fileno() != got[1].fileno() and lst.accept_now() is None
             peers[0].write(b"x")
