@@ -707,7 +707,7 @@ class Relay:
             now = 0.0                   # the loop time if read (see _server_data's end)
             first = buf[0]              # once: indexing a bytearray is not specialized
             # `alone`: the common request, one whole simple Query alone in the buffer with a
-            # server attached and no prepared-statement layer, is relayed as _send_query relays
+            # server attached and no prepared-statement layer, is relayed as the queued hand-over relays
             # it. A flag: 3.11 specializes a comparison only when a conditional jump follows it at
             # once, and the jump over the long body below has an EXTENDED_ARG first. Where attach_now just
             # took a server, the tests the attach made already (c_skip, c_drop, a whole header,
@@ -760,8 +760,9 @@ class Relay:
                     if shape and shape[0](buf, 0) == shape[1]:
                         alone = shape[2]
             if alone:
-                # _send_query inline (once per transaction here, where its frame costs more than
-                # this copy; the queued hand-over calls it): test_relay_fast keeps the two in step
+                # relayed as the queued hand-over (_on_handed) relays it, both inline (once per
+                # transaction, where a shared frame would cost more than the copies):
+                # test_relay_fast keeps the two in step
                 server = client.server
                 proto = server.proto
                 if alone is True:
@@ -916,11 +917,13 @@ class Relay:
                 sw.start(self.on_server)
                 buf = self.c_buf
                 # the common request, one whole simple Query alone in the buffer with no
-                # prepared-statement layer, is sent by _send_query as _on_client sends it: the
-                # generic walk (_client_data and the Conversation's send_many) costs about three
-                # times as much. _queue held it with c_skip 0 and no c_drop, and nothing reads
-                # the client while it is queued. The test sets a flag (see _on_client); so does a
-                # request laid out as one seen before (_C_SHAPES: the types to tell)
+                # prepared-statement layer, is sent here as _on_client sends it (the same steps:
+                # test_relay_fast keeps the two copies in step; inline, as a frame costs more
+                # than the copy once per queued transaction): the generic walk (_client_data and
+                # the Conversation's send_many) costs about three times as much. _queue held it
+                # with c_skip 0 and no c_drop, and nothing reads the client while it is queued.
+                # The test sets a flag (see _on_client); so does a request laid out as one seen
+                # before (_C_SHAPES: the types to tell)
                 alone = False
                 if buf[0] == _C_QUERY and self.prepared is None and _unpack_len(buf, 1)[0] + 1 == end \
                         and end - 5 <= _Q_LIMIT:
@@ -931,7 +934,47 @@ class Relay:
                         alone = shape[2]
                 now = 0.0
                 if alone:
-                    now = self._send_query(server, buf, end, alone)
+                    proto = server.proto
+                    if alone is True:
+                        # Conversation.send's common case inline, as _on_client has it
+                        phase = proto.phase
+                        if phase == _READY_PHASE or phase == _BUSY_PHASE:
+                            proto._exec_syncs = -1
+                            proto._copy_ended = False
+                            proto.phase = _BUSY_PHASE
+                            proto.queue.append(_C_QUERY)
+                            proto.syncs += 1
+                        else:
+                            proto.send(_C_QUERY)
+                    else:
+                        proto.send_many(alone)
+                    self.stats.bytes_recv += end
+                    if not self.q_start:
+                        self.q_start = now = self.loop.now()
+                        if not self.tx_start:
+                            self.tx_start = now
+                    data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
+                    try:
+                        if self.pending is None:
+                            sio = server.io
+                            try:
+                                n = _write(sio._raw.fileno(), data)
+                            except BlockingIOError:
+                                n = 0
+                            if n < end:
+                                self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
+                        else:
+                            self._send_now(server.io, data, 1)
+                    except OSError as e:
+                        raise ServerError(Status.ESERVER_WRITE, e) from None
+                    if proto.output:
+                        self._to_client(proto.take_output())
+                    # c_buf (held while queued) back to the free list
+                    self.c_len = 0
+                    free = self.free
+                    if len(buf) == BUF_SIZE and len(free) < 256:
+                        free.append(buf)
+                    self.c_buf = None
                 else:
                     reason = self._client_data(buf, end)
                 if reason is None:
@@ -942,60 +985,6 @@ class Relay:
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
         self.glet.switch(reason)
-
-    def _send_query(self, server, buf, end: int, tell=True) -> float:
-        """The common request, one whole simple Query alone in buf[:end] with no
-        prepared-statement layer, relayed to the attached `server` as _client_data would relay
-        it (the queued hand-over's, _on_handed; _on_client has an inline copy, which
-        test_relay_fast keeps in step with this); buf is the thread's
-        scratch or the relay's c_buf, which goes back to the free list. `tell`: True for the
-        Query, or the types of whole messages laid out as a request seen before (_C_SHAPES),
-        which _client_data would tell in one send_many call. Returns the loop time if it read
-        it, else 0.0 (the caller's wait starts then: see _server_data's end)."""
-        proto = server.proto
-        if tell is True:
-            # Conversation.send's common case inline, as _on_client has it (once per queued
-            # transaction)
-            phase = proto.phase
-            if phase == _READY_PHASE or phase == _BUSY_PHASE:
-                proto._exec_syncs = -1
-                proto._copy_ended = False
-                proto.phase = _BUSY_PHASE
-                proto.queue.append(_C_QUERY)
-                proto.syncs += 1
-            else:
-                proto.send(_C_QUERY)
-        else:
-            proto.send_many(tell)
-        self.stats.bytes_recv += end
-        now = 0.0
-        if not self.q_start:
-            self.q_start = now = self.loop.now()
-            if not self.tx_start:
-                self.tx_start = now
-        data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
-        try:
-            if self.pending is None:
-                sio = server.io
-                try:
-                    n = _write(sio._raw.fileno(), data)
-                except BlockingIOError:
-                    n = 0
-                if n < end:
-                    self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
-            else:
-                self._send_now(server.io, data, 1)
-        except OSError as e:
-            raise ServerError(Status.ESERVER_WRITE, e) from None
-        if proto.output:
-            self._to_client(proto.take_output())
-        if buf is self.c_buf:       # not the scratch
-            self.c_len = 0
-            free = self.free
-            if len(buf) == BUF_SIZE and len(free) < 256:
-                free.append(buf)
-            self.c_buf = None
-        return now
 
     def _send_now(self, io, data, to_server: int) -> None:
         """The fast path's write: what the socket does not take at once (and all that follows

@@ -11,6 +11,7 @@ from gevent import get_hub
 import machinarium as mm
 import tests.odyssey_gevent.test_relay as base
 from kiwi import be_write
+from kiwi.protocol import Conversation
 from odyssey_gevent import relay as relay_mod
 from odyssey_gevent.server import idle_readable
 from odyssey_gevent.status import ClientGone, Status
@@ -687,6 +688,54 @@ def test_client_bytes_read_into_the_scratch_buffer_are_kept_when_they_outlive_th
         finally:
             a.close()
             b.close()
+        return True
+
+    assert in_machine(body)
+
+
+def _sending(case: str) -> Conversation:
+    """A Conversation in one of the states a client's lone Query may meet: nothing owed, a
+    Query owed, an extended batch open after its Execute, a CopyDone sent before the server's
+    CopyInResponse, a COPY, a skip after an extended-protocol error."""
+    conv = Conversation()
+    if case in ("busy", "copy"):
+        conv.send(ord("Q"))
+    elif case in ("executed", "skip", "copy-ended"):
+        for t in b"PBE":
+            conv.send(t)
+        if case == "copy-ended":
+            conv.send(ord("c"))
+        elif case == "skip":
+            conv.receive(ord("E"))
+    if case == "copy":
+        conv.receive(ord("G"))
+    return conv
+
+
+@pytest.mark.parametrize("case", ["ready", "busy", "executed", "copy-ended", "copy", "skip"])
+def test_a_lone_query_is_told_as_send_does(in_machine, case):
+    """The relay's inline copy of Conversation.send's common case (a Query outside COPY and
+    SKIP; the queued hand-over's, and _on_client's, which
+    test_the_client_callback_sends_a_request_as_the_hand_over_does keeps in step with it)
+    leaves the Conversation as send leaves it, in each state a Query may meet, and sends the
+    Query."""
+    def state(conv):
+        return (list(conv.queue), conv.syncs, conv.phase, conv.unsynced, conv.flushed, conv._exec_syncs,
+                conv._copy_ended, conv.broken)
+
+    def body():
+        told = _sending(case)
+        told.send(ord("Q"))
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            query = _q("select 1")
+            _queued(h, query)
+            walked = h.server.proto = _sending(case)
+            h.fe.hand()
+            assert h.pg.read(len(query), 2000) == query
+            assert state(walked) == state(told)
+        finally:
+            h.close()
         return True
 
     assert in_machine(body)
