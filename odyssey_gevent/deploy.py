@@ -106,7 +106,7 @@ def needed(client, server) -> bool:
             todo = deploy_list(client)
         else:
             client.deploy_list = todo
-    elif server.deployed is todo:
+    if server.deployed is todo:         # (also for the list just found: a login's first attach)
         return False
     params = server.params
     for key, _, value in todo:

@@ -425,8 +425,13 @@ class Frontend:
             own[items] = block
         # be_write.backend_key_data and Io.write's usual case (the socket takes it all) inline:
         # two frames fewer per login
-        data = b"".join((owed, block, _BACKEND_KEY.pack(_K_BACKEND_KEY, 12, client.key_pid & 0xFFFFFFFF,
-                                                        client.key_secret & 0xFFFFFFFF), _READY_IDLE))
+        try:
+            # (a client's own key fits as it is; the masks, two unspecialized operations, only
+            # for a pid given by a server: rekey)
+            key = _BACKEND_KEY.pack(_K_BACKEND_KEY, 12, client.key_pid, client.key_secret)
+        except struct.error:
+            key = _BACKEND_KEY.pack(_K_BACKEND_KEY, 12, client.key_pid & 0xFFFFFFFF, client.key_secret & 0xFFFFFFFF)
+        data = b"".join((owed, block, key, _READY_IDLE))
         io = client.io
         if io._tls:
             io.write(data)

@@ -265,3 +265,22 @@ def test_a_deploy_list_is_found_again_by_the_client_vars():
     assert deploy.deploy_list(d) == ()
     e.vars = {"application_name": "app", "odd": ["unhashable"]}
     assert deploy.deploy_list(e) is first
+
+
+def test_needed_trusts_the_mark_for_a_list_it_just_found():
+    """At a client's first attach (its list stale) needed() finds the list and, when the server is
+    marked as holding that very list, answers without comparing the values (as for a list
+    worked out before: the mark is trusted); a server marked with another list is compared."""
+    a, b = Client(None), Client(None)
+    a.vars = {"application_name": "mark"}
+    b.vars = {"application_name": "mark"}
+    server = _server(None, {"application_name": "mark"})
+    assert deploy.needed(a, server) is False and server.deployed is a.deploy_list
+    server.params["application_name"] = "written without resetting the mark"
+    assert b.deploy_list is None
+    assert deploy.needed(b, server) is False and b.deploy_list is a.deploy_list
+    other = _server(None, {"application_name": "other"})
+    other.deployed = (("application_name", "application_name", "other"),)
+    c = Client(None)
+    c.vars = {"application_name": "mark"}
+    assert deploy.needed(c, other) is True

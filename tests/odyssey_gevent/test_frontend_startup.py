@@ -456,6 +456,34 @@ def test_setup_writes_the_login_messages_in_order(in_machine, partial, monkeypat
     assert in_machine(body)
 
 
+@pytest.mark.parametrize("pid", [-5, 2 ** 32 + 7])
+def test_setup_packs_a_server_given_pid_to_32_bits(in_machine, pid):
+    """BackendKeyData carries the pid and secret as 32 bits: a pid that does not fit (a server's,
+    given by rekey) is masked as before, the client's own key packed as it is."""
+    from odyssey_gevent import auth
+    from odyssey_gevent.route import Route
+
+    def body():
+        a, b = gsocket.socketpair()
+        app, pooler = mm.Io(a), mm.Io(b)
+        try:
+            client = Client(pooler, None, "host", ("127.0.0.1", 1))
+            client.rule = Rule(db_name="d", user_name="u", pool="transaction")
+            client.route = Route(("d", "u", 1), client.rule, "d", "u")
+            client.route.params = [("server_version", "16.0")]
+            client.key_pid = pid
+            fe = Frontend(_instance(), client)
+            fe.owed = auth.AUTH_OK_MESSAGE
+            fe.setup()
+            want = (auth.AUTH_OK_MESSAGE + be_write.parameter_status("server_version", "16.0")
+                    + be_write.backend_key_data(pid & 0xFFFFFFFF, client.key_secret) + be_write.ready_for_query(b"I"))
+            return app.read(len(want), 1000) == want
+        finally:
+            app.close(), pooler.close()
+
+    assert in_machine(body)
+
+
 def test_startups_with_the_same_parameters_get_their_own_vars(in_machine):
     def body():
         sm = _sm({"user": "kept", "application_name": "app", "options": "-c a=b"})
