@@ -222,6 +222,12 @@ class Coroutine:
 
 _no_kwargs: dict = {}       # (never changed: _serve unpacks it into the call's own dict)
 
+# a running machine's (loop, thread ident, machine) by its thread's hub, set and dropped by the
+# machine (machine.py): start_yielding_args finds them with one dict lookup instead of a greenlet
+# attribute load (hub.loop), get_ident() and a threading.local lookup (about 600 instructions a
+# login); a thread without a machine is looked up as before
+_MACHINES_BY_HUB: dict = {}
+
 
 def start_yielding_args(fn, args: tuple, name=None, kwargs: dict = _no_kwargs, cls=None) -> Coroutine:
     """``Coroutine.start_yielding(fn, *args, name=name, **kwargs)`` with the arguments as they
@@ -233,9 +239,13 @@ def start_yielding_args(fn, args: tuple, name=None, kwargs: dict = _no_kwargs, c
     self = _new(cls or Coroutine)
     # _setup inline (a frame fewer per client: the accept loop starts each one here)
     self._name = name or getattr(fn, "__qualname__", None) or repr(fn)
-    loop = self._loop = hub.loop
-    self._thread = _get_ident()
-    machine = self._machine = getattr(_local, "machine", None)     # current_machine()
+    try:
+        loop, ident, machine = _MACHINES_BY_HUB[hub]
+    except KeyError:
+        loop, ident, machine = hub.loop, _get_ident(), getattr(_local, "machine", None)   # current_machine()
+    self._loop = loop
+    self._thread = ident
+    self._machine = machine
     self._value = self._exc = self._links = self._start = None
     self._cancelled = self._done = False
     g = None

@@ -17,7 +17,7 @@ from gevent.hub import get_hub
 
 from ._clock import seconds
 from ._state import _local, current_machine, log, watch_hub_errors
-from .coroutine import Coroutine, Event, _wait_done
+from .coroutine import _MACHINES_BY_HUB, Coroutine, Event, _wait_done
 from .errors import MachineError, TimedOut
 
 # Signals the system machine handles; machine threads block them so the kernel delivers them to
@@ -112,6 +112,7 @@ class Machine:
         w = loop.async_()  # ref'd for the machine's whole life: no LoopExit while idle
         w.start(stop_ev.set)
         _local.machine = self
+        _MACHINES_BY_HUB[hub] = (loop, threading.get_ident(), self)     # (see coroutine.py)
         with self._lock:
             self._loop = loop
             self._ident = threading.get_ident()
@@ -137,6 +138,7 @@ class Machine:
             w.stop()
             w.close()
             self._end_idle()
+            _MACHINES_BY_HUB.pop(hub, None)
             _local.machine = None
             if destroy_hub:
                 hub.destroy(destroy_loop=True)

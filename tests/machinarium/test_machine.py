@@ -56,6 +56,31 @@ def test_machine_ends_when_main_returns_and_cancels_leftovers():
     assert mm.current_machine() is None
 
 
+def test_a_machine_is_found_by_its_hub_while_it_runs():
+    """A running machine registers (loop, thread ident, machine) by its hub
+    (coroutine._MACHINES_BY_HUB, what start_yielding_args looks up) and drops it as it ends;
+    a coroutine started there belongs to it and its thread."""
+    from gevent import get_hub
+    from machinarium.coroutine import _MACHINES_BY_HUB, start_yielding_args
+    box = {}
+
+    def main():
+        hub = get_hub()
+        box["hub"] = hub
+        box["entry"] = _MACHINES_BY_HUB.get(hub)
+        c = start_yielding_args(lambda: None, (), "c")
+        box["coroutine"] = (c._machine, c._thread, c._loop)
+        box["ident"] = threading.get_ident()
+        return "done"
+
+    m = mm.Machine("by-hub", main).start()
+    m.join(5000)
+    loop, ident, machine = box["entry"]
+    assert machine is m and ident == box["ident"] and loop is not None
+    assert box["coroutine"] == (m, ident, loop)
+    assert box["hub"] not in _MACHINES_BY_HUB
+
+
 def test_join_timeout_raises_timedout():
     m = mm.Machine("slow", mm.sleep, 60_000).start()
     with pytest.raises(mm.TimedOut):
