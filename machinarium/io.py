@@ -739,6 +739,11 @@ def _connect_sock(s, addr):
         raise OSError(err, os.strerror(err))
 
 
+# Once connected, a socket's Io holds a _Socket, as an accepted one's does, instead of the
+# gevent socket that waited for the connect: gevent's class has a __getattr__, so 3.11 leaves
+# every attribute load on it unspecialized (about 300 instructions each), and the relay reads a
+# pooled server's read watcher from it at each attach. A TLS upgrade swaps it for a gevent
+# socket again (Io._tls_upgrade), as for an accepted one.
 def connect(host: str, port: int, timeout_ms=None) -> Io:
     """Connect over TCP to ``host:port`` (IPv4, IPv6 literal or name) (machine_connect).
 
@@ -758,7 +763,7 @@ def connect(host: str, port: int, timeout_ms=None) -> Io:
             except BaseException:
                 s.close()
                 raise
-            io = Io(s)
+            io = Io.attach(s.detach())      # connected: see above connect()
             io._peer = addr
             return io
         raise last if last is not None else OSError(errno.EADDRNOTAVAIL, f"no address for {host}")
@@ -773,7 +778,7 @@ def connect_unix(path: str, timeout_ms=None) -> Io:
         except BaseException:
             s.close()
             raise
-        io = Io(s)
+        io = Io.attach(s.detach())          # connected: see above connect()
         io._peer = path
         return io
 

@@ -43,6 +43,39 @@ def test_accept_connect_read_write_roundtrip():
     assert run_in_machine(body) == (b" world", b"abcdef", "127.0.0.1")
 
 
+def test_a_connected_io_holds_the_socket_an_accepted_one_holds(tmp_path):
+    """connect() and connect_unix() keep the connected socket as accept keeps one (machinarium's
+    socket object, its read watcher a plain slot, where gevent's socket class has a __getattr__
+    that leaves 3.11's attribute loads on it unspecialized): reads and writes both ways, the
+    peer and the close work as before."""
+    path = str(tmp_path / "s.sock")
+
+    def body():
+        server, client = _pair()
+        (lst,) = [mm.listen_unix(path)]
+        uclient = mm.connect_unix(path, timeout_ms=2000)
+        userver = lst.accept(2000)
+        lst.close()
+        out = []
+        for accepted, connected in ((server, client), (userver, uclient)):
+            assert type(connected.sock) is type(accepted.sock)
+            assert connected.sock._read_event is not None and not connected.sock.closed
+            connected.write(b"ping")
+            assert accepted.read(4, 1000) == b"ping"
+            accepted.write(b"pong")
+            assert connected.read(4, 1000) == b"pong"
+            out.append(connected.peer)
+            connected.close()
+            assert connected.sock.closed
+            with pytest.raises(mm.ConnectionClosed):   # the peer sees the close
+                accepted.read(1, 1000)
+            accepted.close()
+        return out
+
+    tcp, unix = run_in_machine(body)
+    assert tcp[0] == "127.0.0.1" and unix == path
+
+
 def test_large_write_completes_while_peer_reads_slowly():
     payload = os.urandom(4 * 1024 * 1024)
 
