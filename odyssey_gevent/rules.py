@@ -107,6 +107,10 @@ class Rules:
         self.reverse_dns = reverse_dns
         self.group_members: dict[str, set] = dict(group_members or {})
         self._ordered = sort_rules(config.rules, self.sequential)
+        # the same order split by Rule.is_internal, for match (a per-rule comparison of strings,
+        # which 3.11 does not specialize without a jump after it, at every login)
+        self._external = tuple(r for r in self._ordered if r.pool_routing != "internal")
+        self._internal = tuple(r for r in self._ordered if r.pool_routing == "internal")
 
     def rules_in_order(self, include_internal: bool = True) -> list[Rule]:
         """The SHOW RULES order (= matching order)."""
@@ -136,12 +140,10 @@ class Rules:
         """
         # the two usual names without _normalize_conn_type's frame (once a login)
         client_type = conn_type if conn_type == "host" or conn_type == "local" else _normalize_conn_type(conn_type)
-        internal = bool(internal)
         # the usual tests inline (a default selector, the same name, conn_type default), the
-        # rest by the helpers: run at every login, for each rule tried in turn
-        for rule in self._ordered:
-            if (rule.pool_routing == "internal") is not internal:       # Rule.is_internal
-                continue
+        # rest by the helpers: run at every login, for each rule tried in turn (of its kind:
+        # Rule.is_internal)
+        for rule in (self._internal if internal else self._external):
             if not rule.db_is_default and rule.db_name != db:
                 continue
             if not rule.user_is_default and rule.user_name != user and not self._user_matches(rule, user):
