@@ -455,12 +455,12 @@ class Relay:
         self.s_watch = None     # the attached server's read watcher, started by the fast path
         self.on_client = self._on_client
         self.on_server = self._server_data
-        # the fast path's queued attach (_queue): queued in the route's queue with a callback
+        # the fast path's queued attach (in _on_client): queued in the route's queue with a callback
         # wake-up (on_handed); pool_timeout (seconds, 0: none) by a timer made at the first one
         self.queued = False
         self.q_timeout = q_timeout
         self.q_timer = None
-        self.on_handed = None   # self._on_handed, made at the first queued wait (_queue): most never queue
+        self.on_handed = None   # self._on_handed, made at the first queued wait (_on_client): most never queue
         self.c_watch = None     # the client socket's read watcher, set by _park for the queued attach
         # workers 1: a server the fast path detaches is pooled with its read watcher started
         # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
@@ -684,7 +684,7 @@ class Relay:
     def _on_client(self) -> None:
         if self.queued:
             # the client sent more (or closed) while queued: left unread until the hand-over,
-            # which starts the watcher again (see _queue)
+            # which starts the watcher again (see "the fast path's queued attach")
             self.queued = _Q_STOPPED
             self.c_watch.stop()
             return
@@ -734,8 +734,22 @@ class Relay:
                             free = self.free
                             self.c_buf = buf
                             free.scratch = free.pop() if free else bytearray(BUF_SIZE)
-                        reason = self._queue(end)
-                        if reason is None:
+                        # queued (see "the fast path's queued attach" below), inline: once
+                        # per queued transaction, where a frame costs more than this copy
+                        handed = self.on_handed
+                        if handed is None:      # (a bound method a session that never queues does not make)
+                            handed = self.on_handed = self._on_handed
+                        server = self.fe.queue_now(client, handed, self.loop, self.ident)
+                        if server is not None:  # False: the usual attach; else a new server to connect
+                            reason = (end, None if server is False else server)
+                        else:
+                            self.c_len = end
+                            self.queued = True  # the watcher stays started: see below
+                            if self.q_timeout:
+                                timer = self.q_timer
+                                if timer is None:
+                                    timer = self.q_timer = self.loop.timer(self.q_timeout)
+                                timer.start(self._on_queue_timeout)
                             return
                     elif server is False:
                         self._keep(buf)
@@ -842,23 +856,8 @@ class Relay:
     # checks, deploys) goes to the coroutine. pool_timeout is a timer (exact, as docs/config.md promises; it
     # costs a start and a stop per queued wait, only with a pool_timeout); its expiry, like a
     # kill or a shutdown wake-up, switches into the coroutine, which takes the wait over from
-    # the same place in the queue (Frontend.attach(queued=True), router.attach_queued).
-    def _queue(self, end: int):
-        handed = self.on_handed
-        if handed is None:              # (a bound method a session that never queues does not make)
-            handed = self.on_handed = self._on_handed
-        server = self.fe.queue_now(self.client, handed, self.loop, self.ident)
-        if server is not None:          # False: the usual attach; else a new server to connect
-            return (end, None if server is False else server)
-        self.c_len = end
-        self.queued = True              # the watcher stays started: see above
-        if self.q_timeout:
-            timer = self.q_timer
-            if timer is None:
-                timer = self.q_timer = self.loop.timer(self.q_timeout)
-            timer.start(self._on_queue_timeout)
-        return None
-
+    # the same place in the queue (Frontend.attach(queued=True), router.attach_queued). The
+    # queueing itself is inline in _on_client.
     def _unqueued(self) -> None:
         self.queued = False
         timer = self.q_timer
@@ -920,7 +919,7 @@ class Relay:
                 # prepared-statement layer, is sent here as _on_client sends it (the same steps:
                 # test_relay_fast keeps the two copies in step; inline, as a frame costs more
                 # than the copy once per queued transaction): the generic walk (_client_data and
-                # the Conversation's send_many) costs about three times as much. _queue held it
+                # the Conversation's send_many) costs about three times as much. _on_client queued it
                 # with c_skip 0 and no c_drop, and nothing reads the client while it is queued.
                 # The test sets a flag (see _on_client); so does a request laid out as one seen
                 # before (_C_SHAPES: the types to tell)
