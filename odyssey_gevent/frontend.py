@@ -325,7 +325,12 @@ class Frontend:
                 checks = client.tsa_checks = memo[1]
             else:
                 checks = tsa.work_out(client)
-        self.attach_plain = not checks[0] and checks[1] == "any" and not notice
+        # (nested: 3.11 specializes a comparison only when a conditional jump follows it at once)
+        plain = False
+        if not checks[0] and not notice:
+            if checks[1] == "any":
+                plain = True
+        self.attach_plain = plain
 
     # -- stage 3b: host based authentication (hba_file) --------------------------------------
     def check_hba(self) -> None:

@@ -57,7 +57,8 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
     meanwhile (Coroutine.start_yielding): the accept loop need not yield for it."""
     # frontend.login_deadline inline (a frame fewer per login)
     login_ms = listen.client_login_timeout if listen is not None else 15000
-    deadline = time.monotonic() + login_ms / 1000.0 if login_ms > 0 else 0
+    now = time.monotonic()              # (also the client's accept time: frontend()'s `accepted`)
+    deadline = now + login_ms / 1000.0 if login_ms > 0 else 0
     try:
         # the startup packet's first bytes, if they are there: 8, as no first packet is shorter
         # (more could take bytes a client sends on after it without waiting), and an SSLRequest
@@ -72,7 +73,7 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
         head = None
     else:
         # (Coroutine.start_yielding with its arguments as they are: no classmethod load, no packing)
-        _start_yielding(frontend, (instance, io, listen, conn_type, peer, local, deadline, head),
+        _start_yielding(frontend, (instance, io, listen, conn_type, peer, local, deadline, head, now),
                         ("client %s:%s", peer) if peer else "client unix")
         return True
     p = _Pending()

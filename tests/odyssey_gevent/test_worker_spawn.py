@@ -50,6 +50,8 @@ def test_packet_there_at_accept_is_handed_to_the_coroutine(in_machine, monkeypat
     calls = _spawned_after(in_machine, monkeypatch, STARTUP)
     assert len(calls) == 1
     assert calls[0]["head"] == STARTUP and calls[0]["deadline"] > time.monotonic()   # all 8 bytes
+    # the accept time is the one the login deadline was worked out from (one clock read)
+    assert calls[0]["deadline"] == calls[0]["accepted"] + 5.0 and calls[0]["accepted"] <= calls[0]["at"]
 
 
 def test_accept_reads_at_most_the_8_bytes_no_first_packet_is_shorter(in_machine, monkeypatch):
