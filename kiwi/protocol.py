@@ -548,7 +548,8 @@ class Conversation:
         entry or nothing after it: receive's common case, where it pops the head, returns
         FORWARD and nothing becomes due (`output`). Returns how many it took; the caller
         tells the rest with `receive`, one by one (the relay's remembered reply layouts: one
-        call for a reply's ParseComplete and BindComplete)."""
+        call for a reply's ParseComplete and BindComplete; the relay's reply walk has a copy
+        of this loop: tests/odyssey_gevent/test_relay.py keeps the two in step)."""
         queue = self.queue
         n = 0
         for t in types:

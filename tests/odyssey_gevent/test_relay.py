@@ -1048,3 +1048,63 @@ def test_the_walk_tells_a_ready_for_query_as_receive_does(in_machine, case, stat
         return True
 
     assert in_machine(body)
+
+
+def _batch(case: str) -> Conversation:
+    """A Conversation an extended reply (ParseComplete, BindComplete, a row, CommandComplete,
+    ReadyForQuery) may meet: its batch, the batch behind a Query still owed, a batch without
+    its Parse, one with an answer the pooler gives itself after the Parse, a batch whose Parse
+    alone is queued, nothing owed."""
+    conv = Conversation()
+    if case == "behind-query":
+        conv.send(ord("Q"))
+    if case == "request-after":
+        conv.send(ord("P"))
+        conv.send_request(Request(LOCAL, local=be_write.close_complete()))   # an answer it gives itself
+        types = b"BES"
+    elif case == "no-parse":
+        types = b"BES"
+    elif case == "parse-only":
+        types = b"P"
+    elif case == "nothing":
+        types = b""
+    else:
+        types = b"PBES"
+    for t in types:
+        conv.send(t)
+    return conv
+
+
+@pytest.mark.parametrize("case", ["batch", "behind-query", "no-parse", "request-after", "parse-only", "nothing"])
+def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, case):
+    """A reply laid out as one seen before tells its ParseComplete and BindComplete with the
+    relay's inline copy of Conversation.receive_completions (each while it answers the plain
+    request at the head), the rest one by one: the Conversation, the bytes the client gets and
+    the server's broken mark end as the walk of the same reply leaves them, in each state."""
+    from odyssey_gevent import relay as relay_mod
+    reply = bytearray(_ext_reply(b"I"))
+
+    def told(remembered):
+        relay_mod._S_SHAPES.clear()
+        if remembered:
+            relay_mod._S_SHAPES[len(reply)] = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
+        h = Harness("session", attached=True)
+        try:
+            conv = h.server.proto = _batch(case)
+            h.relay._server_data(h.server, bytearray(reply), len(reply))
+            return ([e if e.__class__ is int else (e.type, e.hide) for e in conv.queue], conv.syncs, conv.phase,
+                    conv.unsynced, conv.tx_status, conv.replies, conv.broken, h.server.broken, _unread(h.app))
+        finally:
+            h.close()
+            relay_mod._S_SHAPES.clear()
+
+    def body():
+        assert relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)[4] == b"12"
+        walked, remembered = told(False), told(True)
+        assert remembered == walked
+        return walked
+
+    walked = in_machine(body)
+    assert (walked[6] is None) is (case in ("batch", "request-after"))    # the others are out of step
+    if case == "request-after":         # the pooler's own answer spliced in after the ParseComplete
+        assert walked[8] == len(reply) + len(be_write.close_complete())
