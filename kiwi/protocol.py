@@ -342,7 +342,8 @@ class Conversation:
         read's messages in one call. Outside COPY and SKIP (where sending never changes the
         phase but to BUSY), a batch with an Execute is applied from memory, and without `exact`
         counting any other batch with the state kept in locals and written back once: a Python
-        call and attribute stores per message cost more than the work."""
+        call and attribute stores per message cost more than the work. (The relay has a copy of
+        the remembered case: tests/odyssey_gevent/test_relay_fast.py keeps the two in step.)"""
         phase = self.phase
         if not (phase == _BUSY_PHASE or phase == _READY_PHASE):
             for t in types:

@@ -37,7 +37,7 @@ from gevent import get_hub, getcurrent
 from machinarium import wait_any
 from kiwi import error_codes
 from kiwi.framer import FE_RELAY_LIMITS
-from kiwi.protocol import _POPS, REPLACE, Phase
+from kiwi.protocol import _BATCHES, _POPS, REPLACE, Phase
 from odyssey_gevent.prepared import _SQL_HEAD
 from odyssey_gevent.server import idle_readable
 from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
@@ -793,7 +793,20 @@ class Relay:
                     else:
                         proto.send(_C_QUERY)
                 else:
-                    proto.send_many(alone)
+                    # Conversation.send_many's common case inline (once per transaction, where
+                    # its frame costs more than this copy; test_relay_fast keeps the two in step):
+                    # a batch whose effect it remembers (kiwi's _BATCHES, by the types), without
+                    # exact counting, outside COPY and SKIP; anything else is send_many's
+                    phase = proto.phase
+                    effect = _BATCHES.get(alone) if not proto.exact else None
+                    if effect is not None and (phase == _READY_PHASE or phase == _BUSY_PHASE):
+                        queued, added, proto.unsynced, proto.flushed, proto._exec_syncs, proto._copy_ended = effect
+                        if queued:
+                            proto.queue.extend(queued)
+                            proto.syncs += added
+                            proto.phase = _BUSY_PHASE
+                    else:
+                        proto.send_many(alone)
                 self.stats.bytes_recv += end
                 if not self.q_start:
                     self.q_start = now = self.loop.now()
@@ -946,7 +959,18 @@ class Relay:
                         else:
                             proto.send(_C_QUERY)
                     else:
-                        proto.send_many(alone)
+                        # Conversation.send_many's common case inline, as _on_client has it
+                        phase = proto.phase
+                        effect = _BATCHES.get(alone) if not proto.exact else None
+                        if effect is not None and (phase == _READY_PHASE or phase == _BUSY_PHASE):
+                            queued, added, proto.unsynced, proto.flushed, proto._exec_syncs, \
+                                proto._copy_ended = effect
+                            if queued:
+                                proto.queue.extend(queued)
+                                proto.syncs += added
+                                proto.phase = _BUSY_PHASE
+                        else:
+                            proto.send_many(alone)
                     self.stats.bytes_recv += end
                     if not self.q_start:
                         self.q_start = now = self.loop.now()

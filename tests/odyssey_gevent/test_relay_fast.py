@@ -739,3 +739,55 @@ def test_a_lone_query_is_told_as_send_does(in_machine, case):
         return True
 
     assert in_machine(body)
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["callback", "hand-over"])
+@pytest.mark.parametrize("case", ["ready", "busy", "executed", "copy", "skip", "exact", "unremembered"])
+def test_a_remembered_request_is_told_as_send_many_does(in_machine, case, queued):
+    """The relay's inline copies of Conversation.send_many's common case (a batch whose effect
+    kiwi remembers, without exact counting, outside COPY and SKIP; the client callback's and
+    the queued hand-over's) leave the Conversation as send_many leaves it, in each state such
+    a request may meet, and send the request."""
+    from kiwi import protocol as kiwi_protocol
+    request_ = _ext()
+    types = b"PBES"
+
+    def make():
+        conv = _sending(case if case in ("busy", "executed", "copy", "skip") else "ready")
+        conv.exact = case == "exact"
+        return conv
+
+    def state(conv):
+        return (list(conv.queue), conv.syncs, conv.phase, conv.unsynced, conv.flushed, conv._exec_syncs,
+                conv._copy_ended, conv.broken)
+
+    def body():
+        relay_mod._C_SHAPES.clear()
+        relay_mod._C_SHAPES[len(request_)] = relay_mod._client_shape(bytearray(request_), len(request_),
+                                                                    list(types))
+        assert relay_mod._C_SHAPES[len(request_)][2] == types
+        if case == "unremembered":
+            kiwi_protocol._BATCHES.pop(types, None)
+        else:
+            Conversation().send_many(types)         # remembered by kiwi
+        told = make()
+        told.send_many(types)
+        if case == "unremembered":
+            kiwi_protocol._BATCHES.pop(types, None)
+        h = _harness(queue=queued, cb_queue=queued)
+        try:
+            if queued:
+                _queued(h, request_)
+                walked = h.server.proto = make()
+                h.fe.hand()
+            else:
+                walked = h.server.proto = make()
+                h.app.write(request_)
+            assert h.pg.read(len(request_), 2000) == request_
+            assert state(walked) == state(told)
+        finally:
+            h.close()
+            relay_mod._C_SHAPES.clear()
+        return True
+
+    assert in_machine(body)
