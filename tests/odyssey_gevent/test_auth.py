@@ -268,6 +268,32 @@ def test_md5_answer_in_pieces_is_read_whole(in_machine, cuts):
     assert err is None and ok
 
 
+@pytest.mark.parametrize("password, accepted", [("s3cret", True), ("wrong", False)])
+def test_md5_answer_queued_before_the_request_is_read_at_once(in_machine, password, accepted):
+    """An answer already queued on the socket when the request has been sent (FIONREAD tells
+    its bytes) is read without a wait; the salt is known beforehand here (the next one drawn)."""
+    def body():
+        pooler, app = _pair()
+        client = Client(pooler)
+        client.user, client.database, client.rule = "alice", "db", _rule("md5", "s3cret")
+        salt = b"\x01\x02\x03\x04"
+        auth._SALTS.append(salt)
+        try:
+            app.write(fe_write.password_message(md5_salted("alice", password, salt).encode() + b"\0"))
+            err = _raised(auth.authenticate_client, INSTANCE, client, 2000)
+            assert _auth_request(app).salt == salt
+            return err
+        finally:
+            pooler.close(), app.close()
+
+    err = in_machine(body)
+    if accepted:
+        assert err is None
+    else:
+        assert (err.sqlstate, err.message) == (error_codes.INVALID_PASSWORD,
+                                               'password authentication failed for user "alice"')
+
+
 def test_md5_a_shorter_answer_is_refused_whatever_follows_it(in_machine):
     """A PasswordMessage shorter than a right answer (41 bytes) is refused, even when the bytes
     after it in the same read (the one recv of 41 bytes takes them too) are a right answer's."""
