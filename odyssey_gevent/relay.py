@@ -1417,12 +1417,70 @@ class Relay:
                 # again: each message's header is read at the end of the one before
                 if pos > last:      # nothing to walk (a truth test's jump is short: specialized compare)
                     pass
-                else:
-                    if head:
-                        t = _S_READY
-                        length = 5
+                elif head:
+                    # the read's last message a ReadyForQuery whose header the layout checked
+                    # (pos is end - 6): told as the walk's loop below tells a whole one, without
+                    # its tests of the type (a copy of its _SK_READY branch and of what follows
+                    # it for a whole message: once per transaction, where those tests cost about
+                    # 40 bytecodes; test_relay keeps the copies in step)
+                    t = _S_READY
+                    status = _BYTE[buf[end - 1]]
+                    queue = proto.queue
+                    if len(queue) == 1 and proto.phase == _BUSY_PHASE:
+                        entry = queue.pop()
+                        if entry == _C_QUERY or entry == _C_SYNC or \
+                                entry.__class__ is int and entry & 0xFF == _C_SYNC:
+                            proto.syncs -= 1
+                            proto.replies += 1
+                            proto.tx_status = status
+                            if proto.syncs == 0 and not proto.unsynced:
+                                proto.phase = _READY_PHASE
+                            action = 0
+                        else:
+                            queue.append(entry)
+                            action = proto.receive(t, status)
                     else:
-                        t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
+                        action = proto.receive(t, status)
+                    stats = self.stats
+                    stats.count_query += 1
+                    q0 = self.q_start
+                    if q0:
+                        now = self.loop.now()
+                        elapsed = now - q0
+                        if elapsed > 0.0:
+                            stats.query_time += elapsed
+                            if stats.query_sketch is not None:
+                                stats.query_sketch.add(elapsed * 1e6)
+                        self.q_start = now if proto.syncs else 0.0
+                    txs = proto.tx_status
+                    if txs is _TX_IDLE or txs == _TX_IDLE:
+                        stats.count_tx += 1
+                        t0 = self.tx_start
+                        if t0:
+                            if q0:
+                                elapsed = now - t0
+                                if elapsed > 0.0:
+                                    stats.tx_time += elapsed
+                                    if stats.tx_sketch is not None:
+                                        stats.tx_sketch.add(elapsed * 1e6)
+                            self.tx_start = now if q0 and proto.syncs else 0.0
+                    self.s_ready = True
+                    if proto.broken is not None:
+                        self._miscounted(server)
+                    if action != 0:
+                        if out is None:
+                            out = []
+                        if pos > seg:
+                            out.append(memoryview(buf)[seg:pos])
+                        if action == REPLACE:
+                            out.append(proto.replacement)
+                        seg = end
+                    if proto.output:
+                        out = _splice(out, buf, seg, end, proto.take_output())
+                        seg = end
+                    pos = end
+                else:
+                    t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
                     while True:
                         if length < 4:
                             raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
@@ -1441,6 +1499,8 @@ class Relay:
                                 # test needs no specialization, which a comparison followed by the
                                 # long jump over this branch would not get
                                 if kind is _SK_READY:
+                                    # (the branch for a layout's last ReadyForQuery above has a
+                                    # copy of this one)
                                     status = _BYTE[buf[msg_end - 1]]
                                     # Conversation.receive's common case inline (once per
                                     # transaction, where its frame costs more than this copy;
@@ -1449,11 +1509,11 @@ class Relay:
                                     # anything else is receive's
                                     queue = proto.queue
                                     if len(queue) == 1 and proto.phase == _BUSY_PHASE:
-                                        head = queue.pop()
+                                        entry = queue.pop()
                                         # (a Request never equals an int; a Sync after an
                                         # Execute is flagged in exact mode)
-                                        if head == _C_QUERY or head == _C_SYNC or \
-                                                head.__class__ is int and head & 0xFF == _C_SYNC:
+                                        if entry == _C_QUERY or entry == _C_SYNC or \
+                                                entry.__class__ is int and entry & 0xFF == _C_SYNC:
                                             proto.syncs -= 1
                                             proto.replies += 1
                                             proto.tx_status = status
@@ -1461,7 +1521,7 @@ class Relay:
                                                 proto.phase = _READY_PHASE
                                             action = 0
                                         else:
-                                            queue.append(head)
+                                            queue.append(entry)
                                             action = proto.receive(t, status)
                                     else:
                                         action = proto.receive(t, status)

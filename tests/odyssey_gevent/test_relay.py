@@ -1108,3 +1108,56 @@ def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, c
     assert (walked[6] is None) is (case in ("batch", "request-after"))    # the others are out of step
     if case == "request-after":         # the pooler's own answer spliced in after the ParseComplete
         assert walked[8] == len(reply) + len(be_write.close_complete())
+
+
+@pytest.mark.parametrize("status", [b"I", b"T"])
+@pytest.mark.parametrize("reply_, case", [("simple", c) for c in ("query", "pipelined", "unsynced", "copy",
+                                                                  "copy-unsynced", "hidden", "local-after", "parse",
+                                                                  "nothing")]
+                         + [("extended", c) for c in ("batch", "behind-query", "no-parse", "request-after",
+                                                      "nothing")])
+def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, status):
+    """A reply laid out as one seen before whose last message is a ReadyForQuery has it told
+    without the walk's loop (the relay's copy of the loop's ReadyForQuery branch): the
+    Conversation, the server's broken mark, the bytes the client gets, the query and
+    transaction counts and times started, and the detach mark end as the walk of the same reply
+    leaves them, in each state the reply may meet (transaction pooling: the detach too)."""
+    from odyssey_gevent import relay as relay_mod
+    if reply_ == "simple":
+        reply = bytearray(be_write.row_description([("x", 23)]) + be_write.data_row([b"1"]) + _reply(status))
+    else:
+        reply = bytearray(_ext_reply(status))
+
+    def told(remembered):
+        relay_mod._S_SHAPES.clear()
+        if remembered:
+            shape = relay_mod._S_SHAPES[len(reply)] = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
+            assert shape[5]         # the layout checks the ReadyForQuery's header
+        h = Harness("transaction", attached=True)
+        try:
+            if case == "local-after":   # a Query, then an answer the pooler gives itself after it
+                conv = _owing("query")
+                conv.send_request(Request(LOCAL, local=be_write.close_complete()))
+            else:
+                conv = _owing(case) if reply_ == "simple" else _batch(case)
+            h.server.proto = conv
+            relay, stats = h.relay, h.client.route.stats
+            relay.q_start = relay.tx_start = 1.0        # a request under way since then (loop time)
+            h.relay._server_data(h.server, bytearray(reply), len(reply))
+            return ([e if e.__class__ is int else (e.type, e.hide) for e in conv.queue], conv.syncs, conv.phase,
+                    conv.unsynced, conv.tx_status, conv.replies, conv.broken, list(conv.output), h.server.broken,
+                    _unread(h.app), stats.count_query, stats.count_tx, stats.query_time > 0, stats.tx_time > 0,
+                    relay.q_start, relay.tx_start, relay.s_ready, relay.s_len, relay.s_skip, len(h.fe.detaches))
+        finally:
+            h.close()
+            relay_mod._S_SHAPES.clear()
+
+    def body():
+        walked, remembered = told(False), told(True)
+        assert remembered == walked
+        return walked
+
+    walked = in_machine(body)
+    assert walked[10] == 1
+    if case in ("query", "batch"):      # in step: the status told
+        assert walked[4] == status and walked[11] == (1 if status == b"I" else 0) and walked[6] is None
