@@ -1360,7 +1360,7 @@ class Relay:
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
                 learn = head = False
-                if pos == 0:
+                if not pos:         # a truth test: the jump is long (a compare would stay generic)
                     # whole messages up to the first the walk reads whole (ReadyForQuery,
                     # ParameterStatus; with prepared statements CommandComplete, ErrorResponse)
                     # laid out as a read seen before (_S_SHAPES): one unpack of their headers
