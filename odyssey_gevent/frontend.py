@@ -1041,4 +1041,4 @@ def frontend(instance, io, listen, conn_type: str, peer=None, local=None, deadli
     fe.head = head
     fe.attach_plain = False
     fe.detach_plain = False
-    fe.run(deadline=deadline)
+    fe.run(False, deadline)     # (positional: 3.11 specializes no call with keyword arguments)

@@ -529,13 +529,14 @@ def test_the_coroutine_entry_makes_its_frontend_as_frontend_init_does(monkeypatc
     """frontend() makes the Frontend with __init__'s body inline: the same attributes, in the
     same order (the instances then share one key layout), the startup head given."""
     seen = []
-    monkeypatch.setattr(Frontend, "run", lambda self, deadline=None: seen.append((self, deadline)))
+    monkeypatch.setattr(Frontend, "run", lambda self, resumed=False, deadline=None: seen.append((self, resumed, deadline)))
     inst = _instance()
     frontend_mod.frontend(inst, None, None, "host", ("127.0.0.1", 1), None, 5.0, b"head")
-    [(made, deadline)] = seen
+    [(made, resumed, deadline)] = seen
     ref = Frontend(inst, made.client)
     ref.head = b"head"
     assert list(vars(made)) == list(vars(ref)) and vars(made) == vars(ref) and deadline == 5.0
+    assert resumed is False
 
 
 @pytest.mark.parametrize("peer, accepted", [(("127.0.0.1", 1), None), (None, 12.5)])
@@ -544,7 +545,7 @@ def test_the_coroutine_entry_makes_its_client_as_client_init_does(monkeypatch, p
     own id and cancel key, the accept time given or now)."""
     import time
     seen = []
-    monkeypatch.setattr(Frontend, "run", lambda self, deadline=None: seen.append(self.client))
+    monkeypatch.setattr(Frontend, "run", lambda self, resumed=False, deadline=None: seen.append(self.client))
     io, listen, local = object(), object(), ("127.0.0.2", 6432)
     before = time.monotonic()
     frontend_mod.frontend(_instance(), io, listen, "local", peer, local, None, None, accepted)
