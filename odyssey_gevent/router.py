@@ -114,6 +114,7 @@ class Router:
         return route
 
     def unroute(self, client) -> None:
+        # (Frontend.cleanup does these steps itself when mt_lock is None: keep the two in step)
         route = client.route
         if route is None:
             return

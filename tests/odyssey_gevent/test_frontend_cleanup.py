@@ -146,3 +146,50 @@ def test_graceful_shutdown_tells_57p01(in_machine, tmp_path):
     [(_, err)] = got
     assert (err.sqlstate, err.severity) == ("57P01", "FATAL")
     assert err.message.endswith(": Odyssey is shutting down: the connection is closed")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_cleanup_unroutes_its_client_as_the_router_does(in_machine, workers):
+    """With one worker the cleanup does Router.unroute's steps itself (a frame fewer per login):
+    the client leaves its route's clients, its cancel key and its waiter go, its state is UNDEF;
+    another client of the route keeps its own. With more workers it calls unroute (its lock)."""
+    from odyssey_gevent.client import ClientState
+    from odyssey_gevent.router import Router
+
+    rule = Rule(db_name="db", user_name="u", authentication="none", pool="transaction")
+
+    class Rules:
+        def match(self, db, user, client_addr, conn_type, tls):
+            return rule
+
+    def body():
+        instance = SimpleNamespace(config=SimpleNamespace(log_session=False, client_max=None), rules=Rules(),
+                                   logger=Logger(to_stdout=False), workers=workers, clients=2,
+                                   client_closed=lambda *args: None, successor=None)
+        router = instance.router = Router(instance)
+        assert (router.mt_lock is None) == (workers == 1)
+        socks = []
+        clients = []
+        for _ in range(2):
+            a, b = gsocket.socketpair()
+            socks.append(a)
+            c = Client(mm.Io(b), None, "host", ("127.0.0.1", 40000))
+            c.database, c.user = "db", "u"
+            router.route(c)
+            clients.append(c)
+        one, other = clients
+        route = one.route
+        assert other.route is route
+        one.waiter = object()               # as if it had queued for a server
+        route.waiters.append(one.waiter)
+        route.waiters.append(other.waiter)
+        Frontend(instance, one).cleanup(Status.OK)
+        assert route.clients == {other} and list(route.waiters) == [other.waiter]
+        assert (one.key_pid, one.key_secret) not in router.keys
+        assert router.keys[(other.key_pid, other.key_secret)] is other
+        assert one.state is ClientState.UNDEF and other.state is not ClientState.UNDEF
+        for s in socks:
+            s.close()
+        other.io.close()
+
+    in_machine(body)
