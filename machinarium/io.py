@@ -81,6 +81,7 @@ class _Socket:
         return self._sock.fileno()
 
     def close(self) -> None:
+        # (odyssey_gevent's Frontend.cleanup does the usual case's steps itself: keep in step)
         if self._closed:
             return
         self._closed = True

@@ -12,6 +12,7 @@ import time
 from os import read as _read, write as _write
 
 import machinarium
+from machinarium.io import _Socket
 from kiwi import be_write, error_codes
 from kiwi.header import BE
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage, startup_length
@@ -979,7 +980,22 @@ class Frontend:
             if io._tls:
                 io.close()              # close_notify first
             else:
-                io.sock.close()         # Io.close's plain case (a frame fewer per login)
+                # Io.close's plain case, and _Socket.close's usual one inline (an accepted
+                # socket whose read watcher the relay has stopped, no write watcher made: a
+                # frame fewer per login); anything else is the socket's own close
+                sock = io.sock
+                r = sock._read_event if sock.__class__ is _Socket else None
+                if r is not None and r.callback is None and sock._w is None:
+                    sock._closed = True
+                    sock._read_event = None
+                    r.close()
+                    raw = sock._sock
+                    if sock.loop.closing_fd(raw.fileno()):
+                        sock._close_later(raw)
+                    else:
+                        raw.close()
+                else:
+                    sock.close()
             if instance.workers <= 1:   # Instance.client_closed's one-thread case inline (a frame fewer)
                 instance.clients -= 1
             else:

@@ -193,3 +193,31 @@ def test_the_cleanup_unroutes_its_client_as_the_router_does(in_machine, workers)
         other.io.close()
 
     in_machine(body)
+
+
+@pytest.mark.parametrize("write_watcher", [False, True])
+def test_the_cleanup_closes_an_accepted_socket_as_its_close_does(in_machine, write_watcher):
+    """The cleanup closes a plain accepted socket (machinarium's _Socket) with its close's usual
+    steps inline: the read watcher dropped, the socket marked closed, the fd closed
+    (the peer reads EOF); with a write watcher made, the socket's own close does it all."""
+    import socket as std
+
+    def body():
+        a, b = std.socketpair()
+        io = mm.Io.attach(b.detach())
+        sock = io.sock
+        watcher = sock._read_event
+        if write_watcher:
+            assert sock._write_event is not None
+        instance = SimpleNamespace(config=SimpleNamespace(log_session=False), router=FakeRouter(), workers=1,
+                                   clients=1, logger=Logger(to_stdout=False), client_closed=lambda *args: None,
+                                   successor=None)
+        client = Client(io, None, "host", ("127.0.0.1", 40000))
+        Frontend(instance, client).cleanup(Status.OK)
+        assert sock.closed and sock._read_event is None and sock._w is None and io._raw.fileno() == -1
+        assert not watcher.active and watcher.callback is None
+        a.settimeout(2)
+        assert a.recv(1) == b""
+        a.close()
+
+    in_machine(body)
