@@ -338,7 +338,8 @@ class Io:
 
     def accept_now(self):
         """One accept on a listening Io that never waits: the new connection's Io, or None when
-        none is waiting; errors as ``accept``'s."""
+        none is waiting; errors as ``accept``'s. (odyssey_gevent's hub accept, system._HubAccept,
+        does these steps itself: keep the two in step.)"""
         raw = self._raw
         try:
             fd, addr = raw._accept()
