@@ -251,7 +251,7 @@ def close(instance, server, terminate: bool = True) -> None:
                 pass
             server.fd = None
         return
-    unwatch(io)             # an idle pooled server's started read watcher (server.idle_readable)
+    unwatch(instance, server, io)   # an idle pooled server's started read watcher (server.idle_readable)
     if terminate and not server.broken:
         try:
             io.write(fe_write.terminate())

@@ -488,7 +488,7 @@ class Frontend:
                 server.io = machinarium.Io.attach(server.fd)
                 server.fd = None
             else:
-                unwatch(server.io)      # pooled by the fast path with its watcher started
+                unwatch(instance, server, server.io)      # pooled by the fast path with its watcher started
             if rule.pool_attach_check and server.io.readable_now():
                 # an idle server that has something to say was closed or terminated meanwhile
                 self.logger.info("attach", client, server, "idle server connection is broken, closing it")

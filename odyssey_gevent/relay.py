@@ -31,6 +31,7 @@ import ctypes
 import os
 import struct
 import threading
+from types import MethodType as _MethodType
 
 import machinarium
 from gevent import get_hub, getcurrent
@@ -651,7 +652,8 @@ class Relay:
         cw.start(self.on_client)
         if server is not None:
             sw = self.s_watch = server.io.sock._read_event
-            sw.start(self.on_server)
+            server.reader = self        # (see Server.reader)
+            sw.start(server.on_read or _on_read(server))
         try:
             return self.hub.switch()
         except BaseException:
@@ -764,8 +766,12 @@ class Relay:
                                 shape = _C_SHAPES.get(end)
                                 if shape and shape[0](buf, 0) == shape[1]:
                                     alone = shape[2]
+                        # the server's watcher, started with its callback unless pooled with it
+                        # started (Server.reader the instance): no start() per transaction
                         sw = self.s_watch = server.io.sock._read_event
-                        sw.start(self.on_server)
+                        if server.reader is not self.instance:
+                            sw.start(server.on_read or _on_read(server))
+                        server.reader = self
             elif not start and self.prepared is None and not self.c_skip and not self.c_drop and end >= 5:
                 if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
                     alone = True
@@ -926,7 +932,9 @@ class Relay:
                 if queued is _Q_STOPPED:    # _on_client stopped it while queued
                     self.c_watch.start(self.on_client)
                 sw = self.s_watch = server.io.sock._read_event
-                sw.start(self.on_server)
+                if server.reader is not self.instance:     # (as _on_client: see Server.reader)
+                    sw.start(server.on_read or _on_read(server))
+                server.reader = self
                 buf = self.c_buf
                 # the common request, one whole simple Query alone in the buffer with no
                 # prepared-statement layer, is sent here as _on_client sends it (the same steps:
@@ -1313,12 +1321,20 @@ class Relay:
 
         Called without arguments it is the server read watcher's callback (the fast path): it
         reads the socket itself and switches into the coroutine only with a reason, as
-        _on_client does. One function for both, so that a reply costs one Python frame."""
+        _on_client does. One function for both, so that a reply costs one Python frame.
+        As the callback it is bound to the server (Server.on_read: one callback for the
+        server's life, see Server.reader), so `self` is the server then."""
+        if server is None:
+            # the relay reading the server is its reader; a pooled server's is the instance
+            server = self
+            self = server.reader
+            if self.__class__ is not Relay:
+                idle_readable(self, server)
+                return None
         reason = None
         now = 0.0       # the loop time if read: it is the same for the whole callback (see the end)
         try:
-            if server is None:
-                server = self.client.server
+            if buf is None:             # the callback (the coroutine passes its read)
                 buf = self.s_buf
                 if buf is None:     # nothing held back: the thread's scratch (see _FreeList)
                     buf = self.free.scratch
@@ -1649,19 +1665,19 @@ class Relay:
                     reason = _DETACH
                     sw = self.s_watch
                     if sw is not None and self.keep_watch:
-                        # pooled with its watcher started, pointed at idle_readable before the
-                        # detach can hand it over. start() of a started watcher only sets its
-                        # callback and args (libev's start returns at once; cheaper than two
-                        # attribute stores), so the next attach's start() only re-points it:
-                        # no stop now (gevent stops a watcher stopped in its own callback a
-                        # second time), no start and no epoll_ctl at the next attach
+                        # pooled with its watcher started, its reader the instance (idle_readable)
+                        # before the detach can hand it over; its callback stays (Server.on_read
+                        # tells by the reader), so the next attach starts nothing: no stop now
+                        # (gevent stops a watcher stopped in its own callback a second time), no
+                        # start or re-pointing and no epoll_ctl at the next attach
                         self.s_watch = None
-                        sw.start(idle_readable, self.instance, server)
+                        server.reader = self.instance
                         try:
                             if self.pending is None and self.fe.detach_now(True):
                                 reason = None
                         finally:
                             if reason is not None:
+                                server.reader = None
                                 sw.stop()       # the coroutine's detach reads the socket
                     else:
                         if sw is not None:
@@ -1789,6 +1805,13 @@ def _maybe_sql(buf, pos: int, end: int) -> bool:
 
 
 _new = object.__new__
+
+
+def _on_read(server):
+    """The server's read watcher's callback for its life (Server.on_read), made at its first
+    fast-path attach: the reply walk bound to the server (see Relay._server_data)."""
+    cb = server.on_read = _MethodType(Relay._server_data, server)
+    return cb
 
 
 def new_relay(frontend, client, prepared):

@@ -23,7 +23,7 @@ class Server:
     __slots__ = ("id", "route", "io", "fd", "endpoint", "endpoint_host", "state", "client",
                  "key_pid", "key_secret", "params", "proto", "prepared",
                  "created_at", "idle_since", "offline", "broken", "drop", "cancels",
-                 "baseline", "login_params", "deployed")
+                 "baseline", "login_params", "deployed", "reader", "on_read")
 
     def __init__(self, route):
         self.id = new_id("s")
@@ -51,6 +51,22 @@ class Server:
         self.drop = False           # close instead of pooling at the next detach (healthy, so Terminate)
         self.cancels = 0            # cancel requests on their way to PostgreSQL for this server
         self.baseline: dict[str, str] = {}   # parameters right after login (what DISCARD ALL restores)
+        # workers 1, the relay's fast path (see "a pooled server's read watcher" below): who
+        # reads the server through its read watcher, started with `on_read` (made at the first
+        # fast-path attach; one callback for the server's life): the relay it is attached to,
+        # the instance while it is pooled with the watcher started (then idle_readable runs),
+        # None when no such watch was started. Only the instance value promises a started watcher
+        self.reader = None
+        self.on_read = None
+
+    def throw(self, *args) -> None:
+        """gevent's hub takes a read watcher's callback to be a greenlet's switch: a socket
+        closed under a started watcher throws into the callback's __self__, here the server (its
+        `on_read`). Passed on to the relay reading it (Relay.throw), as when the callback was
+        the relay's own method; a pooled server's reader, the instance, has no throw."""
+        throw = getattr(self.reader, "throw", None)
+        if throw is not None:
+            throw(*args)
 
     @property
     def connected(self) -> bool:
@@ -108,11 +124,13 @@ def park(server: Server, workers: int) -> bool:
 # -- a pooled server's read watcher kept started while it is idle -----------------------------
 # With one worker (workers 1: every client and pooled server lives in the system machine's hub)
 # the relay's fast path does not stop an attached server's read watcher when it detaches it:
-# the watcher stays started while the server sits in the pool, pointed at `idle_readable`, and
-# the next fast-path attach re-points it (a start of a started watcher only sets its callback),
-# so no watcher stop or start, and no epoll_ctl, happens per transaction. Whoever else takes a
-# pooled server and uses its socket (the coroutine's attach, a close) stops it first with
-# `unwatch`. With workers > 1 a pooled server is a bare fd (`park`) and has no watcher at all.
+# the watcher stays started while the server sits in the pool, and its callback is the same
+# for the server's life (`Server.on_read`, the relay's reply walk bound to the server), which
+# tells by `Server.reader` whom the bytes are for: the relay attached (set by its attach) or,
+# while pooled, the instance (set by the fast path's detach): then `idle_readable` runs. So no
+# watcher stop or start, no re-pointing and no epoll_ctl happen per transaction. Whoever else
+# takes a pooled server and uses its socket (the coroutine's attach, a close) stops it first
+# with `unwatch`. With workers > 1 a pooled server is a bare fd (`park`) and has no watcher.
 def idle_readable(instance, server: Server) -> None:
     """Run by the hub when an idle pooled server's socket became readable: PostgreSQL closed or
     terminated it, or sent something nobody asked for (a NOTICE, an ErrorResponse, a
@@ -122,7 +140,7 @@ def idle_readable(instance, server: Server) -> None:
     io = server.io
     if io is None:
         return
-    unwatch(io)
+    unwatch(instance, server, io)
     route = server.route
     if not route.rule.pool_attach_check:
         return
@@ -133,9 +151,12 @@ def idle_readable(instance, server: Server) -> None:
     instance.close_server_later(server)
 
 
-def unwatch(io) -> None:
-    """Stop the read watcher of an idle pooled server's socket if it is still started (see
-    `idle_readable`); called in the thread that owns the socket before anyone else uses it."""
-    watcher = getattr(io.sock, "_read_event", None)
-    if watcher is not None and watcher.callback is idle_readable:
-        watcher.stop()
+def unwatch(instance, server: Server, io) -> None:
+    """Stop the read watcher of an idle pooled server's socket `io` if it is still started (its
+    reader the instance: see `idle_readable`); called in the thread that owns the socket before
+    anyone else uses it."""
+    if server.reader is instance:
+        server.reader = None
+        watcher = getattr(io.sock, "_read_event", None)
+        if watcher is not None:
+            watcher.stop()

@@ -13,7 +13,6 @@ import tests.odyssey_gevent.test_relay as base
 from kiwi import be_write
 from kiwi.protocol import Conversation
 from odyssey_gevent import relay as relay_mod
-from odyssey_gevent.server import idle_readable
 from odyssey_gevent.status import ClientGone, Status
 from tests.odyssey_gevent.test_relay import *  # noqa: F401,F403 - every relay test, run on the fast path
 from tests.odyssey_gevent.test_relay import Harness, _exchange, _ext, _ext_reply, _q, _reply, nothing_more
@@ -162,10 +161,12 @@ def test_a_detach_that_may_wait_is_left_to_the_coroutine(in_machine):
 
 
 def test_a_pooled_server_keeps_its_read_watcher_started(in_machine):
-    """workers 1 (keep_watch): the fast path's detach leaves the server's read watcher started,
-    pointed at server.idle_readable with the server, and the next attach points it back at the
-    relay (else the next reply would not be relayed); a detach left to the coroutine stops it
-    first (the coroutine's reset reads the socket)."""
+    """workers 1 (keep_watch): the server's read watcher has one callback for the server's life
+    (server.on_read, the reply walk bound to the server): the fast path's detach leaves it
+    started with the instance as the server's reader (idle_readable's), the next attach makes
+    the relay its reader again without a start (the reply is relayed); a detach left to the
+    coroutine stops it first (the coroutine's reset reads the socket) and the next attach
+    starts it again."""
     def body():
         h = _harness()
         h.relay.keep_watch = True
@@ -174,15 +175,78 @@ def test_a_pooled_server_keeps_its_read_watcher_started(in_machine):
             for n in (1, 2):
                 _exchange(h, _q("select 1"), _reply(b"I"))
                 assert h.fe.now_detaches == n and h.client.server is None
-                assert watcher.active and watcher.callback is idle_readable
-                assert watcher.args[1] is h.server
+                assert watcher.active and watcher.callback is h.server.on_read
+                assert watcher.callback.__self__ is h.server and watcher.args == ()
+                assert h.server.reader is h.relay.instance
+            cb = h.server.on_read
             h.fe.slow_detach = True
             _exchange(h, _q("select 1"), _reply(b"I"))
             assert len(h.fe.detaches) == 3 and h.fe.now_detaches == 2
-            assert not watcher.active and watcher.callback is None
+            assert not watcher.active and watcher.callback is None and h.server.reader is None
             h.fe.slow_detach = False
             _exchange(h, _q("select 1"), _reply(b"I"))
-            assert h.fe.now_detaches == 3 and watcher.active and watcher.callback is idle_readable
+            assert h.fe.now_detaches == 3 and watcher.active and watcher.callback is cb
+            assert h.server.on_read is cb and h.server.reader is h.relay.instance
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_pooled_server_that_speaks_is_told_to_idle_readable(in_machine, monkeypatch):
+    """While pooled with its watcher started (its reader the instance) a server that sends
+    something runs idle_readable with the instance and the server, not the relay that pooled
+    it; attached again, its replies are the relay's. Without keep_watch (workers > 1) the
+    detach stops the watcher and nothing runs."""
+    told = []
+    monkeypatch.setattr(relay_mod, "idle_readable", lambda instance, server: told.append((instance, server))
+                        or server.io.sock._read_event.stop())
+
+    def body():
+        results = []
+        for keep in (True, False):
+            h = _harness()
+            h.relay.keep_watch = keep
+            try:
+                _exchange(h, _q("select 1"), _reply(b"I"))
+                assert h.client.server is None
+                h.pg.write(be_write.ready_for_query(b"I"))      # nothing asked for it
+                for _ in range(50):
+                    mm.sleep(1)
+                    if told:
+                        break
+                results.append((list(told), h.server))
+                told.clear()
+                assert h.relay.fast and h.relay.waiting        # the relay saw none of it
+            finally:
+                h.close()
+        return results
+
+    (kept, server), (stopped, _) = in_machine(body)
+    assert kept == [(relay_mod._NEVER_STOPPING, server)] and stopped == []
+
+
+def test_unwatch_stops_only_a_pooled_servers_watch(in_machine):
+    """unwatch stops the watcher (and forgets the reader) only while the instance is the
+    server's reader (pooled by the fast path); a relay's watch is the relay's to stop."""
+    from odyssey_gevent.server import unwatch
+
+    def body():
+        h = _harness()
+        h.relay.keep_watch = True
+        watcher = h.sio.sock._read_event
+        try:
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            instance = h.relay.instance
+            h.server.reader = h.relay       # as if attached
+            unwatch(instance, h.server, h.sio)
+            assert watcher.active and h.server.reader is h.relay
+            h.server.reader = instance
+            unwatch(instance, h.server, h.sio)
+            assert not watcher.active and h.server.reader is None
+            unwatch(instance, h.server, h.sio)      # twice: nothing more
+            assert not watcher.active and h.server.reader is None
         finally:
             h.close()
         return True
@@ -791,3 +855,22 @@ def test_a_remembered_request_is_told_as_send_many_does(in_machine, case, queued
         return True
 
     assert in_machine(body)
+
+
+def test_a_server_closed_under_the_relays_watch_is_thrown_into_the_coroutine(in_machine):
+    """The server's watcher callback is bound to the server (server.on_read): a socket closed
+    under it while the relay waits for a reply throws (gevent's cancel_wait, Server.throw) into
+    the parked coroutine, as when the callback was the relay's own method."""
+    def body():
+        h = _harness()
+        try:
+            h.app.write(_q("select 1"))
+            assert h.pg.read(len(_q("select 1")), 2000) == _q("select 1")
+            assert h.client.server is h.server and h.server.reader is h.relay
+            h.sio.close()
+            return h.result()
+        finally:
+            h.close()
+
+    result = in_machine(body)
+    assert isinstance(result, OSError), result
