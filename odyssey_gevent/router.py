@@ -77,7 +77,8 @@ class Router:
     # -- routing -----------------------------------------------------------------------------
     def route(self, client) -> Route:
         """Match the client's rule and register it on its route; raises FrontendError. (The
-        global client_max is checked once, at accept: Instance.client_opened.)"""
+        global client_max is checked once, at accept: Instance.client_opened.) Frontend.route
+        does the usual one-thread case's steps itself: keep the two in step."""
         inst = self.instance
         db, user = client.database, client.user
         rule = inst.rules.match(db, user, client.peer_host, client.conn_type, client.tls)
