@@ -647,20 +647,35 @@ class Frontend:
     def detach_now(self, clean: bool | None = None) -> bool:
         """The detach of the relay's fast path (in the hub): done when reset.quick() decides
         the server and pooling it closes nothing; False: the coroutine must detach().
-        `clean`: the relay's server_clean when the caller knows it (the relay does)."""
+        `clean`: the relay's server_clean when the caller knows it. The reply walk calls
+        detach_walked, which leaves out the tests the walk has just made."""
         client = self.client
         server = client.server
         if clean is None:
             relay = client.relay
             clean = relay is None or relay.server_clean
+        # the tests of reset.settled the reply walk makes before its detach_walked call
+        # (reset.quick is False for a server not clean, whatever the rule)
+        if not (clean and server.proto.syncs == 0 and not server.broken):
+            return False
+        return self.detach_walked()
+
+    def detach_walked(self) -> bool:
+        """detach_now(True) for the relay's reply walk, which calls it only where it has just
+        found the server clean (server_clean), owing nothing (no syncs) and not broken: those
+        tests are not made again (once per transaction; test_frontend_fast holds this to
+        reset.quick in every state the walk lets through)."""
+        client = self.client
+        server = client.server
         if self.detach_plain:           # reset.quick's rule half, the shared pool and parking
-            # reset.settled inline: once per transaction, where its frame costs more than this
-            # copy (tests/odyssey_gevent/test_frontend_fast.py keeps the two in step)
+            # the rest of reset.settled inline: once per transaction, where its frame costs more
+            # than this copy (tests/odyssey_gevent/test_frontend_fast.py keeps the two in step);
+            # the walk read from the server's socket, its io is tested all the same (a few
+            # bytecodes)
             proto = server.proto
             txs = proto.tx_status
-            if not (clean and proto.syncs == 0 and (txs is _TX_IDLE or txs == _TX_IDLE) and not proto.output
-                    and not server.cancels and not server.drop and not server.broken and server.io is not None
-                    and proto.phase not in _COPY_PHASES):
+            if not ((txs is _TX_IDLE or txs == _TX_IDLE) and not proto.output and not server.cancels
+                    and not server.drop and server.io is not None and proto.phase not in _COPY_PHASES):
                 return False
             route = server.route
             if server.offline or route.obsolete:
@@ -712,7 +727,7 @@ class Frontend:
                 router.detach(client)
             return True
         else:
-            if not reset.quick(server, clean):
+            if not reset.quick(server, True):
                 return False
             route = server.route
             if server.offline or route.obsolete or route.rule.shared_pool:

@@ -1673,7 +1673,7 @@ class Relay:
                         self.s_watch = None
                         server.reader = self.instance
                         try:
-                            if self.pending is None and self.fe.detach_now(True):
+                            if self.pending is None and self.fe.detach_walked():
                                 reason = None
                         finally:
                             if reason is not None:
@@ -1683,7 +1683,7 @@ class Relay:
                         if sw is not None:
                             self.s_watch = None
                             sw.stop()
-                        if self.pending is None and self.fe.detach_now(True):
+                        if self.pending is None and self.fe.detach_walked():
                             reason = None
                 else:
                     self.fe.detach()

@@ -197,7 +197,9 @@ DEVIATIONS = [{}, {"tx": bytes(bytearray(b"I"))}, {"phase": Phase.SKIP}, {"clean
               {"phase": Phase.COPY_BOTH}, {"offline": True}, {"obsolete": True}]
 
 
-def _check(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase, offline, obsolete) -> bool:
+def _check(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase, offline, obsolete,
+           walked=False) -> bool:
+    """`walked`: detach_walked, the reply walk's call, in a state the walk lets through."""
     fe, router, client = _frontend(kind)
     server = router.attach(client, None)
     route = client.route
@@ -209,7 +211,11 @@ def _check(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase, off
     server.cancels, server.drop, server.broken, server.offline = cancels, drop, broken, offline
     route.obsolete = obsolete
     want = reset.quick(server, clean) and not offline and not obsolete
-    assert fe.detach_now(clean) is want
+    if walked:
+        assert clean and syncs == 0 and not broken     # what the walk tested before the call
+        assert fe.detach_walked() is want
+    else:
+        assert fe.detach_now(clean) is want
     if want:
         assert client.server is None and route.idle == [server] and server.state is ServerState.IDLE
     else:
@@ -237,6 +243,32 @@ def test_detach_now_decides_as_reset_quick_one_deviation_at_a_time(kind, deviati
 def test_detach_now_decides_as_reset_quick(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase,
                                            offline, obsolete):
     _check(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase, offline, obsolete)
+
+
+# the states the reply walk lets through to detach_walked: clean, owing nothing, not broken
+WALKED = [d for d in DEVIATIONS if not {"clean", "syncs", "broken"} & set(d)]
+
+
+@pytest.mark.parametrize("kind", sorted(RULES))
+@pytest.mark.parametrize("deviation", WALKED, ids=lambda d: ",".join(f"{k}={v!r}" for k, v in d.items()) or "settled")
+def test_detach_walked_decides_as_reset_quick_one_deviation_at_a_time(kind, deviation):
+    """detach_walked leaves out the tests the reply walk made before calling it (server_clean,
+    no syncs, not broken): in every state that walk lets through it decides as reset.quick."""
+    pooled = _check(kind, **{**SETTLED, **deviation}, walked=True)
+    assert pooled is (kind in ("transaction", "statement") and deviation in ({}, {"tx": bytes(bytearray(b"I"))},
+                                                                           {"phase": Phase.SKIP},
+                                                                           {"phase": Phase.BUSY}))
+
+
+@given(kind=st.sampled_from(sorted(RULES)),
+       tx=st.sampled_from([b"I", bytes(bytearray(b"I")), b"T", b"E"]), output=st.booleans(),
+       cancels=st.sampled_from([0, 1]), drop=st.booleans(), io=st.booleans(),
+       phase=st.sampled_from([Phase.READY, Phase.BUSY, Phase.COPY_IN, Phase.COPY_OUT, Phase.COPY_BOTH,
+                              Phase.SKIP]),
+       offline=st.booleans(), obsolete=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_detach_walked_decides_as_reset_quick(kind, tx, output, cancels, drop, io, phase, offline, obsolete):
+    _check(kind, True, 0, tx, output, cancels, drop, False, io, phase, offline, obsolete, walked=True)
 
 
 def _pooled_state(case: str, fast: bool):
