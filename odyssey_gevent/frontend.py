@@ -1047,7 +1047,7 @@ class Frontend:
             # relay's own bound callbacks are another such cycle (Relay.close)
             relay = client.relay
             if relay is not None:
-                relay.on_client = relay.on_server = relay.on_handed = None     # (Relay.close's body)
+                relay.on_client = relay.on_handed = None     # (Relay.close's body)
                 client.relay = None
 
 

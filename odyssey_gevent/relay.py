@@ -387,7 +387,7 @@ class Relay:
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
-                 "wait_start", "expired", "s_watch", "on_client", "on_server", "hub", "queued", "q_timeout",
+                 "wait_start", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
                  "q_timer", "on_handed", "keep_watch", "c_watch")
 
     def __init__(self, frontend, client, prepared=None):
@@ -455,7 +455,6 @@ class Relay:
         self.expired = False    # the sweep found the fast path's wait over its timeout
         self.s_watch = None     # the attached server's read watcher, started by the fast path
         self.on_client = self._on_client
-        self.on_server = self._server_data
         # the fast path's queued attach (in _on_client): queued in the route's queue with a callback
         # wake-up (on_handed); pool_timeout (seconds, 0: none) by a timer made at the first one
         self.queued = False
@@ -611,7 +610,7 @@ class Relay:
     def close(self) -> None:
         """The session is over (frontend.cleanup): drop the bound methods kept for the watchers
         (relay -> bound method -> relay is a cycle only the garbage collector would free)."""
-        self.on_client = self.on_server = self.on_handed = None
+        self.on_client = self.on_handed = None
 
     def _timed_out(self, server) -> Status | None:
         """A wait's timeout passed (see _wait_timeout): the Status that ends the session, or
@@ -1863,7 +1862,6 @@ def new_relay(frontend, client, prepared):
     self.expired = False
     self.s_watch = None
     self.on_client = self._on_client
-    self.on_server = self._server_data
     self.queued = False
     self.q_timeout = q_timeout
     self.q_timer = None
