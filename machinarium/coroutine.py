@@ -448,6 +448,7 @@ class Wakeup:
 
     def wake(self) -> None:
         """Wake the armed coroutine. Any thread; never blocks."""
+        # (odyssey_gevent's Frontend.detach_walked has the one-thread case inline: keep in step)
         self.woken = True
         loop = self._loop
         if loop is None:

@@ -719,7 +719,14 @@ class Frontend:
                         stats.count_server_assignment += 1
                         stats.wait_time += now - waiter.since
                         waiter.server = server
-                        waiter.wake()
+                        # Wakeup.wake's one-thread case inline (detach_plain: workers 1, so the
+                        # waiter's loop is this thread's, and running): once per queued
+                        # transaction, where its frame and get_ident() cost more than this copy
+                        # (test_frontend_fast keeps the two in step)
+                        waiter.woken = True
+                        loop = waiter._loop
+                        if loop is not None:
+                            waiter._cb = loop.run_callback(waiter._switch if waiter._direct else waiter._resume_cb)
             finally:
                 if lock is not None:
                     lock.release()

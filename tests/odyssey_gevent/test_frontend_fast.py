@@ -10,6 +10,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from gevent import get_hub
 from gevent import socket as gsocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -293,6 +294,13 @@ def _pooled_state(case: str, fast: bool):
     if case in ("waiter", "paused"):    # the pool is full: the other client queued (a callback)
         assert router.queue_now(other, lambda: ran.append(other.server), None, 0) is None
         router.paused_all = case == "paused"        # then the server goes idle, the waiter waits
+    elif case == "waiter_loop":     # ... with this thread's running loop (the relay's hand-over)
+        loop = get_hub().loop
+        assert router.queue_now(other, lambda: ran.append(other.server), loop, threading.get_ident()) is None
+    elif case == "waiter_coroutine":    # ... a coroutine waiting in router.attach (a direct wake-up)
+        co = mm.Coroutine(lambda: ran.append(router.attach(other, None)), name="waiter")
+        mm.sleep(0)
+        assert len(route.waiters) == 1 and not ran
     elif case == "unrouted":    # the client left its route first (its state stays UNDEF)
         router.unroute(client)
     elif case == "deployed":    # the relay wrote params: the server no longer holds the list
@@ -305,6 +313,12 @@ def _pooled_state(case: str, fast: bool):
         if server.deployed is not client.deploy_list:
             server.deployed = None
         router.detach(client)
+    if case == "waiter_loop":       # the wake-up ran in this loop
+        assert not ran and other.waiter.woken and other.waiter._cb is not None     # (cancel() drops it)
+        mm.sleep(0)
+    elif case == "waiter_coroutine":
+        assert not ran and other.waiter.woken and other.waiter._cb is not None     # (cancel() drops it)
+        co.join(2000)
     # the objects by their part here, so that two runs compare
     name = {id(client): "client", id(other): "other", id(server): "server", id(None): None}.get
     return (name(id(client.server)), name(id(server.client)), client.state, server.state,
@@ -348,6 +362,16 @@ def test_attach_now_takes_as_router_attach_idle_does(case):
     assert fast == slow
     assert fast[0] is (case in ("idle", "other_db_paused"))
     assert fast[4] == (0 if fast[0] else 1) and fast[6] == (1 if fast[0] else 0)
+
+
+@pytest.mark.parametrize("case", ["waiter_loop", "waiter_coroutine"])
+def test_detach_now_wakes_a_waiter_as_router_detach_does(case, in_machine):
+    """detach_now's copy of Wakeup.wake's one-thread case wakes the waiter it hands the server
+    to as router.detach (wake itself) does: a queued relay's continuation (the hand-over) runs
+    in the loop with the server, a coroutine waiting in router.attach returns it."""
+    fast, slow = in_machine(_pooled_state, case, True), in_machine(_pooled_state, case, False)
+    assert fast == slow
+    assert fast[11] == ["server"] and fast[0] is None and fast[8] == "server"
 
 
 @pytest.mark.parametrize("case", ["idle", "waiter", "paused", "unrouted", "deployed"])
