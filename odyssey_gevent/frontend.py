@@ -880,7 +880,7 @@ class Frontend:
             # stage 4, authentication, here (its own method's frame cost each login): "none" asks
             # nothing (authenticate_client's steps for it are all no-ops)
             if client.rule.authentication != "none":
-                auth.authenticate_client(instance, client, self._login_timeout(), send_ok=False)
+                auth.authenticate_client(instance, client, self._login_timeout(), False)     # (send_ok: positional, see frontend())
             self.owed = auth.AUTH_OK_MESSAGE
             if config.soft_oom.enabled:         # (refuse_if_over's first test)
                 soft_oom.refuse_if_over(instance, client)
