@@ -648,6 +648,71 @@ def test_a_kept_startup_packet_gives_what_reading_it_gives(in_machine):
     assert in_machine(body)
 
 
+class _Routed(Exception):
+    """Raised by a stand-in for Frontend.route: the session got past its startup."""
+
+
+def _kept_run(packet: bytes, listen=None):
+    """Frontend.run() (its startup stage: the usual case inline) with the packet's first 8 bytes
+    read at accept and the rest there, stopped where it routes: (True, or the FrontendError it
+    sent, client)."""
+    a, b = gsocket.socketpair()
+    app, pooler = mm.Io(a), mm.Io(b)
+    inst = _instance()
+    inst.router.unroute = lambda client: None
+    inst.workers, inst.clients = 1, 1
+    client = Client(pooler, listen, "host", ("127.0.0.1", 40000))
+    fe = Frontend(inst, client)
+    sent = []
+    fe._send_error = sent.append
+
+    def routed():
+        raise _Routed
+    fe.route = routed
+    try:
+        app.write(packet)
+        fe.head = pooler.read(8, 1000)
+        try:
+            fe.run(False, 0)
+        except _Routed:
+            return True, client
+        return sent[0], client
+    finally:
+        app.close(), pooler.close()
+
+
+def test_the_session_takes_a_kept_startup_packet_as_startup_does(in_machine):
+    """Frontend.run takes a packet kept by its bytes itself (startup's usual case inline): the
+    same message, user, database, vars (its own copy) and vars_key as startup gives, the head
+    given up; a listener that requires TLS still refuses it; a packet not kept yet, one that
+    declares fewer bytes than the accept read or one whose rest is not there are startup's, with
+    the bytes read so far (kept then where startup keeps them)."""
+    def body():
+        frontend_mod._STARTUPS.clear()
+        sm = _sm({"user": "ru", "database": "rd", "application_name": "app"})
+        res1, first = _kept_run(sm)                 # not kept yet: startup reads and keeps it
+        assert res1 is True and sm in frontend_mod._STARTUPS and first.vars_key == sm
+        res2, second = _kept_startup(sm)
+        res3, third = _kept_run(sm)                 # kept: taken by run itself
+        assert res2 is res3 is True
+        for client in (first, third):
+            assert (client.user, client.database, client.startup) == ("ru", "rd", second.startup)
+            assert client.vars == second.vars == {"application_name": "app"}
+            assert client.vars is not second.vars and client.vars_key is second.vars_key
+        third.vars["application_name"] = "changed"
+        _, fourth = _kept_run(sm)
+        assert fourth.vars == {"application_name": "app"}
+        required = SimpleNamespace(tls="require", client_login_timeout=0)
+        refused, _ = _kept_run(sm, required)
+        assert isinstance(refused, FrontendError) and "SSL is required" in refused.message
+        short = (7).to_bytes(4, "big") + b"\0\3\0\0" + sm[8:]
+        refused, _ = _kept_run(short)
+        assert isinstance(refused, FrontendError) and refused.sqlstate == "08P01"
+        return True
+
+    assert in_machine(body)
+
+
 def _routed(rule, inst, vars_, key, peer=("10.1.2.3", 5000)):
     client = Client(None, None, "host" if peer else "local", peer)
     client.user, client.database = "u", "d"
