@@ -448,7 +448,8 @@ class Wakeup:
 
     def wake(self) -> None:
         """Wake the armed coroutine. Any thread; never blocks."""
-        # (odyssey_gevent's Frontend.detach_walked has the one-thread case inline: keep in step)
+        # (odyssey_gevent's Frontend.detach_walked and Relay._server_data have the one-thread case
+        # inline: keep in step)
         self.woken = True
         loop = self._loop
         if loop is None:

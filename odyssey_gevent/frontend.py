@@ -665,7 +665,9 @@ class Frontend:
         """detach_now(True) for the relay's reply walk, which calls it only where it has just
         found the server clean (server_clean), owing nothing (no syncs) and not broken: those
         tests are not made again (once per transaction; test_frontend_fast holds this to
-        reset.quick in every state the walk lets through)."""
+        reset.quick in every state the walk lets through). The walk has the plain case's common
+        steps inline (Relay._server_data, kept in step by test_frontend_fast) and calls this
+        for the rest."""
         client = self.client
         server = client.server
         if self.detach_plain:           # reset.quick's rule half, the shared pool and parking

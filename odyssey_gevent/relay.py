@@ -31,6 +31,7 @@ import ctypes
 import os
 import struct
 import threading
+from time import monotonic as _monotonic
 from types import MethodType as _MethodType
 
 import machinarium
@@ -41,6 +42,8 @@ from kiwi.framer import FE_RELAY_LIMITS
 from kiwi.protocol import _BATCHES, _POPS, REPLACE, Phase
 from odyssey_gevent.prepared import _SQL_HEAD
 from odyssey_gevent.server import idle_readable
+from odyssey_gevent.router import _C_ACTIVE, _C_PENDING, _C_UNDEF, _S_ACTIVE, _S_IDLE
+from odyssey_gevent.reset import _COPY_PHASES
 from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
 
 BUF_SIZE = 32 * 1024
@@ -1672,8 +1675,62 @@ class Relay:
                         self.s_watch = None
                         server.reader = self.instance
                         try:
-                            if self.pending is None and self.fe.detach_walked():
-                                reason = None
+                            fe = self.fe
+                            if self.pending is not None:
+                                pass
+                            elif not fe.detach_plain:
+                                if fe.detach_walked():
+                                    reason = None
+                            else:
+                                route = server.route
+                                router = self.instance.router
+                                txs = proto.tx_status
+                                # Frontend.detach_walked's common case inline (once per transaction,
+                                # where its frame costs more than this copy; test_frontend_fast keeps
+                                # the two in step): a plain detach (workers 1, no lock) of a server
+                                # that settled, back on the idle list or handed to the first waiter
+                                # of a route not paused; anything else is detach_walked's
+                                if ((txs is _TX_IDLE or txs == _TX_IDLE) and not proto.output
+                                        and not server.cancels and not server.drop and server.io is not None
+                                        and proto.phase not in _COPY_PHASES and not server.offline
+                                        and not route.obsolete and server.state is _S_ACTIVE
+                                        and router.mt_lock is None):
+                                    waiters = route.waiters
+                                    if waiters and (router.paused_all or router.paused_dbs
+                                                    and route.db in router.paused_dbs):
+                                        if fe.detach_walked():
+                                            reason = None
+                                    else:
+                                        client = self.client
+                                        if server.deployed is not client.deploy_list:
+                                            server.deployed = None      # (see Server.deployed)
+                                        client.server = None
+                                        if client.state is not _C_UNDEF:
+                                            client.state = _C_PENDING
+                                        server.idle_since = mono = _monotonic()
+                                        if not waiters:
+                                            server.client = None
+                                            route.active.discard(server)
+                                            server.state = _S_IDLE
+                                            route.idle.append(server)
+                                        else:
+                                            waiter = waiters.popleft()
+                                            taker = waiter.client
+                                            server.client = taker
+                                            taker.server = server
+                                            taker.state = _C_ACTIVE
+                                            stats = route.stats
+                                            stats.count_server_assignment += 1
+                                            stats.wait_time += mono - waiter.since
+                                            waiter.server = server
+                                            waiter.woken = True     # Wakeup.wake's one-thread case
+                                            loop = waiter._loop
+                                            if loop is not None:
+                                                waiter._cb = loop.run_callback(
+                                                    waiter._switch if waiter._direct else waiter._resume_cb)
+                                        reason = None
+                                elif fe.detach_walked():
+                                    reason = None
                         finally:
                             if reason is not None:
                                 server.reader = None

@@ -16,13 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import machinarium as mm
-from kiwi import fe_write
+from kiwi import be_write, fe_write
 from kiwi.protocol import Phase
 from odyssey_gevent import deploy, reset
 from odyssey_gevent.client import Client, ClientState
 from odyssey_gevent.config.model import Endpoint, Rule
 from odyssey_gevent.frontend import Frontend
 from odyssey_gevent.logger import Logger
+from odyssey_gevent import relay as relay_mod
 from odyssey_gevent.relay import BUF_SIZE, Relay
 from odyssey_gevent.router import Router
 from odyssey_gevent.server import ServerState
@@ -540,3 +541,101 @@ def test_new_relay_makes_what_relay_init_makes(in_machine, kind):
             client.io.close(), b.close()
 
     assert in_machine(body)
+
+
+# the states a server may be in when the reply walk detaches it (each one at a time)
+WALK_CASES = ["idle", "waiter_loop", "waiter_coroutine", "paused", "unrouted", "deployed", "cancels", "drop",
+              "offline", "obsolete", "tx_in_statement"]
+
+
+def _walked(kind: str, case: str, inline: bool):
+    """A transaction's reply (CommandComplete, ReadyForQuery) walked by the relay's fast path
+    (Relay._server_data, as the server's read watcher calls it) for a real Frontend: its inline
+    copy of detach_walked's common case (`inline`), or detach_walked itself (the relay given a
+    frontend without detach_plain that calls the real one). What the router's lists and the
+    objects say after, and what the walk switched into the coroutine with."""
+    rule = Rule(db_name="default", user_name="default", authentication="none", pool_size=1, **RULES[kind])
+    instance = _Instance(rule)
+    instance.shutting_down = False
+    router = instance.router
+    a, b = gsocket.socketpair()
+    c, d = gsocket.socketpair()
+    sio, pg, cio, app = mm.Io(a), mm.Io(b), mm.Io(c), mm.Io(d)
+    clients = []
+    for port in (5555, 5556):
+        cl = Client(None, conn_type="host", peer=("127.0.0.1", port))
+        cl.database, cl.user = "db", "user"
+        fe = Frontend(instance, cl)
+        fe.route()
+        clients.append((fe, cl))
+    (fe, client), (_, other) = clients
+    client.io = cio
+    server = router.attach(client, None)
+    server.io = sio
+    route = client.route
+    ran = []
+    co = None
+    try:
+        if case in ("waiter_loop", "paused"):   # the pool is full: the other client queued (a callback)
+            loop = get_hub().loop
+            assert router.queue_now(other, lambda: ran.append(other.server), loop, threading.get_ident()) is None
+            router.paused_all = case == "paused"
+        elif case == "waiter_coroutine":        # ... a coroutine waiting in router.attach
+            co = mm.Coroutine(lambda: ran.append(router.attach(other, None)), name="waiter")
+            mm.sleep(0)
+            assert len(route.waiters) == 1
+        elif case == "unrouted":
+            router.unroute(client)
+        elif case == "deployed":
+            server.deployed = object()
+        elif case == "cancels":
+            server.cancels = 1
+        elif case == "drop":
+            server.drop = True
+        elif case == "offline":
+            server.offline = True
+        elif case == "obsolete":
+            route.obsolete = True
+        relay = Relay(fe, client)
+        relay.keep_watch = relay.fast = True
+        relay.s_watch = sio.sock._read_event
+        server.reader = relay
+        switched = []
+        relay.glet = SimpleNamespace(switch=switched.append)
+        if not inline:
+            relay.fe = SimpleNamespace(detach_plain=False, detach_walked=fe.detach_walked)
+        status = b"T" if case == "tx_in_statement" else b"I"
+        server.proto.send(relay_mod._C_QUERY)
+        reply = be_write.command_complete("SELECT 1") + be_write.ready_for_query(status)
+        server.idle_since = 0.0
+        relay._server_data(server, bytearray(reply), len(reply))
+        assert app.read(len(reply), 2000) == reply
+        if co is not None:
+            if other.waiter.woken:      # (left waiting where the coroutine must detach)
+                co.join(2000)
+        else:
+            mm.sleep(0)         # a queued hand-over's continuation runs
+        name = {id(client): "client", id(other): "other", id(server): "server", id(None): None}.get
+        return (switched, name(id(client.server)), name(id(server.client)), client.state, server.state,
+                [name(id(x)) for x in route.idle], sorted(name(id(x)) for x in route.active),
+                server.idle_since > 0, server.deployed is None, name(id(other.server)), other.state,
+                len(route.waiters), [name(id(x)) for x in ran], route.stats.count_server_assignment,
+                len(instance.closed), server.reader is instance, other.waiter is not None and other.waiter.woken)
+    finally:
+        if co is not None and not co.dead:
+            co.cancel()
+        for io in (sio, pg, cio, app):
+            io.close()
+
+
+@pytest.mark.parametrize("kind", ["transaction", "statement", "pool_discard"])
+@pytest.mark.parametrize("case", WALK_CASES)
+def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
+    """The reply walk's inline copy of detach_walked's common case (a plain detach: back on the
+    idle list, or handed to the first waiter, woken as Wakeup.wake wakes it) leaves what
+    detach_walked leaves, in each state the walk may meet, and leaves anything else to it."""
+    got = in_machine(_walked, kind, case, True)
+    want = in_machine(_walked, kind, case, False)
+    assert got == want
+    if kind != "pool_discard" and case in ("idle", "waiter_loop", "waiter_coroutine", "unrouted", "deployed"):
+        assert got[0] == [] and got[1] is None      # detached in the hub

@@ -35,6 +35,8 @@ class FastFakeFrontend(base.FakeFrontend):
         self.cont = None            # ... the continuation it was given
         self.queued_attaches = 0    # attach(queued=True): the coroutine took a queued wait over
         self.left = 0               # leave_queue() calls
+        self.detach_plain = False   # the walk calls detach_walked (its inline copy of the plain
+                                    # case: test_frontend_fast)
         self.attach_plain = False   # the hand-over asks ready_now (the relay's inline copy of its
                                     # common case: test_frontend_fast)
 
