@@ -81,7 +81,6 @@ class _Socket:
         return self._sock.fileno()
 
     def close(self) -> None:
-        # (odyssey_gevent's Frontend.cleanup does the usual case's steps itself: keep in step)
         if self._closed:
             return
         self._closed = True
@@ -338,8 +337,7 @@ class Io:
 
     def accept_now(self):
         """One accept on a listening Io that never waits: the new connection's Io, or None when
-        none is waiting; errors as ``accept``'s. (odyssey_gevent's hub accept, system._HubAccept,
-        does these steps itself: keep the two in step.)"""
+        none is waiting; errors as ``accept``'s."""
         raw = self._raw
         try:
             fd, addr = raw._accept()

@@ -12,7 +12,6 @@ import time
 from os import read as _read, write as _write
 
 import machinarium
-from machinarium.io import _Socket
 from kiwi import be_write, error_codes
 from kiwi.header import BE
 from kiwi.be_read import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage, startup_length
@@ -24,7 +23,6 @@ from odyssey_gevent import (auth, backend, cancel, deploy, hba, login_retry, rep
                             tsa, watchdog)
 from odyssey_gevent.client import Client
 from odyssey_gevent.client import _RANDOM as _CLIENT_RANDOM, _UNDEF as _CLIENT_UNDEF, _draw as _client_draw
-from odyssey_gevent.client import ClientState as _ClientState
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
 from odyssey_gevent.relay import new_relay
@@ -165,7 +163,6 @@ def _login_facts(rule, instance) -> tuple:
 # instructions in 3.11)
 _OK, _TERMINATE = Status.OK, Status.TERMINATE
 _new = object.__new__
-_CLIENT_PENDING = _ClientState.PENDING     # (an Enum member load costs about 800 instructions)
 
 
 class Frontend:
@@ -300,31 +297,7 @@ class Frontend:
     # -- stage 3: routing ----------------------------------------------------------------------
     def route(self) -> None:
         client = self.client
-        instance = self.instance
-        router = instance.router
-        route = None
-        if router.mt_lock is None:
-            # Router.route's usual one-thread case inline (a frame fewer per login; a test
-            # compares the two): the rule matched, its route there already, no client_max
-            # reached. Anything else (no rule, a new route, the limit) is Router.route's, which
-            # matches again
-            db, user = client.database, client.user
-            rule = instance.rules.match(db, user, client.peer_host, client.conn_type, client.tls)
-            if rule is not None:
-                route = router.routes.get((rule.storage_db or db, rule.storage_user or user, id(rule)))
-                if route is not None:
-                    client_max = rule.client_max
-                    if client_max and len(route.clients) >= client_max:
-                        route = None
-                    else:
-                        route.tcp_connections += 1
-                        route.clients.add(client)
-                        router.keys[(client.key_pid, client.key_secret)] = client
-                        client.rule = rule
-                        client.route = route
-                        client.state = _CLIENT_PENDING
-        if route is None:
-            route = router.route(client)
+        route = self.instance.router.route(client)
         rule = client.rule
         # what the rule and the instance decide for every client of the route, worked out once
         facts = route.login_facts
@@ -1026,18 +999,7 @@ class Frontend:
                 for stmt in client.prepared.values():
                     registry.release(stmt)
                 client.prepared = None
-            router = instance.router
-            route = client.route
-            if route is not None and router.mt_lock is None:
-                # Router.unroute's one-thread case inline (a frame fewer per login)
-                route.clients.discard(client)
-                router.keys.pop((client.key_pid, client.key_secret), None)
-                waiter = client.waiter
-                if waiter is not None and waiter in route.waiters:
-                    route.waiters.remove(waiter)
-                client.state = _CLIENT_UNDEF
-            else:
-                router.unroute(client)
+            instance.router.unroute(client)
             if instance.config.log_session and client.rule is not None:
                 detail = "" if usual else f", {status.value}"
                 self.logger.info("main", client, None, "client disconnected (route %s.%s, working time: %dus%s)",
@@ -1052,22 +1014,7 @@ class Frontend:
             if io._tls:
                 io.close()              # close_notify first
             else:
-                # Io.close's plain case, and _Socket.close's usual one inline (an accepted
-                # socket whose read watcher the relay has stopped, no write watcher made: a
-                # frame fewer per login); anything else is the socket's own close
-                sock = io.sock
-                r = sock._read_event if sock.__class__ is _Socket else None
-                if r is not None and r.callback is None and sock._w is None:
-                    sock._closed = True
-                    sock._read_event = None
-                    r.close()
-                    raw = sock._sock
-                    if sock.loop.closing_fd(raw.fileno()):
-                        sock._close_later(raw)
-                    else:
-                        raw.close()
-                else:
-                    sock.close()
+                io.sock.close()         # Io.close's plain case (a frame fewer per login)
             if instance.workers <= 1:   # Instance.client_closed's one-thread case inline (a frame fewer)
                 instance.clients -= 1
             else:

@@ -77,8 +77,7 @@ class Router:
     # -- routing -----------------------------------------------------------------------------
     def route(self, client) -> Route:
         """Match the client's rule and register it on its route; raises FrontendError. (The
-        global client_max is checked once, at accept: Instance.client_opened.) Frontend.route
-        does the usual one-thread case's steps itself: keep the two in step."""
+        global client_max is checked once, at accept: Instance.client_opened.)"""
         inst = self.instance
         db, user = client.database, client.user
         rule = inst.rules.match(db, user, client.peer_host, client.conn_type, client.tls)
@@ -115,7 +114,6 @@ class Router:
         return route
 
     def unroute(self, client) -> None:
-        # (Frontend.cleanup does these steps itself when mt_lock is None: keep the two in step)
         route = client.route
         if route is None:
             return

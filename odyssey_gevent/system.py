@@ -15,16 +15,12 @@ import socket
 import sys
 
 import machinarium
-from _socket import socket as _native_socket
 from gevent import getcurrent
-from machinarium.io import Io, _Socket
 from kiwi import error_codes
 from odyssey_gevent import cron, restart, supervisor
 from odyssey_gevent.id import new_id
 from odyssey_gevent.status import FrontendError, error_message
 from odyssey_gevent.worker import WorkerPool, _spawn
-
-_new = object.__new__
 
 
 class ListenServer:
@@ -138,7 +134,7 @@ class _HubAccept:
     which throw() passes on to the accept loop."""
 
     __slots__ = ("instance", "server", "listen_io", "conn_type", "watcher", "hub", "glet", "run_callback",
-                 "again", "kind")
+                 "again")
 
     def __init__(self, instance, server, conn_type):
         self.instance = instance
@@ -154,9 +150,6 @@ class _HubAccept:
         # reference cycle through this object: one per listener, freed by the collector.)
         self.run_callback = self.hub.loop.run_callback
         self.again = self.ready
-        # the listener's kind for ready()'s accept (Io.accept_now's _kind, read here once)
-        raw = server.io._raw
-        self.kind = (raw.family, raw.type, raw.proto, self.hub, self.hub.loop)
 
     def wait(self):
         """From the accept loop: park until the callback hands over an accepted client (its Io)
@@ -183,31 +176,13 @@ class _HubAccept:
     def ready(self) -> None:
         if self.glet is None:
             return
-        # Io.accept_now inline (a frame fewer per login; a test compares the two): one accept
-        # that never waits, the client's Io made as accept_now makes it
-        family, type_, proto, hub, loop = self.kind
         try:
-            fd, addr = self.listen_io._raw._accept()
-            raw = _native_socket(family, type_, proto, fd)
-            raw.setblocking(False)
-        except BlockingIOError:
-            return
+            io = self.listen_io.accept_now()
         except OSError as e:
             self.glet.switch((None, e))
             return
-        sock = _new(_Socket)
-        sock._sock = raw
-        sock.hub = hub
-        sock.loop = loop
-        sock._read_event = loop.io(fd, 1)
-        sock._w = None
-        sock._closed = False
-        io = _new(Io)
-        io.sock = sock
-        io._raw = raw
-        io._tls = False
-        io._peer = addr or None
-        io._poller = None
+        if io is None:
+            return
         instance = self.instance
         server = self.server
         peer = None

@@ -277,39 +277,6 @@ def test_route_applies_rule_options_and_add_host():
     assert client.vars["application_name"] == ("x" * 70 + " - 10.1.2.3")[:63]
 
 
-@pytest.mark.parametrize("client_max", [0, 2])
-def test_route_registers_each_client_as_the_router_does(client_max):
-    """With one worker Frontend.route registers a client of an existing route itself (Router.route's
-    steps: the client in the route's clients, its cancel key, rule, route and PENDING state,
-    tcp_connections counted); a new route and a route at its client_max are the router's (the
-    third client refused with 53300, counted as the router counts it)."""
-    from odyssey_gevent.client import ClientState
-    rule = Rule(authentication="none", pool="transaction", storage_db="sdb", client_max=client_max)
-    inst = _instance()
-    inst.workers = 1
-    inst.rules = _Rules(rule)
-    inst.router = router = Router(inst)
-    assert router.mt_lock is None
-    routed, errors = [], []
-    for i in range(3):
-        client = Client(None, None, "host", ("10.1.2.3", 5000 + i))
-        client.user, client.database = "u", "d"
-        try:
-            Frontend(inst, client).route()
-            routed.append(client)
-        except FrontendError as e:
-            errors.append(e.sqlstate)
-            assert client.route is None and client.rule is None
-    [route] = router.routes.values()
-    assert (route.db, route.user) == ("sdb", "u") and route.tcp_connections == 3
-    assert route.clients == set(routed) and len(routed) == (2 if client_max else 3)
-    assert errors == (["53300"] if client_max else [])
-    for client in routed:
-        assert client.route is route and client.rule is rule and client.state is ClientState.PENDING
-        assert router.keys[(client.key_pid, client.key_secret)] is client
-    assert len(router.keys) == len(routed)
-
-
 def test_route_add_host_without_application_name():
     rule = Rule(authentication="none", pool="session", application_name_add_host=True)
     inst = _instance()

@@ -390,64 +390,6 @@ def test_one_worker_accepts_clients_waiting_together_in_the_hub_in_order(in_mach
     assert in_machine(body) == ([True, True, True], True, 3)
 
 
-def _slots(obj) -> dict:
-    return {name: getattr(obj, name) for name in type(obj).__slots__ if hasattr(obj, name)}
-
-
-@pytest.mark.parametrize("kind", ["tcp", "unix"])
-def test_the_hub_accept_makes_each_client_io_as_accept_now_does(in_machine, monkeypatch, kind):
-    """With workers 1 the hub callback accepts with Io.accept_now's steps inline: the client's Io
-    and socket have the same slots set as accept_now's, with the listener's hub and loop, the
-    listener's family, a read watcher on the client's own fd, the peer as accept gave it."""
-    def body():
-        with tempfile.TemporaryDirectory(dir="/tmp") as d:
-            if kind == "tcp":
-                inst = _instance(listen=[Listen(host="127.0.0.1", port=0)])
-            else:
-                inst = _instance(unix_socket_dir=d, unix_socket_mode="0700", listen=[Listen(host=None, port=6115)])
-            [srv] = system.start_listeners(inst)
-            lst = srv.io
-
-            def connect():
-                if kind == "tcp":
-                    return mm.connect("127.0.0.1", lst.local[1], 2000)
-                return mm.connect_unix(srv.unix_path, 2000)
-
-            ref_app = connect()
-            ref = None
-            for _ in range(200):
-                ref = lst.accept_now()
-                if ref is not None:
-                    break
-                mm.sleep(5)
-            pool = HandOff(1)
-            monkeypatch.setattr(system, "_spawn", pool.spawn)
-            co = mm.Coroutine(system.accept_loop, inst, srv, pool, name="accept")
-            try:
-                app = connect()
-                [(io, *_)] = pool.wait(1)
-                made, want = _slots(io), _slots(ref)
-                sock, ref_sock = _slots(io.sock), _slots(ref.sock)
-                assert made.keys() == want.keys() - {"_kind"} and sock.keys() == ref_sock.keys()
-                assert type(io) is type(ref) and type(io.sock) is type(ref.sock)
-                assert (io._tls, io._poller) == (ref._tls, ref._poller) == (False, None)
-                assert io._raw is io.sock._sock and io._raw.family == ref._raw.family == lst._raw.family
-                assert io.sock.hub is ref.sock.hub is get_hub() and io.sock.loop is ref.sock.loop
-                assert io.sock._read_event.fd == io.fileno() != ref.fileno() and io.sock._w is None
-                assert io.sock._read_event.loop is io.sock.loop and not io.sock._closed
-                assert io._peer == (app.local if kind == "tcp" else None)
-                app.write(b"x")
-                got = io.read(1, 1000)
-                for x in (io, ref, app, ref_app):
-                    x.close()
-                return got, pool.in_hub
-            finally:
-                lst.close()
-                co.join(2000)
-
-    assert in_machine(body) == (b"x", [True])
-
-
 def test_global_client_max_rejects_at_accept(in_machine, workers, monkeypatch):
     def body():
         inst = _instance(listen=[Listen(host="127.0.0.1", port=0)], client_max=1)
