@@ -512,7 +512,9 @@ class Frontend:
         connected server of the route when there is one now, checked as attach() checks it
         when that needs no IO. None: nothing was taken (the relay's coroutine attaches as
         usual); False: a server was taken (client.server) but a check or a deploy needs a
-        round trip, which the coroutine does with attach(taken=client.server)."""
+        round trip, which the coroutine does with attach(taken=client.server). The relay's
+        client callback has its one-worker plain case inline (Relay._on_client, kept in step by
+        test_frontend_fast) and calls this for the rest."""
         client = self.client
         if not client.route.idle:
             # no idle server: no lock round (once per queued transaction; as short as it can be).

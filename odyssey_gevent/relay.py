@@ -44,6 +44,7 @@ from odyssey_gevent.prepared import _SQL_HEAD
 from odyssey_gevent.server import idle_readable
 from odyssey_gevent.router import _C_ACTIVE, _C_PENDING, _C_UNDEF, _S_ACTIVE, _S_IDLE
 from odyssey_gevent.reset import _COPY_PHASES
+from odyssey_gevent.deploy import needed as _deploy_needed
 from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
 
 BUF_SIZE = 32 * 1024
@@ -732,7 +733,44 @@ class Relay:
                         self._keep(buf)
                         reason = (end, None)
                 else:
-                    server = self.fe.attach_now()
+                    # Frontend.attach_now inline (once per transaction, where its frame costs
+                    # more than this copy; test_frontend_fast keeps the two in step): with one
+                    # worker (no lock) and a client with no host check or NOTICE due
+                    # (attach_plain), the most recently used idle server, not offline, of a route
+                    # not paused, with ready_now's common case; anything else is attach_now's
+                    fe = self.fe
+                    route = client.route
+                    idle = route.idle
+                    if not idle:
+                        server = None
+                    elif not fe.attach_plain:
+                        server = fe.attach_now()
+                    else:
+                        router = self.instance.router
+                        if router.mt_lock is not None or idle[-1].offline or router.paused_all \
+                                or router.paused_dbs and route.db in router.paused_dbs:
+                            server = fe.attach_now()
+                        else:
+                            server = idle.pop()
+                            server.state = _S_ACTIVE
+                            route.active.add(server)
+                            server.client = client
+                            client.server = server
+                            client.state = _C_ACTIVE
+                            route.stats.count_server_assignment += 1
+                            sio = server.io
+                            if sio is None or sio._tls:
+                                server = fe.ready_now(server)
+                            else:
+                                rule = client.rule
+                                if rule.pool_attach_check and sio._poller is None:
+                                    server = fe.ready_now(server)
+                                elif rule.pool_attach_check and sio._poller.poll(0):
+                                    server = False
+                                elif rule.maintain_params:
+                                    todo = client.deploy_list
+                                    if (todo is None or server.deployed is not todo) and _deploy_needed(client, server):
+                                        server = False
                     if server is None:      # no idle server: queued in the hub, or the coroutine
                         if buf is not self.c_buf:   # _keep inline (each queued request at c50)
                             free = self.free

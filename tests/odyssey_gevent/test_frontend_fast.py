@@ -417,6 +417,10 @@ def _attach_case(kind_plain: bool, check: bool, readable: bool, polled: bool, de
         server.params = {"application_name": "other" if deploy_state == "differs" else "me"}
         if deploy_state == "marked":
             assert not deploy.needed(client, server) and server.deployed is client.deploy_list
+        elif deploy_state == "remarked":    # the client's list known, the server's params changed since
+            assert not deploy.needed(client, server) and client.deploy_list is not None
+            server.params = {"application_name": "other"}
+            server.deployed = None          # (whoever writes params resets the mark)
         router.detach(client)
         if polled:
             assert sio.readable_now() is False      # its poll object made
@@ -435,7 +439,7 @@ def ready_now_cases(test):
                               ("check", [True, False], ["check", "nocheck"]),
                               ("readable", [False, True], ["quiet", "readable"]),
                               ("polled", [True, False], ["polled", "unpolled"]),
-                              ("deploy_state", ["marked", "holds", "differs"], None)):
+                              ("deploy_state", ["marked", "holds", "differs", "remarked"], None)):
         test = pytest.mark.parametrize(name, values, ids=ids)(test)
     return test
 
@@ -457,7 +461,7 @@ def test_attach_now_decides_as_ready_now(in_machine, plain, check, readable, pol
         assert got is not None and want is not None
         assert (got is False) == (want is False)
         # and what each says: a server for a quiet, fitting one with nothing to deploy
-        assert (got is not False) == (plain and not (check and readable) and deploy_state != "differs")
+        assert (got is not False) == (plain and not (check and readable) and deploy_state not in ("differs", "remarked"))
         return True
 
     assert in_machine(body)
@@ -506,7 +510,7 @@ def test_the_hand_over_decides_as_ready_now(in_machine, plain, check, readable, 
         got = _attach_case(plain, check, readable, polled, deploy_state, _hand_over)
         want = _attach_case(plain, check, readable, polled, deploy_state, slow)
         assert (got is False) == (want is False)
-        assert (got is not False) == (plain and not (check and readable) and deploy_state != "differs")
+        assert (got is not False) == (plain and not (check and readable) and deploy_state not in ("differs", "remarked"))
         return True
 
     assert in_machine(body)
@@ -639,3 +643,90 @@ def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
     assert got == want
     if kind != "pool_discard" and case in ("idle", "waiter_loop", "waiter_coroutine", "unrouted", "deployed"):
         assert got[0] == [] and got[1] is None      # detached in the hub
+
+
+def _relay_attach(fe, router, client, server):
+    """A lone Query read by the relay's client callback (Relay._on_client, its inline copy of
+    attach_now): the server when it was taken and the request sent on at once, False when it
+    was taken and the callback switched into the coroutine with it (checks), None when nothing
+    was taken (the callback left the attach to the coroutine)."""
+    a, b = gsocket.socketpair()
+    cio, app = mm.Io(a), mm.Io(b)
+    client.io = cio
+    fe.instance.shutting_down = False
+    relay = Relay(fe, client)
+    try:
+        q = fe_write.query("select 1")
+        app.write(q)
+        relay.fast = True
+        switched = []
+        relay.glet = SimpleNamespace(switch=switched.append)
+        relay._on_client()
+        if not switched:
+            assert client.server is server and server.reader is relay
+            return server
+        assert len(switched) == 1
+        end, taken = switched[0]
+        assert end == len(q) and taken is client.server
+        return False if taken is not None else None
+    finally:
+        if relay.s_watch is not None:
+            relay.s_watch.stop()
+        relay.close()
+        cio.close(), app.close()
+
+
+@ready_now_cases
+def test_the_client_callback_attaches_as_attach_now(in_machine, plain, check, readable, polled, deploy_state):
+    """_on_client's copy of attach_now takes the idle server and decides about it as attach_now
+    does: relays at once where it gives the server, switches into the coroutine with it where
+    it gives False."""
+    def fast(fe, router, client, server):
+        got = fe.attach_now()
+        assert client.server is server
+        return got
+
+    def body():
+        got = _attach_case(plain, check, readable, polled, deploy_state, _relay_attach)
+        want = _attach_case(plain, check, readable, polled, deploy_state, fast)
+        assert got is not None and want is not None
+        assert (got is False) == (want is False)
+        return True
+
+    assert in_machine(body)
+
+
+@pytest.mark.parametrize("case", ["offline", "paused", "paused_db", "other_db_paused"])
+def test_the_client_callback_takes_as_attach_now(in_machine, case):
+    """_on_client's copy of attach_now leaves an offline idle server, or a paused route's, as
+    attach_now does (nothing taken), and takes it where another database is paused."""
+    def setup(router, client, server):
+        if case == "offline":
+            server.offline = True
+        elif case == "paused":
+            router.paused_all = True
+        elif case == "paused_db":
+            router.paused_dbs.add(client.route.db)
+        else:
+            router.paused_dbs.add(client.route.db + "_other")
+
+    def relay(fe, router, client, server):
+        setup(router, client, server)
+        got = _relay_attach(fe, router, client, server)
+        return "server" if got is server else got, client.server is server, client.state, server.state, len(client.route.idle), \
+            client.route.stats.count_server_assignment
+
+    def fast(fe, router, client, server):
+        setup(router, client, server)
+        got = fe.attach_now()
+        return "server" if got is server else got, client.server is server, client.state, server.state, \
+            len(client.route.idle), client.route.stats.count_server_assignment
+
+    def body():
+        got = _attach_case(True, False, False, False, "marked", relay)
+        want = _attach_case(True, False, False, False, "marked", fast)
+        assert got == want
+        assert (got[0] is None) is (case != "other_db_paused")
+        return True
+
+    assert in_machine(body)

@@ -35,6 +35,9 @@ class FastFakeFrontend(base.FakeFrontend):
         self.cont = None            # ... the continuation it was given
         self.queued_attaches = 0    # attach(queued=True): the coroutine took a queued wait over
         self.left = 0               # leave_queue() calls
+        # the relay's inline attach looks at the route's idle list first, then (attach_plain
+        # False) calls attach_now
+        client.route.idle = [None]
         self.detach_plain = False   # the walk calls detach_walked (its inline copy of the plain
                                     # case: test_frontend_fast)
         self.attach_plain = False   # the hand-over asks ready_now (the relay's inline copy of its
@@ -69,6 +72,8 @@ class FastFakeFrontend(base.FakeFrontend):
         get_hub().loop.run_callback(cont)
 
     def attach_now(self):
+        # (the relay's inline copy of Frontend.attach_now runs only where route.idle holds a
+        # server and attach_plain: test_frontend_fast)
         if self.queue:
             return None
         self.now_attaches += 1
