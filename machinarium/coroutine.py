@@ -448,8 +448,7 @@ class Wakeup:
 
     def wake(self) -> None:
         """Wake the armed coroutine. Any thread; never blocks."""
-        # (odyssey_gevent's Frontend.detach_walked and Relay._server_data have the one-thread case
-        # inline: keep in step)
+        # (odyssey_gevent's Relay._server_data has the one-thread case inline: keep in step)
         self.woken = True
         loop = self._loop
         if loop is None:

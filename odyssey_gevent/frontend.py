@@ -32,9 +32,9 @@ from odyssey_gevent.server import park, unwatch
 from odyssey_gevent.status import BackendError, ClientGone, FrontendError, ServerError, Status, error_message
 
 _TX_IDLE = reset._TX_IDLE               # detach_now's copy of reset.settled
-# attach_now's and detach_now's copies of router.attach_idle and router.detach's common cases
-_C_UNDEF, _C_PENDING, _C_ACTIVE = router_mod._C_UNDEF, router_mod._C_PENDING, router_mod._C_ACTIVE
-_S_IDLE, _S_ACTIVE = router_mod._S_IDLE, router_mod._S_ACTIVE
+# attach_now's copy of router.attach_idle's common case
+_C_ACTIVE = router_mod._C_ACTIVE
+_S_ACTIVE = router_mod._S_ACTIVE
 _COPY_PHASES = reset._COPY_PHASES
 # startup parameters that are not session parameters to maintain
 _NOT_VARS = {"user", "database", "options", "replication"}
@@ -639,17 +639,15 @@ class Frontend:
     def detach_walked(self) -> bool:
         """detach_now(True) for the relay's reply walk, which calls it only where it has just
         found the server clean (server_clean), owing nothing (no syncs) and not broken: those
-        tests are not made again (once per transaction; test_frontend_fast holds this to
-        reset.quick in every state the walk lets through). The walk has the plain case's common
-        steps inline (Relay._server_data, kept in step by test_frontend_fast) and calls this
-        for the rest."""
+        tests are not made again (test_frontend_fast holds this to reset.quick in every state
+        the walk lets through). The walk does the plain case's common steps itself (router.detach's
+        two common cases, Relay._server_data: kept in step by test_frontend_fast) and calls this
+        for the rest, so its plain case is router.detach's."""
         client = self.client
         server = client.server
         if self.detach_plain:           # reset.quick's rule half, the shared pool and parking
-            # the rest of reset.settled inline: once per transaction, where its frame costs more
-            # than this copy (tests/odyssey_gevent/test_frontend_fast.py keeps the two in step);
-            # the walk read from the server's socket, its io is tested all the same (a few
-            # bytecodes)
+            # the rest of reset.settled (tests/odyssey_gevent/test_frontend_fast.py keeps the two
+            # in step)
             proto = server.proto
             txs = proto.tx_status
             if not ((txs is _TX_IDLE or txs == _TX_IDLE) and not proto.output and not server.cancels
@@ -658,59 +656,6 @@ class Frontend:
             route = server.route
             if server.offline or route.obsolete:
                 return False
-            if server.deployed is not client.deploy_list:
-                server.deployed = None      # the relay wrote params (ParameterStatus): see Server
-            # router.detach's two common cases inline, as one runs once per transaction and a
-            # Python frame costs more than this copy (test_frontend_fast keeps the two in step):
-            # the server back on the idle list when no client waits, else handed to the first
-            # waiter (what the queued clients of a full pool meet). Under the router's lock, which
-            # with one worker (detach_plain's) is the stand-in that does nothing
-            # (router._OneThread), so its calls are skipped (Router.mt_lock is None); anything
-            # else is router.detach's
-            router = self.instance.router
-            lock = router.mt_lock
-            if lock is not None:
-                lock.acquire()
-            try:
-                waiters = route.waiters
-                if server.state is not _S_ACTIVE or server.offline or route.obsolete or waiters and (
-                        router.paused_all or router.paused_dbs and route.db in router.paused_dbs):
-                    done = False
-                else:
-                    done = True
-                    client.server = None
-                    if client.state is not _C_UNDEF:
-                        client.state = _C_PENDING
-                    server.idle_since = now = time.monotonic()
-                    if not waiters:
-                        server.client = None
-                        route.active.discard(server)
-                        server.state = _S_IDLE
-                        route.idle.append(server)
-                    else:
-                        waiter = waiters.popleft()
-                        taker = waiter.client
-                        server.client = taker
-                        taker.server = server
-                        taker.state = _C_ACTIVE
-                        stats = route.stats
-                        stats.count_server_assignment += 1
-                        stats.wait_time += now - waiter.since
-                        waiter.server = server
-                        # Wakeup.wake's one-thread case inline (detach_plain: workers 1, so the
-                        # waiter's loop is this thread's, and running): once per queued
-                        # transaction, where its frame and get_ident() cost more than this copy
-                        # (test_frontend_fast keeps the two in step)
-                        waiter.woken = True
-                        loop = waiter._loop
-                        if loop is not None:
-                            waiter._cb = loop.run_callback(waiter._switch if waiter._direct else waiter._resume_cb)
-            finally:
-                if lock is not None:
-                    lock.release()
-            if not done:
-                router.detach(client)
-            return True
         else:
             if not reset.quick(server, True):
                 return False
