@@ -245,7 +245,8 @@ class Router:
     def attach_idle(self, client) -> Server | None:
         """The non-waiting attach of the relay's fast path (run in the hub): the route's most
         recently used idle server, linked to the client, when one is there now and not marked
-        offline, the route not paused; else None (the client then attaches as usual)."""
+        offline, the route not paused; else None (the client then attaches as usual). Copied
+        by Frontend.attach_now and Relay._on_client (test_frontend_fast keeps them in step)."""
         route = client.route
         # acquire/release, not `with`: once per transaction, and `with` costs about twice as
         # much (two special-method lookups, and acquire's argument parsing either way)
@@ -427,7 +428,9 @@ class Router:
             shared_pool.give(self, route)      # the slot may go to another route of a shared pool
 
     def detach(self, client) -> None:
-        """Return the client's (reset, healthy) server to its route's pool."""
+        """Return the client's (reset, healthy) server to its route's pool. Its two common
+        cases with one worker are copied by Relay._server_data's fast detach
+        (test_frontend_fast keeps them in step)."""
         server = client.server
         route = server.route
         lock = self.mt_lock             # acquire/release, not `with`: see attach_idle; None:

@@ -274,7 +274,7 @@ def test_detach_walked_decides_as_reset_quick(kind, tx, output, cancels, drop, i
 
 
 def _pooled_state(case: str, fast: bool):
-    """A server detached by detach_now (its inline copy of router.detach's common case) or by
+    """A server detached by detach_now (the checks, then router.detach) or by
     router.detach itself, in each case: what the router's lists and the objects say after."""
     rule = Rule(db_name="default", user_name="default", authentication="none", pool_size=1,
                 **RULES["transaction"])
@@ -295,13 +295,6 @@ def _pooled_state(case: str, fast: bool):
     if case in ("waiter", "paused"):    # the pool is full: the other client queued (a callback)
         assert router.queue_now(other, lambda: ran.append(other.server), None, 0) is None
         router.paused_all = case == "paused"        # then the server goes idle, the waiter waits
-    elif case == "waiter_loop":     # ... with this thread's running loop (the relay's hand-over)
-        loop = get_hub().loop
-        assert router.queue_now(other, lambda: ran.append(other.server), loop, threading.get_ident()) is None
-    elif case == "waiter_coroutine":    # ... a coroutine waiting in router.attach (a direct wake-up)
-        co = mm.Coroutine(lambda: ran.append(router.attach(other, None)), name="waiter")
-        mm.sleep(0)
-        assert len(route.waiters) == 1 and not ran
     elif case == "unrouted":    # the client left its route first (its state stays UNDEF)
         router.unroute(client)
     elif case == "deployed":    # the relay wrote params: the server no longer holds the list
@@ -314,12 +307,6 @@ def _pooled_state(case: str, fast: bool):
         if server.deployed is not client.deploy_list:
             server.deployed = None
         router.detach(client)
-    if case == "waiter_loop":       # the wake-up ran in this loop
-        assert not ran and other.waiter.woken and other.waiter._cb is not None     # (cancel() drops it)
-        mm.sleep(0)
-    elif case == "waiter_coroutine":
-        assert not ran and other.waiter.woken and other.waiter._cb is not None     # (cancel() drops it)
-        co.join(2000)
     # the objects by their part here, so that two runs compare
     name = {id(client): "client", id(other): "other", id(server): "server", id(None): None}.get
     return (name(id(client.server)), name(id(server.client)), client.state, server.state,
@@ -365,21 +352,11 @@ def test_attach_now_takes_as_router_attach_idle_does(case):
     assert fast[4] == (0 if fast[0] else 1) and fast[6] == (1 if fast[0] else 0)
 
 
-@pytest.mark.parametrize("case", ["waiter_loop", "waiter_coroutine"])
-def test_detach_now_wakes_a_waiter_as_router_detach_does(case, in_machine):
-    """detach_now's copy of Wakeup.wake's one-thread case wakes the waiter it hands the server
-    to as router.detach (wake itself) does: a queued relay's continuation (the hand-over) runs
-    in the loop with the server, a coroutine waiting in router.attach returns it."""
-    fast, slow = in_machine(_pooled_state, case, True), in_machine(_pooled_state, case, False)
-    assert fast == slow
-    assert fast[11] == ["server"] and fast[0] is None and fast[8] == "server"
-
-
 @pytest.mark.parametrize("case", ["idle", "waiter", "paused", "unrouted", "deployed"])
 def test_detach_now_pools_as_router_detach_does(case):
-    """detach_now's copy of router.detach's two common cases (no waiter: back on the idle list;
-    a waiter: handed to it) leaves what router.detach leaves, and leaves anything else (a
-    paused route's waiter) to it."""
+    """detach_now pools a settled server as router.detach does (no waiter: back on the idle
+    list; a waiter: handed to it; a paused route's waiter: left waiting), and drops the deploy
+    mark where the relay wrote params."""
     fast, slow = _pooled_state(case, True), _pooled_state(case, False)
     assert fast == slow
     if case == "waiter":
