@@ -42,7 +42,7 @@ from kiwi.framer import FE_RELAY_LIMITS
 from kiwi.protocol import _BATCHES, _POPS, REPLACE, Phase
 from odyssey_gevent.prepared import _SQL_HEAD
 from odyssey_gevent.server import idle_readable
-from odyssey_gevent.router import _C_ACTIVE, _C_PENDING, _C_UNDEF, _S_ACTIVE, _S_IDLE
+from odyssey_gevent.router import _C_ACTIVE, _C_PENDING, _C_QUEUE, _C_UNDEF, _S_ACTIVE, _S_IDLE
 from odyssey_gevent.reset import _COPY_PHASES
 from odyssey_gevent.deploy import needed as _deploy_needed
 from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
@@ -781,7 +781,28 @@ class Relay:
                         handed = self.on_handed
                         if handed is None:      # (a bound method a session that never queues does not make)
                             handed = self.on_handed = self._on_handed
-                        server = self.fe.queue_now(client, handed, self.loop, self.ident)
+                        # router.queue_now's common case inline (once per queued transaction,
+                        # where its frame costs more than this copy; test_frontend_fast keeps the
+                        # two in step): with one worker (no lock), a full pool of a route with no
+                        # idle server, not paused, no shared pool or NOTICE, and the client's
+                        # waiter armed with this relay's hand-over by an earlier wait: queued;
+                        # anything else is queue_now's
+                        waiter = client.waiter
+                        server = False
+                        if waiter is not None and waiter.callback is handed:
+                            router = self.instance.router
+                            route = client.route
+                            pool_size = client.rule.pool_size
+                            if (router.mt_lock is None and pool_size and len(route.active) >= pool_size
+                                    and not route.idle and not route.queue_odd and not router.paused_all
+                                    and not (router.paused_dbs and route.db in router.paused_dbs)):
+                                waiter.server = None
+                                waiter.since = _monotonic()
+                                route.waiters.append(waiter)
+                                client.state = _C_QUEUE
+                                server = None
+                        if server is False:
+                            server = self.fe.queue_now(client, handed, self.loop, self.ident)
                         if server is not None:  # False: the usual attach; else a new server to connect
                             reason = (end, None if server is False else server)
                         else:

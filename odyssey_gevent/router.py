@@ -275,7 +275,9 @@ class Router:
         (idle servers to look at, a paused route, a shared pool); or None: the client is queued
         FIFO among all waiters with a callback wake-up, and whoever takes it out of the queue
         (hand_to_waiter, KILL_CLIENT) runs `cont` in the client's own hub (`loop`, thread
-        `ident`), with waiter.server linked, or None when killed."""
+        `ident`), with waiter.server linked, or None when killed. Its one-worker common case (a
+        full pool, the waiter armed by an earlier wait) is copied by Relay._on_client
+        (test_frontend_fast keeps the two in step)."""
         route = client.route
         rule = client.rule
         lock = self.mt_lock             # acquire/release, not `with`: see attach_idle; None:

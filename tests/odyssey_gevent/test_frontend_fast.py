@@ -707,3 +707,93 @@ def test_the_client_callback_takes_as_attach_now(in_machine, case):
         return True
 
     assert in_machine(body)
+
+
+QUEUE_CASES = ["armed", "unarmed", "room", "paused", "paused_db", "queue_odd", "idle_offline"]
+
+
+def _relay_queue(case: str, inline: bool):
+    """A lone Query read by the relay's client callback (Relay._on_client) for a client of a full
+    pool (pool_size 1, its server another client's): queued by its inline copy of
+    router.queue_now's common case (`inline`), or by Frontend.queue_now (the relay given a router
+    with a lock, so that it calls the frontend). What the router, the client, its waiter and
+    the relay say after."""
+    rule = Rule(db_name="default", user_name="default", authentication="none", pool_size=1,
+                **RULES["transaction"])
+    instance = _Instance(rule)
+    instance.shutting_down = False
+    router = instance.router
+    clients = []
+    for port in (5555, 5556):
+        cl = Client(None, conn_type="host", peer=("127.0.0.1", port))
+        cl.database, cl.user = "db", "user"
+        fe = Frontend(instance, cl)
+        fe.route()
+        clients.append((fe, cl))
+    (_, holder), (fe, client) = clients
+    route = client.route
+    router.attach(holder, None)
+    a, b = gsocket.socketpair()
+    cio, app = mm.Io(a), mm.Io(b)
+    client.io = cio
+    relay = Relay(fe, client)
+    try:
+        relay.on_handed = relay._on_handed
+        if case != "unarmed":       # an earlier wait armed the waiter with this relay's hand-over
+            assert router.queue_now(client, relay.on_handed, get_hub().loop, threading.get_ident()) is None
+            router.leave_queue(client)
+            assert not route.waiters and client.waiter.callback is relay.on_handed
+            client.waiter.server = holder.server    # (as an earlier hand-over leaves it)
+            client.waiter.since = 0.0
+        if case == "idle_offline":  # an idle server, offline: nothing to take, nothing to queue for
+            rule.pool_size = 2
+            spare = router.attach(client, None)
+            router.detach(client)
+            spare.offline = True
+            rule.pool_size = 1
+            assert route.idle == [spare]
+        elif case == "room":        # the pool grew since (a new server to connect)
+            rule.pool_size = 2
+        elif case == "paused":
+            router.paused_all = True
+        elif case == "paused_db":
+            router.paused_dbs.add(route.db)
+        elif case == "queue_odd":
+            route.queue_odd = True
+        if not inline:
+            relay.instance = SimpleNamespace(router=SimpleNamespace(mt_lock=object()), shutting_down=False)
+        q = fe_write.query("select 1")
+        app.write(q)
+        relay.fast = True
+        switched = []
+        relay.glet = SimpleNamespace(switch=switched.append)
+        relay._on_client()
+        waiter = client.waiter
+        return (switched if not switched or switched[0][1] is None else [(switched[0][0], "server")],
+                relay.queued, relay.c_len, client.state, len(route.waiters),
+                waiter is not None and route.waiters and route.waiters[-1] is waiter,
+                waiter is not None and waiter.server is None, waiter is not None and waiter.since > 0,
+                waiter is not None and waiter.callback is relay.on_handed, client.server is None,
+                len(route.active), len(route.idle))
+    finally:
+        if relay.q_timer is not None:
+            relay.q_timer.stop()
+        relay.close()
+        cio.close(), app.close()
+
+
+@pytest.mark.parametrize("case", QUEUE_CASES)
+def test_the_client_callback_queues_as_queue_now(in_machine, case):
+    """_on_client's copy of router.queue_now's common case (a full pool, the waiter armed by an
+    earlier wait) queues the client as queue_now does, and leaves anything else to it (a first
+    wait, room for a new server, a paused route, a shared pool or NOTICE's queue, an idle
+    server offline)."""
+    got = in_machine(_relay_queue, case, True)
+    want = in_machine(_relay_queue, case, False)
+    assert got == want
+    # queued where the pool is full and nothing else is due
+    assert got[1] is (case in ("armed", "unarmed"))
+    if got[1]:
+        assert got[0] == [] and got[4] == 1 and got[5]
+    else:
+        assert got[0] and got[4] == 0

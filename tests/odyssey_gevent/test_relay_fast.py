@@ -38,6 +38,7 @@ class FastFakeFrontend(base.FakeFrontend):
         # the relay's inline attach looks at the route's idle list first, then (attach_plain
         # False) calls attach_now
         client.route.idle = [None]
+        client.waiter = None        # (and at its queue, for a waiter armed before: queue_now)
         self.detach_plain = False   # the walk calls detach_walked (its inline copy of the plain
                                     # case: test_frontend_fast)
         self.attach_plain = False   # the hand-over asks ready_now (the relay's inline copy of its
