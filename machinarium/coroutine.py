@@ -448,7 +448,6 @@ class Wakeup:
 
     def wake(self) -> None:
         """Wake the armed coroutine. Any thread; never blocks."""
-        # (odyssey_gevent's Relay._server_data has the one-thread case inline: keep in step)
         self.woken = True
         loop = self._loop
         if loop is None:

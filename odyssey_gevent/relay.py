@@ -1782,11 +1782,7 @@ class Relay:
                                             stats.count_server_assignment += 1
                                             stats.wait_time += mono - waiter.since
                                             waiter.server = server
-                                            waiter.woken = True     # Wakeup.wake's one-thread case
-                                            loop = waiter._loop
-                                            if loop is not None:
-                                                waiter._cb = loop.run_callback(
-                                                    waiter._switch if waiter._direct else waiter._resume_cb)
+                                            waiter.wake()
                                         reason = None
                                 elif fe.detach_walked():
                                     reason = None

@@ -613,7 +613,7 @@ def _walked(kind: str, case: str, inline: bool):
 @pytest.mark.parametrize("case", WALK_CASES)
 def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
     """The reply walk's inline copy of detach_walked's common case (a plain detach: back on the
-    idle list, or handed to the first waiter, woken as Wakeup.wake wakes it) leaves what
+    idle list, or handed to the first waiter and woken) leaves what
     detach_walked leaves, in each state the walk may meet, and leaves anything else to it."""
     got = in_machine(_walked, kind, case, True)
     want = in_machine(_walked, kind, case, False)
