@@ -98,6 +98,18 @@ def test_a_routes_logins_share_what_its_rule_decides_and_queue_now_binds_once():
     assert "queue_now" in vars(fe2)                  # bound at the first call, kept
 
 
+def _two_clients(instance) -> list:
+    """Two clients of one route (the rule's db and user), routed by their Frontends: [(fe, client)]."""
+    pairs = []
+    for port in (5555, 5556):
+        c = Client(None, conn_type="host", peer=("127.0.0.1", port))
+        c.database, c.user = "db", "user"
+        fe = Frontend(instance, c)
+        fe.route()
+        pairs.append((fe, c))
+    return pairs
+
+
 class _CountingLock:
     """A threading.Lock that counts its acquires and releases."""
 
@@ -135,14 +147,7 @@ def test_the_per_transaction_calls_take_the_lock_only_with_more_workers(workers)
     router.lock = counting
     if router.mt_lock is not None:
         router.mt_lock = counting
-    fes = []
-    for port in (5555, 5556):
-        c = Client(None, conn_type="host", peer=("127.0.0.1", port))
-        c.database, c.user = "db", "user"
-        fe = Frontend(instance, c)
-        fe.route()
-        fes.append(fe)
-    (fe, client), (fe2, other) = [(f, f.client) for f in fes]
+    (fe, client), (fe2, other) = _two_clients(instance)
     server = router.attach(client, None)
     server.io = SimpleNamespace(_tls=True)      # attach_now leaves its checks to ready_now (False)
     route = client.route
@@ -280,13 +285,7 @@ def _pooled_state(case: str, fast: bool):
                 **RULES["transaction"])
     instance = _Instance(rule)
     router = instance.router
-    clients = []
-    for port in (5555, 5556):
-        c = Client(None, conn_type="host", peer=("127.0.0.1", port))
-        c.database, c.user = "db", "user"
-        fe = Frontend(instance, c)
-        fe.route()
-        clients.append((fe, c))
+    clients = _two_clients(instance)
     (fe, client), (_, other) = clients
     server = router.attach(client, None)
     server.io = object()
@@ -542,13 +541,7 @@ def _walked(kind: str, case: str, inline: bool):
     a, b = gsocket.socketpair()
     c, d = gsocket.socketpair()
     sio, pg, cio, app = mm.Io(a), mm.Io(b), mm.Io(c), mm.Io(d)
-    clients = []
-    for port in (5555, 5556):
-        cl = Client(None, conn_type="host", peer=("127.0.0.1", port))
-        cl.database, cl.user = "db", "user"
-        fe = Frontend(instance, cl)
-        fe.route()
-        clients.append((fe, cl))
+    clients = _two_clients(instance)
     (fe, client), (_, other) = clients
     client.io = cio
     server = router.attach(client, None)
@@ -723,13 +716,7 @@ def _relay_queue(case: str, inline: bool):
     instance = _Instance(rule)
     instance.shutting_down = False
     router = instance.router
-    clients = []
-    for port in (5555, 5556):
-        cl = Client(None, conn_type="host", peer=("127.0.0.1", port))
-        cl.database, cl.user = "db", "user"
-        fe = Frontend(instance, cl)
-        fe.route()
-        clients.append((fe, cl))
+    clients = _two_clients(instance)
     (_, holder), (fe, client) = clients
     route = client.route
     router.attach(holder, None)
