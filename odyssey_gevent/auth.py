@@ -14,13 +14,6 @@ import os
 import secrets
 from fcntl import ioctl as _ioctl
 
-# the salted hash of each md5 login: CPython's own MD5 (about 2,000 instructions a hash with its
-# hexdigest) where it is built in, else OpenSSL's through hashlib (about 4,400: the EVP context
-# fetched, set up and freed per hash)
-try:
-    from _md5 import md5 as _md5
-except ImportError:                 # a CPython built without its own hashes
-    from hashlib import md5 as _md5
 try:
     from termios import FIONREAD as _FIONREAD
 except ImportError:
@@ -30,7 +23,7 @@ from kiwi import be_read, be_write, error_codes, fe_read, fe_write
 from kiwi.errors import KiwiError, ProtocolError
 from kiwi.framer import read_header
 from kiwi.header import BE, FE
-from kiwi.md5 import md5_salted, md5_salted_stored, md5_stored
+from kiwi.md5 import md5 as _md5, md5_salted, md5_salted_stored, md5_stored     # (_md5: kiwi's choice of MD5)
 from kiwi.scram import ScramClient, ScramSecret, ScramServer, is_secret, parse_secret
 from machinarium import ConnectionClosed, TimedOut
 from odyssey_gevent import auth_query
