@@ -26,15 +26,11 @@ from odyssey_gevent.client import _RANDOM as _CLIENT_RANDOM, _UNDEF as _CLIENT_U
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
 from odyssey_gevent.relay import new_relay
-from odyssey_gevent import router as router_mod
 from odyssey_gevent.router import AttachTimeout
 from odyssey_gevent.server import park, unwatch
 from odyssey_gevent.status import BackendError, ClientGone, FrontendError, ServerError, Status, error_message
 
 _TX_IDLE = reset._TX_IDLE               # detach_now's copy of reset.settled
-# attach_now's copy of router.attach_idle's common case
-_C_ACTIVE = router_mod._C_ACTIVE
-_S_ACTIVE = router_mod._S_ACTIVE
 _COPY_PHASES = reset._COPY_PHASES
 # startup parameters that are not session parameters to maintain
 _NOT_VARS = {"user", "database", "options", "replication"}
@@ -514,59 +510,17 @@ class Frontend:
         usual); False: a server was taken (client.server) but a check or a deploy needs a
         round trip, which the coroutine does with attach(taken=client.server). The relay's
         client callback has its one-worker plain case inline (Relay._on_client, kept in step by
-        test_frontend_fast) and calls this for the rest."""
+        test_frontend_fast) and calls this for the rest: more workers (the router's lock), a
+        host check or NOTICE due, an offline server or a paused route."""
         client = self.client
         if not client.route.idle:
             # no idle server: no lock round (once per queued transaction; as short as it can be).
             # A read outside the router's lock: a server another worker pools meanwhile makes
             # queue_now (under the lock) leave the attach to the coroutine, which finds it
             return None
-        route = client.route
-        idle = route.idle
-        # router.attach_idle inline, as it runs once per transaction and a Python frame costs
-        # more than this copy (test_frontend_fast keeps the two in step): the most recently
-        # used idle server, not offline, the route not paused
-        router = self.instance.router
-        lock = router.mt_lock       # None with one thread: no calls (see Router.mt_lock)
-        if lock is not None:
-            lock.acquire()
-        try:
-            if (not idle or idle[-1].offline or router.paused_all
-                    or router.paused_dbs and route.db in router.paused_dbs):
-                server = None
-            else:
-                server = idle.pop()
-                server.state = _S_ACTIVE
-                route.active.add(server)
-                server.client = client
-                client.server = server
-                client.state = _C_ACTIVE
-                route.stats.count_server_assignment += 1
-        finally:
-            if lock is not None:
-                lock.release()
+        server = self.instance.router.attach_idle(client)
         if server is None:
             return None
-        # ready_now's common case inline, as it runs once per transaction and a Python frame
-        # costs more than this copy (test_frontend_fast keeps the two in step): a connected
-        # plain-socket server for a client with no host check or NOTICE due (attach_plain);
-        # pool_attach_check's poll asked of the Io's poll object directly once readable_now
-        # has made it
-        io = server.io
-        if self.attach_plain and io is not None and not io._tls:
-            rule = client.rule
-            if rule.pool_attach_check:
-                poller = io._poller
-                if poller is None:
-                    return self.ready_now(server)
-                if poller.poll(0):
-                    return False
-            if rule.maintain_params:
-                # deploy.needed's common case first: the server was found to hold this list
-                todo = client.deploy_list
-                if (todo is None or server.deployed is not todo) and deploy.needed(client, server):
-                    return False
-            return server
         return self.ready_now(server)
 
     def queue_now(self, client, cont, loop, ident):

@@ -394,84 +394,11 @@ class Relay:
                  "wait_start", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
                  "q_timer", "on_handed", "keep_watch", "c_watch")
 
-    def __init__(self, frontend, client, prepared=None):
-        self.fe = frontend
-        self.client = client
-        self.c_buf = None       # client bytes held back (partial header), c_len of them
-        self.c_len = 0
-        self.c_skip = 0         # bytes of the current client message still to be forwarded ...
-        self.c_drop = False     # ... or swallowed (a stray COPY message with no server)
-        self.s_buf = None
-        self.s_len = 0
-        self.s_skip = 0         # bytes of the current server message still to come ...
-        self.s_drop = False     # ... and whether they are swallowed rather than forwarded
-        self.s_ready = False    # a ReadyForQuery was relayed since the last detach check
-        route = client.route
-        try:
-            facts = route.relay_facts
-        except AttributeError:          # a stand-in route (unit tests): worked out each time
-            facts = None
-        if facts is None:
-            facts = _rule_facts(client.rule)
-            if hasattr(route, "relay_facts"):
-                route.relay_facts = facts
-        self.mode_transaction, self.mode_statement, request_timeout, sweepable, q_timeout = facts
-        self.stats = route.stats
-        self.prepared = prepared
-        # attributes a stand-in frontend may lack (unit tests) are read with try, not getattr with
-        # a default: a try costs nothing unless it raises, getattr() is a call
-        try:
-            instance = frontend.instance
-        except AttributeError:
-            instance = _NEVER_STOPPING
-        self.instance = instance
-        self.waiting = False    # parked in the wait for either side: wake_relays() may wake it
-        self.woken = False      # ... and was woken (not a timeout)
-        self.may_sleep = False  # parked in an idle wait the sweep may end (_sweep) ...
-        self.marked = False     # ... seen there by the last sweep ...
-        self.sleepy = False     # ... and woken by it to go dormant
-        self.glet = None
-        # the hub of the client's socket is this thread's (an Io belongs to the machine that made
-        # or attached it): no get_hub() call; what the thread's relays share found by it (_HUBS)
-        hub = self.hub = client.io.sock.hub
-        try:
-            shared = _HUBS[hub]
-        except KeyError:
-            shared = _hub_state(hub)
-        # the loop and thread the relay runs in (wake()); SHOW STATS times: the loop's clock
-        # (libev's time of the current loop iteration, the moment the bytes were found readable;
-        # as C's machine_time_us) costs less than a clock call; the thread's free list, borrowed
-        # from and given back to inline on the hot path
-        self.loop, self.ident, self.now, self.free, _ = shared
-        # q_start: when the request being answered reached the relay; tx_start: the first
-        # request of the open transaction (0: none)
-        self.q_start = 0.0
-        self.tx_start = 0.0
-        # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
-        self.request_timeout = request_timeout
-        self.timers = None      # wait_any's reusable timeout timers, made at the first timed wait
-        # the callback-driven fast path (_park): for plain sockets, a frontend that can attach
-        # and detach without waiting, and timeouts the 1 s sweep can keep (FAST_MIN_TIMEOUT_MS)
-        self.fast_ok = sweepable and not client.io._tls and hasattr(frontend, "attach_now")
-        self.fast = False       # parked in the fast path: the callbacks relay
-        self.pending = None     # [(io, bytes, to_server)] the fast path could not write at once
-        self.wait_start = 0.0   # the loop time the present wait started (the sweep's timeouts)
-        self.expired = False    # the sweep found the fast path's wait over its timeout
-        self.s_watch = None     # the attached server's read watcher, started by the fast path
-        self.on_client = self._on_client
-        # the fast path's queued attach (in _on_client): queued in the route's queue with a callback
-        # wake-up (on_handed); pool_timeout (seconds, 0: none) by a timer made at the first one
-        self.queued = False
-        self.q_timeout = q_timeout
-        self.q_timer = None
-        self.on_handed = None   # self._on_handed, made at the first queued wait (_on_client): most never queue
-        self.c_watch = None     # the client socket's read watcher, set by _park for the queued attach
-        # workers 1: a server the fast path detaches is pooled with its read watcher started
-        # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
-        try:
-            self.keep_watch = instance.workers <= 1
-        except AttributeError:
-            self.keep_watch = False
+    def __new__(cls, frontend, client, prepared=None):
+        """Relay(frontend, client, prepared): made by new_relay, the one place its slots are
+        set (Frontend.run calls new_relay itself: 3.11 does not specialize calling a Python
+        class)."""
+        return new_relay(frontend, client, prepared)
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> Status:
@@ -1925,59 +1852,87 @@ def _on_read(server):
     return cb
 
 
-def new_relay(frontend, client, prepared):
-    """Relay(frontend, client, prepared) for Frontend.run's session, with __init__'s body here:
-    3.11 does not specialize calling a Python class (type_call, slot_tp_init and a frame run
-    apart, about 1,000 instructions a login), and a Frontend needs none of __init__'s stand-in
-    cases (it has attach_now and an instance; its route keeps relay_facts). Every slot set as
-    there (a test compares the two)."""
+def new_relay(frontend, client, prepared=None):
+    """A session's Relay (Relay(...) is this too): Frontend.run calls it without the class
+    call, which 3.11 does not specialize (type_call and slot_tp_init run apart, about 1,000
+    instructions a login). A unit test's stand-in frontend or route may lack what a Frontend's
+    has (read with try: a try costs nothing unless it raises, getattr() is a call)."""
     self = _new(Relay)
     self.fe = frontend
     self.client = client
-    self.c_buf = None
+    self.c_buf = None       # client bytes held back (partial header), c_len of them
     self.c_len = 0
-    self.c_skip = 0
-    self.c_drop = False
+    self.c_skip = 0         # bytes of the current client message still to be forwarded ...
+    self.c_drop = False     # ... or swallowed (a stray COPY message with no server)
     self.s_buf = None
     self.s_len = 0
-    self.s_skip = 0
-    self.s_drop = False
-    self.s_ready = False
+    self.s_skip = 0         # bytes of the current server message still to come ...
+    self.s_drop = False     # ... and whether they are swallowed rather than forwarded
+    self.s_ready = False    # a ReadyForQuery was relayed since the last detach check
     route = client.route
-    facts = route.relay_facts
+    try:
+        facts = route.relay_facts
+    except AttributeError:          # a stand-in route (unit tests): worked out each time
+        facts = None
     if facts is None:
-        facts = route.relay_facts = _rule_facts(client.rule)
+        facts = _rule_facts(client.rule)
+        if hasattr(route, "relay_facts"):
+            route.relay_facts = facts
     self.mode_transaction, self.mode_statement, request_timeout, sweepable, q_timeout = facts
     self.stats = route.stats
     self.prepared = prepared
-    instance = self.instance = frontend.instance
-    self.waiting = False
-    self.woken = False
-    self.may_sleep = False
-    self.marked = False
-    self.sleepy = False
+    # attributes a stand-in frontend may lack (unit tests) are read with try, not getattr with
+    # a default: a try costs nothing unless it raises, getattr() is a call
+    try:
+        instance = frontend.instance
+    except AttributeError:
+        instance = _NEVER_STOPPING
+    self.instance = instance
+    self.waiting = False    # parked in the wait for either side: wake_relays() may wake it
+    self.woken = False      # ... and was woken (not a timeout)
+    self.may_sleep = False  # parked in an idle wait the sweep may end (_sweep) ...
+    self.marked = False     # ... seen there by the last sweep ...
+    self.sleepy = False     # ... and woken by it to go dormant
     self.glet = None
+    # the hub of the client's socket is this thread's (an Io belongs to the machine that made
+    # or attached it): no get_hub() call; what the thread's relays share found by it (_HUBS)
     hub = self.hub = client.io.sock.hub
     try:
         shared = _HUBS[hub]
     except KeyError:
         shared = _hub_state(hub)
+    # the loop and thread the relay runs in (wake()); SHOW STATS times: the loop's clock
+    # (libev's time of the current loop iteration, the moment the bytes were found readable;
+    # as C's machine_time_us) costs less than a clock call; the thread's free list, borrowed
+    # from and given back to inline on the hot path
     self.loop, self.ident, self.now, self.free, _ = shared
+    # q_start: when the request being answered reached the relay; tx_start: the first
+    # request of the open transaction (0: none)
     self.q_start = 0.0
     self.tx_start = 0.0
+    # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
     self.request_timeout = request_timeout
-    self.timers = None
-    self.fast_ok = sweepable and not client.io._tls
-    self.fast = False
-    self.pending = None
-    self.wait_start = 0.0
-    self.expired = False
-    self.s_watch = None
+    self.timers = None      # wait_any's reusable timeout timers, made at the first timed wait
+    # the callback-driven fast path (_park): for plain sockets, a frontend that can attach
+    # and detach without waiting, and timeouts the 1 s sweep can keep (FAST_MIN_TIMEOUT_MS)
+    self.fast_ok = sweepable and not client.io._tls and hasattr(frontend, "attach_now")
+    self.fast = False       # parked in the fast path: the callbacks relay
+    self.pending = None     # [(io, bytes, to_server)] the fast path could not write at once
+    self.wait_start = 0.0   # the loop time the present wait started (the sweep's timeouts)
+    self.expired = False    # the sweep found the fast path's wait over its timeout
+    self.s_watch = None     # the attached server's read watcher, started by the fast path
     self.on_client = self._on_client
+    # the fast path's queued attach (in _on_client): queued in the route's queue with a callback
+    # wake-up (on_handed); pool_timeout (seconds, 0: none) by a timer made at the first one
     self.queued = False
     self.q_timeout = q_timeout
     self.q_timer = None
-    self.on_handed = None
-    self.c_watch = None
-    self.keep_watch = instance.workers <= 1
+    self.on_handed = None   # self._on_handed, made at the first queued wait (_on_client): most never queue
+    self.c_watch = None     # the client socket's read watcher, set by _park for the queued attach
+    # workers 1: a server the fast path detaches is pooled with its read watcher started
+    # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
+    try:
+        self.keep_watch = instance.workers <= 1
+    except AttributeError:
+        self.keep_watch = False
     return self

@@ -245,13 +245,14 @@ class Router:
     def attach_idle(self, client) -> Server | None:
         """The non-waiting attach of the relay's fast path (run in the hub): the route's most
         recently used idle server, linked to the client, when one is there now and not marked
-        offline, the route not paused; else None (the client then attaches as usual). Copied
-        by Frontend.attach_now and Relay._on_client (test_frontend_fast keeps them in step)."""
+        offline, the route not paused; else None (the client then attaches as usual). Its
+        one-worker case is copied by Relay._on_client (test_frontend_fast keeps the two in step)."""
         route = client.route
         # acquire/release, not `with`: once per transaction, and `with` costs about twice as
         # much (two special-method lookups, and acquire's argument parsing either way)
-        lock = self.lock
-        lock.acquire()
+        lock = self.mt_lock             # None: one thread (see mt_lock)
+        if lock is not None:
+            lock.acquire()
         try:
             idle = route.idle
             if not idle or idle[-1].offline or self.paused_all or self.paused_dbs and route.db in self.paused_dbs:
@@ -265,7 +266,8 @@ class Router:
             client.state = _C_ACTIVE
             route.stats.count_server_assignment += 1
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
         return server
 
     def queue_now(self, client, cont, loop, ident):

@@ -343,8 +343,7 @@ def _taken_state(case: str, fast: bool):
 
 @pytest.mark.parametrize("case", ["idle", "offline", "paused", "paused_db", "other_db_paused"])
 def test_attach_now_takes_as_router_attach_idle_does(case):
-    """attach_now's copy of router.attach_idle takes the same idle server, or leaves it, as
-    router.attach_idle does."""
+    """attach_now takes the same idle server, or leaves it, as router.attach_idle does."""
     fast, slow = _taken_state(case, True), _taken_state(case, False)
     assert fast == slow
     assert fast[0] is (case in ("idle", "other_db_paused"))
@@ -369,7 +368,7 @@ def test_detach_now_pools_as_router_detach_does(case):
 
 
 # ----------------------------------------------------------------------------------------------
-# the fast attach (attach_now) copies ready_now's common case: both decide alike
+# the relay's fast attach copies ready_now's common case: both decide alike
 
 def _attach_case(kind_plain: bool, check: bool, readable: bool, polled: bool, deploy_state: str, use):
     """A client of a transaction rule whose route has one idle, connected server (a socket
@@ -494,9 +493,9 @@ def test_the_hand_over_decides_as_ready_now(in_machine, plain, check, readable, 
 
 @pytest.mark.parametrize("kind", ["transaction", "session"])
 def test_new_relay_makes_what_relay_init_makes(in_machine, kind):
-    """Frontend.run makes its relay with relay.new_relay (__init__'s body without the class call):
-    every slot as Relay(fe, client) sets it (the bound callbacks of its own), and the thread's
-    shared state (loop, ident, loop.now, free list: relay._HUBS) is the one __init__ finds;
+    """Frontend.run makes its relay with relay.new_relay (without the class call), which
+    Relay(fe, client) calls too: every slot alike (the bound callbacks each relay's own), and
+    the thread's shared state (loop, ident, loop.now, free list: relay._HUBS) the one both find;
     the queued wait's callback is made at the first queue only."""
     from odyssey_gevent import relay as relay_mod
 
