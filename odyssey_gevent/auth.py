@@ -23,7 +23,7 @@ from kiwi import be_read, be_write, error_codes, fe_read, fe_write
 from kiwi.errors import KiwiError, ProtocolError
 from kiwi.framer import read_header
 from kiwi.header import BE, FE
-from kiwi.md5 import md5 as _md5, md5_salted, md5_salted_stored, md5_stored     # (_md5: kiwi's choice of MD5)
+from kiwi.md5 import md5 as _md5, md5_salted, md5_stored     # (_md5: kiwi's choice of MD5)
 from kiwi.scram import ScramClient, ScramSecret, ScramServer, is_secret, parse_secret
 from machinarium import ConnectionClosed, TimedOut
 from odyssey_gevent import auth_query
@@ -61,6 +61,14 @@ def _draw_salts() -> bytes:
     block = os.urandom(4 * _SALT_BATCH)
     _SALTS.extend([block[i:i + 4] for i in range(4, len(block), 4)])
     return block[:4]
+
+
+def _new_salt() -> bytes:
+    """A login's own 4 salt bytes (from _SALTS, refilled when empty)."""
+    try:
+        return _SALTS.pop()
+    except IndexError:
+        return _draw_salts()
 
 
 if hasattr(os, "register_at_fork"):
@@ -134,22 +142,13 @@ def _authenticate(instance, client, timeout_ms, mode: str, secret: str | None) -
             raise _password_failed(client)
         client.password = given.rstrip(b"\0").decode("utf-8", "replace")
     elif mode == "md5":
-        try:
-            salt = _SALTS.pop()
-        except IndexError:
-            salt = _draw_salts()
+        salt = _new_salt()
         client.io.write(be_write.auth_md5(salt))
         try:
             given = be_read.read_password(_read_password_message(client, timeout_ms))
         except ProtocolError:
             raise FrontendError(error_codes.PROTOCOL_VIOLATION, "bad password message") from None
-        usable = secret is not None and not is_secret(secret)
-        if usable:
-            expected = md5_salted_stored(_stored_md5(client.user, secret), salt).encode()
-        else:
-            expected = md5_salted(client.user, secrets.token_hex(16), salt).encode()
-        if not hmac.compare_digest(given.rstrip(b"\0"), expected) or not usable:
-            raise _password_failed(client)
+        _md5_check(client, secret, salt, given)
     elif mode == "scram-sha-256":
         _scram_client(instance, client, timeout_ms, secret)
     elif mode == "cert":                   # the TLS client certificate's CN (auth_cert.py)
@@ -179,10 +178,7 @@ def _md5_plain(client, timeout_ms, secret) -> None:
     read_password do it."""
     io = client.io
     raw = io._raw
-    try:
-        salt = _SALTS.pop()
-    except IndexError:
-        salt = _draw_salts()
+    salt = _new_salt()
     request = _MD5_REQUEST + salt
     # os.write and os.read on the socket's fd (see worker._spawn), its fileno() asked again
     # after a wait (the socket may have been closed meanwhile, its number reused)
@@ -223,6 +219,13 @@ def _md5_plain(client, timeout_ms, secret) -> None:
         given = data[5:40]
     else:
         given = _password_from(client, data, timeout_ms)
+    _md5_check(client, secret, salt, given)
+
+
+def _md5_check(client, secret, salt: bytes, given: bytes) -> None:
+    """Refuse the login unless `given` (the PasswordMessage's string, without its NUL) is the
+    md5 answer to `salt` for the rule's password `secret`. A stored md5 hash or SCRAM verifier
+    (or no password) never matches: a made-up answer is compared all the same."""
     if secret.__class__ is str and not secret.startswith(_SCRAM_PREFIX):
         usable = True               # (is_secret's first test, without its frame)
     else:
