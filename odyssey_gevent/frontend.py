@@ -188,8 +188,7 @@ class Frontend:
         return left if left > 0 else 0      # not max(): a builtin that parses keywords
 
     def startup(self) -> bool:
-        """Read the first packet(s). False when the connection is done (cancel request). (run
-        takes a packet kept by its bytes itself first: keep the two in step.)"""
+        """Read the first packet(s). False when the connection is done (cancel request)."""
         client = self.client
         listen = client.listen
         head = self.head
@@ -739,28 +738,7 @@ class Frontend:
             if resumed:                 # a dormant relay's client spoke (see resume)
                 status = client.relay.run()
                 return
-            # startup's usual case inline (a frame fewer per login; a test compares the two): the
-            # accept read the packet's first 8 bytes, the rest is there at once, and the same
-            # bytes came before (_STARTUPS); anything else is startup's, the bytes read so far
-            # handed to it in self.head
-            head = self.head
-            kept = None
-            if head is not None and len(head) == 8:
-                declared = _unpack_length(head)[0]
-                need = declared - 8
-                if need > 0 and declared - 4 <= _MAX_STARTUP:
-                    try:
-                        body = _read(client.io._raw.fileno(), need)      # (os.read: see worker._spawn)
-                    except BlockingIOError:
-                        body = b""
-                    head = self.head = head + body
-                    if len(body) == need:
-                        kept = _STARTUPS.get(head)
-            if kept is not None and (client.listen is None or client.listen.tls not in _TLS_REQUIRED):
-                self.head = None
-                client.startup, client.user, client.database, vars_, client.vars_key = kept
-                client.vars = vars_.copy()
-            elif not self.startup():
+            if not self.startup():
                 return
             log_session = instance.config.log_session
             if log_session:

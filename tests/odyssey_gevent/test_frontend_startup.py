@@ -620,7 +620,7 @@ class _Routed(Exception):
 
 
 def _kept_run(packet: bytes, listen=None):
-    """Frontend.run() (its startup stage: the usual case inline) with the packet's first 8 bytes
+    """Frontend.run() (its startup stage) with the packet's first 8 bytes
     read at accept and the rest there, stopped where it routes: (True, or the FrontendError it
     sent, client)."""
     a, b = gsocket.socketpair()
@@ -649,11 +649,10 @@ def _kept_run(packet: bytes, listen=None):
 
 
 def test_the_session_takes_a_kept_startup_packet_as_startup_does(in_machine):
-    """Frontend.run takes a packet kept by its bytes itself (startup's usual case inline): the
-    same message, user, database, vars (its own copy) and vars_key as startup gives, the head
-    given up; a listener that requires TLS still refuses it; a packet not kept yet, one that
-    declares fewer bytes than the accept read or one whose rest is not there are startup's, with
-    the bytes read so far (kept then where startup keeps them)."""
+    """A session (Frontend.run) takes a packet kept by its bytes as startup alone does: the
+    same message, user, database, vars (its own copy) and vars_key, the head given up; a
+    listener that requires TLS still refuses it; a packet not kept yet is read and kept, one
+    that declares fewer bytes than the accept read is refused."""
     def body():
         frontend_mod._STARTUPS.clear()
         sm = _sm({"user": "ru", "database": "rd", "application_name": "app"})
