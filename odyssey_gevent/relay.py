@@ -353,10 +353,10 @@ def _free_buffers() -> list:
 
 
 # what every relay of a thread shares, by the thread's hub (the hub of a relay's client socket is
-# the thread's): (loop, thread ident, loop.now, the free list, the set of relays), the sweep
-# started with the entry. Relay.__init__ and run find it with one dict lookup by the hub's
-# identity instead of a Cython attribute load (hub.loop), a bound method made (loop.now), a
-# get_ident() call and two threading.local lookups per session (about 1,500 instructions).
+# the thread's): (loop, thread ident, the free list, the set of relays), the sweep started
+# with the entry. new_relay and run find it with one dict lookup by the hub's identity instead
+# of a Cython attribute load (hub.loop), a get_ident() call and two threading.local lookups per
+# session (about 1,500 instructions).
 # The entry holds the hub, so no other hub can take its identity; bounded (cleared when full)
 # for processes that make many machines (tests).
 _HUBS: dict = {}
@@ -366,7 +366,7 @@ _HUBS_MAX = 64
 def _hub_state(hub) -> tuple:
     """This thread's _HUBS entry for its hub `hub` (made, and the sweep started, the first time)."""
     loop = hub.loop
-    state = (loop, threading.get_ident(), loop.now, _free_buffers(), _relays())
+    state = (loop, threading.get_ident(), _free_buffers(), _relays())
     _start_sweep(loop)
     if len(_HUBS) >= _HUBS_MAX:
         _HUBS.clear()
@@ -389,7 +389,7 @@ class Relay:
 
     __slots__ = ("fe", "client", "c_buf", "c_len", "c_skip", "c_drop", "s_buf", "s_len", "s_skip", "s_drop",
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
-                 "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident", "now",
+                 "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident",
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
                  "wait_start", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
                  "q_timer", "on_handed", "keep_watch", "c_watch")
@@ -412,9 +412,9 @@ class Relay:
         self.glet = getcurrent()
         # this thread's relays (its sweep started with the _HUBS entry __init__ found)
         try:
-            relays = _HUBS[self.hub][4]
+            relays = _HUBS[self.hub][3]
         except KeyError:                # (cleared meanwhile)
-            relays = _hub_state(self.hub)[4]
+            relays = _hub_state(self.hub)[3]
         relays.add(self)
         try:
             while True:
@@ -1229,7 +1229,7 @@ class Relay:
                 size = len(data)
             self.stats.bytes_recv += size
             if not self.q_start:        # a request starts: time it (and its transaction)
-                self.q_start = now = self.now()
+                self.q_start = now = self.loop.now()
                 if not self.tx_start:
                     self.tx_start = now
             try:
@@ -1905,7 +1905,7 @@ def new_relay(frontend, client, prepared=None):
     # (libev's time of the current loop iteration, the moment the bytes were found readable;
     # as C's machine_time_us) costs less than a clock call; the thread's free list, borrowed
     # from and given back to inline on the hot path
-    self.loop, self.ident, self.now, self.free, _ = shared
+    self.loop, self.ident, self.free, _ = shared
     # q_start: when the request being answered reached the relay; tx_start: the first
     # request of the open transaction (0: none)
     self.q_start = 0.0

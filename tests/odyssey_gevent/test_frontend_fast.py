@@ -495,7 +495,7 @@ def test_the_hand_over_decides_as_ready_now(in_machine, plain, check, readable, 
 def test_new_relay_makes_what_relay_init_makes(in_machine, kind):
     """Frontend.run makes its relay with relay.new_relay (without the class call), which
     Relay(fe, client) calls too: every slot alike (the bound callbacks each relay's own), and
-    the thread's shared state (loop, ident, loop.now, free list: relay._HUBS) the one both find;
+    the thread's shared state (loop, ident, free list: relay._HUBS) the one both find;
     the queued wait's callback is made at the first queue only."""
     from odyssey_gevent import relay as relay_mod
 
