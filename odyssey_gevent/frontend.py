@@ -27,7 +27,7 @@ from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
 from odyssey_gevent.relay import new_relay
 from odyssey_gevent.router import AttachTimeout
-from odyssey_gevent.server import park, unwatch
+from odyssey_gevent.server import attach_check_failed, park, unwatch
 from odyssey_gevent.status import BackendError, ClientGone, FrontendError, ServerError, Status, error_message
 
 _TX_IDLE = reset._TX_IDLE               # detach_now's copy of reset.settled
@@ -553,15 +553,8 @@ class Frontend:
         rule = client.rule
         if io._tls:
             return False
-        if rule.pool_attach_check:
-            # readable_now's plain-socket case inline once it has made its poll object (once per
-            # queued transaction: the hand-over runs this)
-            poller = io._poller
-            if poller is None:
-                if io.readable_now():
-                    return False
-            elif poller.poll(0):
-                return False
+        if rule.pool_attach_check and attach_check_failed(self.instance, server, io):
+            return False
         if not self.attach_plain:
             if server.endpoint is not None and not tsa.idle_server_fits_now(client, server):
                 return False

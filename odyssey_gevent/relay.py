@@ -690,9 +690,14 @@ class Relay:
                                 server = fe.ready_now(server)
                             else:
                                 rule = client.rule
-                                if rule.pool_attach_check and sio._poller is None:
-                                    server = fe.ready_now(server)
-                                elif rule.pool_attach_check and sio._poller.poll(0):
+                                # pool_attach_check: a server pooled with its watcher started
+                                # (its reader the instance) has something to say if the loop's
+                                # last poll found it readable and its callback has not run yet
+                                # (ran: idle_readable took it out of the pool); no poll() of our
+                                # own (server.attach_check_failed, which says why)
+                                if rule.pool_attach_check and (
+                                        sio.sock._read_event.pending if server.reader is self.instance
+                                        else sio.readable_now()):
                                     server = False
                                 elif rule.maintain_params:
                                     todo = client.deploy_list
@@ -895,8 +900,9 @@ class Relay:
                 # Frontend.ready_now's common case inline, as attach_now has it (once per queued
                 # transaction, where its frame costs more than this copy; test_frontend_fast keeps
                 # the copies in step): a plain-socket server holding the client's deploy list (the
-                # deploy mark), polled by pool_attach_check once its poll object is made, for a
-                # client with no host check or NOTICE due (attach_plain); else ready_now decides
+                # deploy mark), pooled with its watcher started (pool_attach_check reads its
+                # pending flag), for a client with no host check or NOTICE due (attach_plain);
+                # else ready_now decides
                 fe = self.fe
                 io = server.io
                 ready = None
@@ -906,10 +912,8 @@ class Relay:
                     if not rule.maintain_params or todo is not None and server.deployed is todo:
                         if not rule.pool_attach_check:
                             ready = True
-                        else:
-                            poller = io._poller
-                            if poller is not None:
-                                ready = not poller.poll(0)
+                        elif server.reader is self.instance:    # (as _on_client's attach)
+                            ready = not io.sock._read_event.pending
                 if ready is None:
                     ready = fe.ready_now(server)
                 # not ready: a new server to connect, or checks: the coroutine

@@ -151,6 +151,24 @@ def idle_readable(instance, server: Server) -> None:
     instance.close_server_later(server)
 
 
+def attach_check_failed(instance, server: Server, io) -> bool:
+    """pool_attach_check for an idle server about to be handed out (plain socket `io`): True
+    when it has something to say (closed, terminated, or a message nobody asked for).
+
+    A server pooled with its watcher started (its reader the instance) is not polled: the loop
+    polls its socket on every iteration, and what the last poll found is either handled
+    (idle_readable took it out of the pool, so nobody gets it) or is the watcher's pending
+    event, not yet run. So its pending flag says what a poll() of our own would say, but for
+    the microseconds since the loop's poll, a window C Odyssey's own poll-then-write has
+    too, only shorter: a server that breaks in it fails the client's query as one that breaks
+    right after the check. This saves a system call and the GIL's drop and take per attach
+    (docs/performance.md). Any other server (pooled by the coroutine, workers > 1) is polled.
+    The relay's fast path has this inline."""
+    if server.reader is instance:
+        return io.sock._read_event.pending
+    return io.readable_now()
+
+
 def unwatch(instance, server: Server, io) -> None:
     """Stop the read watcher of an idle pooled server's socket `io` if it is still started (its
     reader the instance: see `idle_readable`); called in the thread that owns the socket before

@@ -370,11 +370,15 @@ def test_detach_now_pools_as_router_detach_does(case):
 # ----------------------------------------------------------------------------------------------
 # the relay's fast attach copies ready_now's common case: both decide alike
 
-def _attach_case(kind_plain: bool, check: bool, readable: bool, polled: bool, deploy_state: str, use):
+def _attach_case(kind_plain: bool, check: bool, readable: bool, polled, deploy_state: str, use):
     """A client of a transaction rule whose route has one idle, connected server (a socket
-    pair's end), in the given state; `use(fe, router, client, server)` decides."""
+    pair's end), in the given state; `use(fe, router, client, server)` decides. polled: True
+    (its poll object made), False, or "watched": pooled as the relay's fast detach leaves it,
+    its read watcher started and its reader the instance; readable then also means the loop's
+    poll found it so and its callback has not run yet (the watcher's event pending)."""
     a, b = gsocket.socketpair()
     sio, peer = mm.Io(a), mm.Io(b)
+    watcher = None
     try:
         rule = Rule(db_name="default", user_name="default", authentication="none", pool="transaction",
                     pool_discard=False, pool_attach_check=check, maintain_params=True,
@@ -397,23 +401,34 @@ def _attach_case(kind_plain: bool, check: bool, readable: bool, polled: bool, de
             server.params = {"application_name": "other"}
             server.deployed = None          # (whoever writes params resets the mark)
         router.detach(client)
-        if polled:
+        if polled == "watched":
+            watcher = sio.sock._read_event
+            server.reader = instance
+            watcher.start(relay_mod._on_read(server))       # (idle_readable while so pooled)
+        elif polled:
             assert sio.readable_now() is False      # its poll object made
         if readable:
             peer.write(b"N")
+            if watcher is not None:     # found by the loop's poll, its callback not run yet
+                watcher.feed(1, watcher.callback, *watcher.args)
+                assert watcher.pending
         return use(fe, router, client, server)
     finally:
+        if watcher is not None:
+            watcher.stop()
         sio.close(), peer.close()
 
 
 def ready_now_cases(test):
     """The cases in which a copy of ready_now's common case must decide as ready_now: a client
     with or without host checks, pool_attach_check on or off, a quiet or readable server, its
-    poll object made or not, and its deploy mark set, holding the client's vars, or not."""
+    poll object made or not or its watcher started (pool_attach_check reads the watcher's
+    pending event then: server.attach_check_failed), and its deploy mark set, holding the
+    client's vars, or not."""
     for name, values, ids in (("plain", [True, False], ["plain", "tsa"]),
                               ("check", [True, False], ["check", "nocheck"]),
                               ("readable", [False, True], ["quiet", "readable"]),
-                              ("polled", [True, False], ["polled", "unpolled"]),
+                              ("polled", [True, False, "watched"], ["polled", "unpolled", "watched"]),
                               ("deploy_state", ["marked", "holds", "differs", "remarked"], None)):
         test = pytest.mark.parametrize(name, values, ids=ids)(test)
     return test
