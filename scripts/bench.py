@@ -262,24 +262,27 @@ def cell_name(clients: int, mode: str, connect: bool) -> str:
     return f"c{clients} -C {mode}" if connect else f"c{clients} {mode}"
 
 
-def _ratios(results: dict, target: str, ref: str, cell: str, key: str) -> float | None:
-    """Median over the rounds of target's `key` / ref's `key` in the same round."""
+def _ratios(results: dict, target: str, ref: str, cell: str, key: str) -> list:
+    """Per round: target's `key` / ref's `key` in the same round."""
     mine = {r["round"]: r.get(key) for r in results.get((target, cell), [])}
     theirs = {r["round"]: r.get(key) for r in results.get((ref, cell), [])}
-    return median([mine[k] / theirs[k] for k in mine if mine[k] and theirs.get(k)])
+    return [mine[k] / theirs[k] for k in mine if mine[k] and theirs.get(k)]
 
 
 def side_by_side(cells: list[str], targets: list[str], results: dict) -> list[dict]:
     """One row per cell: for each target its median TPS and CPU µs per transaction, and
-    odyssey-gevent's per-round ratios to C Odyssey (TPS: higher is better; CPU: lower is)."""
+    odyssey-gevent's per-round ratios to C Odyssey (TPS: higher is better; CPU: lower is):
+    their median and range (one round to the next varies by up to 0.2 on this machine)."""
     rows = []
     for c in cells:
         row = {"cell": c}
         for t in targets:
             runs = results.get((t, c), [])
             row[t] = (median([r["tps"] for r in runs]), median([r.get("cpu_us") for r in runs]))
-        row["tps_ratio"] = _ratios(results, "odyssey-gevent", "odyssey", c, "tps")
-        row["cpu_ratio"] = _ratios(results, "odyssey-gevent", "odyssey", c, "cpu_us")
+        for k, key in (("tps", "tps"), ("cpu", "cpu_us")):
+            ratios = _ratios(results, "odyssey-gevent", "odyssey", c, key)
+            row[f"{k}_ratio"] = median(ratios)
+            row[f"{k}_range"] = (min(ratios), max(ratios)) if ratios else None
         rows.append(row)
     return rows
 
@@ -302,7 +305,9 @@ def format_side_by_side(rows: list[dict], targets: list[str]) -> str:
             else:
                 out.append(f"{tps:,.0f} tps" + (f", {cpu:.0f} µs CPU" if cpu is not None else ""))
         if with_ratio:
-            out += ["-" if row[k] is None else f"{row[k]:.2f}" for k in ("tps_ratio", "cpu_ratio")]
+            for k in ("tps", "cpu"):
+                ratio, span = row[f"{k}_ratio"], row[f"{k}_range"]
+                out.append("-" if ratio is None else f"{ratio:.2f} ({span[0]:.2f}-{span[1]:.2f})")
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines)
 

@@ -196,8 +196,11 @@ def test_bench_side_by_side_ratios_to_c_odyssey():
     rows = bench.side_by_side(["c10 simple"], targets, _side_by_side_results())
     # per-round ratios 0.9 and 1.25 (TPS), 2.0 and 2.0 (CPU): their medians
     assert rows[0]["tps_ratio"] == pytest.approx(1.075) and rows[0]["cpu_ratio"] == pytest.approx(2.0)
+    assert rows[0]["tps_range"] == pytest.approx((0.9, 1.25)) and rows[0]["cpu_range"] == pytest.approx((2.0, 2.0))
     table = bench.format_side_by_side(rows, targets)
-    assert "| c10 simple | 950 tps, 42 µs CPU | 900 tps, 21 µs CPU | 2,000 tps, 10 µs CPU | 1.07 | 2.00 |" in table
+    # the median, then the lowest and highest round's ratio
+    assert ("| c10 simple | 950 tps, 42 µs CPU | 900 tps, 21 µs CPU | 2,000 tps, 10 µs CPU "
+            "| 1.07 (0.90-1.25) | 2.00 (2.00-2.00) |") in table
     assert "ours / C Odyssey TPS" in table
     assert "ours / C Odyssey" not in bench.format_side_by_side(rows, ["odyssey-gevent", "pgbouncer"])
 
@@ -241,3 +244,29 @@ def test_count_opcodes_counts_only_while_the_flag_exists(tmp_path):
     # the 30-step loop runs more bytecodes than the 3-step one: both were counted, nothing before
     assert counts[code] > 2 * 30
     assert set(calls) == {code}
+
+
+def test_count_opcodes_lines_split_a_functions_bytecodes_by_source_line(tmp_path):
+    import collections
+    from scripts.count_opcodes import make_tracer
+    flag = tmp_path / "on"
+    flag.touch()
+    counts, calls, lines = collections.Counter(), collections.Counter(), collections.Counter()
+
+    def work(n):
+        total = 0
+        for i in range(n):
+            total += i      # the loop's body: the line that runs the most
+        return total
+
+    tracer = make_tracer(str(flag), counts, calls, lines)
+    sys.settrace(tracer)
+    try:
+        work(20)
+    finally:
+        sys.settrace(None)
+    code = work.__code__
+    body = code.co_firstlineno + 3
+    mine = {line: n for (c, line), n in lines.items() if c is code}
+    assert sum(mine.values()) == counts[code]          # every bytecode on some line
+    assert max(mine, key=mine.get) == body and mine[body] >= 20 * 3
