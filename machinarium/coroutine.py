@@ -406,7 +406,10 @@ class Wakeup:
     (the same loop and thread): its ``woken`` is read by nobody, and ``cancel()`` of the
     callback an earlier wake() queued, which has run, does nothing. So a waiter queued again
     and again with one callback (the relay's, once per queued transaction) tests
-    ``callback is not cb`` and calls ``arm_callback`` only then.
+    ``callback is not cb`` and calls ``arm_callback`` only then. A waker running in the hub of
+    the waiter's own thread (a loop callback or watcher callback there, not a coroutine) may
+    instead set ``woken`` and call ``callback()`` itself, at once: then nothing is queued and
+    ``cancel()`` has nothing to drop (the relay's reply walk does so with one worker).
     """
 
     __slots__ = ("woken", "callback", "_glet", "_switch", "_hub", "_loop", "_ident", "_parked", "_direct",

@@ -1713,7 +1713,22 @@ class Relay:
                                             stats.count_server_assignment += 1
                                             stats.wait_time += mono - waiter.since
                                             waiter.server = server
-                                            waiter.wake()
+                                            reason = None
+                                            cb = waiter.callback
+                                            if cb is None:      # a coroutine's wait
+                                                waiter.wake()
+                                            else:
+                                                # a relay queued in the hub (Relay._on_handed):
+                                                # its continuation runs here and now, as Wakeup
+                                                # lets a waker in the waiter's own hub (workers 1:
+                                                # this one) do, not as a loop callback (wake()'s
+                                                # frame, run_callback and the loop's call: about
+                                                # 2,000 instructions per queued transaction).
+                                                # reason is None first, so the finally leaves the
+                                                # server (the taker's now) alone; _on_handed raises
+                                                # nothing (its errors go to its own coroutine)
+                                                waiter.woken = True
+                                                cb()
                                         reason = None
                                 elif fe.detach_walked():
                                     reason = None

@@ -243,6 +243,31 @@ def test_queued_clients_are_served_in_order_and_a_killed_one_leaves_the_queue(fp
 
 
 @pytest.mark.timeout(60)
+def test_a_handed_over_server_with_other_params_is_deployed_for_the_queued_client(fp, pg):
+    """pool_size 1, two clients with their own application_name: the holder's commit (the reply
+    walk's detach) hands the server to the queued one, whose continuation, run by that walk,
+    needs the coroutine to deploy its params first; both see their own value after."""
+    holder = Wire(fp.port, timeout=10)
+    queued = Wire(fp.port, timeout=10)
+    try:
+        assert holder.login(Q_USER, "postgres", application_name="holder_app") is None
+        assert queued.login(Q_USER, "postgres", application_name="queued_app") is None
+        pid = _pid(holder)
+        assert holder.simple_query("begin")[2] == "T"
+        queued.send(query("select current_setting('application_name')"))
+        _until(lambda: _waiting(fp) == 1, "queued")
+        assert holder.simple_query("commit")[2] == "I"
+        rows, status = _reply_rows(queued)
+        assert rows[-1].endswith(b"queued_app") and status == "I"
+        assert holder.simple_query("select current_setting('application_name')")[0] == [["holder_app"]]
+        assert queued.simple_query("select current_setting('application_name')")[0] == [["queued_app"]]
+        assert _pid(queued) == pid and _waiting(fp) == 0
+    finally:
+        holder.close()
+        queued.close()
+
+
+@pytest.mark.timeout(60)
 def test_pool_timeout_expires_for_a_queued_client(fp, pg):
     holder, waiter = _login(fp, TO_USER), _login(fp, TO_USER)
     try:

@@ -542,12 +542,13 @@ WALK_CASES = ["idle", "waiter_loop", "waiter_coroutine", "paused", "unrouted", "
               "offline", "obsolete", "tx_in_statement"]
 
 
-def _walked(kind: str, case: str, inline: bool):
+def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
     """A transaction's reply (CommandComplete, ReadyForQuery) walked by the relay's fast path
     (Relay._server_data, as the server's read watcher calls it) for a real Frontend: its inline
     copy of detach_walked's common case (`inline`), or detach_walked itself (the relay given a
     frontend without detach_plain that calls the real one). What the router's lists and the
-    objects say after, and what the walk switched into the coroutine with."""
+    objects say after, and what the walk switched into the coroutine with. `at_once` gets
+    whether a queued hand-over's continuation had run when the walk returned (before a loop turn)."""
     rule = Rule(db_name="default", user_name="default", authentication="none", pool_size=1, **RULES[kind])
     instance = _Instance(rule)
     instance.shutting_down = False
@@ -597,6 +598,8 @@ def _walked(kind: str, case: str, inline: bool):
         reply = be_write.command_complete("SELECT 1") + be_write.ready_for_query(status)
         server.idle_since = 0.0
         relay._server_data(server, bytearray(reply), len(reply))
+        if at_once is not None:
+            at_once.append(ran == [server])
         assert app.read(len(reply), 2000) == reply
         if co is not None:
             if other.waiter.woken:      # (left waiting where the coroutine must detach)
@@ -627,6 +630,18 @@ def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
     assert got == want
     if kind != "pool_discard" and case in ("idle", "waiter_loop", "waiter_coroutine", "unrouted", "deployed"):
         assert got[0] == [] and got[1] is None      # detached in the hub
+
+
+def test_the_walk_runs_a_queued_relays_hand_over_before_it_returns(in_machine):
+    """With one worker the reply walk runs the continuation of the relay it hands the server to
+    itself (Wakeup's callback, run in the waiter's own hub), not at the loop's next turn as
+    router.detach's wake-up does; a paused route's waiter is not handed anything."""
+    for inline, case, want in ((True, "waiter_loop", [True]), (False, "waiter_loop", [False]),
+                               (True, "paused", [False])):
+        at_once = []
+        got = in_machine(_walked, "transaction", case, inline, at_once)
+        assert at_once == want
+        assert got[12] == (["server"] if case == "waiter_loop" else [])     # ran, after a turn
 
 
 def _relay_attach(fe, router, client, server):
