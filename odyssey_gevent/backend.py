@@ -137,6 +137,9 @@ def login(instance, server, client, endpoint, timeout: int, replication: str | N
     server.endpoint_host = str(endpoint.host)
     if tls.sslmode_tries_tls_first(rule.storage.tls):
         start_tls(instance, server, rule.storage, timeout)
+    # the relay reads and writes a plain server through its FileIO (Io.use_file: no keyword
+    # parsing per read); a TLS one keeps none
+    server.io.use_file()
     params = {"user": route.user, "database": route.db}
     if replication is not None:
         params["replication"] = replication

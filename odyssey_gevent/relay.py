@@ -814,16 +814,22 @@ class Relay:
                 data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
                 try:
                     if self.pending is None:
+                        # the server's FileIO where it keeps one (Io.use_file: no fileno() call;
+                        # None at EAGAIN), else its fd
                         sio = server.io
-                        try:
-                            n = _write(sio._raw.fileno(), data)
-                        except BlockingIOError:
-                            n = 0
-                        if n < end:
-                            self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
+                        f = sio._file
+                        if f is not None:
+                            n = f.write(data)
+                        else:
+                            try:
+                                n = _write(sio._raw.fileno(), data)
+                            except BlockingIOError:
+                                n = 0
+                        if n != end:
+                            self.pending = [(sio, bytes(memoryview(data)[n or 0:]), 1)]
                     else:
                         self._send_now(server.io, data, 1)
-                except OSError as e:
+                except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
                     raise ServerError(Status.ESERVER_WRITE, e) from None
                 if proto.output:
                     self._to_client(proto.take_output())
@@ -1331,13 +1337,23 @@ class Relay:
                 if buf is None:     # nothing held back: the thread's scratch (see _FreeList)
                     buf = self.free.scratch
                 start = self.s_len
+                # a pooled server's FileIO where it keeps one (Io.use_file: positional, where
+                # recv_into parses keywords, about 550 instructions a read; None at EAGAIN),
+                # else its socket (more workers attach a server's fd anew per transaction)
+                sio = server.io
+                f = sio._file
                 try:
-                    n = server.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
+                    if f is not None:
+                        n = f.readinto(memoryview(buf)[start:] if start else buf)
+                    else:
+                        n = sio._raw.recv_into(memoryview(buf)[start:] if start else buf)
                 except BlockingIOError:
                     return None
-                except OSError as e:
+                except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
                     raise ServerError(Status.ESERVER_READ, e) from None
-                if n == 0:
+                if not n:
+                    if n is None:       # EAGAIN (FileIO's)
+                        return None
                     raise ServerError(Status.ESERVER_READ, "server closed the connection")
                 end = start + n
             proto = server.proto

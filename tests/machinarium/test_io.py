@@ -76,6 +76,62 @@ def test_a_connected_io_holds_the_socket_an_accepted_one_holds(tmp_path):
     assert tcp[0] == "127.0.0.1" and unix == path
 
 
+def test_use_file_reads_and_writes_the_socket_until_closed_detached_or_tls(tmp_path):
+    """Io.use_file keeps a FileIO over a plain socket's fd (the relay reads and writes a pooled
+    server through it): readinto and write move the socket's bytes, None where the socket has
+    none to give; it goes, closed, with the socket's close, detach and TLS upgrade (a late
+    caller gets ValueError, never the bytes of a socket that took the fd's number); a TLS or
+    detached socket keeps none, and a second call keeps the first."""
+    path = str(tmp_path / "s.sock")
+
+    def body():
+        server, client = _pair()
+        (lst,) = [mm.listen_unix(path)]
+        uclient = mm.connect_unix(path, timeout_ms=2000)
+        userver = lst.accept(2000)
+        lst.close()
+        for accepted, connected in ((server, client), (userver, uclient)):
+            assert connected._file is None and accepted._file is None    # none unless asked
+            connected.use_file()
+            f = connected._file
+            assert f is not None and f.fileno() == connected.fileno()
+            connected.use_file()
+            assert connected._file is f
+            buf = bytearray(16)
+            assert f.readinto(buf) is None          # nothing to read: no BlockingIOError
+            accepted.write(b"ping")
+            deadline = time.monotonic() + 2
+            n = None
+            while n is None and time.monotonic() < deadline:
+                n = f.readinto(buf)
+            assert bytes(buf[:n]) == b"ping"
+            assert f.write(b"pong") == 4
+            assert accepted.read(4, 1000) == b"pong"
+            connected.close()
+            assert connected._file is None and f.closed
+            with pytest.raises(ValueError):
+                f.readinto(buf)
+            with pytest.raises(ValueError):
+                f.write(b"x")
+            assert connected.fileno() == -1 or connected.closed
+            accepted.close()
+        # detached: it goes with the fd; a detached Io keeps none
+        server, client = _pair()
+        client.use_file()
+        f = client._file
+        fd = client.detach()
+        assert client._file is None and f.closed
+        client.use_file()
+        assert client._file is None
+        io = mm.Io.attach(fd)
+        assert io._file is None
+        io.close()
+        server.close()
+        return True
+
+    assert run_in_machine(body)
+
+
 def test_large_write_completes_while_peer_reads_slowly():
     payload = os.urandom(4 * 1024 * 1024)
 

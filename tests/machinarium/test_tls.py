@@ -34,12 +34,15 @@ def pki(tmp_path_factory):
     return {k: str(d / k) for k in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
 
 
-def _tls_pair(server_ctx, client_ctx, hostname="localhost"):
+def _tls_pair(server_ctx, client_ctx, hostname="localhost", kept_file=None):
     (lst,) = mm.listen("127.0.0.1", 0)
     client = mm.connect("127.0.0.1", lst.local[1], 1000)
     server = lst.accept(1000)
     lst.close()
     errors = {}
+    if kept_file is not None:       # the client's FileIO (Io.use_file) made before the upgrade
+        client.use_file()
+        kept_file.append(client._file)
 
     def server_side():
         try:
@@ -75,6 +78,26 @@ def test_handshake_both_sides_verify_full_and_client_cert(pki):
         return got, back, subject["commonName"], server.is_tls
 
     assert run_in_machine(body) == (b"secret", b"ok", "client", True)
+
+
+def test_a_tls_upgrade_drops_the_kept_file(pki):
+    """Io.use_file's FileIO reads the plain socket: the TLS upgrade closes and drops it (the
+    relay then reads through TLS, not around it), and a TLS Io keeps none."""
+    def body():
+        sctx = mm.server_context(pki["server.crt"], pki["server.key"])
+        cctx = mm.client_context("require")
+        kept = []
+        server, client, errors = _tls_pair(sctx, cctx, kept_file=kept)
+        assert not errors
+        assert kept[0] is not None and kept[0].closed and client._file is None
+        client.use_file()
+        assert client._file is None
+        client.write(b"secret")
+        got = server.read(6, 1000)
+        server.close(), client.close()
+        return got
+
+    assert run_in_machine(body) == b"secret"
 
 
 def test_required_client_cert_missing_fails_handshake(pki):
