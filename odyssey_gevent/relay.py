@@ -1374,12 +1374,9 @@ class Relay:
                 if self.s_drop:
                     seg = pos
                     self.s_drop = False
-                self.s_skip = 0
                 prepared = self.prepared
-                if prepared is None:
-                    interest, kinds, shapes = _S_INTEREST, _S_KIND, _S_SHAPES
-                else:
-                    interest, kinds, shapes = _S_INTEREST_PREPARED, _S_KIND_PREPARED, _S_SHAPES_PREPARED
+                # the walk's tables are read where it walks (below): a layout's read needs none
+                shapes = _S_SHAPES if prepared is None else _S_SHAPES_PREPARED
                 if proto.output:    # answers the pooler gives itself, due before the next message
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
@@ -1392,7 +1389,11 @@ class Relay:
                     # would tell it, with the same handling; the walk goes on from there
                     shape = shapes.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
-                        told = shape[2]
+                        # (one unpack of the entry: a subscript each costs more). pos: where the
+                        # walk goes on; head: the read's last message a ReadyForQuery whose
+                        # header the layout checked (its status byte varies, so only the
+                        # header): not read again
+                        _, _, told, pos, pops, head = shape
                         if told:
                             # the plain completions of the plain requests at the head first, as
                             # Conversation.receive_completions tells them (receive's common case:
@@ -1403,39 +1404,37 @@ class Relay:
                             # after it; the rest one by one as the walk tells them
                             queue = proto.queue
                             k = 0
-                            for t in shape[4]:
+                            for t in pops:
                                 if not queue:
                                     break
-                                head = queue.popleft()
-                                if head != _POPS[t] or queue and queue[0].__class__ is not int:
-                                    queue.appendleft(head)
+                                entry = queue.popleft()
+                                if entry != _POPS[t] or queue and queue[0].__class__ is not int:
+                                    queue.appendleft(entry)
                                     break
                                 k += 1
                             if k:
                                 told = told[k:]
-                            for t, pos, msg_end in told:
+                            for t, at, msg_end in told:
                                 action = proto.receive(t)
                                 if proto.broken is not None:
                                     self._miscounted(server)
                                 if action != 0:     # (only the prepared layer's requests do this)
                                     if out is None:
                                         out = []
-                                    if pos > seg:
-                                        out.append(memoryview(buf)[seg:pos])
+                                    if at > seg:
+                                        out.append(memoryview(buf)[seg:at])
                                     if action == REPLACE:
                                         out.append(proto.replacement)
                                     seg = msg_end
                                 if proto.output:
                                     out = _splice(out, buf, seg, msg_end, proto.take_output())
                                     seg = msg_end
-                        pos = shape[3]
-                        # the read's last message a ReadyForQuery whose header the layout
-                        # checked (its status byte varies, so only the header): not read again
-                        head = shape[5]
                     elif shape:     # laid out otherwise: this length is walked from now on
                         shapes[end] = _NEVER
                     elif shape is not _NEVER:
                         learn = True
+                else:
+                    self.s_skip = 0     # (pos is s_skip: 0 already where it is 0)
                 last = end - 5      # the last position a whole header starts at
                 # the walk, its loop turned so that a header read with the layout (see above) is not read
                 # again: each message's header is read at the end of the one before
@@ -1447,7 +1446,6 @@ class Relay:
                     # its tests of the type (a copy of its _SK_READY branch and of what follows
                     # it for a whole message: once per transaction, where those tests cost about
                     # 40 bytecodes; test_relay keeps the copies in step)
-                    t = _S_READY
                     status = _BYTE[buf[end - 1]]
                     queue = proto.queue
                     if len(queue) == 1 and proto.phase == _BUSY_PHASE:
@@ -1462,9 +1460,9 @@ class Relay:
                             action = 0
                         else:
                             queue.append(entry)
-                            action = proto.receive(t, status)
+                            action = proto.receive(_S_READY, status)
                     else:
-                        action = proto.receive(t, status)
+                        action = proto.receive(_S_READY, status)
                     stats = self.stats
                     stats.count_query += 1
                     q0 = self.q_start
@@ -1504,6 +1502,10 @@ class Relay:
                         seg = end
                     pos = end
                 else:
+                    if prepared is None:
+                        interest, kinds = _S_INTEREST, _S_KIND
+                    else:
+                        interest, kinds = _S_INTEREST_PREPARED, _S_KIND_PREPARED
                     t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
                     while True:
                         if length < 4:
@@ -1612,7 +1614,7 @@ class Relay:
                     pos = end
                 if learn:           # see _C_SHAPES
                     if shape is _SEEN:
-                        shapes[end] = _server_shape(buf, end, kinds)
+                        shapes[end] = _server_shape(buf, end, _S_KIND if prepared is None else _S_KIND_PREPARED)
                     else:
                         if len(shapes) >= _SHAPES_MAX:
                             shapes.clear()
