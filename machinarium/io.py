@@ -165,8 +165,8 @@ class Io:
 
     # _kind: a listener's (family, type, proto, hub, loop), set by its first accept_now (unset
     # elsewhere)
-    # _file: the socket's FileIO for unparsed reads and writes, or None (see use_file)
-    __slots__ = ("sock", "_raw", "_tls", "_peer", "_poller", "_kind", "_file")
+    # _fread, _fwrite: the socket's FileIO's readinto and write, or None (see use_file)
+    __slots__ = ("sock", "_raw", "_tls", "_peer", "_poller", "_kind", "_fread", "_fwrite")
 
     def __init__(self, sock):
         self.sock = sock
@@ -174,7 +174,7 @@ class Io:
         self._tls = False
         self._peer = None
         self._poller = None     # readable_now()'s poll object, made at its first call
-        self._file = None
+        self._fread = self._fwrite = None
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -199,23 +199,26 @@ class Io:
         return self.sock.detach()
 
     def use_file(self) -> None:
-        """Keep a FileIO over the plain socket's fd (closefd off) in ``_file``, for a hot path's
-        reads and writes (``_file.readinto(buf)``, ``_file.write(data)``; each returns None where
-        the socket would raise BlockingIOError). Its methods take their arguments positionally,
-        where the native socket's ``recv_into`` parses them as keywords and ``os.write`` needs
-        ``fileno()`` called first: about 550 instructions fewer a read and 250 a write. Making
-        one costs about 5,000 and an fstat, so it is for a long-lived socket (a pooled server's
-        connection); nothing else reads through it. It goes (closed: a late caller gets
-        ValueError, never another socket's bytes) when the socket is closed, detached or
-        upgraded to TLS. No-op on a TLS or detached socket, or when one is kept already."""
-        if self._file is None and not self._tls and self._raw is not None:
-            self._file = _FileIO(self._raw.fileno(), "r+", closefd=False)
+        """Keep a FileIO over the plain socket's fd (closefd off) for a hot path's reads and
+        writes: its readinto and write, bound, in ``_fread`` and ``_fwrite`` (``_fread(buf)``,
+        ``_fwrite(data)``; each returns None where the socket would raise BlockingIOError). They
+        take their arguments positionally, where the native socket's ``recv_into`` parses them
+        as keywords and ``os.write`` needs ``fileno()`` called first; bound, as a FileIO's own
+        instance dict leaves a method load on it unspecialized in 3.11 (each socket's dict has
+        its own keys). Making one costs about 5,000 instructions and an fstat, so it is for a
+        long-lived socket (a pooled server's connection); nothing else reads through it. It goes
+        (closed: a late caller gets ValueError, never another socket's bytes) when the socket is
+        closed, detached or upgraded to TLS. No-op on a TLS or detached socket, or when one is
+        kept already."""
+        if self._fread is None and not self._tls and self._raw is not None:
+            f = _FileIO(self._raw.fileno(), "r+", closefd=False)
+            self._fread, self._fwrite = f.readinto, f.write
 
     def _drop_file(self) -> None:
-        f = self._file
-        if f is not None:
-            self._file = None
-            f.close()           # (closefd off: the fd stays the socket's)
+        read = self._fread
+        if read is not None:
+            self._fread = self._fwrite = None
+            read.__self__.close()       # (closefd off: the fd stays the socket's)
 
     # -- state ---------------------------------------------------------------------------
     def fileno(self) -> int:
@@ -253,7 +256,7 @@ class Io:
         A TLS connection first sends its close_notify (bounded by TLS_CLOSE_TIMEOUT_MS), as
         PostgreSQL does: libpq >= 17 sends CancelRequests inside TLS and reports an EOF without
         close_notify as an error."""
-        if self._file is not None:
+        if self._fread is not None:
             self._drop_file()
         sock = self.sock
         if self._tls and not sock.closed:
@@ -392,7 +395,7 @@ class Io:
         io._tls = False
         io._peer = addr or None
         io._poller = None
-        io._file = None
+        io._fread = io._fwrite = None
         return io
 
     def refuse_pending(self) -> bool:

@@ -817,9 +817,9 @@ class Relay:
                         # the server's FileIO where it keeps one (Io.use_file: no fileno() call;
                         # None at EAGAIN), else its fd
                         sio = server.io
-                        f = sio._file
-                        if f is not None:
-                            n = f.write(data)
+                        write = sio._fwrite
+                        if write is not None:
+                            n = write(data)
                         else:
                             try:
                                 n = _write(sio._raw.fileno(), data)
@@ -1338,13 +1338,13 @@ class Relay:
                     buf = self.free.scratch
                 start = self.s_len
                 # a pooled server's FileIO where it keeps one (Io.use_file: positional, where
-                # recv_into parses keywords, about 550 instructions a read; None at EAGAIN),
-                # else its socket (more workers attach a server's fd anew per transaction)
+                # recv_into parses keywords; None at EAGAIN), else its socket (more workers
+                # attach a server's fd anew per transaction)
                 sio = server.io
-                f = sio._file
+                read = sio._fread
                 try:
-                    if f is not None:
-                        n = f.readinto(memoryview(buf)[start:] if start else buf)
+                    if read is not None:
+                        n = read(memoryview(buf)[start:] if start else buf)
                     else:
                         n = sio._raw.recv_into(memoryview(buf)[start:] if start else buf)
                 except BlockingIOError:

@@ -77,11 +77,11 @@ def test_a_connected_io_holds_the_socket_an_accepted_one_holds(tmp_path):
 
 
 def test_use_file_reads_and_writes_the_socket_until_closed_detached_or_tls(tmp_path):
-    """Io.use_file keeps a FileIO over a plain socket's fd (the relay reads and writes a pooled
-    server through it): readinto and write move the socket's bytes, None where the socket has
-    none to give; it goes, closed, with the socket's close, detach and TLS upgrade (a late
-    caller gets ValueError, never the bytes of a socket that took the fd's number); a TLS or
-    detached socket keeps none, and a second call keeps the first."""
+    """Io.use_file keeps a FileIO's readinto and write over a plain socket's fd (the relay reads
+    and writes a pooled server through them): they move the socket's bytes, None where the
+    socket has none to give; they go, the FileIO closed, with the socket's close, detach and
+    TLS upgrade (a late caller gets ValueError, never the bytes of a socket that took the fd's
+    number); a TLS or detached socket keeps none, and a second call keeps the first."""
     path = str(tmp_path / "s.sock")
 
     def body():
@@ -91,40 +91,41 @@ def test_use_file_reads_and_writes_the_socket_until_closed_detached_or_tls(tmp_p
         userver = lst.accept(2000)
         lst.close()
         for accepted, connected in ((server, client), (userver, uclient)):
-            assert connected._file is None and accepted._file is None    # none unless asked
+            assert connected._fread is None and accepted._fread is None    # none unless asked
+            assert connected._fwrite is None and accepted._fwrite is None
             connected.use_file()
-            f = connected._file
-            assert f is not None and f.fileno() == connected.fileno()
+            read, write = connected._fread, connected._fwrite
+            f = read.__self__
+            assert write.__self__ is f and f.fileno() == connected.fileno()
             connected.use_file()
-            assert connected._file is f
+            assert connected._fread.__self__ is f
             buf = bytearray(16)
-            assert f.readinto(buf) is None          # nothing to read: no BlockingIOError
+            assert read(buf) is None            # nothing to read: no BlockingIOError
             accepted.write(b"ping")
             deadline = time.monotonic() + 2
             n = None
             while n is None and time.monotonic() < deadline:
-                n = f.readinto(buf)
+                n = read(buf)
             assert bytes(buf[:n]) == b"ping"
-            assert f.write(b"pong") == 4
+            assert write(b"pong") == 4
             assert accepted.read(4, 1000) == b"pong"
             connected.close()
-            assert connected._file is None and f.closed
+            assert connected._fread is None and connected._fwrite is None and f.closed
             with pytest.raises(ValueError):
-                f.readinto(buf)
+                read(buf)
             with pytest.raises(ValueError):
-                f.write(b"x")
-            assert connected.fileno() == -1 or connected.closed
+                write(b"x")
             accepted.close()
-        # detached: it goes with the fd; a detached Io keeps none
+        # detached: they go with the fd; a detached Io keeps none, nor one attached
         server, client = _pair()
         client.use_file()
-        f = client._file
+        f = client._fread.__self__
         fd = client.detach()
-        assert client._file is None and f.closed
+        assert client._fread is None and client._fwrite is None and f.closed
         client.use_file()
-        assert client._file is None
+        assert client._fread is None
         io = mm.Io.attach(fd)
-        assert io._file is None
+        assert io._fread is None
         io.close()
         server.close()
         return True

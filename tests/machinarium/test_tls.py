@@ -42,7 +42,7 @@ def _tls_pair(server_ctx, client_ctx, hostname="localhost", kept_file=None):
     errors = {}
     if kept_file is not None:       # the client's FileIO (Io.use_file) made before the upgrade
         client.use_file()
-        kept_file.append(client._file)
+        kept_file.append(client._fread.__self__)
 
     def server_side():
         try:
@@ -89,9 +89,9 @@ def test_a_tls_upgrade_drops_the_kept_file(pki):
         kept = []
         server, client, errors = _tls_pair(sctx, cctx, kept_file=kept)
         assert not errors
-        assert kept[0] is not None and kept[0].closed and client._file is None
+        assert kept[0].closed and client._fread is None and client._fwrite is None
         client.use_file()
-        assert client._file is None
+        assert client._fread is None
         client.write(b"secret")
         got = server.read(6, 1000)
         server.close(), client.close()
