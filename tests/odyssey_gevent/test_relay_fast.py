@@ -482,7 +482,10 @@ def test_a_handed_over_request_is_relayed_and_counted_whatever_it_is(in_machine,
             assert (stats.bytes_recv, stats.bytes_sent) == (len(request_), len(reply))
             assert stats.count_query == replies
             assert (h.server.sync_request, h.server.sync_reply) == (replies, replies)
-            assert h.relay.c_buf is None and h.relay.c_len == 0 and not h.relay.queued
+            # the inline send keeps the buffer it was held in, empty, for the next request; the
+            # client walk gives it back
+            kept = request_[:1] == b"Q" and replies == 1
+            assert (h.relay.c_buf is not None) is kept and h.relay.c_len == 0 and not h.relay.queued
             h.fe.queue = False
             _exchange(h, _q("select 3"), _reply(b"I"))
             assert stats.bytes_recv == len(request_) + len(_q("select 3"))
@@ -518,7 +521,7 @@ def test_a_handed_over_request_laid_out_as_one_seen_before_skips_the_walk(in_mac
             stats = h.client.route.stats
             assert (stats.bytes_recv, stats.bytes_sent, stats.count_query) == (len(request_), len(reply), 1)
             assert (h.server.sync_request, h.server.sync_reply) == (1, 1) and not h.server.broken
-            assert h.relay.c_buf is None and h.relay.c_len == 0 and not h.relay.queued
+            assert h.relay.c_buf is not None and h.relay.c_len == 0 and not h.relay.queued    # kept, empty
         finally:
             h.close()
         return True
@@ -535,8 +538,9 @@ def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, r
     """_on_client's inline copy of _send_query (the hand-over's) and _send_query itself leave the
     same state behind them: the same bytes at the server, the Conversation told the same (as
     send tells it: test_relay's test_a_lone_query_is_told_as_send_does; here after an earlier
-    Execute and CopyDone, whose marks a Query clears), the same stats and timings started, the
-    buffer given back, nothing held or pending."""
+    Execute and CopyDone, whose marks a Query clears), the same stats and timings started,
+    nothing held or pending; the callback gives the buffer back, the hand-over keeps the one
+    the request was held in, empty, for the relay's next request."""
     relay_mod._C_SHAPES.clear()
     if request_[:1] != b"Q":
         relay_mod._C_SHAPES[len(request_)] = relay_mod._client_shape(bytearray(request_), len(request_),
@@ -555,8 +559,9 @@ def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, r
             assert h.pg.read(len(request_), 2000) == request_
             relay, proto = h.relay, h.server.proto
             state = (list(proto.queue), proto.syncs, proto.unsynced, proto.phase, h.client.route.stats.bytes_recv,
-                     relay.q_start > 0, relay.tx_start > 0, relay.c_buf, relay.c_len, relay.pending,
+                     relay.q_start > 0, relay.tx_start > 0, relay.c_len, relay.pending,
                      h.fe.taken, proto._exec_syncs, proto._copy_ended, h.server.sync_request)
+            assert (relay.c_buf is None) is not queued and (relay.c_buf is None or len(relay.c_buf) == relay_mod.BUF_SIZE)
             reply = _reply(b"I") if request_[:1] == b"Q" else _ext_reply(b"I")
             h.pg.write(reply)
             assert h.app.read(len(reply), 2000) == reply
@@ -569,9 +574,58 @@ def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, r
     def body():
         direct, handed = sent(False), sent(True)
         assert direct == handed, (direct, handed)
-        assert direct[5] and direct[6] and direct[7] is None and direct[-1] == 1
+        assert direct[5] and direct[6] and direct[7] == 0 and direct[-1] == 1
         if request_[:1] == b"Q":
-            assert direct[11:13] == (-1, False)
+            assert direct[10:12] == (-1, False)
+        return True
+
+    assert in_machine(body)
+
+
+def test_a_relay_queued_again_holds_its_request_in_the_buffer_it_kept(in_machine):
+    """The hand-over keeps the buffer the request was held in (empty); the relay's next
+    request is read into it and, queued again, held there: neither the thread's scratch nor a
+    buffer of the free list is taken. The sweep gives it back (a client idling on), and so
+    does a request sent at once."""
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            free = h.relay.free
+            _queued(h, _q("select 1"))
+            held = h.relay.c_buf
+            assert held is not None and held is not free.scratch
+            h.fe.hand()
+            assert h.pg.read(len(_q("select 1")), 2000) == _q("select 1")
+            h.pg.write(_reply(b"I"))
+            assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
+            mm.sleep(0)
+            assert h.relay.c_buf is held and h.relay.c_len == 0 and h.client.server is None
+            scratch, spare = free.scratch, len(free)
+            _queued(h, _q("select 2"))
+            assert h.relay.c_buf is held and h.relay.c_len == len(_q("select 2"))
+            assert held[:len(_q("select 2"))] == _q("select 2")
+            assert free.scratch is scratch and len(free) == spare
+            h.fe.hand()
+            assert h.pg.read(len(_q("select 2")), 2000) == _q("select 2")
+            h.pg.write(_reply(b"I"))
+            assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
+            mm.sleep(0)
+            assert h.relay.c_buf is held and h.relay.c_len == 0
+            h.relay._sweep_fast(h.relay.wait_start)         # the sweep finds it parked
+            assert h.relay.c_buf is None and free[-1] is held
+            _queued(h, _q("select 3"))                      # (read into the scratch, kept)
+            again = h.relay.c_buf
+            h.fe.hand()
+            assert h.pg.read(len(_q("select 3")), 2000) == _q("select 3")
+            h.pg.write(_reply(b"I"))
+            assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
+            mm.sleep(0)
+            assert h.relay.c_buf is again and h.relay.c_len == 0
+            h.fe.queue = False
+            _exchange(h, _q("select 4"), _reply(b"I"))      # sent at once: given back
+            assert h.relay.c_buf is None and free[-1] is again
+        finally:
+            h.close()
         return True
 
     assert in_machine(body)
