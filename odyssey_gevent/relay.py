@@ -636,7 +636,7 @@ class Relay:
                 raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
             end = start + n
             reason = None
-            now = 0.0                   # the loop time if read (see _server_data's end)
+            now = None                  # the loop time if read (see _server_data's end)
             first = buf[0]              # once: indexing a bytearray is not specialized
             # `alone`: the common request, one whole simple Query alone in the buffer with a
             # server attached and no prepared-statement layer, is relayed as the queued hand-over relays
@@ -807,9 +807,9 @@ class Relay:
                     else:
                         proto.send_many(alone)
                 self.stats.bytes_recv += end
-                if not self.q_start:
+                if self.q_start is None:        # (None, not 0.0: see new_relay)
                     self.q_start = now = self.loop.now()
-                    if not self.tx_start:
+                    if self.tx_start is None:
                         self.tx_start = now
                 data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
                 try:
@@ -843,7 +843,7 @@ class Relay:
                 reason = self._client_data(buf, end)
             if reason is None:
                 if self.pending is None and not self.instance.shutting_down and not client.killed:
-                    self.wait_start = now if now else self.loop.now()    # the same loop time
+                    self.wait_start = now if now is not None else self.loop.now()    # the same loop time
                     return
                 reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
@@ -1247,9 +1247,9 @@ class Relay:
                 data = b"".join(out)
                 size = len(data)
             self.stats.bytes_recv += size
-            if not self.q_start:        # a request starts: time it (and its transaction)
+            if self.q_start is None:    # a request starts: time it (and its transaction)
                 self.q_start = now = self.loop.now()
-                if not self.tx_start:
+                if self.tx_start is None:
                     self.tx_start = now
             try:
                 if self.fast:
@@ -1339,7 +1339,7 @@ class Relay:
                 idle_readable(self, server)
                 return None
         reason = None
-        now = 0.0       # the loop time if read: it is the same for the whole callback (see the end)
+        now = None      # the loop time if read: it is the same for the whole callback (see the end)
         try:
             if buf is None:             # the callback (the coroutine passes its read)
                 buf = self.s_buf
@@ -1403,7 +1403,7 @@ class Relay:
                         # header the layout checked (its status byte varies, so only the
                         # header): not read again
                         _, _, told, pos, pops, head = shape
-                        if told:
+                        if told is not None:    # (None, not (): an identity test)
                             # the plain completions of the plain requests at the head first, as
                             # Conversation.receive_completions tells them (receive's common case:
                             # FORWARD, nothing due; inline, once per extended transaction, where
@@ -1475,26 +1475,26 @@ class Relay:
                     stats = self.stats
                     stats.count_query += 1
                     q0 = self.q_start
-                    if q0:
+                    if q0 is not None:
                         now = self.loop.now()
                         elapsed = now - q0
                         if elapsed > 0.0:
                             stats.query_time += elapsed
                             if stats.query_sketch is not None:
                                 stats.query_sketch.add(elapsed * 1e6)
-                        self.q_start = now if proto.syncs else 0.0
+                        self.q_start = now if proto.syncs else None
                     txs = proto.tx_status
                     if txs is _TX_IDLE or txs == _TX_IDLE:
                         stats.count_tx += 1
                         t0 = self.tx_start
-                        if t0:
-                            if q0:
+                        if t0 is not None:
+                            if q0 is not None:
                                 elapsed = now - t0
                                 if elapsed > 0.0:
                                     stats.tx_time += elapsed
                                     if stats.tx_sketch is not None:
                                         stats.tx_sketch.add(elapsed * 1e6)
-                            self.tx_start = now if q0 and proto.syncs else 0.0
+                            self.tx_start = now if q0 is not None and proto.syncs else None
                     self.s_ready = True
                     if proto.broken is not None:
                         self._miscounted(server)
@@ -1563,26 +1563,26 @@ class Relay:
                                     stats = self.stats
                                     stats.count_query += 1
                                     q0 = self.q_start
-                                    if q0:              # seconds; a pipelined next request runs from now
+                                    if q0 is not None:              # seconds; a pipelined next request runs from now
                                         now = self.loop.now()
                                         elapsed = now - q0
                                         if elapsed > 0.0:
                                             stats.query_time += elapsed
                                             if stats.query_sketch is not None:
                                                 stats.query_sketch.add(elapsed * 1e6)
-                                        self.q_start = now if proto.syncs else 0.0
+                                        self.q_start = now if proto.syncs else None
                                     txs = proto.tx_status
                                     if txs is _TX_IDLE or txs == _TX_IDLE:
                                         stats.count_tx += 1
                                         t0 = self.tx_start
-                                        if t0:
-                                            if q0:
+                                        if t0 is not None:
+                                            if q0 is not None:
                                                 elapsed = now - t0
                                                 if elapsed > 0.0:
                                                     stats.tx_time += elapsed
                                                     if stats.tx_sketch is not None:
                                                         stats.tx_sketch.add(elapsed * 1e6)
-                                            self.tx_start = now if q0 and proto.syncs else 0.0
+                                            self.tx_start = now if q0 is not None and proto.syncs else None
                                     self.s_ready = True
                                 else:
                                     action = proto.receive(t)
@@ -1778,7 +1778,7 @@ class Relay:
                     # the loop time read at the ReadyForQuery if it was: libev updates it only
                     # between loop iterations, so a second read gives the same (about 100
                     # instructions for the call and its float)
-                    self.wait_start = now if now else self.loop.now()
+                    self.wait_start = now if now is not None else self.loop.now()
                     return None
                 reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
@@ -1838,7 +1838,7 @@ def _server_shape(buf, end: int, kinds: tuple):
     """The _S_SHAPES entry for the server bytes buf[:end]: the whole messages before the first
     one the walk reads whole (`kinds`, _S_KIND or _S_KIND_PREPARED, other than _SK_TELL) or the
     first not whole, as an unpack
-    of their headers and what it gives, the told ones (type, start, end), where the walk goes
+    of their headers and what it gives, the told ones (type, start, end; None for none), where the walk goes
     on, the told types (bytes) and whether the header there, a ReadyForQuery ending the read,
     is checked too; _NEVER for fewer than two such messages (that ReadyForQuery counted) or
     more than _SHAPE_MESSAGES."""
@@ -1866,7 +1866,7 @@ def _server_shape(buf, end: int, kinds: tuple):
     if n < 2 or n > _SHAPE_MESSAGES:
         return _NEVER
     unpack = struct.Struct("".join(fmt)).unpack_from
-    return unpack, unpack(buf, 0), tuple(told), pos, bytes(t for t, _, _ in told), head
+    return unpack, unpack(buf, 0), tuple(told) or None, pos, bytes(t for t, _, _ in told), head
 
 
 def _splice(out: list | None, buf, seg: int, pos: int, data: bytes) -> list:
@@ -1953,9 +1953,10 @@ def new_relay(frontend, client, prepared=None):
     # from and given back to inline on the hot path
     self.loop, self.ident, self.free, _ = shared
     # q_start: when the request being answered reached the relay; tx_start: the first
-    # request of the open transaction (0: none)
-    self.q_start = 0.0
-    self.tx_start = 0.0
+    # request of the open transaction (None: none; the callbacks test them with `is`, where a
+    # truth test of a float calls PyObject_IsTrue)
+    self.q_start = None
+    self.tx_start = None
     # pool_idle_in_request_timeout_ms: the wait's timeout while a request is unfinished
     self.request_timeout = request_timeout
     self.timers = None      # wait_any's reusable timeout timers, made at the first timed wait
