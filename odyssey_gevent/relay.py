@@ -985,16 +985,21 @@ class Relay:
                     data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
                     try:
                         if self.pending is None:
+                            # the server's FileIO where it keeps one, as _on_client writes
                             sio = server.io
-                            try:
-                                n = _write(sio._raw.fileno(), data)
-                            except BlockingIOError:
-                                n = 0
-                            if n < end:
-                                self.pending = [(sio, bytes(memoryview(data)[n:]), 1)]
+                            write = sio._fwrite
+                            if write is not None:
+                                n = write(data)
+                            else:
+                                try:
+                                    n = _write(sio._raw.fileno(), data)
+                                except BlockingIOError:
+                                    n = 0
+                            if n != end:
+                                self.pending = [(sio, bytes(memoryview(data)[n or 0:]), 1)]
                         else:
                             self._send_now(server.io, data, 1)
-                    except OSError as e:
+                    except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
                         raise ServerError(Status.ESERVER_WRITE, e) from None
                     if proto.output:
                         self._to_client(proto.take_output())
