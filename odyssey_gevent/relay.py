@@ -950,7 +950,7 @@ class Relay:
                     shape = _C_SHAPES.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
                         alone = shape[2]
-                now = 0.0
+                now = None
                 if alone:
                     proto = server.proto
                     if alone is True:
@@ -978,9 +978,9 @@ class Relay:
                         else:
                             proto.send_many(alone)
                     self.stats.bytes_recv += end
-                    if not self.q_start:
+                    if self.q_start is None:        # (None, not 0.0: see new_relay)
                         self.q_start = now = self.loop.now()
-                        if not self.tx_start:
+                        if self.tx_start is None:
                             self.tx_start = now
                     data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
                     try:
@@ -1014,7 +1014,7 @@ class Relay:
                     reason = self._client_data(buf, end)
                 if reason is None:
                     if self.pending is None and not self.instance.shutting_down and not client.killed:
-                        self.wait_start = now if now else self.loop.now()    # the same loop time
+                        self.wait_start = now if now is not None else self.loop.now()    # the same loop time
                         return
                     reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
