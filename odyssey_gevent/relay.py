@@ -39,13 +39,19 @@ from gevent import get_hub, getcurrent
 from machinarium import wait_any
 from kiwi import error_codes
 from kiwi.framer import FE_RELAY_LIMITS
-from kiwi.protocol import _BATCHES, _POPS, REPLACE, Phase
+from kiwi import protocol as _protocol
+from kiwi.protocol import _POPS, REPLACE, Phase
 from odyssey_gevent.prepared import _SQL_HEAD
 from odyssey_gevent.server import idle_readable
 from odyssey_gevent.router import _C_ACTIVE, _C_PENDING, _C_QUEUE, _C_UNDEF, _S_ACTIVE, _S_IDLE
 from odyssey_gevent.reset import _COPY_PHASES
 from odyssey_gevent.deploy import needed as _deploy_needed
 from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
+
+# assigned, not imported: 3.11 compiles a method call on a name an import statement binds as an
+# attribute load and a call (a bound method made per call, LOAD_ATTR unspecialized) instead of
+# LOAD_METHOD; _BATCHES.get runs once per extended transaction
+_BATCHES = _protocol._BATCHES
 
 BUF_SIZE = 32 * 1024
 # Bytes forwarded whole from a buffer go out as a copy up to this size, a memoryview beyond:
