@@ -1056,14 +1056,15 @@ class Relay:
         """Run by the sweep for a relay parked in the fast path: end a wait that is over its
         timeout, or send an idle client without a server to sleep (see DORMANT_AFTER_MS). An
         empty client buffer the relay kept after a queued hand-over (_on_handed) is given back
-        here, so a client that stays idle without going dormant holds none either."""
+        here once its wait is as old as a sweep's interval, so a client that stays idle without
+        going dormant holds none either."""
+        idle = now - self.wait_start
         buf = self.c_buf
-        if buf is not None and not self.c_len:
+        if buf is not None and not self.c_len and idle * 1000.0 >= DORMANT_AFTER_MS:
             self.c_buf = None
             free = self.free
             if len(buf) == BUF_SIZE and len(free) < 256:
                 free.append(buf)
-        idle = now - self.wait_start
         server = self.client.server
         timeout = self._wait_timeout(server)
         if timeout is not None:

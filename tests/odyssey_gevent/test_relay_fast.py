@@ -585,8 +585,8 @@ def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, r
 def test_a_relay_queued_again_holds_its_request_in_the_buffer_it_kept(in_machine):
     """The hand-over keeps the buffer the request was held in (empty); the relay's next
     request is read into it and, queued again, held there: neither the thread's scratch nor a
-    buffer of the free list is taken. The sweep gives it back (a client idling on), and so
-    does a request sent at once."""
+    buffer of the free list is taken. The sweep gives it back (a client idling on for a
+    sweep's interval), and so does a request sent at once."""
     def body():
         h = _harness(queue=True, cb_queue=True)
         try:
@@ -611,8 +611,11 @@ def test_a_relay_queued_again_holds_its_request_in_the_buffer_it_kept(in_machine
             assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
             mm.sleep(0)
             assert h.relay.c_buf is held and h.relay.c_len == 0
-            h.relay._sweep_fast(h.relay.wait_start)         # the sweep finds it parked
-            assert h.relay.c_buf is None and free[-1] is held
+            h.relay._sweep_fast(h.relay.wait_start)         # a sweep in the same wait: kept
+            assert h.relay.c_buf is held
+            # a sweep an interval later gives it back (this frontend cannot go dormant)
+            h.relay._sweep_fast(h.relay.wait_start + relay_mod.DORMANT_AFTER_MS / 1000.0)
+            assert h.relay.c_buf is None and free[-1] is held and h.relay.glet is not None
             _queued(h, _q("select 3"))                      # (read into the scratch, kept)
             again = h.relay.c_buf
             h.fe.hand()
