@@ -725,11 +725,10 @@ class Relay:
                         # idle server, not paused, no shared pool or NOTICE, and the client's
                         # waiter armed with this relay's hand-over by an earlier wait: queued;
                         # anything else is queue_now's
+                        # (`route` is client.route: read above)
                         waiter = client.waiter
-                        server = False
                         if waiter is not None and waiter.callback is handed:
                             router = self.instance.router
-                            route = client.route
                             pool_size = client.rule.pool_size
                             if (router.mt_lock is None and pool_size and len(route.active) >= pool_size
                                     and not route.idle and not route.queue_odd and not router.paused_all
@@ -739,7 +738,9 @@ class Relay:
                                 route.waiters.append(waiter)
                                 client.state = _C_QUEUE
                                 server = None
-                        if server is False:
+                            else:
+                                server = self.fe.queue_now(client, handed, self.loop, self.ident)
+                        else:
                             server = self.fe.queue_now(client, handed, self.loop, self.ident)
                         if server is not None:  # False: the usual attach; else a new server to connect
                             reason = (end, None if server is False else server)
@@ -931,8 +932,6 @@ class Relay:
                 # not ready: a new server to connect, or checks: the coroutine
                 reason = None if ready else (end, server)
             if reason is None:
-                if self.prepared is not None:
-                    server.proto.exact = True
                 if queued is _Q_STOPPED:    # _on_client stopped it while queued
                     self.c_watch.start(self.on_client)
                 sw = self.s_watch = server.io.sock._read_event
@@ -949,10 +948,11 @@ class Relay:
                 # The test sets a flag (see _on_client); so does a request laid out as one seen
                 # before (_C_SHAPES: the types to tell)
                 alone = False
-                if buf[0] == _C_QUERY and self.prepared is None and _unpack_len(buf, 1)[0] + 1 == end \
-                        and end - 5 <= _Q_LIMIT:
+                if self.prepared is not None:
+                    server.proto.exact = True
+                elif buf[0] == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
                     alone = True
-                elif self.prepared is None:
+                else:
                     shape = _C_SHAPES.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
                         alone = shape[2]
