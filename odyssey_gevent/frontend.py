@@ -883,8 +883,8 @@ class Frontend:
                 except Exception:
                     pass
             io = client.io
-            if io._tls:
-                io.close()              # close_notify first
+            if io._tls or io._fread is not None:
+                io.close()              # close_notify first; or the FileIO the relay made closed
             else:
                 io.sock.close()         # Io.close's plain case (a frame fewer per login)
             if instance.workers <= 1:   # Instance.client_closed's one-thread case inline (a frame fewer)

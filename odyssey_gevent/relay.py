@@ -397,7 +397,7 @@ class Relay:
                  "s_ready", "mode_transaction", "mode_statement", "stats", "prepared", "instance",
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident",
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
-                 "wait_start", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
+                 "wait_start", "swept", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
                  "q_timer", "on_handed", "keep_watch", "c_watch")
 
     def __new__(cls, frontend, client, prepared=None):
@@ -583,7 +583,7 @@ class Relay:
         """Wait for either side in the fast path; returns why the coroutine is needed."""
         self.fast = True
         self.waiting = True
-        self.wait_start = self.loop.now()     # (see _on_client: a specialized method load)
+        self.wait_start = self.swept = self.loop.now()    # (see _on_client: a specialized method load)
         cw = self.c_watch = self.client.io.sock._read_event
         cw.start(self.on_client)
         if server is not None:
@@ -632,13 +632,23 @@ class Relay:
             if buf is None:     # nothing held back: the thread's scratch (see _FreeList); what
                 buf = self.free.scratch     # the coroutine or the queue relays later is kept
             start = self.c_len
+            # the client's FileIO once the sweep found the session busy (Io.use_file, see
+            # _sweep_fast: positional, where recv_into parses keywords; None at EAGAIN), else
+            # its socket
+            cio = client.io
+            read = cio._fread
             try:
-                n = client.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
+                if read is not None:
+                    n = read(memoryview(buf)[start:] if start else buf)
+                else:
+                    n = cio._raw.recv_into(memoryview(buf)[start:] if start else buf)
             except BlockingIOError:
                 return
-            except OSError as e:
+            except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
                 raise ClientGone(Status.ECLIENT_READ, e) from None
-            if n == 0:
+            if not n:
+                if n is None:           # EAGAIN (FileIO's)
+                    return
                 raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
             end = start + n
             reason = None
@@ -1058,13 +1068,24 @@ class Relay:
         empty client buffer the relay kept after a queued hand-over (_on_handed) is given back
         here once its wait is as old as a sweep's interval, so a client that stays idle without
         going dormant holds none either."""
-        idle = now - self.wait_start
+        start = self.wait_start
+        idle = now - start
         buf = self.c_buf
         if buf is not None and not self.c_len and idle * 1000.0 >= DORMANT_AFTER_MS:
             self.c_buf = None
             free = self.free
             if len(buf) == BUF_SIZE and len(free) < 256:
                 free.append(buf)
+        if start != self.swept:
+            # the callbacks relayed since the last sweep (or the park): a client busy with
+            # requests (not an idle one, nor most short sessions, pgbench -C's, over within the
+            # sweep's second) is read and written through a FileIO from now on (Io.use_file:
+            # positional, where recv_into parses keywords and os.write needs fileno()), made
+            # here once for about 5,000 instructions, which a login of its own would pay
+            self.swept = start
+            cio = self.client.io
+            if cio._fread is None:
+                cio.use_file()
         server = self.client.server
         timeout = self._wait_timeout(server)
         if timeout is not None:
@@ -1649,18 +1670,24 @@ class Relay:
                     try:
                         if self.fast:
                             if self.pending is None:    # _send_now's common case, inline
+                                # the client's FileIO where it keeps one (see _on_client; None
+                                # at EAGAIN), else its fd
                                 cio = self.client.io
-                                try:
-                                    n = _write(cio._raw.fileno(), data)
-                                except BlockingIOError:
-                                    n = 0
-                                if n < pos:
-                                    self.pending = [(cio, bytes(memoryview(data)[n:]), 0)]
+                                write = cio._fwrite
+                                if write is not None:
+                                    n = write(data)
+                                else:
+                                    try:
+                                        n = _write(cio._raw.fileno(), data)
+                                    except BlockingIOError:
+                                        n = 0
+                                if n != pos:
+                                    self.pending = [(cio, bytes(memoryview(data)[n or 0:]), 0)]
                             else:
                                 self._send_now(self.client.io, data, 0)
                         else:
                             self.client.io.write(data)
-                    except OSError as e:
+                    except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
                         raise ClientGone(Status.ECLIENT_WRITE, e) from None
             else:
                 if pos > seg:
@@ -1978,6 +2005,7 @@ def new_relay(frontend, client, prepared=None):
     self.fast = False       # parked in the fast path: the callbacks relay
     self.pending = None     # [(io, bytes, to_server)] the fast path could not write at once
     self.wait_start = 0.0   # the loop time the present wait started (the sweep's timeouts)
+    self.swept = 0.0        # wait_start as the last sweep (or the park) found it (_sweep_fast)
     self.expired = False    # the sweep found the fast path's wait over its timeout
     self.s_watch = None     # the attached server's read watcher, started by the fast path
     self.on_client = self._on_client

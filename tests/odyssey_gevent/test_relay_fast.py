@@ -946,3 +946,40 @@ def test_a_server_closed_under_the_relays_watch_is_thrown_into_the_coroutine(in_
 
     result = in_machine(body)
     assert isinstance(result, OSError), result
+
+
+def test_the_sweep_gives_a_busy_client_a_file_it_is_then_read_and_written_through(in_machine):
+    """A client whose callbacks relayed since the last sweep (or the park: a session busy with
+    requests) is read and written through a FileIO from the next sweep on (Io.use_file: no
+    keyword parsing per read); an idle one is not, and the cleanup closes the FileIO with the
+    socket."""
+    def body():
+        h = _harness()
+        try:
+            mm.sleep(5)
+            relay_mod._sweep()                      # parked, nothing relayed since: none made
+            assert h.relay.fast and h.cio._fread is None
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            relay_mod._sweep()
+            read = h.cio._fread
+            assert h.relay.fast and read is not None and h.cio._fwrite is not None
+            f = read.__self__
+            calls = []                              # (counted by wrappers around the two)
+
+            def counted(fn, name):
+                return lambda data: calls.append(name) or fn(data)
+            h.cio._fread, h.cio._fwrite = counted(read, "read"), counted(h.cio._fwrite, "write")
+            for _ in range(3):                      # relayed through it both ways
+                _exchange(h, _q("select 1"), _reply(b"I"))
+            assert calls.count("read") >= 3 and calls.count("write") == 3
+            assert h.relay.fast and h.fe.now_detaches == 4 and not f.closed
+            relay_mod._sweep()
+            assert h.cio._fread is not read and h.cio._fread is not None    # made once
+            h.cio._fread, h.cio._fwrite = read, f.write
+            h.cio.close()
+            assert h.cio._fread is None and f.closed
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
