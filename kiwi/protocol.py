@@ -195,7 +195,10 @@ class Conversation:
         self.unsynced = False       # extended-protocol messages sent since the last Sync
         self.tx_status = b"I"
         self.broken: str | None = None
-        self.output: list[bytes] = []    # LOCAL answers now due to the client, in order
+        # LOCAL answers now due to the client, in order; None while there are none (the relay
+        # tests it once or twice a message with `is`, where an empty list's truth test calls
+        # PyObject_IsTrue)
+        self.output: list[bytes] | None = None
         self.replacement = b""           # what to send instead of a REPLACEd message
         self.replies = 0            # ReadyForQuery received so far (for logs and tests)
         self._exec_syncs = -1       # Syncs sent since the last Execute (-1: last was a Query)
@@ -455,16 +458,22 @@ class Conversation:
             if head.__class__ is int or head.type != LOCAL:
                 break
             queue.popleft()
-            self.output.append(head.local)
+            out = self.output
+            if out is None:
+                self.output = [head.local]
+            else:
+                out.append(head.local)
             if head.on_done is not None:
                 head.on_done()
         if not queue and self.phase == Phase.BUSY and not self.unsynced and self.syncs == 0:
             self.phase = Phase.READY
 
     def take_output(self) -> bytes:
-        out = b"".join(self.output)
-        self.output.clear()
-        return out
+        out = self.output
+        if out is None:
+            return b""
+        self.output = None
+        return b"".join(out)
 
     # -- the server sends ----------------------------------------------------------------
     def receive(self, t: int, status: bytes | None = None) -> int:

@@ -848,7 +848,7 @@ class Relay:
                         self._send_now(server.io, data, 1)
                 except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
                     raise ServerError(Status.ESERVER_WRITE, e) from None
-                if proto.output:
+                if proto.output is not None:
                     self._to_client(proto.take_output())
                 if buf is self.c_buf:       # not the scratch
                     self.c_len = 0
@@ -1300,7 +1300,7 @@ class Relay:
                     server.io.write(data)
             except OSError as e:
                 raise ServerError(Status.ESERVER_WRITE, e) from None
-        if server is not None and server.proto.output:
+        if server is not None and server.proto.output is not None:
             self._to_client(server.proto.take_output())
         if terminate >= 0:
             self.c_len = 0
@@ -1409,7 +1409,7 @@ class Relay:
                     seg = end
                 # answers due after a message that ends here (the walk below splices them itself
                 # after each message that ends in the bytes it has)
-                if skip == 0 and proto.output:
+                if skip == 0 and proto.output is not None:
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
             else:
@@ -1419,7 +1419,7 @@ class Relay:
                 prepared = self.prepared
                 # the walk's tables are read where it walks (below): a layout's read needs none
                 shapes = _S_SHAPES if prepared is None else _S_SHAPES_PREPARED
-                if proto.output:    # answers the pooler gives itself, due before the next message
+                if proto.output is not None:    # answers the pooler gives itself, due before the next message
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
                 learn = head = False
@@ -1468,7 +1468,7 @@ class Relay:
                                     if action == REPLACE:
                                         out.append(proto.replacement)
                                     seg = msg_end
-                                if proto.output:
+                                if proto.output is not None:
                                     out = _splice(out, buf, seg, msg_end, proto.take_output())
                                     seg = msg_end
                     elif shape:     # laid out otherwise: this length is walked from now on
@@ -1539,7 +1539,7 @@ class Relay:
                         if action == REPLACE:
                             out.append(proto.replacement)
                         seg = end
-                    if proto.output:
+                    if proto.output is not None:
                         out = _splice(out, buf, seg, end, proto.take_output())
                         seg = end
                     pos = end
@@ -1644,7 +1644,7 @@ class Relay:
                                 seg = msg_end
                             # answers the pooler gives itself become due only here, after a message
                             # it was told (a partial one's at the next message's header, above)
-                            if proto.output and msg_end <= end:
+                            if proto.output is not None and msg_end <= end:
                                 out = _splice(out, buf, seg, msg_end, proto.take_output())
                                 seg = msg_end
                         pos = msg_end
@@ -1746,7 +1746,7 @@ class Relay:
                                 # the two in step): a plain detach (workers 1, no lock) of a server
                                 # that settled, back on the idle list or handed to the first waiter
                                 # of a route not paused; anything else is detach_walked's
-                                if ((txs is _TX_IDLE or txs == _TX_IDLE) and not proto.output
+                                if ((txs is _TX_IDLE or txs == _TX_IDLE) and proto.output is None
                                         and not server.cancels and not server.drop and server.io is not None
                                         and proto.phase not in _COPY_PHASES and not server.offline
                                         and not route.obsolete and server.state is _S_ACTIVE

@@ -104,8 +104,8 @@ def reset(instance, server, clean: bool) -> bool:
     log = instance.logger
     if server.broken or server.io is None:
         return False
-    if server.proto.output:
-        server.proto.output.clear()        # answers for a client that is gone
+    if server.proto.output is not None:
+        server.proto.output = None         # answers for a client that is gone
     if server.cancels and not _cancels_done(instance, server):
         log.info("reset", None, server, "a cancel request for the previous client is still on its way, closing")
         return False

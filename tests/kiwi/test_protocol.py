@@ -154,11 +154,11 @@ def test_local_answer_waits_for_the_replies_before_it():
     c.send(ord("E"))
     c.send_request(Request(LOCAL, local=b"<pc>"))
     c.send(ord("S"))
-    assert c.output == []
+    assert c.output is None
     c.receive(ord("1"))
     c.receive(ord("2"))
     c.receive(ord("D"))
-    assert c.output == []               # the Execute's rows are still coming
+    assert c.output is None            # the Execute's rows are still coming
     c.receive(ord("C"))
     assert c.take_output() == b"<pc>"
     c.receive(ord("Z"), b"I")
@@ -171,6 +171,20 @@ def test_local_answer_with_nothing_outstanding_is_due_at_once():
     assert c.take_output() == b"<cc>" and c.idle
 
 
+def test_output_is_none_while_no_answer_is_due():
+    """`output` is None while nothing is due (the relay tests it with `is`), a list of the due
+    answers in order otherwise; take_output empties it to None again (b"" when nothing is due)."""
+    c = Conversation()
+    assert c.output is None and c.take_output() == b""
+    c.send(ord("Q"))
+    c.send_request(Request(LOCAL, local=b"<a>"))
+    c.send_request(Request(LOCAL, local=b"<b>"))
+    assert c.output is None                 # after the Query's reply
+    c.receive(ord("Z"), b"I")
+    assert c.output == [b"<a>", b"<b>"]
+    assert c.take_output() == b"<a><b>" and c.output is None and c.idle
+
+
 def test_an_error_skips_local_answers_queued_after_it_and_undoes_them():
     c = Conversation(exact=True)
     undone = []
@@ -178,7 +192,7 @@ def test_an_error_skips_local_answers_queued_after_it_and_undoes_them():
     c.send_request(Request(LOCAL, local=b"<pc>", on_fail=lambda: undone.append(1)))
     c.send(ord("S"))
     c.receive(ord("E"))
-    assert undone == [1] and c.output == []
+    assert undone == [1] and c.output is None
     c.receive(ord("Z"), b"I")
     assert c.idle
 
@@ -189,7 +203,7 @@ def test_requests_sent_while_skipping_are_dropped_and_undone():
     c.receive(ord("E"))
     undone = []
     c.send_request(Request(LOCAL, local=b"<pc>", on_fail=lambda: undone.append(1)))
-    assert undone == [1] and c.output == [] and c.skipping
+    assert undone == [1] and c.output is None and c.skipping
 
 
 @pytest.mark.parametrize("events", [
@@ -402,7 +416,7 @@ def test_receive_completions_takes_only_what_receive_would_forward_with_nothing_
         each = [told(one, t) for t in types]
         k = many.receive_completions(bytes(types))
         assert all(e == (FORWARD, b"", False) for e in each[:k]), (prefix, types, k)
-        assert many.output == [] and many.broken == before
+        assert many.output is None and many.broken == before
         rest = [told(many, t) for t in types[k:]]
         assert rest == each[k:], (prefix, types, k)
         assert _requests_apart(_state(many)) == _requests_apart(_state(one)), (prefix, types, k)

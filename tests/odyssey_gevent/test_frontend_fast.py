@@ -214,7 +214,7 @@ def _check(kind, clean, syncs, tx, output, cancels, drop, broken, io, phase, off
     proto = server.proto
     proto.syncs, proto.tx_status, proto.phase = syncs, tx, phase
     if output:
-        proto.output.append(b"x")
+        proto.output = [b"x"]
     server.cancels, server.drop, server.broken, server.offline = cancels, drop, broken, offline
     route.obsolete = obsolete
     want = reset.quick(server, clean) and not offline and not obsolete

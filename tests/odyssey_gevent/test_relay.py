@@ -1031,7 +1031,7 @@ def test_the_walk_tells_a_ready_for_query_as_receive_does(in_machine, case, stat
     (the others are receive's own)."""
     def state(conv):
         return ([e if e.__class__ is int else (e.type, e.hide) for e in conv.queue], conv.syncs, conv.phase,
-                conv.unsynced, conv.tx_status, conv.replies, conv.broken, list(conv.output))
+                conv.unsynced, conv.tx_status, conv.replies, conv.broken, list(conv.output or ()))
 
     def body():
         told = _owing(case)
@@ -1145,7 +1145,7 @@ def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, s
             relay.q_start = relay.tx_start = 1.0        # a request under way since then (loop time)
             h.relay._server_data(h.server, bytearray(reply), len(reply))
             return ([e if e.__class__ is int else (e.type, e.hide) for e in conv.queue], conv.syncs, conv.phase,
-                    conv.unsynced, conv.tx_status, conv.replies, conv.broken, list(conv.output), h.server.broken,
+                    conv.unsynced, conv.tx_status, conv.replies, conv.broken, list(conv.output or ()), h.server.broken,
                     _unread(h.app), stats.count_query, stats.count_tx, stats.query_time > 0, stats.tx_time > 0,
                     relay.q_start, relay.tx_start, relay.s_ready, relay.s_len, relay.s_skip, len(h.fe.detaches))
         finally:

@@ -199,10 +199,10 @@ def test_not_synchronized_with_pool_cancel_off_is_closed(in_machine):
 
 def test_answers_due_to_the_gone_client_are_dropped(in_machine):
     def fn(s):
-        s.server.proto.output.append(b"local answer")
+        s.server.proto.output = [b"local answer"]
         s.server.drop = True
         s.reset()
-        return list(s.server.proto.output)
+        return list(s.server.proto.output or ())
 
     assert run(in_machine, fn) == []
 
