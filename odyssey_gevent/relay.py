@@ -300,7 +300,7 @@ def _sweep() -> None:
             continue
         if relay.fast:
             if now is None:
-                now = relay.loop.now()
+                now = _monotonic()      # the relays' clock (see _on_client)
             relay._sweep_fast(now)
         elif relay.may_sleep:
             if relay.marked:
@@ -583,7 +583,7 @@ class Relay:
         """Wait for either side in the fast path; returns why the coroutine is needed."""
         self.fast = True
         self.waiting = True
-        self.wait_start = self.swept = self.loop.now()    # (see _on_client: a specialized method load)
+        self.wait_start = self.swept = _monotonic()     # the relays' clock (see _on_client)
         cw = self.c_watch = self.client.io.sock._read_event
         cw.start(self.on_client)
         if server is not None:
@@ -615,10 +615,13 @@ class Relay:
 
     # The two read watchers' callbacks run once per request and once per reply: each is one
     # Python frame (the steps inline), and switches into the coroutine only with a reason. The
-    # server's is _server_data called without arguments (the walk the coroutine shares). They
-    # read the loop time as self.loop.now(): a method of the loop's type, whose load 3.11
-    # specializes, where self.now() loads the bound method kept in a slot unspecialized
-    # (_PyObject_GetMethod and the slot's getter, about 100 instructions a call)
+    # server's is _server_data called without arguments (the walk the coroutine shares).
+    # The relays' clock (q_start, tx_start, wait_start, swept, the sweep's now) is
+    # time.monotonic(), the clock of a server's idle_since and a waiter's since: the reply walk
+    # reads it once at the ReadyForQuery for the query and transaction times, the detach's
+    # idle_since and the wait's start, where the loop's time (loop.now(), a Cython method call
+    # 3.11 does not specialize: about 295 instructions, monotonic() about 335) was a second
+    # read per reply besides the detach's monotonic()
     def _on_client(self) -> None:
         if self.queued:
             # the client sent more (or closed) while queued: left unread until the hand-over,
@@ -652,7 +655,7 @@ class Relay:
                 raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
             end = start + n
             reason = None
-            now = None                  # the loop time if read (see _server_data's end)
+            now = None                  # the clock if read (see _server_data's end)
             first = buf[0]              # once: indexing a bytearray is not specialized
             # `alone`: the common request, one whole simple Query alone in the buffer with a
             # server attached and no prepared-statement layer, is relayed as the queued hand-over relays
@@ -825,7 +828,7 @@ class Relay:
                         proto.send_many(alone)
                 self.stats.bytes_recv += end
                 if self.q_start is None:        # (None, not 0.0: see new_relay)
-                    self.q_start = now = self.loop.now()
+                    self.q_start = now = _monotonic()
                     if self.tx_start is None:
                         self.tx_start = now
                 data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
@@ -860,7 +863,7 @@ class Relay:
                 reason = self._client_data(buf, end)
             if reason is None:
                 if self.pending is None and not self.instance.shutting_down and not client.killed:
-                    self.wait_start = now if now is not None else self.loop.now()    # the same loop time
+                    self.wait_start = now if now is not None else _monotonic()    # (the request's start: the same wait)
                     return
                 reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
@@ -995,7 +998,7 @@ class Relay:
                             proto.send_many(alone)
                     self.stats.bytes_recv += end
                     if self.q_start is None:        # (None, not 0.0: see new_relay)
-                        self.q_start = now = self.loop.now()
+                        self.q_start = now = _monotonic()
                         if self.tx_start is None:
                             self.tx_start = now
                     data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
@@ -1030,7 +1033,7 @@ class Relay:
                     reason = self._client_data(buf, end)
                 if reason is None:
                     if self.pending is None and not self.instance.shutting_down and not client.killed:
-                        self.wait_start = now if now is not None else self.loop.now()    # the same loop time
+                        self.wait_start = now if now is not None else _monotonic()    # (the request's start: the same wait)
                         return
                     reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
@@ -1281,7 +1284,7 @@ class Relay:
                 size = len(data)
             self.stats.bytes_recv += size
             if self.q_start is None:    # a request starts: time it (and its transaction)
-                self.q_start = now = self.loop.now()
+                self.q_start = now = _monotonic()
                 if self.tx_start is None:
                     self.tx_start = now
             try:
@@ -1372,7 +1375,7 @@ class Relay:
                 idle_readable(self, server)
                 return None
         reason = None
-        now = None      # the loop time if read: it is the same for the whole callback (see the end)
+        now = None      # the clock if read (at a ReadyForQuery): used for the whole callback (see the end)
         try:
             if buf is None:             # the callback (the coroutine passes its read)
                 buf = self.s_buf
@@ -1509,7 +1512,7 @@ class Relay:
                     stats.count_query += 1
                     q0 = self.q_start
                     if q0 is not None:
-                        now = self.loop.now()
+                        now = _monotonic()
                         elapsed = now - q0
                         if elapsed > 0.0:
                             stats.query_time += elapsed
@@ -1597,7 +1600,7 @@ class Relay:
                                     stats.count_query += 1
                                     q0 = self.q_start
                                     if q0 is not None:              # seconds; a pipelined next request runs from now
-                                        now = self.loop.now()
+                                        now = _monotonic()
                                         elapsed = now - q0
                                         if elapsed > 0.0:
                                             stats.query_time += elapsed
@@ -1763,7 +1766,7 @@ class Relay:
                                         client.server = None
                                         if client.state is not _C_UNDEF:
                                             client.state = _C_PENDING
-                                        server.idle_since = mono = _monotonic()
+                                        server.idle_since = mono = now if now is not None else _monotonic()  # (see _on_client)
                                         if not waiters:
                                             server.client = None
                                             route.active.discard(server)
@@ -1814,10 +1817,9 @@ class Relay:
                 return reason
             if reason is None:
                 if self.pending is None and not self.instance.shutting_down and not self.client.killed:
-                    # the loop time read at the ReadyForQuery if it was: libev updates it only
-                    # between loop iterations, so a second read gives the same (about 100
-                    # instructions for the call and its float)
-                    self.wait_start = now if now is not None else self.loop.now()
+                    # the clock read at the ReadyForQuery if it was (microseconds ago; a second
+                    # read costs about 335 instructions)
+                    self.wait_start = now if now is not None else _monotonic()
                     return None
                 reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
@@ -2004,7 +2006,7 @@ def new_relay(frontend, client, prepared=None):
     self.fast_ok = sweepable and not client.io._tls and hasattr(frontend, "attach_now")
     self.fast = False       # parked in the fast path: the callbacks relay
     self.pending = None     # [(io, bytes, to_server)] the fast path could not write at once
-    self.wait_start = 0.0   # the loop time the present wait started (the sweep's timeouts)
+    self.wait_start = 0.0   # time.monotonic() when the present wait started (the sweep's timeouts)
     self.swept = 0.0        # wait_start as the last sweep (or the park) found it (_sweep_fast)
     self.expired = False    # the sweep found the fast path's wait over its timeout
     self.s_watch = None     # the attached server's read watcher, started by the fast path

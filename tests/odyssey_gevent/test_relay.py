@@ -1142,12 +1142,15 @@ def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, s
                 conv = _owing(case) if reply_ == "simple" else _batch(case)
             h.server.proto = conv
             relay, stats = h.relay, h.client.route.stats
-            relay.q_start = relay.tx_start = 1.0        # a request under way since then (loop time)
+            relay.q_start = relay.tx_start = 1.0        # a request under way since then (monotonic)
             h.relay._server_data(h.server, bytearray(reply), len(reply))
             return ([e if e.__class__ is int else (e.type, e.hide) for e in conv.queue], conv.syncs, conv.phase,
                     conv.unsynced, conv.tx_status, conv.replies, conv.broken, list(conv.output or ()), h.server.broken,
                     _unread(h.app), stats.count_query, stats.count_tx, stats.query_time > 0, stats.tx_time > 0,
-                    relay.q_start, relay.tx_start, relay.s_ready, relay.s_len, relay.s_skip, len(h.fe.detaches))
+                    # the start times None, left at 1.0 (False) or restarted at the clock's read (True):
+                    # a fresh monotonic() read differs between the two runs
+                    [None if x is None else x > 1.0 for x in (relay.q_start, relay.tx_start)],
+                    relay.s_ready, relay.s_len, relay.s_skip, len(h.fe.detaches))
         finally:
             h.close()
             relay_mod._S_SHAPES.clear()

@@ -129,6 +129,30 @@ def test_the_fast_path_attaches_and_detaches_in_the_callbacks(in_machine):
     assert in_machine(body)
 
 
+def test_the_callbacks_time_with_the_monotonic_clock(in_machine):
+    """The request's and transaction's times and the wait's start are time.monotonic()'s (the
+    clock of a server's idle_since and a waiter's wait, which the reply walk's detach sets from
+    the same read), not the loop's: read between two reads of it around the exchange."""
+    import time
+
+    def body():
+        h = _harness()
+        try:
+            stats = h.client.route.stats
+            before = time.monotonic()
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            after = time.monotonic()
+            assert h.relay.fast and before <= h.relay.wait_start <= after
+            assert stats.count_tx == 1 and 0.0 < stats.query_time <= after - before
+            assert 0.0 < stats.tx_time <= after - before
+            assert h.relay.q_start is None and h.relay.tx_start is None     # nothing under way
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
 def test_a_queued_attach_is_left_to_the_coroutine(in_machine):
     def body():
         h = _harness(queue=True)
