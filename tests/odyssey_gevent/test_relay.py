@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import machinarium as mm
 from kiwi import be_write, fe_write
-from kiwi.protocol import LOCAL, Conversation, Request
+from kiwi.protocol import LOCAL, Conversation, Phase, Request
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.prepared import Prepared, Registry
 from odyssey_gevent.relay import BUF_SIZE, Relay
@@ -1054,8 +1054,10 @@ def _batch(case: str) -> Conversation:
     """A Conversation an extended reply (ParseComplete, BindComplete, a row, CommandComplete,
     ReadyForQuery) may meet: its batch, the batch behind a Query still owed, a batch without
     its Parse, one with an answer the pooler gives itself after the Parse, a batch whose Parse
-    alone is queued, nothing owed."""
-    conv = Conversation()
+    alone is queued, nothing owed; two batches pipelined, the batch in exact counting (a server
+    the prepared-statement layer used: its Sync flagged), the batch met in SKIP (a state the
+    relay's layout of the whole reply must leave to the walk)."""
+    conv = Conversation(exact=case == "exact")
     if case == "behind-query":
         conv.send(ord("Q"))
     if case == "request-after":
@@ -1068,14 +1070,19 @@ def _batch(case: str) -> Conversation:
         types = b"P"
     elif case == "nothing":
         types = b""
+    elif case == "pipelined":
+        types = b"PBESPBES"
     else:
         types = b"PBES"
     for t in types:
         conv.send(t)
+    if case == "skip":
+        conv.phase = Phase.SKIP
     return conv
 
 
-@pytest.mark.parametrize("case", ["batch", "behind-query", "no-parse", "request-after", "parse-only", "nothing"])
+@pytest.mark.parametrize("case", ["batch", "behind-query", "no-parse", "request-after", "parse-only", "nothing",
+                                  "pipelined", "exact", "skip"])
 def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, case):
     """A reply laid out as one seen before tells its ParseComplete and BindComplete with the
     relay's inline copy of Conversation.receive_completions (each while it answers the plain
@@ -1099,13 +1106,14 @@ def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, c
             relay_mod._S_SHAPES.clear()
 
     def body():
-        assert relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)[4] == b"12"
+        shape = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
+        assert shape[4] == b"12" and shape[6] == tuple(b"PBS")     # the queue it answers whole
         walked, remembered = told(False), told(True)
         assert remembered == walked
         return walked
 
     walked = in_machine(body)
-    assert (walked[6] is None) is (case in ("batch", "request-after"))    # the others are out of step
+    assert (walked[6] is None) is (case in ("batch", "request-after", "pipelined", "skip"))    # the others: out of step
     if case == "request-after":         # the pooler's own answer spliced in after the ParseComplete
         assert walked[8] == len(reply) + len(be_write.close_complete())
 
@@ -1115,7 +1123,7 @@ def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, c
                                                                   "copy-unsynced", "hidden", "local-after", "parse",
                                                                   "nothing")]
                          + [("extended", c) for c in ("batch", "behind-query", "no-parse", "request-after",
-                                                      "nothing")])
+                                                      "nothing", "pipelined", "exact", "skip")])
 def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, status):
     """A reply laid out as one seen before whose last message is a ReadyForQuery has it told
     without the walk's loop (the relay's copy of the loop's ReadyForQuery branch): the
