@@ -22,13 +22,19 @@ from kiwi.errors import KiwiError, ProtocolError
 from odyssey_gevent import (auth, backend, cancel, deploy, hba, login_retry, replication, reset, soft_oom, storage,
                             tsa, watchdog)
 from odyssey_gevent.client import Client
-from odyssey_gevent.client import _RANDOM as _CLIENT_RANDOM, _UNDEF as _CLIENT_UNDEF, _draw as _client_draw
+from odyssey_gevent import client as _client_module
+from odyssey_gevent.client import _UNDEF as _CLIENT_UNDEF, _draw as _client_draw
 from odyssey_gevent.io import read_startup
 from odyssey_gevent.prepared import Prepared
 from odyssey_gevent.relay import new_relay
 from odyssey_gevent.router import AttachTimeout
 from odyssey_gevent.server import attach_check_failed, park, unwatch
 from odyssey_gevent.status import BackendError, ClientGone, FrontendError, ServerError, Status, error_message
+
+# assigned, not imported: 3.11 compiles a method call on a name an import statement binds as an
+# attribute load and a call (a bound method made per call, LOAD_ATTR unspecialized) instead of
+# LOAD_METHOD (see relay's _BATCHES); _CLIENT_RANDOM.pop runs once per login
+_CLIENT_RANDOM = _client_module._RANDOM
 
 _TX_IDLE = reset._TX_IDLE               # detach_now's copy of reset.settled
 _COPY_PHASES = reset._COPY_PHASES
