@@ -50,7 +50,7 @@ from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
 
 # assigned, not imported: 3.11 compiles a method call on a name an import statement binds as an
 # attribute load and a call (a bound method made per call, LOAD_ATTR unspecialized) instead of
-# LOAD_METHOD; _BATCHES.get runs once per extended transaction
+# LOAD_METHOD (_BATCHES.get ran once per extended transaction; now once per layout made)
 _BATCHES = _protocol._BATCHES
 
 BUF_SIZE = 32 * 1024
@@ -666,7 +666,8 @@ class Relay:
             # once, and the jump over the long body below has an EXTENDED_ARG first. Where attach_now just
             # took a server, the tests the attach made already (c_skip, c_drop, a whole header,
             # the prepared layer) are not made again. The same for a request of whole messages
-            # laid out as one seen before (_C_SHAPES): then `alone` holds the types to tell
+            # laid out as one seen before (_C_SHAPES): then `alone` holds its layout (the types
+            # to tell, the batch's effect)
             alone = False
             if client.server is None:
                 # attach at once only for a whole header of a message that needs a server, with
@@ -781,7 +782,7 @@ class Relay:
                             else:
                                 shape = _C_SHAPES.get(end)
                                 if shape and shape[0](buf, 0) == shape[1]:
-                                    alone = shape[2]
+                                    alone = shape
                         # the server's watcher, started with its callback unless pooled with it
                         # started (Server.reader the instance): no start() per transaction
                         sw = self.s_watch = server.io.sock._read_event
@@ -794,8 +795,8 @@ class Relay:
                 else:
                     shape = _C_SHAPES.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
-                        alone = shape[2]
-            if alone:
+                        alone = shape
+            if alone is not False:     # (an identity test: no PyObject_IsTrue of a layout)
                 # relayed as the queued hand-over (_on_handed) relays it, both inline (once per
                 # transaction, where a shared frame would cost more than the copies):
                 # test_relay_fast keeps the two in step
@@ -817,18 +818,19 @@ class Relay:
                 else:
                     # Conversation.send_many's common case inline (once per transaction, where
                     # its frame costs more than this copy; test_relay_fast keeps the two in step):
-                    # a batch whose effect it remembers (kiwi's _BATCHES, by the types), without
-                    # exact counting, outside COPY and SKIP; anything else is send_many's
+                    # a batch whose effect it remembers (kiwi's _BATCHES, by the types; the
+                    # layout keeps it, see _client_shape: no dict lookup), without exact
+                    # counting, outside COPY and SKIP; anything else is send_many's
+                    _, _, types, effect = alone
                     phase = proto.phase
-                    effect = _BATCHES.get(alone) if not proto.exact else None
-                    if effect is not None and (phase == _READY_PHASE or phase == _BUSY_PHASE):
+                    if effect is not None and not proto.exact and (phase == _READY_PHASE or phase == _BUSY_PHASE):
                         queued, added, proto.unsynced, proto.flushed, proto._exec_syncs, proto._copy_ended = effect
-                        if queued:
+                        if queued is not None:
                             proto.queue.extend(queued)
                             proto.syncs += added
                             proto.phase = _BUSY_PHASE
                     else:
-                        proto.send_many(alone)
+                        proto.send_many(types)
                 self.stats.bytes_recv += end
                 if self.q_start is None:        # (None, not 0.0: see new_relay)
                     self.q_start = now = _monotonic()
@@ -971,9 +973,9 @@ class Relay:
                 else:
                     shape = _C_SHAPES.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
-                        alone = shape[2]
+                        alone = shape
                 now = None
-                if alone:
+                if alone is not False:
                     proto = server.proto
                     if alone is True:
                         # Conversation.send's common case inline, as _on_client has it
@@ -988,17 +990,17 @@ class Relay:
                             proto.send(_C_QUERY)
                     else:
                         # Conversation.send_many's common case inline, as _on_client has it
+                        _, _, types, effect = alone
                         phase = proto.phase
-                        effect = _BATCHES.get(alone) if not proto.exact else None
-                        if effect is not None and (phase == _READY_PHASE or phase == _BUSY_PHASE):
+                        if effect is not None and not proto.exact and (phase == _READY_PHASE or phase == _BUSY_PHASE):
                             queued, added, proto.unsynced, proto.flushed, proto._exec_syncs, \
                                 proto._copy_ended = effect
-                            if queued:
+                            if queued is not None:
                                 proto.queue.extend(queued)
                                 proto.syncs += added
                                 proto.phase = _BUSY_PHASE
                         else:
-                            proto.send_many(alone)
+                            proto.send_many(types)
                     self.stats.bytes_recv += end
                     if self.q_start is None:        # (None, not 0.0: see new_relay)
                         self.q_start = now = _monotonic()
@@ -1882,8 +1884,9 @@ class Relay:
 
 def _client_shape(buf, end: int, sent: list):
     """The _C_SHAPES entry for the whole client messages buf[:end] (their told types `sent`):
-    an unpack of every header (type and length, the bodies skipped) and what it gives, or
-    _NEVER for a read of more than _SHAPE_MESSAGES messages."""
+    an unpack of every header (type and length, the bodies skipped) and what it gives, the
+    types and the effect kiwi remembers for them (or None), or _NEVER for a read of more than
+    _SHAPE_MESSAGES messages."""
     fmt = ["!"]
     pos = n = 0
     while pos < end:
@@ -1894,7 +1897,14 @@ def _client_shape(buf, end: int, sent: list):
     if n > _SHAPE_MESSAGES:
         return _NEVER
     unpack = struct.Struct("".join(fmt)).unpack_from
-    return unpack, unpack(buf, 0), bytes(sent)
+    types = bytes(sent)
+    # the batch's effect as kiwi remembers it (Conversation.send_many, told these types when
+    # such a request was first seen; None where it did not remember it), its queued entries None
+    # where none (the relay's copies test them with `is`, not with a tuple's truth test)
+    effect = _BATCHES.get(types)
+    if effect is not None and not effect[0]:
+        effect = (None,) + effect[1:]
+    return unpack, unpack(buf, 0), types, effect
 
 
 def _server_shape(buf, end: int, kinds: tuple):

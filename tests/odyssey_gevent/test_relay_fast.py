@@ -902,15 +902,20 @@ def test_a_lone_query_is_told_as_send_does(in_machine, case):
 
 
 @pytest.mark.parametrize("queued", [False, True], ids=["callback", "hand-over"])
-@pytest.mark.parametrize("case", ["ready", "busy", "executed", "copy", "skip", "exact", "unremembered"])
+@pytest.mark.parametrize("case", ["ready", "busy", "executed", "copy", "skip", "exact", "unremembered",
+                                  "nothing-queued"])
 def test_a_remembered_request_is_told_as_send_many_does(in_machine, case, queued):
     """The relay's inline copies of Conversation.send_many's common case (a batch whose effect
-    kiwi remembers, without exact counting, outside COPY and SKIP; the client callback's and
-    the queued hand-over's) leave the Conversation as send_many leaves it, in each state such
-    a request may meet, and send the request."""
+    kiwi remembers, kept in the request's layout, without exact counting, outside COPY and SKIP;
+    the client callback's and the queued hand-over's) leave the Conversation as send_many leaves
+    it, in each state such a request may meet (and for a batch that queues nothing: Describe,
+    Execute, Flush), and send the request."""
+    from kiwi import fe_write
     from kiwi import protocol as kiwi_protocol
-    request_ = _ext()
-    types = b"PBES"
+    if case == "nothing-queued":
+        request_, types = fe_write.describe("P") + fe_write.execute() + fe_write.flush(), b"DEH"
+    else:
+        request_, types = _ext(), b"PBES"
 
     def make():
         conv = _sending(case if case in ("busy", "executed", "copy", "skip") else "ready")
@@ -923,13 +928,14 @@ def test_a_remembered_request_is_told_as_send_many_does(in_machine, case, queued
 
     def body():
         relay_mod._C_SHAPES.clear()
-        relay_mod._C_SHAPES[len(request_)] = relay_mod._client_shape(bytearray(request_), len(request_),
-                                                                    list(types))
-        assert relay_mod._C_SHAPES[len(request_)][2] == types
         if case == "unremembered":
             kiwi_protocol._BATCHES.pop(types, None)
         else:
             Conversation().send_many(types)         # remembered by kiwi
+        # the layout keeps the types and the effect kiwi remembers for them (None where none)
+        shape = relay_mod._C_SHAPES[len(request_)] = relay_mod._client_shape(bytearray(request_), len(request_),
+                                                                            list(types))
+        assert shape[2] == types and (shape[3] is None) is (case == "unremembered")
         told = make()
         told.send_many(types)
         if case == "unremembered":
