@@ -911,8 +911,11 @@ class Relay:
         if self.queued and self.fast:
             self.glet.switch(_WAKE)
 
-    def _on_handed(self) -> None:
-        """Run in the hub by whoever took the queued client out of the queue (router)."""
+    def _on_handed(self, now=None) -> None:
+        """Run in the hub by whoever took the queued client out of the queue (router). `now`:
+        the clock the reply walk read at the ReadyForQuery when it hands the server over itself
+        (with one worker, from inside that server's read callback, so the server's watcher has
+        no event pending either); None when run as the waiter's loop callback."""
         queued = self.queued
         if not queued:
             return                      # the coroutine took the wait over meanwhile
@@ -941,8 +944,8 @@ class Relay:
                     rule = client.rule
                     todo = client.deploy_list
                     if not rule.maintain_params or todo is not None and server.deployed is todo:
-                        if not rule.pool_attach_check:
-                            ready = True
+                        if not rule.pool_attach_check or now is not None:
+                            ready = True        # (handed over by its own read callback: see above)
                         elif server.reader is self.instance:    # (as _on_client's attach)
                             ready = not io.sock._read_event.pending
                 if ready is None:
@@ -974,7 +977,6 @@ class Relay:
                     shape = _C_SHAPES.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
                         alone = shape
-                now = None
                 if alone is not False:
                     proto = server.proto
                     if alone is True:
@@ -1003,7 +1005,9 @@ class Relay:
                             proto.send_many(types)
                     self.stats.bytes_recv += end
                     if self.q_start is None:        # (None, not 0.0: see new_relay)
-                        self.q_start = now = _monotonic()
+                        if now is None:
+                            now = _monotonic()
+                        self.q_start = now
                         if self.tx_start is None:
                             self.tx_start = now
                     data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
@@ -1821,7 +1825,7 @@ class Relay:
                                                 # server (the taker's now) alone; _on_handed raises
                                                 # nothing (its errors go to its own coroutine)
                                                 waiter.woken = True
-                                                cb()
+                                                cb(mono)
                                         reason = None
                                 elif fe.detach_walked():
                                     reason = None

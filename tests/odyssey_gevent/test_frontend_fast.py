@@ -563,11 +563,14 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
     server.io = sio
     route = client.route
     ran = []
+    handed_at = []
     co = None
     try:
         if case in ("waiter_loop", "paused"):   # the pool is full: the other client queued (a callback)
             loop = get_hub().loop
-            assert router.queue_now(other, lambda: ran.append(other.server), loop, threading.get_ident()) is None
+            # (the continuation's argument: the clock the walk read, when the walk runs it)
+            assert router.queue_now(other, lambda now=None: ran.append(other.server) or handed_at.append(now),
+                                    loop, threading.get_ident()) is None
             router.paused_all = case == "paused"
         elif case == "waiter_coroutine":        # ... a coroutine waiting in router.attach
             co = mm.Coroutine(lambda: ran.append(router.attach(other, None)), name="waiter")
@@ -599,7 +602,9 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
         server.idle_since = 0.0
         relay._server_data(server, bytearray(reply), len(reply))
         if at_once is not None:
-            at_once.append(ran == [server])
+            # run before the walk returned, and with the walk's clock (the server's idle_since)
+            # or, as the waiter's loop callback, none
+            at_once.append((ran == [server], handed_at == [server.idle_since] if ran else list(handed_at)))
         assert app.read(len(reply), 2000) == reply
         if co is not None:
             if other.waiter.woken:      # (left waiting where the coroutine must detach)
@@ -636,8 +641,8 @@ def test_the_walk_runs_a_queued_relays_hand_over_before_it_returns(in_machine):
     """With one worker the reply walk runs the continuation of the relay it hands the server to
     itself (Wakeup's callback, run in the waiter's own hub), not at the loop's next turn as
     router.detach's wake-up does; a paused route's waiter is not handed anything."""
-    for inline, case, want in ((True, "waiter_loop", [True]), (False, "waiter_loop", [False]),
-                               (True, "paused", [False])):
+    for inline, case, want in ((True, "waiter_loop", [(True, True)]), (False, "waiter_loop", [(False, [])]),
+                               (True, "paused", [(False, [])])):
         at_once = []
         got = in_machine(_walked, "transaction", case, inline, at_once)
         assert at_once == want
