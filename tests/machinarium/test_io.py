@@ -26,6 +26,17 @@ def _pair():
     return server, client
 
 
+def _tcp_and_unix_pairs(path: str) -> tuple:
+    """Two connected (accepted_io, connected_io) pairs in the current machine: loopback TCP
+    (_pair) and a Unix socket at `path`."""
+    server, client = _pair()
+    (lst,) = [mm.listen_unix(path)]
+    uclient = mm.connect_unix(path, timeout_ms=2000)
+    userver = lst.accept(2000)
+    lst.close()
+    return (server, client), (userver, uclient)
+
+
 def test_accept_connect_read_write_roundtrip():
     def body():
         server, client = _pair()
@@ -51,13 +62,8 @@ def test_a_connected_io_holds_the_socket_an_accepted_one_holds(tmp_path):
     path = str(tmp_path / "s.sock")
 
     def body():
-        server, client = _pair()
-        (lst,) = [mm.listen_unix(path)]
-        uclient = mm.connect_unix(path, timeout_ms=2000)
-        userver = lst.accept(2000)
-        lst.close()
         out = []
-        for accepted, connected in ((server, client), (userver, uclient)):
+        for accepted, connected in _tcp_and_unix_pairs(path):
             assert type(connected.sock) is type(accepted.sock)
             assert connected.sock._read_event is not None and not connected.sock.closed
             connected.write(b"ping")
@@ -85,12 +91,7 @@ def test_use_file_reads_and_writes_the_socket_until_closed_detached_or_tls(tmp_p
     path = str(tmp_path / "s.sock")
 
     def body():
-        server, client = _pair()
-        (lst,) = [mm.listen_unix(path)]
-        uclient = mm.connect_unix(path, timeout_ms=2000)
-        userver = lst.accept(2000)
-        lst.close()
-        for accepted, connected in ((server, client), (userver, uclient)):
+        for accepted, connected in _tcp_and_unix_pairs(path):
             assert connected._fread is None and accepted._fread is None    # none unless asked
             assert connected._fwrite is None and accepted._fwrite is None
             connected.use_file()

@@ -606,6 +606,16 @@ def test_the_client_callback_sends_a_request_as_the_hand_over_does(in_machine, r
     assert in_machine(body)
 
 
+def _hand_and_answer(h, request: bytes) -> None:
+    """The queued relay of harness `h` handed a server: its held `request` reaches PostgreSQL,
+    whose reply (ReadyForQuery, idle) reaches the client; then a loop turn."""
+    h.fe.hand()
+    assert h.pg.read(len(request), 2000) == request
+    h.pg.write(_reply(b"I"))
+    assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
+    mm.sleep(0)
+
+
 def test_a_relay_queued_again_holds_its_request_in_the_buffer_it_kept(in_machine):
     """The hand-over keeps the buffer the request was held in (empty); the relay's next
     request is read into it and, queued again, held there: neither the thread's scratch nor a
@@ -618,22 +628,14 @@ def test_a_relay_queued_again_holds_its_request_in_the_buffer_it_kept(in_machine
             _queued(h, _q("select 1"))
             held = h.relay.c_buf
             assert held is not None and held is not free.scratch
-            h.fe.hand()
-            assert h.pg.read(len(_q("select 1")), 2000) == _q("select 1")
-            h.pg.write(_reply(b"I"))
-            assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
-            mm.sleep(0)
+            _hand_and_answer(h, _q("select 1"))
             assert h.relay.c_buf is held and h.relay.c_len == 0 and h.client.server is None
             scratch, spare = free.scratch, len(free)
             _queued(h, _q("select 2"))
             assert h.relay.c_buf is held and h.relay.c_len == len(_q("select 2"))
             assert held[:len(_q("select 2"))] == _q("select 2")
             assert free.scratch is scratch and len(free) == spare
-            h.fe.hand()
-            assert h.pg.read(len(_q("select 2")), 2000) == _q("select 2")
-            h.pg.write(_reply(b"I"))
-            assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
-            mm.sleep(0)
+            _hand_and_answer(h, _q("select 2"))
             assert h.relay.c_buf is held and h.relay.c_len == 0
             h.relay._sweep_fast(h.relay.wait_start)         # a sweep in the same wait: kept
             assert h.relay.c_buf is held
@@ -642,11 +644,7 @@ def test_a_relay_queued_again_holds_its_request_in_the_buffer_it_kept(in_machine
             assert h.relay.c_buf is None and free[-1] is held and h.relay.glet is not None
             _queued(h, _q("select 3"))                      # (read into the scratch, kept)
             again = h.relay.c_buf
-            h.fe.hand()
-            assert h.pg.read(len(_q("select 3")), 2000) == _q("select 3")
-            h.pg.write(_reply(b"I"))
-            assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
-            mm.sleep(0)
+            _hand_and_answer(h, _q("select 3"))
             assert h.relay.c_buf is again and h.relay.c_len == 0
             h.fe.queue = False
             _exchange(h, _q("select 4"), _reply(b"I"))      # sent at once: given back
