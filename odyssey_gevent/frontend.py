@@ -819,6 +819,21 @@ class Frontend:
     def _send_error(self, err: FrontendError) -> None:
         client = self.client
         show_id = client.rule.client_show_id if client.rule is not None else True
+        relay = client.relay
+        if relay is not None and relay.client_mid_message():
+            # the server's stream ended (or the session is cut) in the middle of a message the
+            # client has part of, as PostgreSQL's own does when a backend dies while sending:
+            # an ErrorResponse now would be read as that message's remaining bytes (a corrupt
+            # row or COPY line), so the client gets the truncated message and the end of the
+            # connection, which every driver reports as a lost connection
+            self.logger.error("frontend", client, client.server,
+                              "%s (not sent: the client has part of a server message, which an error "
+                              "message would corrupt; closing the connection)", err.message)
+            try:
+                client.io.set_linger_off()      # a FIN: the client reads what it was sent
+            except Exception:
+                pass
+            return
         self.logger.error("frontend", client, client.server, "%s", err.message)
         owed, self.owed = self.owed, None
         try:

@@ -1157,6 +1157,17 @@ class Relay:
         unsynced = server is not None and server.proto.unsynced
         return self.s_len == 0 and self.s_skip == 0 and self.c_skip == 0 and not unsynced
 
+    def client_mid_message(self) -> bool:
+        """The client was sent part of a server message and not its end: the message goes on past
+        the bytes relayed (s_skip, unless they are swallowed), or a write to the client is still
+        pending (what the client got of it may end anywhere). Anything the pooler sends the
+        client now would be read as the rest of that message, so an error is not sent then
+        (Frontend._send_error)."""
+        if self.s_skip and not self.s_drop:
+            return True
+        pending = self.pending
+        return pending is not None and any(not to_server for _, _, to_server in pending)
+
     # -- client -> server --------------------------------------------------------------------
     def _from_client(self) -> Status | None:
         buf = self.c_buf

@@ -6,6 +6,9 @@
                                                # are accepted and never answered
     proxy.reset_all()                          # every open connection gets a RST, both sides
     proxy.refuse = True                        # new connections get a RST at once
+    proxy.cut_after = 5000                     # after 5,000 more bytes from PostgreSQL (on any
+                                               # connection) that connection ends with a FIN
+                                               # both ways, wherever the bytes end
     proxy.close()
 
 The proxy runs in a process of its own (a client library that keeps the GIL while it waits,
@@ -41,7 +44,7 @@ class _Pipe:
 class FaultProxy:
     """The test's handle on a _Proxy running in a child process."""
 
-    _FIELDS = ("delay", "blackhole", "refuse")
+    _FIELDS = ("delay", "blackhole", "refuse", "cut_after")
 
     def __init__(self, target_host: str, target_port: int):
         ctx = multiprocessing.get_context("spawn")
@@ -120,6 +123,7 @@ class _Proxy:
         self.delay = 0.0
         self.blackhole = False
         self.refuse = False
+        self.cut_after = None       # bytes from PostgreSQL still passed on before a cut
         self.accepted = 0
         self._lock = threading.Lock()
         self._pipes: dict[socket.socket, _Pipe] = {}
@@ -220,6 +224,20 @@ class _Proxy:
             return
         if self.blackhole:
             return
+        if sock is pipe.up and self.cut_after is not None:
+            if len(data) >= self.cut_after:
+                # the cut: pass on exactly cut_after bytes, read nothing more, and close both
+                # sides with a FIN once they are written (_flush)
+                data = data[:self.cut_after]
+                self.cut_after = None
+                pipe.ending = True
+                for s in (pipe.up, pipe.down):
+                    try:
+                        self._sel.unregister(s)
+                    except (KeyError, ValueError):
+                        pass
+            else:
+                self.cut_after -= len(data)
         other = pipe.up if sock is pipe.down else pipe.down
         pipe.out[other].append((time.monotonic() + self.delay, data))
 

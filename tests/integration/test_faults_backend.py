@@ -114,7 +114,20 @@ def test_backend_terminated(bp, pg, user, stage):
     got = w.read_until_closed(15)
     errors = errors_in(got)
     codes = {e["C"] for e in errors}
-    assert codes & {"57P01", "08006"}, got[-5:]
+    if stage == "copy_out" and not codes:
+        # this client reads nothing until the terminate, so PostgreSQL may be blocked sending
+        # to the pooler: a backend terminated then sends no FATAL (it could be mid-message) and
+        # its stream may end inside a CopyData. The client then gets the COPY lines relayed and
+        # the end of the connection; what it holds past the last whole message is part of one
+        # CopyData, not an error spliced into it (test_faults_network's mid-row test makes the
+        # cut on purpose)
+        assert all(t == b"d" for t, _ in got), got[-5:]
+        if w.buf:
+            (length,) = struct.unpack("!I", w.buf[1:5]) if len(w.buf) >= 5 else (1 << 30,)
+            assert w.buf[:1] == b"d" and len(w.buf) < 1 + length, w.buf[-100:]
+            assert b"E" not in w.buf[5:], w.buf[-100:]
+    else:
+        assert codes & {"57P01", "08006"}, got[-5:]
     assert codes <= {"57P01", "08006"}, errors
     assert not any("Errno" in e["M"] for e in errors), errors
     if stage == "pipeline":

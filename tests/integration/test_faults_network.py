@@ -3,6 +3,7 @@ faultproxy.py sits between them): backend_connect_timeout_ms, query cancel and p
 behave as configured, clients get PostgreSQL-style errors, and the pool recovers."""
 from __future__ import annotations
 
+import struct
 import threading
 
 import psycopg
@@ -13,7 +14,7 @@ from scripts.pooler import PoolerProcess
 from tests.integration.conftest import (assert_alive, backends, ensure_roles, odyssey_config, odyssey_text, rule, scalar,
                                         wait_for)
 from tests.integration.faultproxy import FaultProxy
-from tests.integration.wire import Wire, decode_row, errors_in
+from tests.integration.wire import Wire, decode_row, errors_in, query
 
 USERS = ("net_user", "net_login_user", "net_stall_user")
 
@@ -44,6 +45,7 @@ def healthy(net):
     yield p, proxy
     proxy.blackhole = proxy.refuse = False
     proxy.delay = 0.0
+    proxy.cut_after = None
 
 
 def _read_error(w: Wire, timeout: float = 10) -> dict:
@@ -133,6 +135,31 @@ def test_reset_mid_query_gives_08006_and_the_pool_recovers(healthy, pg):
     w.close()
     assert scalar(p.dsn("net_user", "db1"), "select 2") == 2
     assert "server disconnected (read/write error)" in p.log()
+
+
+@pytest.mark.timeout(30)
+def test_server_stream_ending_mid_row_is_not_followed_by_an_error(healthy, pg):
+    """PostgreSQL's stream ends in the middle of a DataRow, as a backend's does when it is
+    terminated while blocked sending to a client that reads slowly (it then sends no FATAL,
+    which would break the protocol). The client gets every byte relayed and then the end of
+    the connection: no ErrorResponse spliced into the row, which it would read as the row's
+    remaining bytes. The pool serves the next client."""
+    p, proxy = healthy
+    w = Wire(p.port)
+    assert w.login("net_user", "db1") is None
+    assert w.simple_query("select 1") == ([["1"]], None, "I")    # a server is connected
+    proxy.cut_after = 50_000
+    w.send(query("select repeat('x', 200000)"))
+    got = w.read_until_closed(15)
+    assert [t for t, _ in got] == [b"T"], got[:3]
+    # everything PostgreSQL's stream had, and nothing after it: the rest is the cut row
+    assert 5 + len(got[0][1]) + len(w.buf) == 50_000, len(w.buf)
+    (length,) = struct.unpack("!I", w.buf[1:5])
+    assert w.buf[:1] == b"D" and len(w.buf) < 1 + length
+    assert w.buf[11:] == b"x" * (len(w.buf) - 11), w.buf[-200:]
+    w.close()
+    assert "the client has part of a server message" in p.log()
+    assert scalar(p.dsn("net_user", "db1"), "select 5") == 5
 
 
 @pytest.mark.timeout(30)
