@@ -270,3 +270,27 @@ def test_count_opcodes_lines_split_a_functions_bytecodes_by_source_line(tmp_path
     mine = {line: n for (c, line), n in lines.items() if c is code}
     assert sum(mine.values()) == counts[code]          # every bytecode on some line
     assert max(mine, key=mine.get) == body and mine[body] >= 20 * 3
+
+
+def test_sched_split_reads_this_process_and_pgbench_logs(tmp_path):
+    import os
+    import subprocess
+    from scripts import sched_split
+    child = subprocess.Popen([sys.executable, "-c", "import time; sum(range(3_000_000)); time.sleep(0.3)"])
+    try:
+        run, wait, slices, vol, invol = sched_split.sched(os.getpid())
+        assert run > 0 and slices > 0 and wait >= 0 and vol + invol > 0
+        assert sched_split.sched(child.pid)[3] >= 0
+    finally:
+        child.wait()
+    assert sched_split.sched(child.pid) == [0, 0, 0, 0, 0]          # gone: nothing to read
+    idle, total = sched_split.machine_time()
+    assert 0 <= idle < total
+    # pgbench -l lines: client id, transaction no, latency (µs), script no, epoch, µs
+    (tmp_path / "l.1.1").write_text("0 1 250 0 1764600000 1\n1 1 90 0 1764600000 2\n")
+    (tmp_path / "l.1.2").write_text("2 1 4000 0 1764600000 3\n\n")
+    lat = sched_split.pgbench_latencies(str(tmp_path / "l"))
+    assert lat == [90, 250, 4000]
+    assert [sched_split.percentile(lat, q) for q in (0, 0.5, 0.99, 1)] == [90, 250, 250, 4000]
+    a = sched_split.parse_args(["--clients", "10", "--nice", "-5", "--odyssey-bin", "x"])
+    assert (a.clients, a.nice, a.odyssey_bin, a.rounds) == (10, -5, "x", 4)
