@@ -56,14 +56,19 @@ database default {
 """
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_cell_args(ap, clients: int) -> None:
+    """The options that name the PostgreSQL and the pgbench cell (shared with sched_split.py)."""
     ap.add_argument("--pg-host")
     ap.add_argument("--pg-port", type=int)
     ap.add_argument("--pg-user", default="postgres")
     ap.add_argument("--db", default="bench")
-    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=clients)
     ap.add_argument("--mode", default="simple", choices=("simple", "extended", "prepared"))
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cell_args(ap, clients=10)
     ap.add_argument("--connect", action="store_true", help="pgbench -C: a new connection per transaction")
     ap.add_argument("--transactions", type=int, default=3000, help="counted transactions in all (default 3000)")
     ap.add_argument("--warmup", type=int, default=500, help="uncounted transactions first (default 500)")
@@ -108,6 +113,24 @@ def cell_name(a) -> str:
     return f"-c {a.clients} -M {a.mode}{' -C' if a.connect else ''}, auth {a.auth}"
 
 
+def bench_postgres(a) -> tuple:
+    """(cluster, host, port): a throwaway PostgreSQL with pgbench's tables in --db (the caller
+    destroys the cluster), or (None, --pg-host, --pg-port)."""
+    if a.pg_port is not None:
+        return None, a.pg_host, a.pg_port
+    cluster = PgCluster()
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.psql(f"CREATE DATABASE {a.db};")
+        subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", cluster.host, "-p", str(cluster.port), "-U",
+                        a.pg_user, a.db], check=True, capture_output=True)
+    except BaseException:
+        cluster.destroy()
+        raise
+    return cluster, cluster.host, cluster.port
+
+
 @contextlib.contextmanager
 def warmed_pooler(a, binary: str, start_timeout: float = 120):
     """A PostgreSQL (a throwaway one unless --pg-host/--pg-port) with pgbench's tables, and the
@@ -115,16 +138,7 @@ def warmed_pooler(a, binary: str, start_timeout: float = 120):
     --warmup transactions. Yields (pooler, pgbench user); stops and removes both after."""
     cluster = pooler = None
     try:
-        if a.pg_port is None:
-            cluster = PgCluster()
-            cluster.init()
-            cluster.start()
-            cluster.psql(f"CREATE DATABASE {a.db};")
-            pg_host, pg_port = cluster.host, cluster.port
-            subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", pg_host, "-p", str(pg_port), "-U",
-                            a.pg_user, a.db], check=True, capture_output=True)
-        else:
-            pg_host, pg_port = a.pg_host, a.pg_port
+        cluster, pg_host, pg_port = bench_postgres(a)
         user = a.pg_user if a.auth == "none" else "bench_client"
         pooler = PoolerProcess(TEMPLATE, pg_host=pg_host, pg_port=pg_port, binary=binary, wait=False,
                                pool_size=a.pool_size, auth=AUTH[a.auth], pg_user=a.pg_user,

@@ -35,8 +35,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from scripts.bench import cpu_seconds, proc_tree  # noqa: E402
-from scripts.count_instructions import AUTH, TEMPLATE  # noqa: E402
-from scripts.pgcluster import PgCluster, wait_port  # noqa: E402
+from scripts.count_instructions import AUTH, TEMPLATE, add_cell_args, bench_postgres  # noqa: E402
+from scripts.pgcluster import wait_port  # noqa: E402
 from scripts.pooler import PoolerProcess  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -45,12 +45,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 def parse_args(argv=None):
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pg-host")
-    ap.add_argument("--pg-port", type=int)
-    ap.add_argument("--pg-user", default="postgres")
-    ap.add_argument("--db", default="bench")
-    ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--mode", default="simple", choices=("simple", "extended", "prepared"))
+    add_cell_args(ap, clients=50)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--pool-size", type=int, default=20)
@@ -156,18 +151,11 @@ def main(argv=None) -> int:
     targets = [("odyssey-gevent", f"{sys.executable} -m odyssey_gevent")]
     if a.odyssey_bin:
         targets.append(("odyssey", a.odyssey_bin))
-    cluster = None
+    cluster, host, port = bench_postgres(a)
     try:
-        if a.pg_port is None:
-            cluster = PgCluster()
-            cluster.init()
-            cluster.start()
-            cluster.psql(f"CREATE DATABASE {a.db};")
-            subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", cluster.host, "-p", str(cluster.port), "-U",
-                            a.pg_user, a.db], check=True, capture_output=True)
-            host, port, datadir = cluster.host, cluster.port, cluster.datadir
+        if cluster is not None:
+            datadir = cluster.datadir
         else:
-            host, port = a.pg_host, a.pg_port
             datadir = subprocess.run(["psql", "-h", host, "-p", str(port), "-U", a.pg_user, "-Atc", "show data_directory",
                                       a.db], check=True, capture_output=True, text=True).stdout.strip()
         with open(os.path.join(datadir, "postmaster.pid")) as f:
