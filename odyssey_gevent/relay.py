@@ -1445,7 +1445,7 @@ class Relay:
                 if proto.output is not None:    # answers the pooler gives itself, due before the next message
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
-                learn = head = False
+                head = False
                 if not pos:         # a truth test: the jump is long (a compare would stay generic)
                     # whole messages up to the first the walk reads whole (ReadyForQuery,
                     # ParameterStatus; with prepared statements CommandComplete, ErrorResponse)
@@ -1510,13 +1510,21 @@ class Relay:
                     elif shape:     # laid out otherwise: this length is walked from now on
                         shapes[end] = _NEVER
                     elif shape is not _NEVER:
-                        learn = True
+                        # (see _C_SHAPES) learnt here, before the walk, not after it: the layout
+                        # depends on the bytes alone, and no `learn` local and its tests on every
+                        # read. A read the walk refuses (a length under 4) is never laid out
+                        # (_server_shape: _NEVER)
+                        if shape is _SEEN:
+                            shapes[end] = _server_shape(buf, end, _S_KIND if prepared is None else _S_KIND_PREPARED)
+                        else:
+                            if len(shapes) >= _SHAPES_MAX:
+                                shapes.clear()
+                            shapes[end] = _SEEN
                 else:
                     self.s_skip = 0     # (pos is s_skip: 0 already where it is 0)
-                last = end - 5      # the last position a whole header starts at
                 # the walk, its loop turned so that a header read with the layout (see above) is not read
                 # again: each message's header is read at the end of the one before
-                if pos > last:      # nothing to walk (a truth test's jump is short: specialized compare)
+                if pos > end - 5:   # nothing to walk: no whole header left (a compare and a short jump: specialized)
                     pass
                 elif head:
                     # the read's last message a ReadyForQuery whose header the layout checked
@@ -1524,6 +1532,9 @@ class Relay:
                     # its tests of the type (a copy of its _SK_READY branch and of what follows
                     # it for a whole message: once per transaction, where those tests cost about
                     # 40 bytecodes; test_relay keeps the copies in step)
+                    # (receive's answer, where receive tells it, is acted on by _ready_received
+                    # at once: the stats below do not read `out`, and the common cases, where the
+                    # answer is FORWARD, need no `action` set and tested)
                     status = _BYTE[buf[end - 1]]
                     if head is _HEAD_TOLD:      # the queue's Sync popped with the completions (above)
                         proto.syncs -= 1
@@ -1531,7 +1542,6 @@ class Relay:
                         proto.tx_status = status
                         if proto.syncs == 0 and not proto.unsynced:
                             proto.phase = _READY_PHASE
-                        action = 0
                     elif len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
                         entry = queue.pop()
                         if entry == _C_QUERY or entry == _C_SYNC or \
@@ -1541,12 +1551,11 @@ class Relay:
                             proto.tx_status = status
                             if proto.syncs == 0 and not proto.unsynced:
                                 proto.phase = _READY_PHASE
-                            action = 0
                         else:
                             queue.append(entry)
-                            action = proto.receive(_S_READY, status)
+                            out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
                     else:
-                        action = proto.receive(_S_READY, status)
+                        out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
                     stats = self.stats
                     stats.count_query += 1
                     q0 = self.q_start
@@ -1573,19 +1582,12 @@ class Relay:
                     self.s_ready = True
                     if proto.broken is not None:
                         self._miscounted(server)
-                    if action != 0:
-                        if out is None:
-                            out = []
-                        if pos > seg:
-                            out.append(memoryview(buf)[seg:pos])
-                        if action == REPLACE:
-                            out.append(proto.replacement)
-                        seg = end
                     if proto.output is not None:
                         out = _splice(out, buf, seg, end, proto.take_output())
                         seg = end
                     pos = end
                 else:
+                    last = end - 5      # the last position a whole header starts at
                     if prepared is None:
                         interest, kinds = _S_INTEREST, _S_KIND
                     else:
@@ -1693,16 +1695,9 @@ class Relay:
                         if pos > last:
                             break
                         t, length = _unpack_head(buf, pos)
-                if pos > end:       # a message goes on past the bytes received (see _client_data)
-                    self.s_skip = pos - end
-                    pos = end
-                if learn:           # see _C_SHAPES
-                    if shape is _SEEN:
-                        shapes[end] = _server_shape(buf, end, _S_KIND if prepared is None else _S_KIND_PREPARED)
-                    else:
-                        if len(shapes) >= _SHAPES_MAX:
-                            shapes.clear()
-                        shapes[end] = _SEEN
+                    if pos > end:       # a message goes on past the bytes received (see _client_data)
+                        self.s_skip = pos - end
+                        pos = end
             rest = end - pos
             self.s_len = rest           # before writing: a failed write must leave the state honest
             if out is None:
@@ -1743,115 +1738,117 @@ class Relay:
                     free = self.free        # takes another (see _FreeList)
                     self.s_buf = buf
                     free.scratch = free.pop() if free else bytearray(BUF_SIZE)
-            elif buf is self.s_buf:
-                free = self.free
-                if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
-                    free.append(buf)
-                self.s_buf = None
-            # detach only at a message boundary (a message after the 'Z' may still be arriving);
-            # truth tests, as the jump over the detach is long (no specialized compare)
-            if self.s_ready and not rest and not self.s_skip:
-                self.s_ready = False
-                if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
-                    pass
-                elif self.mode_transaction and proto.tx_status is not _TX_IDLE and proto.tx_status != _TX_IDLE:
-                    pass
-                elif not self.mode_transaction and not self.mode_statement:
-                    pass
-                elif self.fast:
-                    # the fast path's detach, here in the hub (reason None: done), or _DETACH:
-                    # the coroutine detaches. server_clean holds here: nothing half-relayed, no
-                    # batch open
-                    reason = _DETACH
-                    sw = self.s_watch
-                    if sw is not None and self.keep_watch:
-                        # pooled with its watcher started, its reader the instance (idle_readable)
-                        # before the detach can hand it over; its callback stays (Server.on_read
-                        # tells by the reader), so the next attach starts nothing: no stop now
-                        # (gevent stops a watcher stopped in its own callback a second time), no
-                        # start or re-pointing and no epoll_ctl at the next attach
-                        self.s_watch = None
-                        server.reader = self.instance
-                        try:
-                            fe = self.fe
-                            if self.pending is not None:
-                                pass
-                            elif not fe.detach_plain:
-                                if fe.detach_walked():
-                                    reason = None
-                            else:
-                                route = server.route
-                                router = self.instance.router
-                                txs = proto.tx_status
-                                # Frontend.detach_walked's common case inline (once per transaction,
-                                # where its frame costs more than this copy; test_frontend_fast keeps
-                                # the two in step): a plain detach (workers 1, no lock) of a server
-                                # that settled, back on the idle list or handed to the first waiter
-                                # of a route not paused; anything else is detach_walked's
-                                if ((txs is _TX_IDLE or txs == _TX_IDLE) and proto.output is None
-                                        and not server.cancels and not server.drop and server.io is not None
-                                        and proto.phase not in _COPY_PHASES and not server.offline
-                                        and not route.obsolete and server.state is _S_ACTIVE
-                                        and router.mt_lock is None):
-                                    waiters = route.waiters
-                                    if waiters and (router.paused_all or router.paused_dbs
-                                                    and route.db in router.paused_dbs):
-                                        if fe.detach_walked():
-                                            reason = None
-                                    else:
-                                        client = self.client
-                                        if server.deployed is not client.deploy_list:
-                                            server.deployed = None      # (see Server.deployed)
-                                        client.server = None
-                                        if client.state is not _C_UNDEF:
-                                            client.state = _C_PENDING
-                                        server.idle_since = mono = now if now is not None else _monotonic()  # (see _on_client)
-                                        if not waiters:
-                                            server.client = None
-                                            route.active.discard(server)
-                                            server.state = _S_IDLE
-                                            route.idle.append(server)
-                                        else:
-                                            waiter = waiters.popleft()
-                                            taker = waiter.client
-                                            server.client = taker
-                                            taker.server = server
-                                            taker.state = _C_ACTIVE
-                                            stats = route.stats
-                                            stats.count_server_assignment += 1
-                                            stats.wait_time += mono - waiter.since
-                                            waiter.server = server
-                                            reason = None
-                                            cb = waiter.callback
-                                            if cb is None:      # a coroutine's wait
-                                                waiter.wake()
-                                            else:
-                                                # a relay queued in the hub (Relay._on_handed):
-                                                # its continuation runs here and now, as Wakeup
-                                                # lets a waker in the waiter's own hub (workers 1:
-                                                # this one) do, not as a loop callback (wake()'s
-                                                # frame, run_callback and the loop's call: about
-                                                # 2,000 instructions per queued transaction).
-                                                # reason is None first, so the finally leaves the
-                                                # server (the taker's now) alone; _on_handed raises
-                                                # nothing (its errors go to its own coroutine)
-                                                waiter.woken = True
-                                                cb(mono)
-                                        reason = None
-                                elif fe.detach_walked():
-                                    reason = None
-                        finally:
-                            if reason is not None:
-                                server.reader = None
-                                sw.stop()       # the coroutine's detach reads the socket
-                    else:
-                        if sw is not None:
+            else:
+                if buf is self.s_buf:
+                    free = self.free
+                    if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
+                        free.append(buf)
+                    self.s_buf = None
+                # detach only at a message boundary (a message after the 'Z' may still be arriving:
+                # here no bytes are held back); truth tests, as the jump over the detach is long (no
+                # specialized compare)
+                if self.s_ready and not self.s_skip:
+                    self.s_ready = False
+                    txs = proto.tx_status       # (read once: the inline detach below tests it too)
+                    if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
+                        pass
+                    elif txs is not _TX_IDLE and txs != _TX_IDLE and self.mode_transaction:
+                        pass
+                    elif not self.mode_transaction and not self.mode_statement:
+                        pass
+                    elif self.fast:
+                        # the fast path's detach, here in the hub (reason None: done), or _DETACH:
+                        # the coroutine detaches. server_clean holds here: nothing half-relayed, no
+                        # batch open
+                        reason = _DETACH
+                        sw = self.s_watch
+                        if sw is not None and self.keep_watch:
+                            # pooled with its watcher started, its reader the instance (idle_readable)
+                            # before the detach can hand it over; its callback stays (Server.on_read
+                            # tells by the reader), so the next attach starts nothing: no stop now
+                            # (gevent stops a watcher stopped in its own callback a second time), no
+                            # start or re-pointing and no epoll_ctl at the next attach
                             self.s_watch = None
-                            sw.stop()
-                        if self.pending is None and self.fe.detach_walked():
-                            reason = None
-                else:
-                    self.fe.detach()
+                            server.reader = self.instance
+                            try:
+                                fe = self.fe
+                                if self.pending is not None:
+                                    pass
+                                elif not fe.detach_plain:
+                                    if fe.detach_walked():
+                                        reason = None
+                                else:
+                                    route = server.route
+                                    router = self.instance.router
+                                    # Frontend.detach_walked's common case inline (once per transaction,
+                                    # where its frame costs more than this copy; test_frontend_fast keeps
+                                    # the two in step): a plain detach (workers 1, no lock) of a server
+                                    # that settled, back on the idle list or handed to the first waiter
+                                    # of a route not paused; anything else is detach_walked's
+                                    if ((txs is _TX_IDLE or txs == _TX_IDLE) and proto.output is None
+                                            and not server.cancels and not server.drop and server.io is not None
+                                            and proto.phase not in _COPY_PHASES and not server.offline
+                                            and not route.obsolete and server.state is _S_ACTIVE
+                                            and router.mt_lock is None):
+                                        waiters = route.waiters
+                                        if waiters and (router.paused_all or router.paused_dbs
+                                                        and route.db in router.paused_dbs):
+                                            if fe.detach_walked():
+                                                reason = None
+                                        else:
+                                            client = self.client
+                                            if server.deployed is not client.deploy_list:
+                                                server.deployed = None      # (see Server.deployed)
+                                            client.server = None
+                                            if client.state is not _C_UNDEF:
+                                                client.state = _C_PENDING
+                                            server.idle_since = mono = now if now is not None else _monotonic()  # (see _on_client)
+                                            if not waiters:
+                                                server.client = None
+                                                route.active.discard(server)
+                                                server.state = _S_IDLE
+                                                route.idle.append(server)
+                                            else:
+                                                waiter = waiters.popleft()
+                                                taker = waiter.client
+                                                server.client = taker
+                                                taker.server = server
+                                                taker.state = _C_ACTIVE
+                                                stats = route.stats
+                                                stats.count_server_assignment += 1
+                                                stats.wait_time += mono - waiter.since
+                                                waiter.server = server
+                                                reason = None
+                                                cb = waiter.callback
+                                                if cb is None:      # a coroutine's wait
+                                                    waiter.wake()
+                                                else:
+                                                    # a relay queued in the hub (Relay._on_handed):
+                                                    # its continuation runs here and now, as Wakeup
+                                                    # lets a waker in the waiter's own hub (workers 1:
+                                                    # this one) do, not as a loop callback (wake()'s
+                                                    # frame, run_callback and the loop's call: about
+                                                    # 2,000 instructions per queued transaction).
+                                                    # reason is None first, so the finally leaves the
+                                                    # server (the taker's now) alone; _on_handed raises
+                                                    # nothing (its errors go to its own coroutine)
+                                                    waiter.woken = True
+                                                    cb(mono)
+                                            reason = None
+                                    elif fe.detach_walked():
+                                        reason = None
+                            finally:
+                                if reason is not None:
+                                    server.reader = None
+                                    sw.stop()       # the coroutine's detach reads the socket
+                        else:
+                            if sw is not None:
+                                self.s_watch = None
+                                sw.stop()
+                            if self.pending is None and self.fe.detach_walked():
+                                reason = None
+                    else:
+                        self.fe.detach()
             if not self.fast:       # the coroutine's call (_from_server)
                 return reason
             if reason is None:
@@ -1931,13 +1928,16 @@ def _server_shape(buf, end: int, kinds: tuple):
     is checked too, and where that ReadyForQuery is and every told message is a completion
     (kiwi's _POPS), the queue that the whole read answers in receive's common cases (their plain
     requests and a plain Sync: see _server_data), else None; _NEVER for fewer than two such
-    messages (that ReadyForQuery counted) or more than _SHAPE_MESSAGES."""
+    messages (that ReadyForQuery counted) or more than _SHAPE_MESSAGES, or for a message whose
+    length the walk refuses."""
     fmt = ["!"]
     told = []
     pos = n = 0
     head = False
     while pos <= end - 5:
         t, length = _unpack_head(buf, pos)
+        if length < 4:      # the walk refuses it (made before the walk: see _server_data)
+            return _NEVER
         msg_end = pos + 1 + length
         kind = kinds[t]
         if msg_end > end or kind > _SK_TELL:
@@ -1970,6 +1970,22 @@ def _splice(out: list | None, buf, seg: int, pos: int, data: bytes) -> list:
         out.append(memoryview(buf)[seg:pos])
     out.append(data)
     return out
+
+
+def _ready_received(proto, status: bytes, out: list | None, buf, seg: int, pos: int, end: int) -> tuple:
+    """The reply walk's remembered ReadyForQuery at buf[pos:end] told by Conversation.receive
+    (not its common case: see Relay._server_data) and acted on as the walk acts on a whole
+    message: `out` and `seg` afterwards."""
+    action = proto.receive(_S_READY, status)
+    if action != 0:
+        if out is None:
+            out = []
+        if pos > seg:
+            out.append(memoryview(buf)[seg:pos])
+        if action == REPLACE:
+            out.append(proto.replacement)
+        seg = end
+    return out, seg
 
 
 def _maybe_sql(buf, pos: int, end: int) -> bool:

@@ -868,6 +868,32 @@ def test_a_read_that_ends_inside_a_message_is_never_taken_for_a_layout(in_machin
     assert in_machine(body)
 
 
+def test_a_reply_the_walk_refuses_is_never_laid_out(in_machine):
+    """A server read with a message length under 4 is the server's read error each time it is
+    seen, though a read's layout is made (the second time its length is seen) before the walk:
+    such bytes are never remembered as a layout that a later read of them would pass unwalked
+    (its headers alone make one: a ParseComplete, a short BindComplete, a ReadyForQuery)."""
+    relay_mod = _shapes()
+    bad = bytearray(be_write.parse_complete() + b"2\0\0\0\x03" + b"\0\0\0\x04" + be_write.ready_for_query(b"I"))
+    assert relay_mod._server_shape(bad, len(bad), relay_mod._S_KIND) is relay_mod._NEVER
+
+    def body():
+        for i in range(3):
+            h = Harness("session", attached=True)
+            try:
+                for t in b"PBDES":
+                    h.server.proto.send(t)
+                with pytest.raises(ServerError, match="invalid message length 3"):
+                    h.relay._server_data(h.server, bytearray(bad), len(bad))
+                shape = relay_mod._S_SHAPES.get(len(bad))
+                assert shape is None or shape is relay_mod._SEEN or shape is relay_mod._NEVER
+            finally:
+                h.close()
+        return True
+
+    assert in_machine(body)
+
+
 @pytest.mark.parametrize("prepared", [False, True], ids=["plain", "prepared"])
 def test_a_reply_laid_out_as_one_seen_before_is_told_as_the_walk_tells_it(in_machine, prepared):
     """A server read laid out as one seen before skips the walk up to its ReadyForQuery (with
