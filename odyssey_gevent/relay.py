@@ -80,6 +80,12 @@ _C_STRAY = frozenset(b"dcf")       # COPY messages: ignored by PostgreSQL outsid
 # limits), -1 for a forbidden type
 _C_LIMITS = tuple(FE_RELAY_LIMITS)
 _Q_LIMIT = _C_LIMITS[_C_QUERY]
+# the longest read the callbacks send as a lone Query (its limit + 5: type and length), kept
+# under 2**30: 3.11 specializes an int comparison only of one-digit ints (CPython's 30-bit
+# digits), and the limit (about 1 GiB) + 5 is two digits, so `end - 5 <= _Q_LIMIT` was a generic
+# compare (and a subtraction) per request. A read is a buffer's size at most, far below either
+# bound; one past this one (none can be) would go to the client walk, which checks the limit
+_Q_END = min(_Q_LIMIT + 5, (1 << 30) - 1)
 # limits + 4 (the length field counts itself), -1 for a forbidden type: one comparison per
 # message checks its type and the upper bound of its length
 _C_LIMITS4 = tuple(limit + 4 if limit >= 0 else -1 for limit in _C_LIMITS)
@@ -777,7 +783,7 @@ class Relay:
                         if self.prepared is not None:
                             server.proto.exact = True
                         elif not start:
-                            if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
+                            if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
                                 alone = True
                             else:
                                 shape = _C_SHAPES.get(end)
@@ -790,7 +796,7 @@ class Relay:
                             sw.start(server.on_read or _on_read(server))
                         server.reader = self
             elif not start and self.prepared is None and not self.c_skip and not self.c_drop and end >= 5:
-                if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
+                if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
                     alone = True
                 else:
                     shape = _C_SHAPES.get(end)
@@ -971,7 +977,7 @@ class Relay:
                 alone = False
                 if self.prepared is not None:
                     server.proto.exact = True
-                elif buf[0] == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end - 5 <= _Q_LIMIT:
+                elif buf[0] == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
                     alone = True
                 else:
                     shape = _C_SHAPES.get(end)
@@ -1029,7 +1035,7 @@ class Relay:
                             self._send_now(server.io, data, 1)
                     except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
                         raise ServerError(Status.ESERVER_WRITE, e) from None
-                    if proto.output:
+                    if proto.output is not None:    # (None while no answer is due: no truth test)
                         self._to_client(proto.take_output())
                     # c_buf (held while queued) stays the relay's, empty: its next request is
                     # read into it and, queued again, held there as it is (no scratch taken

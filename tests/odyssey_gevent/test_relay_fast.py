@@ -445,6 +445,48 @@ def test_a_lone_simple_query_is_forwarded_inline_whatever_its_size(in_machine):
     assert in_machine(body)
 
 
+def test_the_lone_query_bound_is_the_query_limit_as_a_one_digit_int():
+    """relay._Q_END, the longest read the callbacks send as a lone Query, is the Query limit +
+    5 (type and length), kept below 2**30: 3.11 specializes only a compare of one-digit ints."""
+    assert relay_mod._Q_END == min(relay_mod._Q_LIMIT + 5, (1 << 30) - 1) < 1 << 30
+    assert relay_mod._Q_END >= relay_mod.BUF_SIZE       # no read the callbacks make is past it
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["client-callback", "hand-over"])
+def test_a_lone_query_past_the_inline_bound_goes_to_the_client_walk(in_machine, monkeypatch, queued):
+    """A lone Query past relay._Q_END is not sent inline (the client callback's copy or the
+    hand-over's) but by the client walk, which checks the limit; one at the bound is inline.
+    The bound is lowered here to show that it is the one the callbacks test."""
+    request_ = _q("select 1")
+    walked = []
+    walk = relay_mod.Relay._client_data
+
+    def counted(self, buf, end):
+        walked.append(end)
+        return walk(self, buf, end)
+
+    monkeypatch.setattr(relay_mod.Relay, "_client_data", counted)
+
+    def body():
+        for bound, via_walk in ((len(request_) - 1, [len(request_)]), (len(request_), [])):
+            monkeypatch.setattr(relay_mod, "_Q_END", bound)
+            walked.clear()
+            h = _harness(queue=queued, cb_queue=queued)
+            try:
+                if queued:
+                    _queued(h, request_)
+                    _hand_and_answer(h, request_)
+                else:
+                    _exchange(h, request_, _reply(b"I"))
+                assert walked == via_walk
+                assert h.client.route.stats.bytes_recv == len(request_) and h.client.server is None
+            finally:
+                h.close()
+        return True
+
+    assert in_machine(body)
+
+
 # -- the queued attach continued in the hub (router.queue_now) ---------------------------------
 
 def _queued(h, request):
