@@ -1567,11 +1567,10 @@ class Relay:
                     q0 = self.q_start
                     if q0 is not None:
                         now = _monotonic()
-                        elapsed = now - q0
-                        if elapsed > 0.0:
-                            stats.query_time += elapsed
-                            if stats.query_sketch is not None:
-                                stats.query_sketch.add(elapsed * 1e6)
+                        elapsed = now - q0          # (monotonic: never negative, so no test)
+                        stats.query_time += elapsed
+                        if stats.query_sketch is not None:
+                            stats.query_sketch.add(elapsed * 1e6)
                         self.q_start = now if proto.syncs else None
                     txs = proto.tx_status
                     if txs is _TX_IDLE or txs == _TX_IDLE:
@@ -1580,10 +1579,9 @@ class Relay:
                         if t0 is not None:
                             if q0 is not None:
                                 elapsed = now - t0
-                                if elapsed > 0.0:
-                                    stats.tx_time += elapsed
-                                    if stats.tx_sketch is not None:
-                                        stats.tx_sketch.add(elapsed * 1e6)
+                                stats.tx_time += elapsed
+                                if stats.tx_sketch is not None:
+                                    stats.tx_sketch.add(elapsed * 1e6)
                             self.tx_start = now if q0 is not None and proto.syncs else None
                     self.s_ready = True
                     if proto.broken is not None:
@@ -1648,11 +1646,10 @@ class Relay:
                                     q0 = self.q_start
                                     if q0 is not None:              # seconds; a pipelined next request runs from now
                                         now = _monotonic()
-                                        elapsed = now - q0
-                                        if elapsed > 0.0:
-                                            stats.query_time += elapsed
-                                            if stats.query_sketch is not None:
-                                                stats.query_sketch.add(elapsed * 1e6)
+                                        elapsed = now - q0          # (monotonic: never negative, so no test)
+                                        stats.query_time += elapsed
+                                        if stats.query_sketch is not None:
+                                            stats.query_sketch.add(elapsed * 1e6)
                                         self.q_start = now if proto.syncs else None
                                     txs = proto.tx_status
                                     if txs is _TX_IDLE or txs == _TX_IDLE:
@@ -1661,10 +1658,9 @@ class Relay:
                                         if t0 is not None:
                                             if q0 is not None:
                                                 elapsed = now - t0
-                                                if elapsed > 0.0:
-                                                    stats.tx_time += elapsed
-                                                    if stats.tx_sketch is not None:
-                                                        stats.tx_sketch.add(elapsed * 1e6)
+                                                stats.tx_time += elapsed
+                                                if stats.tx_sketch is not None:
+                                                    stats.tx_sketch.add(elapsed * 1e6)
                                             self.tx_start = now if q0 is not None and proto.syncs else None
                                     self.s_ready = True
                                 else:
@@ -1814,6 +1810,7 @@ class Relay:
                                                 route.active.discard(server)
                                                 server.state = _S_IDLE
                                                 route.idle.append(server)
+                                                reason = None
                                             else:
                                                 waiter = waiters.popleft()
                                                 taker = waiter.client
@@ -1840,7 +1837,12 @@ class Relay:
                                                     # nothing (its errors go to its own coroutine)
                                                     waiter.woken = True
                                                     cb(mono)
-                                            reason = None
+                                            # the end's common case (below) here, where this
+                                            # relay is known fast with nothing pending (tested
+                                            # above): its wait starts at the detach's clock
+                                            if not self.instance.shutting_down and not self.client.killed:
+                                                self.wait_start = mono
+                                                return None
                                     elif fe.detach_walked():
                                         reason = None
                             finally:
