@@ -956,101 +956,110 @@ class Relay:
                             ready = not io.sock._read_event.pending
                 if ready is None:
                     ready = fe.ready_now(server)
-                # not ready: a new server to connect, or checks: the coroutine
-                reason = None if ready else (end, server)
-            if reason is None:
-                if queued is _Q_STOPPED:    # _on_client stopped it while queued
-                    self.c_watch.start(self.on_client)
-                sw = self.s_watch = server.io.sock._read_event
-                if server.reader is not self.instance:     # (as _on_client: see Server.reader)
-                    sw.start(server.on_read or _on_read(server))
-                server.reader = self
-                buf = self.c_buf
-                # the common request, one whole simple Query alone in the buffer with no
-                # prepared-statement layer, is sent here as _on_client sends it (the same steps:
-                # test_relay_fast keeps the two copies in step; inline, as a frame costs more
-                # than the copy once per queued transaction): the generic walk (_client_data and
-                # the Conversation's send_many) costs about three times as much. _on_client queued it
-                # with c_skip 0 and no c_drop, and nothing reads the client while it is queued.
-                # The test sets a flag (see _on_client); so does a request laid out as one seen
-                # before (_C_SHAPES: the types to tell)
-                alone = False
-                if self.prepared is not None:
-                    server.proto.exact = True
-                elif buf[0] == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
-                    alone = True
+                    io = server.io          # (ready_now attaches a parked server's fd)
+                if not ready:               # a new server to connect, or checks: the coroutine
+                    reason = (end, server)
                 else:
-                    shape = _C_SHAPES.get(end)
-                    if shape and shape[0](buf, 0) == shape[1]:
-                        alone = shape
-                if alone is not False:
-                    proto = server.proto
-                    if alone is True:
-                        # Conversation.send's common case inline, as _on_client has it
-                        phase = proto.phase
-                        if phase == _READY_PHASE or phase == _BUSY_PHASE:
-                            proto._exec_syncs = -1
-                            proto._copy_ended = False
-                            proto.phase = _BUSY_PHASE
-                            proto.queue.append(_C_QUERY)
-                            proto.syncs += 1
-                        else:
-                            proto.send(_C_QUERY)
+                    if queued is _Q_STOPPED:    # _on_client stopped it while queued
+                        self.c_watch.start(self.on_client)
+                    # (io: the server's, read above for the ready test and used for the watcher and
+                    # the write, where the copy in _on_client reads server.io again)
+                    sw = self.s_watch = io.sock._read_event
+                    if server.reader is not self.instance:     # (as _on_client: see Server.reader)
+                        sw.start(server.on_read or _on_read(server))
+                    server.reader = self
+                    buf = self.c_buf
+                    # the common request, one whole simple Query alone in the buffer with no
+                    # prepared-statement layer, is sent here as _on_client sends it (the same steps:
+                    # test_relay_fast keeps the two copies in step; inline, as a frame costs more
+                    # than the copy once per queued transaction): the generic walk (_client_data and
+                    # the Conversation's send_many) costs about three times as much. _on_client queued it
+                    # with c_skip 0 and no c_drop, and nothing reads the client while it is queued.
+                    # The test sets a flag (see _on_client); so does a request laid out as one seen
+                    # before (_C_SHAPES: the types to tell)
+                    alone = False
+                    if self.prepared is not None:
+                        server.proto.exact = True
+                    elif buf[0] == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
+                        alone = True
                     else:
-                        # Conversation.send_many's common case inline, as _on_client has it
-                        _, _, types, effect = alone
-                        phase = proto.phase
-                        if effect is not None and not proto.exact and (phase == _READY_PHASE or phase == _BUSY_PHASE):
-                            queued, added, proto.unsynced, proto.flushed, proto._exec_syncs, \
-                                proto._copy_ended = effect
-                            if queued is not None:
-                                proto.queue.extend(queued)
-                                proto.syncs += added
+                        shape = _C_SHAPES.get(end)
+                        if shape and shape[0](buf, 0) == shape[1]:
+                            alone = shape
+                    if alone is not False:
+                        proto = server.proto
+                        if alone is True:
+                            # Conversation.send's common case inline, as _on_client has it
+                            phase = proto.phase
+                            if phase == _READY_PHASE or phase == _BUSY_PHASE:
+                                proto._exec_syncs = -1
+                                proto._copy_ended = False
                                 proto.phase = _BUSY_PHASE
-                        else:
-                            proto.send_many(types)
-                    self.stats.bytes_recv += end
-                    if self.q_start is None:        # (None, not 0.0: see new_relay)
-                        if now is None:
-                            now = _monotonic()
-                        self.q_start = now
-                        if self.tx_start is None:
-                            self.tx_start = now
-                    data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
-                    try:
-                        if self.pending is None:
-                            # the server's FileIO where it keeps one, as _on_client writes
-                            sio = server.io
-                            write = sio._fwrite
-                            if write is not None:
-                                n = write(data)
+                                proto.queue.append(_C_QUERY)
+                                proto.syncs += 1
                             else:
-                                try:
-                                    n = _write(sio._raw.fileno(), data)
-                                except BlockingIOError:
-                                    n = 0
-                            if n != end:
-                                self.pending = [(sio, bytes(memoryview(data)[n or 0:]), 1)]
+                                proto.send(_C_QUERY)
                         else:
-                            self._send_now(server.io, data, 1)
-                    except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
-                        raise ServerError(Status.ESERVER_WRITE, e) from None
-                    if proto.output is not None:    # (None while no answer is due: no truth test)
-                        self._to_client(proto.take_output())
-                    # c_buf (held while queued) stays the relay's, empty: its next request is
-                    # read into it and, queued again, held there as it is (no scratch taken
-                    # over and none popped from the free list at the queue, no append here:
-                    # about 1,500 instructions per queued transaction). Given back where an
-                    # unqueued request is sent (_on_client), by _client_data, by the sweep
-                    # (_sweep_fast: within a second or two of idling) or at the end
-                    self.c_len = 0
-                else:
-                    reason = self._client_data(buf, end)
-                if reason is None:
-                    if self.pending is None and not self.instance.shutting_down and not client.killed:
-                        self.wait_start = now if now is not None else _monotonic()    # (the request's start: the same wait)
-                        return
-                    reason = _AGAIN
+                            # Conversation.send_many's common case inline, as _on_client has it
+                            effect = alone[3]
+                            phase = proto.phase
+                            if effect is not None and not proto.exact and (
+                                    phase == _READY_PHASE or phase == _BUSY_PHASE):
+                                queued, added, proto.unsynced, proto.flushed, proto._exec_syncs, \
+                                    proto._copy_ended = effect
+                                if queued is not None:
+                                    proto.queue.extend(queued)
+                                    proto.syncs += added
+                                    proto.phase = _BUSY_PHASE
+                            else:
+                                proto.send_many(alone[2])
+                        self.stats.bytes_recv += end
+                        if self.q_start is None:        # (None, not 0.0: see new_relay)
+                            if now is None:
+                                now = _monotonic()
+                            self.q_start = now
+                            if self.tx_start is None:
+                                self.tx_start = now
+                        data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
+                        try:
+                            if self.pending is None:
+                                # the server's FileIO where it keeps one, as _on_client writes
+                                write = io._fwrite
+                                if write is not None:
+                                    n = write(data)
+                                else:
+                                    try:
+                                        n = _write(io._raw.fileno(), data)
+                                    except BlockingIOError:
+                                        n = 0
+                                if n != end:
+                                    self.pending = [(io, bytes(memoryview(data)[n or 0:]), 1)]
+                            else:
+                                self._send_now(io, data, 1)
+                        except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
+                            raise ServerError(Status.ESERVER_WRITE, e) from None
+                        if proto.output is not None:    # (None while no answer is due: no truth test)
+                            self._to_client(proto.take_output())
+                        # c_buf (held while queued) stays the relay's, empty: its next request is
+                        # read into it and, queued again, held there as it is (no scratch taken
+                        # over and none popped from the free list at the queue, no append here:
+                        # about 1,500 instructions per queued transaction). Given back where an
+                        # unqueued request is sent (_on_client), by _client_data, by the sweep
+                        # (_sweep_fast: within a second or two of idling) or at the end
+                        self.c_len = 0
+                        # the wait's end as below, here without a test of a reason (none set);
+                        # wait_start: the request's start (the same wait)
+                        if self.pending is None and not self.instance.shutting_down and not client.killed:
+                            self.wait_start = now if now is not None else _monotonic()
+                            return
+                        reason = _AGAIN
+                    else:
+                        reason = self._client_data(buf, end)
+                        if reason is None:
+                            if self.pending is None and not self.instance.shutting_down and not client.killed:
+                                self.wait_start = now if now is not None else _monotonic()
+                                return
+                            reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
         self.glet.switch(reason)
