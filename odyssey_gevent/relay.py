@@ -407,7 +407,7 @@ class Relay:
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident",
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
                  "wait_start", "swept", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
-                 "q_timer", "on_handed", "keep_watch", "c_watch")
+                 "q_timer", "on_handed", "keep_watch", "c_watch", "s_shapes")
 
     def __new__(cls, frontend, client, prepared=None):
         """Relay(frontend, client, prepared): made by new_relay, the one place its slots are
@@ -1454,20 +1454,19 @@ class Relay:
                 if self.s_drop:
                     seg = pos
                     self.s_drop = False
-                prepared = self.prepared
-                # the walk's tables are read where it walks (below): a layout's read needs none
-                shapes = _S_SHAPES if prepared is None else _S_SHAPES_PREPARED
+                # the layout tables (_S_SHAPES, or _S_SHAPES_PREPARED for a relay with the
+                # prepared-statement layer) are the relay's (s_shapes); the walk's tables are read
+                # where it walks (below): a layout's read needs none
                 if proto.output is not None:    # answers the pooler gives itself, due before the next message
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
-                head = False
                 if not pos:         # a truth test: the jump is long (a compare would stay generic)
                     # whole messages up to the first the walk reads whole (ReadyForQuery,
                     # ParameterStatus; with prepared statements CommandComplete, ErrorResponse)
                     # laid out as a read seen before (_S_SHAPES): one unpack of their headers
                     # and a tuple compare, and the Conversation told the same types as the walk
                     # would tell it, with the same handling; the walk goes on from there
-                    shape = shapes.get(end)
+                    shape = self.s_shapes.get(end)
                     if shape and shape[0](buf, 0) == shape[1]:
                         # (one unpack of the entry: a subscript each costs more). pos: where the
                         # walk goes on; head: the read's last message a ReadyForQuery whose
@@ -1522,15 +1521,77 @@ class Relay:
                                 if proto.output is not None:
                                     out = _splice(out, buf, seg, msg_end, proto.take_output())
                                     seg = msg_end
+                        if head:
+                            # the read's last message a ReadyForQuery whose header the layout
+                            # checked (pos is end - 6): told here, in the layout's branch (no
+                            # `head` set and tested on every read), as the walk's loop below
+                            # tells a whole one, without its tests of the type (a copy of its
+                            # _SK_READY branch and of what follows it for a whole message: once
+                            # per transaction, where those tests cost about 40 bytecodes;
+                            # test_relay keeps the copies in step). receive's answer, where
+                            # receive tells it, is acted on by _ready_received at once: the
+                            # stats below do not read `out`, and the common cases, where the
+                            # answer is FORWARD, need no `action` set and tested
+                            status = _BYTE[buf[end - 1]]
+                            if head is _HEAD_TOLD:      # the queue's Sync popped with the completions (above)
+                                proto.syncs -= 1
+                                proto.replies += 1
+                                proto.tx_status = status
+                                if proto.syncs == 0 and not proto.unsynced:
+                                    proto.phase = _READY_PHASE
+                            elif len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
+                                entry = queue.pop()
+                                if entry == _C_QUERY or entry == _C_SYNC or \
+                                        entry.__class__ is int and entry & 0xFF == _C_SYNC:
+                                    proto.syncs -= 1
+                                    proto.replies += 1
+                                    proto.tx_status = status
+                                    if proto.syncs == 0 and not proto.unsynced:
+                                        proto.phase = _READY_PHASE
+                                else:
+                                    queue.append(entry)
+                                    out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
+                            else:
+                                out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
+                            stats = self.stats
+                            stats.count_query += 1
+                            q0 = self.q_start
+                            if q0 is not None:
+                                now = _monotonic()
+                                elapsed = now - q0          # (monotonic: never negative, so no test)
+                                stats.query_time += elapsed
+                                if stats.query_sketch is not None:
+                                    stats.query_sketch.add(elapsed * 1e6)
+                                self.q_start = now if proto.syncs else None
+                            txs = proto.tx_status
+                            if txs is _TX_IDLE or txs == _TX_IDLE:
+                                stats.count_tx += 1
+                                t0 = self.tx_start
+                                if t0 is not None:
+                                    if q0 is not None:
+                                        elapsed = now - t0
+                                        stats.tx_time += elapsed
+                                        if stats.tx_sketch is not None:
+                                            stats.tx_sketch.add(elapsed * 1e6)
+                                    self.tx_start = now if q0 is not None and proto.syncs else None
+                            self.s_ready = True
+                            if proto.broken is not None:
+                                self._miscounted(server)
+                            if proto.output is not None:
+                                out = _splice(out, buf, seg, end, proto.take_output())
+                                seg = end
+                            pos = end
                     elif shape:     # laid out otherwise: this length is walked from now on
-                        shapes[end] = _NEVER
+                        self.s_shapes[end] = _NEVER
                     elif shape is not _NEVER:
                         # (see _C_SHAPES) learnt here, before the walk, not after it: the layout
                         # depends on the bytes alone, and no `learn` local and its tests on every
                         # read. A read the walk refuses (a length under 4) is never laid out
                         # (_server_shape: _NEVER)
+                        shapes = self.s_shapes
                         if shape is _SEEN:
-                            shapes[end] = _server_shape(buf, end, _S_KIND if prepared is None else _S_KIND_PREPARED)
+                            kinds = _S_KIND if self.prepared is None else _S_KIND_PREPARED
+                            shapes[end] = _server_shape(buf, end, kinds)
                         else:
                             if len(shapes) >= _SHAPES_MAX:
                                 shapes.clear()
@@ -1539,67 +1600,8 @@ class Relay:
                     self.s_skip = 0     # (pos is s_skip: 0 already where it is 0)
                 # the walk, its loop turned so that a header read with the layout (see above) is not read
                 # again: each message's header is read at the end of the one before
-                if pos > end - 5:   # nothing to walk: no whole header left (a compare and a short jump: specialized)
-                    pass
-                elif head:
-                    # the read's last message a ReadyForQuery whose header the layout checked
-                    # (pos is end - 6): told as the walk's loop below tells a whole one, without
-                    # its tests of the type (a copy of its _SK_READY branch and of what follows
-                    # it for a whole message: once per transaction, where those tests cost about
-                    # 40 bytecodes; test_relay keeps the copies in step)
-                    # (receive's answer, where receive tells it, is acted on by _ready_received
-                    # at once: the stats below do not read `out`, and the common cases, where the
-                    # answer is FORWARD, need no `action` set and tested)
-                    status = _BYTE[buf[end - 1]]
-                    if head is _HEAD_TOLD:      # the queue's Sync popped with the completions (above)
-                        proto.syncs -= 1
-                        proto.replies += 1
-                        proto.tx_status = status
-                        if proto.syncs == 0 and not proto.unsynced:
-                            proto.phase = _READY_PHASE
-                    elif len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
-                        entry = queue.pop()
-                        if entry == _C_QUERY or entry == _C_SYNC or \
-                                entry.__class__ is int and entry & 0xFF == _C_SYNC:
-                            proto.syncs -= 1
-                            proto.replies += 1
-                            proto.tx_status = status
-                            if proto.syncs == 0 and not proto.unsynced:
-                                proto.phase = _READY_PHASE
-                        else:
-                            queue.append(entry)
-                            out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
-                    else:
-                        out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
-                    stats = self.stats
-                    stats.count_query += 1
-                    q0 = self.q_start
-                    if q0 is not None:
-                        now = _monotonic()
-                        elapsed = now - q0          # (monotonic: never negative, so no test)
-                        stats.query_time += elapsed
-                        if stats.query_sketch is not None:
-                            stats.query_sketch.add(elapsed * 1e6)
-                        self.q_start = now if proto.syncs else None
-                    txs = proto.tx_status
-                    if txs is _TX_IDLE or txs == _TX_IDLE:
-                        stats.count_tx += 1
-                        t0 = self.tx_start
-                        if t0 is not None:
-                            if q0 is not None:
-                                elapsed = now - t0
-                                stats.tx_time += elapsed
-                                if stats.tx_sketch is not None:
-                                    stats.tx_sketch.add(elapsed * 1e6)
-                            self.tx_start = now if q0 is not None and proto.syncs else None
-                    self.s_ready = True
-                    if proto.broken is not None:
-                        self._miscounted(server)
-                    if proto.output is not None:
-                        out = _splice(out, buf, seg, end, proto.take_output())
-                        seg = end
-                    pos = end
-                else:
+                if pos <= end - 5:  # whole headers left to walk (a compare and a short jump: specialized)
+                    prepared = self.prepared
                     last = end - 5      # the last position a whole header starts at
                     if prepared is None:
                         interest, kinds = _S_INTEREST, _S_KIND
@@ -2053,6 +2055,8 @@ def new_relay(frontend, client, prepared=None):
     self.mode_transaction, self.mode_statement, request_timeout, sweepable, q_timeout = facts
     self.stats = route.stats
     self.prepared = prepared
+    # the reply walk's layouts (see _S_SHAPES): with the prepared-statement layer its walk tells more
+    self.s_shapes = _S_SHAPES if prepared is None else _S_SHAPES_PREPARED
     # attributes a stand-in frontend may lack (unit tests) are read with try, not getattr with
     # a default: a try costs nothing unless it raises, getattr() is a call
     try:
