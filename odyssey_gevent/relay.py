@@ -664,7 +664,6 @@ class Relay:
                 raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
             end = start + n
             reason = None
-            now = None                  # the clock if read (see _server_data's end)
             first = buf[0]              # once: indexing a bytearray is not specialized
             # `alone`: the common request, one whole simple Query alone in the buffer with a
             # server attached and no prepared-statement layer, is relayed as the queued hand-over relays
@@ -753,28 +752,28 @@ class Relay:
                         if waiter is not None and waiter.callback is handed:
                             router = self.instance.router
                             pool_size = client.rule.pool_size
+                            # (`idle` is route.idle, a list never replaced: read above)
                             if (router.mt_lock is None and pool_size and len(route.active) >= pool_size
-                                    and not route.idle and not route.queue_odd and not router.paused_all
+                                    and not idle and not route.queue_odd and not router.paused_all
                                     and not (router.paused_dbs and route.db in router.paused_dbs)):
                                 waiter.server = None
                                 waiter.since = _monotonic()
                                 route.waiters.append(waiter)
                                 client.state = _C_QUEUE
-                                server = None
-                            else:
-                                server = self.fe.queue_now(client, handed, self.loop, self.ident)
-                        else:
-                            server = self.fe.queue_now(client, handed, self.loop, self.ident)
+                                # queued: the tail below, here without a server local set and tested
+                                self.c_len = end
+                                self.queued = True  # the watcher stays started: see below
+                                if self.q_timeout:
+                                    self._start_q_timer()
+                                return
+                        server = self.fe.queue_now(client, handed, self.loop, self.ident)
                         if server is not None:  # False: the usual attach; else a new server to connect
                             reason = (end, None if server is False else server)
                         else:
                             self.c_len = end
                             self.queued = True  # the watcher stays started: see below
                             if self.q_timeout:
-                                timer = self.q_timer
-                                if timer is None:
-                                    timer = self.q_timer = self.loop.timer(self.q_timeout)
-                                timer.start(self._on_queue_timeout)
+                                self._start_q_timer()
                             return
                     elif server is False:
                         self._keep(buf)
@@ -790,12 +789,14 @@ class Relay:
                                 if shape and shape[0](buf, 0) == shape[1]:
                                     alone = shape
                         # the server's watcher, started with its callback unless pooled with it
-                        # started (Server.reader the instance): no start() per transaction
-                        sw = self.s_watch = server.io.sock._read_event
+                        # started (Server.reader the instance): no start() per transaction (no
+                        # local for it: the start is the rare case, a store and a slot each time)
+                        self.s_watch = server.io.sock._read_event
                         if server.reader is not self.instance:
-                            sw.start(server.on_read or _on_read(server))
+                            self.s_watch.start(server.on_read or _on_read(server))
                         server.reader = self
             elif not start and self.prepared is None and not self.c_skip and not self.c_drop and end >= 5:
+                server = client.server      # (the attach above leaves it so: see below)
                 if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
                     alone = True
                 else:
@@ -805,8 +806,8 @@ class Relay:
             if alone is not False:     # (an identity test: no PyObject_IsTrue of a layout)
                 # relayed as the queued hand-over (_on_handed) relays it, both inline (once per
                 # transaction, where a shared frame would cost more than the copies):
-                # test_relay_fast keeps the two in step
-                server = client.server
+                # test_relay_fast keeps the two in step. `server`: client.server, as the attach
+                # above or the branch of an attached server read it
                 proto = server.proto
                 if alone is True:
                     # Conversation.send's common case inline (once per transaction, where its
@@ -827,7 +828,7 @@ class Relay:
                     # a batch whose effect it remembers (kiwi's _BATCHES, by the types; the
                     # layout keeps it, see _client_shape: no dict lookup), without exact
                     # counting, outside COPY and SKIP; anything else is send_many's
-                    _, _, types, effect = alone
+                    effect = alone[3]       # (by index: no unpack into four locals)
                     phase = proto.phase
                     if effect is not None and not proto.exact and (phase == _READY_PHASE or phase == _BUSY_PHASE):
                         queued, added, proto.unsynced, proto.flushed, proto._exec_syncs, proto._copy_ended = effect
@@ -836,12 +837,14 @@ class Relay:
                             proto.syncs += added
                             proto.phase = _BUSY_PHASE
                     else:
-                        proto.send_many(types)
+                        proto.send_many(alone[2])
                 self.stats.bytes_recv += end
                 if self.q_start is None:        # (None, not 0.0: see new_relay)
                     self.q_start = now = _monotonic()
                     if self.tx_start is None:
                         self.tx_start = now
+                else:
+                    now = None                  # (the clock not read: see the wait's end)
                 data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
                 try:
                     if self.pending is None:
@@ -870,13 +873,19 @@ class Relay:
                     if len(buf) == BUF_SIZE and len(free) < 256:
                         free.append(buf)
                     self.c_buf = None
-            elif reason is None:
-                reason = self._client_data(buf, end)
-            if reason is None:
+                # the wait's end as below, here without a test of a reason (none set);
+                # wait_start: the request's start (the same wait)
                 if self.pending is None and not self.instance.shutting_down and not client.killed:
-                    self.wait_start = now if now is not None else _monotonic()    # (the request's start: the same wait)
+                    self.wait_start = now if now is not None else _monotonic()
                     return
                 reason = _AGAIN
+            elif reason is None:
+                reason = self._client_data(buf, end)
+                if reason is None:
+                    if self.pending is None and not self.instance.shutting_down and not client.killed:
+                        self.wait_start = _monotonic()      # (the clock not read yet here)
+                        return
+                    reason = _AGAIN
         except Exception as e:          # noqa: BLE001 - re-raised by the coroutine
             reason = e
         self.glet.switch(reason)
@@ -907,6 +916,14 @@ class Relay:
     # kill or a shutdown wake-up, switches into the coroutine, which takes the wait over from
     # the same place in the queue (Frontend.attach(queued=True), router.attach_queued). The
     # queueing itself is inline in _on_client.
+    def _start_q_timer(self) -> None:
+        """pool_timeout's timer for a wait _on_client has just queued (only with a pool_timeout:
+        a helper, so the callback's frame has no slot for it)."""
+        timer = self.q_timer
+        if timer is None:
+            timer = self.q_timer = self.loop.timer(self.q_timeout)
+        timer.start(self._on_queue_timeout)
+
     def _unqueued(self) -> None:
         self.queued = False
         timer = self.q_timer
@@ -964,9 +981,9 @@ class Relay:
                         self.c_watch.start(self.on_client)
                     # (io: the server's, read above for the ready test and used for the watcher and
                     # the write, where the copy in _on_client reads server.io again)
-                    sw = self.s_watch = io.sock._read_event
+                    self.s_watch = io.sock._read_event
                     if server.reader is not self.instance:     # (as _on_client: see Server.reader)
-                        sw.start(server.on_read or _on_read(server))
+                        self.s_watch.start(server.on_read or _on_read(server))
                     server.reader = self
                     buf = self.c_buf
                     # the common request, one whole simple Query alone in the buffer with no
