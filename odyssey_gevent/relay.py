@@ -1483,8 +1483,14 @@ class Relay:
                     # laid out as a read seen before (_S_SHAPES): one unpack of their headers
                     # and a tuple compare, and the Conversation told the same types as the walk
                     # would tell it, with the same handling; the walk goes on from there
-                    shape = self.s_shapes.get(end)
-                    if shape and shape[0](buf, 0) == shape[1]:
+                    # (a subscript, not .get(): a missing length is rare, as _SEEN and _NEVER
+                    # are kept too, and a method call costs more than the specialized
+                    # subscript; the unpack at offset 0, its default)
+                    try:
+                        shape = self.s_shapes[end]
+                    except KeyError:
+                        shape = None
+                    if shape and shape[0](buf) == shape[1]:
                         # (one unpack of the entry: a subscript each costs more). pos: where the
                         # walk goes on; head: the read's last message a ReadyForQuery whose
                         # header the layout checked (its status byte varies, so only the
@@ -1817,7 +1823,10 @@ class Relay:
                                     # of a route not paused; anything else is detach_walked's
                                     if ((txs is _TX_IDLE or txs == _TX_IDLE) and proto.output is None
                                             and not server.cancels and not server.drop and server.io is not None
-                                            and proto.phase not in _COPY_PHASES and not server.offline
+                                            # (READY, a settled server's phase, by identity
+                                            # before the set's lookup)
+                                            and (proto.phase is _READY_PHASE or proto.phase not in _COPY_PHASES)
+                                            and not server.offline
                                             and not route.obsolete and server.state is _S_ACTIVE
                                             and router.mt_lock is None):
                                         waiters = route.waiters
@@ -1868,7 +1877,7 @@ class Relay:
                                             # the end's common case (below) here, where this
                                             # relay is known fast with nothing pending (tested
                                             # above): its wait starts at the detach's clock
-                                            if not self.instance.shutting_down and not self.client.killed:
+                                            if not self.instance.shutting_down and not client.killed:
                                                 self.wait_start = mono
                                                 return None
                                     elif fe.detach_walked():
