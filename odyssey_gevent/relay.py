@@ -942,11 +942,11 @@ class Relay:
         queued = self.queued
         if not queued:
             return                      # the coroutine took the wait over meanwhile
-        # _unqueued inline, and the continuation in this one frame (once per queued transaction)
+        # _unqueued inline, and the continuation in this one frame (once per queued transaction;
+        # the timer read twice where there is one, a pool_timeout's, not stored in a slot)
         self.queued = False
-        timer = self.q_timer
-        if timer is not None:
-            timer.stop()
+        if self.q_timer is not None:
+            self.q_timer.stop()
         try:
             client = self.client
             server = client.server
@@ -960,20 +960,27 @@ class Relay:
                 # deploy mark), pooled with its watcher started (pool_attach_check reads its
                 # pending flag), for a client with no host check or NOTICE due (attach_plain);
                 # else ready_now decides
+                # (ready is set once on each branch, not set to None and tested after; after
+                # ready_now io is read again: it attaches a parked server's fd)
                 fe = self.fe
                 io = server.io
-                ready = None
+                ready = True
                 if fe.attach_plain and io is not None and not io._tls:
                     rule = client.rule
                     todo = client.deploy_list
-                    if not rule.maintain_params or todo is not None and server.deployed is todo:
-                        if not rule.pool_attach_check or now is not None:
-                            ready = True        # (handed over by its own read callback: see above)
-                        elif server.reader is self.instance:    # (as _on_client's attach)
+                    if rule.maintain_params and (todo is None or server.deployed is not todo):
+                        ready = fe.ready_now(server)
+                        io = server.io
+                    elif rule.pool_attach_check and now is None:
+                        # (now: handed over by its own read callback, see above: ready)
+                        if server.reader is self.instance:      # (as _on_client's attach)
                             ready = not io.sock._read_event.pending
-                if ready is None:
+                        else:
+                            ready = fe.ready_now(server)
+                            io = server.io
+                else:
                     ready = fe.ready_now(server)
-                    io = server.io          # (ready_now attaches a parked server's fd)
+                    io = server.io
                 if not ready:               # a new server to connect, or checks: the coroutine
                     reason = (end, server)
                 else:
