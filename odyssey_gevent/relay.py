@@ -1497,122 +1497,126 @@ class Relay:
                         shape = self.s_shapes[end]
                     except KeyError:
                         shape = None
-                    if shape and shape[0](buf) == shape[1]:
-                        # (one unpack of the entry: a subscript each costs more). pos: where the
-                        # walk goes on; head: the read's last message a ReadyForQuery whose
+                    if shape:       # (_SEEN and _NEVER are falsy)
+                        # one unpack of the entry (a subscript each costs more), before the
+                        # check (pos is put back where the layout does not hold). pos: where
+                        # the walk goes on; head: the read's last message a ReadyForQuery whose
                         # header the layout checked (its status byte varies, so only the
                         # header): not read again
-                        _, _, told, pos, pops, head, whole = shape
-                        if whole is not None and proto.phase == _BUSY_PHASE and tuple(queue := proto.queue) == whole:
-                            # told whole (once per extended transaction): the read's told
-                            # messages are all completions and it ends with a ReadyForQuery, and
-                            # the queue holds exactly their plain requests and a plain Sync (the
-                            # layout's `whole`), BUSY: every completion is receive's common case
-                            # (the copy below pops each), the ReadyForQuery the head branch's, so
-                            # the queue is emptied at once and the head branch tells the
-                            # ReadyForQuery without its queue tests (_HEAD_TOLD). One tuple of
-                            # the queue and a compare cost about a third of the pops loop, the
-                            # slice of what is left and the head branch's tests (test_relay
-                            # keeps the paths in step)
-                            queue.clear()
-                            head = _HEAD_TOLD
-                        elif told is not None:    # (None, not (): an identity test)
-                            # the plain completions of the plain requests at the head first, as
-                            # Conversation.receive_completions tells them (receive's common case:
-                            # FORWARD, nothing due; inline, once per extended transaction, where
-                            # its frame costs more than this copy: test_relay keeps the two in
-                            # step): each while it answers the plain request at the head (kiwi's
-                            # _POPS; a Request never equals an int) with a plain entry or nothing
-                            # after it; the rest one by one as the walk tells them
-                            queue = proto.queue
-                            k = 0
-                            for t in pops:
-                                if not queue:
-                                    break
-                                entry = queue.popleft()
-                                if entry != _POPS[t] or queue and queue[0].__class__ is not int:
-                                    queue.appendleft(entry)
-                                    break
-                                k += 1
-                            if k:
-                                told = told[k:]
-                            for t, at, msg_end in told:
-                                action = proto.receive(t)
-                                if proto.broken is not None:
-                                    self._miscounted(server)
-                                if action != 0:     # (only the prepared layer's requests do this)
-                                    if out is None:
-                                        out = []
-                                    if at > seg:
-                                        out.append(memoryview(buf)[seg:at])
-                                    if action == REPLACE:
-                                        out.append(proto.replacement)
-                                    seg = msg_end
-                                if proto.output is not None:
-                                    out = _splice(out, buf, seg, msg_end, proto.take_output())
-                                    seg = msg_end
-                        if head:
-                            # the read's last message a ReadyForQuery whose header the layout
-                            # checked (pos is end - 6): told here, in the layout's branch (no
-                            # `head` set and tested on every read), as the walk's loop below
-                            # tells a whole one, without its tests of the type (a copy of its
-                            # _SK_READY branch and of what follows it for a whole message: once
-                            # per transaction, where those tests cost about 40 bytecodes;
-                            # test_relay keeps the copies in step). receive's answer, where
-                            # receive tells it, is acted on by _ready_received at once: the
-                            # stats below do not read `out`, and the common cases, where the
-                            # answer is FORWARD, need no `action` set and tested
-                            status = _BYTE[buf[end - 1]]
-                            if head is _HEAD_TOLD:      # the queue's Sync popped with the completions (above)
-                                proto.syncs -= 1
-                                proto.replies += 1
-                                proto.tx_status = status
-                                if proto.syncs == 0 and not proto.unsynced:
-                                    proto.phase = _READY_PHASE
-                            elif len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
-                                entry = queue.pop()
-                                if entry == _C_QUERY or entry == _C_SYNC or \
-                                        entry.__class__ is int and entry & 0xFF == _C_SYNC:
+                        unpack, headers, told, pos, pops, head, whole = shape
+                        if unpack(buf) == headers:
+                            if whole is not None and proto.phase == _BUSY_PHASE \
+                                    and tuple(queue := proto.queue) == whole:
+                                # told whole (once per extended transaction): the read's told
+                                # messages are all completions and it ends with a ReadyForQuery, and
+                                # the queue holds exactly their plain requests and a plain Sync (the
+                                # layout's `whole`), BUSY: every completion is receive's common case
+                                # (the copy below pops each), the ReadyForQuery the head branch's, so
+                                # the queue is emptied at once and the head branch tells the
+                                # ReadyForQuery without its queue tests (_HEAD_TOLD). One tuple of
+                                # the queue and a compare cost about a third of the pops loop, the
+                                # slice of what is left and the head branch's tests (test_relay
+                                # keeps the paths in step)
+                                queue.clear()
+                                head = _HEAD_TOLD
+                            elif told is not None:    # (None, not (): an identity test)
+                                # the plain completions of the plain requests at the head first, as
+                                # Conversation.receive_completions tells them (receive's common case:
+                                # FORWARD, nothing due; inline, once per extended transaction, where
+                                # its frame costs more than this copy: test_relay keeps the two in
+                                # step): each while it answers the plain request at the head (kiwi's
+                                # _POPS; a Request never equals an int) with a plain entry or nothing
+                                # after it; the rest one by one as the walk tells them
+                                queue = proto.queue
+                                k = 0
+                                for t in pops:
+                                    if not queue:
+                                        break
+                                    entry = queue.popleft()
+                                    if entry != _POPS[t] or queue and queue[0].__class__ is not int:
+                                        queue.appendleft(entry)
+                                        break
+                                    k += 1
+                                if k:
+                                    told = told[k:]
+                                for t, at, msg_end in told:
+                                    action = proto.receive(t)
+                                    if proto.broken is not None:
+                                        self._miscounted(server)
+                                    if action != 0:     # (only the prepared layer's requests do this)
+                                        if out is None:
+                                            out = []
+                                        if at > seg:
+                                            out.append(memoryview(buf)[seg:at])
+                                        if action == REPLACE:
+                                            out.append(proto.replacement)
+                                        seg = msg_end
+                                    if proto.output is not None:
+                                        out = _splice(out, buf, seg, msg_end, proto.take_output())
+                                        seg = msg_end
+                            if head:
+                                # the read's last message a ReadyForQuery whose header the layout
+                                # checked (pos is end - 6): told here, in the layout's branch (no
+                                # `head` set and tested on every read), as the walk's loop below
+                                # tells a whole one, without its tests of the type (a copy of its
+                                # _SK_READY branch and of what follows it for a whole message: once
+                                # per transaction, where those tests cost about 40 bytecodes;
+                                # test_relay keeps the copies in step). receive's answer, where
+                                # receive tells it, is acted on by _ready_received at once: the
+                                # stats below do not read `out`, and the common cases, where the
+                                # answer is FORWARD, need no `action` set and tested
+                                status = _BYTE[buf[end - 1]]
+                                if head is _HEAD_TOLD:      # the queue's Sync popped with the completions (above)
                                     proto.syncs -= 1
                                     proto.replies += 1
                                     proto.tx_status = status
                                     if proto.syncs == 0 and not proto.unsynced:
                                         proto.phase = _READY_PHASE
+                                elif len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
+                                    entry = queue.pop()
+                                    if entry == _C_QUERY or entry == _C_SYNC or \
+                                            entry.__class__ is int and entry & 0xFF == _C_SYNC:
+                                        proto.syncs -= 1
+                                        proto.replies += 1
+                                        proto.tx_status = status
+                                        if proto.syncs == 0 and not proto.unsynced:
+                                            proto.phase = _READY_PHASE
+                                    else:
+                                        queue.append(entry)
+                                        out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
                                 else:
-                                    queue.append(entry)
                                     out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
-                            else:
-                                out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
-                            stats = self.stats
-                            stats.count_query += 1
-                            q0 = self.q_start
-                            if q0 is not None:
-                                now = _monotonic()
-                                elapsed = now - q0          # (monotonic: never negative, so no test)
-                                stats.query_time += elapsed
-                                if stats.query_sketch is not None:
-                                    stats.query_sketch.add(elapsed * 1e6)
-                                self.q_start = now if proto.syncs else None
-                            txs = proto.tx_status
-                            if txs is _TX_IDLE or txs == _TX_IDLE:
-                                stats.count_tx += 1
-                                t0 = self.tx_start
-                                if t0 is not None:
-                                    if q0 is not None:
-                                        elapsed = now - t0
-                                        stats.tx_time += elapsed
-                                        if stats.tx_sketch is not None:
-                                            stats.tx_sketch.add(elapsed * 1e6)
-                                    self.tx_start = now if q0 is not None and proto.syncs else None
-                            self.s_ready = True
-                            if proto.broken is not None:
-                                self._miscounted(server)
-                            if proto.output is not None:
-                                out = _splice(out, buf, seg, end, proto.take_output())
-                                seg = end
-                            pos = end
-                    elif shape:     # laid out otherwise: this length is walked from now on
-                        self.s_shapes[end] = _NEVER
+                                stats = self.stats
+                                stats.count_query += 1
+                                q0 = self.q_start
+                                if q0 is not None:
+                                    now = _monotonic()
+                                    elapsed = now - q0          # (monotonic: never negative, so no test)
+                                    stats.query_time += elapsed
+                                    if stats.query_sketch is not None:
+                                        stats.query_sketch.add(elapsed * 1e6)
+                                    self.q_start = now if proto.syncs else None
+                                txs = proto.tx_status
+                                if txs is _TX_IDLE or txs == _TX_IDLE:
+                                    stats.count_tx += 1
+                                    t0 = self.tx_start
+                                    if t0 is not None:
+                                        if q0 is not None:
+                                            elapsed = now - t0
+                                            stats.tx_time += elapsed
+                                            if stats.tx_sketch is not None:
+                                                stats.tx_sketch.add(elapsed * 1e6)
+                                        self.tx_start = now if q0 is not None and proto.syncs else None
+                                self.s_ready = True
+                                if proto.broken is not None:
+                                    self._miscounted(server)
+                                if proto.output is not None:
+                                    out = _splice(out, buf, seg, end, proto.take_output())
+                                    seg = end
+                                pos = end
+                        else:       # laid out otherwise: this length is walked from now on
+                            pos = 0
+                            self.s_shapes[end] = _NEVER
                     elif shape is not _NEVER:
                         # (see _C_SHAPES) learnt here, before the walk, not after it: the layout
                         # depends on the bytes alone, and no `learn` local and its tests on every
