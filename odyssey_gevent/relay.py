@@ -117,7 +117,8 @@ _C_INTEREST_PREPARED = tuple(_C_INTEREST_PREPARED)
 # or _NEVER: a read of that length was laid out otherwise (a stream of large rows, say, whose
 # full-buffer reads would otherwise be compared and made again and again), or had more than
 # _SHAPE_MESSAGES messages; emptied past _SHAPES_MAX lengths. Process-wide: a layout depends on
-# the bytes alone.
+# the bytes alone. The callbacks look a length up with a subscript (a KeyError is the rare miss:
+# a length the client walk has seen whole is kept), not .get(), a method call per request.
 _C_SHAPES: dict = {}
 _S_SHAPES: dict = {}    # the same for the server's replies (see Relay._server_data) ...
 _S_SHAPES_PREPARED: dict = {}   # ... and with prepared statements (their walk tells more)
@@ -785,8 +786,11 @@ class Relay:
                             if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
                                 alone = True
                             else:
-                                shape = _C_SHAPES.get(end)
-                                if shape and shape[0](buf, 0) == shape[1]:
+                                try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
+                                    shape = _C_SHAPES[end]
+                                except KeyError:
+                                    shape = None
+                                if shape and shape[0](buf) == shape[1]:     # (the unpack at offset 0, its default)
                                     alone = shape
                         # the server's watcher, started with its callback unless pooled with it
                         # started (Server.reader the instance): no start() per transaction (no
@@ -800,8 +804,11 @@ class Relay:
                 if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
                     alone = True
                 else:
-                    shape = _C_SHAPES.get(end)
-                    if shape and shape[0](buf, 0) == shape[1]:
+                    try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
+                        shape = _C_SHAPES[end]
+                    except KeyError:
+                        shape = None
+                    if shape and shape[0](buf) == shape[1]:     # (the unpack at offset 0, its default)
                         alone = shape
             if alone is not False:     # (an identity test: no PyObject_IsTrue of a layout)
                 # relayed as the queued hand-over (_on_handed) relays it, both inline (once per
@@ -1007,8 +1014,11 @@ class Relay:
                     elif buf[0] == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
                         alone = True
                     else:
-                        shape = _C_SHAPES.get(end)
-                        if shape and shape[0](buf, 0) == shape[1]:
+                        try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
+                            shape = _C_SHAPES[end]
+                        except KeyError:
+                            shape = None
+                        if shape and shape[0](buf) == shape[1]:     # (the unpack at offset 0, its default)
                             alone = shape
                     if alone is not False:
                         proto = server.proto
