@@ -703,35 +703,43 @@ class Relay:
                         server = fe.attach_now()
                     else:
                         router = self.instance.router
-                        if router.mt_lock is not None or idle[-1].offline or router.paused_all \
+                        if router.mt_lock is not None or router.paused_all \
                                 or router.paused_dbs and route.db in router.paused_dbs:
                             server = fe.attach_now()
                         else:
+                            # the server taken, then tested: idle[-1] (a negative index) is a
+                            # subscript 3.11 does not specialize; an offline one goes back where it
+                            # was, for attach_now
                             server = idle.pop()
-                            server.state = _S_ACTIVE
-                            route.active.add(server)
-                            server.client = client
-                            client.server = server
-                            client.state = _C_ACTIVE
-                            route.stats.count_server_assignment += 1
-                            sio = server.io
-                            if sio is None or sio._tls:
-                                server = fe.ready_now(server)
+                            if server.offline:
+                                idle.append(server)
+                                server = fe.attach_now()
                             else:
-                                rule = client.rule
-                                # pool_attach_check: a server pooled with its watcher started
-                                # (its reader the instance) has something to say if the loop's
-                                # last poll found it readable and its callback has not run yet
-                                # (ran: idle_readable took it out of the pool); no poll() of our
-                                # own (server.attach_check_failed, which says why)
-                                if rule.pool_attach_check and (
-                                        sio.sock._read_event.pending if server.reader is self.instance
-                                        else sio.readable_now()):
-                                    server = False
-                                elif rule.maintain_params:
-                                    todo = client.deploy_list
-                                    if (todo is None or server.deployed is not todo) and _deploy_needed(client, server):
+                                server.state = _S_ACTIVE
+                                route.active.add(server)
+                                server.client = client
+                                client.server = server
+                                client.state = _C_ACTIVE
+                                route.stats.count_server_assignment += 1
+                                sio = server.io
+                                if sio is None or sio._tls:
+                                    server = fe.ready_now(server)
+                                else:
+                                    rule = client.rule
+                                    # pool_attach_check: a server pooled with its watcher started
+                                    # (its reader the instance) has something to say if the loop's
+                                    # last poll found it readable and its callback has not run yet
+                                    # (ran: idle_readable took it out of the pool); no poll() of our
+                                    # own (server.attach_check_failed, which says why)
+                                    if rule.pool_attach_check and (
+                                            sio.sock._read_event.pending if server.reader is self.instance
+                                            else sio.readable_now()):
                                         server = False
+                                    elif rule.maintain_params:
+                                        todo = client.deploy_list
+                                        if (todo is None or server.deployed is not todo) \
+                                                and _deploy_needed(client, server):
+                                            server = False
                     if server is None:      # no idle server: queued in the hub, or the coroutine
                         if buf is not self.c_buf:   # _keep inline (each queued request at c50)
                             free = self.free
