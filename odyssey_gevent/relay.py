@@ -1453,6 +1453,9 @@ class Relay:
                 return None
         reason = None
         now = None      # the clock if read (at a ReadyForQuery): used for the whole callback (see the end)
+        # a layout's ReadyForQuery told inline left the server owing nothing (no Sync, no batch
+        # open, the queue empty): the detach below need not test those again
+        settled = False
         try:
             if buf is None:             # the callback (the coroutine passes its read)
                 buf = self.s_buf
@@ -1590,6 +1593,7 @@ class Relay:
                                     proto.tx_status = status
                                     if proto.syncs == 0 and not proto.unsynced:
                                         proto.phase = _READY_PHASE
+                                        settled = True      # (the queue emptied above)
                                 elif len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
                                     entry = queue.pop()
                                     if entry == _C_QUERY or entry == _C_SYNC or \
@@ -1599,6 +1603,7 @@ class Relay:
                                         proto.tx_status = status
                                         if proto.syncs == 0 and not proto.unsynced:
                                             proto.phase = _READY_PHASE
+                                            settled = True  # (its lone entry popped)
                                     else:
                                         queue.append(entry)
                                         out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
@@ -1815,7 +1820,8 @@ class Relay:
                 if self.s_ready and not self.s_skip:
                     self.s_ready = False
                     txs = proto.tx_status       # (read once: the inline detach below tests it too)
-                    if proto.syncs or proto.unsynced or proto.queue or self.c_skip != 0 or server.broken:
+                    if not settled and (proto.syncs or proto.unsynced or proto.queue) or self.c_skip != 0 \
+                            or server.broken:
                         pass
                     elif txs is not _TX_IDLE and txs != _TX_IDLE and self.mode_transaction:
                         pass
