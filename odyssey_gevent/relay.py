@@ -854,28 +854,28 @@ class Relay:
                     else:
                         proto.send_many(alone[2])
                 self.stats.bytes_recv += end
+                # one clock read: the request's start and the wait's (below), whether timed or not
+                now = _monotonic()
                 if self.q_start is None:        # (None, not 0.0: see new_relay)
-                    self.q_start = now = _monotonic()
+                    self.q_start = now
                     if self.tx_start is None:
                         self.tx_start = now
-                else:
-                    now = None                  # (the clock not read: see the wait's end)
                 data = buf[:end] if end <= _SLICE_MAX else memoryview(buf)[:end]
                 try:
                     if self.pending is None:
                         # the server's FileIO where it keeps one (Io.use_file: no fileno() call;
-                        # None at EAGAIN), else its fd
-                        sio = server.io
-                        write = sio._fwrite
+                        # None at EAGAIN), else its fd (server.io loaded again on the rare paths:
+                        # no local stored for the common one)
+                        write = server.io._fwrite
                         if write is not None:
                             n = write(data)
                         else:
                             try:
-                                n = _write(sio._raw.fileno(), data)
+                                n = _write(server.io._raw.fileno(), data)
                             except BlockingIOError:
                                 n = 0
                         if n != end:
-                            self.pending = [(sio, bytes(memoryview(data)[n or 0:]), 1)]
+                            self.pending = [(server.io, bytes(memoryview(data)[n or 0:]), 1)]
                     else:
                         self._send_now(server.io, data, 1)
                 except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
@@ -891,7 +891,7 @@ class Relay:
                 # the wait's end as below, here without a test of a reason (none set);
                 # wait_start: the request's start (the same wait)
                 if self.pending is None and not self.instance.shutting_down and not client.killed:
-                    self.wait_start = now if now is not None else _monotonic()
+                    self.wait_start = now
                     return
                 reason = _AGAIN
             elif reason is None:
@@ -1056,9 +1056,11 @@ class Relay:
                             else:
                                 proto.send_many(alone[2])
                         self.stats.bytes_recv += end
+                        # one clock: the walk's (see above) or read here, for the request's start
+                        # and the wait's (below), whether timed or not
+                        if now is None:
+                            now = _monotonic()
                         if self.q_start is None:        # (None, not 0.0: see new_relay)
-                            if now is None:
-                                now = _monotonic()
                             self.q_start = now
                             if self.tx_start is None:
                                 self.tx_start = now
@@ -1092,7 +1094,7 @@ class Relay:
                         # the wait's end as below, here without a test of a reason (none set);
                         # wait_start: the request's start (the same wait)
                         if self.pending is None and not self.instance.shutting_down and not client.killed:
-                            self.wait_start = now if now is not None else _monotonic()
+                            self.wait_start = now
                             return
                         reason = _AGAIN
                     else:
