@@ -1620,7 +1620,7 @@ class Relay:
                                     stats.query_time += elapsed
                                     if stats.query_sketch is not None:
                                         stats.query_sketch.add(elapsed * 1e6)
-                                    self.q_start = now if proto.syncs else None
+                                    self.q_start = None if settled or not proto.syncs else now
                                 txs = proto.tx_status
                                 if txs is _TX_IDLE or txs == _TX_IDLE:
                                     stats.count_tx += 1
@@ -1631,8 +1631,9 @@ class Relay:
                                             stats.tx_time += elapsed
                                             if stats.tx_sketch is not None:
                                                 stats.tx_sketch.add(elapsed * 1e6)
-                                        self.tx_start = now if q0 is not None and proto.syncs else None
-                                self.s_ready = True
+                                        self.tx_start = None if settled or q0 is None or not proto.syncs else now
+                                if not settled:     # (settled: the detach below runs in this call)
+                                    self.s_ready = True
                                 if proto.broken is not None:
                                     self._miscounted(server)
                                 if proto.output is not None:
@@ -1819,7 +1820,7 @@ class Relay:
                 # detach only at a message boundary (a message after the 'Z' may still be arriving:
                 # here no bytes are held back); truth tests, as the jump over the detach is long (no
                 # specialized compare)
-                if self.s_ready and not self.s_skip:
+                if settled or self.s_ready and not self.s_skip:     # (settled: nothing held back, no skip)
                     self.s_ready = False
                     txs = proto.tx_status       # (read once: the inline detach below tests it too)
                     if not settled and (proto.syncs or proto.unsynced or proto.queue) or self.c_skip != 0 \
