@@ -1123,15 +1123,20 @@ class Relay:
             self.pending = [(io, bytes(memoryview(data)[n:]), to_server)]
 
     def _flush(self) -> None:
+        # each write leaves `pending` only once it is done: a write cut short (an error, a
+        # KILL_CLIENT or shutdown thrown into the wait) stays in it, so client_mid_message
+        # knows the client may have part of a message
         pending = self.pending
-        self.pending = None
-        for io, data, to_server in pending:
+        while pending:
+            io, data, to_server = pending[0]
             try:
                 io.write(data)
             except OSError as e:
                 if to_server:
                     raise ServerError(Status.ESERVER_WRITE, e) from None
                 raise ClientGone(Status.ECLIENT_WRITE, e) from None
+            del pending[0]
+        self.pending = None
 
     def _sweep_fast(self, now: float) -> None:
         """Run by the sweep for a relay parked in the fast path: end a wait that is over its

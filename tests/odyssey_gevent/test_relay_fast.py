@@ -1053,3 +1053,31 @@ def test_the_sweep_gives_a_busy_client_a_file_it_is_then_read_and_written_throug
         return True
 
     assert in_machine(body)
+
+
+def test_a_write_the_coroutine_could_not_finish_leaves_the_client_mid_message(in_machine):
+    """What the fast path could not write at once is written by the coroutine (_flush); a client
+    write cut short there stays pending, so client_mid_message says the client may have part
+    of a message (the cleanup then sends no error into it). Written whole, nothing is pending."""
+    def body():
+        h = _harness()
+        try:
+            relay = h.relay
+            assert not relay.client_mid_message()
+            relay.pending = [(h.cio, be_write.data_row([b"a"]), 0)]
+            relay._flush()
+            assert relay.pending is None and not relay.client_mid_message()
+            assert h.app.read(len(be_write.data_row([b"a"])), 2000) == be_write.data_row([b"a"])
+            h.app.close()                                   # the client is gone: the write fails
+            relay.pending = [(h.cio, b"D" + b"\0" * 4_000_000, 0)]
+            with pytest.raises(ClientGone):
+                relay._flush()
+            assert relay.pending is not None and relay.client_mid_message()
+            relay.pending = [(h.sio, b"S\0\0\0\4", 1)]       # only a server write left over
+            assert not relay.client_mid_message()
+            relay.pending = None
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
