@@ -703,8 +703,8 @@ class Relay:
                         server = fe.attach_now()
                     else:
                         router = self.instance.router
-                        if router.mt_lock is not None or router.paused_all \
-                                or router.paused_dbs and route.db in router.paused_dbs:
+                        # (Router.plain: one thread and nothing paused, one test for three)
+                        if not router.plain:
                             server = fe.attach_now()
                         else:
                             # the server taken, then tested: idle[-1] (a negative index) is a
@@ -762,9 +762,9 @@ class Relay:
                             router = self.instance.router
                             pool_size = client.rule.pool_size
                             # (`idle` is route.idle, a list never replaced: read above)
-                            if (router.mt_lock is None and pool_size and len(route.active) >= pool_size
-                                    and not idle and not route.queue_odd and not router.paused_all
-                                    and not (router.paused_dbs and route.db in router.paused_dbs)):
+                            # (Router.plain: one thread and nothing paused, one test for three)
+                            if (router.plain and pool_size and len(route.active) >= pool_size
+                                    and not idle and not route.queue_odd):
                                 waiter.server = None
                                 waiter.since = _monotonic()
                                 route.waiters.append(waiter)

@@ -293,7 +293,8 @@ def _pooled_state(case: str, fast: bool):
     ran = []
     if case in ("waiter", "paused"):    # the pool is full: the other client queued (a callback)
         assert router.queue_now(other, lambda: ran.append(other.server), None, 0) is None
-        router.paused_all = case == "paused"        # then the server goes idle, the waiter waits
+        if case == "paused":        # then the server goes idle, the waiter waits
+            router.pause(None)
     elif case == "unrouted":    # the client left its route first (its state stays UNDEF)
         router.unroute(client)
     elif case == "deployed":    # the relay wrote params: the server no longer holds the list
@@ -326,11 +327,11 @@ def _taken_state(case: str, fast: bool):
     if case == "offline":
         server.offline = True
     elif case == "paused":
-        router.paused_all = True
+        router.pause(None)
     elif case == "paused_db":
-        router.paused_dbs.add(route.db)
+        router.pause(route.db)
     elif case == "other_db_paused":
-        router.paused_dbs.add(route.db + "_other")
+        router.pause(route.db + "_other")
     before = route.stats.count_server_assignment
     if fast:
         fe.attach_now()
@@ -571,7 +572,8 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
             # (the continuation's argument: the clock the walk read, when the walk runs it)
             assert router.queue_now(other, lambda now=None: ran.append(other.server) or handed_at.append(now),
                                     loop, threading.get_ident()) is None
-            router.paused_all = case == "paused"
+            if case == "paused":
+                router.pause(None)
         elif case == "waiter_coroutine":        # ... a coroutine waiting in router.attach
             co = mm.Coroutine(lambda: ran.append(router.attach(other, None)), name="waiter")
             mm.sleep(0)
@@ -708,11 +710,11 @@ def test_the_client_callback_takes_as_attach_now(in_machine, case):
         if case == "offline":
             server.offline = True
         elif case == "paused":
-            router.paused_all = True
+            router.pause(None)
         elif case == "paused_db":
-            router.paused_dbs.add(client.route.db)
+            router.pause(client.route.db)
         else:
-            router.paused_dbs.add(client.route.db + "_other")
+            router.pause(client.route.db + "_other")
 
     def relay(fe, router, client, server):
         setup(router, client, server)
@@ -776,13 +778,13 @@ def _relay_queue(case: str, inline: bool):
         elif case == "room":        # the pool grew since (a new server to connect)
             rule.pool_size = 2
         elif case == "paused":
-            router.paused_all = True
+            router.pause(None)
         elif case == "paused_db":
-            router.paused_dbs.add(route.db)
+            router.pause(route.db)
         elif case == "queue_odd":
             route.queue_odd = True
         if not inline:
-            relay.instance = SimpleNamespace(router=SimpleNamespace(mt_lock=object()), shutting_down=False)
+            relay.instance = SimpleNamespace(router=SimpleNamespace(mt_lock=object(), plain=False), shutting_down=False)
         q = fe_write.query("select 1")
         app.write(q)
         relay.fast = True

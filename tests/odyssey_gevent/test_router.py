@@ -332,6 +332,37 @@ def test_obsolete_routes_get_no_new_servers_and_are_forgotten_when_empty():
 # ----------------------------------------------------------------------------------------------
 # waiting
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_plain_says_one_thread_and_nothing_paused_through_pause_and_resume(workers):
+    """Router.plain, the one flag the relay's inline attach and queueing test for the lock and
+    the pause state: true with one worker while nothing is paused, false while the whole
+    router or any database is paused and always with more workers (a real lock)."""
+    inst = FakeInstance(FakeRules(make_rule(pool_size=2)))
+    inst.workers = workers
+    router = Router(inst)
+    one = workers == 1
+
+    def plain():
+        # what it stands for, as the routines test it
+        assert router.plain == (router.mt_lock is None and not router.paused_all and not router.paused_dbs)
+        return router.plain
+
+    assert plain() is one
+    router.pause("db1")
+    assert plain() is False
+    router.pause("db2")
+    router.resume("db1")
+    assert plain() is False                 # db2 still paused
+    router.resume("db2")
+    assert plain() is one
+    router.pause(None)
+    router.pause("db1")
+    router.resume("db1")
+    assert plain() is False                 # the global pause holds
+    router.resume(None)
+    assert plain() is one
+
+
 def _wait_for(pred, ms=3000):
     for _ in range(ms):
         if pred():
