@@ -1864,6 +1864,9 @@ class Relay:
                                     # the two in step): a plain detach (workers 1, no lock) of a server
                                     # that settled, back on the idle list or handed to the first waiter
                                     # of a route not paused; anything else is detach_walked's
+                                    # (Router.plain: one thread and nothing paused, one test for
+                                    # three, as in _on_client; a paused router's detach is
+                                    # detach_walked's, waiters or not)
                                     if ((txs is _TX_IDLE or txs == _TX_IDLE) and proto.output is None
                                             and not server.cancels and not server.drop and server.io is not None
                                             # (READY, a settled server's phase, by identity
@@ -1871,58 +1874,53 @@ class Relay:
                                             and (proto.phase is _READY_PHASE or proto.phase not in _COPY_PHASES)
                                             and not server.offline
                                             and not route.obsolete and server.state is _S_ACTIVE
-                                            and router.mt_lock is None):
+                                            and router.plain):
                                         waiters = route.waiters
-                                        if waiters and (router.paused_all or router.paused_dbs
-                                                        and route.db in router.paused_dbs):
-                                            if fe.detach_walked():
-                                                reason = None
+                                        client = self.client
+                                        if server.deployed is not client.deploy_list:
+                                            server.deployed = None      # (see Server.deployed)
+                                        client.server = None
+                                        if client.state is not _C_UNDEF:
+                                            client.state = _C_PENDING
+                                        server.idle_since = mono = now if now is not None else _monotonic()  # (see _on_client)
+                                        if not waiters:
+                                            server.client = None
+                                            route.active.discard(server)
+                                            server.state = _S_IDLE
+                                            route.idle.append(server)
+                                            reason = None
                                         else:
-                                            client = self.client
-                                            if server.deployed is not client.deploy_list:
-                                                server.deployed = None      # (see Server.deployed)
-                                            client.server = None
-                                            if client.state is not _C_UNDEF:
-                                                client.state = _C_PENDING
-                                            server.idle_since = mono = now if now is not None else _monotonic()  # (see _on_client)
-                                            if not waiters:
-                                                server.client = None
-                                                route.active.discard(server)
-                                                server.state = _S_IDLE
-                                                route.idle.append(server)
-                                                reason = None
+                                            waiter = waiters.popleft()
+                                            taker = waiter.client
+                                            server.client = taker
+                                            taker.server = server
+                                            taker.state = _C_ACTIVE
+                                            stats = route.stats
+                                            stats.count_server_assignment += 1
+                                            stats.wait_time += mono - waiter.since
+                                            waiter.server = server
+                                            reason = None
+                                            cb = waiter.callback
+                                            if cb is None:      # a coroutine's wait
+                                                waiter.wake()
                                             else:
-                                                waiter = waiters.popleft()
-                                                taker = waiter.client
-                                                server.client = taker
-                                                taker.server = server
-                                                taker.state = _C_ACTIVE
-                                                stats = route.stats
-                                                stats.count_server_assignment += 1
-                                                stats.wait_time += mono - waiter.since
-                                                waiter.server = server
-                                                reason = None
-                                                cb = waiter.callback
-                                                if cb is None:      # a coroutine's wait
-                                                    waiter.wake()
-                                                else:
-                                                    # a relay queued in the hub (Relay._on_handed):
-                                                    # its continuation runs here and now, as Wakeup
-                                                    # lets a waker in the waiter's own hub (workers 1:
-                                                    # this one) do, not as a loop callback (wake()'s
-                                                    # frame, run_callback and the loop's call: about
-                                                    # 2,000 instructions per queued transaction).
-                                                    # reason is None first, so the finally leaves the
-                                                    # server (the taker's now) alone; _on_handed raises
-                                                    # nothing (its errors go to its own coroutine)
-                                                    waiter.woken = True
-                                                    cb(mono)
-                                            # the end's common case (below) here, where this
-                                            # relay is known fast with nothing pending (tested
-                                            # above): its wait starts at the detach's clock
-                                            if not self.instance.shutting_down and not client.killed:
-                                                self.wait_start = mono
-                                                return None
+                                                # a relay queued in the hub (Relay._on_handed):
+                                                # its continuation runs here and now, as Wakeup
+                                                # lets a waker in the waiter's own hub (workers 1:
+                                                # this one) do, not as a loop callback (wake()'s
+                                                # frame, run_callback and the loop's call: about
+                                                # 2,000 instructions per queued transaction).
+                                                # reason is None first, so the finally leaves the
+                                                # server (the taker's now) alone; _on_handed raises
+                                                # nothing (its errors go to its own coroutine)
+                                                waiter.woken = True
+                                                cb(mono)
+                                        # the end's common case (below) here, where this
+                                        # relay is known fast with nothing pending (tested
+                                        # above): its wait starts at the detach's clock
+                                        if not self.instance.shutting_down and not client.killed:
+                                            self.wait_start = mono
+                                            return None
                                     elif fe.detach_walked():
                                         reason = None
                             finally:

@@ -539,8 +539,8 @@ def test_new_relay_makes_what_relay_init_makes(in_machine, kind):
 
 
 # the states a server may be in when the reply walk detaches it (each one at a time)
-WALK_CASES = ["idle", "waiter_loop", "waiter_coroutine", "paused", "unrouted", "deployed", "cancels", "drop",
-              "offline", "obsolete", "tx_in_statement"]
+WALK_CASES = ["idle", "waiter_loop", "waiter_coroutine", "paused", "paused_db", "paused_alone", "unrouted",
+              "deployed", "cancels", "drop", "offline", "obsolete", "tx_in_statement"]
 
 
 def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
@@ -567,13 +567,17 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
     handed_at = []
     co = None
     try:
-        if case in ("waiter_loop", "paused"):   # the pool is full: the other client queued (a callback)
+        if case in ("waiter_loop", "paused", "paused_db"):  # the pool is full: the other client queued (a callback)
             loop = get_hub().loop
             # (the continuation's argument: the clock the walk read, when the walk runs it)
             assert router.queue_now(other, lambda now=None: ran.append(other.server) or handed_at.append(now),
                                     loop, threading.get_ident()) is None
             if case == "paused":
                 router.pause(None)
+            elif case == "paused_db":   # (the route's database paused: not plain either)
+                router.pause(route.db)
+        elif case == "paused_alone":    # paused with nobody waiting: pooled all the same
+            router.pause(None)
         elif case == "waiter_coroutine":        # ... a coroutine waiting in router.attach
             co = mm.Coroutine(lambda: ran.append(router.attach(other, None)), name="waiter")
             mm.sleep(0)
