@@ -1867,11 +1867,13 @@ class Relay:
                                     # (Router.plain: one thread and nothing paused, one test for
                                     # three, as in _on_client; a paused router's detach is
                                     # detach_walked's, waiters or not)
-                                    if ((txs is _TX_IDLE or txs == _TX_IDLE) and proto.output is None
+                                    # (settled: the head branch above left no output, its
+                                    # splice took it, and set the READY phase: neither is tested
+                                    # again; else READY by identity before the set's lookup)
+                                    if ((txs is _TX_IDLE or txs == _TX_IDLE)
+                                            and (settled or proto.output is None and (
+                                                proto.phase is _READY_PHASE or proto.phase not in _COPY_PHASES))
                                             and not server.cancels and not server.drop and server.io is not None
-                                            # (READY, a settled server's phase, by identity
-                                            # before the set's lookup)
-                                            and (proto.phase is _READY_PHASE or proto.phase not in _COPY_PHASES)
                                             and not server.offline
                                             and not route.obsolete and server.state is _S_ACTIVE
                                             and router.plain):
