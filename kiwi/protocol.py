@@ -101,6 +101,20 @@ _BATCHES: dict = {}
 _BATCHES_EXACT: dict = {}           # ... with exact counting (see _exact_rememberable)
 _BATCHES_MAX = 256
 _BATCH_TYPES_MAX = 16
+# one tuple object per value of a remembered batch's queued entries, so that a reader holding an
+# equal tuple from shared_entries (the relay's reply layouts) tests Conversation.batch by
+# identity; bounded like the batches (past it an equal tuple is simply another object)
+_ENTRIES: dict = {}
+
+
+def shared_entries(entries: tuple) -> tuple:
+    """`entries`, or the equal tuple kept first (see _ENTRIES)."""
+    kept = _ENTRIES.get(entries)
+    if kept is None:
+        kept = entries
+        if len(_ENTRIES) < _BATCHES_MAX:
+            _ENTRIES[entries] = entries
+    return kept
 
 
 def _exact_rememberable(types) -> bool:
@@ -182,7 +196,7 @@ class Conversation:
     """The request/reply bookkeeping of one server connection (see the module docstring)."""
 
     __slots__ = ("queue", "syncs", "phase", "unsynced", "tx_status", "broken", "output",
-                 "replacement", "replies", "exact", "_exec_syncs", "_copy_ended", "flushed")
+                 "replacement", "replies", "exact", "_exec_syncs", "_copy_ended", "flushed", "batch")
 
     def __init__(self, exact: bool = False) -> None:
         self.queue: deque = deque()
@@ -204,6 +218,13 @@ class Conversation:
         self._exec_syncs = -1       # Syncs sent since the last Execute (-1: last was a Query)
         self._copy_ended = False    # CopyDone/CopyFail sent before the server's CopyInResponse
         self.flushed = False        # the last extended-protocol message was followed by a Flush
+        # None, or the queued entries (a tuple) of the remembered batch send_many added last,
+        # with nothing added or changed since but entries popped from the left: then the queue
+        # is a tail of what it held before plus `batch`, so it equals `batch` where the two
+        # lengths are equal (the relay's reply walk tests that instead of making a tuple of the
+        # queue). Every change other than a pop from the left (or a popped entry put back) sets
+        # it to None
+        self.batch: tuple | None = None
 
     # -- questions ------------------------------------------------------------------------
     @property
@@ -234,6 +255,7 @@ class Conversation:
     # -- the pooler sends ----------------------------------------------------------------
     def send(self, t: int) -> None:
         """A frontend message of type `t` (an int) was (or is about to be) written to the server."""
+        self.batch = None       # (every branch below may add to the queue or change an entry)
         phase = self.phase
         if t == _Q and (phase == _READY_PHASE or phase == _BUSY_PHASE):
             # the common case, inline: a simple query outside COPY and SKIP (the relay has a
@@ -362,17 +384,19 @@ class Conversation:
         if effect is not None:
             queued, added, self.unsynced, self.flushed, self._exec_syncs, self._copy_ended = effect
             if queued:
+                self.batch = queued
                 queue.extend(queued)
                 self.syncs += added
                 self.phase = _BUSY_PHASE
             return
         before = len(queue)
+        self.batch = None
         if exact:
             syncs = self.syncs
             for t in types:
                 self.send(t)
             if len(_BATCHES_EXACT) < _BATCHES_MAX and len(key) <= _BATCH_TYPES_MAX and _exact_rememberable(types):
-                _BATCHES_EXACT[key] = (tuple(queue)[before:], self.syncs - syncs, self.unsynced, self.flushed,
+                _BATCHES_EXACT[key] = (shared_entries(tuple(queue)[before:]), self.syncs - syncs, self.unsynced, self.flushed,
                                        self._exec_syncs, self._copy_ended)
             return
         unsynced = self.unsynced
@@ -413,7 +437,7 @@ class Conversation:
             elif kind == _K_COPY_END:           # ends a COPY the server has not started yet
                 ended = True
         if _E in types and len(_BATCHES) < _BATCHES_MAX and len(key) <= _BATCH_TYPES_MAX:
-            queued = tuple(queue)[before:]
+            queued = shared_entries(tuple(queue)[before:])
             _BATCHES[key] = (queued, syncs - self.syncs, unsynced, flushed, ex, ended)
         self.unsynced = unsynced
         self.flushed = flushed
@@ -434,6 +458,7 @@ class Conversation:
         """Queue a request with instructions (it stands for one message of `request.type`,
         already counted by this call; do not also call `send` for it). A LOCAL request at
         the head of the queue is answered at once (see `output`)."""
+        self.batch = None
         if self.phase == Phase.SKIP and request.type != _S:
             if request.on_fail is not None:
                 request.on_fail()
@@ -631,6 +656,7 @@ class Conversation:
         In exact mode the COPY's Execute is at the head of the queue and each entry knows
         what it needs; otherwise the counters say it for the latest Execute only (enough
         unless a client pipelines more Executes behind a COPY before the server answers)."""
+        self.batch = None       # (entries are taken out of the middle, the queue replaced)
         queue = self.queue
         if self.exact and queue and queue[0].__class__ is int and queue[0] & 0xFF == _E:
             head = queue.popleft()

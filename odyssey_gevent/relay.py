@@ -40,7 +40,7 @@ from machinarium import wait_any
 from kiwi import error_codes
 from kiwi.framer import FE_RELAY_LIMITS
 from kiwi import protocol as _protocol
-from kiwi.protocol import _POPS, REPLACE, Phase
+from kiwi.protocol import _POPS, REPLACE, Phase, shared_entries
 from odyssey_gevent.prepared import _SQL_HEAD
 from odyssey_gevent.server import idle_readable
 from odyssey_gevent.router import _C_ACTIVE, _C_PENDING, _C_QUEUE, _C_UNDEF, _S_ACTIVE, _S_IDLE
@@ -833,6 +833,7 @@ class Relay:
                         proto._exec_syncs = -1
                         proto._copy_ended = False
                         proto.phase = _BUSY_PHASE
+                        proto.batch = None      # (added to: see Conversation.batch)
                         proto.queue.append(_C_QUERY)
                         proto.syncs += 1
                     else:
@@ -848,6 +849,7 @@ class Relay:
                     if effect is not None and not proto.exact and (phase == _READY_PHASE or phase == _BUSY_PHASE):
                         queued, added, proto.unsynced, proto.flushed, proto._exec_syncs, proto._copy_ended = effect
                         if queued is not None:
+                            proto.batch = queued    # (the batch marked: see Conversation.batch)
                             proto.queue.extend(queued)
                             proto.syncs += added
                             proto.phase = _BUSY_PHASE
@@ -1037,6 +1039,7 @@ class Relay:
                                 proto._exec_syncs = -1
                                 proto._copy_ended = False
                                 proto.phase = _BUSY_PHASE
+                                proto.batch = None
                                 proto.queue.append(_C_QUERY)
                                 proto.syncs += 1
                             else:
@@ -1050,6 +1053,7 @@ class Relay:
                                 queued, added, proto.unsynced, proto.flushed, proto._exec_syncs, \
                                     proto._copy_ended = effect
                                 if queued is not None:
+                                    proto.batch = queued
                                     proto.queue.extend(queued)
                                     proto.syncs += added
                                     proto.phase = _BUSY_PHASE
@@ -1533,18 +1537,21 @@ class Relay:
                         # header): not read again
                         unpack, headers, told, pos, pops, head, whole = shape
                         if unpack(buf) == headers:
-                            if whole is not None and proto.phase == _BUSY_PHASE \
-                                    and tuple(queue := proto.queue) == whole:
+                            if whole is not None and proto.batch is whole and proto.phase == _BUSY_PHASE \
+                                    and len(queue := proto.queue) == len(whole):
                                 # told whole (once per extended transaction): the read's told
                                 # messages are all completions and it ends with a ReadyForQuery, and
                                 # the queue holds exactly their plain requests and a plain Sync (the
                                 # layout's `whole`), BUSY: every completion is receive's common case
                                 # (the copy below pops each), the ReadyForQuery the head branch's, so
                                 # the queue is emptied at once and the head branch tells the
-                                # ReadyForQuery without its queue tests (_HEAD_TOLD). One tuple of
-                                # the queue and a compare cost about a third of the pops loop, the
-                                # slice of what is left and the head branch's tests (test_relay
-                                # keeps the paths in step)
+                                # ReadyForQuery without its queue tests (_HEAD_TOLD). The queue is
+                                # known to hold `whole` without a tuple of it (about 1,070
+                                # instructions with the compare): Conversation.batch, the batch
+                                # send_many (or the callbacks' copy) added last, is `whole` itself
+                                # (the same object: kiwi's shared_entries), the queue a tail of what
+                                # it held before and the batch, so the batch where the lengths are equal
+                                # (test_relay keeps the paths in step)
                                 queue.clear()
                                 head = _HEAD_TOLD
                             elif told is not None:    # (None, not (): an identity test)
@@ -2046,7 +2053,9 @@ def _server_shape(buf, end: int, kinds: tuple):
     unpack = struct.Struct("".join(fmt)).unpack_from
     whole = None
     if head and told and all(_POPS[t] >= 0 for t, _, _ in told):
-        whole = tuple(_POPS[t] for t, _, _ in told) + (_C_SYNC,)
+        # (the object send_many's remembered batch marks the Conversation with: see
+        # Conversation.batch, tested by identity)
+        whole = shared_entries(tuple(_POPS[t] for t, _, _ in told) + (_C_SYNC,))
     return unpack, unpack(buf, 0), tuple(told) or None, pos, bytes(t for t, _, _ in told), head, whole
 
 

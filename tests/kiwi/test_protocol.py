@@ -265,8 +265,45 @@ def test_inline_extended_batch_leaves_the_state_of_the_general_branches():
 
 
 def _state(c):
+    # (not `batch`: send_many's mark of the queue it filled, which one send() per message never
+    # sets; test_the_batch_mark_is_a_tail_of_the_queue_it_marks keeps what it says)
     return {name: list(v) if name == "queue" else v for name in Conversation.__slots__
-            for v in (getattr(c, name),)}
+            if name != "batch" for v in (getattr(c, name),)}
+
+
+def test_the_batch_mark_is_a_tail_of_the_queue_it_marks():
+    """Conversation.batch (the queued entries of the remembered batch send_many added last) is
+    None or a tuple the queue ends with, or whose tail the queue is, after every send, send_many,
+    send_request and receive, from every phase, with and without exact counting: the relay's
+    reply walk takes the queue for the batch where the two lengths are equal (random
+    conversations, the same seed every run; a change of the queue that kept a stale mark
+    fails it). And it is set at all: the marked batches are counted."""
+    import random
+    from kiwi.protocol import Request
+    rnd = random.Random(11)
+    client = "PBDESQFHCcfdX"
+    server = "123TnDCIsEGHWcZ"
+    batches = [b"PBDES", b"PBES", b"BES", b"ES", b"PBE", b"DEH", b"PBDESPBDES", b"QPBES"]
+    marked = 0
+    for _ in range(1500):
+        c = Conversation(exact=rnd.random() < 0.3)
+        for _ in range(rnd.randrange(1, 30)):
+            r = rnd.random()
+            if r < 0.3:
+                c.send_many(rnd.choice(batches))
+                marked += c.batch is not None and len(c.batch) > 0
+            elif r < 0.5:
+                c.send(ord(rnd.choice(client)))
+            elif r < 0.55:
+                c.send_request(Request(ord(rnd.choice("QS")), hide=rnd.random() < 0.5))
+            else:
+                c.receive(ord(rnd.choice(server)), rnd.choice([b"I", b"T", None]))
+            batch = c.batch
+            if batch is not None:
+                queue = list(c.queue)
+                n = min(len(queue), len(batch))
+                assert queue[len(queue) - n:] == list(batch[len(batch) - n:]), (batch, queue)
+    assert marked > 300
 
 
 def test_send_many_leaves_the_state_of_one_send_per_message():

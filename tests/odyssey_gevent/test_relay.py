@@ -1082,8 +1082,21 @@ def _batch(case: str) -> Conversation:
     its Parse, one with an answer the pooler gives itself after the Parse, a batch whose Parse
     alone is queued, nothing owed; two batches pipelined, the batch in exact counting (a server
     the prepared-statement layer used: its Sync flagged), the batch met in SKIP (a state the
-    relay's layout of the whole reply must leave to the walk)."""
+    relay's layout of the whole reply must leave to the walk); the batch told by send_many from
+    kiwi's memory (Conversation.batch marks it: the layout's `whole` path), that marked batch
+    behind a Query still owed (marked too: the queue longer than the batch), and with its Parse
+    answered and a Query sent after it (as long as the batch: the mark must be gone)."""
     conv = Conversation(exact=case == "exact")
+    if case.startswith("marked"):
+        Conversation().send_many(b"PBES")       # remembered by kiwi
+        if case == "marked-behind-query":
+            conv.send(ord("Q"))
+        conv.send_many(b"PBES")
+        assert conv.batch is not None
+        if case == "marked-popped-query":
+            conv.receive(ord("1"))
+            conv.send(ord("Q"))
+        return conv
     if case == "behind-query":
         conv.send(ord("Q"))
     if case == "request-after":
@@ -1108,7 +1121,8 @@ def _batch(case: str) -> Conversation:
 
 
 @pytest.mark.parametrize("case", ["batch", "behind-query", "no-parse", "request-after", "parse-only", "nothing",
-                                  "pipelined", "exact", "skip"])
+                                  "pipelined", "exact", "skip", "marked", "marked-popped-query",
+                                  "marked-behind-query"])
 def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, case):
     """A reply laid out as one seen before tells its ParseComplete and BindComplete with the
     relay's inline copy of Conversation.receive_completions (each while it answers the plain
@@ -1134,12 +1148,14 @@ def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, c
     def body():
         shape = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
         assert shape[4] == b"12" and shape[6] == tuple(b"PBS")     # the queue it answers whole
+        if case == "marked":    # the mark is the layout's `whole` itself (the identity the walk tests)
+            assert _batch(case).batch is shape[6]
         walked, remembered = told(False), told(True)
         assert remembered == walked
         return walked
 
     walked = in_machine(body)
-    assert (walked[6] is None) is (case in ("batch", "request-after", "pipelined", "skip"))    # the others: out of step
+    assert (walked[6] is None) is (case in ("batch", "request-after", "pipelined", "skip", "marked"))  # others: out of step
     if case == "request-after":         # the pooler's own answer spliced in after the ParseComplete
         assert walked[8] == len(reply) + len(be_write.close_complete())
 
@@ -1149,7 +1165,8 @@ def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, c
                                                                   "copy-unsynced", "hidden", "local-after", "parse",
                                                                   "nothing")]
                          + [("extended", c) for c in ("batch", "behind-query", "no-parse", "request-after",
-                                                      "nothing", "pipelined", "exact", "skip")])
+                                                      "nothing", "pipelined", "exact", "skip", "marked",
+                                                      "marked-popped-query", "marked-behind-query")])
 def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, status):
     """A reply laid out as one seen before whose last message is a ReadyForQuery has it told
     without the walk's loop (the relay's copy of the loop's ReadyForQuery branch): the

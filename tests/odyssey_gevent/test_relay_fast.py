@@ -896,10 +896,15 @@ def test_client_bytes_read_into_the_scratch_buffer_are_kept_when_they_outlive_th
 def _sending(case: str) -> Conversation:
     """A Conversation in one of the states a client's lone Query may meet: nothing owed, a
     Query owed, an extended batch open after its Execute, a CopyDone sent before the server's
-    CopyInResponse, a COPY, a skip after an extended-protocol error."""
+    CopyInResponse, a COPY, a skip after an extended-protocol error, a remembered batch owed."""
     conv = Conversation()
     if case in ("busy", "copy"):
         conv.send(ord("Q"))
+    elif case == "batch":
+        # a remembered batch that filled the empty queue (marked: Conversation.batch)
+        Conversation().send_many(b"PBES")       # remembered by kiwi
+        conv.send_many(b"PBES")
+        assert conv.batch is not None
     elif case in ("executed", "skip", "copy-ended"):
         for t in b"PBE":
             conv.send(t)
@@ -912,7 +917,7 @@ def _sending(case: str) -> Conversation:
     return conv
 
 
-@pytest.mark.parametrize("case", ["ready", "busy", "executed", "copy-ended", "copy", "skip"])
+@pytest.mark.parametrize("case", ["ready", "busy", "executed", "copy-ended", "copy", "skip", "batch"])
 def test_a_lone_query_is_told_as_send_does(in_machine, case):
     """The relay's inline copy of Conversation.send's common case (a Query outside COPY and
     SKIP; the queued hand-over's, and _on_client's, which
@@ -921,7 +926,7 @@ def test_a_lone_query_is_told_as_send_does(in_machine, case):
     Query."""
     def state(conv):
         return (list(conv.queue), conv.syncs, conv.phase, conv.unsynced, conv.flushed, conv._exec_syncs,
-                conv._copy_ended, conv.broken)
+                conv._copy_ended, conv.broken, conv.batch)
 
     def body():
         told = _sending(case)
@@ -964,7 +969,7 @@ def test_a_remembered_request_is_told_as_send_many_does(in_machine, case, queued
 
     def state(conv):
         return (list(conv.queue), conv.syncs, conv.phase, conv.unsynced, conv.flushed, conv._exec_syncs,
-                conv._copy_ended, conv.broken)
+                conv._copy_ended, conv.broken, conv.batch)
 
     def body():
         relay_mod._C_SHAPES.clear()
@@ -972,6 +977,7 @@ def test_a_remembered_request_is_told_as_send_many_does(in_machine, case, queued
             kiwi_protocol._BATCHES.pop(types, None)
         else:
             Conversation().send_many(types)         # remembered by kiwi
+            Conversation(exact=True).send_many(types)   # (and with exact counting: both mark alike)
         # the layout keeps the types and the effect kiwi remembers for them (None where none)
         shape = relay_mod._C_SHAPES[len(request_)] = relay_mod._client_shape(bytearray(request_), len(request_),
                                                                             list(types))
