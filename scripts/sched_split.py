@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from scripts.bench import cpu_seconds, proc_tree  # noqa: E402
+from scripts.bench import cpu_seconds, parse_pgbench, proc_tree  # noqa: E402
 from scripts.count_instructions import AUTH, TEMPLATE, add_cell_args, bench_postgres  # noqa: E402
 from scripts.pgcluster import wait_port  # noqa: E402
 from scripts.pooler import PoolerProcess  # noqa: E402
@@ -120,7 +120,7 @@ def measure(a, pooler, postmaster: int) -> dict:
         lat = pgbench_latencies(os.path.join(logdir, "l"))
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
-    n = int(out.stdout.split("actually processed: ")[1].split()[0])
+    n = parse_pgbench(out.stdout)[1]
     idle, total = m1[0] - m0[0], m1[1] - m0[1]
     us = 1e6 / n
     return {
