@@ -408,7 +408,7 @@ class Relay:
                  "waiting", "woken", "glet", "request_timeout", "q_start", "tx_start", "loop", "ident",
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
                  "wait_start", "swept", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
-                 "q_timer", "on_handed", "keep_watch", "c_watch", "s_shapes")
+                 "q_timer", "on_handed", "keep_watch", "c_watch", "s_shapes", "walk_plain")
 
     def __new__(cls, frontend, client, prepared=None):
         """Relay(frontend, client, prepared): made by new_relay, the one place its slots are
@@ -592,6 +592,7 @@ class Relay:
     def _park(self, server):
         """Wait for either side in the fast path; returns why the coroutine is needed."""
         self.fast = True
+        self.walk_plain = self.plain_walk()
         self.waiting = True
         self.wait_start = self.swept = _monotonic()     # the relays' clock (see _on_client)
         cw = self.c_watch = self.client.io.sock._read_event
@@ -608,12 +609,27 @@ class Relay:
                 self.fe.leave_queue()
             raise
         finally:
-            self.fast = self.waiting = False
+            self.fast = self.waiting = self.walk_plain = False
             cw.stop()
             sw = self.s_watch
             if sw is not None:
                 self.s_watch = None
                 sw.stop()
+
+    def plain_walk(self) -> bool:
+        """Whether the reply walk's inline detach may take its plain case (Relay.walk_plain, set
+        by _park for its wait): the relay fast, transaction or statement pooling, workers 1 (the
+        server pooled with its watcher started: keep_watch) and the frontend's detach_plain (a
+        rule that resets nothing, no shared pool). None of them changes while the relay waits in
+        the fast path (the modes and keep_watch are the relay's from its making, detach_plain
+        the frontend's from its route()), so the walk tests one flag for the four, once per
+        transaction; the fast flag is _park's too, and its end clears both."""
+        if not (self.fast and self.keep_watch and (self.mode_transaction or self.mode_statement)):
+            return False
+        try:
+            return bool(self.fe.detach_plain)
+        except AttributeError:          # a stand-in frontend (unit tests)
+            return False
 
     def throw(self, *args) -> None:
         """gevent takes a read watcher's callback to be a greenlet's switch: a socket closed under
@@ -1838,17 +1854,15 @@ class Relay:
                     if not settled and (proto.syncs or proto.unsynced or proto.queue) or self.c_skip != 0 \
                             or server.broken:
                         pass
-                    elif txs is not _TX_IDLE and txs != _TX_IDLE and self.mode_transaction:
-                        pass
-                    elif not self.mode_transaction and not self.mode_statement:
-                        pass
-                    elif self.fast:
-                        # the fast path's detach, here in the hub (reason None: done), or _DETACH:
-                        # the coroutine detaches. server_clean holds here: nothing half-relayed, no
-                        # batch open
+                    elif self.walk_plain and (txs is _TX_IDLE or txs == _TX_IDLE):
+                        # the fast path's detach of a plain relay (Relay.walk_plain: fast, transaction
+                        # or statement pooling, workers 1, the frontend's detach_plain; one test for
+                        # the four, kept by _park) of a server whose transaction is over, in the hub
+                        # (reason None: done), or _DETACH: the coroutine detaches. server_clean
+                        # holds here: nothing half-relayed, no batch open
                         reason = _DETACH
                         sw = self.s_watch
-                        if sw is not None and self.keep_watch:
+                        if sw is not None:
                             # pooled with its watcher started, its reader the instance (idle_readable)
                             # before the detach can hand it over; its callback stays (Server.on_read
                             # tells by the reader), so the next attach starts nothing: no stop now
@@ -1857,13 +1871,7 @@ class Relay:
                             self.s_watch = None
                             server.reader = self.instance
                             try:
-                                fe = self.fe
-                                if self.pending is not None:
-                                    pass
-                                elif not fe.detach_plain:
-                                    if fe.detach_walked():
-                                        reason = None
-                                else:
+                                if self.pending is None:
                                     route = server.route
                                     router = self.instance.router
                                     # Frontend.detach_walked's common case inline (once per transaction,
@@ -1877,8 +1885,7 @@ class Relay:
                                     # (settled: the head branch above left no output, its
                                     # splice took it, and set the READY phase: neither is tested
                                     # again; else READY by identity before the set's lookup)
-                                    if ((txs is _TX_IDLE or txs == _TX_IDLE)
-                                            and (settled or proto.output is None and (
+                                    if ((settled or proto.output is None and (
                                                 proto.phase is _READY_PHASE or proto.phase not in _COPY_PHASES))
                                             and not server.cancels and not server.drop and server.io is not None
                                             and not server.offline
@@ -1930,12 +1937,33 @@ class Relay:
                                         if not self.instance.shutting_down and not client.killed:
                                             self.wait_start = mono
                                             return None
-                                    elif fe.detach_walked():
+                                    elif self.fe.detach_walked():
                                         reason = None
                             finally:
                                 if reason is not None:
                                     server.reader = None
                                     sw.stop()       # the coroutine's detach reads the socket
+                        elif self.pending is None and self.fe.detach_walked():
+                            reason = None
+                    elif txs is not _TX_IDLE and txs != _TX_IDLE and self.mode_transaction:
+                        pass
+                    elif not self.mode_transaction and not self.mode_statement:
+                        pass
+                    elif self.fast:
+                        # the fast path's detach of any other relay (see above), all of it
+                        # detach_walked's
+                        reason = _DETACH
+                        sw = self.s_watch
+                        if sw is not None and self.keep_watch:
+                            self.s_watch = None
+                            server.reader = self.instance
+                            try:
+                                if self.pending is None and self.fe.detach_walked():
+                                    reason = None
+                            finally:
+                                if reason is not None:
+                                    server.reader = None
+                                    sw.stop()
                         else:
                             if sw is not None:
                                 self.s_watch = None
@@ -2172,6 +2200,7 @@ def new_relay(frontend, client, prepared=None):
     # and detach without waiting, and timeouts the 1 s sweep can keep (FAST_MIN_TIMEOUT_MS)
     self.fast_ok = sweepable and not client.io._tls and hasattr(frontend, "attach_now")
     self.fast = False       # parked in the fast path: the callbacks relay
+    self.walk_plain = False  # ... and the reply walk's detach may take its plain case (plain_walk)
     self.pending = None     # [(io, bytes, to_server)] the fast path could not write at once
     self.wait_start = 0.0   # time.monotonic() when the present wait started (the sweep's timeouts)
     self.swept = 0.0        # wait_start as the last sweep (or the park) found it (_sweep_fast)

@@ -602,6 +602,7 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
         relay.glet = SimpleNamespace(switch=switched.append)
         if not inline:
             relay.fe = SimpleNamespace(detach_plain=False, detach_walked=fe.detach_walked)
+        relay.walk_plain = relay.plain_walk()       # (as _park sets it for its wait)
         status = b"T" if case == "tx_in_statement" else b"I"
         server.proto.send(relay_mod._C_QUERY)
         reply = be_write.command_complete("SELECT 1") + be_write.ready_for_query(status)
@@ -630,7 +631,7 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
             io.close()
 
 
-@pytest.mark.parametrize("kind", ["transaction", "statement", "pool_discard"])
+@pytest.mark.parametrize("kind", ["transaction", "statement", "session", "pool_discard"])
 @pytest.mark.parametrize("case", WALK_CASES)
 def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
     """The reply walk's inline copy of detach_walked's common case (a plain detach: back on the
@@ -639,8 +640,46 @@ def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
     got = in_machine(_walked, kind, case, True)
     want = in_machine(_walked, kind, case, False)
     assert got == want
-    if kind != "pool_discard" and case in ("idle", "waiter_loop", "waiter_coroutine", "unrouted", "deployed"):
+    if kind in ("transaction", "statement") and case in ("idle", "waiter_loop", "waiter_coroutine", "unrouted",
+                                                         "deployed"):
         assert got[0] == [] and got[1] is None      # detached in the hub
+    if kind == "session":
+        assert got[0] == [] and got[1] == "server"  # not detached
+
+
+def test_the_walks_plain_flag_needs_all_four(in_machine):
+    """Relay.plain_walk (the flag _park sets for its wait, one test in the reply walk for its
+    inline detach): a fast relay, transaction or statement pooling, workers 1 (keep_watch) and
+    the frontend's detach_plain; with any one of them off the walk's detach is detach_walked's."""
+    def body():
+        got = {}
+        for kind in ("transaction", "statement", "session", "pool_discard"):
+            fe, _, client = _frontend(kind)
+            a, b = gsocket.socketpair()
+            client.io = mm.Io(a)
+            try:
+                relay = Relay(fe, client)
+                assert relay.walk_plain is False and relay.plain_walk() is False    # not fast
+                relay.fast = relay.keep_watch = True
+                got[kind] = relay.plain_walk()
+                relay.keep_watch = False
+                assert relay.plain_walk() is False
+                relay.keep_watch = True
+                if got[kind]:
+                    relay.mode_transaction = relay.mode_statement = False
+                    assert relay.plain_walk() is False
+                    relay.mode_statement = True
+                    assert relay.plain_walk() is True
+                    fe.detach_plain = False
+                    assert relay.plain_walk() is False
+                    relay.fe = SimpleNamespace()        # a stand-in frontend without it
+                    assert relay.plain_walk() is False
+            finally:
+                client.io.close()
+                b.close()
+        return got
+
+    assert in_machine(body) == {"transaction": True, "statement": True, "session": False, "pool_discard": False}
 
 
 def test_the_walk_runs_a_queued_relays_hand_over_before_it_returns(in_machine):

@@ -129,6 +129,32 @@ def test_the_fast_path_attaches_and_detaches_in_the_callbacks(in_machine):
     assert in_machine(body)
 
 
+def test_the_park_sets_the_walks_plain_flag_for_its_wait(in_machine, monkeypatch):
+    """_park sets walk_plain (the reply walk's one test for its inline detach: Relay.plain_walk)
+    for its wait and clears it with `fast` at its end: the walk's detach in the hub sees what
+    plain_walk gave, the coroutine's detach after the park sees it cleared. (plain_walk gives a
+    falsy 0 here, so the walk's path is the one this frontend takes, and 0 is not False.)"""
+    monkeypatch.setattr(relay_mod.Relay, "plain_walk", lambda self: 0)
+
+    def body():
+        h = _harness()
+        seen = []
+        walked, detached = h.fe.detach_walked, h.fe.detach
+        h.fe.detach_walked = lambda: seen.append(("hub", h.relay.walk_plain)) or walked()
+        h.fe.detach = lambda: seen.append(("coroutine", h.relay.walk_plain)) or detached()
+        try:
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            h.fe.slow_detach = True
+            _exchange(h, _q("select 1"), _reply(b"I"))
+        finally:
+            h.close()
+        return seen
+
+    seen = in_machine(body)
+    assert seen[0] == ("hub", 0) and seen[0][1] is not False
+    assert seen[-1] == ("coroutine", False) and seen[-1][1] is False
+
+
 def test_the_callbacks_time_with_the_monotonic_clock(in_machine):
     """The request's and transaction's times and the wait's start are time.monotonic()'s (the
     clock of a server's idle_since and a waiter's wait, which the reply walk's detach sets from
