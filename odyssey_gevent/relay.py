@@ -58,6 +58,35 @@ BUF_SIZE = 32 * 1024
 # slicing a bytearray costs about a third of making a memoryview and slicing it (which is
 # about 1,000 instructions) for short messages; both cost the same near 4 KiB
 _SLICE_MAX = 2048
+
+
+class _Buf(bytearray):
+    """A relay buffer of BUF_SIZE bytes (every one the free lists hold, the scratch and the
+    relays' c_buf and s_buf; a buffer grown for one long message, only with the
+    prepared-statement layer, is a plain bytearray): `head` is a standing view of its bytes 1-4,
+    a message's length field where the message starts the buffer, as one native unsigned int.
+    The callbacks' lone-Query check compares it with _Q_HEAD (about 820 instructions against
+    1,060 for the unpack_from of the length and its compares). No relay buffer is ever resized
+    (a bytearray with an exported view cannot be: a longer message gets a new buffer, and the
+    moves of held bytes to the front keep the size). The view refers to its buffer (a reference
+    cycle): a buffer no free list takes is let go with _drop, so it is freed at once, not by the
+    cycle collector."""
+    __slots__ = ("head",)
+
+
+def _new_buf() -> _Buf:
+    buf = _Buf(BUF_SIZE)
+    buf.head = memoryview(buf)[1:5].cast("I")
+    return buf
+
+
+def _drop(buf) -> None:
+    """Let go of a relay buffer no free list takes: its head view released (see _Buf)."""
+    head = getattr(buf, "head", None)
+    if head is not None:
+        head.release()
+
+
 _LEN = struct.Struct("!I")
 _unpack_len = _LEN.unpack_from
 _unpack_head = struct.Struct("!BI").unpack_from     # a message's type and length
@@ -80,12 +109,15 @@ _C_STRAY = frozenset(b"dcf")       # COPY messages: ignored by PostgreSQL outsid
 # limits), -1 for a forbidden type
 _C_LIMITS = tuple(FE_RELAY_LIMITS)
 _Q_LIMIT = _C_LIMITS[_C_QUERY]
-# the longest read the callbacks send as a lone Query (its limit + 5: type and length), kept
-# under 2**30: 3.11 specializes an int comparison only of one-digit ints (CPython's 30-bit
-# digits), and the limit (about 1 GiB) + 5 is two digits, so `end - 5 <= _Q_LIMIT` was a generic
-# compare (and a subtraction) per request. A read is a buffer's size at most, far below either
-# bound; one past this one (none can be) would go to the client walk, which checks the limit
-_Q_END = min(_Q_LIMIT + 5, (1 << 30) - 1)
+# the longest read the callbacks send as a lone Query (the Query limit + 5, type and length, or
+# less), a one-digit int: 3.11 specializes an int comparison only of one-digit ints (CPython's
+# 30-bit digits). The check reads the length through the buffer's standing view of its length
+# field (_Buf.head) and compares it with _Q_HEAD[end]: the field's value for a Query of exactly
+# `end` bytes (end - 1, big-endian) read as a native unsigned int; -1 (no field's value) below
+# a whole header. Longer Queries (rare: a table entry per length costs about 40 bytes) go to the
+# client walk, which relays them the same and checks the limit
+_Q_END = min(_Q_LIMIT + 5, 8192)
+_Q_HEAD = tuple(struct.unpack("=I", _LEN.pack(end - 1))[0] if end >= 5 else -1 for end in range(_Q_END + 1))
 # limits + 4 (the length field counts itself), -1 for a forbidden type: one comparison per
 # message checks its type and the upper bound of its length
 _C_LIMITS4 = tuple(limit + 4 if limit >= 0 else -1 for limit in _C_LIMITS)
@@ -357,7 +389,7 @@ class _FreeList(list):
 
     def __init__(self):
         super().__init__()
-        self.scratch = bytearray(BUF_SIZE)
+        self.scratch = _new_buf()
 
 
 def _free_buffers() -> list:
@@ -396,6 +428,8 @@ def _give_back(buf: bytearray) -> None:
     free = _free_buffers()
     if len(free) < 256:
         free.append(buf)
+    else:
+        _drop(buf)
 
 
 class Relay:
@@ -689,7 +723,8 @@ class Relay:
             # took a server, the tests the attach made already (c_skip, c_drop, a whole header,
             # the prepared layer) are not made again. The same for a request of whole messages
             # laid out as one seen before (_C_SHAPES): then `alone` holds its layout (the types
-            # to tell, the batch's effect)
+            # to tell, the batch's effect). The lone Query's length is read through the buffer's
+            # standing view of it (_Buf.head, against _Q_HEAD: no unpack_from call)
             alone = False
             if client.server is None:
                 # attach at once only for a whole header of a message that needs a server, with
@@ -760,7 +795,7 @@ class Relay:
                         if buf is not self.c_buf:   # _keep inline (each queued request at c50)
                             free = self.free
                             self.c_buf = buf
-                            free.scratch = free.pop() if free else bytearray(BUF_SIZE)
+                            free.scratch = free.pop() if free else _new_buf()
                         # queued (see "the fast path's queued attach" below), inline: once
                         # per queued transaction, where a frame costs more than this copy
                         handed = self.on_handed
@@ -807,7 +842,7 @@ class Relay:
                         if self.prepared is not None:
                             server.proto.exact = True
                         elif not start:
-                            if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
+                            if first == _C_QUERY and end <= _Q_END and buf.head[0] == _Q_HEAD[end]:
                                 alone = True
                             else:
                                 try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
@@ -825,7 +860,7 @@ class Relay:
                         server.reader = self
             elif not start and self.prepared is None and not self.c_skip and not self.c_drop and end >= 5:
                 server = client.server      # (the attach above leaves it so: see below)
-                if first == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
+                if first == _C_QUERY and end <= _Q_END and buf.head[0] == _Q_HEAD[end]:
                     alone = True
                 else:
                     try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
@@ -905,6 +940,8 @@ class Relay:
                     free = self.free
                     if len(buf) == BUF_SIZE and len(free) < 256:
                         free.append(buf)
+                    else:
+                        _drop(buf)
                     self.c_buf = None
                 # the wait's end as below, here without a test of a reason (none set);
                 # wait_start: the request's start (the same wait)
@@ -930,7 +967,7 @@ class Relay:
         if buf is not self.c_buf:
             free = self.free
             self.c_buf = buf
-            free.scratch = free.pop() if free else bytearray(BUF_SIZE)
+            free.scratch = free.pop() if free else _new_buf()
 
     # -- the fast path's queued attach ----------------------------------------------------------
     # No idle server: the client is queued (router.queue_now) with a callback wake-up, its
@@ -1032,12 +1069,12 @@ class Relay:
                     # than the copy once per queued transaction): the generic walk (_client_data and
                     # the Conversation's send_many) costs about three times as much. _on_client queued it
                     # with c_skip 0 and no c_drop, and nothing reads the client while it is queued.
-                    # The test sets a flag (see _on_client); so does a request laid out as one seen
-                    # before (_C_SHAPES: the types to tell)
+                    # The test sets a flag (see _on_client; the length through _Buf.head); so does a
+                    # request laid out as one seen before (_C_SHAPES: the types to tell)
                     alone = False
                     if self.prepared is not None:
                         server.proto.exact = True
-                    elif buf[0] == _C_QUERY and _unpack_len(buf, 1)[0] + 1 == end and end <= _Q_END:
+                    elif buf[0] == _C_QUERY and end <= _Q_END and buf.head[0] == _Q_HEAD[end]:
                         alone = True
                     else:
                         try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
@@ -1172,6 +1209,8 @@ class Relay:
             free = self.free
             if len(buf) == BUF_SIZE and len(free) < 256:
                 free.append(buf)
+            else:
+                _drop(buf)
         if start != self.swept:
             # the callbacks relayed since the last sweep (or the park): a client busy with
             # requests (not an idle one, nor most short sessions, pgbench -C's, over within the
@@ -1214,11 +1253,15 @@ class Relay:
             self.c_buf = None
             if len(buf) == BUF_SIZE and len(free) < 256:
                 free.append(buf)
+            else:
+                _drop(buf)
         buf = self.s_buf
         if buf is not None and self.s_len == 0:
             self.s_buf = None
             if len(buf) == BUF_SIZE and len(free) < 256:
                 free.append(buf)
+            else:
+                _drop(buf)
 
     def _waits_for_client(self, server) -> bool:
         """Asked only when a wait timed out: is the server held for bytes the client has not
@@ -1257,7 +1300,7 @@ class Relay:
         buf = self.c_buf
         if buf is None:
             free = self.free
-            buf = self.c_buf = free.pop() if free else bytearray(BUF_SIZE)
+            buf = self.c_buf = free.pop() if free else _new_buf()
         start = self.c_len
         try:
             n = self.client.io.read_into(memoryview(buf)[start:] if start else buf, 0)
@@ -1432,6 +1475,8 @@ class Relay:
             free = self.free
             if len(buf) == BUF_SIZE and len(free) < 256:
                 free.append(buf)
+            else:
+                _drop(buf)
             self.c_buf = None
         return None
 
@@ -1450,7 +1495,7 @@ class Relay:
         buf = self.s_buf
         if buf is None:
             free = self.free
-            buf = self.s_buf = free.pop() if free else bytearray(BUF_SIZE)
+            buf = self.s_buf = free.pop() if free else _new_buf()
         start = self.s_len
         try:
             n = server.io.read_into(memoryview(buf)[start:] if start else buf, 0)
@@ -1838,7 +1883,7 @@ class Relay:
                 if buf is not self.s_buf:   # the scratch: now the relay's, and the thread
                     free = self.free        # takes another (see _FreeList)
                     self.s_buf = buf
-                    free.scratch = free.pop() if free else bytearray(BUF_SIZE)
+                    free.scratch = free.pop() if free else _new_buf()
             else:
                 if buf is self.s_buf:
                     free = self.free

@@ -24,7 +24,7 @@ from odyssey_gevent.config.model import Endpoint, Rule
 from odyssey_gevent.frontend import Frontend
 from odyssey_gevent.logger import Logger
 from odyssey_gevent import relay as relay_mod
-from odyssey_gevent.relay import BUF_SIZE, Relay
+from odyssey_gevent.relay import Relay, _new_buf
 from odyssey_gevent.router import Router
 from odyssey_gevent.server import ServerState
 
@@ -470,7 +470,7 @@ def _hand_over(fe, router, client, server):
     relay = Relay(fe, client)
     try:
         q = fe_write.query("select 1")
-        buf = bytearray(BUF_SIZE)
+        buf = _new_buf()              # (a relay buffer: its length field in view, _Buf.head)
         buf[:len(q)] = q
         relay.c_buf, relay.c_len = buf, len(q)
         relay.c_watch = cio.sock._read_event

@@ -5,6 +5,8 @@ attach, a taken server that needs the coroutine's checks, a write the client doe
 detach that may wait, a timeout and a dormancy found by the sweep, a wake-up (KILL_CLIENT)."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 from gevent import get_hub
 
@@ -471,11 +473,81 @@ def test_a_lone_simple_query_is_forwarded_inline_whatever_its_size(in_machine):
     assert in_machine(body)
 
 
-def test_the_lone_query_bound_is_the_query_limit_as_a_one_digit_int():
-    """relay._Q_END, the longest read the callbacks send as a lone Query, is the Query limit +
-    5 (type and length), kept below 2**30: 3.11 specializes only a compare of one-digit ints."""
-    assert relay_mod._Q_END == min(relay_mod._Q_LIMIT + 5, (1 << 30) - 1) < 1 << 30
-    assert relay_mod._Q_END >= relay_mod.BUF_SIZE       # no read the callbacks make is past it
+def test_the_lone_query_bound_is_within_the_query_limit_as_a_one_digit_int():
+    """relay._Q_END, the longest read the callbacks send as a lone Query, is at most the Query
+    limit + 5 (type and length) and below 2**30: 3.11 specializes only a compare of one-digit
+    ints; _Q_HEAD has an entry for every read up to it."""
+    assert 5 < relay_mod._Q_END <= relay_mod._Q_LIMIT + 5 and relay_mod._Q_END < 1 << 30
+    assert len(relay_mod._Q_HEAD) == relay_mod._Q_END + 1
+
+
+def test_a_buffers_standing_view_reads_a_querys_length_as_the_table_has_it():
+    """_Buf.head, a relay buffer's view of its bytes 1-4, equals _Q_HEAD[end] exactly where a
+    Query's length field says it is `end` bytes long (the check the callbacks make for a lone
+    Query), for lengths whose native value is one 30-bit digit or two; never below a header."""
+    buf = relay_mod._new_buf()
+    assert len(buf) == relay_mod.BUF_SIZE
+    for end in (5, 6, 61, 64, 65, 68, 255, 256, 257, 320, 1000, 4097, relay_mod._Q_END):
+        buf[:5] = b"Q" + (end - 1).to_bytes(4, "big")
+        assert buf.head[0] == relay_mod._Q_HEAD[end] != relay_mod._Q_HEAD[end - 1]
+        assert end == relay_mod._Q_END or buf.head[0] != relay_mod._Q_HEAD[end + 1]
+    buf[:5] = b"Q\x00\x00\x00\x03"                  # a length no Query has
+    assert all(buf.head[0] != relay_mod._Q_HEAD[end] for end in range(5))
+    buf[:5] = b"Q\x00\x01\x00\x3c"                  # 65,596: past the table, and no read is
+    assert buf.head[0] not in relay_mod._Q_HEAD
+
+
+def test_a_relay_buffer_no_free_list_takes_is_freed_at_once():
+    """A relay buffer's view refers to it (a reference cycle): where no free list takes a
+    buffer (_give_back with a full list), the view is released, so the buffer goes with its
+    last reference rather than with the cycle collector; a grown buffer has no view."""
+    free = relay_mod._free_buffers()
+    kept = list(free)
+    try:
+        free[:] = [relay_mod._new_buf() for _ in range(256)]
+        buf = relay_mod._new_buf()
+        before = sys.getrefcount(buf)
+        relay_mod._give_back(buf)
+        assert all(b is not buf for b in free) and sys.getrefcount(buf) == before - 1  # the view's, gone
+        with pytest.raises(ValueError):
+            buf.head[0]
+        relay_mod._drop(bytearray(relay_mod.BUF_SIZE * 2))                 # (no view: nothing to release)
+    finally:
+        free[:] = kept
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["client-callback", "hand-over"])
+def test_a_lone_query_of_any_length_up_to_the_bound_is_sent_inline(in_machine, monkeypatch, queued):
+    """Lone Queries whose length field read natively (_Buf.head) is one 30-bit digit (a low
+    byte under 64) or two, and one at the bound, are sent inline by the client callback and the
+    hand-over alike (no client walk), byte-identical and counted."""
+    walked = []
+    walk = relay_mod.Relay._client_data
+
+    def counted(self, buf, end):
+        walked.append(end)
+        return walk(self, buf, end)
+
+    monkeypatch.setattr(relay_mod.Relay, "_client_data", counted)
+
+    def body():
+        for end in (61, 69, 256 + 63, 256 + 64, relay_mod._Q_END):
+            request_ = _q("select '" + "x" * (end - len(_q("select ''"))) + "'")
+            assert len(request_) == end
+            h = _harness(queue=queued, cb_queue=queued)
+            try:
+                if queued:
+                    _queued(h, request_)
+                    _hand_and_answer(h, request_)
+                else:
+                    _exchange(h, request_, _reply(b"I"))
+                assert walked == []
+                assert h.client.route.stats.bytes_recv == end and h.client.server is None
+            finally:
+                h.close()
+        return True
+
+    assert in_machine(body)
 
 
 @pytest.mark.parametrize("queued", [False, True], ids=["client-callback", "hand-over"])
