@@ -1918,24 +1918,22 @@ class Relay:
                             try:
                                 if self.pending is None:
                                     route = server.route
-                                    router = self.instance.router
                                     # Frontend.detach_walked's common case inline (once per transaction,
                                     # where its frame costs more than this copy; test_frontend_fast keeps
                                     # the two in step): a plain detach (workers 1, no lock) of a server
                                     # that settled, back on the idle list or handed to the first waiter
                                     # of a route not paused; anything else is detach_walked's
-                                    # (Router.plain: one thread and nothing paused, one test for
-                                    # three, as in _on_client; a paused router's detach is
-                                    # detach_walked's, waiters or not)
+                                    # (Route.plain: not obsolete, its router one thread and nothing
+                                    # paused, one test for four, without the router's load; a paused
+                                    # router's detach is detach_walked's, waiters or not)
                                     # (settled: the head branch above left no output, its
                                     # splice took it, and set the READY phase: neither is tested
                                     # again; else READY by identity before the set's lookup)
                                     if ((settled or proto.output is None and (
                                                 proto.phase is _READY_PHASE or proto.phase not in _COPY_PHASES))
                                             and not server.cancels and not server.drop and server.io is not None
-                                            and not server.offline
-                                            and not route.obsolete and server.state is _S_ACTIVE
-                                            and router.plain):
+                                            and not server.offline and route.plain
+                                            and server.state is _S_ACTIVE):
                                         waiters = route.waiters
                                         client = self.client
                                         if server.deployed is not client.deploy_list:

@@ -156,6 +156,12 @@ class Route:
         self.errors = ErrorLog()             # this route's SHOW ERRORS_PER_ROUTE counts (err_logger)
         self.tcp_connections = 0             # clients routed here, refused ones included (POOLS_EXTENDED)
         self.obsolete = False
+        # not obsolete, and its router plain (Router.plain: one thread, nothing paused): the reply
+        # walk's inline detach tests this one flag where it tested both (and loaded the router),
+        # once per transaction. Kept by the router, where a route is made (router.route) and
+        # where either changes (pause, resume, mark_obsolete: their only writers); False for a
+        # route the router did not make (its detach is detach_walked's, which tests both)
+        self.plain = False
         self.prepared = Registry()           # pool-wide prepared statements (its own lock)
         self.relay_facts = None              # what every relay takes from the rule (relay._rule_facts)
         self.tsa_memo = None                 # (listen, checks) for clients without hints (tsa.work_out)

@@ -592,8 +592,8 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
             server.drop = True
         elif case == "offline":
             server.offline = True
-        elif case == "obsolete":
-            route.obsolete = True
+        elif case == "obsolete":     # (a reload's: Route.plain cleared with it)
+            assert router.mark_obsolete(set()) == 1 and route.obsolete
         relay = Relay(fe, client)
         relay.keep_watch = relay.fast = True
         relay.s_watch = sio.sock._read_event

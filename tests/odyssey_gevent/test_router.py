@@ -363,6 +363,42 @@ def test_plain_says_one_thread_and_nothing_paused_through_pause_and_resume(worke
     assert plain() is one
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_routes_plain_flag_is_its_routers_and_not_obsolete(workers):
+    """Route.plain, the one flag the reply walk's inline detach tests for the route's obsolete
+    flag and Router.plain: set where a route is made (one made while paused is not plain),
+    cleared by any pause, set again by the last resume for the routes not obsolete, cleared by
+    mark_obsolete; always false with more workers."""
+    rule_a, rule_b = make_rule(pool_size=2), make_rule(pool_size=2)
+    inst = FakeInstance(FakeRules(rule_a, **{"b.user": rule_b}))
+    inst.workers = workers
+    router = Router(inst)
+    one = workers == 1
+
+    def plain(*routes):
+        for route in routes:
+            # what it stands for, as detach_walked tests it
+            assert route.plain == (router.plain and not route.obsolete)
+        return [route.plain for route in routes]
+
+    a = routed(router, "a").route
+    assert plain(a) == [one]
+    router.pause("a")
+    b = routed(router, "b").route       # made while paused
+    assert plain(a, b) == [False, False]
+    router.resume("a")
+    assert plain(a, b) == [one, one]
+    router.pause("other")               # another database's pause: the router is not plain
+    assert plain(a, b) == [False, False]
+    router.resume(None)
+    assert plain(a, b) == [one, one]
+    assert router.mark_obsolete({id(rule_a)}) == 1
+    assert plain(a, b) == [one, False] and b.obsolete
+    router.pause(None)
+    router.resume(None)
+    assert plain(a, b) == [one, False]  # obsolete stays not plain
+
+
 def _wait_for(pred, ms=3000):
     for _ in range(ms):
         if pred():
