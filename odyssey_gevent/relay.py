@@ -1733,7 +1733,12 @@ class Relay:
                     self.s_skip = 0     # (pos is s_skip: 0 already where it is 0)
                 # the walk, its loop turned so that a header read with the layout (see above) is not read
                 # again: each message's header is read at the end of the one before
-                if pos <= end - 5:  # whole headers left to walk (a compare and a short jump: specialized)
+                if pos > end - 5:   # no whole header left to walk (a layout's read: its common case)
+                    # (the walk under `else`: 3.11 specializes a compare only where a short jump
+                    # follows it, and a jump over the walk is long: `pos <= end - 5` with the walk
+                    # as its body stayed a generic int compare, once per read)
+                    pass
+                else:
                     prepared = self.prepared
                     last = end - 5      # the last position a whole header starts at
                     if prepared is None:
