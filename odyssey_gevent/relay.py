@@ -753,9 +753,10 @@ class Relay:
                     elif not fe.attach_plain:
                         server = fe.attach_now()
                     else:
-                        router = self.instance.router
-                        # (Router.plain: one thread and nothing paused, one test for three)
-                        if not router.plain:
+                        # (Route.plain: one thread, nothing paused and the route not obsolete, one
+                        # test for four without the router's load; an obsolete route's idle
+                        # server is attach_now's, which takes it the same)
+                        if not route.plain:
                             server = fe.attach_now()
                         else:
                             # the server taken, then tested: idle[-1] (a negative index) is a
@@ -810,11 +811,12 @@ class Relay:
                         # (`route` is client.route: read above)
                         waiter = client.waiter
                         if waiter is not None and waiter.callback is handed:
-                            router = self.instance.router
                             pool_size = client.rule.pool_size
                             # (`idle` is route.idle, a list never replaced: read above)
-                            # (Router.plain: one thread and nothing paused, one test for three)
-                            if (router.plain and pool_size and len(route.active) >= pool_size
+                            # (Route.plain: one thread, nothing paused and the route not obsolete,
+                            # one test for four without the router's load; an obsolete route's
+                            # client is queue_now's, which queues it the same)
+                            if (route.plain and pool_size and len(route.active) >= pool_size
                                     and not idle and not route.queue_odd):
                                 waiter.server = None
                                 waiter.since = _monotonic()
@@ -1054,7 +1056,7 @@ class Relay:
                 if not ready:               # a new server to connect, or checks: the coroutine
                     reason = (end, server)
                 else:
-                    if queued is _Q_STOPPED:    # _on_client stopped it while queued
+                    if queued is not True:      # _Q_STOPPED: _on_client stopped it while queued (a constant's test)
                         self.c_watch.start(self.on_client)
                     # (io: the server's, read above for the ready test and used for the watcher and
                     # the write, where the copy in _on_client reads server.io again)

@@ -735,8 +735,17 @@ def test_the_client_callback_attaches_as_attach_now(in_machine, plain, check, re
         assert client.server is server
         return got
 
+    def relay(fe, router, client, server):
+        asked = []
+        attach_now = fe.attach_now
+        fe.attach_now = lambda: asked.append(1) or attach_now()
+        assert client.route.plain       # (a route the router made, nothing paused, not obsolete)
+        got = _relay_attach(fe, router, client, server)
+        assert (not asked) is plain     # the inline copy where the client is attach_plain
+        return got
+
     def body():
-        got = _attach_case(plain, check, readable, polled, deploy_state, _relay_attach)
+        got = _attach_case(plain, check, readable, polled, deploy_state, relay)
         want = _attach_case(plain, check, readable, polled, deploy_state, fast)
         assert got is not None and want is not None
         assert (got is False) == (want is False)
@@ -745,13 +754,16 @@ def test_the_client_callback_attaches_as_attach_now(in_machine, plain, check, re
     assert in_machine(body)
 
 
-@pytest.mark.parametrize("case", ["offline", "paused", "paused_db", "other_db_paused"])
+@pytest.mark.parametrize("case", ["offline", "paused", "paused_db", "other_db_paused", "obsolete"])
 def test_the_client_callback_takes_as_attach_now(in_machine, case):
     """_on_client's copy of attach_now leaves an offline idle server, or a paused route's, as
-    attach_now does (nothing taken), and takes it where another database is paused."""
+    attach_now does (nothing taken), and takes it where another database is paused or the route
+    is obsolete (a reload's: attach_now's, which takes it)."""
     def setup(router, client, server):
         if case == "offline":
             server.offline = True
+        elif case == "obsolete":
+            assert router.mark_obsolete(set()) == 1 and not client.route.plain
         elif case == "paused":
             router.pause(None)
         elif case == "paused_db":
@@ -775,13 +787,13 @@ def test_the_client_callback_takes_as_attach_now(in_machine, case):
         got = _attach_case(True, False, False, False, "marked", relay)
         want = _attach_case(True, False, False, False, "marked", fast)
         assert got == want
-        assert (got[0] is None) is (case != "other_db_paused")
+        assert (got[0] is None) is (case not in ("other_db_paused", "obsolete"))
         return True
 
     assert in_machine(body)
 
 
-QUEUE_CASES = ["armed", "unarmed", "room", "paused", "paused_db", "queue_odd", "idle_offline"]
+QUEUE_CASES = ["armed", "unarmed", "room", "paused", "paused_db", "queue_odd", "idle_offline", "obsolete"]
 
 
 def _relay_queue(case: str, inline: bool):
@@ -803,6 +815,9 @@ def _relay_queue(case: str, inline: bool):
     cio, app = mm.Io(a), mm.Io(b)
     client.io = cio
     relay = Relay(fe, client)
+    asked = []                  # Frontend.queue_now's calls
+    queue_now = fe.queue_now
+    fe.queue_now = lambda *args: asked.append(args) or queue_now(*args)
     try:
         relay.on_handed = relay._on_handed
         if case != "unarmed":       # an earlier wait armed the waiter with this relay's hand-over
@@ -826,8 +841,11 @@ def _relay_queue(case: str, inline: bool):
             router.pause(route.db)
         elif case == "queue_odd":
             route.queue_odd = True
+        elif case == "obsolete":    # (a reload's: Route.plain cleared with it)
+            assert router.mark_obsolete(set()) == 1
+        assert route.plain is (case not in ("paused", "paused_db", "obsolete"))
         if not inline:
-            relay.instance = SimpleNamespace(router=SimpleNamespace(mt_lock=object(), plain=False), shutting_down=False)
+            route.plain = False     # (as a lock or a pause leaves it: the callback asks queue_now)
         q = fe_write.query("select 1")
         app.write(q)
         relay.fast = True
@@ -835,6 +853,7 @@ def _relay_queue(case: str, inline: bool):
         relay.glet = SimpleNamespace(switch=switched.append)
         relay._on_client()
         waiter = client.waiter
+        assert (not asked) is (inline and case == "armed")     # the inline copy queued, or queue_now
         return (switched if not switched or switched[0][1] is None else [(switched[0][0], "server")],
                 relay.queued, relay.c_len, client.state, len(route.waiters),
                 waiter is not None and route.waiters and route.waiters[-1] is waiter,
@@ -857,8 +876,8 @@ def test_the_client_callback_queues_as_queue_now(in_machine, case):
     got = in_machine(_relay_queue, case, True)
     want = in_machine(_relay_queue, case, False)
     assert got == want
-    # queued where the pool is full and nothing else is due
-    assert got[1] is (case in ("armed", "unarmed"))
+    # queued where the pool is full and nothing else is due (an obsolete route's too)
+    assert got[1] is (case in ("armed", "unarmed", "obsolete"))
     if got[1]:
         assert got[0] == [] and got[4] == 1 and got[5]
     else:
