@@ -811,13 +811,14 @@ class Relay:
                         # (`route` is client.route: read above)
                         waiter = client.waiter
                         if waiter is not None and waiter.callback is handed:
-                            pool_size = client.rule.pool_size
                             # (`idle` is route.idle, a list never replaced: read above)
                             # (Route.plain: one thread, nothing paused and the route not obsolete,
                             # one test for four without the router's load; an obsolete route's
                             # client is queue_now's, which queues it the same)
-                            if (route.plain and pool_size and len(route.active) >= pool_size
-                                    and not idle and not route.queue_odd):
+                            # (Route.queue_at: the pool size of a full pool queue_now queues for,
+                            # a count never reached for an unlimited pool, a shared pool or
+                            # NOTICEs, which are queue_now's)
+                            if route.plain and len(route.active) >= route.queue_at and not idle:
                                 waiter.server = None
                                 waiter.since = _monotonic()
                                 route.waiters.append(waiter)

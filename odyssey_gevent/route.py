@@ -48,6 +48,9 @@ from odyssey_gevent.server import Server, ServerState
 # an Enum class's attribute costs a call of type.__getattribute__ and EnumType.__getattr__
 # through slot wrappers (about 800 instructions): the hot path reads the members from here
 _IDLE, _ACTIVE = ServerState.IDLE, ServerState.ACTIVE
+# Route.queue_at where the relay's inline queueing is not for the route: a count of active
+# servers never reached, kept one 30-bit digit (3.11 specializes only a compare of such ints)
+QUEUE_NEVER = (1 << 30) - 1
 
 
 class RouteStats:
@@ -167,11 +170,23 @@ class Route:
         self.tsa_memo = None                 # (listen, checks) for clients without hints (tsa.work_out)
         self.login_facts = None              # what every login takes from the rule (frontend._login_facts)
         self.params_wire = None              # the params' ParameterStatus messages (frontend.param_wire)
-        # Router.queue_now's rule half, once per route (a route's rule is fixed: routes are keyed
-        # by the rule's identity): the relay's callback queue is for a pool of its own without
-        # pool_notice_after_waiting_ms (one attribute test per queued transaction, not five)
+        self.queue_odd = self.queue_at = None
+        self.queue_rule()
+
+    def queue_rule(self) -> None:
+        """Router.queue_now's rule half, once per route (a route's rule is fixed: routes are
+        keyed by the rule's identity, and a reload keeps an unchanged rule's object): the
+        relay's callback queue is for a pool of its own without pool_notice_after_waiting_ms
+        (`queue_odd` false: one attribute test per queued transaction, not five). `queue_at`:
+        the count of active servers at which the relay's inline copy of queue_now's common case
+        queues a client, the pool size where that queue is for it, else a count never reached
+        (no limit, or an odd queue: queue_now's); one compare per queued transaction where the
+        rule's pool_size, its truth test and queue_odd were three tests and two loads."""
+        rule = self.rule
         after = getattr(rule, "pool_notice_after_waiting_ms", None)
         self.queue_odd = bool(getattr(rule, "shared_pool", None) or after is not None and after >= 0)
+        pool_size = getattr(rule, "pool_size", 0)
+        self.queue_at = pool_size if pool_size and not self.queue_odd else QUEUE_NEVER
 
     # -- state changes ---------------------------------------------------------------------
     def set_server_state(self, server: Server, state: ServerState) -> None:

@@ -24,6 +24,8 @@ from odyssey_gevent.config.model import Endpoint, Rule
 from odyssey_gevent.frontend import Frontend
 from odyssey_gevent.logger import Logger
 from odyssey_gevent import relay as relay_mod
+from odyssey_gevent import route as route_mod
+from odyssey_gevent.route import Route
 from odyssey_gevent.relay import Relay, _new_buf
 from odyssey_gevent.router import Router
 from odyssey_gevent.server import ServerState
@@ -793,7 +795,7 @@ def test_the_client_callback_takes_as_attach_now(in_machine, case):
     assert in_machine(body)
 
 
-QUEUE_CASES = ["armed", "unarmed", "room", "paused", "paused_db", "queue_odd", "idle_offline", "obsolete"]
+QUEUE_CASES = ["armed", "unarmed", "room", "unlimited", "paused", "paused_db", "queue_odd", "idle_offline", "obsolete"]
 
 
 def _relay_queue(case: str, inline: bool):
@@ -833,14 +835,16 @@ def _relay_queue(case: str, inline: bool):
             spare.offline = True
             rule.pool_size = 1
             assert route.idle == [spare]
-        elif case == "room":        # the pool grew since (a new server to connect)
-            rule.pool_size = 2
+        elif case in ("room", "unlimited"):     # a pool with room (a new server to connect); its
+            rule.pool_size = 2 if case == "room" else 0     # rule's now (a rule is fixed in
+            route.queue_rule()                              # a route: queue_rule once)
         elif case == "paused":
             router.pause(None)
         elif case == "paused_db":
             router.pause(route.db)
-        elif case == "queue_odd":
-            route.queue_odd = True
+        elif case == "queue_odd":   # NOTICEs while waiting: queue_now's queue
+            rule.pool_notice_after_waiting_ms = 0
+            route.queue_rule()
         elif case == "obsolete":    # (a reload's: Route.plain cleared with it)
             assert router.mark_obsolete(set()) == 1
         assert route.plain is (case not in ("paused", "paused_db", "obsolete"))
@@ -865,6 +869,26 @@ def _relay_queue(case: str, inline: bool):
             relay.q_timer.stop()
         relay.close()
         cio.close(), app.close()
+
+
+def test_a_routes_queue_rule_says_where_the_callback_queues():
+    """Route.queue_at, the count of active servers at which the relay's inline copy of
+    queue_now queues a client: the pool size of a pool of its own without NOTICEs, else a
+    one-digit int no pool reaches (no limit, a shared pool, pool_notice_after_waiting_ms)."""
+    def route(**kw):
+        rule = Rule(db_name="default", user_name="default", authentication="none", **RULES["transaction"])
+        for k, v in kw.items():
+            setattr(rule, k, v)
+        return Route(("default", "default", 0), rule, "default", "default")
+
+    assert route_mod.QUEUE_NEVER < 1 << 30
+    assert (route(pool_size=5).queue_at, route(pool_size=5).queue_odd) == (5, False)
+    assert route(pool_size=0).queue_at == route_mod.QUEUE_NEVER
+    for odd in ({"shared_pool": "shared"}, {"pool_notice_after_waiting_ms": 0},
+                {"pool_notice_after_waiting_ms": 100}):
+        r = route(pool_size=5, **odd)
+        assert r.queue_odd and r.queue_at == route_mod.QUEUE_NEVER
+    assert route(pool_size=5, pool_notice_after_waiting_ms=-1).queue_at == 5
 
 
 @pytest.mark.parametrize("case", QUEUE_CASES)
