@@ -31,6 +31,7 @@ import ctypes
 import os
 import struct
 import threading
+from contextlib import nullcontext as _nullcontext
 from time import monotonic as _monotonic
 from types import MethodType as _MethodType
 
@@ -266,6 +267,7 @@ class _NeverStopping:
 
 
 _NEVER_STOPPING = _NeverStopping()
+_NO_LOCK = _nullcontext()   # (a stand-in instance's router lock: see _server_error)
 
 
 def _relays() -> set:
@@ -1933,14 +1935,14 @@ class Relay:
                                     # of a route not paused; anything else is detach_walked's
                                     # (Route.plain: not obsolete, its router one thread and nothing
                                     # paused, one test for four, without the router's load; a paused
-                                    # router's detach is detach_walked's, waiters or not)
+                                    # router's detach is detach_walked's, waiters or not; Server.held:
+                                    # cancels, drop or offline, one test for three)
                                     # (settled: the head branch above left no output, its
                                     # splice took it, and set the READY phase: neither is tested
                                     # again; else READY by identity before the set's lookup)
                                     if ((settled or proto.output is None and (
                                                 proto.phase is _READY_PHASE or proto.phase not in _COPY_PHASES))
-                                            and not server.cancels and not server.drop and server.io is not None
-                                            and not server.offline and route.plain
+                                            and not server.held and server.io is not None and route.plain
                                             and server.state is _S_ACTIVE):
                                         waiters = route.waiters
                                         client = self.client
@@ -2045,7 +2047,14 @@ class Relay:
         body = bytes(buf[start:end])
         if b"C0A000\0" in body and b"cached plan must not change result type" in body:
             if self.client.rule.server_drop_on_cached_plan_error:
-                server.drop = True
+                # under the router's lock, as Server.held's other writers (cancel_done reads
+                # drop to work it out)
+                try:
+                    lock = self.instance.router.lock
+                except AttributeError:      # a stand-in instance (unit tests)
+                    lock = _NO_LOCK
+                with lock:
+                    server.drop = server.held = True
 
     def _miscounted(self, server) -> None:
         """A reply nobody asked for: our counting of this client's protocol went wrong. The

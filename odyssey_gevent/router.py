@@ -26,7 +26,7 @@ from odyssey_gevent.err_logger import Errors
 from odyssey_gevent import shared_pool, waiting
 from odyssey_gevent.route import Route, Waiter
 from odyssey_gevent.rules import route_key
-from odyssey_gevent.server import Server, ServerState
+from odyssey_gevent.server import Server, ServerState, held
 from odyssey_gevent.status import FrontendError
 
 # Enum members read on every attach and detach, bound here (see route.py's _IDLE)
@@ -365,7 +365,7 @@ class Router:
         with self.lock:
             for route in self.routes.values():
                 for server in list(route.active) + route.idle:
-                    server.offline = True
+                    server.offline = server.held = True     # (see Server.held)
                     marked += 1
         return marked
 
@@ -582,11 +582,13 @@ class Router:
                 return None
             client.route.stats.count_cancel += 1
             server.cancels += 1          # the caller must call cancel_done(server)
+            server.held = True
             return server.endpoint, server.key_pid, server.key_secret, client.rule, server
 
     def cancel_done(self, server) -> None:
         with self.lock:
             server.cancels -= 1
+            server.held = held(server)
 
     # -- introspection -----------------------------------------------------------------------
     def snapshot(self) -> list[Route]:

@@ -23,7 +23,7 @@ class Server:
     __slots__ = ("id", "route", "io", "fd", "endpoint", "endpoint_host", "state", "client",
                  "key_pid", "key_secret", "params", "proto", "prepared",
                  "created_at", "idle_since", "offline", "broken", "drop", "cancels",
-                 "baseline", "login_params", "deployed", "reader", "on_read")
+                 "baseline", "login_params", "deployed", "reader", "on_read", "held")
 
     def __init__(self, route):
         self.id = new_id("s")
@@ -50,6 +50,11 @@ class Server:
         self.broken = False         # an IO error happened: never reuse
         self.drop = False           # close instead of pooling at the next detach (healthy, so Terminate)
         self.cancels = 0            # cancel requests on their way to PostgreSQL for this server
+        # cancels, drop or offline (held(server)): the reply walk's inline detach tests this one
+        # flag where it tested the three, once per transaction. Kept under the router's lock by
+        # their only writers: Router.cancel_target and cancel_done (cancels), drop_servers
+        # (offline), the relay's _server_error (drop)
+        self.held = False
         self.baseline: dict[str, str] = {}   # parameters right after login (what DISCARD ALL restores)
         # workers 1, the relay's fast path (see "a pooled server's read watcher" below): who
         # reads the server through its read watcher, started with `on_read` (made at the first
@@ -99,6 +104,12 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<Server {self.id} {self.state.value}>"
+
+
+def held(server: Server) -> bool:
+    """What Server.held stands for: a cancel on its way to the server, or the server to be
+    closed at its next detach (drop, offline): not to be pooled as it is."""
+    return server.cancels > 0 or server.drop or server.offline
 
 
 def movable(tls: bool, workers: int) -> bool:

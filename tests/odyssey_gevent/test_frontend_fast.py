@@ -542,7 +542,7 @@ def test_new_relay_makes_what_relay_init_makes(in_machine, kind):
 
 # the states a server may be in when the reply walk detaches it (each one at a time)
 WALK_CASES = ["idle", "waiter_loop", "waiter_coroutine", "paused", "paused_db", "paused_alone", "unrouted",
-              "deployed", "cancels", "drop", "offline", "obsolete", "tx_in_statement"]
+              "deployed", "cancels", "cancel_done", "drop", "offline", "obsolete", "tx_in_statement"]
 
 
 def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
@@ -588,15 +588,21 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
             router.unroute(client)
         elif case == "deployed":
             server.deployed = object()
-        elif case == "cancels":
-            server.cancels = 1
-        elif case == "drop":
-            server.drop = True
+        elif case in ("cancels", "cancel_done"):     # (through their writers: see Server.held)
+            server.endpoint = object()
+            assert router.cancel_target(client.key_pid, client.key_secret)[-1] is server
+            if case == "cancel_done":
+                router.cancel_done(server)
+            assert server.cancels == (case == "cancels")
         elif case == "offline":
-            server.offline = True
+            assert router.drop_servers() >= 1 and server.offline
         elif case == "obsolete":     # (a reload's: Route.plain cleared with it)
             assert router.mark_obsolete(set()) == 1 and route.obsolete
         relay = Relay(fe, client)
+        if case == "drop":          # server_drop_on_cached_plan_error (the rule's default)
+            err = b"SERROR\0C0A000\0Mcached plan must not change result type\0\0"
+            relay._server_error(server, err, 0, len(err))
+            assert server.drop
         relay.keep_watch = relay.fast = True
         relay.s_watch = sio.sock._read_event
         server.reader = relay
@@ -643,7 +649,7 @@ def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
     want = in_machine(_walked, kind, case, False)
     assert got == want
     if kind in ("transaction", "statement") and case in ("idle", "waiter_loop", "waiter_coroutine", "unrouted",
-                                                         "deployed"):
+                                                         "deployed", "cancel_done"):
         assert got[0] == [] and got[1] is None      # detached in the hub
     if kind == "session":
         assert got[0] == [] and got[1] == "server"  # not detached

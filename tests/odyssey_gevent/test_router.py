@@ -537,6 +537,42 @@ def test_unroute_removes_waiter_and_key(in_machine):
     assert in_machine(body)
 
 
+def test_held_says_cancels_drop_or_offline_through_their_writers():
+    """Server.held, the one flag the reply walk's inline detach tests for a cancel on its way
+    and a server to be closed (drop, offline), follows cancel_target and cancel_done (two
+    cancels at once, the flag clear only after both), drop_servers and a drop (the relay's
+    cached-plan error: the flag stays after the cancels are done)."""
+    from odyssey_gevent.server import held
+
+    router = make_router(pool_size=2)
+    a, b = routed(router), routed(router)
+    s, t = router.attach(a, 0), router.attach(b, 0)
+    for x in (s, t):
+        x.endpoint = object()
+
+    def is_held(x):
+        assert x.held == held(x)
+        return x.held
+
+    assert not is_held(s) and not is_held(t)
+    router.cancel_target(a.key_pid, a.key_secret)
+    router.cancel_target(a.key_pid, a.key_secret)
+    assert is_held(s) and not is_held(t)
+    router.cancel_done(s)
+    assert is_held(s)                       # one cancel still on its way
+    router.cancel_done(s)
+    assert not is_held(s)
+    router.cancel_target(b.key_pid, b.key_secret)
+    t.drop = t.held = True                  # (as the relay's _server_error writes them)
+    router.cancel_done(t)
+    assert is_held(t) and t.cancels == 0
+    assert router.drop_servers() == 2
+    assert is_held(s) and s.offline
+    router.cancel_target(a.key_pid, a.key_secret)
+    router.cancel_done(s)
+    assert is_held(s)                       # offline stays
+
+
 # ----------------------------------------------------------------------------------------------
 # cancel
 
