@@ -6,8 +6,8 @@
                                                # are accepted and never answered
     proxy.reset_all()                          # every open connection gets a RST, both sides
     proxy.refuse = True                        # new connections get a RST at once
-    proxy.cut_after = 5000                     # after 5,000 more bytes from PostgreSQL (on any
-                                               # connection) that connection ends with a FIN
+    proxy.cut_after = 5000                     # the first connection to pass on 5,000 more
+                                               # bytes from PostgreSQL ends there with a FIN
                                                # both ways, wherever the bytes end
     proxy.close()
 
@@ -101,6 +101,8 @@ def _serve(conn, target_host: str, target_port: int) -> None:
         if op == "port":
             conn.send(proxy.port)
         elif op == "set":
+            if request[1] == "cut_after":
+                proxy._cut_seen.clear()     # counted afresh from now
             setattr(proxy, request[1], request[2])
             conn.send(None)
         elif op == "get":
@@ -123,7 +125,8 @@ class _Proxy:
         self.delay = 0.0
         self.blackhole = False
         self.refuse = False
-        self.cut_after = None       # bytes from PostgreSQL still passed on before a cut
+        self.cut_after = None       # bytes from PostgreSQL a connection still passes on before its cut
+        self._cut_seen: dict = {}   # bytes each connection passed on since cut_after was set
         self.accepted = 0
         self._lock = threading.Lock()
         self._pipes: dict[socket.socket, _Pipe] = {}
@@ -225,11 +228,15 @@ class _Proxy:
         if self.blackhole:
             return
         if sock is pipe.up and self.cut_after is not None:
-            if len(data) >= self.cut_after:
+            # counted per connection: another connection's bytes (a server of another client)
+            # do not move this one's cut
+            seen = self._cut_seen.get(pipe, 0)
+            if seen + len(data) >= self.cut_after:
                 # the cut: pass on exactly cut_after bytes, read nothing more, and close both
                 # sides with a FIN once they are written (_flush)
-                data = data[:self.cut_after]
+                data = data[:self.cut_after - seen]
                 self.cut_after = None
+                self._cut_seen.clear()
                 pipe.ending = True
                 for s in (pipe.up, pipe.down):
                     try:
@@ -237,7 +244,7 @@ class _Proxy:
                     except (KeyError, ValueError):
                         pass
             else:
-                self.cut_after -= len(data)
+                self._cut_seen[pipe] = seen + len(data)
         other = pipe.up if sock is pipe.down else pipe.down
         pipe.out[other].append((time.monotonic() + self.delay, data))
 
