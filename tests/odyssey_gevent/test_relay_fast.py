@@ -511,6 +511,11 @@ def test_a_relay_buffer_no_free_list_takes_is_freed_at_once():
         assert all(b is not buf for b in free) and sys.getrefcount(buf) == before - 1  # the view's, gone
         with pytest.raises(ValueError):
             buf.head[0]
+        cut = relay_mod._new_buf()
+        cut.cut, cut.cut_end = cut.whole[:61], 61       # (a view kept for a send: see _Buf.cut)
+        before = sys.getrefcount(cut)
+        relay_mod._drop(cut)
+        assert sys.getrefcount(cut) == before - 1
         relay_mod._drop(bytearray(relay_mod.BUF_SIZE * 2))                 # (no view: nothing to release)
     finally:
         free[:] = kept
@@ -545,6 +550,37 @@ def test_a_lone_query_of_any_length_up_to_the_bound_is_sent_inline(in_machine, m
                 assert h.client.route.stats.bytes_recv == end and h.client.server is None
             finally:
                 h.close()
+        return True
+
+    assert in_machine(body)
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["client-callback", "hand-over"])
+def test_the_inline_send_writes_a_view_the_buffer_keeps_for_requests_as_long(in_machine, queued):
+    """The callbacks' inline send writes the request through the buffer's view of its first
+    `end` bytes (_Buf.cut), kept for the next request as long and replaced by one of another
+    length; what the server reads is each request, byte for byte, whatever the lengths before
+    it (the same, shorter, longer, past relay._SLICE_MAX)."""
+    def body():
+        h = _harness(queue=queued, cb_queue=queued)
+        try:
+            seen = []
+            for sql in ("select 11", "select 22", "select 333", "select 44",
+                        "select '" + "x" * (relay_mod._SLICE_MAX + 100) + "'", "select 'y'"):
+                request_ = _q(sql)
+                if queued:
+                    _queued(h, request_)
+                    buf = h.relay.c_buf
+                    _hand_and_answer(h, request_)
+                else:
+                    buf = h.relay.free.scratch
+                    _exchange(h, request_, _reply(b"I"))
+                assert buf.cut_end == len(buf.cut) == len(request_)    # (the bytes: pg read them)
+                seen.append(buf.cut)
+            assert seen[1] is seen[0] and seen[2] is not seen[1] and seen[3] is not seen[2]
+            assert h.client.route.stats.bytes_recv == sum(len(v) for v in seen)
+        finally:
+            h.close()
         return True
 
     assert in_machine(body)
