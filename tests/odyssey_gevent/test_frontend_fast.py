@@ -478,6 +478,7 @@ def _hand_over(fe, router, client, server):
         relay.c_watch = cio.sock._read_event
         relay.c_watch.start(relay.on_client)
         relay.queued = relay.fast = True
+        relay.hand_flags()          # (as _park sets them for its wait)
         switched = []
         relay.glet = SimpleNamespace(switch=switched.append)
         relay._on_handed()
@@ -507,6 +508,42 @@ def test_the_hand_over_decides_as_ready_now(in_machine, plain, check, readable, 
         return True
 
     assert in_machine(body)
+
+
+@pytest.mark.parametrize("maintain", [True, False], ids=["maintain", "nomaintain"])
+@pytest.mark.parametrize("check", [True, False], ids=["check", "nocheck"])
+@pytest.mark.parametrize("plain", [True, False], ids=["plain", "tsa"])
+def test_the_hand_overs_flags_are_the_frontends_and_the_rules(in_machine, plain, check, maintain):
+    """Relay.hand_flags (what _park sets for its wait; the queued hand-over tests the three
+    flags instead of the frontend's attach_plain and the rule's maintain_params and
+    pool_attach_check): False until set, then each what it stands for, the rule's two False
+    where attach_plain is; a stand-in frontend without attach_plain gives three False."""
+    def body():
+        rule = Rule(db_name="default", user_name="default", authentication="none", pool="transaction",
+                    pool_discard=False, pool_attach_check=check, maintain_params=maintain,
+                    target_session_attrs=None if plain else "read-write")
+        instance = _Instance(rule)
+        client = Client(None, conn_type="host", peer=("127.0.0.1", 5555))
+        client.database, client.user = "db", "user"
+        fe = Frontend(instance, client)
+        fe.route()
+        assert fe.attach_plain is plain
+        a, b = gsocket.socketpair()
+        client.io = mm.Io(a)
+        try:
+            relay = Relay(fe, client)
+            assert (relay.hand_plain, relay.hand_deploy, relay.hand_check) == (False, False, False)
+            relay.hand_flags()
+            got = (relay.hand_plain, relay.hand_deploy, relay.hand_check)
+            relay.fe = SimpleNamespace()        # a stand-in frontend without attach_plain
+            relay.hand_flags()
+            assert (relay.hand_plain, relay.hand_deploy, relay.hand_check) == (False, False, False)
+        finally:
+            client.io.close()
+            b.close()
+        return got
+
+    assert in_machine(body) == (plain, plain and maintain, plain and check)
 
 
 @pytest.mark.parametrize("kind", ["transaction", "session"])

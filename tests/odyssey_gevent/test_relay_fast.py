@@ -157,6 +157,30 @@ def test_the_park_sets_the_walks_plain_flag_for_its_wait(in_machine, monkeypatch
     assert seen[-1] == ("coroutine", False) and seen[-1][1] is False
 
 
+def test_the_park_sets_the_hand_overs_flags_for_its_wait(in_machine, monkeypatch):
+    """_park sets the queued hand-over's flags (Relay.hand_flags) for its wait: the callbacks
+    see what hand_flags gave (here marks no frontend would give), where a relay not parked has
+    them False."""
+    def marks(self):
+        self.hand_plain, self.hand_deploy, self.hand_check = 1, 2, 3
+    monkeypatch.setattr(relay_mod.Relay, "hand_flags", marks)
+
+    def body():
+        h = _harness()
+        seen = []
+        walked = h.fe.detach_walked
+        h.fe.detach_walked = lambda: seen.append((h.relay.hand_plain, h.relay.hand_deploy,
+                                                  h.relay.hand_check)) or walked()
+        try:
+            assert (h.relay.hand_plain, h.relay.hand_deploy, h.relay.hand_check) == (False, False, False)
+            _exchange(h, _q("select 1"), _reply(b"I"))
+        finally:
+            h.close()
+        return seen
+
+    assert in_machine(body) == [(1, 2, 3)]
+
+
 def test_the_callbacks_time_with_the_monotonic_clock(in_machine):
     """The request's and transaction's times and the wait's start are time.monotonic()'s (the
     clock of a server's idle_since and a waiter's wait, which the reply walk's detach sets from
