@@ -1648,10 +1648,15 @@ class Relay:
                         # one unpack of the entry (a subscript each costs more), before the
                         # check (pos is put back where the layout does not hold). pos: where
                         # the walk goes on; head: the read's last message a ReadyForQuery whose
-                        # header the layout checked (its status byte varies, so only the
-                        # header): not read again
-                        unpack, headers, told, pos, pops, head, whole = shape
-                        if unpack(buf) == headers:
+                        # header and status byte the layout checked: not read again. The layout
+                        # holds the idle status (status: _TX_IDLE, the common case, without a
+                        # bytearray subscript, which 3.11 does not specialize); a read that
+                        # differs from it in that byte alone (in a transaction, failed) is the
+                        # same layout with the status it unpacked (a one-byte bytes: the
+                        # interpreter's cached object, as _BYTE's)
+                        unpack, headers, told, pos, pops, head, whole, status = shape
+                        if (vals := unpack(buf)) == headers or \
+                                head and vals[:-1] == headers[:-1] and (status := vals[-1]):
                             if whole is not None and proto.batch is whole and proto.phase == _BUSY_PHASE \
                                     and len(queue := proto.queue) == len(whole):
                                 # told whole (once per extended transaction): the read's told
@@ -1714,8 +1719,8 @@ class Relay:
                                 # test_relay keeps the copies in step). receive's answer, where
                                 # receive tells it, is acted on by _ready_received at once: the
                                 # stats below do not read `out`, and the common cases, where the
-                                # answer is FORWARD, need no `action` set and tested
-                                status = _BYTE[buf[end - 1]]
+                                # answer is FORWARD, need no `action` set and tested (status: the
+                                # layout's, checked with it, see above)
                                 if head is _HEAD_TOLD:      # the queue's Sync popped with the completions (above)
                                     proto.syncs -= 1
                                     proto.replies += 1
@@ -2159,7 +2164,8 @@ def _server_shape(buf, end: int, kinds: tuple):
     on, the told types (bytes) and whether the header there, a ReadyForQuery ending the read,
     is checked too, and where that ReadyForQuery is and every told message is a completion
     (kiwi's _POPS), the queue that the whole read answers in receive's common cases (their plain
-    requests and a plain Sync: see _server_data), else None; _NEVER for fewer than two such
+    requests and a plain Sync: see _server_data), else None, and the status the layout holds
+    for that ReadyForQuery (_TX_IDLE; None without one); _NEVER for fewer than two such
     messages (that ReadyForQuery counted) or more than _SHAPE_MESSAGES, or for a message whose
     length the walk refuses."""
     fmt = ["!"]
@@ -2174,9 +2180,10 @@ def _server_shape(buf, end: int, kinds: tuple):
         kind = kinds[t]
         if msg_end > end or kind > _SK_TELL:
             if t == _S_READY and length == 5 and msg_end == end:
-                # the read ends with a ReadyForQuery: its header is checked with the rest and the
-                # walk takes it without reading it again (its status byte varies: not checked)
-                fmt.append("BI")
+                # the read ends with a ReadyForQuery: its header and status byte are checked
+                # with the rest (the layout holds the idle status: see _server_data) and the
+                # walk takes it without reading it again
+                fmt.append("BIc")
                 head = True
                 n += 1
             break
@@ -2193,7 +2200,12 @@ def _server_shape(buf, end: int, kinds: tuple):
         # (the object send_many's remembered batch marks the Conversation with: see
         # Conversation.batch, tested by identity)
         whole = shared_entries(tuple(_POPS[t] for t, _, _ in told) + (_C_SYNC,))
-    return unpack, unpack(buf, 0), tuple(told) or None, pos, bytes(t for t, _, _ in told), head, whole
+    headers = unpack(buf, 0)
+    status = None
+    if head:
+        headers = headers[:-1] + (_TX_IDLE,)
+        status = _TX_IDLE
+    return unpack, headers, tuple(told) or None, pos, bytes(t for t, _, _ in told), head, whole, status
 
 
 def _splice(out: list | None, buf, seg: int, pos: int, data: bytes) -> list:

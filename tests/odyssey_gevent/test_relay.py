@@ -940,10 +940,12 @@ def test_a_reply_laid_out_as_one_seen_before_is_told_as_the_walk_tells_it(in_mac
 @pytest.mark.parametrize("prepared", [False, True], ids=["plain", "prepared"])
 def test_a_remembered_reply_s_ready_for_query_is_read_with_its_status(in_machine, prepared):
     """A reply laid out as one seen before up to the ReadyForQuery that ends it has that
-    ReadyForQuery's header checked with the layout (without the prepared-statement layer, whose
-    layout stops at the CommandComplete), not its status byte: each status is the walk's, a
-    transaction's T and E keep the server, I gives it back. A read of that length ending with
-    another message where the ReadyForQuery was is walked (the header is part of the layout)."""
+    ReadyForQuery's header and status byte checked with the layout (without the
+    prepared-statement layer, whose layout stops at the CommandComplete): the layout holds the
+    idle status, and a read that differs from it in the status alone is the same layout with its
+    own status (not walked, the layout kept): each status is the walk's, a transaction's T and E
+    keep the server, I gives it back. A read of that length ending with another message where
+    the ReadyForQuery was is walked (the header is part of the layout)."""
     relay_mod = _shapes()
     relay_mod._S_SHAPES_PREPARED.clear()
     shapes = relay_mod._S_SHAPES_PREPARED if prepared else relay_mod._S_SHAPES
@@ -962,6 +964,7 @@ def test_a_remembered_reply_s_ready_for_query_is_read_with_its_status(in_machine
             for status in b"TTEI":
                 _exchange(h, _ext(), _ext_reply(bytes([status])))
                 assert h.server.tx_status == bytes([status])
+                assert shapes[len(reply)] is shape      # still the layout (fails where T or E is walked)
             # the T and E kept the server: one detach more, at the I
             assert h.fe.detaches[3:] == [(7, 7, b"I")] and not h.server.broken
             stats = h.client.route.stats
@@ -1183,7 +1186,7 @@ def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, s
         relay_mod._S_SHAPES.clear()
         if remembered:
             shape = relay_mod._S_SHAPES[len(reply)] = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
-            assert shape[5]         # the layout checks the ReadyForQuery's header
+            assert shape[5]         # the layout checks the ReadyForQuery's header and status
         h = Harness("transaction", attached=True)
         try:
             if case == "local-after":   # a Query, then an answer the pooler gives itself after it
@@ -1195,6 +1198,8 @@ def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, s
             relay, stats = h.relay, h.client.route.stats
             relay.q_start = relay.tx_start = 1.0        # a request under way since then (monotonic)
             h.relay._server_data(h.server, bytearray(reply), len(reply))
+            if remembered:      # told by the layout (a T by its status fallback), not walked
+                assert relay_mod._S_SHAPES[len(reply)] is shape
             return ([e if e.__class__ is int else (e.type, e.hide) for e in conv.queue], conv.syncs, conv.phase,
                     conv.unsynced, conv.tx_status, conv.replies, conv.broken, list(conv.output or ()), h.server.broken,
                     _unread(h.app), stats.count_query, stats.count_tx, stats.query_time > 0, stats.tx_time > 0,
