@@ -458,7 +458,7 @@ class Relay:
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
                  "wait_start", "swept", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
                  "q_timer", "on_handed", "keep_watch", "c_watch", "s_shapes", "walk_plain", "hand_plain",
-                 "hand_deploy", "hand_check")
+                 "hand_deploy", "hand_check", "c_first")
 
     def __new__(cls, frontend, client, prepared=None):
         """Relay(frontend, client, prepared): made by new_relay, the one place its slots are
@@ -831,6 +831,10 @@ class Relay:
                                                 and _deploy_needed(client, server):
                                             server = False
                     if server is None:      # no idle server: queued in the hub, or the coroutine
+                        # the held request's first byte, read above, for the hand-over's lone-Query
+                        # check (a slot's load there, where buf[0] is a bytearray subscript 3.11
+                        # does not specialize; nothing reads the client while it is queued)
+                        self.c_first = first
                         if buf is not self.c_buf:   # _keep inline (each queued request at c50)
                             free = self.free
                             self.c_buf = buf
@@ -1118,12 +1122,13 @@ class Relay:
                     # than the copy once per queued transaction): the generic walk (_client_data and
                     # the Conversation's send_many) costs about three times as much. _on_client queued it
                     # with c_skip 0 and no c_drop, and nothing reads the client while it is queued.
-                    # The test sets a flag (see _on_client; the length through _Buf.head); so does a
+                    # The test sets a flag (see _on_client; the length through _Buf.head, the type
+                    # the byte _on_client read where it queued the request, c_first); so does a
                     # request laid out as one seen before (_C_SHAPES: the types to tell)
                     alone = False
                     if self.prepared is not None:
                         server.proto.exact = True
-                    elif buf[0] == _C_QUERY and end <= _Q_END and buf.head[0] == _Q_HEAD[end]:
+                    elif self.c_first == _C_QUERY and end <= _Q_END and buf.head[0] == _Q_HEAD[end]:
                         alone = True
                     else:
                         try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
@@ -2337,6 +2342,7 @@ def new_relay(frontend, client, prepared=None):
     self.q_timer = None
     self.on_handed = None   # self._on_handed, made at the first queued wait (_on_client): most never queue
     self.c_watch = None     # the client socket's read watcher, set by _park for the queued attach
+    self.c_first = None     # the first byte of the request held while queued (set where it queues)
     # workers 1: a server the fast path detaches is pooled with its read watcher started
     # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
     try:

@@ -475,6 +475,7 @@ def _hand_over(fe, router, client, server):
         buf = _new_buf()              # (a relay buffer: its length field in view, _Buf.head)
         buf[:len(q)] = q
         relay.c_buf, relay.c_len = buf, len(q)
+        relay.c_first = q[0]        # (as _on_client queues it)
         relay.c_watch = cio.sock._read_event
         relay.c_watch.start(relay.on_client)
         relay.queued = relay.fast = True

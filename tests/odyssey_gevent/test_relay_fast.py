@@ -856,6 +856,36 @@ def test_a_relay_queued_again_holds_its_request_in_the_buffer_it_kept(in_machine
     assert in_machine(body)
 
 
+def test_the_hand_over_tells_the_held_requests_own_type(in_machine):
+    """The hand-over's lone-Query check takes the held request's type from the byte the client
+    callback read where it queued it (Relay.c_first), each time: a lone Sync, whose length
+    field a Query as long would have, held after a lone Query was, is not told to the
+    Conversation as a Query (nor sent inline): the client walk tells it."""
+    relay_mod._C_SHAPES.clear()
+    sync = b"S\0\0\0\x04"
+
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            _queued(h, _q("select 1"))
+            assert h.relay.c_first == relay_mod._C_QUERY
+            _hand_and_answer(h, _q("select 1"))
+            _queued(h, sync)
+            assert h.relay.c_first == sync[0]
+            h.fe.hand()
+            assert h.pg.read(len(sync), 2000) == sync
+            told = list(h.server.proto.queue)
+            h.pg.write(be_write.ready_for_query(b"I"))
+            assert h.app.read(6, 2000) == be_write.ready_for_query(b"I")
+            mm.sleep(0)
+        finally:
+            h.close()
+        return told
+
+    told = in_machine(body)
+    assert told and relay_mod._C_QUERY not in told
+
+
 def test_bytes_a_queued_client_sends_are_read_after_the_hand_over(in_machine):
     """While queued the client is not read: its socket's watcher stays started with
     _on_client, which stops it when more bytes come (no callback per loop turn) and leaves
