@@ -998,6 +998,33 @@ def test_a_kill_that_takes_the_client_out_of_the_queue_runs_the_continuation(in_
     assert in_machine(body)
 
 
+@pytest.mark.parametrize("request_", [_q("select 1"), _ext()], ids=["lone-query", "remembered"])
+def test_a_request_handed_over_to_a_killed_client_is_sent_and_the_coroutine_ends_it(in_machine, request_):
+    """A client killed after its request was queued (KILL_CLIENT's flag, without its wake-up)
+    and then handed a server: the hand-over sends the request (a lone Query or one laid out as
+    one seen before, each its own copy of the send) and the send's end switches into the
+    coroutine, which sees the kill; the lone Query's end goes straight there (not into the
+    layouts' path)."""
+    relay_mod._C_SHAPES.clear()
+    if request_[:1] != b"Q":
+        relay_mod._C_SHAPES[len(request_)] = relay_mod._client_shape(bytearray(request_), len(request_),
+                                                                    [m for m in b"PBES"])
+
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        try:
+            _queued(h, request_)
+            h.client.killed = True
+            h.fe.hand()
+            assert h.pg.read(len(request_), 2000) == request_
+            return h.result(), h.client.route.stats.bytes_recv
+        finally:
+            h.close()
+
+    result, received = in_machine(body)
+    assert result is Status.ECLIENT_KILLED and received == len(request_)
+
+
 def test_a_relay_cancelled_while_queued_leaves_the_queue(in_machine):
     def body():
         h = _harness(queue=True, cb_queue=True)
