@@ -24,6 +24,7 @@ from odyssey_gevent.config.model import Endpoint, Rule
 from odyssey_gevent.frontend import Frontend
 from odyssey_gevent.logger import Logger
 from odyssey_gevent import relay as relay_mod
+from tests.odyssey_gevent.test_relay import _sbuf
 from odyssey_gevent import route as route_mod
 from odyssey_gevent.route import Route
 from odyssey_gevent.relay import Relay, _new_buf
@@ -653,7 +654,7 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
         server.proto.send(relay_mod._C_QUERY)
         reply = be_write.command_complete("SELECT 1") + be_write.ready_for_query(status)
         server.idle_since = 0.0
-        relay._server_data(server, bytearray(reply), len(reply))
+        relay._server_data(server, _sbuf(reply), len(reply))   # (a relay buffer: see relay._Buf)
         if at_once is not None:
             # run before the walk returned, and with the walk's clock (the server's idle_since)
             # or, as the waiter's loop callback, none

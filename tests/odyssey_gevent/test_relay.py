@@ -18,7 +18,7 @@ from kiwi import be_write, fe_write
 from kiwi.protocol import LOCAL, Conversation, Phase, Request
 from odyssey_gevent.logger import Logger
 from odyssey_gevent.prepared import Prepared, Registry
-from odyssey_gevent.relay import BUF_SIZE, Relay
+from odyssey_gevent.relay import BUF_SIZE, Relay, _new_buf
 from odyssey_gevent.route import RouteStats
 from odyssey_gevent.server import Server
 from odyssey_gevent.status import ClientGone, FrontendError, ServerError, Status
@@ -375,6 +375,14 @@ def _exchange(h, request: bytes, reply: bytes):
 
 def _q(sql):
     return fe_write.query(sql)
+
+
+def _sbuf(data) -> bytearray:
+    """A relay buffer (relay._Buf, as every server buffer the reply walk reads is) holding
+    `data` at its start, for a direct call of Relay._server_data."""
+    buf = _new_buf()
+    buf[:len(data)] = data
+    return buf
 
 
 def _reply(status, tag="SELECT 1"):
@@ -884,7 +892,7 @@ def test_a_reply_the_walk_refuses_is_never_laid_out(in_machine):
                 for t in b"PBDES":
                     h.server.proto.send(t)
                 with pytest.raises(ServerError, match="invalid message length 3"):
-                    h.relay._server_data(h.server, bytearray(bad), len(bad))
+                    h.relay._server_data(h.server, _sbuf(bad), len(bad))
                 shape = relay_mod._S_SHAPES.get(len(bad))
                 assert shape is None or shape is relay_mod._SEEN or shape is relay_mod._NEVER
             finally:
@@ -1069,7 +1077,7 @@ def test_the_walk_tells_a_ready_for_query_as_receive_does(in_machine, case, stat
         try:
             walked = h.server.proto = _owing(case)
             msg = be_write.ready_for_query(status)
-            h.relay._server_data(h.server, bytearray(msg), len(msg))
+            h.relay._server_data(h.server, _sbuf(msg), len(msg))
             assert state(walked) == state(told)
             assert _unread(h.app) == (0 if action else len(msg))
         finally:
@@ -1141,7 +1149,7 @@ def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, c
         h = Harness("session", attached=True)
         try:
             conv = h.server.proto = _batch(case)
-            h.relay._server_data(h.server, bytearray(reply), len(reply))
+            h.relay._server_data(h.server, _sbuf(reply), len(reply))
             return ([e if e.__class__ is int else (e.type, e.hide) for e in conv.queue], conv.syncs, conv.phase,
                     conv.unsynced, conv.tx_status, conv.replies, conv.broken, h.server.broken, _unread(h.app))
         finally:
@@ -1197,7 +1205,7 @@ def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, s
             h.server.proto = conv
             relay, stats = h.relay, h.client.route.stats
             relay.q_start = relay.tx_start = 1.0        # a request under way since then (monotonic)
-            h.relay._server_data(h.server, bytearray(reply), len(reply))
+            h.relay._server_data(h.server, _sbuf(reply), len(reply))
             if remembered:      # told by the layout (a T by its status fallback), not walked
                 assert relay_mod._S_SHAPES[len(reply)] is shape
             return ([e if e.__class__ is int else (e.type, e.hide) for e in conv.queue], conv.syncs, conv.phase,

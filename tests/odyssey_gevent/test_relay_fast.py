@@ -540,6 +540,11 @@ def test_a_relay_buffer_no_free_list_takes_is_freed_at_once():
         before = sys.getrefcount(cut)
         relay_mod._drop(cut)
         assert sys.getrefcount(cut) == before - 1
+        rcut = relay_mod._new_buf()
+        rcut.rcut, rcut.rcut_end = rcut.whole[:93], 93  # (a view kept for a reply: see _Buf.rcut)
+        before = sys.getrefcount(rcut)
+        relay_mod._drop(rcut)
+        assert sys.getrefcount(rcut) == before - 1      # (fails where _drop leaves rcut)
         relay_mod._drop(bytearray(relay_mod.BUF_SIZE * 2))                 # (no view: nothing to release)
     finally:
         free[:] = kept
@@ -603,6 +608,44 @@ def test_the_inline_send_writes_a_view_the_buffer_keeps_for_requests_as_long(in_
                 seen.append(buf.cut)
             assert seen[1] is seen[0] and seen[2] is not seen[1] and seen[3] is not seen[2]
             assert h.client.route.stats.bytes_recv == sum(len(v) for v in seen)
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_the_reply_walk_writes_a_view_the_buffer_keeps_for_replies_as_long(in_machine):
+    """The reply walk writes a reply through the buffer's view of its first bytes (_Buf.rcut)
+    where the buffer's last reply written so was as long, makes and keeps one for the second
+    reply as long in a row, and copies any other; what the client reads is each reply, byte for
+    byte, whatever the lengths before it (the same, shorter, longer, past relay._SLICE_MAX), and
+    the requests' own kept view (_Buf.cut, the same scratch buffer) is not the replies'."""
+    def reply(k):
+        return be_write.data_row([b"x" * k]) + _reply(b"I")
+
+    def body():
+        h = _harness()
+        try:
+            big = relay_mod._SLICE_MAX + 100
+            views, sent = [], 0
+            for k in (1, 1, 1, 22, 1, 333, 22, 22, big, big, 1):
+                buf = h.relay.free.scratch
+                _exchange(h, _q("select 1"), reply(k))
+                assert h.relay.free.scratch is buf and h.relay.s_buf is None      # (nothing held)
+                assert buf.rcut_end == len(buf.rcut)
+                views.append((buf.rcut_end, buf.rcut_next, buf.rcut))
+                assert bytes(buf.rcut) == bytes(buf[:buf.rcut_end])
+                sent += len(reply(k))
+            n1, n22, nbig = len(reply(1)), len(reply(22)), len(reply(big))
+            assert [v[:2] for v in views] == [
+                (relay_mod.BUF_SIZE, n1), (n1, n1), (n1, n1),   # copied, then kept for the second in a row
+                (n1, n22), (n1, n22),                           # another length copied, the kept one used
+                (n1, len(reply(333))), (n1, n22), (n22, n22),   # a length copied twice apart: kept at the second in a row
+                (n22, nbig), (nbig, nbig), (nbig, n1)]
+            assert views[2][2] is views[1][2] and views[4][2] is views[1][2] and views[10][2] is views[9][2]
+            assert buf.cut_end == len(_q("select 1"))           # (the requests': not the replies')
+            assert h.client.route.stats.bytes_sent == sent
         finally:
             h.close()
         return True
