@@ -693,14 +693,14 @@ class Relay:
             return False
 
     def hand_flags(self) -> None:
-        """Set Relay.hand_plain, hand_deploy and hand_check, the queued hand-over's (_on_handed)
-        copy of ready_now's per-session tests, for _park's wait: the frontend's attach_plain and
+        """Set Relay.hand_plain, hand_deploy and hand_check, the per-session tests of the
+        callbacks' copies of attach_now's and ready_now's common cases (_on_client's inline
+        attach, the queued hand-over _on_handed), for _park's wait: the frontend's attach_plain and
         the client's rule's maintain_params and pool_attach_check (the latter two False where
         the first is). None of them changes while the relay waits: attach_plain is the
         frontend's from its route(), the rule the client's from the router's route() (a rule's
-        flags are fixed: a reload makes a new rule). The hand-over reads three per-relay flags,
-        about 9 bytecodes fewer than the frontend's and the rule's loads, once per queued
-        transaction."""
+        flags are fixed: a reload makes a new rule). The callbacks read three per-relay flags
+        instead of the frontend's and the rule's loads, once per transaction."""
         try:
             plain = self.fe.attach_plain
         except AttributeError:          # a stand-in frontend (unit tests)
@@ -793,19 +793,20 @@ class Relay:
                     # worker (no lock) and a client with no host check or NOTICE due
                     # (attach_plain), the most recently used idle server, not offline, of a route
                     # not paused, with ready_now's common case; anything else is attach_now's
-                    fe = self.fe
+                    # (attach_plain and the rule's two flags: the per-relay flags _park sets for its
+                    # wait, see hand_flags; the frontend loaded only for attach_now or ready_now)
                     route = client.route
                     idle = route.idle
                     if not idle:
                         server = None
-                    elif not fe.attach_plain:
-                        server = fe.attach_now()
+                    elif not self.hand_plain:
+                        server = self.fe.attach_now()
                     else:
                         # (Route.plain: one thread, nothing paused and the route not obsolete, one
                         # test for four without the router's load; an obsolete route's idle
                         # server is attach_now's, which takes it the same)
                         if not route.plain:
-                            server = fe.attach_now()
+                            server = self.fe.attach_now()
                         else:
                             # the server taken, then tested: idle[-1] (a negative index) is a
                             # subscript 3.11 does not specialize; an offline one goes back where it
@@ -813,7 +814,7 @@ class Relay:
                             server = idle.pop()
                             if server.offline:
                                 idle.append(server)
-                                server = fe.attach_now()
+                                server = self.fe.attach_now()
                             else:
                                 server.state = _S_ACTIVE
                                 route.active.add(server)
@@ -823,19 +824,18 @@ class Relay:
                                 route.stats.count_server_assignment += 1
                                 sio = server.io
                                 if sio is None or sio._tls:
-                                    server = fe.ready_now(server)
+                                    server = self.fe.ready_now(server)
                                 else:
-                                    rule = client.rule
                                     # pool_attach_check: a server pooled with its watcher started
                                     # (its reader the instance) has something to say if the loop's
                                     # last poll found it readable and its callback has not run yet
                                     # (ran: idle_readable took it out of the pool); no poll() of our
                                     # own (server.attach_check_failed, which says why)
-                                    if rule.pool_attach_check and (
+                                    if self.hand_check and (
                                             sio.sock._read_event.pending if server.reader is self.instance
                                             else sio.readable_now()):
                                         server = False
-                                    elif rule.maintain_params:
+                                    elif self.hand_deploy:
                                         todo = client.deploy_list
                                         if (todo is None or server.deployed is not todo) \
                                                 and _deploy_needed(client, server):

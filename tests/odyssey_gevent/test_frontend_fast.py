@@ -755,6 +755,7 @@ def _relay_attach(fe, router, client, server):
         q = fe_write.query("select 1")
         app.write(q)
         relay.fast = True
+        relay.hand_flags()          # (as _park sets them for its wait)
         switched = []
         relay.glet = SimpleNamespace(switch=switched.append)
         relay._on_client()

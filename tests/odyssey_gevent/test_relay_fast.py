@@ -158,11 +158,11 @@ def test_the_park_sets_the_walks_plain_flag_for_its_wait(in_machine, monkeypatch
 
 
 def test_the_park_sets_the_hand_overs_flags_for_its_wait(in_machine, monkeypatch):
-    """_park sets the queued hand-over's flags (Relay.hand_flags) for its wait: the callbacks
-    see what hand_flags gave (here marks no frontend would give), where a relay not parked has
-    them False."""
+    """_park sets the callbacks' attach flags (Relay.hand_flags) for its wait: the callbacks
+    see what hand_flags gave (here marks no frontend would give; hand_plain a falsy 0, so the
+    attach is this frontend's attach_now), where a relay not parked has them False."""
     def marks(self):
-        self.hand_plain, self.hand_deploy, self.hand_check = 1, 2, 3
+        self.hand_plain, self.hand_deploy, self.hand_check = 0, 2, 3
     monkeypatch.setattr(relay_mod.Relay, "hand_flags", marks)
 
     def body():
@@ -178,7 +178,7 @@ def test_the_park_sets_the_hand_overs_flags_for_its_wait(in_machine, monkeypatch
             h.close()
         return seen
 
-    assert in_machine(body) == [(1, 2, 3)]
+    assert in_machine(body) == [(0, 2, 3)]
 
 
 def test_the_callbacks_time_with_the_monotonic_clock(in_machine):
