@@ -1682,7 +1682,11 @@ class Relay:
                 skip = self.s_skip = pos - end
                 pos = end
                 if self.s_drop:
+                    # swallowed (dropped or replaced): nothing of this read is forwarded (`out`
+                    # empty: the write below takes `out` and seg, where without it it would
+                    # write buf[:pos], the swallowed bytes)
                     seg = end
+                    out = []
                 # answers due after a message that ends here (the walk below splices them itself
                 # after each message that ends in the bytes it has)
                 if skip == 0 and proto.output is not None:

@@ -334,6 +334,41 @@ def test_answers_the_pooler_gives_itself_follow_their_message_whatever_the_chunk
     assert in_machine(body)
 
 
+def test_a_swallowed_message_that_ends_a_read_leaves_the_next_reads_forwarded(in_machine):
+    """A message the relay swallows (an ErrorResponse replaced by the request's own `error`)
+    whose rest comes in later reads and ends exactly where a read ends: the reads after it
+    start a message and forward it, and the rest of a forwarded message that goes on past a
+    read (skipped, not swallowed) reaches the client whole, whatever the chunking (a cut inside
+    the swallowed message and one at its end, and byte by byte)."""
+    replacement = be_write.error_response("ERROR", "XX000", "replaced")
+    swallowed = be_write.error_response("ERROR", "42601", "the server's own words " + "x" * 20)
+    shown = be_write.error_response("ERROR", "22012", "division by zero " + "y" * 20) \
+        + be_write.ready_for_query(b"I")
+    data = swallowed + be_write.ready_for_query(b"I") + shown
+    expected = replacement + be_write.ready_for_query(b"I") + shown
+    end = len(swallowed)
+
+    def body():
+        for cuts in [[]] + [[c, end] for c in range(6, end)] + [[c, end, end + 6 + 9] for c in (6, 20)] \
+                + [list(range(1, len(data)))]:
+            h = Harness("session", attached=True)
+            proto = h.server.proto
+            proto.send_request(Request(ord("Q"), error=replacement))
+            proto.send(ord("Q"))
+            try:
+                back = Collector(h.app, len(expected))
+                h.feed(h.pg, h.sio, data, cuts)
+                assert back.get() == expected, cuts
+                mm.sleep(0)
+                assert _unread(h.app) == 0 and proto.broken is None and proto.idle, cuts
+                assert not h.relay.s_drop and h.relay.s_skip == 0
+            finally:
+                h.close()
+        return True
+
+    assert in_machine(body)
+
+
 def test_the_prepared_layer_sees_a_sync_sent_before_its_message_in_the_same_read(in_machine):
     """The client walk tells the Conversation its messages in one call, but before the
     prepared-statement layer looks at a message: a Sync that ends a server's skip (after an
