@@ -1695,6 +1695,7 @@ class Relay:
             else:
                 if self.s_drop:
                     seg = pos
+                    out = []        # (the swallowed rest not written: see above)
                     self.s_drop = False
                 # the layout tables (_S_SHAPES, or _S_SHAPES_PREPARED for a relay with the
                 # prepared-statement layer) are the relay's (s_shapes); the walk's tables are read

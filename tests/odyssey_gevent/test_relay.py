@@ -349,7 +349,8 @@ def test_a_swallowed_message_that_ends_a_read_leaves_the_next_reads_forwarded(in
     end = len(swallowed)
 
     def body():
-        for cuts in [[]] + [[c, end] for c in range(6, end)] + [[c, end, end + 6 + 9] for c in (6, 20)] \
+        for cuts in [[]] + [[c, end] for c in range(6, end)] + [[c] for c in range(6, end)] \
+                + [[c, end, end + 6 + 9] for c in (6, 20)] \
                 + [list(range(1, len(data)))]:
             h = Harness("session", attached=True)
             proto = h.server.proto
