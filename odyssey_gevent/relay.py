@@ -1678,7 +1678,10 @@ class Relay:
             out = None              # set when a message is dropped or replaced, or answers are added
             seg = 0                 # start of the bytes not yet put in `out`
             pos = self.s_skip
-            if pos >= end:
+            # (a truth test of pos first: its common case, 0, costs no compare; s_drop is never
+            # set where s_skip is 0, so a read that starts at a message does not test it: it is
+            # tested where the rest of one is skipped, below)
+            if pos and pos >= end:
                 skip = self.s_skip = pos - end
                 pos = end
                 if self.s_drop:
@@ -1687,23 +1690,21 @@ class Relay:
                     # write buf[:pos], the swallowed bytes)
                     seg = end
                     out = []
+                    if skip == 0:
+                        self.s_drop = False     # (the swallowed message ends here)
                 # answers due after a message that ends here (the walk below splices them itself
                 # after each message that ends in the bytes it has)
                 if skip == 0 and proto.output is not None:
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
             else:
-                if self.s_drop:
-                    seg = pos
-                    out = []        # (the swallowed rest not written: see above)
-                    self.s_drop = False
                 # the layout tables (_S_SHAPES, or _S_SHAPES_PREPARED for a relay with the
                 # prepared-statement layer) are the relay's (s_shapes); the walk's tables are read
                 # where it walks (below): a layout's read needs none
-                if proto.output is not None:    # answers the pooler gives itself, due before the next message
-                    out = _splice(out, buf, seg, pos, proto.take_output())
-                    seg = pos
                 if not pos:         # a truth test: the jump is long (a compare would stay generic)
+                    if proto.output is not None:    # answers the pooler gives itself, due before the next message
+                        out = _splice(out, buf, seg, pos, proto.take_output())
+                        seg = pos
                     # whole messages up to the first the walk reads whole (ReadyForQuery,
                     # ParameterStatus; with prepared statements CommandComplete, ErrorResponse)
                     # laid out as a read seen before (_S_SHAPES): one unpack of their headers
@@ -1861,7 +1862,15 @@ class Relay:
                                 shapes.clear()
                             shapes[end] = _SEEN
                 else:
-                    self.s_skip = 0     # (pos is s_skip: 0 already where it is 0)
+                    # the rest of a message the read before ended in (skipped): nothing laid out
+                    self.s_skip = 0
+                    if self.s_drop:
+                        seg = pos
+                        out = []        # (the swallowed rest not written: see above)
+                        self.s_drop = False
+                    if proto.output is not None:    # answers the pooler gives itself, due before the next message
+                        out = _splice(out, buf, seg, pos, proto.take_output())
+                        seg = pos
                 # the walk, its loop turned so that a header read with the layout (see above) is not read
                 # again: each message's header is read at the end of the one before
                 if pos > end - 5:   # no whole header left to walk (a layout's read: its common case)
