@@ -550,11 +550,10 @@ def test_a_relay_buffer_no_free_list_takes_is_freed_at_once():
         free[:] = kept
 
 
-@pytest.mark.parametrize("queued", [False, True], ids=["client-callback", "hand-over"])
-def test_a_lone_query_of_any_length_up_to_the_bound_is_sent_inline(in_machine, monkeypatch, queued):
-    """Lone Queries whose length field read natively (_Buf.head) is one 30-bit digit (a low
-    byte under 64) or two, and one at the bound, are sent inline by the client callback and the
-    hand-over alike (no client walk), byte-identical and counted."""
+@pytest.fixture
+def client_walks(monkeypatch):
+    """The lengths of the requests the client walk (Relay._client_data) was given, in order:
+    a request sent inline by a callback never reaches it."""
     walked = []
     walk = relay_mod.Relay._client_data
 
@@ -563,7 +562,15 @@ def test_a_lone_query_of_any_length_up_to_the_bound_is_sent_inline(in_machine, m
         return walk(self, buf, end)
 
     monkeypatch.setattr(relay_mod.Relay, "_client_data", counted)
+    return walked
 
+
+@pytest.mark.parametrize("queued", [False, True], ids=["client-callback", "hand-over"])
+def test_a_lone_query_of_any_length_up_to_the_bound_is_sent_inline(in_machine, client_walks, queued):
+    """Lone Queries whose length field read natively (_Buf.head) is one 30-bit digit (a low
+    byte under 64) or two, and one at the bound, are sent inline by the client callback and the
+    hand-over alike (no client walk), byte-identical and counted."""
+    walked = client_walks
     def body():
         for end in (61, 69, 256 + 63, 256 + 64, relay_mod._Q_END):
             request_ = _q("select '" + "x" * (end - len(_q("select ''"))) + "'")
@@ -654,20 +661,12 @@ def test_the_reply_walk_writes_a_view_the_buffer_keeps_for_replies_as_long(in_ma
 
 
 @pytest.mark.parametrize("queued", [False, True], ids=["client-callback", "hand-over"])
-def test_a_lone_query_past_the_inline_bound_goes_to_the_client_walk(in_machine, monkeypatch, queued):
+def test_a_lone_query_past_the_inline_bound_goes_to_the_client_walk(in_machine, monkeypatch, client_walks, queued):
     """A lone Query past relay._Q_END is not sent inline (the client callback's copy or the
     hand-over's) but by the client walk, which checks the limit; one at the bound is inline.
     The bound is lowered here to show that it is the one the callbacks test."""
     request_ = _q("select 1")
-    walked = []
-    walk = relay_mod.Relay._client_data
-
-    def counted(self, buf, end):
-        walked.append(end)
-        return walk(self, buf, end)
-
-    monkeypatch.setattr(relay_mod.Relay, "_client_data", counted)
-
+    walked = client_walks
     def body():
         for bound, via_walk in ((len(request_) - 1, [len(request_)]), (len(request_), [])):
             monkeypatch.setattr(relay_mod, "_Q_END", bound)
