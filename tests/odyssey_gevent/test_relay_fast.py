@@ -550,6 +550,16 @@ def test_a_relay_buffer_no_free_list_takes_is_freed_at_once():
         free[:] = kept
 
 
+def _relay_lone(h, request_, queued: bool) -> None:
+    """One lone request relayed by the hand-over (queued first) or by the client callback, and
+    answered with ReadyForQuery(I)."""
+    if queued:
+        _queued(h, request_)
+        _hand_and_answer(h, request_)
+    else:
+        _exchange(h, request_, _reply(b"I"))
+
+
 @pytest.fixture
 def client_walks(monkeypatch):
     """The lengths of the requests the client walk (Relay._client_data) was given, in order:
@@ -577,11 +587,7 @@ def test_a_lone_query_of_any_length_up_to_the_bound_is_sent_inline(in_machine, c
             assert len(request_) == end
             h = _harness(queue=queued, cb_queue=queued)
             try:
-                if queued:
-                    _queued(h, request_)
-                    _hand_and_answer(h, request_)
-                else:
-                    _exchange(h, request_, _reply(b"I"))
+                _relay_lone(h, request_, queued)
                 assert walked == []
                 assert h.client.route.stats.bytes_recv == end and h.client.server is None
             finally:
@@ -673,11 +679,7 @@ def test_a_lone_query_past_the_inline_bound_goes_to_the_client_walk(in_machine, 
             walked.clear()
             h = _harness(queue=queued, cb_queue=queued)
             try:
-                if queued:
-                    _queued(h, request_)
-                    _hand_and_answer(h, request_)
-                else:
-                    _exchange(h, request_, _reply(b"I"))
+                _relay_lone(h, request_, queued)
                 assert walked == via_walk
                 assert h.client.route.stats.bytes_recv == len(request_) and h.client.server is None
             finally:
