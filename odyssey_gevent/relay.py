@@ -31,7 +31,6 @@ import ctypes
 import os
 import struct
 import threading
-from contextlib import nullcontext as _nullcontext
 from time import monotonic as _monotonic
 from types import MethodType as _MethodType
 
@@ -290,7 +289,6 @@ class _NeverStopping:
 
 
 _NEVER_STOPPING = _NeverStopping()
-_NO_LOCK = _nullcontext()   # (a stand-in instance's router lock: see _server_error)
 
 
 def _relays() -> set:
@@ -687,10 +685,7 @@ class Relay:
         transaction; the fast flag is _park's too, and its end clears both."""
         if not (self.fast and self.keep_watch and (self.mode_transaction or self.mode_statement)):
             return False
-        try:
-            return bool(self.fe.detach_plain)
-        except AttributeError:          # a stand-in frontend (unit tests)
-            return False
+        return bool(self.fe.detach_plain)
 
     def hand_flags(self) -> None:
         """Set Relay.hand_plain, hand_deploy and hand_check, the per-session tests of the
@@ -701,12 +696,8 @@ class Relay:
         frontend's from its route(), the rule the client's from the router's route() (a rule's
         flags are fixed: a reload makes a new rule). The callbacks read three per-relay flags
         instead of the frontend's and the rule's loads, once per transaction."""
-        try:
-            plain = self.fe.attach_plain
-        except AttributeError:          # a stand-in frontend (unit tests)
-            plain = False
-        rule = self.client.rule
-        if plain and rule is not None:
+        if self.fe.attach_plain:        # (set by route(), with the client's rule)
+            rule = self.client.rule
             self.hand_plain = True
             self.hand_deploy = bool(rule.maintain_params)
             self.hand_check = bool(rule.pool_attach_check)
@@ -2195,11 +2186,7 @@ class Relay:
             if self.client.rule.server_drop_on_cached_plan_error:
                 # under the router's lock, as Server.held's other writers (cancel_done reads
                 # drop to work it out)
-                try:
-                    lock = self.instance.router.lock
-                except AttributeError:      # a stand-in instance (unit tests)
-                    lock = _NO_LOCK
-                with lock:
+                with self.instance.router.lock:
                     server.drop = server.held = True
 
     def _miscounted(self, server) -> None:

@@ -519,7 +519,7 @@ def test_the_hand_overs_flags_are_the_frontends_and_the_rules(in_machine, plain,
     """Relay.hand_flags (what _park sets for its wait; the queued hand-over tests the three
     flags instead of the frontend's attach_plain and the rule's maintain_params and
     pool_attach_check): False until set, then each what it stands for, the rule's two False
-    where attach_plain is; a stand-in frontend without attach_plain gives three False."""
+    where attach_plain is (the "tsa" case: a route with target_session_attrs is not plain)."""
     def body():
         rule = Rule(db_name="default", user_name="default", authentication="none", pool="transaction",
                     pool_discard=False, pool_attach_check=check, maintain_params=maintain,
@@ -537,9 +537,6 @@ def test_the_hand_overs_flags_are_the_frontends_and_the_rules(in_machine, plain,
             assert (relay.hand_plain, relay.hand_deploy, relay.hand_check) == (False, False, False)
             relay.hand_flags()
             got = (relay.hand_plain, relay.hand_deploy, relay.hand_check)
-            relay.fe = SimpleNamespace()        # a stand-in frontend without attach_plain
-            relay.hand_flags()
-            assert (relay.hand_plain, relay.hand_deploy, relay.hand_check) == (False, False, False)
         finally:
             client.io.close()
             b.close()
@@ -718,8 +715,6 @@ def test_the_walks_plain_flag_needs_all_four(in_machine):
                     relay.mode_statement = True
                     assert relay.plain_walk() is True
                     fe.detach_plain = False
-                    assert relay.plain_walk() is False
-                    relay.fe = SimpleNamespace()        # a stand-in frontend without it
                     assert relay.plain_walk() is False
             finally:
                 client.io.close()
