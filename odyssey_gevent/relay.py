@@ -253,6 +253,11 @@ _DETACH = 2     # the server is due for a detach that may wait
 # Relay.queued (truthy): queued, and the client socket's watcher stopped by _on_client meanwhile
 _Q_STOPPED = 2
 
+# Relay.on_handed before the relay's first queued wait makes its bound method: not None, the
+# callback of a coroutine's waiter (Wakeup.callback), so the client callback's inline queueing
+# compares a waiter's callback with the slot itself (no local, no None test of it)
+_NO_HAND_OVER = object()
+
 # first client message types the fast path leaves to the coroutine when no server is attached:
 # Terminate, the stray COPY messages and whatever is not allowed at all
 _C_NOT_FIRST = bytearray(256)
@@ -768,8 +773,9 @@ class Relay:
             if client.server is None:
                 # attach at once only for a whole header of a message that needs a server, with
                 # nothing of an earlier message pending; the coroutine decides everything else
-                if self.c_skip or self.c_drop or end < 5 or _C_NOT_FIRST[first]:
-                    if first == _C_TERMINATE and end == 5 and not self.c_skip and not self.c_drop \
+                # (c_skip alone: c_drop is set only with c_skip, see _client_data)
+                if self.c_skip or end < 5 or _C_NOT_FIRST[first]:
+                    if first == _C_TERMINATE and end == 5 and not self.c_skip \
                             and _unpack_len(buf, 1)[0] == 4:
                         # a lone Terminate without a server (how a session usually ends): its
                         # end at once, without the coroutine's walk of it (_client_data)
@@ -842,9 +848,6 @@ class Relay:
                             free.scratch = free.pop() if free else _new_buf()
                         # queued (see "the fast path's queued attach" below), inline: once
                         # per queued transaction, where a frame costs more than this copy
-                        handed = self.on_handed
-                        if handed is None:      # (a bound method a session that never queues does not make)
-                            handed = self.on_handed = self._on_handed
                         # router.queue_now's common case inline (once per queued transaction,
                         # where its frame costs more than this copy; test_frontend_fast keeps the
                         # two in step): with one worker (no lock), a full pool of a route with no
@@ -852,8 +855,11 @@ class Relay:
                         # waiter armed with this relay's hand-over by an earlier wait: queued;
                         # anything else is queue_now's
                         # (`route` is client.route: read above)
+                        # (on_handed: _NO_HAND_OVER, never a waiter's callback, until the first
+                        # queued wait below makes the bound method, which a session that never
+                        # queues does not make)
                         waiter = client.waiter
-                        if waiter is not None and waiter.callback is handed:
+                        if waiter is not None and waiter.callback is self.on_handed:
                             # (`idle` is route.idle, a list never replaced: read above)
                             # (Route.plain: one thread, nothing paused and the route not obsolete,
                             # one test for four without the router's load; an obsolete route's
@@ -872,6 +878,9 @@ class Relay:
                                 if self.q_timeout:
                                     self._start_q_timer()
                                 return
+                        handed = self.on_handed
+                        if handed is _NO_HAND_OVER:
+                            handed = self.on_handed = self._on_handed
                         server = self.fe.queue_now(client, handed, self.loop, self.ident)
                         if server is not None:  # False: the usual attach; else a new server to connect
                             reason = (end, None if server is False else server)
@@ -904,7 +913,7 @@ class Relay:
                         if server.reader is not self.instance:
                             self.s_watch.start(server.on_read or _on_read(server))
                         server.reader = self
-            elif not start and self.prepared is None and not self.c_skip and not self.c_drop and end >= 5:
+            elif not start and self.prepared is None and not self.c_skip and end >= 5:
                 server = client.server      # (the attach above leaves it so: see below)
                 if first == _C_QUERY and end <= _Q_END and buf.head[0] == _Q_HEAD[end]:
                     alone = True
@@ -1130,13 +1139,14 @@ class Relay:
                     # negated check, after the short branch of any other request, so the compares'
                     # jumps stay short and 3.11 specializes them; the send's tail is copied in both
                     # paths (about 12 bytecodes fewer per queued Query: the flag's two stores and
-                    # two tests). The Query path's rare end (a reason set) skips the layouts' path
-                    # by its reason: the other two branches set it None
+                    # two tests). The Query path's rare end (its reason set) skips the layouts'
+                    # path by a None layout and the client walk by c_len, which it has set 0 (every
+                    # queued request is held with c_len its length, at least a header: the other
+                    # two branches' reason is the walk's, no reason stored and tested per request)
                     if self.prepared is not None:
                         server.proto.exact = True
-                        shape = reason = None
+                        shape = None
                     elif self.c_first != _C_QUERY or end > _Q_END or buf.head[0] != _Q_HEAD[end]:
-                        reason = None
                         try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
                             shape = _C_SHAPES[end]
                         except KeyError:
@@ -1201,9 +1211,8 @@ class Relay:
                             self.wait_start = now
                             return
                         reason = _AGAIN
-                    if reason is not None:
-                        pass                    # (the Query path's rare end: the coroutine)
-                    elif shape and shape[0](buf) == shape[1]:     # (the unpack at offset 0, its default)
+                        shape = None            # (the rare end: the coroutine, see above)
+                    if shape and shape[0](buf) == shape[1]:     # (the unpack at offset 0, its default)
                         proto = server.proto
                         # Conversation.send_many's common case inline, as _on_client has it
                         effect = shape[3]
@@ -1266,7 +1275,7 @@ class Relay:
                             self.wait_start = now
                             return
                         reason = _AGAIN
-                    else:
+                    elif self.c_len:            # (0: the Query path's rare end, its reason set)
                         reason = self._client_data(buf, end)
                         if reason is None:
                             if self.pending is None and not self.instance.shutting_down and not client.killed:
@@ -1433,6 +1442,9 @@ class Relay:
         out = None              # set when a message is rewritten: the pieces to send, in order
         seg = 0                 # start of the bytes not yet put in `out`
         grow = 0
+        # c_drop is set only with c_skip (a stray message's rest, below) and cleared where that
+        # rest ends (pos <= end), so it is never set where c_skip is 0: the client callback tests
+        # c_skip alone for both (test_relay_fast keeps the two in step)
         if self.c_drop:         # the rest of a stray message is swallowed, not forwarded
             seg = pos if pos < end else end
             if pos <= end:
@@ -2414,7 +2426,7 @@ def new_relay(frontend, client, prepared=None):
     self.queued = False
     self.q_timeout = q_timeout
     self.q_timer = None
-    self.on_handed = None   # self._on_handed, made at the first queued wait (_on_client): most never queue
+    self.on_handed = _NO_HAND_OVER  # self._on_handed, made at the first queued wait (_on_client): most never queue
     self.c_watch = None     # the client socket's read watcher, set by _park for the queued attach
     self.c_first = None     # the first byte of the request held while queued (set where it queues)
     # workers 1: a server the fast path detaches is pooled with its read watcher started

@@ -568,7 +568,7 @@ def test_new_relay_makes_what_relay_init_makes(in_machine, kind):
                 else:
                     assert got == want, name
             assert made.loop is client.io.sock.hub.loop and made.ident == threading.get_ident()
-            assert made.free is relay_mod._free_buffers() and made.on_handed is None
+            assert made.free is relay_mod._free_buffers() and made.on_handed is relay_mod._NO_HAND_OVER
             return True
         finally:
             client.io.close(), b.close()
@@ -836,7 +836,7 @@ def test_the_client_callback_takes_as_attach_now(in_machine, case):
     assert in_machine(body)
 
 
-QUEUE_CASES = ["armed", "unarmed", "room", "unlimited", "paused", "paused_db", "queue_odd", "idle_offline", "obsolete"]
+QUEUE_CASES = ["armed", "unarmed", "coroutine", "room", "unlimited", "paused", "paused_db", "queue_odd", "idle_offline", "obsolete"]
 
 
 def _relay_queue(case: str, inline: bool):
@@ -862,8 +862,14 @@ def _relay_queue(case: str, inline: bool):
     queue_now = fe.queue_now
     fe.queue_now = lambda *args: asked.append(args) or queue_now(*args)
     try:
-        relay.on_handed = relay._on_handed
-        if case != "unarmed":       # an earlier wait armed the waiter with this relay's hand-over
+        if case == "coroutine":
+            # the waiter armed by a wait in the coroutine (Wakeup.callback None), the relay's
+            # hand-over not made (no queued wait in the hub yet): queue_now's, which arms it
+            client.waiter = route_mod.Waiter(client)
+            assert client.waiter.callback is None
+        else:
+            relay.on_handed = relay._on_handed
+        if case not in ("unarmed", "coroutine"):    # an earlier wait armed the waiter with this relay's hand-over
             assert router.queue_now(client, relay.on_handed, get_hub().loop, threading.get_ident()) is None
             router.leave_queue(client)
             assert not route.waiters and client.waiter.callback is relay.on_handed
@@ -942,7 +948,7 @@ def test_the_client_callback_queues_as_queue_now(in_machine, case):
     want = in_machine(_relay_queue, case, False)
     assert got == want
     # queued where the pool is full and nothing else is due (an obsolete route's too)
-    assert got[1] is (case in ("armed", "unarmed", "obsolete"))
+    assert got[1] is (case in ("armed", "unarmed", "coroutine", "obsolete"))
     if got[1]:
         assert got[0] == [] and got[4] == 1 and got[5]
     else:

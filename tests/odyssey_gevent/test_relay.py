@@ -596,6 +596,35 @@ def test_stray_copy_messages_attach_no_server_and_are_dropped(in_machine):
     assert in_machine(body)
 
 
+def test_a_swallowed_stray_message_leaves_c_drop_only_with_c_skip(in_machine):
+    """c_drop (the rest of a stray COPY message swallowed) is set only while c_skip counts that
+    rest, and cleared where the rest ends, however the message is cut (at its end too): the
+    client callback (Relay._on_client) tests c_skip alone for both before it takes a request
+    inline. After the stray message the next request is forwarded, and only it."""
+    stray = fe_write.copy_data(b"x" * 40)
+
+    def body():
+        for cut in range(1, len(stray) + 1):
+            h = Harness("transaction")
+            try:
+                for piece in (stray[:cut], stray[cut:]):
+                    if piece:
+                        h.app.write(piece, 2000)
+                        h.settle(h.cio)
+                        assert h.relay.c_skip or not h.relay.c_drop, cut
+                assert not h.relay.c_skip and not h.relay.c_drop, cut
+                assert h.fe.attaches == 0
+                q = fe_write.query("select 1")
+                h.app.write(q)
+                assert h.pg.read(len(q), 2000) == q
+                nothing_more(h.pg)
+            finally:
+                h.close()
+        return True
+
+    assert in_machine(body)
+
+
 @pytest.mark.parametrize("bad", [
     b"\x01\x00\x00\x00\x04",                 # not a frontend message type
     b"Z\x00\x00\x00\x05I",                   # a backend-only type
