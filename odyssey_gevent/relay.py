@@ -2054,9 +2054,14 @@ class Relay:
                 # specialized compare)
                 if settled or self.s_ready and not self.s_skip:     # (settled: nothing held back, no skip)
                     self.s_ready = False
-                    txs = proto.tx_status       # (read once: the inline detach below tests it too)
-                    if not settled and (proto.syncs or proto.unsynced or proto.queue) or self.c_skip != 0 \
-                            or server.broken:
+                    # the transaction status, read once: the inline detach below tests it too.
+                    # Settled, txs is the head branch's (read there after the ReadyForQuery was
+                    # told; nothing since changes it), so it is read only where not settled, in
+                    # the test of what the server still owes (a walrus whose `is None` is never
+                    # true: tx_status is always a one-byte bytes). c_skip by its truth (an int,
+                    # never negative: one load and jump where `!= 0` adds a constant and a compare)
+                    if not settled and (proto.syncs or proto.unsynced or proto.queue
+                                        or (txs := proto.tx_status) is None) or self.c_skip or server.broken:
                         pass
                     elif self.walk_plain and (txs is _TX_IDLE or txs == _TX_IDLE):
                         # the fast path's detach of a plain relay (Relay.walk_plain: fast, transaction

@@ -1293,3 +1293,41 @@ def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, s
     assert walked[10] == 1
     if case in ("query", "batch"):      # in step: the status told
         assert walked[4] == status and walked[11] == (1 if status == b"I" else 0) and walked[6] is None
+
+
+@pytest.mark.parametrize("hold", [None, "client-mid-message", "broken"])
+@pytest.mark.parametrize("remembered", [False, True])
+@pytest.mark.parametrize("reply_", ["simple", "extended"])
+def test_an_idle_ready_for_query_detaches_only_a_server_nothing_holds(in_machine, reply_, remembered, hold):
+    """The reply walk's detach at an idle ReadyForQuery (transaction pooling), for a reply
+    walked and for one told by its layout (which settles the server: the detach takes the
+    transaction status the layout's branch read and skips the tests of what the server still
+    owes): not while the client is in the middle of a message (c_skip: the rest of it is still
+    to be forwarded) nor for a broken server; otherwise detached once."""
+    from odyssey_gevent import relay as relay_mod
+    if reply_ == "simple":
+        reply = bytearray(be_write.row_description([("x", 23)]) + be_write.data_row([b"1"]) + _reply(b"I"))
+    else:
+        reply = bytearray(_ext_reply(b"I"))
+
+    def body():
+        relay_mod._S_SHAPES.clear()
+        if remembered:
+            shape = relay_mod._S_SHAPES[len(reply)] = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
+        h = Harness("transaction", attached=True)
+        try:
+            # the query's (extended: the marked batch, told whole by the layout)
+            conv = h.server.proto = _owing("query") if reply_ == "simple" else _batch("marked")
+            if hold == "client-mid-message":
+                h.relay.c_skip = 7      # (as the client walk leaves it: 7 bytes of a message to come)
+            elif hold == "broken":
+                h.server.broken = True
+            h.relay._server_data(h.server, _sbuf(reply), len(reply))
+            if remembered:      # told by the layout, not walked
+                assert relay_mod._S_SHAPES[len(reply)] is shape
+            return len(h.fe.detaches), conv.phase, conv.tx_status, _unread(h.app) == len(reply)
+        finally:
+            h.close()
+            relay_mod._S_SHAPES.clear()
+
+    assert in_machine(body) == (0 if hold else 1, Phase.READY, b"I", True)
