@@ -1091,6 +1091,103 @@ def test_an_error_in_a_pipeline_laid_out_as_before_is_counted_as_the_walk_counts
     assert in_machine(body)
 
 
+# the layouts' checks against the one they had before (each header two big-endian fields, "!BI",
+# one per message, and a ReadyForQuery's status a "c"): the same reads accepted and refused, a
+# status told apart the same
+
+def _old_format(lengths, status):
+    fmt = "!"
+    for i, length in enumerate(lengths):
+        if status and i == len(lengths) - 1:
+            fmt += "BIc"
+        else:
+            fmt += f"BI{length - 4}x" if length > 4 else "BI"
+    return struct.Struct(fmt).unpack_from
+
+
+# message bodies: none (runs of headers), short, and lengths about 256 (a length field's low
+# byte wraps); types the reply walk only tells or lets pass (no ReadyForQuery, ParameterStatus)
+_BODIES = st.sampled_from([0, 0, 0, 0, 0, 1, 2, 9, 250, 251, 252, 253, 300])
+_TYPES = st.sampled_from(b"123CDTInsEAN\0\xff")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_TYPES, _BODIES), min_size=1, max_size=16), st.booleans(), st.data())
+def test_a_layout_accepts_and_refuses_the_reads_its_old_fields_did(messages, head, data):
+    """A layout's unpack (little-endian: an `I` of a header's type and high length bytes, a `B`
+    of its low byte, a run of three headers or more one bytes field) compares equal for exactly
+    the reads the one-field-per-type-and-length unpack compared equal for: a remembered read
+    with bytes changed anywhere (headers, bodies, the status) is accepted by both or by
+    neither, and a read that differs in its ReadyForQuery's status alone is told so by both
+    with the same status. Client and server layouts alike."""
+    from odyssey_gevent import relay as relay_mod
+    read = b"".join(bytes([t]) + struct.pack("!I", body + 4) + (bytes(range(256)) * 2)[:body] for t, body in messages)
+    lengths = [body + 4 for _, body in messages]
+    if head:
+        read += be_write.ready_for_query(b"I")
+        lengths.append(5)
+    buf = bytearray(read)
+    end = len(buf)
+    shape = relay_mod._server_shape(buf, end, relay_mod._S_KIND)
+    client = relay_mod._client_shape(buf, end, list(b"PBDES"))
+    if not 2 <= len(lengths) <= relay_mod._SHAPE_MESSAGES:
+        assert shape is relay_mod._NEVER
+    else:
+        assert shape[3] == end - 6 * head and shape[5] == head
+    if len(lengths) > relay_mod._SHAPE_MESSAGES:
+        assert client is relay_mod._NEVER
+        return
+    old, old_client = _old_format(lengths, head), _old_format(lengths, False)
+    old_headers = old(buf)
+    if head:
+        old_headers = old_headers[:-1] + (b"I",)
+    # the read itself, every header byte and the last byte (a status) changed alone, then a few
+    # bytes anywhere changed together
+    reads = [bytearray(buf)]
+    flip = data.draw(st.sampled_from([1, 0x80, 0xff]))
+    for at in sorted(_header_bytes(lengths) | {end - 1}):
+        other = bytearray(buf)
+        other[at] ^= flip
+        reads.append(other)
+    other = bytearray(buf)
+    for at, value in data.draw(st.lists(st.tuples(st.integers(0, end - 1), st.integers(0, 255)), max_size=3)):
+        other[at] = value
+    reads.append(other)
+    for other in reads:
+        assert (client[0](other) == client[1]) == (old_client(other) == old_client(buf))
+        if shape:
+            unpack, headers = shape[0], shape[1]
+            vals, old_vals = unpack(other), old(other)
+            assert (vals == headers) == (old_vals == old_headers)
+            if head:
+                assert (vals[:-1] == headers[:-1]) == (old_vals[:-1] == old_headers[:-1])
+                assert vals[-1] is old_vals[-1]
+
+
+def _header_bytes(lengths):
+    at, heads = 0, set()
+    for length in lengths:
+        heads.update(range(at, at + 5))
+        at += 1 + length
+    return heads
+
+
+def test_the_extended_reply_s_layout_is_eight_small_fields():
+    """pgbench -M extended's reply (ParseComplete, BindComplete, RowDescription, DataRow,
+    CommandComplete, ReadyForQuery) is checked with eight fields, not thirteen: the three
+    headers in a row one bytes field, the other headers' ints the interpreter's small ints
+    (cached: no allocation, compared by identity), the status a one-byte bytes."""
+    from odyssey_gevent import relay as relay_mod
+    reply = bytearray(be_write.parse_complete() + be_write.bind_complete()
+                      + be_write.row_description([("abalance", 23)])
+                      + be_write.data_row([b"-4711"]) + _reply(b"T"))
+    shape = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
+    headers = shape[0](reply)
+    assert len(headers) == 8 and headers[-1] == b"T" and shape[1][-1] == b"I"
+    assert headers[0] == bytes(reply[:15])
+    assert all(v is int(str(v)) for v in headers[1:-1])
+
+
 # ----------------------------------------------------------------------------------------------
 # the reply walk's inline copy of Conversation.receive's common case (a ReadyForQuery)
 
