@@ -758,7 +758,6 @@ class Relay:
                     return
                 raise ClientGone(Status.ECLIENT_READ, "client closed the connection")
             end = start + n
-            reason = None
             first = buf[0]              # once: indexing a bytearray is not specialized
             # `alone`: the common request, one whole simple Query alone in the buffer with a
             # server attached and no prepared-statement layer, is relayed as the queued hand-over relays
@@ -768,13 +767,15 @@ class Relay:
             # the prepared layer) are not made again. The same for a request of whole messages
             # laid out as one seen before (_C_SHAPES): then `alone` holds its layout (the types
             # to tell, the batch's effect). The lone Query's length is read through the buffer's
-            # standing view of it (_Buf.head, against _Q_HEAD: no unpack_from call)
-            alone = False
+            # standing view of it (_Buf.head, against _Q_HEAD: no unpack_from call).
+            # `alone` and `reason` are set in each branch that reaches the send below, not
+            # before the branches: the queued request (c50's common case) returns first
             if client.server is None:
                 # attach at once only for a whole header of a message that needs a server, with
                 # nothing of an earlier message pending; the coroutine decides everything else
                 # (c_skip alone: c_drop is set only with c_skip, see _client_data)
                 if self.c_skip or end < 5 or _C_NOT_FIRST[first]:
+                    alone = False
                     if first == _C_TERMINATE and end == 5 and not self.c_skip \
                             and _unpack_len(buf, 1)[0] == 4:
                         # a lone Terminate without a server (how a session usually ends): its
@@ -794,50 +795,7 @@ class Relay:
                     # wait, see hand_flags; the frontend loaded only for attach_now or ready_now)
                     route = client.route
                     idle = route.idle
-                    if not idle:
-                        server = None
-                    elif not self.hand_plain:
-                        server = self.fe.attach_now()
-                    else:
-                        # (Route.plain: one thread, nothing paused and the route not obsolete, one
-                        # test for four without the router's load; an obsolete route's idle
-                        # server is attach_now's, which takes it the same)
-                        if not route.plain:
-                            server = self.fe.attach_now()
-                        else:
-                            # the server taken, then tested: idle[-1] (a negative index) is a
-                            # subscript 3.11 does not specialize; an offline one goes back where it
-                            # was, for attach_now
-                            server = idle.pop()
-                            if server.offline:
-                                idle.append(server)
-                                server = self.fe.attach_now()
-                            else:
-                                server.state = _S_ACTIVE
-                                route.active.add(server)
-                                server.client = client
-                                client.server = server
-                                client.state = _C_ACTIVE
-                                route.stats.count_server_assignment += 1
-                                sio = server.io
-                                if sio is None or sio._tls:
-                                    server = self.fe.ready_now(server)
-                                else:
-                                    # pool_attach_check: a server pooled with its watcher started
-                                    # (its reader the instance) has something to say if the loop's
-                                    # last poll found it readable and its callback has not run yet
-                                    # (ran: idle_readable took it out of the pool); no poll() of our
-                                    # own (server.attach_check_failed, which says why)
-                                    if self.hand_check and (
-                                            sio.sock._read_event.pending if server.reader is self.instance
-                                            else sio.readable_now()):
-                                        server = False
-                                    elif self.hand_deploy:
-                                        todo = client.deploy_list
-                                        if (todo is None or server.deployed is not todo) \
-                                                and _deploy_needed(client, server):
-                                            server = False
-                    if server is None:      # no idle server: queued in the hub, or the coroutine
+                    if not idle:            # no idle server: queued in the hub, or the coroutine
                         # the held request's first byte, read above, for the hand-over's lone-Query
                         # check (a slot's load there, where buf[0] is a bytearray subscript 3.11
                         # does not specialize; nothing reads the client while it is queued)
@@ -860,14 +818,13 @@ class Relay:
                         # queues does not make)
                         waiter = client.waiter
                         if waiter is not None and waiter.callback is self.on_handed:
-                            # (`idle` is route.idle, a list never replaced: read above)
                             # (Route.plain: one thread, nothing paused and the route not obsolete,
                             # one test for four without the router's load; an obsolete route's
                             # client is queue_now's, which queues it the same)
                             # (Route.queue_at: the pool size of a full pool queue_now queues for,
                             # a count never reached for an unlimited pool, a shared pool or
                             # NOTICEs, which are queue_now's)
-                            if route.plain and len(route.active) >= route.queue_at and not idle:
+                            if route.plain and len(route.active) >= route.queue_at:
                                 waiter.server = None
                                 waiter.since = _monotonic()
                                 route.waiters.append(waiter)
@@ -884,36 +841,89 @@ class Relay:
                         server = self.fe.queue_now(client, handed, self.loop, self.ident)
                         if server is not None:  # False: the usual attach; else a new server to connect
                             reason = (end, None if server is False else server)
+                            alone = False
                         else:
                             self.c_len = end
                             self.queued = True  # the watcher stays started: see below
                             if self.q_timeout:
                                 self._start_q_timer()
                             return
-                    elif server is False:
-                        self._keep(buf)
-                        reason = (end, client.server)
                     else:
-                        if self.prepared is not None:
-                            server.proto.exact = True
-                        elif not start:
-                            if first == _C_QUERY and end <= _Q_END and buf.head[0] == _Q_HEAD[end]:
-                                alone = True
+                        if not self.hand_plain:
+                            server = self.fe.attach_now()
+                        else:
+                            # (Route.plain: one thread, nothing paused and the route not obsolete, one
+                            # test for four without the router's load; an obsolete route's idle
+                            # server is attach_now's, which takes it the same)
+                            if not route.plain:
+                                server = self.fe.attach_now()
                             else:
-                                try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
-                                    shape = _C_SHAPES[end]
-                                except KeyError:
-                                    shape = None
-                                if shape and shape[0](buf) == shape[1]:     # (the unpack at offset 0, its default)
-                                    alone = shape
-                        # the server's watcher, started with its callback unless pooled with it
-                        # started (Server.reader the instance): no start() per transaction (no
-                        # local for it: the start is the rare case, a store and a slot each time)
-                        self.s_watch = server.io.sock._read_event
-                        if server.reader is not self.instance:
-                            self.s_watch.start(server.on_read or _on_read(server))
-                        server.reader = self
+                                # the server taken, then tested: idle[-1] (a negative index) is a
+                                # subscript 3.11 does not specialize; an offline one goes back where it
+                                # was, for attach_now
+                                server = idle.pop()
+                                if server.offline:
+                                    idle.append(server)
+                                    server = self.fe.attach_now()
+                                else:
+                                    server.state = _S_ACTIVE
+                                    route.active.add(server)
+                                    server.client = client
+                                    client.server = server
+                                    client.state = _C_ACTIVE
+                                    route.stats.count_server_assignment += 1
+                                    sio = server.io
+                                    if sio is None or sio._tls:
+                                        server = self.fe.ready_now(server)
+                                    else:
+                                        # pool_attach_check: a server pooled with its watcher started
+                                        # (its reader the instance) has something to say if the loop's
+                                        # last poll found it readable and its callback has not run yet
+                                        # (ran: idle_readable took it out of the pool); no poll() of our
+                                        # own (server.attach_check_failed, which says why)
+                                        if self.hand_check and (
+                                                sio.sock._read_event.pending if server.reader is self.instance
+                                                else sio.readable_now()):
+                                            server = False
+                                        elif self.hand_deploy:
+                                            todo = client.deploy_list
+                                            if (todo is None or server.deployed is not todo) \
+                                                    and _deploy_needed(client, server):
+                                                server = False
+                        if server is None:      # nothing taken (attach_now's): queue_now's, or the coroutine
+                            reason = self._queue_now(client, buf, first, end)
+                            if reason is None:
+                                return          # queued (see "the fast path's queued attach" below)
+                            alone = False
+                        elif server is False:
+                            self._keep(buf)
+                            reason = (end, client.server)
+                            alone = False
+                        else:
+                            reason = None
+                            alone = False
+                            if self.prepared is not None:
+                                server.proto.exact = True
+                            elif not start:
+                                if first == _C_QUERY and end <= _Q_END and buf.head[0] == _Q_HEAD[end]:
+                                    alone = True
+                                else:
+                                    try:        # (a subscript, not .get(): a missing length is rare, see _C_SHAPES)
+                                        shape = _C_SHAPES[end]
+                                    except KeyError:
+                                        shape = None
+                                    if shape and shape[0](buf) == shape[1]:     # (the unpack at offset 0, its default)
+                                        alone = shape
+                            # the server's watcher, started with its callback unless pooled with it
+                            # started (Server.reader the instance): no start() per transaction (no
+                            # local for it: the start is the rare case, a store and a slot each time)
+                            self.s_watch = server.io.sock._read_event
+                            if server.reader is not self.instance:
+                                self.s_watch.start(server.on_read or _on_read(server))
+                            server.reader = self
             elif not start and self.prepared is None and not self.c_skip and end >= 5:
+                reason = None
+                alone = False
                 server = client.server      # (the attach above leaves it so: see below)
                 if first == _C_QUERY and end <= _Q_END and buf.head[0] == _Q_HEAD[end]:
                     alone = True
@@ -924,6 +934,9 @@ class Relay:
                         shape = None
                     if shape and shape[0](buf) == shape[1]:     # (the unpack at offset 0, its default)
                         alone = shape
+            else:
+                reason = None
+                alone = False
             if alone is not False:     # (an identity test: no PyObject_IsTrue of a layout)
                 # relayed as the queued hand-over (_on_handed) relays it, both inline (once per
                 # transaction, where a shared frame would cost more than the copies):
@@ -1029,6 +1042,27 @@ class Relay:
             free = self.free
             self.c_buf = buf
             free.scratch = free.pop() if free else _new_buf()
+
+    def _queue_now(self, client, buf, first: int, end: int):
+        """The client callback's queueing where attach_now took no server from a route whose
+        idle list is not empty (offline servers, a paused route, more workers: rare; the
+        callback's inline copy of queue_now's common case is only for a route with no idle
+        server): the held request kept and router.queue_now asked, as the callback asks it.
+        None: queued (the callback returns); else the reason to switch into the coroutine with
+        (a frame here, not a second copy in the callback's frame)."""
+        self.c_first = first
+        self._keep(buf)
+        handed = self.on_handed
+        if handed is _NO_HAND_OVER:
+            handed = self.on_handed = self._on_handed
+        server = self.fe.queue_now(client, handed, self.loop, self.ident)
+        if server is not None:  # False: the usual attach; else a new server to connect
+            return (end, None if server is False else server)
+        self.c_len = end
+        self.queued = True      # the watcher stays started: see below
+        if self.q_timeout:
+            self._start_q_timer()
+        return None
 
     # -- the fast path's queued attach ----------------------------------------------------------
     # No idle server: the client is queued (router.queue_now) with a callback wake-up, its
@@ -1444,7 +1478,7 @@ class Relay:
         grow = 0
         # c_drop is set only with c_skip (a stray message's rest, below) and cleared where that
         # rest ends (pos <= end), so it is never set where c_skip is 0: the client callback tests
-        # c_skip alone for both (test_relay_fast keeps the two in step)
+        # c_skip alone for both (test_relay: a stray message cut anywhere)
         if self.c_drop:         # the rest of a stray message is swallowed, not forwarded
             seg = pos if pos < end else end
             if pos <= end:
