@@ -1715,10 +1715,175 @@ class Relay:
             out = None              # set when a message is dropped or replaced, or answers are added
             seg = 0                 # start of the bytes not yet put in `out`
             pos = self.s_skip
-            # (a truth test of pos first: its common case, 0, costs no compare; s_drop is never
-            # set where s_skip is 0, so a read that starts at a message does not test it: it is
-            # tested where the rest of one is skipped, below)
-            if pos and pos >= end:
+            # a read that starts at a message (pos 0, the common case), one that the rest of a
+            # message fills (pos >= end), one that ends it (below): one truth test of pos for
+            # the common case (the jump is long: a compare would stay generic), where a test of
+            # the skip's end before it cost a second; s_drop is never set where s_skip is 0, so
+            # a read that starts at a message does not test it. The layout tables (_S_SHAPES,
+            # or _S_SHAPES_PREPARED for a relay with the prepared-statement layer) are the
+            # relay's (s_shapes); the walk's tables are read where it walks (below): a layout's
+            # read needs none
+            if not pos:
+                if proto.output is not None:    # answers the pooler gives itself, due before the next message
+                    out = _splice(out, buf, seg, pos, proto.take_output())
+                    seg = pos
+                # whole messages up to the first the walk reads whole (ReadyForQuery,
+                # ParameterStatus; with prepared statements CommandComplete, ErrorResponse)
+                # laid out as a read seen before (_S_SHAPES): one unpack of their headers
+                # and a tuple compare, and the Conversation told the same types as the walk
+                # would tell it, with the same handling; the walk goes on from there
+                # (a subscript, not .get(): a missing length is rare, as _SEEN and _NEVER
+                # are kept too, and a method call costs more than the specialized
+                # subscript; the unpack at offset 0, its default)
+                try:
+                    shape = self.s_shapes[end]
+                except KeyError:
+                    shape = None
+                if shape:       # (_SEEN and _NEVER are falsy)
+                    # one unpack of the entry (a subscript each costs more), before the
+                    # check (pos is put back where the layout does not hold). pos: where
+                    # the walk goes on; head: the read's last message a ReadyForQuery whose
+                    # header and status byte the layout checked: not read again. The layout
+                    # holds the idle status (status: _TX_IDLE, the common case, without a
+                    # bytearray subscript, which 3.11 does not specialize); a read that
+                    # differs from it in that byte alone (in a transaction, failed) is the
+                    # same layout with the status it unpacked (a one-byte bytes: the
+                    # interpreter's cached object, as _BYTE's)
+                    unpack, headers, told, pos, pops, head, whole, status = shape
+                    if (vals := unpack(buf)) == headers or \
+                            head and vals[:-1] == headers[:-1] and (status := vals[-1]):
+                        if whole is not None and proto.batch is whole and proto.phase == _BUSY_PHASE \
+                                and len(queue := proto.queue) == len(whole):
+                            # told whole (once per extended transaction): the read's told
+                            # messages are all completions and it ends with a ReadyForQuery, and
+                            # the queue holds exactly their plain requests and a plain Sync (the
+                            # layout's `whole`), BUSY: every completion is receive's common case
+                            # (the copy below pops each), the ReadyForQuery the head branch's, so
+                            # the queue is emptied at once and the head branch tells the
+                            # ReadyForQuery without its queue tests (_HEAD_TOLD). The queue is
+                            # known to hold `whole` without a tuple of it (about 1,070
+                            # instructions with the compare): Conversation.batch, the batch
+                            # send_many (or the callbacks' copy) added last, is `whole` itself
+                            # (the same object: kiwi's shared_entries), the queue a tail of what
+                            # it held before and the batch, so the batch where the lengths are equal
+                            # (test_relay keeps the paths in step)
+                            queue.clear()
+                            head = _HEAD_TOLD
+                        elif told is not None:    # (None, not (): an identity test)
+                            # the plain completions of the plain requests at the head first, as
+                            # Conversation.receive_completions tells them (receive's common case:
+                            # FORWARD, nothing due; inline, once per extended transaction, where
+                            # its frame costs more than this copy: test_relay keeps the two in
+                            # step): each while it answers the plain request at the head (kiwi's
+                            # _POPS; a Request never equals an int) with a plain entry or nothing
+                            # after it; the rest one by one as the walk tells them
+                            queue = proto.queue
+                            k = 0
+                            for t in pops:
+                                if not queue:
+                                    break
+                                entry = queue.popleft()
+                                if entry != _POPS[t] or queue and queue[0].__class__ is not int:
+                                    queue.appendleft(entry)
+                                    break
+                                k += 1
+                            if k:
+                                told = told[k:]
+                            for t, at, msg_end in told:
+                                action = proto.receive(t)
+                                if proto.broken is not None:
+                                    self._miscounted(server)
+                                if action != 0:     # (only the prepared layer's requests do this)
+                                    if out is None:
+                                        out = []
+                                    if at > seg:
+                                        out.append(memoryview(buf)[seg:at])
+                                    if action == REPLACE:
+                                        out.append(proto.replacement)
+                                    seg = msg_end
+                                if proto.output is not None:
+                                    out = _splice(out, buf, seg, msg_end, proto.take_output())
+                                    seg = msg_end
+                        if head:
+                            # the read's last message a ReadyForQuery whose header the layout
+                            # checked (pos is end - 6): told here, in the layout's branch (no
+                            # `head` set and tested on every read), as the walk's loop below
+                            # tells a whole one, without its tests of the type (a copy of its
+                            # _SK_READY branch and of what follows it for a whole message: once
+                            # per transaction, where those tests cost about 40 bytecodes;
+                            # test_relay keeps the copies in step). receive's answer, where
+                            # receive tells it, is acted on by _ready_received at once: the
+                            # stats below do not read `out`, and the common cases, where the
+                            # answer is FORWARD, need no `action` set and tested (status: the
+                            # layout's, checked with it, see above)
+                            if head is _HEAD_TOLD:      # the queue's Sync popped with the completions (above)
+                                proto.syncs -= 1
+                                proto.replies += 1
+                                proto.tx_status = status
+                                if proto.syncs == 0 and not proto.unsynced:
+                                    proto.phase = _READY_PHASE
+                                    settled = True      # (the queue emptied above)
+                            elif len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
+                                entry = queue.pop()
+                                if entry == _C_QUERY or entry == _C_SYNC or \
+                                        entry.__class__ is int and entry & 0xFF == _C_SYNC:
+                                    proto.syncs -= 1
+                                    proto.replies += 1
+                                    proto.tx_status = status
+                                    if proto.syncs == 0 and not proto.unsynced:
+                                        proto.phase = _READY_PHASE
+                                        settled = True  # (its lone entry popped)
+                                else:
+                                    queue.append(entry)
+                                    out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
+                            else:
+                                out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
+                            stats = self.stats
+                            stats.count_query += 1
+                            q0 = self.q_start
+                            if q0 is not None:
+                                now = _monotonic()
+                                # (monotonic: never negative, so no test; the difference not kept in a local: the
+                                # sketch, rarely on, takes it again)
+                                stats.query_time += now - q0
+                                if stats.query_sketch is not None:
+                                    stats.query_sketch.add((now - q0) * 1e6)
+                                self.q_start = None if settled or not proto.syncs else now
+                            txs = proto.tx_status
+                            if txs is _TX_IDLE or txs == _TX_IDLE:
+                                stats.count_tx += 1
+                                t0 = self.tx_start
+                                if t0 is not None:
+                                    if q0 is not None:
+                                        stats.tx_time += now - t0
+                                        if stats.tx_sketch is not None:
+                                            stats.tx_sketch.add((now - t0) * 1e6)
+                                    self.tx_start = None if settled or q0 is None or not proto.syncs else now
+                            if not settled:     # (settled: the detach below runs in this call)
+                                self.s_ready = True
+                            if proto.broken is not None:
+                                self._miscounted(server)
+                            if proto.output is not None:
+                                out = _splice(out, buf, seg, end, proto.take_output())
+                                seg = end
+                            pos = end
+                    else:       # laid out otherwise: this length is walked from now on
+                        pos = 0
+                        self.s_shapes[end] = _NEVER
+                elif shape is not _NEVER:
+                    # (see _C_SHAPES) learnt here, before the walk, not after it: the layout
+                    # depends on the bytes alone, and no `learn` local and its tests on every
+                    # read. A read the walk refuses (a length under 4) is never laid out
+                    # (_server_shape: _NEVER)
+                    shapes = self.s_shapes
+                    if shape is _SEEN:
+                        kinds = _S_KIND if self.prepared is None else _S_KIND_PREPARED
+                        shapes[end] = _server_shape(buf, end, kinds)
+                    else:
+                        if len(shapes) >= _SHAPES_MAX:
+                            shapes.clear()
+                        shapes[end] = _SEEN
+            elif pos >= end:
                 skip = self.s_skip = pos - end
                 pos = end
                 if self.s_drop:
@@ -1729,117 +1894,67 @@ class Relay:
                     out = []
                     if skip == 0:
                         self.s_drop = False     # (the swallowed message ends here)
-                # answers due after a message that ends here (the walk below splices them itself
-                # after each message that ends in the bytes it has)
+                # answers due after a message that ends here (the walk splices them itself after
+                # each message that ends in the bytes it has; it finds no header here: pos is end)
                 if skip == 0 and proto.output is not None:
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
             else:
-                # the layout tables (_S_SHAPES, or _S_SHAPES_PREPARED for a relay with the
-                # prepared-statement layer) are the relay's (s_shapes); the walk's tables are read
-                # where it walks (below): a layout's read needs none
-                if not pos:         # a truth test: the jump is long (a compare would stay generic)
-                    if proto.output is not None:    # answers the pooler gives itself, due before the next message
-                        out = _splice(out, buf, seg, pos, proto.take_output())
-                        seg = pos
-                    # whole messages up to the first the walk reads whole (ReadyForQuery,
-                    # ParameterStatus; with prepared statements CommandComplete, ErrorResponse)
-                    # laid out as a read seen before (_S_SHAPES): one unpack of their headers
-                    # and a tuple compare, and the Conversation told the same types as the walk
-                    # would tell it, with the same handling; the walk goes on from there
-                    # (a subscript, not .get(): a missing length is rare, as _SEEN and _NEVER
-                    # are kept too, and a method call costs more than the specialized
-                    # subscript; the unpack at offset 0, its default)
-                    try:
-                        shape = self.s_shapes[end]
-                    except KeyError:
-                        shape = None
-                    if shape:       # (_SEEN and _NEVER are falsy)
-                        # one unpack of the entry (a subscript each costs more), before the
-                        # check (pos is put back where the layout does not hold). pos: where
-                        # the walk goes on; head: the read's last message a ReadyForQuery whose
-                        # header and status byte the layout checked: not read again. The layout
-                        # holds the idle status (status: _TX_IDLE, the common case, without a
-                        # bytearray subscript, which 3.11 does not specialize); a read that
-                        # differs from it in that byte alone (in a transaction, failed) is the
-                        # same layout with the status it unpacked (a one-byte bytes: the
-                        # interpreter's cached object, as _BYTE's)
-                        unpack, headers, told, pos, pops, head, whole, status = shape
-                        if (vals := unpack(buf)) == headers or \
-                                head and vals[:-1] == headers[:-1] and (status := vals[-1]):
-                            if whole is not None and proto.batch is whole and proto.phase == _BUSY_PHASE \
-                                    and len(queue := proto.queue) == len(whole):
-                                # told whole (once per extended transaction): the read's told
-                                # messages are all completions and it ends with a ReadyForQuery, and
-                                # the queue holds exactly their plain requests and a plain Sync (the
-                                # layout's `whole`), BUSY: every completion is receive's common case
-                                # (the copy below pops each), the ReadyForQuery the head branch's, so
-                                # the queue is emptied at once and the head branch tells the
-                                # ReadyForQuery without its queue tests (_HEAD_TOLD). The queue is
-                                # known to hold `whole` without a tuple of it (about 1,070
-                                # instructions with the compare): Conversation.batch, the batch
-                                # send_many (or the callbacks' copy) added last, is `whole` itself
-                                # (the same object: kiwi's shared_entries), the queue a tail of what
-                                # it held before and the batch, so the batch where the lengths are equal
-                                # (test_relay keeps the paths in step)
-                                queue.clear()
-                                head = _HEAD_TOLD
-                            elif told is not None:    # (None, not (): an identity test)
-                                # the plain completions of the plain requests at the head first, as
-                                # Conversation.receive_completions tells them (receive's common case:
-                                # FORWARD, nothing due; inline, once per extended transaction, where
-                                # its frame costs more than this copy: test_relay keeps the two in
-                                # step): each while it answers the plain request at the head (kiwi's
-                                # _POPS; a Request never equals an int) with a plain entry or nothing
-                                # after it; the rest one by one as the walk tells them
+                # the rest of a message the read before ended in (skipped): nothing laid out
+                self.s_skip = 0
+                if self.s_drop:
+                    seg = pos
+                    out = []        # (the swallowed rest not written: see above)
+                    self.s_drop = False
+                if proto.output is not None:    # answers the pooler gives itself, due before the next message
+                    out = _splice(out, buf, seg, pos, proto.take_output())
+                    seg = pos
+            # the walk, its loop turned so that a header read with the layout (see above) is not read
+            # again: each message's header is read at the end of the one before
+            if pos > end - 5:   # no whole header left to walk (a layout's read: its common case)
+                # (the walk under `else`: 3.11 specializes a compare only where a short jump
+                # follows it, and a jump over the walk is long: `pos <= end - 5` with the walk
+                # as its body stayed a generic int compare, once per read)
+                pass
+            else:
+                prepared = self.prepared
+                last = end - 5      # the last position a whole header starts at
+                if prepared is None:
+                    interest, kinds = _S_INTEREST, _S_KIND
+                else:
+                    interest, kinds = _S_INTEREST_PREPARED, _S_KIND_PREPARED
+                t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
+                while True:
+                    if length < 4:
+                        raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
+                    msg_end = pos + 1 + length
+                    if interest[t]:
+                        kind = kinds[t]
+                        if kind == _SK_TELL:
+                            action = proto.receive(t)
+                        else:
+                            if msg_end > end:                       # wanted whole
+                                if 1 + length <= len(buf):
+                                    break          # hold it back until whole
+                                if kind != _SK_WHOLE:
+                                    raise ServerError(Status.ESERVER_READ, "server message too long")
+                            # `is`: the kinds are small ints (one object each), and an identity
+                            # test needs no specialization, which a comparison followed by the
+                            # long jump over this branch would not get
+                            if kind is _SK_READY:
+                                # (the branch for a layout's last ReadyForQuery above has a
+                                # copy of this one)
+                                status = _BYTE[buf[msg_end - 1]]
+                                # Conversation.receive's common case inline (once per
+                                # transaction, where its frame costs more than this copy;
+                                # test_relay_fast keeps the two in step): the last request
+                                # owed, a plain Query or Sync, answered by a BUSY server;
+                                # anything else is receive's
                                 queue = proto.queue
-                                k = 0
-                                for t in pops:
-                                    if not queue:
-                                        break
-                                    entry = queue.popleft()
-                                    if entry != _POPS[t] or queue and queue[0].__class__ is not int:
-                                        queue.appendleft(entry)
-                                        break
-                                    k += 1
-                                if k:
-                                    told = told[k:]
-                                for t, at, msg_end in told:
-                                    action = proto.receive(t)
-                                    if proto.broken is not None:
-                                        self._miscounted(server)
-                                    if action != 0:     # (only the prepared layer's requests do this)
-                                        if out is None:
-                                            out = []
-                                        if at > seg:
-                                            out.append(memoryview(buf)[seg:at])
-                                        if action == REPLACE:
-                                            out.append(proto.replacement)
-                                        seg = msg_end
-                                    if proto.output is not None:
-                                        out = _splice(out, buf, seg, msg_end, proto.take_output())
-                                        seg = msg_end
-                            if head:
-                                # the read's last message a ReadyForQuery whose header the layout
-                                # checked (pos is end - 6): told here, in the layout's branch (no
-                                # `head` set and tested on every read), as the walk's loop below
-                                # tells a whole one, without its tests of the type (a copy of its
-                                # _SK_READY branch and of what follows it for a whole message: once
-                                # per transaction, where those tests cost about 40 bytecodes;
-                                # test_relay keeps the copies in step). receive's answer, where
-                                # receive tells it, is acted on by _ready_received at once: the
-                                # stats below do not read `out`, and the common cases, where the
-                                # answer is FORWARD, need no `action` set and tested (status: the
-                                # layout's, checked with it, see above)
-                                if head is _HEAD_TOLD:      # the queue's Sync popped with the completions (above)
-                                    proto.syncs -= 1
-                                    proto.replies += 1
-                                    proto.tx_status = status
-                                    if proto.syncs == 0 and not proto.unsynced:
-                                        proto.phase = _READY_PHASE
-                                        settled = True      # (the queue emptied above)
-                                elif len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
+                                if len(queue) == 1 and proto.phase == _BUSY_PHASE:
                                     entry = queue.pop()
+                                    # (a Request never equals an int; a Sync after an
+                                    # Execute is flagged in exact mode)
                                     if entry == _C_QUERY or entry == _C_SYNC or \
                                             entry.__class__ is int and entry & 0xFF == _C_SYNC:
                                         proto.syncs -= 1
@@ -1847,185 +1962,71 @@ class Relay:
                                         proto.tx_status = status
                                         if proto.syncs == 0 and not proto.unsynced:
                                             proto.phase = _READY_PHASE
-                                            settled = True  # (its lone entry popped)
+                                        action = 0
                                     else:
                                         queue.append(entry)
-                                        out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
+                                        action = proto.receive(t, status)
                                 else:
-                                    out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
+                                    action = proto.receive(t, status)
                                 stats = self.stats
                                 stats.count_query += 1
                                 q0 = self.q_start
-                                if q0 is not None:
+                                if q0 is not None:              # seconds; a pipelined next request runs from now
                                     now = _monotonic()
-                                    elapsed = now - q0          # (monotonic: never negative, so no test)
-                                    stats.query_time += elapsed
+                                    # (monotonic: never negative, so no test; the difference not kept in a local: the
+                                    # sketch, rarely on, takes it again)
+                                    stats.query_time += now - q0
                                     if stats.query_sketch is not None:
-                                        stats.query_sketch.add(elapsed * 1e6)
-                                    self.q_start = None if settled or not proto.syncs else now
+                                        stats.query_sketch.add((now - q0) * 1e6)
+                                    self.q_start = now if proto.syncs else None
                                 txs = proto.tx_status
                                 if txs is _TX_IDLE or txs == _TX_IDLE:
                                     stats.count_tx += 1
                                     t0 = self.tx_start
                                     if t0 is not None:
                                         if q0 is not None:
-                                            elapsed = now - t0
-                                            stats.tx_time += elapsed
+                                            stats.tx_time += now - t0
                                             if stats.tx_sketch is not None:
-                                                stats.tx_sketch.add(elapsed * 1e6)
-                                        self.tx_start = None if settled or q0 is None or not proto.syncs else now
-                                if not settled:     # (settled: the detach below runs in this call)
-                                    self.s_ready = True
-                                if proto.broken is not None:
-                                    self._miscounted(server)
-                                if proto.output is not None:
-                                    out = _splice(out, buf, seg, end, proto.take_output())
-                                    seg = end
-                                pos = end
-                        else:       # laid out otherwise: this length is walked from now on
-                            pos = 0
-                            self.s_shapes[end] = _NEVER
-                    elif shape is not _NEVER:
-                        # (see _C_SHAPES) learnt here, before the walk, not after it: the layout
-                        # depends on the bytes alone, and no `learn` local and its tests on every
-                        # read. A read the walk refuses (a length under 4) is never laid out
-                        # (_server_shape: _NEVER)
-                        shapes = self.s_shapes
-                        if shape is _SEEN:
-                            kinds = _S_KIND if self.prepared is None else _S_KIND_PREPARED
-                            shapes[end] = _server_shape(buf, end, kinds)
-                        else:
-                            if len(shapes) >= _SHAPES_MAX:
-                                shapes.clear()
-                            shapes[end] = _SEEN
-                else:
-                    # the rest of a message the read before ended in (skipped): nothing laid out
-                    self.s_skip = 0
-                    if self.s_drop:
-                        seg = pos
-                        out = []        # (the swallowed rest not written: see above)
-                        self.s_drop = False
-                    if proto.output is not None:    # answers the pooler gives itself, due before the next message
-                        out = _splice(out, buf, seg, pos, proto.take_output())
-                        seg = pos
-                # the walk, its loop turned so that a header read with the layout (see above) is not read
-                # again: each message's header is read at the end of the one before
-                if pos > end - 5:   # no whole header left to walk (a layout's read: its common case)
-                    # (the walk under `else`: 3.11 specializes a compare only where a short jump
-                    # follows it, and a jump over the walk is long: `pos <= end - 5` with the walk
-                    # as its body stayed a generic int compare, once per read)
-                    pass
-                else:
-                    prepared = self.prepared
-                    last = end - 5      # the last position a whole header starts at
-                    if prepared is None:
-                        interest, kinds = _S_INTEREST, _S_KIND
-                    else:
-                        interest, kinds = _S_INTEREST_PREPARED, _S_KIND_PREPARED
-                    t, length = _unpack_head(buf, pos)     # one call: indexing a bytearray is not specialized
-                    while True:
-                        if length < 4:
-                            raise ServerError(Status.ESERVER_READ, f"invalid message length {length} from server")
-                        msg_end = pos + 1 + length
-                        if interest[t]:
-                            kind = kinds[t]
-                            if kind == _SK_TELL:
-                                action = proto.receive(t)
+                                                stats.tx_sketch.add((now - t0) * 1e6)
+                                        self.tx_start = now if q0 is not None and proto.syncs else None
+                                self.s_ready = True
                             else:
-                                if msg_end > end:                       # wanted whole
-                                    if 1 + length <= len(buf):
-                                        break          # hold it back until whole
-                                    if kind != _SK_WHOLE:
-                                        raise ServerError(Status.ESERVER_READ, "server message too long")
-                                # `is`: the kinds are small ints (one object each), and an identity
-                                # test needs no specialization, which a comparison followed by the
-                                # long jump over this branch would not get
-                                if kind is _SK_READY:
-                                    # (the branch for a layout's last ReadyForQuery above has a
-                                    # copy of this one)
-                                    status = _BYTE[buf[msg_end - 1]]
-                                    # Conversation.receive's common case inline (once per
-                                    # transaction, where its frame costs more than this copy;
-                                    # test_relay_fast keeps the two in step): the last request
-                                    # owed, a plain Query or Sync, answered by a BUSY server;
-                                    # anything else is receive's
-                                    queue = proto.queue
-                                    if len(queue) == 1 and proto.phase == _BUSY_PHASE:
-                                        entry = queue.pop()
-                                        # (a Request never equals an int; a Sync after an
-                                        # Execute is flagged in exact mode)
-                                        if entry == _C_QUERY or entry == _C_SYNC or \
-                                                entry.__class__ is int and entry & 0xFF == _C_SYNC:
-                                            proto.syncs -= 1
-                                            proto.replies += 1
-                                            proto.tx_status = status
-                                            if proto.syncs == 0 and not proto.unsynced:
-                                                proto.phase = _READY_PHASE
-                                            action = 0
-                                        else:
-                                            queue.append(entry)
-                                            action = proto.receive(t, status)
+                                action = proto.receive(t)
+                                if kind == _SK_PARAM:
+                                    self._parameter_status(server, buf, pos + 5, msg_end)
+                                elif msg_end <= end:        # _SK_WHOLE: prepared statements
+                                    if t == _S_COMPLETE:
+                                        if length in (16, 19):
+                                            prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
                                     else:
-                                        action = proto.receive(t, status)
-                                    stats = self.stats
-                                    stats.count_query += 1
-                                    q0 = self.q_start
-                                    if q0 is not None:              # seconds; a pipelined next request runs from now
-                                        now = _monotonic()
-                                        elapsed = now - q0          # (monotonic: never negative, so no test)
-                                        stats.query_time += elapsed
-                                        if stats.query_sketch is not None:
-                                            stats.query_sketch.add(elapsed * 1e6)
-                                        self.q_start = now if proto.syncs else None
-                                    txs = proto.tx_status
-                                    if txs is _TX_IDLE or txs == _TX_IDLE:
-                                        stats.count_tx += 1
-                                        t0 = self.tx_start
-                                        if t0 is not None:
-                                            if q0 is not None:
-                                                elapsed = now - t0
-                                                stats.tx_time += elapsed
-                                                if stats.tx_sketch is not None:
-                                                    stats.tx_sketch.add(elapsed * 1e6)
-                                            self.tx_start = now if q0 is not None and proto.syncs else None
-                                    self.s_ready = True
-                                else:
-                                    action = proto.receive(t)
-                                    if kind == _SK_PARAM:
-                                        self._parameter_status(server, buf, pos + 5, msg_end)
-                                    elif msg_end <= end:        # _SK_WHOLE: prepared statements
-                                        if t == _S_COMPLETE:
-                                            if length in (16, 19):
-                                                prepared.command_complete(server, bytes(buf[pos + 5:msg_end - 1]))
-                                        else:
-                                            self._server_error(server, buf, pos + 5, msg_end)
-                            if proto.broken is not None:
-                                self._miscounted(server)
-                            if action != 0:         # not FORWARD (an int compared: specialized)
-                                if out is None:
-                                    out = []
-                                if pos > seg:
-                                    out.append(memoryview(buf)[seg:pos])
-                                if action == REPLACE:
-                                    out.append(proto.replacement)
-                                if msg_end > end:
-                                    self.s_skip = msg_end - end
-                                    self.s_drop = True
-                                    seg = pos = end
-                                    break
-                                seg = msg_end
-                            # answers the pooler gives itself become due only here, after a message
-                            # it was told (a partial one's at the next message's header, above)
-                            if proto.output is not None and msg_end <= end:
-                                out = _splice(out, buf, seg, msg_end, proto.take_output())
-                                seg = msg_end
-                        pos = msg_end
-                        if pos > last:
-                            break
-                        t, length = _unpack_head(buf, pos)
-                    if pos > end:       # a message goes on past the bytes received (see _client_data)
-                        self.s_skip = pos - end
-                        pos = end
+                                        self._server_error(server, buf, pos + 5, msg_end)
+                        if proto.broken is not None:
+                            self._miscounted(server)
+                        if action != 0:         # not FORWARD (an int compared: specialized)
+                            if out is None:
+                                out = []
+                            if pos > seg:
+                                out.append(memoryview(buf)[seg:pos])
+                            if action == REPLACE:
+                                out.append(proto.replacement)
+                            if msg_end > end:
+                                self.s_skip = msg_end - end
+                                self.s_drop = True
+                                seg = pos = end
+                                break
+                            seg = msg_end
+                        # answers the pooler gives itself become due only here, after a message
+                        # it was told (a partial one's at the next message's header, above)
+                        if proto.output is not None and msg_end <= end:
+                            out = _splice(out, buf, seg, msg_end, proto.take_output())
+                            seg = msg_end
+                    pos = msg_end
+                    if pos > last:
+                        break
+                    t, length = _unpack_head(buf, pos)
+                if pos > end:       # a message goes on past the bytes received (see _client_data)
+                    self.s_skip = pos - end
+                    pos = end
             rest = end - pos
             self.s_len = rest           # before writing: a failed write must leave the state honest
             if out is None:
@@ -2073,12 +2074,15 @@ class Relay:
                     self._to_client(data)
             if rest:
                 buf[:rest] = buf[pos:end]
-                if buf is not self.s_buf:   # the scratch: now the relay's, and the thread
+                # (s_buf None: buf is the scratch; else buf is s_buf, the only buffer the callback
+                # and the coroutine read into where it is set: a load and a None test where
+                # `buf is not self.s_buf` adds a load and an identity test)
+                if self.s_buf is None:      # the scratch: now the relay's, and the thread
                     free = self.free        # takes another (see _FreeList)
                     self.s_buf = buf
                     free.scratch = free.pop() if free else _new_buf()
             else:
-                if buf is self.s_buf:
+                if self.s_buf is not None:      # (buf is s_buf: see above)
                     free = self.free
                     if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
                         free.append(buf)

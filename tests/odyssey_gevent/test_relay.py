@@ -1428,3 +1428,36 @@ def test_an_idle_ready_for_query_detaches_only_a_server_nothing_holds(in_machine
             relay_mod._S_SHAPES.clear()
 
     assert in_machine(body) == (0 if hold else 1, Phase.READY, b"I", True)
+
+
+@pytest.mark.parametrize("remembered", [False, True])
+@pytest.mark.parametrize("reply_", ["simple", "extended"])
+def test_a_ready_for_query_adds_its_query_and_transaction_times_to_the_sketches(in_machine, reply_, remembered):
+    """With the rule's quantiles on, the idle ReadyForQuery that ends a transaction adds the
+    query's time (since q_start) and the transaction's (since tx_start) to the route's two
+    sketches as it adds them to query_time and tx_time, for a reply walked and for one told by
+    its layout (each branch takes the difference again for its sketch)."""
+    from odyssey_gevent import relay as relay_mod
+    if reply_ == "simple":
+        reply = bytearray(be_write.row_description([("x", 23)]) + be_write.data_row([b"1"]) + _reply(b"I"))
+    else:
+        reply = bytearray(_ext_reply(b"I"))
+
+    def body():
+        relay_mod._S_SHAPES.clear()
+        if remembered:
+            relay_mod._S_SHAPES[len(reply)] = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
+        h = Harness("transaction", attached=True)
+        try:
+            h.server.proto = _owing("query") if reply_ == "simple" else _batch("marked")
+            stats = h.relay.stats = RouteStats(quantiles=True)
+            h.relay.tx_start, h.relay.q_start = 1.0, 2.0    # (monotonic seconds: the query started later)
+            h.relay._server_data(h.server, _sbuf(reply), len(reply))
+            q, tx = stats.query_sketch, stats.tx_sketch
+            return (stats.count_query, stats.count_tx, q.count, tx.count, stats.tx_time > stats.query_time > 0,
+                    q.sum == stats.query_time * 1e6, tx.sum == stats.tx_time * 1e6)
+        finally:
+            h.close()
+            relay_mod._S_SHAPES.clear()
+
+    assert in_machine(body) == (1, 1, 1, 1, True, True, True)
