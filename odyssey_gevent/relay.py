@@ -1155,8 +1155,11 @@ class Relay:
                         self.c_watch.start(self.on_client)
                     # (io: the server's, read above for the ready test and used for the watcher and
                     # the write, where the copy in _on_client reads server.io again)
+                    # (now: handed over by the reply walk, in that server's own read callback,
+                    # whose watcher it leaves started with its reader the instance: nothing to
+                    # start, no reader test; else as _on_client, see Server.reader)
                     self.s_watch = io.sock._read_event
-                    if server.reader is not self.instance:     # (as _on_client: see Server.reader)
+                    if now is None and server.reader is not self.instance:
                         self.s_watch.start(server.on_read or _on_read(server))
                     server.reader = self
                     buf = self.c_buf
