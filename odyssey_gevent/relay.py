@@ -800,7 +800,10 @@ class Relay:
                         # check (a slot's load there, where buf[0] is a bytearray subscript 3.11
                         # does not specialize; nothing reads the client while it is queued)
                         self.c_first = first
-                        if buf is not self.c_buf:   # _keep inline (each queued request at c50)
+                        # _keep inline (each queued request at c50); c_buf None: buf is the
+                        # scratch, read into above (the slot's None test: two bytecodes fewer
+                        # than the local's identity test with it)
+                        if self.c_buf is None:
                             free = self.free
                             self.c_buf = buf
                             free.scratch = free.pop() if free else _new_buf()
@@ -1009,7 +1012,7 @@ class Relay:
                     raise ServerError(Status.ESERVER_WRITE, e) from None
                 if proto.output is not None:
                     self._to_client(proto.take_output())
-                if buf is self.c_buf:       # not the scratch
+                if self.c_buf is not None:  # buf is it, not the scratch (see above)
                     self.c_len = 0
                     free = self.free
                     if len(buf) == BUF_SIZE and len(free) < 256:
@@ -1206,10 +1209,13 @@ class Relay:
                         # and the wait's (below), whether timed or not
                         if now is None:
                             now = _monotonic()
-                        if self.q_start is None:        # (None, not 0.0: see new_relay)
-                            self.q_start = now
-                            if self.tx_start is None:
-                                self.tx_start = now
+                        # q_start is None here: the request was queued without a server, and a
+                        # server is detached only with every reply in (the walk clears q_start at
+                        # the ReadyForQuery that leaves nothing owed) or the session ends; not
+                        # tx_start, which a transaction keeps across statement pooling's detaches
+                        self.q_start = now
+                        if self.tx_start is None:
+                            self.tx_start = now
                         # (the request: the buffer's kept view, as _on_client sends it)
                         if end == buf.cut_end:
                             data = buf.cut
@@ -1270,10 +1276,10 @@ class Relay:
                         # and the wait's (below), whether timed or not
                         if now is None:
                             now = _monotonic()
-                        if self.q_start is None:        # (None, not 0.0: see new_relay)
-                            self.q_start = now
-                            if self.tx_start is None:
-                                self.tx_start = now
+                        # (q_start is None here, not tested: see the lone Query's path)
+                        self.q_start = now
+                        if self.tx_start is None:
+                            self.tx_start = now
                         # (the request: the buffer's kept view, as _on_client sends it)
                         if end == buf.cut_end:
                             data = buf.cut

@@ -649,6 +649,7 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
         relay.walk_plain = relay.plain_walk()       # (as _park sets it for its wait)
         status = b"T" if case == "tx_in_statement" else b"I"
         server.proto.send(relay_mod._C_QUERY)
+        relay.q_start = relay.tx_start = 1.0        # (the request's and its transaction's start)
         reply = be_write.command_complete("SELECT 1") + be_write.ready_for_query(status)
         server.idle_since = 0.0
         relay._server_data(server, _sbuf(reply), len(reply))   # (a relay buffer: see relay._Buf)
@@ -667,7 +668,8 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
                 [name(id(x)) for x in route.idle], sorted(name(id(x)) for x in route.active),
                 server.idle_since > 0, server.deployed is None, name(id(other.server)), other.state,
                 len(route.waiters), [name(id(x)) for x in ran], route.stats.count_server_assignment,
-                len(instance.closed), server.reader is instance, other.waiter is not None and other.waiter.woken)
+                len(instance.closed), server.reader is instance, other.waiter is not None and other.waiter.woken,
+                relay.tx_start is not None, client.server is not None or relay.q_start is None)
     finally:
         if co is not None and not co.dead:
             co.cancel()
@@ -689,6 +691,11 @@ def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
         assert got[0] == [] and got[1] is None      # detached in the hub
     if kind == "session":
         assert got[0] == [] and got[1] == "server"  # not detached
+    # a client the walk leaves without a server has no request start (the hand-over of its next
+    # request, queued, stores q_start without a test); a transaction's start stays across
+    # statement pooling's detach (the hand-over tests tx_start)
+    assert got[-1] is True
+    assert got[-2] is (case == "tx_in_statement")
 
 
 def test_the_walks_plain_flag_needs_all_four(in_machine):
