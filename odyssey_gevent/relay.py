@@ -177,9 +177,6 @@ _C_INTEREST_PREPARED = tuple(_C_INTEREST_PREPARED)
 _C_SHAPES: dict = {}
 _S_SHAPES: dict = {}    # the same for the server's replies (see Relay._server_data) ...
 _S_SHAPES_PREPARED: dict = {}   # ... and with prepared statements (their walk tells more)
-# the reply walk's head mark (a layout's ReadyForQuery header checked) where the layout's
-# completions and that ReadyForQuery's Sync were popped together (see _server_data): truthy
-_HEAD_TOLD = 2
 _SEEN = ()          # falsy both, told apart by identity
 _NEVER = False
 _SHAPES_MAX = 1024
@@ -1768,8 +1765,8 @@ class Relay:
                             # the queue holds exactly their plain requests and a plain Sync (the
                             # layout's `whole`), BUSY: every completion is receive's common case
                             # (the copy below pops each), the ReadyForQuery the head branch's, so
-                            # the queue is emptied at once and the head branch tells the
-                            # ReadyForQuery without its queue tests (_HEAD_TOLD). The queue is
+                            # the queue is emptied at once and the ReadyForQuery told here without
+                            # the head branch's queue tests. The queue is
                             # known to hold `whole` without a tuple of it (about 1,070
                             # instructions with the compare): Conversation.batch, the batch
                             # send_many (or the callbacks' copy) added last, is `whole` itself
@@ -1777,76 +1774,83 @@ class Relay:
                             # it held before and the batch, so the batch where the lengths are equal
                             # (test_relay keeps the paths in step)
                             queue.clear()
-                            head = _HEAD_TOLD
-                        elif told is not None:    # (None, not (): an identity test)
-                            # the plain completions of the plain requests at the head first, as
-                            # Conversation.receive_completions tells them (receive's common case:
-                            # FORWARD, nothing due; inline, once per extended transaction, where
-                            # its frame costs more than this copy: test_relay keeps the two in
-                            # step): each while it answers the plain request at the head (kiwi's
-                            # _POPS; a Request never equals an int) with a plain entry or nothing
-                            # after it; the rest one by one as the walk tells them
-                            queue = proto.queue
-                            k = 0
-                            for t in pops:
-                                if not queue:
-                                    break
-                                entry = queue.popleft()
-                                if entry != _POPS[t] or queue and queue[0].__class__ is not int:
-                                    queue.appendleft(entry)
-                                    break
-                                k += 1
-                            if k:
-                                told = told[k:]
-                            for t, at, msg_end in told:
-                                action = proto.receive(t)
-                                if proto.broken is not None:
-                                    self._miscounted(server)
-                                if action != 0:     # (only the prepared layer's requests do this)
-                                    if out is None:
-                                        out = []
-                                    if at > seg:
-                                        out.append(memoryview(buf)[seg:at])
-                                    if action == REPLACE:
-                                        out.append(proto.replacement)
-                                    seg = msg_end
-                                if proto.output is not None:
-                                    out = _splice(out, buf, seg, msg_end, proto.take_output())
-                                    seg = msg_end
-                        if head:
-                            # the read's last message a ReadyForQuery whose header the layout
-                            # checked (pos is end - 6): told here, in the layout's branch (no
-                            # `head` set and tested on every read), as the walk's loop below
-                            # tells a whole one, without its tests of the type (a copy of its
-                            # _SK_READY branch and of what follows it for a whole message: once
-                            # per transaction, where those tests cost about 40 bytecodes;
-                            # test_relay keeps the copies in step). receive's answer, where
-                            # receive tells it, is acted on by _ready_received at once: the
-                            # stats below do not read `out`, and the common cases, where the
-                            # answer is FORWARD, need no `action` set and tested (status: the
-                            # layout's, checked with it, see above)
-                            if head is _HEAD_TOLD:      # the queue's Sync popped with the completions (above)
-                                proto.syncs -= 1
-                                proto.replies += 1
-                                proto.tx_status = status
-                                if proto.syncs == 0 and not proto.unsynced:
-                                    proto.phase = _READY_PHASE
-                                    settled = True      # (the queue emptied above)
-                            elif len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
-                                entry = queue.pop()
-                                if entry == _C_QUERY or entry == _C_SYNC or \
-                                        entry.__class__ is int and entry & 0xFF == _C_SYNC:
-                                    proto.syncs -= 1
-                                    proto.replies += 1
-                                    proto.tx_status = status
-                                    if proto.syncs == 0 and not proto.unsynced:
-                                        proto.phase = _READY_PHASE
-                                        settled = True  # (its lone entry popped)
+                            # its ReadyForQuery told here, without the head branch's queue tests
+                            # (the queue's Sync popped with the completions): no mark set for
+                            # the head branch to test, where the layout's `head` test below
+                            # gates the stats alone (a copy of the head branch's common case:
+                            # test_relay keeps the two in step)
+                            proto.syncs -= 1
+                            proto.replies += 1
+                            proto.tx_status = status
+                            if proto.syncs == 0 and not proto.unsynced:
+                                proto.phase = _READY_PHASE
+                                settled = True      # (the queue emptied above)
+                        else:
+                            if told is not None:    # (None, not (): an identity test)
+                                # the plain completions of the plain requests at the head first, as
+                                # Conversation.receive_completions tells them (receive's common case:
+                                # FORWARD, nothing due; inline, once per extended transaction, where
+                                # its frame costs more than this copy: test_relay keeps the two in
+                                # step): each while it answers the plain request at the head (kiwi's
+                                # _POPS; a Request never equals an int) with a plain entry or nothing
+                                # after it; the rest one by one as the walk tells them
+                                queue = proto.queue
+                                k = 0
+                                for t in pops:
+                                    if not queue:
+                                        break
+                                    entry = queue.popleft()
+                                    if entry != _POPS[t] or queue and queue[0].__class__ is not int:
+                                        queue.appendleft(entry)
+                                        break
+                                    k += 1
+                                if k:
+                                    told = told[k:]
+                                for t, at, msg_end in told:
+                                    action = proto.receive(t)
+                                    if proto.broken is not None:
+                                        self._miscounted(server)
+                                    if action != 0:     # (only the prepared layer's requests do this)
+                                        if out is None:
+                                            out = []
+                                        if at > seg:
+                                            out.append(memoryview(buf)[seg:at])
+                                        if action == REPLACE:
+                                            out.append(proto.replacement)
+                                        seg = msg_end
+                                    if proto.output is not None:
+                                        out = _splice(out, buf, seg, msg_end, proto.take_output())
+                                        seg = msg_end
+                            if head:
+                                # the read's last message a ReadyForQuery whose header the layout
+                                # checked (pos is end - 6): told here, in the layout's branch (no
+                                # `head` set and tested on every read), as the walk's loop below
+                                # tells a whole one, without its tests of the type (a copy of its
+                                # _SK_READY branch and of what follows it for a whole message: once
+                                # per transaction, where those tests cost about 40 bytecodes;
+                                # test_relay keeps the copies in step). receive's answer, where
+                                # receive tells it, is acted on by _ready_received at once: the
+                                # stats below do not read `out`, and the common cases, where the
+                                # answer is FORWARD, need no `action` set and tested (status: the
+                                # layout's, checked with it, see above)
+                                if len(queue := proto.queue) == 1 and proto.phase == _BUSY_PHASE:
+                                    entry = queue.pop()
+                                    if entry == _C_QUERY or entry == _C_SYNC or \
+                                            entry.__class__ is int and entry & 0xFF == _C_SYNC:
+                                        proto.syncs -= 1
+                                        proto.replies += 1
+                                        proto.tx_status = status
+                                        if proto.syncs == 0 and not proto.unsynced:
+                                            proto.phase = _READY_PHASE
+                                            settled = True  # (its lone entry popped)
+                                    else:
+                                        queue.append(entry)
+                                        out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
                                 else:
-                                    queue.append(entry)
                                     out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
-                            else:
-                                out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
+                        if head:
+                            # (the ReadyForQuery told above, in one branch or the other: its
+                            # counts and times, as the walk's loop below takes them)
                             stats = self.stats
                             stats.count_query += 1
                             q0 = self.q_start
