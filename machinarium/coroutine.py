@@ -408,8 +408,9 @@ class Wakeup:
     and again with one callback (the relay's, once per queued transaction) tests
     ``callback is not cb`` and calls ``arm_callback`` only then. A waker running in the hub of
     the waiter's own thread (a loop callback or watcher callback there, not a coroutine) may
-    instead set ``woken`` and call ``callback()`` itself, at once: then nothing is queued and
-    ``cancel()`` has nothing to drop (the relay's reply walk does so with one worker).
+    instead call ``callback()`` itself, at once (``woken`` need not be set: a callback arm's
+    is read by nobody): then nothing is queued and ``cancel()`` has nothing to drop (the
+    relay's reply walk does so with one worker).
     """
 
     __slots__ = ("woken", "callback", "_glet", "_switch", "_hub", "_loop", "_ident", "_parked", "_direct",

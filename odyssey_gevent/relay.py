@@ -824,8 +824,9 @@ class Relay:
                             # (Route.queue_at: the pool size of a full pool queue_now queues for,
                             # a count never reached for an unlimited pool, a shared pool or
                             # NOTICEs, which are queue_now's)
+                            # (no waiter.server store: a callback wait's is read by nobody,
+                            # see router.attach_queued)
                             if route.plain and len(route.active) >= route.queue_at:
-                                waiter.server = None
                                 waiter.since = _monotonic()
                                 route.waiters.append(waiter)
                                 client.state = _C_QUEUE
@@ -2172,10 +2173,10 @@ class Relay:
                                             stats = route.stats
                                             stats.count_server_assignment += 1
                                             stats.wait_time += mono - waiter.since
-                                            waiter.server = server
                                             reason = None
                                             cb = waiter.callback
                                             if cb is None:      # a coroutine's wait
+                                                waiter.server = server
                                                 waiter.wake()
                                             else:
                                                 # a relay queued in the hub (Relay._on_handed):
@@ -2186,8 +2187,12 @@ class Relay:
                                                 # 2,000 instructions per queued transaction).
                                                 # reason is None first, so the finally leaves the
                                                 # server (the taker's now) alone; _on_handed raises
-                                                # nothing (its errors go to its own coroutine)
-                                                waiter.woken = True
+                                                # nothing (its errors go to its own coroutine).
+                                                # No waiter.server or waiter.woken store: a
+                                                # callback wait's are read by nobody (the taker
+                                                # is linked: client.server, which
+                                                # router.attach_queued reads; woken is read by
+                                                # park() alone, after an arm() that resets it)
                                                 cb(mono)
                                         # the end's common case (below) here, where this
                                         # relay is known fast with nothing pending (tested

@@ -134,7 +134,10 @@ def new_sketch():
 class Waiter(Wakeup):
     """A client's place in its route's queue for a server, one per client, reused by each of its
     waits (client.waiter): the router arms it and queues it, whoever frees a server fills
-    `.server` (linked) and wakes it (machinarium.Wakeup)."""
+    `.server` (linked) and wakes it (machinarium.Wakeup). `.server` is a coroutine's wait's
+    (attach sets it None, router._wait reads it): a callback wait's (the relay's, queue_now) is
+    neither reset nor read, and may hold an earlier hand-over's (router.attach_queued reads
+    client.server instead and resets it where the coroutine takes the wait over)."""
     __slots__ = ("client", "server", "since")
 
     def __init__(self, client):

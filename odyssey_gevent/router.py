@@ -182,13 +182,20 @@ class Router:
         with self.lock:
             if waiter not in route.waiters:
                 waiter.cancel()              # the continuation the hand-over queued must not run
-                server = waiter.server
+                # the client's server, not waiter.server: a callback wait's is stored by nobody
+                # (the queueing, queue_now and Relay._on_client, and the reply walk's inline
+                # hand-over leave it as an earlier hand-over left it: one store fewer in each
+                # per queued transaction). Under this lock the two agree: whoever takes the
+                # waiter out of the queue links the client (client.server) under it, a kill
+                # links nothing, and the client was queued without a server
+                server = client.server
                 if server is not None:
                     return server
                 if client.state is ClientState.QUEUE:
                     client.state = ClientState.PENDING
                 raise AttachTimeout()        # killed (KILL_CLIENT)
             waiter.arm(False)                # the coroutine's wait from now on (guarded)
+            waiter.server = None             # (_wait reads it: see above)
         wait_ms = timeout_ms
         if timeout_ms is not None:
             wait_ms = max(0, timeout_ms - int((time.monotonic() - waiter.since) * 1000.0))
@@ -284,7 +291,7 @@ class Router:
         (idle servers to look at, a paused route, a shared pool); or None: the client is queued
         FIFO among all waiters with a callback wake-up, and whoever takes it out of the queue
         (hand_to_waiter, KILL_CLIENT) runs `cont` in the client's own hub (`loop`, thread
-        `ident`), with waiter.server linked, or None when killed. Its one-worker common case (a
+        `ident`), with the client linked (client.server), or None when killed. Its one-worker common case (a
         full pool, the waiter armed by an earlier wait) is copied by Relay._on_client
         (test_frontend_fast keeps the two in step)."""
         route = client.route
@@ -307,7 +314,7 @@ class Router:
                 waiter = client.waiter = Waiter(client)
             if waiter.callback is not cont:    # armed once, not per wait (Wakeup.callback)
                 waiter.arm_callback(cont, loop, ident)
-            waiter.server = None
+            # (no waiter.server store: a callback wait's is read by nobody, see attach_queued)
             waiter.since = time.monotonic()
             route.waiters.append(waiter)
             client.state = _C_QUEUE

@@ -668,7 +668,10 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
                 [name(id(x)) for x in route.idle], sorted(name(id(x)) for x in route.active),
                 server.idle_since > 0, server.deployed is None, name(id(other.server)), other.state,
                 len(route.waiters), [name(id(x)) for x in ran], route.stats.count_server_assignment,
-                len(instance.closed), server.reader is instance, other.waiter is not None and other.waiter.woken,
+                len(instance.closed), server.reader is instance,
+                # (a coroutine's wait: woken; a callback wait's woken is read by nobody, and the
+                # walk's inline hand-over runs the callback without it)
+                other.waiter is not None and other.waiter.callback is None and other.waiter.woken,
                 relay.tx_start is not None, client.server is not None or relay.q_start is None)
     finally:
         if co is not None and not co.dead:

@@ -996,6 +996,49 @@ def test_kill_of_a_callback_waiter_and_its_takeover(in_machine):
     assert in_machine(body)
 
 
+def test_a_callback_waits_server_is_never_read_from_the_waiter(in_machine):
+    """A callback wait's waiter.server is neither reset nor read (the queueing and the reply
+    walk's inline hand-over store none): it may hold an earlier hand-over's server, and
+    attach_queued tells a hand-over from a kill by the client's server, and resets the waiter's
+    where its coroutine takes the wait over (router._wait reads it)."""
+    def body():
+        router = make_router(pool_size=1)
+        holder, victim = routed(router), routed(router)
+        s = router.attach(holder, 0)
+        ran = []
+        assert _queue_now(router, victim, ran) is None
+        router.detach(holder)                     # handed over: waiter.server is s
+        _wait_for(lambda: len(ran) == 1)
+        router.detach(victim)
+        assert router.attach(holder, 0) is s
+        assert victim.waiter.server is s          # (as a hand-over leaves it: stale from now on)
+        # killed while queued again: nothing handed over, whatever the waiter holds
+        assert _queue_now(router, victim, ran) is None
+        router.kill(victim.id)
+        with pytest.raises(AttachTimeout):
+            router.attach_queued(victim, None)
+        assert victim.server is None and holder.server is s
+        # queued again, its coroutine takes the wait over, then killed: router._wait's read
+        victim.killed = False
+        victim.waiter.server = s
+        assert _queue_now(router, victim, ran) is None
+        out = []
+
+        def take_over():
+            try:
+                router.attach_queued(victim, None)
+            except AttachTimeout:
+                out.append(victim.killed)
+        co = mm.Coroutine(take_over, name="victim")
+        _wait_for(lambda: victim.waiter.callback is None)
+        router.kill(victim.id)
+        co.join(2000)
+        mm.sleep(5)
+        return out, victim.server, holder.server is s, len(ran)
+
+    assert in_machine(body) == ([True], None, True, 1)
+
+
 def test_leave_queue_and_the_paused_takeover(in_machine):
     def body():
         router = make_router(pool_size=1)
