@@ -468,7 +468,7 @@ class Relay:
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
                  "wait_start", "swept", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
                  "q_timer", "on_handed", "keep_watch", "c_watch", "s_shapes", "walk_plain", "hand_plain",
-                 "hand_deploy", "hand_check", "c_first")
+                 "hand_deploy", "hand_check", "c_first", "c_write")
 
     def __new__(cls, frontend, client, prepared=None):
         """Relay(frontend, client, prepared): made by new_relay, the one place its slots are
@@ -654,6 +654,8 @@ class Relay:
         self.fast = True
         self.walk_plain = self.plain_walk()
         self.hand_flags()
+        # the client's FileIO write for the reply walk while fast (see Relay.c_write)
+        self.c_write = self.client.io._fwrite
         self.waiting = True
         self.wait_start = self.swept = _monotonic()     # the relays' clock (see _on_client)
         cw = self.c_watch = self.client.io.sock._read_event
@@ -671,6 +673,7 @@ class Relay:
             raise
         finally:
             self.fast = self.waiting = self.walk_plain = False
+            self.c_write = None
             cw.stop()
             sw = self.s_watch
             if sw is not None:
@@ -1383,6 +1386,7 @@ class Relay:
             cio = self.client.io
             if cio._fread is None:
                 cio.use_file()
+                self.c_write = cio._fwrite      # (the sweep runs only for a parked relay: fast)
         server = self.client.server
         timeout = self._wait_timeout(server)
         if timeout is not None:
@@ -2059,23 +2063,26 @@ class Relay:
                         buf.rcut_next = pos
                         data = buf[:pos] if pos <= _SLICE_MAX else memoryview(buf)[:pos]
                     try:
-                        if self.fast:
-                            if self.pending is None:    # _send_now's common case, inline
-                                # the client's FileIO where it keeps one (see _on_client; None
-                                # at EAGAIN), else its fd
-                                cio = self.client.io
-                                write = cio._fwrite
-                                if write is not None:
-                                    n = write(data)
-                                else:
-                                    try:
-                                        n = _write(cio._raw.fileno(), data)
-                                    except BlockingIOError:
-                                        n = 0
+                        # the client's FileIO write kept on the relay while fast (Relay.c_write:
+                        # not None only there), so the common case loads one slot, where the
+                        # client, its io and the method were three loads and a test; _send_now's
+                        # common case inline (None at EAGAIN)
+                        write = self.c_write
+                        if write is not None and self.pending is None:
+                            n = write(data)
+                            if n != pos:
+                                self.pending = [(self.client.io, bytes(memoryview(data)[n or 0:]), 0)]
+                        elif self.fast:
+                            cio = self.client.io
+                            if self.pending is None:    # no FileIO (yet): the fd
+                                try:
+                                    n = _write(cio._raw.fileno(), data)
+                                except BlockingIOError:
+                                    n = 0
                                 if n != pos:
-                                    self.pending = [(cio, bytes(memoryview(data)[n or 0:]), 0)]
+                                    self.pending = [(cio, bytes(memoryview(data)[n:]), 0)]
                             else:
-                                self._send_now(self.client.io, data, 0)
+                                self._send_now(cio, data, 0)
                         else:
                             self.client.io.write(data)
                     except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
@@ -2520,6 +2527,13 @@ def new_relay(frontend, client, prepared=None):
     self.on_handed = _NO_HAND_OVER  # self._on_handed, made at the first queued wait (_on_client): most never queue
     self.c_watch = None     # the client socket's read watcher, set by _park for the queued attach
     self.c_first = None     # the first byte of the request held while queued (set where it queues)
+    # the client's FileIO write (Io.use_file's _fwrite) while the relay is fast, else None: the
+    # reply walk's write to the client, one slot load. Kept by its writers: _park (set from the
+    # client's io at its start, None at its end) and the sweep where it gives the client its
+    # FileIO (the only use_file of a client's io). The client's io itself is not replaced
+    # while the relay runs (TLS is done before it); a FileIO closed with its socket (Io.close)
+    # makes the kept write raise ValueError, a ClientGone as the closed socket's EBADF is
+    self.c_write = None
     # workers 1: a server the fast path detaches is pooled with its read watcher started
     # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
     try:

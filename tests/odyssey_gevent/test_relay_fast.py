@@ -157,6 +157,67 @@ def test_the_park_sets_the_walks_plain_flag_for_its_wait(in_machine, monkeypatch
     assert seen[-1] == ("coroutine", False) and seen[-1][1] is False
 
 
+def test_the_park_keeps_the_clients_write_for_its_wait(in_machine):
+    """_park keeps the client's FileIO write for the reply walk (Relay.c_write) for its wait
+    and clears it at its end: after the sweep gave the client its FileIO, a wait ended by the
+    coroutine (a detach that may wait) and the next park's replies are written through the
+    client's FileIO write as it is at that park (here a counting wrapper set between the two:
+    fails where the park does not take it, or the walk's write does not use it); a relay not
+    parked keeps none, and without a FileIO the reply goes to the socket's fd."""
+    def body():
+        h = _harness()
+        calls = []
+        try:
+            assert h.relay.c_write is None          # not parked yet
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            assert h.relay.fast and h.relay.c_write is None     # no FileIO yet: the fd
+            relay_mod._sweep()
+            write = h.cio._fwrite
+            assert write is not None and h.relay.c_write is write
+            h.cio._fwrite = lambda data: calls.append(len(data)) or write(data)
+            h.fe.slow_detach = True                 # this wait ends in the coroutine
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            h.fe.slow_detach = False
+            # the coroutine's detach ran, and it parked again with the wrapper as the write
+            assert h.relay.fast and h.relay.c_write is h.cio._fwrite
+            n = len(calls)
+            for _ in range(2):
+                _exchange(h, _q("select 1"), _reply(b"I"))
+            assert len(calls) == n + 2 and calls[-1] == len(_reply(b"I"))
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
+def test_the_park_clears_the_clients_write_at_its_end(in_machine, monkeypatch):
+    """Relay.c_write is None once the park ends (the coroutine relays through client.io)."""
+    seen = []
+    park = relay_mod.Relay._park
+
+    def watched(self, server):
+        try:
+            return park(self, server)
+        finally:
+            seen.append((self.fast, self.c_write))
+    monkeypatch.setattr(relay_mod.Relay, "_park", watched)
+
+    def body():
+        h = _harness()
+        try:
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            relay_mod._sweep()
+            h.fe.slow_detach = True
+            _exchange(h, _q("select 1"), _reply(b"I"))
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+    assert seen and all(s == (False, None) for s in seen)
+
+
 def test_the_park_sets_the_hand_overs_flags_for_its_wait(in_machine, monkeypatch):
     """_park sets the callbacks' attach flags (Relay.hand_flags) for its wait: the callbacks
     see what hand_flags gave (here marks no frontend would give; hand_plain a falsy 0, so the
@@ -1298,12 +1359,14 @@ def test_the_sweep_gives_a_busy_client_a_file_it_is_then_read_and_written_throug
             relay_mod._sweep()
             read = h.cio._fread
             assert h.relay.fast and read is not None and h.cio._fwrite is not None
+            assert h.relay.c_write is h.cio._fwrite     # the reply walk's kept write (Relay.c_write)
             f = read.__self__
             calls = []                              # (counted by wrappers around the two)
 
             def counted(fn, name):
                 return lambda data: calls.append(name) or fn(data)
-            h.cio._fread, h.cio._fwrite = counted(read, "read"), counted(h.cio._fwrite, "write")
+            h.cio._fread = counted(read, "read")
+            h.relay.c_write = h.cio._fwrite = counted(h.cio._fwrite, "write")
             for _ in range(3):                      # relayed through it both ways
                 _exchange(h, _q("select 1"), _reply(b"I"))
             assert calls.count("read") >= 3 and calls.count("write") == 3
