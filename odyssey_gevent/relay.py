@@ -1753,18 +1753,21 @@ class Relay:
                 if shape:       # (_SEEN and _NEVER are falsy)
                     # one unpack of the entry (a subscript each costs more), before the
                     # check (pos is put back where the layout does not hold). pos: where
-                    # the walk goes on; head: the read's last message a ReadyForQuery whose
-                    # header and status byte the layout checked: not read again. The layout
+                    # the walk goes on; status not None: the read's last message a
+                    # ReadyForQuery whose header and status byte the layout checked: not read
+                    # again (one slot for both, where a `head` flag was a second: a test of
+                    # `is not None` is one load and a jump, as a truth test is). The layout
                     # holds the idle status (status: _TX_IDLE, the common case, without a
                     # bytearray subscript, which 3.11 does not specialize); a read that
                     # differs from it in that byte alone (in a transaction, failed) is the
                     # same layout with the status it unpacked (a one-byte bytes: the
-                    # interpreter's cached object, as _BYTE's)
-                    unpack, headers, told, pos, pops, head, whole, status = shape
+                    # interpreter's cached object, as _BYTE's, never None). wlen: len(whole),
+                    # so the whole branch's queue compare calls len() once, not twice
+                    unpack, headers, told, pos, pops, whole, status, wlen = shape
                     if (vals := unpack(buf)) == headers or \
-                            head and vals[:-1] == headers[:-1] and (status := vals[-1]):
+                            status is not None and vals[:-1] == headers[:-1] and (status := vals[-1]):
                         if whole is not None and proto.batch is whole and proto.phase == _BUSY_PHASE \
-                                and len(queue := proto.queue) == len(whole):
+                                and len(queue := proto.queue) == wlen:
                             # told whole (once per extended transaction): the read's told
                             # messages are all completions and it ends with a ReadyForQuery, and
                             # the queue holds exactly their plain requests and a plain Sync (the
@@ -1781,7 +1784,7 @@ class Relay:
                             queue.clear()
                             # its ReadyForQuery told here, without the head branch's queue tests
                             # (the queue's Sync popped with the completions): no mark set for
-                            # the head branch to test, where the layout's `head` test below
+                            # the head branch to test, where the layout's `status` test below
                             # gates the stats alone (a copy of the head branch's common case:
                             # test_relay keeps the two in step)
                             proto.syncs -= 1
@@ -1826,10 +1829,10 @@ class Relay:
                                     if proto.output is not None:
                                         out = _splice(out, buf, seg, msg_end, proto.take_output())
                                         seg = msg_end
-                            if head:
+                            if status is not None:
                                 # the read's last message a ReadyForQuery whose header the layout
                                 # checked (pos is end - 6): told here, in the layout's branch (no
-                                # `head` set and tested on every read), as the walk's loop below
+                                # mark set and tested on every read), as the walk's loop below
                                 # tells a whole one, without its tests of the type (a copy of its
                                 # _SK_READY branch and of what follows it for a whole message: once
                                 # per transaction, where those tests cost about 40 bytecodes;
@@ -1853,7 +1856,7 @@ class Relay:
                                         out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
                                 else:
                                     out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
-                        if head:
+                        if status is not None:
                             # (the ReadyForQuery told above, in one branch or the other: its
                             # counts and times, as the walk's loop below takes them)
                             stats = self.stats
@@ -2352,11 +2355,12 @@ def _server_shape(buf, end: int, kinds: tuple):
     one the walk reads whole (`kinds`, _S_KIND or _S_KIND_PREPARED, other than _SK_TELL) or the
     first not whole, as an unpack
     of their headers and what it gives, the told ones (type, start, end; None for none), where the walk goes
-    on, the told types (bytes) and whether the header there, a ReadyForQuery ending the read,
-    is checked too, and where that ReadyForQuery is and every told message is a completion
-    (kiwi's _POPS), the queue that the whole read answers in receive's common cases (their plain
-    requests and a plain Sync: see _server_data), else None, and the status the layout holds
-    for that ReadyForQuery (_TX_IDLE; None without one); _NEVER for fewer than two such
+    on, the told types (bytes), where the read ends with a ReadyForQuery (its header checked
+    too) and every told message is a completion (kiwi's _POPS), the queue that the whole read
+    answers in receive's common cases (their plain requests and a plain Sync: see
+    _server_data), else None, the status the layout holds for that ReadyForQuery (_TX_IDLE;
+    None without one: it also tells whether the layout checks one) and the length of that
+    queue (0 without one); _NEVER for fewer than two such
     messages (that ReadyForQuery counted) or more than _SHAPE_MESSAGES, or for a message whose
     length the walk refuses."""
     lengths = []
@@ -2394,7 +2398,8 @@ def _server_shape(buf, end: int, kinds: tuple):
     if head:
         headers = headers[:-1] + (_TX_IDLE,)
         status = _TX_IDLE
-    return unpack, headers, tuple(told) or None, pos, bytes(t for t, _, _ in told), head, whole, status
+    return (unpack, headers, tuple(told) or None, pos, bytes(t for t, _, _ in told), whole, status,
+            0 if whole is None else len(whole))
 
 
 def _splice(out: list | None, buf, seg: int, pos: int, data: bytes) -> list:

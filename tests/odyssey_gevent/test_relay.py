@@ -1032,7 +1032,7 @@ def test_a_remembered_reply_s_ready_for_query_is_read_with_its_status(in_machine
             for i in range(3):
                 _exchange(h, _ext(), reply)
             shape = shapes.get(len(reply))
-            assert isinstance(shape, tuple) and shape[5] is (not prepared)
+            assert isinstance(shape, tuple) and (shape[6] is not None) is (not prepared)
             assert h.fe.detaches[-1] == (3, 3, b"I")
             for status in b"TTEI":
                 _exchange(h, _ext(), _ext_reply(bytes([status])))
@@ -1133,7 +1133,7 @@ def test_a_layout_accepts_and_refuses_the_reads_its_old_fields_did(messages, hea
     if not 2 <= len(lengths) <= relay_mod._SHAPE_MESSAGES:
         assert shape is relay_mod._NEVER
     else:
-        assert shape[3] == end - 6 * head and shape[5] == head
+        assert shape[3] == end - 6 * head and (shape[6] is not None) == head
     if len(lengths) > relay_mod._SHAPE_MESSAGES:
         assert client is relay_mod._NEVER
         return
@@ -1320,9 +1320,9 @@ def test_a_remembered_reply_tells_its_completions_as_the_walk_does(in_machine, c
 
     def body():
         shape = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
-        assert shape[4] == b"12" and shape[6] == tuple(b"PBS")     # the queue it answers whole
+        assert shape[4] == b"12" and shape[5] == tuple(b"PBS") and shape[7] == 3     # the queue it answers whole
         if case == "marked":    # the mark is the layout's `whole` itself (the identity the walk tests)
-            assert _batch(case).batch is shape[6]
+            assert _batch(case).batch is shape[5]
         walked, remembered = told(False), told(True)
         assert remembered == walked
         return walked
@@ -1356,7 +1356,7 @@ def test_a_remembered_reply_ends_as_the_walk_ends_it(in_machine, reply_, case, s
         relay_mod._S_SHAPES.clear()
         if remembered:
             shape = relay_mod._S_SHAPES[len(reply)] = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
-            assert shape[5]         # the layout checks the ReadyForQuery's header and status
+            assert shape[6] is not None     # the layout checks the ReadyForQuery's header and status
         h = Harness("transaction", attached=True)
         try:
             if case == "local-after":   # a Query, then an answer the pooler gives itself after it
