@@ -1867,8 +1867,8 @@ class Relay:
                                 # (monotonic: never negative, so no test; the difference not kept in a local: the
                                 # sketch, rarely on, takes it again)
                                 stats.query_time += now - q0
-                                if stats.query_sketch is not None:
-                                    stats.query_sketch.add((now - q0) * 1e6)
+                                if stats.query_sketch is not None:     # quantiles: both sketches (_sketch_times)
+                                    _sketch_times(stats, now - q0, proto.tx_status, self.tx_start, now)
                                 self.q_start = None if settled or not proto.syncs else now
                             txs = proto.tx_status
                             if txs is _TX_IDLE or txs == _TX_IDLE:
@@ -1876,9 +1876,7 @@ class Relay:
                                 t0 = self.tx_start
                                 if t0 is not None:
                                     if q0 is not None:
-                                        stats.tx_time += now - t0
-                                        if stats.tx_sketch is not None:
-                                            stats.tx_sketch.add((now - t0) * 1e6)
+                                        stats.tx_time += now - t0     # (its sketch: _sketch_times)
                                     self.tx_start = None if settled or q0 is None or not proto.syncs else now
                             if not settled:     # (settled: the detach below runs in this call)
                                 self.s_ready = True
@@ -1997,8 +1995,8 @@ class Relay:
                                     # (monotonic: never negative, so no test; the difference not kept in a local: the
                                     # sketch, rarely on, takes it again)
                                     stats.query_time += now - q0
-                                    if stats.query_sketch is not None:
-                                        stats.query_sketch.add((now - q0) * 1e6)
+                                    if stats.query_sketch is not None:     # quantiles: both sketches (_sketch_times)
+                                        _sketch_times(stats, now - q0, proto.tx_status, self.tx_start, now)
                                     self.q_start = now if proto.syncs else None
                                 txs = proto.tx_status
                                 if txs is _TX_IDLE or txs == _TX_IDLE:
@@ -2006,9 +2004,7 @@ class Relay:
                                     t0 = self.tx_start
                                     if t0 is not None:
                                         if q0 is not None:
-                                            stats.tx_time += now - t0
-                                            if stats.tx_sketch is not None:
-                                                stats.tx_sketch.add((now - t0) * 1e6)
+                                            stats.tx_time += now - t0     # (its sketch: _sketch_times)
                                         self.tx_start = now if q0 is not None and proto.syncs else None
                                 self.s_ready = True
                             else:
@@ -2400,6 +2396,18 @@ def _server_shape(buf, end: int, kinds: tuple):
         status = _TX_IDLE
     return (unpack, headers, tuple(told) or None, pos, bytes(t for t, _, _ in told), whole, status,
             0 if whole is None else len(whole))
+
+
+def _sketch_times(stats, query: float, txs: bytes, t0, now: float) -> None:
+    """A ReadyForQuery's times (seconds) added to the route's sketches (quantiles on: Route
+    makes query_sketch and tx_sketch together, so one is None where the other is): the query's,
+    and where it ends a transaction (txs idle) that started at t0 (None: no start kept), the
+    transaction's. The reply walk calls it where the query's sketch is not None, before it
+    moves q_start and tx_start on, so its common case (quantiles off) tests one sketch per
+    transaction, not both."""
+    stats.query_sketch.add(query * 1e6)
+    if t0 is not None and (txs is _TX_IDLE or txs == _TX_IDLE):
+        stats.tx_sketch.add((now - t0) * 1e6)
 
 
 def _splice(out: list | None, buf, seg: int, pos: int, data: bytes) -> list:

@@ -1461,3 +1461,36 @@ def test_a_ready_for_query_adds_its_query_and_transaction_times_to_the_sketches(
             relay_mod._S_SHAPES.clear()
 
     assert in_machine(body) == (1, 1, 1, 1, True, True, True)
+
+
+@pytest.mark.parametrize("remembered", [False, True])
+@pytest.mark.parametrize("reply_", ["simple", "extended"])
+def test_a_ready_for_query_in_a_transaction_adds_only_its_query_time_to_the_sketches(in_machine, reply_, remembered):
+    """With quantiles on, a ReadyForQuery that leaves the transaction open (T) adds the query's
+    time to its sketch and nothing to the transaction's, walked and told by its layout (the
+    walk tests one sketch where quantiles are off, and _sketch_times tells the transaction's
+    end itself: fails where it adds the transaction's time without that test)."""
+    from odyssey_gevent import relay as relay_mod
+    if reply_ == "simple":
+        reply = bytearray(be_write.row_description([("x", 23)]) + be_write.data_row([b"1"]) + _reply(b"T"))
+    else:
+        reply = bytearray(_ext_reply(b"T"))
+
+    def body():
+        relay_mod._S_SHAPES.clear()
+        if remembered:
+            relay_mod._S_SHAPES[len(reply)] = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
+        h = Harness("transaction", attached=True)
+        try:
+            h.server.proto = _owing("query") if reply_ == "simple" else _batch("marked")
+            stats = h.relay.stats = RouteStats(quantiles=True)
+            h.relay.tx_start, h.relay.q_start = 1.0, 2.0
+            h.relay._server_data(h.server, _sbuf(reply), len(reply))
+            q, tx = stats.query_sketch, stats.tx_sketch
+            return (stats.count_query, stats.count_tx, q.count, tx.count, stats.query_time > 0,
+                    q.sum == stats.query_time * 1e6, h.relay.tx_start == 1.0, h.server.proto.tx_status)
+        finally:
+            h.close()
+            relay_mod._S_SHAPES.clear()
+
+    assert in_machine(body) == (1, 0, 1, 0, True, True, True, b"T")
