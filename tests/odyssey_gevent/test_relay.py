@@ -1430,51 +1430,16 @@ def test_an_idle_ready_for_query_detaches_only_a_server_nothing_holds(in_machine
     assert in_machine(body) == (0 if hold else 1, Phase.READY, b"I", True)
 
 
-@pytest.mark.parametrize("remembered", [False, True])
-@pytest.mark.parametrize("reply_", ["simple", "extended"])
-def test_a_ready_for_query_adds_its_query_and_transaction_times_to_the_sketches(in_machine, reply_, remembered):
-    """With the rule's quantiles on, the idle ReadyForQuery that ends a transaction adds the
-    query's time (since q_start) and the transaction's (since tx_start) to the route's two
-    sketches as it adds them to query_time and tx_time, for a reply walked and for one told by
-    its layout (each branch takes the difference again for its sketch)."""
+def _sketched(in_machine, reply_: str, remembered: bool, status: bytes):
+    """The relay's stats after a reply ending in ReadyForQuery(`status`) with the rule's
+    quantiles on (tx_start 1.0, q_start 2.0: monotonic seconds, the query started later),
+    walked or told by its layout (remembered), and the relay's tx_start and the
+    Conversation's status after it."""
     from odyssey_gevent import relay as relay_mod
     if reply_ == "simple":
-        reply = bytearray(be_write.row_description([("x", 23)]) + be_write.data_row([b"1"]) + _reply(b"I"))
+        reply = bytearray(be_write.row_description([("x", 23)]) + be_write.data_row([b"1"]) + _reply(status))
     else:
-        reply = bytearray(_ext_reply(b"I"))
-
-    def body():
-        relay_mod._S_SHAPES.clear()
-        if remembered:
-            relay_mod._S_SHAPES[len(reply)] = relay_mod._server_shape(reply, len(reply), relay_mod._S_KIND)
-        h = Harness("transaction", attached=True)
-        try:
-            h.server.proto = _owing("query") if reply_ == "simple" else _batch("marked")
-            stats = h.relay.stats = RouteStats(quantiles=True)
-            h.relay.tx_start, h.relay.q_start = 1.0, 2.0    # (monotonic seconds: the query started later)
-            h.relay._server_data(h.server, _sbuf(reply), len(reply))
-            q, tx = stats.query_sketch, stats.tx_sketch
-            return (stats.count_query, stats.count_tx, q.count, tx.count, stats.tx_time > stats.query_time > 0,
-                    q.sum == stats.query_time * 1e6, tx.sum == stats.tx_time * 1e6)
-        finally:
-            h.close()
-            relay_mod._S_SHAPES.clear()
-
-    assert in_machine(body) == (1, 1, 1, 1, True, True, True)
-
-
-@pytest.mark.parametrize("remembered", [False, True])
-@pytest.mark.parametrize("reply_", ["simple", "extended"])
-def test_a_ready_for_query_in_a_transaction_adds_only_its_query_time_to_the_sketches(in_machine, reply_, remembered):
-    """With quantiles on, a ReadyForQuery that leaves the transaction open (T) adds the query's
-    time to its sketch and nothing to the transaction's, walked and told by its layout (the
-    walk tests one sketch where quantiles are off, and _sketch_times tells the transaction's
-    end itself: fails where it adds the transaction's time without that test)."""
-    from odyssey_gevent import relay as relay_mod
-    if reply_ == "simple":
-        reply = bytearray(be_write.row_description([("x", 23)]) + be_write.data_row([b"1"]) + _reply(b"T"))
-    else:
-        reply = bytearray(_ext_reply(b"T"))
+        reply = bytearray(_ext_reply(status))
 
     def body():
         relay_mod._S_SHAPES.clear()
@@ -1486,11 +1451,37 @@ def test_a_ready_for_query_in_a_transaction_adds_only_its_query_time_to_the_sket
             stats = h.relay.stats = RouteStats(quantiles=True)
             h.relay.tx_start, h.relay.q_start = 1.0, 2.0
             h.relay._server_data(h.server, _sbuf(reply), len(reply))
-            q, tx = stats.query_sketch, stats.tx_sketch
-            return (stats.count_query, stats.count_tx, q.count, tx.count, stats.query_time > 0,
-                    q.sum == stats.query_time * 1e6, h.relay.tx_start == 1.0, h.server.proto.tx_status)
+            return stats, h.relay.tx_start, h.server.proto.tx_status
         finally:
             h.close()
             relay_mod._S_SHAPES.clear()
 
-    assert in_machine(body) == (1, 0, 1, 0, True, True, True, b"T")
+    return in_machine(body)
+
+
+@pytest.mark.parametrize("remembered", [False, True])
+@pytest.mark.parametrize("reply_", ["simple", "extended"])
+def test_a_ready_for_query_adds_its_query_and_transaction_times_to_the_sketches(in_machine, reply_, remembered):
+    """With the rule's quantiles on, the idle ReadyForQuery that ends a transaction adds the
+    query's time (since q_start) and the transaction's (since tx_start) to the route's two
+    sketches as it adds them to query_time and tx_time, for a reply walked and for one told by
+    its layout (each branch takes the difference again for its sketch)."""
+    stats, _, _ = _sketched(in_machine, reply_, remembered, b"I")
+    q, tx = stats.query_sketch, stats.tx_sketch
+    assert (stats.count_query, stats.count_tx, q.count, tx.count) == (1, 1, 1, 1)
+    assert stats.tx_time > stats.query_time > 0
+    assert q.sum == stats.query_time * 1e6 and tx.sum == stats.tx_time * 1e6
+
+
+@pytest.mark.parametrize("remembered", [False, True])
+@pytest.mark.parametrize("reply_", ["simple", "extended"])
+def test_a_ready_for_query_in_a_transaction_adds_only_its_query_time_to_the_sketches(in_machine, reply_, remembered):
+    """With quantiles on, a ReadyForQuery that leaves the transaction open (T) adds the query's
+    time to its sketch and nothing to the transaction's, walked and told by its layout (the
+    walk tests one sketch where quantiles are off, and _sketch_times tells the transaction's
+    end itself: fails where it adds the transaction's time without that test)."""
+    stats, tx_start, status = _sketched(in_machine, reply_, remembered, b"T")
+    q, tx = stats.query_sketch, stats.tx_sketch
+    assert (stats.count_query, stats.count_tx, q.count, tx.count) == (1, 0, 1, 0)
+    assert stats.query_time > 0 and q.sum == stats.query_time * 1e6
+    assert tx_start == 1.0 and status == b"T"
