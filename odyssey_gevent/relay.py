@@ -833,25 +833,18 @@ class Relay:
                                 waiter.since = _monotonic()
                                 route.waiters.append(waiter)
                                 client.state = _C_QUEUE
-                                # queued: the tail below, here without a server local set and tested
+                                # queued: _queue_now's tail, inline
                                 self.c_len = end
                                 self.queued = True  # the watcher stays started: see below
                                 if self.q_timeout:
                                     self._start_q_timer()
                                 return
-                        handed = self.on_handed
-                        if handed is _NO_HAND_OVER:
-                            handed = self.on_handed = self._on_handed
-                        server = self.fe.queue_now(client, handed, self.loop, self.ident)
-                        if server is not None:  # False: the usual attach; else a new server to connect
-                            reason = (end, None if server is False else server)
-                            alone = False
-                        else:
-                            self.c_len = end
-                            self.queued = True  # the watcher stays started: see below
-                            if self.q_timeout:
-                                self._start_q_timer()
-                            return
+                        # anything else (the session's first queued wait, more workers, a route
+                        # not plain): queue_now's, through the helper attach_now's rare miss uses
+                        reason = self._queue_now(client, buf, first, end)
+                        if reason is None:
+                            return          # queued (see "the fast path's queued attach" below)
+                        alone = False
                     else:
                         if not self.hand_plain:
                             server = self.fe.attach_now()
@@ -1048,12 +1041,12 @@ class Relay:
             free.scratch = free.pop() if free else _new_buf()
 
     def _queue_now(self, client, buf, first: int, end: int):
-        """The client callback's queueing where attach_now took no server from a route whose
-        idle list is not empty (offline servers, a paused route, more workers: rare; the
-        callback's inline copy of queue_now's common case is only for a route with no idle
-        server): the held request kept and router.queue_now asked, as the callback asks it.
-        None: queued (the callback returns); else the reason to switch into the coroutine with
-        (a frame here, not a second copy in the callback's frame)."""
+        """The client callback's queueing through router.queue_now: where the callback's inline
+        copy of queue_now's common case does not apply (the session's first queued wait, more
+        workers, a route not plain) and where attach_now took no server from a route whose idle
+        list is not empty (offline servers, a paused route: rare). The held request kept (a
+        no-op where the inline path kept it already) and queue_now asked. None: queued (the
+        callback returns); else the reason to switch into the coroutine with."""
         self.c_first = first
         self._keep(buf)
         handed = self.on_handed
