@@ -1775,11 +1775,8 @@ class Relay:
                             # it held before and the batch, so the batch where the lengths are equal
                             # (test_relay keeps the paths in step)
                             queue.clear()
-                            # its ReadyForQuery told here, without the head branch's queue tests
-                            # (the queue's Sync popped with the completions): no mark set for
-                            # the head branch to test, where the layout's `status` test below
-                            # gates the stats alone (a copy of the head branch's common case:
-                            # test_relay keeps the two in step)
+                            # (no mark set for the head branch to test: the layout's `status`
+                            # test below gates the stats alone)
                             proto.syncs -= 1
                             proto.replies += 1
                             proto.tx_status = status
