@@ -9,11 +9,13 @@ For each round and pooler it runs pgbench -S (-j 2, -T --seconds, -l) and prints
 transaction: TPS; the CPU time (µs) of the pooler, of PostgreSQL's processes and of pgbench;
 the machine's busy time and idle share; the pooler's time on a CPU and its time runnable but
 waiting for one (/proc/PID/task/*/schedstat, all its threads), its time slices and voluntary and
-involuntary context switches; PostgreSQL's run-queue wait; and latency percentiles from pgbench's
-log. Then the medians. With a pooler that never sleeps (no voluntary context switch), its
+involuntary context switches; PostgreSQL's run-queue wait; the pool's backends' own CPU time and
+how often the scheduler moved them to another CPU; and latency percentiles from pgbench's log. Then the medians. With a pooler that never sleeps (no voluntary context switch), its
 throughput is one transaction per (on-CPU + waiting) time: docs/performance.md shows a run.
 --nice N runs each pooler's threads at that nice value (negative values need root), to see how
-much of the waiting is the scheduler's.
+much of the waiting is the scheduler's. --pin P,B,G pins the pooler's threads to CPU P, the
+pool's backends to CPU B and pgbench to CPU G for the measured run (e.g. 0,1,0 gives the
+backends a CPU of their own), to see what placement on shared CPUs costs.
 
 Linux only (/proc). It starts a throwaway PostgreSQL unless --pg-host/--pg-port are given (that
 database must have pgbench's tables). Not a test: nothing here asserts a speed.
@@ -50,9 +52,21 @@ def parse_args(argv=None):
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--nice", type=int, help="run the poolers' threads at this nice value")
+    ap.add_argument("--pin", type=cpu_triple, metavar="P,B,G",
+                    help="pin the pooler to CPU P, the pool's backends to CPU B, pgbench to CPU G")
     ap.add_argument("--odyssey-bin", default=os.environ.get("ODYSSEY_BIN"),
                     help="C Odyssey's binary, measured as a second target (default: $ODYSSEY_BIN)")
     return ap.parse_args(argv)
+
+
+def cpu_triple(text: str) -> tuple[int, int, int]:
+    """--pin's value: three CPU numbers, "P,B,G"."""
+    import argparse
+    try:
+        p, b, g = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three CPU numbers P,B,G, got {text!r}") from None
+    return p, b, g
 
 
 # -- /proc readers (tested in tests/integration/test_scripts.py; CPU time is bench.cpu_seconds) ----
@@ -73,6 +87,34 @@ def sched(pid: int) -> list[int]:
         for i, v in enumerate((run, wait, slices, vol, invol)):
             total[i] += v
     return total
+
+
+def migrations(pid: int) -> int:
+    """How often the scheduler moved process `pid` (its main thread) to another CPU
+    (/proc/PID/sched's se.nr_migrations; 0 when it is gone or the kernel does not say)."""
+    try:
+        with open(f"/proc/{pid}/sched") as f:
+            for line in f:
+                if line.startswith("se.nr_migrations"):
+                    return int(line.split(":")[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def pool_backends(postmaster: int, db: str) -> list[int]:
+    """The postmaster's children that serve a client connected to `db` (the pool's backends:
+    their title is "postgres: USER DB HOST(PORT) STATE")."""
+    out = []
+    for pid in proc_tree(postmaster):
+        try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                title = f.read().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if len(title) > 2 and title[0] == "postgres:" and title[2] == db:
+            out.append(pid)
+    return out
 
 
 def machine_time() -> tuple[float, float]:
@@ -103,20 +145,30 @@ def measure(a, pooler, postmaster: int) -> dict:
     base = ["pgbench", "-n", "-S", "-j", "2", "-c", str(a.clients), "-M", a.mode, "-h", "127.0.0.1",
             "-p", str(pooler.port), "-U", a.pg_user]
     subprocess.run(base + ["-T", "2", a.db], check=True, capture_output=True, env=env)    # warm-up
+    backends = pool_backends(postmaster, a.db)
+    pin_pgbench = None
+    if a.pin is not None:
+        for d in glob.glob(f"/proc/{pooler.pid}/task/*"):
+            os.sched_setaffinity(int(os.path.basename(d)), {a.pin[0]})
+        for pid in backends:
+            os.sched_setaffinity(pid, {a.pin[1]})
+        pin_pgbench = lambda: os.sched_setaffinity(0, {a.pin[2]})     # noqa: E731 (in the child)
     logdir = tempfile.mkdtemp(prefix="odyssey-gevent-sched-")
     try:
         # PostgreSQL's CPU: the postmaster and its live processes (the pool's backends stay up)
         back = proc_tree(postmaster)
         cpu0, pg0, s0, m0 = cpu_seconds(pooler.pid), cpu_seconds(postmaster), sched(pooler.pid), machine_time()
         b_sched0 = {p: sched(p) for p in back}
+        migr0 = {p: migrations(p) for p in backends}
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         out = subprocess.run(base + ["-T", str(a.seconds), "-l", "--log-prefix", os.path.join(logdir, "l"), a.db],
-                             check=True, capture_output=True, text=True, env=env)
+                             check=True, capture_output=True, text=True, env=env, preexec_fn=pin_pgbench)
         t1 = time.monotonic()
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu1, pg1, s1, m1 = cpu_seconds(pooler.pid), cpu_seconds(postmaster), sched(pooler.pid), machine_time()
         b_sched1 = {p: sched(p) for p in back}
+        migr1 = {p: migrations(p) for p in backends}
         lat = pgbench_latencies(os.path.join(logdir, "l"))
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
@@ -135,6 +187,8 @@ def measure(a, pooler, postmaster: int) -> dict:
         "slices": (s1[2] - s0[2]) / n,
         "vol_cs": (s1[3] - s0[3]) / n,
         "invol_cs": (s1[4] - s0[4]) / n,
+        "backend_cpu": sum(b_sched1[p][0] - b_sched0[p][0] for p in backends if p in b_sched0) / 1e3 / n,
+        "backend_migr": sum(migr1[p] - migr0[p] for p in backends) / n,
         "pg_runq_wait": sum(b_sched1[p][1] - b_sched0[p][1] for p in back) / 1e3 / n,
         "p50_us": percentile(lat, 0.5),
         "p90_us": percentile(lat, 0.9),

@@ -1,6 +1,7 @@
 """The pure parts of scripts/bench.py and scripts/demo.py, and the config builder of conftest.py."""
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -293,4 +294,28 @@ def test_sched_split_reads_this_process_and_pgbench_logs(tmp_path):
     assert lat == [90, 250, 4000]
     assert [sched_split.percentile(lat, q) for q in (0, 0.5, 0.99, 1)] == [90, 250, 250, 4000]
     a = sched_split.parse_args(["--clients", "10", "--nice", "-5", "--odyssey-bin", "x"])
-    assert (a.clients, a.nice, a.odyssey_bin, a.rounds) == (10, -5, "x", 4)
+    assert (a.clients, a.nice, a.odyssey_bin, a.rounds, a.pin) == (10, -5, "x", 4, None)
+    assert sched_split.parse_args(["--pin", "0,1,0"]).pin == (0, 1, 0)
+    with pytest.raises(SystemExit):
+        sched_split.parse_args(["--pin", "0,1"])
+    # migrations: this process's count is a number that only grows; a gone process reads 0
+    assert 0 <= sched_split.migrations(os.getpid()) <= sched_split.migrations(os.getpid())
+    assert sched_split.migrations(child.pid) == 0
+
+
+def test_sched_split_finds_the_pool_backends_of_a_database(pg):
+    import psycopg2
+    from scripts import sched_split
+    with open(os.path.join(pg.datadir, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    conn = psycopg2.connect(host=pg.host, port=pg.port, user="postgres", dbname="postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select pg_backend_pid()")
+            mine = cur.fetchone()[0]
+        found = sched_split.pool_backends(postmaster, "postgres")
+        assert mine in found
+        assert postmaster not in found                       # the postmaster serves no client
+        assert mine not in sched_split.pool_backends(postmaster, "template1")
+    finally:
+        conn.close()
