@@ -2153,8 +2153,12 @@ class Relay:
                                         client.server = None
                                         if client.state is not _C_UNDEF:
                                             client.state = _C_PENDING
-                                        server.idle_since = mono = now if now is not None else _monotonic()  # (see _on_client)
+                                        # (idle_since stamped only where the server goes idle: cron's
+                                        # pool_ttl reads it for idle servers alone; a server handed
+                                        # over is stamped at the detach that makes it idle)
+                                        mono = now if now is not None else _monotonic()  # (see _on_client)
                                         if not waiters:
+                                            server.idle_since = mono
                                             server.client = None
                                             route.active.discard(server)
                                             server.state = _S_IDLE

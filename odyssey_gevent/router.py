@@ -466,7 +466,9 @@ class Router:
             # it out), an identity test where a set lookup hashes the client (once per detach)
             if client.state is not _C_UNDEF:
                 client.state = _C_PENDING
-            server.idle_since = now = time.monotonic()
+            # idle_since is stamped only where the server goes idle (cron's pool_ttl reads it for
+            # idle servers alone): not where it is closed or handed to a waiter
+            now = time.monotonic()
             if (server.offline or route.obsolete and not route.waiters
                     or route.rule.shared_pool and shared_pool.wanted(self, route)):
                 route.set_server_state(server, ServerState.UNDEF)
@@ -474,6 +476,7 @@ class Router:
                 server_to_close = server
             elif not route.waiters and server.state is _S_ACTIVE:
                 # _give's common case inline (no waiter): the server goes back to the idle list
+                server.idle_since = now
                 route.active.discard(server)
                 server.state = _S_IDLE
                 route.idle.append(server)
@@ -493,6 +496,7 @@ class Router:
                 waiter.wake()
                 server_to_close = None
             else:
+                server.idle_since = now     # (_give may leave it idle: a paused route)
                 self._give(route, server)
                 server_to_close = None
         finally:

@@ -13,7 +13,7 @@ from kiwi import be_write
 from kiwi.be_read import StartupMessage
 from kiwi.header import FE
 from odyssey_gevent import cron
-from odyssey_gevent.client import Client
+from odyssey_gevent.client import Client, ClientState
 from odyssey_gevent.config.model import Config, Endpoint, Rule, Storage
 from odyssey_gevent.instance import Instance
 from odyssey_gevent.io import FE_LIMITS, read_message, read_startup
@@ -73,6 +73,25 @@ def _still_open(pg) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 # expire
+
+def test_pool_ttl_reads_the_idle_time_the_detach_that_left_the_server_idle_stamped(in_machine):
+    """A server's idle_since is stamped only where it goes idle (a detach's pooled branches), not
+    where it is handed to a waiter: expire reads it for idle servers alone, so an active server's
+    stale stamp (a hand-over's) is never read, and the detach that makes it idle stamps it anew."""
+    def body():
+        inst = _instance()
+        route = _route(inst, pool_ttl=60, server_lifetime=0)
+        server, pg = _active(inst, route)
+        server.idle_since = time.monotonic() - 3600     # stale, as a server handed over keeps it
+        client = Client(None, conn_type="host", peer=("127.0.0.1", 5555))
+        client.server, server.client, client.state = server, client, ClientState.ACTIVE
+        while_active = cron.expire(inst)
+        inst.router.detach(client)
+        once_idle = cron.expire(inst)
+        return while_active, once_idle, route.idle == [server], server.state, _still_open(pg)
+
+    assert in_machine(body) == (0, 0, True, ServerState.IDLE, True)
+
 
 def test_nothing_expires_when_ttl_and_lifetime_are_off(in_machine):
     def body():

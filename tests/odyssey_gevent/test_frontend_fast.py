@@ -303,7 +303,7 @@ def _pooled_state(case: str, fast: bool):
     elif case == "deployed":    # the relay wrote params: the server no longer holds the list
         server.deployed = object()
     assert fe.detach_plain
-    server.idle_since = 0.0         # the detach stamps it
+    server.idle_since = 0.0         # the detach stamps it where the server goes idle
     if fast:
         assert fe.detach_now(True) is True
     else:
@@ -369,6 +369,9 @@ def test_detach_now_pools_as_router_detach_does(case):
         assert fast[0] is None and fast[4] == ["server"] and fast[5] == [] and fast[3] is ServerState.IDLE
         assert fast[2] is (ClientState.UNDEF if case == "unrouted" else ClientState.PENDING)
     assert fast[7] is None if case == "deployed" else True
+    # idle_since stamped where the server went idle (cron's pool_ttl reads it for idle servers
+    # alone), not where it was handed over
+    assert fast[6] is (fast[4] == ["server"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -654,9 +657,9 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
         server.idle_since = 0.0
         relay._server_data(server, _sbuf(reply), len(reply))   # (a relay buffer: see relay._Buf)
         if at_once is not None:
-            # run before the walk returned, and with the walk's clock (the server's idle_since)
-            # or, as the waiter's loop callback, none
-            at_once.append((ran == [server], handed_at == [server.idle_since] if ran else list(handed_at)))
+            # run before the walk returned, and with the walk's clock (the one its own relay's
+            # wait starts at) or, as the waiter's loop callback, none
+            at_once.append((ran == [server], handed_at == [relay.wait_start] if ran else list(handed_at)))
         assert app.read(len(reply), 2000) == reply
         if co is not None:
             if other.waiter.woken:      # (left waiting where the coroutine must detach)
@@ -699,6 +702,9 @@ def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
     # statement pooling's detach (the hand-over tests tx_start)
     assert got[-1] is True
     assert got[-2] is (case == "tx_in_statement")
+    # idle_since stamped where the server went idle, not where it was handed to a waiter (cron's
+    # pool_ttl reads it for idle servers alone: test_cron)
+    assert got[7] is (got[5] == ["server"])
 
 
 def test_the_walks_plain_flag_needs_all_four(in_machine):
