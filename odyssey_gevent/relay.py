@@ -468,7 +468,7 @@ class Relay:
                  "timers", "free", "may_sleep", "marked", "sleepy", "fast_ok", "fast", "pending",
                  "wait_start", "swept", "expired", "s_watch", "on_client", "hub", "queued", "q_timeout",
                  "q_timer", "on_handed", "keep_watch", "c_watch", "s_shapes", "walk_plain", "hand_plain",
-                 "hand_deploy", "hand_check", "c_first", "c_write")
+                 "hand_deploy", "hand_check", "c_first", "c_write", "c_read")
 
     def __new__(cls, frontend, client, prepared=None):
         """Relay(frontend, client, prepared): made by new_relay, the one place its slots are
@@ -654,11 +654,14 @@ class Relay:
         self.fast = True
         self.walk_plain = self.plain_walk()
         self.hand_flags()
-        # the client's FileIO write for the reply walk while fast (see Relay.c_write)
-        self.c_write = self.client.io._fwrite
+        # the client's FileIO write for the reply walk and its readinto for the client callback
+        # while fast (see Relay.c_write, Relay.c_read)
+        cio = self.client.io
+        self.c_write = cio._fwrite
+        self.c_read = cio._fread
         self.waiting = True
         self.wait_start = self.swept = _monotonic()     # the relays' clock (see _on_client)
-        cw = self.c_watch = self.client.io.sock._read_event
+        cw = self.c_watch = cio.sock._read_event
         cw.start(self.on_client)
         if server is not None:
             sw = self.s_watch = server.io.sock._read_event
@@ -673,7 +676,7 @@ class Relay:
             raise
         finally:
             self.fast = self.waiting = self.walk_plain = False
-            self.c_write = None
+            self.c_write = self.c_read = None
             cw.stop()
             sw = self.s_watch
             if sw is not None:
@@ -740,15 +743,15 @@ class Relay:
                 buf = self.free.scratch     # the coroutine or the queue relays later is kept
             start = self.c_len
             # the client's FileIO once the sweep found the session busy (Io.use_file, see
-            # _sweep_fast: positional, where recv_into parses keywords; None at EAGAIN), else
-            # its socket
-            cio = client.io
-            read = cio._fread
+            # _sweep_fast: positional, where recv_into parses keywords; None at EAGAIN), kept
+            # on the relay while fast (Relay.c_read: one slot load where client.io and its
+            # _fread were two loads and a local), else its socket
+            read = self.c_read
             try:
                 if read is not None:
                     n = read(memoryview(buf)[start:] if start else buf)
                 else:
-                    n = cio._raw.recv_into(memoryview(buf)[start:] if start else buf)
+                    n = client.io._raw.recv_into(memoryview(buf)[start:] if start else buf)
             except BlockingIOError:
                 return
             except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
@@ -1380,6 +1383,7 @@ class Relay:
             if cio._fread is None:
                 cio.use_file()
                 self.c_write = cio._fwrite      # (the sweep runs only for a parked relay: fast)
+                self.c_read = cio._fread
         server = self.client.server
         timeout = self._wait_timeout(server)
         if timeout is not None:
@@ -2541,6 +2545,11 @@ def new_relay(frontend, client, prepared=None):
     # while the relay runs (TLS is done before it); a FileIO closed with its socket (Io.close)
     # makes the kept write raise ValueError, a ClientGone as the closed socket's EBADF is
     self.c_write = None
+    # the client's FileIO readinto (Io.use_file's _fread) while the relay is fast, else None:
+    # the client callback's read (_on_client), one slot load. Kept by the same writers as
+    # c_write, with it; a FileIO closed with its socket makes the kept read raise ValueError,
+    # a ClientGone as for the write
+    self.c_read = None
     # workers 1: a server the fast path detaches is pooled with its read watcher started
     # (server.idle_readable); with more workers a pooled server is a bare fd (server.park)
     try:

@@ -191,8 +191,44 @@ def test_the_park_keeps_the_clients_write_for_its_wait(in_machine):
     assert in_machine(body)
 
 
+def test_the_park_keeps_the_clients_read_for_its_wait(in_machine):
+    """_park keeps the client's FileIO readinto for the client callback (Relay.c_read) for its
+    wait, with c_write: after the sweep gave the client its FileIO, a wait ended by the
+    coroutine and the next park's requests are read through the client's FileIO readinto as
+    it is at that park (here a counting wrapper set between the two: fails where the park
+    does not take it, or the callback does not read through it); a relay not parked keeps
+    none, and without a FileIO the request is read from the socket."""
+    def body():
+        h = _harness()
+        calls = []
+        try:
+            assert h.relay.c_read is None           # not parked yet
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            assert h.relay.fast and h.relay.c_read is None      # no FileIO yet: the socket
+            relay_mod._sweep()
+            read = h.cio._fread
+            assert read is not None and h.relay.c_read is read
+            h.cio._fread = lambda buf: calls.append(len(buf)) or read(buf)
+            h.fe.slow_detach = True                 # this wait ends in the coroutine
+            _exchange(h, _q("select 1"), _reply(b"I"))
+            h.fe.slow_detach = False
+            # the coroutine's detach ran, and it parked again with the wrapper as the read
+            assert h.relay.fast and h.relay.c_read is h.cio._fread
+            n = len(calls)
+            for _ in range(2):
+                _exchange(h, _q("select 1"), _reply(b"I"))
+            assert len(calls) >= n + 2
+            h.cio._fread = read                     # (Io.close finds the FileIO through it)
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
 def test_the_park_clears_the_clients_write_at_its_end(in_machine, monkeypatch):
-    """Relay.c_write is None once the park ends (the coroutine relays through client.io)."""
+    """Relay.c_write and c_read are None once the park ends (the coroutine relays through
+    client.io)."""
     seen = []
     park = relay_mod.Relay._park
 
@@ -200,7 +236,7 @@ def test_the_park_clears_the_clients_write_at_its_end(in_machine, monkeypatch):
         try:
             return park(self, server)
         finally:
-            seen.append((self.fast, self.c_write))
+            seen.append((self.fast, self.c_write, self.c_read))
     monkeypatch.setattr(relay_mod.Relay, "_park", watched)
 
     def body():
@@ -215,7 +251,7 @@ def test_the_park_clears_the_clients_write_at_its_end(in_machine, monkeypatch):
         return True
 
     assert in_machine(body)
-    assert seen and all(s == (False, None) for s in seen)
+    assert seen and all(s == (False, None, None) for s in seen)
 
 
 def test_the_park_sets_the_hand_overs_flags_for_its_wait(in_machine, monkeypatch):
@@ -1360,12 +1396,13 @@ def test_the_sweep_gives_a_busy_client_a_file_it_is_then_read_and_written_throug
             read = h.cio._fread
             assert h.relay.fast and read is not None and h.cio._fwrite is not None
             assert h.relay.c_write is h.cio._fwrite     # the reply walk's kept write (Relay.c_write)
+            assert h.relay.c_read is read               # the client callback's kept read (c_read)
             f = read.__self__
             calls = []                              # (counted by wrappers around the two)
 
             def counted(fn, name):
                 return lambda data: calls.append(name) or fn(data)
-            h.cio._fread = counted(read, "read")
+            h.relay.c_read = h.cio._fread = counted(read, "read")
             h.relay.c_write = h.cio._fwrite = counted(h.cio._fwrite, "write")
             for _ in range(3):                      # relayed through it both ways
                 _exchange(h, _q("select 1"), _reply(b"I"))
