@@ -2115,7 +2115,15 @@ class Relay:
                     if not settled and (proto.syncs or proto.unsynced or proto.queue
                                         or (txs := proto.tx_status) is None) or self.c_skip or server.broken:
                         pass
-                    elif self.walk_plain and (txs is _TX_IDLE or txs == _TX_IDLE):
+                    elif not self.walk_plain or txs is not _TX_IDLE and txs != _TX_IDLE:
+                        # (before the common case, its body short: see below) a transaction not
+                        # over, which transaction pooling keeps the server for, session pooling's
+                        # server, or any other relay's detach (_detach_unplain)
+                        if txs is not _TX_IDLE and txs != _TX_IDLE and self.mode_transaction:
+                            pass
+                        elif self.mode_transaction or self.mode_statement:
+                            reason = self._detach_unplain(server)
+                    else:
                         # the fast path's detach of a plain relay (Relay.walk_plain: fast, transaction
                         # or statement pooling, workers 1, the frontend's detach_plain; one test for
                         # the four, kept by _park) of a server whose transaction is over, in the hub
@@ -2123,7 +2131,14 @@ class Relay:
                         # holds here: nothing half-relayed, no batch open
                         reason = _DETACH
                         sw = self.s_watch
-                        if sw is not None:
+                        # (the common case under the `else`s below, the rare ones first: their
+                        # bodies are short, so every jump the common case runs is short, where a
+                        # jump over the common case's long body needs an EXTENDED_ARG, a
+                        # dispatch more each time it runs, taken or not)
+                        if sw is None:
+                            if self.pending is None and self.fe.detach_walked():
+                                reason = None
+                        else:
                             # pooled with its watcher started, its reader the instance (idle_readable)
                             # before the detach can hand it over; its callback stays (Server.on_read
                             # tells by the reader), so the next attach starts nothing: no stop now
@@ -2132,8 +2147,16 @@ class Relay:
                             self.s_watch = None
                             server.reader = self.instance
                             try:
-                                if self.pending is None:
-                                    route = server.route
+                                route = server.route
+                                if self.pending is not None:
+                                    pass        # the coroutine detaches once the client took the rest
+                                elif not (settled or proto.output is None and (
+                                            proto.phase is _READY_PHASE or proto.phase not in _COPY_PHASES)) \
+                                        or server.held or server.io is None or not route.plain \
+                                        or server.state is not _S_ACTIVE:
+                                    if self.fe.detach_walked():
+                                        reason = None
+                                else:
                                     # Frontend.detach_walked's common case inline (once per transaction,
                                     # where its frame costs more than this copy; test_frontend_fast keeps
                                     # the two in step): a plain detach (workers 1, no lock) of a server
@@ -2146,99 +2169,64 @@ class Relay:
                                     # (settled: the head branch above left no output, its
                                     # splice took it, and set the READY phase: neither is tested
                                     # again; else READY by identity before the set's lookup)
-                                    if ((settled or proto.output is None and (
-                                                proto.phase is _READY_PHASE or proto.phase not in _COPY_PHASES))
-                                            and not server.held and server.io is not None and route.plain
-                                            and server.state is _S_ACTIVE):
-                                        waiters = route.waiters
-                                        client = self.client
-                                        if server.deployed is not client.deploy_list:
-                                            server.deployed = None      # (see Server.deployed)
-                                        client.server = None
-                                        if client.state is not _C_UNDEF:
-                                            client.state = _C_PENDING
-                                        # (idle_since stamped only where the server goes idle: cron's
-                                        # pool_ttl reads it for idle servers alone; a server handed
-                                        # over is stamped at the detach that makes it idle)
-                                        mono = now if now is not None else _monotonic()  # (see _on_client)
-                                        if not waiters:
-                                            server.idle_since = mono
-                                            server.client = None
-                                            route.active.discard(server)
-                                            server.state = _S_IDLE
-                                            route.idle.append(server)
-                                            reason = None
-                                        else:
-                                            waiter = waiters.popleft()
-                                            taker = waiter.client
-                                            server.client = taker
-                                            taker.server = server
-                                            taker.state = _C_ACTIVE
-                                            stats = route.stats
-                                            stats.count_server_assignment += 1
-                                            stats.wait_time += mono - waiter.since
-                                            reason = None
-                                            cb = waiter.callback
-                                            if cb is None:      # a coroutine's wait
-                                                waiter.server = server
-                                                waiter.wake()
-                                            else:
-                                                # a relay queued in the hub (Relay._on_handed):
-                                                # its continuation runs here and now, as Wakeup
-                                                # lets a waker in the waiter's own hub (workers 1:
-                                                # this one) do, not as a loop callback (wake()'s
-                                                # frame, run_callback and the loop's call: about
-                                                # 2,000 instructions per queued transaction).
-                                                # reason is None first, so the finally leaves the
-                                                # server (the taker's now) alone; _on_handed raises
-                                                # nothing (its errors go to its own coroutine).
-                                                # No waiter.server or waiter.woken store: a
-                                                # callback wait's are read by nobody (the taker
-                                                # is linked: client.server, which
-                                                # router.attach_queued reads; woken is read by
-                                                # park() alone, after an arm() that resets it)
-                                                cb(mono)
-                                        # the end's common case (below) here, where this
-                                        # relay is known fast with nothing pending (tested
-                                        # above): its wait starts at the detach's clock
-                                        if not self.instance.shutting_down and not client.killed:
-                                            self.wait_start = mono
-                                            return None
-                                    elif self.fe.detach_walked():
+                                    waiters = route.waiters
+                                    client = self.client
+                                    if server.deployed is not client.deploy_list:
+                                        server.deployed = None      # (see Server.deployed)
+                                    client.server = None
+                                    if client.state is not _C_UNDEF:
+                                        client.state = _C_PENDING
+                                    # (idle_since stamped only where the server goes idle: cron's
+                                    # pool_ttl reads it for idle servers alone; a server handed
+                                    # over is stamped at the detach that makes it idle)
+                                    mono = now if now is not None else _monotonic()  # (see _on_client)
+                                    if not waiters:
+                                        server.idle_since = mono
+                                        server.client = None
+                                        route.active.discard(server)
+                                        server.state = _S_IDLE
+                                        route.idle.append(server)
                                         reason = None
+                                    else:
+                                        waiter = waiters.popleft()
+                                        taker = waiter.client
+                                        server.client = taker
+                                        taker.server = server
+                                        taker.state = _C_ACTIVE
+                                        stats = route.stats
+                                        stats.count_server_assignment += 1
+                                        stats.wait_time += mono - waiter.since
+                                        reason = None
+                                        cb = waiter.callback
+                                        if cb is None:      # a coroutine's wait
+                                            waiter.server = server
+                                            waiter.wake()
+                                        else:
+                                            # a relay queued in the hub (Relay._on_handed):
+                                            # its continuation runs here and now, as Wakeup
+                                            # lets a waker in the waiter's own hub (workers 1:
+                                            # this one) do, not as a loop callback (wake()'s
+                                            # frame, run_callback and the loop's call: about
+                                            # 2,000 instructions per queued transaction).
+                                            # reason is None first, so the finally leaves the
+                                            # server (the taker's now) alone; _on_handed raises
+                                            # nothing (its errors go to its own coroutine).
+                                            # No waiter.server or waiter.woken store: a
+                                            # callback wait's are read by nobody (the taker
+                                            # is linked: client.server, which
+                                            # router.attach_queued reads; woken is read by
+                                            # park() alone, after an arm() that resets it)
+                                            cb(mono)
+                                    # the end's common case (below) here, where this
+                                    # relay is known fast with nothing pending (tested
+                                    # above): its wait starts at the detach's clock
+                                    if not self.instance.shutting_down and not client.killed:
+                                        self.wait_start = mono
+                                        return None
                             finally:
                                 if reason is not None:
                                     server.reader = None
                                     sw.stop()       # the coroutine's detach reads the socket
-                        elif self.pending is None and self.fe.detach_walked():
-                            reason = None
-                    elif txs is not _TX_IDLE and txs != _TX_IDLE and self.mode_transaction:
-                        pass
-                    elif not self.mode_transaction and not self.mode_statement:
-                        pass
-                    elif self.fast:
-                        # the fast path's detach of any other relay (see above), all of it
-                        # detach_walked's
-                        reason = _DETACH
-                        sw = self.s_watch
-                        if sw is not None and self.keep_watch:
-                            self.s_watch = None
-                            server.reader = self.instance
-                            try:
-                                if self.pending is None and self.fe.detach_walked():
-                                    reason = None
-                            finally:
-                                if reason is not None:
-                                    server.reader = None
-                                    sw.stop()
-                        else:
-                            if sw is not None:
-                                self.s_watch = None
-                                sw.stop()
-                            if self.pending is None and self.fe.detach_walked():
-                                reason = None
-                    else:
-                        self.fe.detach()
             if not self.fast:       # the coroutine's call (_from_server)
                 return reason
             if reason is None:
@@ -2254,6 +2242,37 @@ class Relay:
             reason = e
         self.glet.switch(reason)
         return None
+
+    def _detach_unplain(self, server):
+        """The reply walk's detach (Relay._server_data) of a settled server in transaction or
+        statement pooling where the relay is not walk_plain (workers > 1, a frontend without
+        detach_plain), or statement pooling's in a transaction: all of it detach_walked's (the
+        coroutine's call: Frontend.detach). Returns the walk's reason: None where detached or
+        left to the coroutine's call, _DETACH where the coroutine detaches. A method of its own,
+        off the walk's common path: the jumps that path runs stay short (no EXTENDED_ARG)."""
+        if not self.fast:
+            self.fe.detach()
+            return None
+        reason = _DETACH
+        sw = self.s_watch
+        if sw is not None and self.keep_watch:
+            # the watcher kept started (see the walk's plain detach)
+            self.s_watch = None
+            server.reader = self.instance
+            try:
+                if self.pending is None and self.fe.detach_walked():
+                    reason = None
+            finally:
+                if reason is not None:
+                    server.reader = None
+                    sw.stop()
+        else:
+            if sw is not None:
+                self.s_watch = None
+                sw.stop()
+            if self.pending is None and self.fe.detach_walked():
+                reason = None
+        return reason
 
     def _server_error(self, server, buf, start: int, end: int) -> None:
         """server_drop_on_cached_plan_error: a server whose cached plan broke (0A000 `cached
