@@ -1246,8 +1246,21 @@ class Relay:
                         # (_sweep_fast: within a second or two of idling) or at the end
                         self.c_len = 0
                         # the wait's end as below, here without a test of a reason (none set);
-                        # wait_start: the request's start (the same wait)
-                        if self.pending is None and not self.instance.shutting_down and not client.killed:
+                        # wait_start: the request's start (the same wait). No test of the
+                        # shutdown flag (4 bytecodes): a relay queued in the hub stays parked
+                        # from before its queueing until its coroutine is switched into, and the
+                        # hand-over leaves it parked, so a shutdown that began before this
+                        # reaches it as it reaches every parked relay: wake_relays, run after
+                        # the flag is set (and again with shutdown_force, and at each poll of an
+                        # online restart's rate-limited drain), queues a _wake that switches
+                        # into it. One that parked after the shutdown began passed the
+                        # coroutine's `shutting_down and can_stop(server)` test with no server,
+                        # so may_eject refused it (a drain: switching in parks it again, or its
+                        # next poll's wake ends it).
+                        # The sent request's reply ends at a ReadyForQuery whose walk tests the
+                        # flag too (test_relay_fast: a shutdown reaches a relay handed a server
+                        # during it)
+                        if self.pending is None and not client.killed:
                             self.wait_start = now
                             return
                         reason = _AGAIN
@@ -1309,9 +1322,8 @@ class Relay:
                         # unqueued request is sent (_on_client), by _client_data, by the sweep
                         # (_sweep_fast: within a second or two of idling) or at the end
                         self.c_len = 0
-                        # the wait's end as below, here without a test of a reason (none set);
-                        # wait_start: the request's start (the same wait)
-                        if self.pending is None and not self.instance.shutting_down and not client.killed:
+                        # the wait's end as the lone Query's (no shutdown test: see there)
+                        if self.pending is None and not client.killed:
                             self.wait_start = now
                             return
                         reason = _AGAIN

@@ -1166,6 +1166,46 @@ def test_a_request_handed_over_to_a_killed_client_is_sent_and_the_coroutine_ends
     assert result is Status.ECLIENT_KILLED and received == len(request_)
 
 
+_FLUSH = b"H\x00\x00\x00\x04"
+
+
+@pytest.mark.parametrize("request_", [_q("select 1"), _FLUSH], ids=["lone-query", "remembered-flush"])
+def test_a_shutdown_reaches_a_relay_handed_a_server_during_it(in_machine, request_):
+    """The hand-over (_on_handed) does not test the shutdown flag after its inline sends: a
+    relay parked when the shutdown begins is woken by it (wake_relays, after the flag), and the
+    hand-over leaves it parked, so that wake reaches it; one that parked after it began was
+    refused by can_stop. Here the flag is set and the relays woken while the client is queued,
+    after the hand-over was scheduled (it runs first, as a walk's inline hand-over would run
+    before the wake's loop callback): a lone Query's server owes the reply, whose
+    ReadyForQuery the walk ends the session at; a remembered lone Flush leaves the server
+    owing nothing, and the wake alone ends it (fails where the hand-over's relay is not woken
+    by wake_relays: with no flag test, nothing else switches into it)."""
+    relay_mod._C_SHAPES.clear()
+    if request_ is _FLUSH:
+        relay_mod._C_SHAPES[len(_FLUSH)] = relay_mod._client_shape(bytearray(_FLUSH), len(_FLUSH), [_FLUSH[0]])
+    instance = relay_mod._NEVER_STOPPING
+
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        h.fe.can_stop = lambda server: server is None or server.synchronized
+        try:
+            _queued(h, request_)
+            h.fe.hand()                             # the hand-over scheduled ...
+            instance.shutting_down = True           # ... then the shutdown: its flag and wake
+            woken = relay_mod.wake_relays()
+            assert h.pg.read(len(request_), 2000) == request_
+            if request_ is not _FLUSH:
+                h.pg.write(_reply(b"I"))
+                assert h.app.read(len(_reply(b"I")), 2000) == _reply(b"I")
+            return woken, h.result()
+        finally:
+            instance.__dict__.pop("shutting_down", None)
+            h.close()
+
+    woken, result = in_machine(body)
+    assert woken == 1 and result is Status.EGRACEFUL_SHUTDOWN
+
+
 def test_a_relay_cancelled_while_queued_leaves_the_queue(in_machine):
     def body():
         h = _harness(queue=True, cb_queue=True)
