@@ -249,6 +249,10 @@ _DETACH = 2     # the server is due for a detach that may wait
 
 # Relay.queued (truthy): queued, and the client socket's watcher stopped by _on_client meanwhile
 _Q_STOPPED = 2
+# ... queued with pool_timeout's timer started (_start_q_timer), the watcher not stopped: True
+# only where no timer runs, so the hand-over tests `queued is not True` once for the rare
+# cases (a timer to stop, a watcher to start again), not the timer's slot per queued wait
+_Q_TIMED = 3
 
 # Relay.on_handed before the relay's first queued wait makes its bound method: not None, the
 # callback of a coroutine's waiter (Wakeup.callback), so the client callback's inline queueing
@@ -1088,6 +1092,7 @@ class Relay:
         if timer is None:
             timer = self.q_timer = self.loop.timer(self.q_timeout)
         timer.start(self._on_queue_timeout)
+        self.queued = _Q_TIMED      # (see _Q_TIMED: _on_client's _Q_STOPPED may replace it)
 
     def _unqueued(self) -> None:
         self.queued = False
@@ -1110,8 +1115,15 @@ class Relay:
         # _unqueued inline, and the continuation in this one frame (once per queued transaction;
         # the timer read twice where there is one, a pool_timeout's, not stored in a slot)
         self.queued = False
-        if self.q_timer is not None:
-            self.q_timer.stop()
+        if queued is not True:          # (a constant's test: True, no timer and the watcher started)
+            # _Q_TIMED: pool_timeout's timer runs; _Q_STOPPED: _on_client stopped the client's
+            # watcher while queued (a timer may run too). The watcher is started again here, not
+            # only where the request is sent: where the coroutine is switched into instead,
+            # _park's end stops it (nothing runs in between)
+            if self.q_timer is not None:
+                self.q_timer.stop()
+            if queued is _Q_STOPPED:
+                self.c_watch.start(self.on_client)
         try:
             client = self.client
             server = client.server
@@ -1151,8 +1163,6 @@ class Relay:
                 if not ready:               # a new server to connect, or checks: the coroutine
                     reason = (end, server)
                 else:
-                    if queued is not True:      # _Q_STOPPED: _on_client stopped it while queued (a constant's test)
-                        self.c_watch.start(self.on_client)
                     # (io: the server's, read above for the ready test and used for the watcher and
                     # the write, where the copy in _on_client reads server.io again)
                     # (now: handed over by the reply walk, in that server's own read callback,

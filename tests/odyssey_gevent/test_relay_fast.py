@@ -1060,6 +1060,44 @@ def test_bytes_a_queued_client_sends_are_read_after_the_hand_over(in_machine):
     assert in_machine(body)
 
 
+@pytest.mark.parametrize("more", [False, True], ids=["timed", "timed-and-stopped"])
+def test_the_hand_over_stops_pool_timeouts_timer(in_machine, more):
+    """A wait queued with pool_timeout's timer started (queued is _Q_TIMED, not True: the
+    hand-over tests the timer only then) has the timer stopped by the hand-over, also where the
+    client sent more while queued (_Q_STOPPED: the watcher started again, the rest read after
+    the held request). Fails where the timer's start leaves queued True (the timer left
+    running) or the hand-over does not start the stopped watcher again."""
+    def body():
+        h = _harness(queue=True, cb_queue=True)
+        h.relay.q_timeout = 60.0
+        try:
+            _queued(h, _q("select 1"))
+            timer, watcher = h.relay.q_timer, h.relay.c_watch
+            assert timer.active and h.relay.queued is relay_mod._Q_TIMED
+            sent = _q("select 1")
+            if more:
+                h.app.write(_q("select 2"))
+                for _ in range(2000):
+                    if not watcher.active:
+                        break
+                    mm.sleep(1)
+                assert not watcher.active and h.relay.queued is relay_mod._Q_STOPPED
+                sent += _q("select 2")
+            h.fe.hand()
+            assert h.pg.read(len(sent), 2000) == sent
+            assert not timer.active and not h.relay.queued
+            assert watcher.active and watcher.callback == h.relay.on_client
+            n = len(sent) // len(_q("select 1"))
+            h.pg.write(_reply(b"I") * n)
+            assert h.app.read(len(_reply(b"I")) * n, 2000) == _reply(b"I") * n
+            assert h.fe.queued_attaches == 0 and h.fe.taken == []
+        finally:
+            h.close()
+        return True
+
+    assert in_machine(body)
+
+
 def test_a_handed_server_that_needs_checks_goes_to_the_coroutine(in_machine):
     def body():
         h = _harness(queue=True, cb_queue=True, check=True)
