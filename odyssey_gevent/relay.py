@@ -828,15 +828,15 @@ class Relay:
                         # queues does not make)
                         waiter = client.waiter
                         if waiter is not None and waiter.callback is self.on_handed:
-                            # (Route.plain: one thread, nothing paused and the route not obsolete,
-                            # one test for four without the router's load; an obsolete route's
-                            # client is queue_now's, which queues it the same)
                             # (Route.queue_at: the pool size of a full pool queue_now queues for,
                             # a count never reached for an unlimited pool, a shared pool or
-                            # NOTICEs, which are queue_now's)
+                            # NOTICEs, which are queue_now's, and for a route not plain (one
+                            # thread, nothing paused and the route not obsolete, Route.set_plain:
+                            # one compare for the plain flag's test too; an obsolete route's
+                            # client is queue_now's, which queues it the same)
                             # (no waiter.server store: a callback wait's is read by nobody,
                             # see router.attach_queued)
-                            if route.plain and len(route.active) >= route.queue_at:
+                            if len(route.active) >= route.queue_at:
                                 waiter.since = _monotonic()
                                 route.waiters.append(waiter)
                                 client.state = _C_QUEUE

@@ -165,15 +165,16 @@ class Route:
         # not obsolete, and its router plain (Router.plain: one thread, nothing paused): the reply
         # walk's inline detach tests this one flag where it tested both (and loaded the router),
         # once per transaction. Kept by the router, where a route is made (router.route) and
-        # where either changes (pause, resume, mark_obsolete: their only writers); False for a
-        # route the router did not make (its detach is detach_walked's, which tests both)
+        # where either changes (pause, resume, mark_obsolete: their only writers, through
+        # set_plain, which keeps queue_at with it); False for a route the router did not make
+        # (its detach is detach_walked's, which tests both)
         self.plain = False
         self.prepared = Registry()           # pool-wide prepared statements (its own lock)
         self.relay_facts = None              # what every relay takes from the rule (relay._rule_facts)
         self.tsa_memo = None                 # (listen, checks) for clients without hints (tsa.work_out)
         self.login_facts = None              # what every login takes from the rule (frontend._login_facts)
         self.params_wire = None              # the params' ParameterStatus messages (frontend.param_wire)
-        self.queue_odd = self.queue_at = None
+        self.queue_odd = self.queue_pool = self.queue_at = None
         self.queue_rule()
 
     def queue_rule(self) -> None:
@@ -183,13 +184,23 @@ class Route:
         (`queue_odd` false: one attribute test per queued transaction, not five). `queue_at`:
         the count of active servers at which the relay's inline copy of queue_now's common case
         queues a client, the pool size where that queue is for it, else a count never reached
-        (no limit, or an odd queue: queue_now's); one compare per queued transaction where the
-        rule's pool_size, its truth test and queue_odd were three tests and two loads."""
+        (no limit, or an odd queue: queue_now's), and that count too where the route is not
+        plain (see set_plain); one compare per queued transaction where the route's plain flag,
+        the rule's pool_size, its truth test and queue_odd were four tests and three loads.
+        `queue_pool`: the rule's half of it, the pool size or the count never reached."""
         rule = self.rule
         after = getattr(rule, "pool_notice_after_waiting_ms", None)
         self.queue_odd = bool(getattr(rule, "shared_pool", None) or after is not None and after >= 0)
         pool_size = getattr(rule, "pool_size", 0)
-        self.queue_at = pool_size if pool_size and not self.queue_odd else QUEUE_NEVER
+        self.queue_pool = pool_size if pool_size and not self.queue_odd else QUEUE_NEVER
+        self.queue_at = self.queue_pool if self.plain else QUEUE_NEVER
+
+    def set_plain(self, plain: bool) -> None:
+        """Set Route.plain, and queue_at with it (a count never reached where the route is not
+        plain, so the relay's inline queueing tests one compare for both): the router's way to
+        change plain (where a route is made, pause, resume, mark_obsolete)."""
+        self.plain = plain
+        self.queue_at = self.queue_pool if plain else QUEUE_NEVER
 
     # -- state changes ---------------------------------------------------------------------
     def set_server_state(self, server: Server, state: ServerState) -> None:

@@ -103,7 +103,7 @@ class Router:
             if route is None:
                 key = route_key(rule, db, user)
                 route = self.routes[key] = Route(key, rule, route_db, route_user)
-                route.plain = self.plain        # (see Route.plain)
+                route.set_plain(self.plain)     # (see Route.plain)
             route.tcp_connections += 1
             if rule.client_max and len(route.clients) >= rule.client_max:
                 self.errors.router_error("OD_ROUTER_ERROR_LIMIT_ROUTE", route)
@@ -338,7 +338,7 @@ class Router:
                 self.paused_dbs.add(db)
             self.plain = False
             for route in self.routes.values():      # (see Route.plain)
-                route.plain = False
+                route.set_plain(False)
 
     def resume(self, db: str | None) -> None:
         """End a pause (db None: the global one and every per-database one) and give the
@@ -352,7 +352,7 @@ class Router:
                 self.paused_dbs.discard(db)
             plain = self.plain = self.mt_lock is None and not self.paused_all and not self.paused_dbs
             for route in self.routes.values():
-                route.plain = plain and not route.obsolete      # (see Route.plain)
+                route.set_plain(plain and not route.obsolete)   # (see Route.plain)
                 while route.waiters and not self.is_paused(route):
                     server = self._take(route, route.rule.pool_size, offline)
                     if server is None:
@@ -540,7 +540,7 @@ class Router:
             for route in self.routes.values():
                 if id(route.rule) not in kept and not route.obsolete:
                     route.obsolete = True
-                    route.plain = False     # (see Route.plain)
+                    route.set_plain(False)  # (see Route.plain)
                     marked += 1
         return marked
 

@@ -911,8 +911,10 @@ def _relay_queue(case: str, inline: bool):
         elif case == "obsolete":    # (a reload's: Route.plain cleared with it)
             assert router.mark_obsolete(set()) == 1
         assert route.plain is (case not in ("paused", "paused_db", "obsolete"))
+        # queue_at kept with plain (Route.set_plain): the inline queueing's one compare
+        assert (route.queue_at == route_mod.QUEUE_NEVER) is (not route.plain or route.queue_pool == route_mod.QUEUE_NEVER)
         if not inline:
-            route.plain = False     # (as a lock or a pause leaves it: the callback asks queue_now)
+            route.set_plain(False)  # (as a lock or a pause leaves it: the callback asks queue_now)
         q = fe_write.query("select 1")
         app.write(q)
         relay.fast = True
@@ -937,12 +939,17 @@ def _relay_queue(case: str, inline: bool):
 def test_a_routes_queue_rule_says_where_the_callback_queues():
     """Route.queue_at, the count of active servers at which the relay's inline copy of
     queue_now queues a client: the pool size of a pool of its own without NOTICEs, else a
-    one-digit int no pool reaches (no limit, a shared pool, pool_notice_after_waiting_ms)."""
+    one-digit int no pool reaches (no limit, a shared pool, pool_notice_after_waiting_ms), and
+    that int too while the route is not plain (Route.set_plain keeps the two together: a route
+    is made not plain, the router's route() sets it)."""
     def route(**kw):
         rule = Rule(db_name="default", user_name="default", authentication="none", **RULES["transaction"])
         for k, v in kw.items():
             setattr(rule, k, v)
-        return Route(("default", "default", 0), rule, "default", "default")
+        r = Route(("default", "default", 0), rule, "default", "default")
+        assert not r.plain and r.queue_at == route_mod.QUEUE_NEVER
+        r.set_plain(True)
+        return r
 
     assert route_mod.QUEUE_NEVER < 1 << 30
     assert (route(pool_size=5).queue_at, route(pool_size=5).queue_odd) == (5, False)
@@ -951,7 +958,12 @@ def test_a_routes_queue_rule_says_where_the_callback_queues():
                 {"pool_notice_after_waiting_ms": 100}):
         r = route(pool_size=5, **odd)
         assert r.queue_odd and r.queue_at == route_mod.QUEUE_NEVER
-    assert route(pool_size=5, pool_notice_after_waiting_ms=-1).queue_at == 5
+    r = route(pool_size=5, pool_notice_after_waiting_ms=-1)
+    assert r.queue_at == 5
+    r.set_plain(False)
+    assert (r.plain, r.queue_at, r.queue_pool) == (False, route_mod.QUEUE_NEVER, 5)
+    r.set_plain(True)
+    assert (r.plain, r.queue_at) == (True, 5)
 
 
 @pytest.mark.parametrize("case", QUEUE_CASES)
