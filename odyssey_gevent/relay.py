@@ -1747,13 +1747,42 @@ class Relay:
             pos = self.s_skip
             # a read that starts at a message (pos 0, the common case), one that the rest of a
             # message fills (pos >= end), one that ends it (below): one truth test of pos for
-            # the common case (the jump is long: a compare would stay generic), where a test of
-            # the skip's end before it cost a second; s_drop is never set where s_skip is 0, so
+            # the common case (the rare reads under it, the common one under its `else`), where
+            # a test of the skip's end before it cost a second; s_drop is never set where s_skip is 0, so
             # a read that starts at a message does not test it. The layout tables (_S_SHAPES,
             # or _S_SHAPES_PREPARED for a relay with the prepared-statement layer) are the
             # relay's (s_shapes); the walk's tables are read where it walks (below): a layout's
             # read needs none
-            if not pos:
+            if pos:
+                # (the rare reads first, their bodies short, so that the common case's jump
+                # here is short and its layout falls through to the walk's test below)
+                if pos >= end:
+                    skip = self.s_skip = pos - end
+                    pos = end
+                    if self.s_drop:
+                        # swallowed (dropped or replaced): nothing of this read is forwarded (`out`
+                        # empty: the write below takes `out` and seg, where without it it would
+                        # write buf[:pos], the swallowed bytes)
+                        seg = end
+                        out = []
+                        if skip == 0:
+                            self.s_drop = False     # (the swallowed message ends here)
+                    # answers due after a message that ends here (the walk splices them itself after
+                    # each message that ends in the bytes it has; it finds no header here: pos is end)
+                    if skip == 0 and proto.output is not None:
+                        out = _splice(out, buf, seg, pos, proto.take_output())
+                        seg = pos
+                else:
+                    # the rest of a message the read before ended in (skipped): nothing laid out
+                    self.s_skip = 0
+                    if self.s_drop:
+                        seg = pos
+                        out = []        # (the swallowed rest not written: see above)
+                        self.s_drop = False
+                    if proto.output is not None:    # answers the pooler gives itself, due before the next message
+                        out = _splice(out, buf, seg, pos, proto.take_output())
+                        seg = pos
+            else:
                 if proto.output is not None:    # answers the pooler gives itself, due before the next message
                     out = _splice(out, buf, seg, pos, proto.take_output())
                     seg = pos
@@ -1769,7 +1798,21 @@ class Relay:
                     shape = self.s_shapes[end]
                 except KeyError:
                     shape = None
-                if shape:       # (_SEEN and _NEVER are falsy)
+                if not shape:       # (_SEEN and _NEVER are falsy; the rare case first, its body short)
+                    if shape is not _NEVER:
+                        # (see _C_SHAPES) learnt here, before the walk, not after it: the layout
+                        # depends on the bytes alone, and no `learn` local and its tests on every
+                        # read. A read the walk refuses (a length under 4) is never laid out
+                        # (_server_shape: _NEVER)
+                        shapes = self.s_shapes
+                        if shape is _SEEN:
+                            kinds = _S_KIND if self.prepared is None else _S_KIND_PREPARED
+                            shapes[end] = _server_shape(buf, end, kinds)
+                        else:
+                            if len(shapes) >= _SHAPES_MAX:
+                                shapes.clear()
+                            shapes[end] = _SEEN
+                else:
                     # one unpack of the entry (a subscript each costs more), before the
                     # check (pos is put back where the layout does not hold). pos: where
                     # the walk goes on; status not None: the read's last message a
@@ -1872,7 +1915,11 @@ class Relay:
                                         out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
                                 else:
                                     out, seg = _ready_received(proto, status, out, buf, seg, pos, end)
-                        if status is not None:
+                        if status is None:
+                            # (the prepared layer's layouts, without a ReadyForQuery: the rare
+                            # case first, its body short, so that the common case's jump is short)
+                            pass
+                        else:
                             # (the ReadyForQuery told above, in one branch or the other: its
                             # counts and times, as the walk's loop below takes them)
                             stats = self.stats
@@ -1905,45 +1952,6 @@ class Relay:
                     else:       # laid out otherwise: this length is walked from now on
                         pos = 0
                         self.s_shapes[end] = _NEVER
-                elif shape is not _NEVER:
-                    # (see _C_SHAPES) learnt here, before the walk, not after it: the layout
-                    # depends on the bytes alone, and no `learn` local and its tests on every
-                    # read. A read the walk refuses (a length under 4) is never laid out
-                    # (_server_shape: _NEVER)
-                    shapes = self.s_shapes
-                    if shape is _SEEN:
-                        kinds = _S_KIND if self.prepared is None else _S_KIND_PREPARED
-                        shapes[end] = _server_shape(buf, end, kinds)
-                    else:
-                        if len(shapes) >= _SHAPES_MAX:
-                            shapes.clear()
-                        shapes[end] = _SEEN
-            elif pos >= end:
-                skip = self.s_skip = pos - end
-                pos = end
-                if self.s_drop:
-                    # swallowed (dropped or replaced): nothing of this read is forwarded (`out`
-                    # empty: the write below takes `out` and seg, where without it it would
-                    # write buf[:pos], the swallowed bytes)
-                    seg = end
-                    out = []
-                    if skip == 0:
-                        self.s_drop = False     # (the swallowed message ends here)
-                # answers due after a message that ends here (the walk splices them itself after
-                # each message that ends in the bytes it has; it finds no header here: pos is end)
-                if skip == 0 and proto.output is not None:
-                    out = _splice(out, buf, seg, pos, proto.take_output())
-                    seg = pos
-            else:
-                # the rest of a message the read before ended in (skipped): nothing laid out
-                self.s_skip = 0
-                if self.s_drop:
-                    seg = pos
-                    out = []        # (the swallowed rest not written: see above)
-                    self.s_drop = False
-                if proto.output is not None:    # answers the pooler gives itself, due before the next message
-                    out = _splice(out, buf, seg, pos, proto.take_output())
-                    seg = pos
             # the walk, its loop turned so that a header read with the layout (see above) is not read
             # again: each message's header is read at the end of the one before
             if pos > end - 5:   # no whole header left to walk (a layout's read: its common case)
@@ -2062,52 +2070,55 @@ class Relay:
                     pos = end
             rest = end - pos
             self.s_len = rest           # before writing: a failed write must leave the state honest
-            if out is None:
-                if pos:             # a truth test: the jump is long (no specialized compare)
-                    self.stats.bytes_sent += pos
-                    # the reply: the buffer's kept view of its first pos bytes, one made and kept
-                    # for the second reply as long in a row, else a copy (see _Buf.rcut; every
-                    # server buffer is a _Buf, and what the socket does not take at once is
-                    # copied: no view is used after the write)
-                    if pos == buf.rcut_end:
-                        data = buf.rcut
-                    elif pos == buf.rcut_next:
-                        data = buf.rcut = buf.whole[:pos]
-                        buf.rcut_end = pos
-                    else:
-                        buf.rcut_next = pos
-                        data = buf[:pos] if pos <= _SLICE_MAX else memoryview(buf)[:pos]
-                    try:
-                        # the client's FileIO write kept on the relay while fast (Relay.c_write:
-                        # not None only there), so the common case loads one slot, where the
-                        # client, its io and the method were three loads and a test; _send_now's
-                        # common case inline (None at EAGAIN)
-                        write = self.c_write
-                        if write is not None and self.pending is None:
-                            n = write(data)
-                            if n != pos:
-                                self.pending = [(self.client.io, bytes(memoryview(data)[n or 0:]), 0)]
-                        elif self.fast:
-                            cio = self.client.io
-                            if self.pending is None:    # no FileIO (yet): the fd
-                                try:
-                                    n = _write(cio._raw.fileno(), data)
-                                except BlockingIOError:
-                                    n = 0
-                                if n != pos:
-                                    self.pending = [(cio, bytes(memoryview(data)[n:]), 0)]
-                            else:
-                                self._send_now(cio, data, 0)
-                        else:
-                            self.client.io.write(data)
-                    except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
-                        raise ClientGone(Status.ECLIENT_WRITE, e) from None
-            else:
+            # (the rare cases first, their bodies short, so that the common case's jumps are
+            # short: a jump over a long body needs an EXTENDED_ARG)
+            if out is not None:
                 if pos > seg:
                     out.append(memoryview(buf)[seg:pos])
                 data = b"".join(out)
                 if data:
                     self._to_client(data)
+            elif not pos:
+                pass                # nothing to forward (a truth test: see above)
+            else:
+                self.stats.bytes_sent += pos
+                # the reply: the buffer's kept view of its first pos bytes, one made and kept
+                # for the second reply as long in a row, else a copy (see _Buf.rcut; every
+                # server buffer is a _Buf, and what the socket does not take at once is
+                # copied: no view is used after the write)
+                if pos == buf.rcut_end:
+                    data = buf.rcut
+                elif pos == buf.rcut_next:
+                    data = buf.rcut = buf.whole[:pos]
+                    buf.rcut_end = pos
+                else:
+                    buf.rcut_next = pos
+                    data = buf[:pos] if pos <= _SLICE_MAX else memoryview(buf)[:pos]
+                try:
+                    # the client's FileIO write kept on the relay while fast (Relay.c_write:
+                    # not None only there), so the common case loads one slot, where the
+                    # client, its io and the method were three loads and a test; _send_now's
+                    # common case inline (None at EAGAIN)
+                    write = self.c_write
+                    if write is not None and self.pending is None:
+                        n = write(data)
+                        if n != pos:
+                            self.pending = [(self.client.io, bytes(memoryview(data)[n or 0:]), 0)]
+                    elif self.fast:
+                        cio = self.client.io
+                        if self.pending is None:    # no FileIO (yet): the fd
+                            try:
+                                n = _write(cio._raw.fileno(), data)
+                            except BlockingIOError:
+                                n = 0
+                            if n != pos:
+                                self.pending = [(cio, bytes(memoryview(data)[n:]), 0)]
+                        else:
+                            self._send_now(cio, data, 0)
+                    else:
+                        self.client.io.write(data)
+                except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
+                    raise ClientGone(Status.ECLIENT_WRITE, e) from None
             if rest:
                 buf[:rest] = buf[pos:end]
                 # (s_buf None: buf is the scratch; else buf is s_buf, the only buffer the callback
