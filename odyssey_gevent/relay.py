@@ -280,13 +280,13 @@ def _timeouts_sweepable(rule) -> bool:
 def _rule_facts(rule) -> tuple:
     """What a relay takes from its client's rule: (transaction pooling, statement pooling, the
     request timeout in ms or None, timeouts the sweep can keep (_timeouts_sweepable), the
-    pool_timeout in seconds or 0). The same for every client of a route, whose rule does not
+    pool_timeout in seconds or None: tested with `is not None`, no float's truth test). The same for every client of a route, whose rule does not
     change (a reload makes new rules and routes): worked out at its first relay and kept
     (Route.relay_facts), where each login paid four getattr calls and a Python frame."""
     pool = rule.pool
     q_timeout = getattr(rule, "pool_timeout", 0) or 0
     return (pool == "transaction", pool == "statement", getattr(rule, "pool_idle_in_request_timeout_ms", 0) or None,
-            _timeouts_sweepable(rule), q_timeout / 1000.0 if q_timeout > 0 else 0.0)
+            _timeouts_sweepable(rule), q_timeout / 1000.0 if q_timeout > 0 else None)
 
 
 class _NeverStopping:
@@ -810,10 +810,9 @@ class Relay:
                         # _keep inline (each queued request at c50); c_buf None: buf is the
                         # scratch, read into above (the slot's None test: two bytecodes fewer
                         # than the local's identity test with it)
-                        if self.c_buf is None:
-                            free = self.free
+                        if self.c_buf is None:  # (rare: no local for the free list, a frame slot)
                             self.c_buf = buf
-                            free.scratch = free.pop() if free else _new_buf()
+                            self.free.scratch = self.free.pop() if self.free else _new_buf()
                         # queued (see "the fast path's queued attach" below), inline: once
                         # per queued transaction, where a frame costs more than this copy
                         # router.queue_now's common case inline (once per queued transaction,
@@ -843,7 +842,7 @@ class Relay:
                                 # queued: _queue_now's tail, inline
                                 self.c_len = end
                                 self.queued = True  # the watcher stays started: see below
-                                if self.q_timeout:
+                                if self.q_timeout is not None:  # (no truth test of a float)
                                     self._start_q_timer()
                                 return
                         # anything else (the session's first queued wait, more workers, a route
@@ -1015,9 +1014,8 @@ class Relay:
                     self._to_client(proto.take_output())
                 if self.c_buf is not None:  # buf is it, not the scratch (see above)
                     self.c_len = 0
-                    free = self.free
-                    if len(buf) == BUF_SIZE and len(free) < 256:
-                        free.append(buf)
+                    if len(buf) == BUF_SIZE and len(self.free) < 256:
+                        self.free.append(buf)
                     else:
                         _drop(buf)
                     self.c_buf = None
@@ -1064,7 +1062,7 @@ class Relay:
             return (end, None if server is False else server)
         self.c_len = end
         self.queued = True      # the watcher stays started: see below
-        if self.q_timeout:
+        if self.q_timeout is not None:
             self._start_q_timer()
         return None
 
@@ -1146,8 +1144,10 @@ class Relay:
                 io = server.io
                 ready = True
                 if self.hand_plain and io is not None and not io._tls:
-                    todo = client.deploy_list
-                    if self.hand_deploy and (todo is None or server.deployed is not todo):
+                    # (the deploy list loaded twice where its second load is rare, not kept in
+                    # a local: a frame slot and a store fewer)
+                    if self.hand_deploy and (server.deployed is not client.deploy_list
+                                             or client.deploy_list is None):
                         ready = self.fe.ready_now(server)
                         io = server.io
                     elif now is None and self.hand_check:
@@ -2583,7 +2583,7 @@ def new_relay(frontend, client, prepared=None):
     self.s_watch = None     # the attached server's read watcher, started by the fast path
     self.on_client = self._on_client
     # the fast path's queued attach (in _on_client): queued in the route's queue with a callback
-    # wake-up (on_handed); pool_timeout (seconds, 0: none) by a timer made at the first one
+    # wake-up (on_handed); pool_timeout (seconds, None: none) by a timer made at the first one
     self.queued = False
     self.q_timeout = q_timeout
     self.q_timer = None

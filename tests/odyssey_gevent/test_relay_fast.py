@@ -564,6 +564,9 @@ def test_a_routes_relays_share_the_facts_of_its_rule(in_machine):
     assert facts == (False, True, 60000, False, 0.3)
     assert statement and not transaction and request_timeout == 60000 and q_timeout == again == 0.3
     assert not fast_ok              # a 5 s idle-in-transaction timeout: the coroutine's exact timers
+    # no pool_timeout (0, the default): None, which the queueing tests with `is not None`
+    for ms in (0, -1):
+        assert relay_mod._rule_facts(Rule(pool="transaction", pool_timeout=ms))[4] is None
 
 
 def test_a_lone_simple_query_is_forwarded_inline_whatever_its_size(in_machine):
