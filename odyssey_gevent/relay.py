@@ -1757,7 +1757,8 @@ class Relay:
                 # (the rare reads first, their bodies short, so that the common case's jump
                 # here is short and its layout falls through to the walk's test below)
                 if pos >= end:
-                    skip = self.s_skip = pos - end
+                    # (no local for the skip: a local slot is cleared by every call's frame)
+                    self.s_skip = pos - end
                     pos = end
                     if self.s_drop:
                         # swallowed (dropped or replaced): nothing of this read is forwarded (`out`
@@ -1765,11 +1766,11 @@ class Relay:
                         # write buf[:pos], the swallowed bytes)
                         seg = end
                         out = []
-                        if skip == 0:
+                        if self.s_skip == 0:
                             self.s_drop = False     # (the swallowed message ends here)
                     # answers due after a message that ends here (the walk splices them itself after
                     # each message that ends in the bytes it has; it finds no header here: pos is end)
-                    if skip == 0 and proto.output is not None:
+                    if self.s_skip == 0 and proto.output is not None:
                         out = _splice(out, buf, seg, pos, proto.take_output())
                         seg = pos
                 else:
@@ -1804,14 +1805,14 @@ class Relay:
                         # depends on the bytes alone, and no `learn` local and its tests on every
                         # read. A read the walk refuses (a length under 4) is never laid out
                         # (_server_shape: _NEVER)
-                        shapes = self.s_shapes
+                        # (no locals: see the skip above)
                         if shape is _SEEN:
-                            kinds = _S_KIND if self.prepared is None else _S_KIND_PREPARED
-                            shapes[end] = _server_shape(buf, end, kinds)
+                            self.s_shapes[end] = _server_shape(
+                                buf, end, _S_KIND if self.prepared is None else _S_KIND_PREPARED)
                         else:
-                            if len(shapes) >= _SHAPES_MAX:
-                                shapes.clear()
-                            shapes[end] = _SEEN
+                            if len(self.s_shapes) >= _SHAPES_MAX:
+                                self.s_shapes.clear()
+                            self.s_shapes[end] = _SEEN
                 else:
                     # one unpack of the entry (a subscript each costs more), before the
                     # check (pos is put back where the layout does not hold). pos: where
@@ -2105,16 +2106,16 @@ class Relay:
                         if n != pos:
                             self.pending = [(self.client.io, bytes(memoryview(data)[n or 0:]), 0)]
                     elif self.fast:
-                        cio = self.client.io
+                        # (no local for the client's io: see the skip above)
                         if self.pending is None:    # no FileIO (yet): the fd
                             try:
-                                n = _write(cio._raw.fileno(), data)
+                                n = _write(self.client.io._raw.fileno(), data)
                             except BlockingIOError:
                                 n = 0
                             if n != pos:
-                                self.pending = [(cio, bytes(memoryview(data)[n:]), 0)]
+                                self.pending = [(self.client.io, bytes(memoryview(data)[n:]), 0)]
                         else:
-                            self._send_now(cio, data, 0)
+                            self._send_now(self.client.io, data, 0)
                     else:
                         self.client.io.write(data)
                 except (OSError, ValueError) as e:  # (ValueError: the FileIO of a socket closed)
@@ -2125,14 +2126,12 @@ class Relay:
                 # and the coroutine read into where it is set: a load and a None test where
                 # `buf is not self.s_buf` adds a load and an identity test)
                 if self.s_buf is None:      # the scratch: now the relay's, and the thread
-                    free = self.free        # takes another (see _FreeList)
-                    self.s_buf = buf
-                    free.scratch = free.pop() if free else _new_buf()
+                    self.s_buf = buf        # takes another (see _FreeList; no local: see the skip above)
+                    self.free.scratch = self.free.pop() if self.free else _new_buf()
             else:
                 if self.s_buf is not None:      # (buf is s_buf: see above)
-                    free = self.free
-                    if len(free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
-                        free.append(buf)
+                    if len(self.free) < 256:     # s_buf is always BUF_SIZE (never grown, unlike c_buf)
+                        self.free.append(buf)
                     self.s_buf = None
                 # detach only at a message boundary (a message after the 'Z' may still be arriving:
                 # here no bytes are held back); truth tests, as the jump over the detach is long (no
@@ -2212,9 +2211,12 @@ class Relay:
                                     # (idle_since stamped only where the server goes idle: cron's
                                     # pool_ttl reads it for idle servers alone; a server handed
                                     # over is stamped at the detach that makes it idle)
-                                    mono = now if now is not None else _monotonic()  # (see _on_client)
+                                    # the clock read at the ReadyForQuery, or read now (see _on_client;
+                                    # `now` itself, no second local: see the skip above)
+                                    if now is None:
+                                        now = _monotonic()
                                     if not waiters:
-                                        server.idle_since = mono
+                                        server.idle_since = now
                                         server.client = None
                                         route.active.discard(server)
                                         server.state = _S_IDLE
@@ -2228,7 +2230,7 @@ class Relay:
                                         taker.state = _C_ACTIVE
                                         stats = route.stats
                                         stats.count_server_assignment += 1
-                                        stats.wait_time += mono - waiter.since
+                                        stats.wait_time += now - waiter.since
                                         reason = None
                                         cb = waiter.callback
                                         if cb is None:      # a coroutine's wait
@@ -2249,12 +2251,12 @@ class Relay:
                                             # is linked: client.server, which
                                             # router.attach_queued reads; woken is read by
                                             # park() alone, after an arm() that resets it)
-                                            cb(mono)
+                                            cb(now)
                                     # the end's common case (below) here, where this
                                     # relay is known fast with nothing pending (tested
                                     # above): its wait starts at the detach's clock
                                     if not self.instance.shutting_down and not client.killed:
-                                        self.wait_start = mono
+                                        self.wait_start = now
                                         return None
                             finally:
                                 if reason is not None:

@@ -584,13 +584,14 @@ WALK_CASES = ["idle", "waiter_loop", "waiter_coroutine", "paused", "paused_db", 
               "deployed", "cancels", "cancel_done", "drop", "offline", "obsolete", "tx_in_statement"]
 
 
-def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
+def _walked(kind: str, case: str, inline: bool, at_once: list | None = None, started: bool = True):
     """A transaction's reply (CommandComplete, ReadyForQuery) walked by the relay's fast path
     (Relay._server_data, as the server's read watcher calls it) for a real Frontend: its inline
     copy of detach_walked's common case (`inline`), or detach_walked itself (the relay given a
     frontend without detach_plain that calls the real one). What the router's lists and the
     objects say after, and what the walk switched into the coroutine with. `at_once` gets
-    whether a queued hand-over's continuation had run when the walk returned (before a loop turn)."""
+    whether a queued hand-over's continuation had run when the walk returned (before a loop turn).
+    Not `started`: the relay holds no request start (no clock read at the ReadyForQuery)."""
     rule = Rule(db_name="default", user_name="default", authentication="none", pool_size=1, **RULES[kind])
     instance = _Instance(rule)
     instance.shutting_down = False
@@ -652,14 +653,16 @@ def _walked(kind: str, case: str, inline: bool, at_once: list | None = None):
         relay.walk_plain = relay.plain_walk()       # (as _park sets it for its wait)
         status = b"T" if case == "tx_in_statement" else b"I"
         server.proto.send(relay_mod._C_QUERY)
-        relay.q_start = relay.tx_start = 1.0        # (the request's and its transaction's start)
+        if started:
+            relay.q_start = relay.tx_start = 1.0        # (the request's and its transaction's start)
         reply = be_write.command_complete("SELECT 1") + be_write.ready_for_query(status)
         server.idle_since = 0.0
         relay._server_data(server, _sbuf(reply), len(reply))   # (a relay buffer: see relay._Buf)
         if at_once is not None:
             # run before the walk returned, and with the walk's clock (the one its own relay's
             # wait starts at) or, as the waiter's loop callback, none
-            at_once.append((ran == [server], handed_at == [relay.wait_start] if ran else list(handed_at)))
+            at_once.append((ran == [server], handed_at == [relay.wait_start] and relay.wait_start > 0 if ran
+                            else list(handed_at)))
         assert app.read(len(reply), 2000) == reply
         if co is not None:
             if other.waiter.woken:      # (left waiting where the coroutine must detach)
@@ -705,6 +708,17 @@ def test_the_walks_detach_pools_as_detach_walked_does(in_machine, kind, case):
     # idle_since stamped where the server went idle, not where it was handed to a waiter (cron's
     # pool_ttl reads it for idle servers alone: test_cron)
     assert got[7] is (got[5] == ["server"])
+
+
+def test_the_walks_detach_reads_the_clock_where_the_reply_did_not(in_machine):
+    """A reply whose request start the relay does not hold (no clock read at its ReadyForQuery)
+    is detached with a clock all the same: the server going idle is stamped with it, and a
+    waiter handed the server gets it as its relay's wait starts at it."""
+    got = in_machine(_walked, "transaction", "idle", True, None, False)
+    assert got[0] == [] and got[5] == ["server"] and got[7] is True
+    at_once = []
+    got = in_machine(_walked, "transaction", "waiter_loop", True, at_once, False)
+    assert got[0] == [] and at_once == [(True, True)]
 
 
 def test_the_walks_plain_flag_needs_all_four(in_machine):
