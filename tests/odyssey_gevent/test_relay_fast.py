@@ -157,69 +157,43 @@ def test_the_park_sets_the_walks_plain_flag_for_its_wait(in_machine, monkeypatch
     assert seen[-1] == ("coroutine", False) and seen[-1][1] is False
 
 
-def test_the_park_keeps_the_clients_write_for_its_wait(in_machine):
-    """_park keeps the client's FileIO write for the reply walk (Relay.c_write) for its wait
-    and clears it at its end: after the sweep gave the client its FileIO, a wait ended by the
-    coroutine (a detach that may wait) and the next park's replies are written through the
-    client's FileIO write as it is at that park (here a counting wrapper set between the two:
-    fails where the park does not take it, or the walk's write does not use it); a relay not
-    parked keeps none, and without a FileIO the reply goes to the socket's fd."""
+@pytest.mark.parametrize("kept, fileio_method, counted", [
+    ("c_write", "_fwrite", lambda calls, n: len(calls) == n + 2 and calls[-1] == len(_reply(b"I"))),
+    ("c_read", "_fread", lambda calls, n: len(calls) >= n + 2),
+])
+def test_the_park_keeps_the_clients_io_method_for_its_wait(in_machine, kept, fileio_method, counted):
+    """_park keeps the client's FileIO write for the reply walk (Relay.c_write) and its
+    readinto for the client callback (Relay.c_read) for its wait, and clears them at its end:
+    after the sweep gave the client its FileIO, a wait ended by the coroutine (a detach that
+    may wait) and the next park's replies are written, and requests read, through the
+    client's FileIO method as it is at that park (here a counting wrapper set between the two:
+    fails where the park does not take it, or the walk's write or the callback's read does
+    not use it); a relay not parked keeps none, and without a FileIO the reply goes to the
+    socket's fd and the request is read from the socket."""
     def body():
         h = _harness()
         calls = []
+        method = None
         try:
-            assert h.relay.c_write is None          # not parked yet
+            assert getattr(h.relay, kept) is None           # not parked yet
             _exchange(h, _q("select 1"), _reply(b"I"))
-            assert h.relay.fast and h.relay.c_write is None     # no FileIO yet: the fd
+            assert h.relay.fast and getattr(h.relay, kept) is None     # no FileIO yet
             relay_mod._sweep()
-            write = h.cio._fwrite
-            assert write is not None and h.relay.c_write is write
-            h.cio._fwrite = lambda data: calls.append(len(data)) or write(data)
+            method = getattr(h.cio, fileio_method)
+            assert method is not None and getattr(h.relay, kept) is method
+            setattr(h.cio, fileio_method, lambda data: calls.append(len(data)) or method(data))
             h.fe.slow_detach = True                 # this wait ends in the coroutine
             _exchange(h, _q("select 1"), _reply(b"I"))
             h.fe.slow_detach = False
-            # the coroutine's detach ran, and it parked again with the wrapper as the write
-            assert h.relay.fast and h.relay.c_write is h.cio._fwrite
+            # the coroutine's detach ran, and it parked again with the wrapper as the method
+            assert h.relay.fast and getattr(h.relay, kept) is getattr(h.cio, fileio_method)
             n = len(calls)
             for _ in range(2):
                 _exchange(h, _q("select 1"), _reply(b"I"))
-            assert len(calls) == n + 2 and calls[-1] == len(_reply(b"I"))
+            assert counted(calls, n)
         finally:
-            h.close()
-        return True
-
-    assert in_machine(body)
-
-
-def test_the_park_keeps_the_clients_read_for_its_wait(in_machine):
-    """_park keeps the client's FileIO readinto for the client callback (Relay.c_read) for its
-    wait, with c_write: after the sweep gave the client its FileIO, a wait ended by the
-    coroutine and the next park's requests are read through the client's FileIO readinto as
-    it is at that park (here a counting wrapper set between the two: fails where the park
-    does not take it, or the callback does not read through it); a relay not parked keeps
-    none, and without a FileIO the request is read from the socket."""
-    def body():
-        h = _harness()
-        calls = []
-        try:
-            assert h.relay.c_read is None           # not parked yet
-            _exchange(h, _q("select 1"), _reply(b"I"))
-            assert h.relay.fast and h.relay.c_read is None      # no FileIO yet: the socket
-            relay_mod._sweep()
-            read = h.cio._fread
-            assert read is not None and h.relay.c_read is read
-            h.cio._fread = lambda buf: calls.append(len(buf)) or read(buf)
-            h.fe.slow_detach = True                 # this wait ends in the coroutine
-            _exchange(h, _q("select 1"), _reply(b"I"))
-            h.fe.slow_detach = False
-            # the coroutine's detach ran, and it parked again with the wrapper as the read
-            assert h.relay.fast and h.relay.c_read is h.cio._fread
-            n = len(calls)
-            for _ in range(2):
-                _exchange(h, _q("select 1"), _reply(b"I"))
-            assert len(calls) >= n + 2
-            h.cio._fread = read                     # (Io.close finds the FileIO through it)
-        finally:
+            if method is not None:
+                setattr(h.cio, fileio_method, method)   # (Io.close finds the FileIO through it)
             h.close()
         return True
 
