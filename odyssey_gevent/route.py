@@ -193,7 +193,7 @@ class Route:
         self.queue_odd = bool(getattr(rule, "shared_pool", None) or after is not None and after >= 0)
         pool_size = getattr(rule, "pool_size", 0)
         self.queue_pool = pool_size if pool_size and not self.queue_odd else QUEUE_NEVER
-        self.queue_at = self.queue_pool if self.plain else QUEUE_NEVER
+        self.set_plain(self.plain)         # queue_at follows (see set_plain)
 
     def set_plain(self, plain: bool) -> None:
         """Set Route.plain, and queue_at with it (a count never reached where the route is not
