@@ -11,7 +11,8 @@ the machine's busy time and idle share; the pooler's time on a CPU and its time 
 waiting for one (/proc/PID/task/*/schedstat, all its threads), its time slices and voluntary and
 involuntary context switches; PostgreSQL's run-queue wait; the pool's backends' own CPU time and
 how often the scheduler moved them to another CPU; and latency percentiles from pgbench's log.
-Then the medians. With a pooler that never sleeps (no voluntary context switch), its throughput is one transaction per (on-CPU + waiting) time: docs/performance.md shows a run.
+Then the medians. With a pooler that never sleeps (no voluntary context switch), its throughput
+is one transaction per (on-CPU + waiting) time: docs/performance.md shows a run.
 --nice N runs each pooler's threads at that nice value (negative values need root), to see how
 much of the waiting is the scheduler's. --pin P,B,G pins the pooler's threads to CPU P, the
 pool's backends to CPU B and pgbench to CPU G for the measured run (e.g. 0,1,0 gives the
