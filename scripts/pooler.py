@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 
 from scripts.pgcluster import free_port, wait_port
 
@@ -36,6 +37,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PoolerProcess:
+    # The poolers started and not yet stopped: the test suite's report of a failed test shows
+    # their logs (tests/conftest.py), so a failure that only a pooler's log explains is not lost.
+    live: "weakref.WeakSet[PoolerProcess]" = weakref.WeakSet()
+
     def __init__(self, template: str, pg=None, port: int | None = None, extra_args: tuple = (),
                  wait: bool = True, binary: str | None = None, **values):
         self.port = port or free_port()
@@ -64,6 +69,7 @@ class PoolerProcess:
         self.proc = subprocess.Popen(
             argv,
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.tmp)
+        PoolerProcess.live.add(self)
         if wait:
             try:
                 wait_port("127.0.0.1", self.port, timeout=20, proc=self.proc)
@@ -95,6 +101,7 @@ class PoolerProcess:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 10.0) -> int:
+        PoolerProcess.live.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

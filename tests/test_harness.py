@@ -1,6 +1,11 @@
-"""The test harness itself: the private PostgreSQL accepts each role by its pg_hba method."""
+"""The test harness itself: the private PostgreSQL accepts each role by its pg_hba method, and a
+failed test's report carries the running poolers' logs."""
+import types
+
 import psycopg2
 import pytest
+
+from tests import conftest
 
 
 @pytest.mark.parametrize("user,password", [("trust_user", None), ("md5_user", "md5pass"),
@@ -23,3 +28,49 @@ def test_passwords_are_stored_as_md5_and_scram(pg):
         "select rolname, rolpassword from pg_authid where rolname in ('md5_user','scram_user')").splitlines())
     assert rows["md5_user"].startswith("md5") and len(rows["md5_user"]) == 35
     assert rows["scram_user"].startswith("SCRAM-SHA-256$4096:")
+
+
+MINIMAL = """
+workers 1
+log_format "%p %t %l [%i %s] (%c) %m\\n"
+log_to_stdout yes
+listen {
+    host "127.0.0.1"
+    port ${port}
+}
+storage "postgres_server" {
+    type "remote"
+    host "${pg_host}"
+    port ${pg_port}
+}
+database default {
+    user default {
+        authentication "none"
+        storage "postgres_server"
+        pool "transaction"
+    }
+}
+"""
+
+
+def report_of(failed: bool):
+    """Run conftest's report hook around a report as pytest would; returns the report."""
+    report = types.SimpleNamespace(failed=failed, sections=[])
+    hook = conftest.pytest_runtest_makereport(item=None, call=None)
+    next(hook)
+    with pytest.raises(StopIteration):
+        hook.send(types.SimpleNamespace(get_result=lambda: report))
+    return report
+
+
+def test_a_failed_report_carries_the_running_poolers_logs(pooler):
+    p = pooler(MINIMAL)
+    with psycopg2.connect(p.dsn("postgres", "postgres")) as con:      # something in the log
+        con.cursor().execute("select 1")
+    title = f"pooler pid {p.pid} log (last {conftest.LOG_TAIL} characters)"
+    sections = dict(report_of(failed=True).sections)
+    assert title in sections
+    assert sections[title] and p.log().endswith(sections[title])
+    assert report_of(failed=False).sections == []                   # a passed test: nothing added
+    p.stop()
+    assert title not in dict(report_of(failed=True).sections)      # a stopped pooler: not shown
