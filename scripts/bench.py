@@ -8,6 +8,7 @@ direct PostgreSQL.
     ODYSSEY_BIN=/path/to/odyssey python scripts/bench.py --chart chart.png   # C Odyssey as a target too
     python scripts/bench.py --pg-host 127.0.0.1 --pg-port 5432 --pg-user bench --init
     python scripts/bench.py --idle-clients 5000      # each pooler's RSS before/after N idle clients
+    python scripts/bench.py --postgres-cpus 1 --pooler-cpus 0   # PostgreSQL on a CPU of its own
 
 Method (the one behind the figures in docs/performance.md): every cell runs
 `pgbench -n -S -j 2 -c C -T S -M simple|extended|prepared` (with `-C` for the connect cells) once
@@ -18,6 +19,11 @@ utime+stime deltas over each run (all its threads). With C Odyssey (`--odyssey-b
 ODYSSEY_BIN: a binary built elsewhere, given the same config file as ours) a second table puts
 the poolers side by side with our ratios to it (TPS, and CPU per transaction), and `--chart`
 draws that table as a PNG (needs matplotlib: `pip install .[bench]`).
+
+`--postgres-cpus` pins the throwaway PostgreSQL (its postmaster, so every backend it forks) to
+the CPUs given, and `--pooler-cpus` pins the poolers, PgBouncer and pgbench to theirs: on a small
+machine this measures the poolers with PostgreSQL on cores of its own, as in production, instead
+of sharing every core with it (docs/performance.md shows why that matters at -c 50).
 
 Every process this script starts is stopped on exit, Ctrl-C or SIGTERM.
 """
@@ -113,6 +119,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--processes", type=int, default=1,
                     help="odyssey-gevent's `processes N` (pooler processes sharing the port; default 1)")
+    ap.add_argument("--postgres-cpus", default=None, type=cpu_list, metavar="LIST",
+                    help="pin the throwaway PostgreSQL to these CPUs, e.g. 1 or 2-3 (Linux)")
+    ap.add_argument("--pooler-cpus", default=None, type=cpu_list, metavar="LIST",
+                    help="pin the poolers, PgBouncer and pgbench to these CPUs, e.g. 0 (Linux)")
     ap.add_argument("--pgbouncer", default=None, help="pgbouncer binary (default: PATH, /usr/sbin)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install pgbouncer")
     ap.add_argument("--idle-clients", type=int, default=0, metavar="N",
@@ -135,9 +145,43 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"unknown targets: {', '.join(sorted(bad))}")
     if "odyssey" in a.targets and not a.odyssey_bin:
         ap.error("the target odyssey needs --odyssey-bin or ODYSSEY_BIN")
+    if a.postgres_cpus is not None and a.pg_port is not None:
+        ap.error("--postgres-cpus pins the throwaway PostgreSQL only (not one given by --pg-host)")
     if not a.clients or min(a.clients + a.connect) < 1 or a.seconds < 1 or a.rounds < 1:
         ap.error("--clients, --seconds and --rounds must be positive")
     return a
+
+
+def cpu_list(text: str) -> set[int]:
+    """A CPU list as taskset and /sys write it: "0", "1,3", "0-2,5"."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a CPU list such as 0 or 1,3 or 0-2, got {text!r}") from None
+    if not cpus:
+        raise argparse.ArgumentTypeError(f"expected a CPU list such as 0 or 1,3 or 0-2, got {text!r}")
+    return cpus
+
+
+def pin_tree(pid: int, cpus: set[int]) -> int:
+    """Pin every thread of process `pid` and of its live descendants to `cpus` (children forked
+    later inherit it); returns how many threads were pinned."""
+    n = 0
+    for p in proc_tree(pid):
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            continue                                # gone meanwhile
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+                n += 1
+            except ProcessLookupError:
+                pass
+    return n
 
 
 def pgbouncer_ini(listen_port: int, pg_host: str, pg_port: int, workdir: str, pool_size: int = 20,
@@ -545,6 +589,14 @@ class Bench:
             if got < self.a.idle_clients + 100:
                 raise RuntimeError(f"RLIMIT_NOFILE is only {got}; run as root or raise ulimit -n")
         self.setup_pg()
+        if self.a.postgres_cpus is not None:
+            with open(os.path.join(self.cluster.datadir, "postmaster.pid")) as f:
+                postmaster = int(f.readline())
+            n = pin_tree(postmaster, self.a.postgres_cpus)
+            self.log(f"PostgreSQL ({n} processes) pinned to CPUs {sorted(self.a.postgres_cpus)}")
+        if self.a.pooler_cpus is not None:          # inherited by every pooler and pgbench started below
+            os.sched_setaffinity(0, self.a.pooler_cpus)
+            self.log(f"poolers and pgbench pinned to CPUs {sorted(self.a.pooler_cpus)}")
         for target in ("odyssey-gevent", "odyssey"):
             if target in self.a.targets:
                 self.start_pooler(target)

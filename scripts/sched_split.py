@@ -16,7 +16,8 @@ is one transaction per (on-CPU + waiting) time: docs/performance.md shows a run.
 --nice N runs each pooler's threads at that nice value (negative values need root), to see how
 much of the waiting is the scheduler's. --pin P,B,G pins the pooler's threads to CPU P, the
 pool's backends to CPU B and pgbench to CPU G for the measured run (e.g. 0,1,0 gives the
-backends a CPU of their own), to see what placement on shared CPUs costs.
+backends a CPU of their own; a "-" leaves that one free, so 0,-,- pins the pooler alone), to see
+what placement on shared CPUs costs.
 
 Linux only (/proc). It starts a throwaway PostgreSQL unless --pg-host/--pg-port are given (that
 database must have pgbench's tables). Not a test: nothing here asserts a speed.
@@ -60,13 +61,13 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def cpu_triple(text: str) -> tuple[int, int, int]:
-    """--pin's value: three CPU numbers, "P,B,G"."""
+def cpu_triple(text: str) -> tuple[int | None, int | None, int | None]:
+    """--pin's value: three CPU numbers, "P,B,G"; "-" in a place leaves that one free."""
     import argparse
     try:
-        p, b, g = (int(x) for x in text.split(","))
+        p, b, g = (None if x.strip() == "-" else int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three CPU numbers P,B,G, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected three CPU numbers (or -) P,B,G, got {text!r}") from None
     return p, b, g
 
 
@@ -149,11 +150,14 @@ def measure(a, pooler, postmaster: int) -> dict:
     backends = pool_backends(postmaster, a.db)
     pin_pgbench = None
     if a.pin is not None:
-        for d in glob.glob(f"/proc/{pooler.pid}/task/*"):
-            os.sched_setaffinity(int(os.path.basename(d)), {a.pin[0]})
-        for pid in backends:
-            os.sched_setaffinity(pid, {a.pin[1]})
-        pin_pgbench = lambda: os.sched_setaffinity(0, {a.pin[2]})     # noqa: E731 (in the child)
+        if a.pin[0] is not None:
+            for d in glob.glob(f"/proc/{pooler.pid}/task/*"):
+                os.sched_setaffinity(int(os.path.basename(d)), {a.pin[0]})
+        if a.pin[1] is not None:
+            for pid in backends:
+                os.sched_setaffinity(pid, {a.pin[1]})
+        if a.pin[2] is not None:
+            pin_pgbench = lambda: os.sched_setaffinity(0, {a.pin[2]})     # noqa: E731 (in the child)
     logdir = tempfile.mkdtemp(prefix="odyssey-gevent-sched-")
     try:
         # PostgreSQL's CPU: the postmaster and its live processes (the pool's backends stay up)

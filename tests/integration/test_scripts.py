@@ -31,7 +31,9 @@ def test_bench_modes():
 
 
 @pytest.mark.parametrize("argv", [["--pg-host", "x"], ["--targets", "pgpool"], ["--clients", "0"],
-                                  ["--rounds", "0"], ["--modes", "fast"]])
+                                  ["--rounds", "0"], ["--modes", "fast"], ["--pooler-cpus", "a"],
+                                  ["--pooler-cpus", ""], ["--postgres-cpus", "1", "--pg-host", "h",
+                                                          "--pg-port", "5432"]])
 def test_bench_rejects_bad_arguments(argv):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
@@ -77,6 +79,30 @@ def test_format_table_ratios_are_per_round():
     assert "550 (pgb 0.55, pg 0.28)" in table
     assert "odyssey-gevent CPU µs/tx | 85" in table
     assert "pgbouncer CPU µs/tx" in table and "direct CPU" not in table
+
+
+def test_bench_cpu_lists_and_pinning():
+    import os
+    import subprocess
+    import sys
+    a = bench.parse_args(["--postgres-cpus", "1", "--pooler-cpus", "0,2-3"])
+    assert (a.postgres_cpus, a.pooler_cpus) == ({1}, {0, 2, 3})
+    assert bench.parse_args([]).postgres_cpus is None
+    # a child with a second thread: pin_tree pins both of its threads and this process's
+    child = subprocess.Popen([sys.executable, "-c", "import threading, time; threading.Thread("
+                              "target=time.sleep, args=(30,), daemon=True).start(); time.sleep(30)"])
+    try:
+        while len(os.listdir(f"/proc/{child.pid}/task")) < 2:
+            pass
+        mine = os.sched_getaffinity(0)
+        cpu = min(mine)
+        assert bench.pin_tree(child.pid, {cpu}) == 2
+        assert all(os.sched_getaffinity(int(t)) == {cpu} for t in os.listdir(f"/proc/{child.pid}/task"))
+        assert os.sched_getaffinity(0) == mine          # the caller is not pinned
+    finally:
+        child.kill()
+        child.wait()
+    assert bench.pin_tree(child.pid, {cpu}) == 0        # gone: nothing to pin
 
 
 def test_cpu_and_rss_of_this_process():
@@ -296,6 +322,7 @@ def test_sched_split_reads_this_process_and_pgbench_logs(tmp_path):
     a = sched_split.parse_args(["--clients", "10", "--nice", "-5", "--odyssey-bin", "x"])
     assert (a.clients, a.nice, a.odyssey_bin, a.rounds, a.pin) == (10, -5, "x", 4, None)
     assert sched_split.parse_args(["--pin", "0,1,0"]).pin == (0, 1, 0)
+    assert sched_split.parse_args(["--pin", "0,-,-"]).pin == (0, None, None)     # "-": left free
     with pytest.raises(SystemExit):
         sched_split.parse_args(["--pin", "0,1"])
     # migrations: this process's count is a number that only grows; a gone process reads 0
