@@ -166,6 +166,14 @@ def cpu_list(text: str) -> set[int]:
     return cpus
 
 
+def placement(a: argparse.Namespace) -> str:
+    """The tables' and the chart's words for --postgres-cpus and --pooler-cpus ("" when unset)."""
+    parts = [f"{who} on CPU {','.join(map(str, sorted(cpus)))}"
+             for who, cpus in (("PostgreSQL", a.postgres_cpus), ("poolers and pgbench", a.pooler_cpus))
+             if cpus is not None]
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def pin_tree(pid: int, cpus: set[int]) -> int:
     """Pin every thread of process `pid` and of its live descendants to `cpus` (children forked
     later inherit it); returns how many threads were pinned."""
@@ -546,7 +554,7 @@ class Bench:
                     self.log(f"  {name:<12} {t:<15} {r['tps']:>10,.0f} tps{cpu}")
         print()
         print(f"median TPS (median per-round ratio to pgbouncer / direct PG); "
-              f"pgbench -n -S -j 2 -T {self.a.seconds}, {self.a.rounds} rounds")
+              f"pgbench -n -S -j 2 -T {self.a.seconds}, {self.a.rounds} rounds{placement(self.a)}")
         print(format_table(names, self.a.targets, results))
         rows = side_by_side(names, self.a.targets, results)
         print()
@@ -554,7 +562,7 @@ class Bench:
         print(format_side_by_side(rows, self.a.targets))
         if self.a.chart:
             title = (f"pgbench -S -j 2 -T {self.a.seconds}, {self.a.rounds} rounds, medians; "
-                     f"transaction pool of {self.a.pool_size}")
+                     f"transaction pool of {self.a.pool_size}{placement(self.a)}")
             if draw_chart(rows, self.a.targets, self.a.chart, title):
                 print(f"chart written to {self.a.chart}")
             else:

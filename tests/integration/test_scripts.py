@@ -88,6 +88,8 @@ def test_bench_cpu_lists_and_pinning():
     a = bench.parse_args(["--postgres-cpus", "1", "--pooler-cpus", "0,2-3"])
     assert (a.postgres_cpus, a.pooler_cpus) == ({1}, {0, 2, 3})
     assert bench.parse_args([]).postgres_cpus is None
+    assert bench.placement(a) == "; PostgreSQL on CPU 1, poolers and pgbench on CPU 0,2,3"
+    assert bench.placement(bench.parse_args([])) == ""
     # a child with a second thread: pin_tree pins both of its threads and this process's
     child = subprocess.Popen([sys.executable, "-c", "import threading, time; threading.Thread("
                               "target=time.sleep, args=(30,), daemon=True).start(); time.sleep(30)"])
