@@ -5,6 +5,7 @@ import types
 import psycopg2
 import pytest
 
+from scripts.bench import POOLER_TEMPLATE
 from tests import conftest
 
 
@@ -30,29 +31,6 @@ def test_passwords_are_stored_as_md5_and_scram(pg):
     assert rows["scram_user"].startswith("SCRAM-SHA-256$4096:")
 
 
-MINIMAL = """
-workers 1
-log_format "%p %t %l [%i %s] (%c) %m\\n"
-log_to_stdout yes
-listen {
-    host "127.0.0.1"
-    port ${port}
-}
-storage "postgres_server" {
-    type "remote"
-    host "${pg_host}"
-    port ${pg_port}
-}
-database default {
-    user default {
-        authentication "none"
-        storage "postgres_server"
-        pool "transaction"
-    }
-}
-"""
-
-
 def report_of(failed: bool):
     """Run conftest's report hook around a report as pytest would; returns the report."""
     report = types.SimpleNamespace(failed=failed, sections=[])
@@ -64,9 +42,12 @@ def report_of(failed: bool):
 
 
 def test_a_failed_report_carries_the_running_poolers_logs(pooler):
-    p = pooler(MINIMAL)
-    with psycopg2.connect(p.dsn("postgres", "postgres")) as con:      # something in the log
+    p = pooler(POOLER_TEMPLATE, pool_size=2, reserve_prepared="no")
+    con = psycopg2.connect(p.dsn("postgres", "postgres"))       # it serves; its log has at least
+    try:                                                        # the listen line
         con.cursor().execute("select 1")
+    finally:
+        con.close()
     title = f"pooler pid {p.pid} log (last {conftest.LOG_TAIL} characters)"
     sections = dict(report_of(failed=True).sections)
     assert title in sections
