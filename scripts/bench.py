@@ -601,7 +601,7 @@ class Bench:
             with open(os.path.join(self.cluster.datadir, "postmaster.pid")) as f:
                 postmaster = int(f.readline())
             n = pin_tree(postmaster, self.a.postgres_cpus)
-            self.log(f"PostgreSQL ({n} processes) pinned to CPUs {sorted(self.a.postgres_cpus)}")
+            self.log(f"PostgreSQL ({n} threads) pinned to CPUs {sorted(self.a.postgres_cpus)}")
         if self.a.pooler_cpus is not None:          # inherited by every pooler and pgbench started below
             os.sched_setaffinity(0, self.a.pooler_cpus)
             self.log(f"poolers and pgbench pinned to CPUs {sorted(self.a.pooler_cpus)}")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -82,20 +84,17 @@ def test_format_table_ratios_are_per_round():
 
 
 def test_bench_cpu_lists_and_pinning():
-    import os
-    import subprocess
-    import sys
     a = bench.parse_args(["--postgres-cpus", "1", "--pooler-cpus", "0,2-3"])
     assert (a.postgres_cpus, a.pooler_cpus) == ({1}, {0, 2, 3})
     assert bench.parse_args([]).postgres_cpus is None
     assert bench.placement(a) == "; PostgreSQL on CPU 1, poolers and pgbench on CPU 0,2,3"
     assert bench.placement(bench.parse_args([])) == ""
-    # a child with a second thread: pin_tree pins both of its threads and this process's
+    # a child with a second thread: pin_tree pins both of its threads, and not the caller
     child = subprocess.Popen([sys.executable, "-c", "import threading, time; threading.Thread("
                               "target=time.sleep, args=(30,), daemon=True).start(); time.sleep(30)"])
     try:
         while len(os.listdir(f"/proc/{child.pid}/task")) < 2:
-            pass
+            time.sleep(0.01)
         mine = os.sched_getaffinity(0)
         cpu = min(mine)
         assert bench.pin_tree(child.pid, {cpu}) == 2
@@ -302,8 +301,6 @@ def test_count_opcodes_lines_split_a_functions_bytecodes_by_source_line(tmp_path
 
 
 def test_sched_split_reads_this_process_and_pgbench_logs(tmp_path):
-    import os
-    import subprocess
     from scripts import sched_split
     child = subprocess.Popen([sys.executable, "-c", "import time; sum(range(3_000_000)); time.sleep(0.3)"])
     try:
