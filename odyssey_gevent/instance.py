@@ -176,6 +176,18 @@ class Instance:
         return True
 
 
+def set_priority(priority: int, logger) -> bool:
+    """`priority N`: this process's nice value, as C's instance.c sets it before its threads start
+    (each thread started afterwards inherits it); a failure (a negative value without the
+    privilege) is logged and stops the start, as in C."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, priority)
+    except OSError as e:
+        logger.error("init", None, None, "failed to set process priority: %s", e.strerror)
+        return False
+    return True
+
+
 def daemonize() -> None:
     """Detach from the terminal (daemonize yes); main writes pid_file afterwards, with the final pid."""
     if os.fork() > 0:
@@ -230,6 +242,8 @@ def main(config_path: str, console: bool = False, log_to_stdout: bool = False, s
                     log_file=config.log_file, debug=config.log_debug or verbose, silent=silent)
     if config.processes > 1 and not child:
         return _supervise(config, logger, config_path)
+    if config.priority and not set_priority(config.priority, logger):
+        return 1
     if config.pid_file and not child:
         with open(config.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")

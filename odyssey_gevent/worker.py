@@ -5,6 +5,9 @@ With `workers 1` there is no worker thread: clients run as coroutines of the sys
 (the seed's single-worker mode, no cross-thread hand-off). With N > 1 each worker is a machine
 with a shared channel; the system machine detaches each accepted socket and sends its fd to the
 next worker round-robin, which re-attaches it in its own hub.
+
+cpu_affinity (affinity.py) pins each worker machine's thread as it starts, and with `workers 1`
+the system machine's, which serves the clients then, as worker 0.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 
 import machinarium
 from machinarium.coroutine import start_yielding_args as _start_yielding
+from odyssey_gevent import affinity, supervisor
 from odyssey_gevent.frontend import frontend
 from odyssey_gevent.relay import wake_relays
 
@@ -94,7 +98,8 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
     return False
 
 
-def worker_main(instance, channel) -> None:
+def worker_main(instance, channel, wid: int) -> None:
+    affinity.pin_worker(instance, supervisor.INDEX * instance.workers + wid)
     while True:
         msg = channel.read()
         if msg.type == MSG_STOP:
@@ -125,10 +130,12 @@ class WorkerPool:
 
     def start(self) -> None:
         if self.count <= 1:
+            # the calling thread (the system machine's) serves the clients: it is worker 0
+            affinity.pin_worker(self.instance, supervisor.INDEX)
             return
         for i in range(self.count):
             ch = machinarium.Channel(shared=True, name=f"worker{i}")
-            m = machinarium.Machine(f"worker{i}", worker_main, self.instance, ch)
+            m = machinarium.Machine(f"worker{i}", worker_main, self.instance, ch, i)
             self.channels.append(ch)
             self.machines.append(m)
             m.start()

@@ -280,7 +280,7 @@ ALL_KEYWORDS = frozenset().union(
 # Keywords accepted but with no effect in odyssey-gevent (C internals).
 NOOP_KEYWORDS = ("cache_coroutine", "coroutine_stack_size", "system_coroutine_stack_size",
                  "cache_msg_gc_size", "readahead", "resolvers", "log_async", "log_queue_depth",
-                 "cpu_affinity", "priority", "locks_dir", "bindwith_reuseport",
+                 "locks_dir", "bindwith_reuseport",
                  "dns_cache_ttl")
 DEPRECATED_KEYWORDS = ("pipeline", "cache", "cache_chunk", "packet_read_size",
                        "packet_write_queue", "graceful_die_on_errors", "compression",

@@ -527,7 +527,7 @@ class Config:
     # process
     daemonize: bool = False
     pid_file: Optional[str] = None
-    priority: int = 0                     # no-op
+    priority: int = 0                     # the process nice value set at start (instance.set_priority)
     locks_dir: Optional[str] = None       # no-op
     external_auth_socket_path: Optional[str] = None
     availability_zone: Optional[str] = None

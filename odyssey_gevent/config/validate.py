@@ -8,6 +8,7 @@ forced roles, the auto-generated internal rule for auth_query) and returns every
 """
 from __future__ import annotations
 
+from odyssey_gevent import affinity
 from odyssey_gevent.config import model as C
 from odyssey_gevent.config.model import AddressRange, Config, Endpoint, Location, Rule
 
@@ -51,6 +52,11 @@ def validate(config: Config) -> list[str]:
         err(g.get("processes", top), "processes > 1 needs a TCP listen block (a unix socket has one owner)")
     if config.resolvers <= 0:
         err(g.get("resolvers", top), "bad resolvers number")
+    if config.cpu_affinity is not None:
+        try:
+            affinity.parse(config.cpu_affinity)
+        except affinity.AffinityError as e:
+            err(g.get("cpu_affinity", top), f"cpu_affinity: {e}")
     if config.log_format is None:
         err(top, "log_format is not defined")
     if config.unix_socket_dir is not None and config.unix_socket_mode is None:

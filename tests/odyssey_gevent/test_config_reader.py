@@ -56,7 +56,7 @@ GLOBAL_CASES = [
     ("readahead", "4096", "readahead", 4096),
     ("workers", "4", "workers", 4),
     ("processes", "2", "processes", 2),
-    ("cpu_affinity", '"0-3"', "cpu_affinity", "0-3"),
+    ("cpu_affinity", '"worker:0-3"', "cpu_affinity", "worker:0-3"),
     ("resolvers", "2", "resolvers", 2),
     ("cache_msg_gc_size", "10", "cache_msg_gc_size", 10),
     ("cache_coroutine", "0", "cache_coroutine", 0),

@@ -189,7 +189,7 @@ def test_worker_main_survives_an_fd_it_cannot_attach(in_machine, tmp_path):
     def body():
         inst = _instance(str(log), workers=2)
         channel = mm.Channel(shared=True)
-        m = mm.Machine("w", worker.worker_main, inst, channel).start()
+        m = mm.Machine("w", worker.worker_main, inst, channel, 0).start()
         r, w = os.pipe()
         try:
             inst.client_opened()
