@@ -9,6 +9,7 @@ direct PostgreSQL.
     python scripts/bench.py --pg-host 127.0.0.1 --pg-port 5432 --pg-user bench --init
     python scripts/bench.py --idle-clients 5000      # each pooler's RSS before/after N idle clients
     python scripts/bench.py --postgres-cpus 1 --pooler-cpus 0   # PostgreSQL on a CPU of its own
+    python scripts/bench.py --config-line 'cpu_affinity "worker:0"'   # a global line in both Odysseys' config
 
 Method (the one behind the figures in docs/performance.md): every cell runs
 `pgbench -n -S -j 2 -c C -T S -M simple|extended|prepared` (with `-C` for the connect cells) once
@@ -123,6 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="pin the throwaway PostgreSQL to these CPUs, e.g. 1 or 2-3 (Linux)")
     ap.add_argument("--pooler-cpus", default=None, type=cpu_list, metavar="LIST",
                     help="pin the poolers, PgBouncer and pgbench to these CPUs, e.g. 0 (Linux)")
+    ap.add_argument("--config-line", action="append", default=[], metavar="LINE",
+                    help="a global line added to the config of odyssey-gevent and C Odyssey alike, "
+                         "e.g. 'cpu_affinity \"worker:0\"' (repeatable)")
     ap.add_argument("--pgbouncer", default=None, help="pgbouncer binary (default: PATH, /usr/sbin)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install pgbouncer")
     ap.add_argument("--idle-clients", type=int, default=0, metavar="N",
@@ -167,11 +171,20 @@ def cpu_list(text: str) -> set[int]:
 
 
 def placement(a: argparse.Namespace) -> str:
-    """The tables' and the chart's words for --postgres-cpus and --pooler-cpus ("" when unset)."""
+    """The tables' and the chart's words for --postgres-cpus, --pooler-cpus and --config-line
+    ("" when none is given)."""
     parts = [f"{who} on CPU {','.join(map(str, sorted(cpus)))}"
              for who, cpus in (("PostgreSQL", a.postgres_cpus), ("poolers and pgbench", a.pooler_cpus))
              if cpus is not None]
+    if a.config_line:
+        parts.append("both Odysseys with " + " / ".join(a.config_line))
     return "; " + ", ".join(parts) if parts else ""
+
+
+def with_config_lines(template: str, lines: list[str]) -> str:
+    """A pooler config template with global `lines` first (a literal $ kept from the template's
+    substitution)."""
+    return "".join(line.replace("$", "$$") + "\n" for line in lines) + template
 
 
 def pin_tree(pid: int, cpus: set[int]) -> int:
@@ -454,7 +467,7 @@ class Bench:
         # ours runs as `python -m odyssey_gevent` even with ODYSSEY_BIN set (main() moved it to
         # --odyssey-bin): PoolerProcess would otherwise run that binary
         binary = self.a.odyssey_bin if target == "odyssey" else None
-        template = POOLER_TEMPLATE
+        template = with_config_lines(POOLER_TEMPLATE, self.a.config_line)
         if target != "odyssey" and self.a.processes > 1:     # ours only: C Odyssey has no such keyword
             template = f"processes {self.a.processes}\n" + template
         proc = PoolerProcess(template, pg_host=self.pg_host, pg_port=self.pg_port, binary=binary,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import string
 import subprocess
 import sys
 import time
@@ -89,6 +90,10 @@ def test_bench_cpu_lists_and_pinning():
     assert bench.parse_args([]).postgres_cpus is None
     assert bench.placement(a) == "; PostgreSQL on CPU 1, poolers and pgbench on CPU 0,2,3"
     assert bench.placement(bench.parse_args([])) == ""
+    a = bench.parse_args(["--config-line", 'cpu_affinity "worker:0"', "--config-line", "priority 1"])
+    assert bench.placement(a) == '; both Odysseys with cpu_affinity "worker:0" / priority 1'
+    text = bench.with_config_lines("workers 1\nport ${port}\n", ['log_format "$x"'])
+    assert string.Template(text).safe_substitute(port=7) == 'log_format "$x"\nworkers 1\nport 7\n'
     # a child with a second thread: pin_tree pins both of its threads, and not the caller
     child = subprocess.Popen([sys.executable, "-c", "import threading, time; threading.Thread("
                               "target=time.sleep, args=(30,), daemon=True).start(); time.sleep(30)"])
