@@ -111,7 +111,8 @@ def cpus_for(affinity: Affinity, role: str, index: int, ncpu: int) -> frozenset 
 
 
 def cpuset_str(cpus) -> str:
-    """C's way of printing a cpuset: ranges joined by commas ("0-3,8")."""
+    """A cpuset as the log line prints it: ranges joined by commas ("0-3,8"; C's line ends each
+    range with a comma, so its list ends with one: "0-3,8,")."""
     out, run = [], []
     for c in sorted(cpus):
         if run and c == run[-1] + 1:
