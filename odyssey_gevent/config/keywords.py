@@ -277,11 +277,11 @@ ALL_KEYWORDS = frozenset().union(
     ROOT, LISTEN, STORAGE, BALANCING, BALANCING_METHOD, GROUP, WATCHDOG, DATABASE, SHARED_POOL,
     LDAP_ENDPOINT, LDAP_CREDS, CONN_DROP, SOFT_OOM, SOFT_OOM_DROP, QUERY_PARSING, VALUE_WORDS)
 
-# Keywords accepted but with no effect in odyssey-gevent (C internals).
+# Keywords accepted but with no effect in odyssey-gevent (C internals): docs/config.md's
+# "Accepted, no effect here" lists them (tests/odyssey_gevent/test_config_reader.py checks).
 NOOP_KEYWORDS = ("cache_coroutine", "coroutine_stack_size", "system_coroutine_stack_size",
                  "cache_msg_gc_size", "readahead", "resolvers", "log_async", "log_queue_depth",
-                 "locks_dir", "bindwith_reuseport",
-                 "dns_cache_ttl")
+                 "locks_dir", "dns_cache_ttl")
 DEPRECATED_KEYWORDS = ("pipeline", "cache", "cache_chunk", "packet_read_size",
                        "packet_write_queue", "graceful_die_on_errors", "compression",
                        "catchup_checks", "ldap_pool_size", "ldap_pool_timeout", "ldap_pool_ttl")

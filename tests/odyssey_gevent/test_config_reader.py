@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import pytest
@@ -582,6 +583,16 @@ def test_deprecated_keywords_warn(tmp_path):
     for kw in keywords.DEPRECATED_KEYWORDS:
         assert any(f"'{kw}' is deprecated and ignored" in w for w in cfg.warnings), kw
     assert all(w.startswith(str(tmp_path)) for w in cfg.warnings)
+
+
+def test_the_docs_list_exactly_the_keywords_with_no_effect():
+    """docs/config.md's "Accepted, no effect here" names what keywords.NOOP_KEYWORDS holds: a
+    keyword that comes to take effect (cpu_affinity, priority) leaves both."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "config.md")
+    with open(path) as f:
+        text = f.read()
+    section = text.split("## Accepted, no effect here", 1)[1].split("Deprecated", 1)[0]
+    assert set(re.findall(r"`([a-z_]+)`", section)) == set(keywords.NOOP_KEYWORDS)
 
 
 def test_legacy_only_keywords_accepted(tmp_path):
