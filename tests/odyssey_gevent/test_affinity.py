@@ -2,8 +2,8 @@
 import pytest
 
 from odyssey_gevent import affinity as A
-from odyssey_gevent.config import reader
 from odyssey_gevent.config.model import ConfigError
+from tests.odyssey_gevent.test_config_support import load_text, make_config
 
 
 @pytest.mark.parametrize("text,mode", [("off", A.OFF), ("no", A.OFF), ("auto", A.AUTO), ("yes", A.AUTO)])
@@ -58,38 +58,16 @@ def test_a_workers_cpus():
     assert A.cpus_for(A.parse("auto"), "worker", 0, 1) == {0}
 
 
-def test_cpusets_print_as_c_prints_them():
+def test_cpusets_print_as_ranges():
     assert A.cpuset_str({0, 1, 2, 3, 8}) == "0-3,8"
     assert A.cpuset_str({5}) == "5"
     assert A.cpuset_str({1, 3, 4}) == "1,3-4"
 
 
-CONFIG = """
-workers 1
-log_format "%p %m\\n"
-cpu_affinity {value}
-listen {{
-    host "127.0.0.1"
-    port 6432
-}}
-storage "pg" {{
-    type "remote"
-    host "127.0.0.1"
-}}
-database default {{
-    user default {{
-        authentication "none"
-        storage "pg"
-        pool "transaction"
-    }}
-}}
-"""
-
-
-def test_a_bad_value_is_a_config_error_at_its_line():
+def test_a_bad_value_is_a_config_error_at_its_line(tmp_path):
     with pytest.raises(ConfigError) as e:
-        reader.loads(CONFIG.format(value='"worker:1,"'), "affinity.conf")
-    assert "affinity.conf:4" in str(e.value)
+        load_text(tmp_path, make_config(globals_='cpu_affinity "worker:1,"'))
+    assert f"{tmp_path / 'odyssey.conf'}:2:" in str(e.value)
     assert "cpu_affinity: can't convert '1,' to cpuset" in str(e.value)
-    assert reader.loads(CONFIG.format(value='"worker[0]:0 worker:1"'), "affinity.conf").cpu_affinity == \
-        "worker[0]:0 worker:1"
+    cfg = load_text(tmp_path, make_config(globals_='cpu_affinity "worker[0]:0 worker:1"'))
+    assert cfg.cpu_affinity == "worker[0]:0 worker:1"
