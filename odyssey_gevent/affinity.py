@@ -19,6 +19,7 @@ Read at start (a reload keeps the pinning). A bad value is a config error, in C'
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -113,17 +114,12 @@ def cpus_for(affinity: Affinity, role: str, index: int, ncpu: int) -> frozenset 
 def cpuset_str(cpus) -> str:
     """A cpuset as the log line prints it: ranges joined by commas ("0-3,8"; C's line ends each
     range with a comma, so its list ends with one: "0-3,8,")."""
-    out, run = [], []
-    for c in sorted(cpus):
-        if run and c == run[-1] + 1:
-            run.append(c)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
-        run = [c]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
-    return ",".join(out)
+    parts = []
+    # consecutive CPUs share their distance from their position in the sorted list
+    for _, group in itertools.groupby(enumerate(sorted(cpus)), lambda pair: pair[1] - pair[0]):
+        run = [cpu for _, cpu in group]
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
 
 
 def pin_worker(instance, wid: int) -> frozenset | None:

@@ -46,6 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from odyssey_gevent import affinity  # noqa: E402
 from scripts.pgcluster import PgCluster, free_port, wait_port  # noqa: E402
 from scripts.pooler import PoolerProcess, rss_kib  # noqa: E402
 
@@ -157,17 +158,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def cpu_list(text: str) -> set[int]:
-    """A CPU list as taskset and /sys write it: "0", "1,3", "0-2,5"."""
-    cpus: set[int] = set()
+    """A CPU list as taskset and cpu_affinity write it: "0", "1,3", "0-2,5"."""
     try:
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            cpus.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
+        return set(affinity.parse_cpuset(text))
+    except affinity.AffinityError:
         raise argparse.ArgumentTypeError(f"expected a CPU list such as 0 or 1,3 or 0-2, got {text!r}") from None
-    if not cpus:
-        raise argparse.ArgumentTypeError(f"expected a CPU list such as 0 or 1,3 or 0-2, got {text!r}")
-    return cpus
 
 
 def placement(a: argparse.Namespace) -> str:
