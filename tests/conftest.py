@@ -2,6 +2,11 @@
 failed test's report shows the logs of the poolers still running when it failed."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 
 from scripts.pgcluster import PgCluster
@@ -36,10 +41,24 @@ def pooler(pg):
 
 
 LOG_TAIL = 8000     # characters of each pooler's log in a failed test's report
+PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+
+
+def pooler_stacks(pid: int) -> str:
+    """Every thread's Python stack in pooler `pid` now (py-spy dump: a pooler that stalls shows
+    where), or why there are none."""
+    if PY_SPY is None:
+        return "(py-spy is not installed: pip install py-spy)"
+    try:
+        out = subprocess.run([PY_SPY, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "(py-spy dump did not finish in 30 s)"
+    return (out.stdout + out.stderr).strip()
 
 
 def pooler_log_sections() -> list[tuple[str, str]]:
-    """(title, the log's tail) for every pooler started and not yet stopped."""
+    """(title, text) for every pooler started and not yet stopped: its log's tail and, while it
+    runs, its threads' Python stacks."""
     out = []
     for p in sorted(PoolerProcess.live, key=lambda p: p.pid):
         try:
@@ -47,6 +66,8 @@ def pooler_log_sections() -> list[tuple[str, str]]:
         except (OSError, ValueError) as e:          # its directory or log file already gone
             text = f"(unreadable: {e})"
         out.append((f"pooler pid {p.pid} log (last {LOG_TAIL} characters)", text))
+        if p.proc.poll() is None:
+            out.append((f"pooler pid {p.pid} Python stacks", pooler_stacks(p.pid)))
     return out
 
 

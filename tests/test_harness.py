@@ -52,6 +52,11 @@ def test_a_failed_report_carries_the_running_poolers_logs(pooler):
     sections = dict(report_of(failed=True).sections)
     assert title in sections
     assert sections[title] and p.log().endswith(sections[title])
+    stacks = sections[f"pooler pid {p.pid} Python stacks"]
+    if conftest.PY_SPY is not None:                                 # the test extras install it
+        assert f"Process {p.pid}" in stacks and "Thread" in stacks, stacks
+    else:
+        assert "py-spy is not installed" in stacks
     assert report_of(failed=False).sections == []                   # a passed test: nothing added
     p.stop()
     assert title not in dict(report_of(failed=True).sections)      # a stopped pooler: not shown
