@@ -32,18 +32,36 @@ def bp(pg, roles):
     yield from module_pooler(pg, text)
 
 
-def console_servers(p, user: str) -> int:
-    """How many servers the pooler's console lists for `user` (SHOW SERVERS)."""
+def console_rows(p, command: str) -> list[dict]:
+    """A console SHOW command's rows, as dicts by column name."""
     import psycopg2
     con = psycopg2.connect(p.dsn("admin", "console"))
     con.autocommit = True
     try:
         cur = con.cursor()
-        cur.execute("show servers")
+        cur.execute(command)
         cols = [d.name for d in cur.description]
-        return sum(1 for row in cur.fetchall() if row[cols.index("user")] == user)
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
     finally:
         con.close()
+
+
+def pool_state(p, pg, user: str) -> str:
+    """What the pooler and PostgreSQL hold for `user` now: for a failure's message (a stall)."""
+    lines = []
+    for command in ("show servers", "show clients", "show pools"):
+        rows = [r for r in console_rows(p, command) if r.get("user") == user]
+        lines.append(f"{command}: {rows}")
+    with direct(pg) as d, d.cursor() as cur:
+        cur.execute("select pid, state, wait_event_type, wait_event, left(query, 80) from pg_stat_activity "
+                    "where usename = %s", (user,))
+        lines.append(f"pg_stat_activity: {cur.fetchall()}")
+    return "\n".join(lines)
+
+
+def console_servers(p, user: str) -> int:
+    """How many servers the pooler's console lists for `user` (SHOW SERVERS)."""
+    return sum(1 for row in console_rows(p, "show servers") if row["user"] == user)
 
 
 def assert_no_leak(p, pg, user: str) -> None:
@@ -109,7 +127,10 @@ def test_backend_terminated(bp, pg, user, stage):
     me = f"{user}-{stage}"
     w = Wire(bp.port)
     assert w.login(user, "db1") is None
-    state, text = _start(stage, w, me)
+    try:
+        state, text = _start(stage, w, me)
+    except (OSError, AssertionError) as e:      # (a socket timeout is an OSError)
+        raise AssertionError(f"{stage} did not start: {e!r}\n{pool_state(bp, pg, user)}") from e
     terminate_backend_of(pg, user, state, text)
     got = w.read_until_closed(15)
     errors = errors_in(got)
