@@ -417,17 +417,21 @@ def system_main(instance) -> int:
     log = instance.logger
     pool = WorkerPool(instance)
     pool.start()
+    # signals are watched before the port opens: whoever waits for the port and then signals
+    # (a reload, SIGUSR2, a stop) must find them handled, not the default action, which ends the
+    # process for SIGHUP, SIGUSR1 and SIGUSR2; one that comes meanwhile waits in the channel
+    watcher = machinarium.SignalWatcher()
+    supervisor.signals_ready()
     servers = start_listeners(instance)
     if not servers:
         log.fatal("server", None, None, "failed to bind any listen address")
+        watcher.close()
         pool.stop()
         return 1
     for s in servers:
         s.coroutine = machinarium.coroutine_create(accept_loop, instance, s, pool, name=f"listen {s.name}")
     cron_coro = machinarium.coroutine_create(cron.cron_main, instance, name="cron")
     supervisor.start_peer(instance)     # cancel requests from the other processes (or side of a restart)
-    watcher = machinarium.SignalWatcher()
-    supervisor.signals_ready()
     supervisor.tell_listening()         # processes N: the supervisor counts the processes that listen
     restart.announce(instance)          # started by an online restart: the old process may go
     rc = 0

@@ -159,16 +159,37 @@ def test_a_failing_listen_block_is_logged_and_the_others_still_listen(in_machine
     assert "error (server) failed to listen on unix socket:6112:" in text
 
 
-def test_system_main_without_any_listener_returns_1(in_machine, tmp_path):
+def test_system_main_without_any_listener_returns_1(tmp_path):
+    """Run as the pooler runs it, in the main thread (it watches signals before it listens); the
+    signal handlers it installed are gone again."""
     log = tmp_path / "log"
-
-    def body():
-        inst = _instance(str(log), unix_socket_dir="/nonexistent/dir", unix_socket_mode="0644",
-                         listen=[Listen(host=None, port=6113)])
-        return system.system_main(inst)
-
-    assert in_machine(body) == 1
+    inst = _instance(str(log), unix_socket_dir="/nonexistent/dir", unix_socket_mode="0644",
+                     listen=[Listen(host=None, port=6113)])
+    before = signal.getsignal(signal.SIGHUP)
+    assert mm.Machine("system", system.system_main, inst).run() == 1
     assert "fatal (server) failed to bind any listen address" in log.read_text()
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
+def test_system_main_watches_signals_before_it_listens(tmp_path, monkeypatch):
+    """A signal sent as soon as the port accepts finds its handler (SIGHUP's default action ends
+    the process): start_listeners runs with the watcher already installed."""
+    def caught() -> set[int]:
+        """The signals this process catches (SigCgt of /proc/self/status: libev's handlers are
+        installed in C, where signal.getsignal does not see them)."""
+        with open("/proc/self/status") as f:
+            mask = int(next(line for line in f if line.startswith("SigCgt:")).split()[1], 16)
+        return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+    seen = []
+
+    def listeners(instance):
+        seen.append(caught())
+        return []
+    monkeypatch.setattr(system, "start_listeners", listeners)
+    inst = _instance(str(tmp_path / "log"))
+    assert mm.Machine("system", system.system_main, inst).run() == 1
+    assert {signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM} <= seen[0]
 
 
 # ----------------------------------------------------------------------------------------------
