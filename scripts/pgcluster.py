@@ -99,6 +99,10 @@ class PgCluster:
         self.run([os.path.join(self.bindir, "initdb"), "-D", self.datadir, "-U", "postgres",
                   "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
         conf = os.path.join(self.datadir, "postgresql.conf")
+        # jit off: a query estimated costly enough (test_faults_backend's COPY of generate_series)
+        # is compiled with LLVM before its first row, and the first compilation in a backend
+        # loads the JIT library: seconds of CPU on a loaded machine, where a test's client waits
+        # 5 s for the reply (seen in fresh-clone runs: the backend active, on CPU, no output yet)
         extra = f"""
 listen_addresses = '{self.host}'
 port = {self.port}
@@ -110,6 +114,7 @@ max_connections = 300
 shared_buffers = 64MB
 password_encryption = 'scram-sha-256'
 log_min_messages = warning
+jit = off
 """
         self._append_as_owner(conf, extra)
         hba = """# written by scripts/pgcluster.py

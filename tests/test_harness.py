@@ -24,6 +24,12 @@ def test_wrong_password_is_rejected(pg, user):
         psycopg2.connect(pg.dsn(user, "db1", "wrong"))
 
 
+def test_jit_is_off(pg):
+    """No LLVM compilation before a costly query's first row (scripts/pgcluster.py says why)."""
+    assert pg.psql("show jit") == "off"
+    assert "JIT" not in pg.psql("explain select generate_series(1, 50000000)")
+
+
 def test_passwords_are_stored_as_md5_and_scram(pg):
     rows = dict(line.split("|") for line in pg.psql(
         "select rolname, rolpassword from pg_authid where rolname in ('md5_user','scram_user')").splitlines())
