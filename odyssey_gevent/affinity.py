@@ -24,6 +24,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from odyssey_gevent import supervisor
+
 OFF, AUTO, RULES = "off", "auto", "rules"
 ROLES = ("worker", "handshake")
 MAX_CPUS = 1024              # CPU_SETSIZE: C's cpuset holds CPUs 0-1023
@@ -122,12 +124,14 @@ def cpuset_str(cpus) -> str:
     return ",".join(parts)
 
 
-def pin_worker(instance, wid: int) -> frozenset | None:
-    """Pin the calling thread as worker `wid` (global over processes) by the config's
-    cpu_affinity; logs as C's worker_init does. Returns the CPUs, or None when left free."""
+def pin_worker(instance, index: int) -> frozenset | None:
+    """Pin the calling thread as this process's worker `index` by the config's cpu_affinity (as
+    worker supervisor.INDEX * workers + index: counted on over the processes); logs as C's
+    worker_init does. Returns the CPUs, or None when left free."""
     text = instance.config.cpu_affinity
     if text is None:
         return None
+    wid = supervisor.INDEX * instance.workers + index
     cpus = cpus_for(parse(text), "worker", wid, os.sysconf("SC_NPROCESSORS_ONLN"))
     if cpus is None:
         return None

@@ -17,7 +17,7 @@ import time
 
 import machinarium
 from machinarium.coroutine import start_yielding_args as _start_yielding
-from odyssey_gevent import affinity, supervisor
+from odyssey_gevent import affinity
 from odyssey_gevent.frontend import frontend
 from odyssey_gevent.relay import wake_relays
 
@@ -99,7 +99,7 @@ def _spawn(instance, io, listen, conn_type, peer, local) -> bool:
 
 
 def worker_main(instance, channel, wid: int) -> None:
-    affinity.pin_worker(instance, supervisor.INDEX * instance.workers + wid)
+    affinity.pin_worker(instance, wid)
     while True:
         msg = channel.read()
         if msg.type == MSG_STOP:
@@ -131,7 +131,7 @@ class WorkerPool:
     def start(self) -> None:
         if self.count <= 1:
             # the calling thread (the system machine's) serves the clients: it is worker 0
-            affinity.pin_worker(self.instance, supervisor.INDEX)
+            affinity.pin_worker(self.instance, 0)
             return
         for i in range(self.count):
             ch = machinarium.Channel(shared=True, name=f"worker{i}")

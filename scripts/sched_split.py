@@ -38,7 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from scripts.bench import cpu_seconds, parse_pgbench, proc_tree  # noqa: E402
+from scripts.bench import cpu_seconds, parse_pgbench, pin_tree, proc_tree  # noqa: E402
 from scripts.count_instructions import AUTH, TEMPLATE, add_cell_args, bench_postgres  # noqa: E402
 from scripts.pgcluster import wait_port  # noqa: E402
 from scripts.pooler import PoolerProcess  # noqa: E402
@@ -151,11 +151,10 @@ def measure(a, pooler, postmaster: int) -> dict:
     pin_pgbench = None
     if a.pin is not None:
         if a.pin[0] is not None:
-            for d in glob.glob(f"/proc/{pooler.pid}/task/*"):
-                os.sched_setaffinity(int(os.path.basename(d)), {a.pin[0]})
+            pin_tree(pooler.pid, {a.pin[0]})
         if a.pin[1] is not None:
             for pid in backends:
-                os.sched_setaffinity(pid, {a.pin[1]})
+                pin_tree(pid, {a.pin[1]})
         if a.pin[2] is not None:
             pin_pgbench = lambda: os.sched_setaffinity(0, {a.pin[2]})     # noqa: E731 (in the child)
     logdir = tempfile.mkdtemp(prefix="odyssey-gevent-sched-")

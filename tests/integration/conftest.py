@@ -142,17 +142,22 @@ def backends(pg, user: str) -> list[tuple]:
         return cur.fetchall()
 
 
-def console_client_ids(p: PoolerProcess, user: str) -> list[str]:
-    """The ids SHOW CLIENTS lists for `user` (through the console as admin/console)."""
+def console_rows(p: PoolerProcess, command: str) -> list[dict]:
+    """A console SHOW command's rows as dicts by column name (as admin/console)."""
     con = psycopg2.connect(p.dsn("admin", "console"))
     con.autocommit = True
     try:
         with con.cursor() as cur:
-            cur.execute("SHOW CLIENTS")
+            cur.execute(command)
             names = [d.name for d in cur.description]
-            return [r["id"] for r in (dict(zip(names, row)) for row in cur.fetchall()) if r["user"] == user]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
     finally:
         con.close()
+
+
+def console_client_ids(p: PoolerProcess, user: str) -> list[str]:
+    """The ids SHOW CLIENTS lists for `user`."""
+    return [r["id"] for r in console_rows(p, "SHOW CLIENTS") if r["user"] == user]
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05, what: str = "condition"):

@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from tests.integration.conftest import (assert_alive, backends, direct, ensure_roles, module_pooler,
-                                        odyssey_config, rule, scalar, wait_for)
+from tests.integration.conftest import (assert_alive, backends, console_rows, direct, ensure_roles,
+                                        module_pooler, odyssey_config, rule, scalar, wait_for)
 from tests.integration.wire import Wire, errors_in, message, query
 
 USERS = ("bk_tx_user", "bk_prep_user", "bk_sess_user")
@@ -30,20 +30,6 @@ def bp(pg, roles):
     )
     text += 'storage "local" {\n    type "local"\n}\n'
     yield from module_pooler(pg, text)
-
-
-def console_rows(p, command: str) -> list[dict]:
-    """A console SHOW command's rows, as dicts by column name."""
-    import psycopg2
-    con = psycopg2.connect(p.dsn("admin", "console"))
-    con.autocommit = True
-    try:
-        cur = con.cursor()
-        cur.execute(command)
-        cols = [d.name for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
-    finally:
-        con.close()
 
 
 def pool_state(p, pg, user: str) -> str:
